@@ -1,0 +1,9 @@
+//! One module per subcommand: its arguments, and the glue from them to the library.
+pub mod audit;
+pub mod demo;
+pub mod history;
+pub mod package;
+pub mod provision;
+pub mod sign;
+pub mod sim;
+pub mod verify;

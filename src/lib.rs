@@ -1,0 +1,4 @@
+//! fedrun: a crash-resilient server that runs federated jobs across many remote sites.
+
+pub mod job;
+pub mod site;

@@ -1,0 +1,64 @@
+//! The `fedrun` command line: parse, call the library, print.
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+
+/// fedrun runs federated jobs across many remote sites and keeps every step in a
+/// replayable, hash-chained history.
+#[derive(Parser, Debug)]
+#[command(name = "fedrun", version, about, long_about = None)]
+struct Cli {
+    /// Log filter (tracing's env-filter syntax); the FEDRUN_LOG variable is read too.
+    #[arg(long, global = true, default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a demo federation: a server and three local sites running the example jobs.
+    Demo(cmd::demo::Args),
+    /// Run a simulation scenario on a virtual clock.
+    Sim(cmd::sim::Args),
+    /// Print the history of events, oldest first.
+    History(cmd::history::Args),
+    /// Check the history: hash chain, anchor, snapshot.
+    #[command(subcommand)]
+    Audit(cmd::audit::Command),
+    /// Validate a job folder or zip and write its canonical package.
+    Package(cmd::package::Args),
+    /// Create a project root CA and startup kits for server, sites and admins.
+    Provision(cmd::provision::Args),
+    /// Sign a job folder the way NVFlare does.
+    Sign(cmd::sign::Args),
+    /// Verify a signed job folder against a root CA.
+    Verify(cmd::verify::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let filter = std::env::var("FEDRUN_LOG").unwrap_or(cli.log.clone());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Demo(a) => cmd::demo::run(a),
+        Command::Sim(a) => cmd::sim::run(a),
+        Command::History(a) => cmd::history::run(a),
+        Command::Audit(c) => cmd::audit::run(c),
+        Command::Package(a) => cmd::package::run(a),
+        Command::Provision(a) => cmd::provision::run(a),
+        Command::Sign(a) => cmd::sign::run(a),
+        Command::Verify(a) => cmd::verify::run(a),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::exit(1);
+        }
+    }
+}

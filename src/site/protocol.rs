@@ -1,0 +1,86 @@
+//! The messages between the engine and a site, whatever carries them.
+//!
+//! The engine never calls into a site: it sends a [`SiteRequest`] and later receives a
+//! [`SiteReport`] as one of its inputs. A local site in the same process, a simulated site
+//! and a remote site behind the network transport all speak exactly these messages, so the
+//! engine does not know how a site is reached.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::job::JobId;
+
+/// The outcome of one app process, as a site reports it and as the server sees its own app.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+pub enum ExitOutcome {
+    /// The process exited with this code (`0` normal, `1`, `101`..`104`, `9`, ...).
+    Code(i32),
+    /// The process was killed by this signal.
+    Signal(i32),
+}
+
+/// What the engine asks of a site. Every request is answered by a [`SiteReport`], except
+/// `CancelReservation` and `Delete`, which are fire-and-forget.
+#[derive(Clone, Debug)]
+pub enum SiteRequest {
+    /// Can the site hold these resources for this job? If so, reserve them and answer with
+    /// a token that lapses after `reservation_timeout` unless the job starts.
+    CheckResources {
+        /// Distinguishes the answers of one schedule try from those of another.
+        try_id: u64,
+        job_id: JobId,
+        resources: BTreeMap<String, f64>,
+    },
+    /// Give back a reservation made for a try that did not lead to a run.
+    CancelReservation { job_id: JobId, token: String },
+    /// Unpack this app (the canonical zip of the whole job package and the app's name in
+    /// it) into the site's workspace for this job, verifying signatures per policy.
+    Deploy {
+        job_id: JobId,
+        app_name: String,
+        package: Arc<Vec<u8>>,
+    },
+    /// Start the deployed app as a process.
+    Start { job_id: JobId },
+    /// Stop the job's app process: ask, wait `abort_grace`, then kill.
+    Stop { job_id: JobId },
+    /// Remove everything deployed for this job (after a failed deploy, an abandon, ...).
+    Delete { job_id: JobId },
+}
+
+/// What a site tells the engine. Reports that carry a `report_id` are kept and resent by
+/// the site until the server has recorded them, so the engine ignores a repeated id.
+#[derive(Clone, Debug)]
+pub enum SiteReport {
+    /// The site connected (or reconnected), with the resources it declares and the jobs
+    /// whose app processes it is running right now.
+    Connected {
+        resources: BTreeMap<String, f64>,
+        running: Vec<JobId>,
+    },
+    /// The site's connection is gone.
+    Disconnected,
+    ResourceAnswer {
+        try_id: u64,
+        job_id: JobId,
+        /// `Ok(token)` when reserved, `Err(reason)` when the site cannot hold the job.
+        answer: Result<String, String>,
+    },
+    DeployAnswer {
+        job_id: JobId,
+        result: Result<(), String>,
+    },
+    StartAnswer {
+        job_id: JobId,
+        result: Result<(), String>,
+    },
+    /// The job's app process at this site has ended.
+    AppExited {
+        job_id: JobId,
+        report_id: String,
+        outcome: ExitOutcome,
+    },
+}
