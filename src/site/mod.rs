@@ -1,2 +1,4 @@
-//! Sites: the message protocol between engine and site, and the local site.
+//! Sites: the message protocol between engine and site, the app process runner, and the
+//! local site that runs apps as real child processes in the same program.
+pub mod process;
 pub mod protocol;
