@@ -229,7 +229,8 @@ impl AppProcess {
 
     /// Asks the app to stop: `SIGTERM` to its whole process group now, `SIGKILL` to the
     /// group after `grace` if it has not ended. Returns at once; the end arrives through
-    /// [`AppProcess::wait`] with `stop_requested` set. A second request is ignored.
+    /// [`AppProcess::wait`] with `stop_requested` set. A zero `grace` kills at once without
+    /// asking. A second request is ignored.
     pub fn stop(&self, grace: Duration) {
         // The watcher is gone only once the process has ended, so a failed send means there
         // is nothing left to stop.
@@ -572,8 +573,12 @@ async fn watch_process(
             Some(grace) = stop_rx.recv(), if !stop_requested => {
                 stop_requested = true;
                 tracing::info!(job = %record.job_id, site = %record.site, pgid = record.pgid, ?grace, "stopping app");
-                kill_group(record.pgid, libc::SIGTERM);
-                kill_at = Some(tokio::time::Instant::now() + grace);
+                if grace.is_zero() {
+                    kill_group(record.pgid, libc::SIGKILL);
+                } else {
+                    kill_group(record.pgid, libc::SIGTERM);
+                    kill_at = Some(tokio::time::Instant::now() + grace);
+                }
             }
             _ = sleep_until_opt(kill_at) => {
                 tracing::info!(job = %record.job_id, site = %record.site, pgid = record.pgid, "grace over; killing app");
