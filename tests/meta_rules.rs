@@ -71,9 +71,12 @@ fn all_sites_is_accepted_only_as_the_single_app() {
     }
 }
 
+/// Whether an error is the one a case expects.
+type Expected = fn(&MetaError) -> bool;
+
 #[test]
 fn each_rule_has_its_own_error() {
-    let cases: &[(&str, fn(&MetaError) -> bool)] = &[
+    let cases: &[(&str, Expected)] = &[
         ("[1, 2]", |e| matches!(e, MetaError::NotObject)),
         ("{nope", |e| matches!(e, MetaError::NotJson { .. })),
         (r#"{"name": 3, "deploy_map": {"a": ["server"]}}"#, |e| {
