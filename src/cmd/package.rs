@@ -2,6 +2,7 @@
 //! and optionally write its canonical zip.
 
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -115,7 +116,10 @@ fn write_atomically(output: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()
     };
     let mut temp = tempfile::NamedTempFile::new_in(&folder)
         .with_context(|| format!("cannot create a file in {}", folder.display()))?;
-    temp.write_all(bytes)
+    // A package is not a secret: readable by all, as any file the user writes.
+    temp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))
+        .and_then(|()| temp.write_all(bytes))
         .and_then(|()| temp.as_file().sync_all())
         .with_context(|| format!("cannot write {}", output.display()))?;
     temp.persist(output)

@@ -392,3 +392,40 @@ fn check_each_target_once(deploy_map: &[AppTargets]) -> Result<(), MetaError> {
     }
     Ok(())
 }
+
+/// The property the `meta_json` fuzz target and its replay test check on any bytes:
+/// parsing never panics, and a meta it accepts obeys SPEC section 5. Panics (a bug) when
+/// the property fails.
+pub fn check_meta_parse(bytes: &[u8]) {
+    let Ok(meta) = JobMeta::parse(bytes, "fuzz") else {
+        return;
+    };
+    assert!(!meta.name.is_empty(), "a meta has a name");
+    assert!(meta.min_clients >= 1, "min_clients is positive");
+    assert!(!meta.deploy_map.is_empty(), "the deploy map is not empty");
+    assert!(
+        meta.deploy_map.windows(2).all(|w| w[0].app < w[1].app),
+        "apps are sorted and unique"
+    );
+    assert!(
+        meta.app_for(SERVER).is_some(),
+        "some app runs on the server"
+    );
+    if !meta.is_all_sites() {
+        let listed = meta.listed_sites();
+        assert!(
+            meta.min_clients as usize <= listed.len(),
+            "min_clients fits the listed sites"
+        );
+        assert!(
+            meta.mandatory_clients.iter().all(|m| listed.contains(m)),
+            "mandatory clients are listed"
+        );
+    }
+    for amounts in meta.resource_spec.values() {
+        assert!(
+            amounts.values().all(|a| a.is_finite() && *a >= 0.0),
+            "amounts are non-negative"
+        );
+    }
+}

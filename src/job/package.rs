@@ -662,3 +662,40 @@ pub fn unpack(
     tracing::debug!(dest = %dest.display(), files = done.files, "job package unpacked");
     Ok(done)
 }
+
+/// Limits small enough that a fuzzer spends its time on structure, not on inflating.
+pub fn fuzz_limits() -> Limits {
+    Limits {
+        package_bytes_max: 1 << 20,
+        entry_count_max: 256,
+        entry_bytes_max: 1 << 20,
+        total_bytes_max: 4 << 20,
+        compression_ratio_max: 100,
+    }
+}
+
+/// The property the `zip_ingest` fuzz target and its replay test check on any bytes:
+/// ingest never panics, and a package it accepts ingests again to exactly the same
+/// canonical bytes and meta. Panics (a bug) when the property fails.
+pub fn check_ingest_is_canonical(bytes: &[u8]) {
+    let limits = fuzz_limits();
+    let Ok(package) = ingest_zip_bytes(bytes, "fuzz", &limits) else {
+        return;
+    };
+    assert_eq!(
+        package.hash,
+        blake3::hash(&package.zip),
+        "the hash is of the canonical bytes"
+    );
+    let again = ingest_zip_bytes(&package.zip, &package.meta.name, &limits);
+    let again =
+        again.unwrap_or_else(|err| panic!("a canonical zip was refused on re-ingest: {err}"));
+    assert_eq!(
+        again.zip, package.zip,
+        "re-ingesting a canonical zip changed its bytes"
+    );
+    assert_eq!(
+        again.meta, package.meta,
+        "re-ingesting a canonical zip changed its meta"
+    );
+}
