@@ -8,7 +8,9 @@
 use std::path::Path;
 use std::time::SystemTime;
 
-use const_oid::db::rfc4519::{COMMON_NAME, ORGANIZATION_NAME};
+use const_oid::db::rfc4519::{
+    COMMON_NAME, COUNTRY_NAME, ORGANIZATIONAL_UNIT_NAME, ORGANIZATION_NAME,
+};
 use const_oid::db::rfc5280::{
     ID_CE_AUTHORITY_KEY_IDENTIFIER, ID_CE_BASIC_CONSTRAINTS, ID_CE_EXT_KEY_USAGE, ID_CE_KEY_USAGE,
     ID_CE_SUBJECT_ALT_NAME, ID_CE_SUBJECT_KEY_IDENTIFIER, ID_KP_CLIENT_AUTH,
@@ -98,7 +100,7 @@ impl ParsedCert {
 
     /// The subject as an RFC 4514 string, for messages.
     pub fn subject_string(&self) -> String {
-        self.cert.tbs_certificate.subject.to_string()
+        name_to_string(&self.cert.tbs_certificate.subject)
     }
 
     /// The RSA public key of the subject, if the key is RSA.
@@ -435,8 +437,8 @@ pub fn verify_chain(
             _ => {
                 return Err(ChainError::UntrustedIssuer {
                     subject: cert.subject_string(),
-                    issuer: issuer_name.to_string(),
-                    root: root.subject().to_string(),
+                    issuer: name_to_string(issuer_name),
+                    root: name_to_string(root.subject()),
                 })
             }
         }
@@ -447,8 +449,8 @@ pub fn verify_chain(
     let last = chain.last().ok_or(ChainError::Empty)?;
     Err(ChainError::UntrustedIssuer {
         subject: last.subject_string(),
-        issuer: last.cert.tbs_certificate.issuer.to_string(),
-        root: root.subject().to_string(),
+        issuer: name_to_string(&last.cert.tbs_certificate.issuer),
+        root: name_to_string(root.subject()),
     })
 }
 
@@ -487,6 +489,33 @@ fn first_attribute(name: &Name, oid: ObjectIdentifier) -> Option<String> {
             }
             _ => None,
         })
+}
+
+/// Writes a distinguished name in certificate order with short labels, e.g.
+/// `CN=admin@nvidia.com, O=nvidia, unstructuredName=project_admin`, for messages.
+pub fn name_to_string(name: &Name) -> String {
+    let mut parts = Vec::new();
+    for atv in name.0.iter().flat_map(|rdn| rdn.0.iter()) {
+        let label = match atv.oid {
+            COMMON_NAME => "CN".to_owned(),
+            ORGANIZATION_NAME => "O".to_owned(),
+            ORGANIZATIONAL_UNIT_NAME => "OU".to_owned(),
+            COUNTRY_NAME => "C".to_owned(),
+            UNSTRUCTURED_NAME => "unstructuredName".to_owned(),
+            other => other.to_string(),
+        };
+        let value = match std::str::from_utf8(atv.value.value()) {
+            Ok(text) if atv.value.tag() != Tag::OctetString => text.to_owned(),
+            _ => atv
+                .value
+                .value()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>(),
+        };
+        parts.push(format!("{label}={value}"));
+    }
+    parts.join(", ")
 }
 
 /// Formats a time as RFC 3339 UTC for messages.
