@@ -12,7 +12,7 @@
 
 pub mod certs;
 pub mod policy;
-
+pub mod provision;
 pub mod sigfile;
 pub mod sign;
 pub mod verify;
