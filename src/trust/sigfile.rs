@@ -137,6 +137,29 @@ fn push_python_string(out: &mut String, s: &str) {
     out.push('"');
 }
 
+/// The check the `sig_json` fuzz target runs (and the corpus replay test): parsing any
+/// bytes never panics, and a file that parses survives a round trip through the
+/// NVFlare writer with the same entries, each decoded or rejected the same way.
+pub fn fuzz_check(data: &[u8]) {
+    let Ok(parsed) = SignatureFile::parse(data) else {
+        return;
+    };
+    let entries: Vec<(String, String)> = parsed
+        .entries
+        .iter()
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
+    let written = to_python_json(&entries);
+    let reparsed = SignatureFile::parse(written.as_bytes());
+    assert!(
+        reparsed.as_ref().is_ok_and(|again| *again == parsed),
+        "a parsed signature file must survive the NVFlare writer unchanged: {reparsed:?}"
+    );
+    for name in parsed.names() {
+        let _ = parsed.signature(name);
+    }
+}
+
 struct EntriesVisitor;
 
 impl<'de> Visitor<'de> for EntriesVisitor {
@@ -195,6 +218,22 @@ mod tests {
         assert!(SignatureFile::parse(br#"{"a": 1}"#).is_err());
         assert!(SignatureFile::parse(br#"["a"]"#).is_err());
         assert!(SignatureFile::parse(br#"{"a": "AA=="} x"#).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_entries_round_trip_through_the_python_writer(
+            map in proptest::collection::btree_map(".{0,12}", ".{0,12}", 0..6)
+        ) {
+            let entries: Vec<(String, String)> = map.clone().into_iter().collect();
+            let parsed = SignatureFile::parse(to_python_json(&entries).as_bytes()).unwrap();
+            proptest::prop_assert_eq!(parsed.entries, map);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            fuzz_check(&data);
+        }
     }
 
     #[test]
