@@ -9,11 +9,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use fedrun::job::limits::Limits;
 use fedrun::job::JobId;
 use fedrun::site::local::{LocalSite, LocalSiteConfig};
 use fedrun::site::process::{self, AppLaunch, AppProcess, ProcessEnd};
 use fedrun::site::protocol::{ExitOutcome, SiteReport, SiteRequest};
-use fedrun::site::workspace::{self, UnpackLimits};
+use fedrun::site::workspace;
+use fedrun::trust::TrustPolicy;
 use tokio::sync::mpsc;
 
 const BOUND: Duration = Duration::from_secs(30);
@@ -62,13 +64,25 @@ fn job(n: u8) -> JobId {
 
 /// Deploys and starts the example's app for the server, as the engine does for its own app.
 fn start_server_app(root: &Path, job_id: JobId, package: &[u8]) -> AppProcess {
-    let app_dir = workspace::deploy_app(root, job_id, "app", package, &UnpackLimits::default())
-        .expect("server deploy");
+    let policy = TrustPolicy {
+        root_ca: None,
+        require_signed_jobs: None,
+    };
+    let deployed = workspace::deploy_app(
+        root,
+        job_id,
+        "app",
+        package,
+        &Limits::default(),
+        &policy,
+        std::time::SystemTime::now(),
+    )
+    .expect("server deploy");
     process::start(&AppLaunch {
         job_id,
         site: "server".into(),
         run_dir: workspace::job_dir(root, job_id),
-        app_dir,
+        app_dir: deployed.app_dir,
     })
     .expect("server start")
 }

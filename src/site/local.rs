@@ -29,11 +29,13 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::job::limits::Limits;
 use crate::job::JobId;
 use crate::site::ledger::Ledger;
 use crate::site::process::{self, AppLaunch, AppProcess, ProcessEnd, Reattached};
 use crate::site::protocol::{SiteReport, SiteRequest};
-use crate::site::workspace::{self, UnpackLimits};
+use crate::site::workspace;
+use crate::trust::TrustPolicy;
 
 /// The marker file written in a job's run folder once its exit report was acknowledged.
 pub const ACKNOWLEDGED_FILE: &str = "exit_acknowledged";
@@ -59,15 +61,20 @@ pub struct LocalSiteConfig {
     pub abort_grace: Duration,
     /// How long a reservation holds unless its job starts.
     pub reservation_timeout: Duration,
-    /// Whether deploys must carry a valid signature (SPEC section 6).
-    pub require_signed_jobs: bool,
+    /// The project root CA and the `require_signed_jobs` setting: every deploy is checked
+    /// against them (SPEC section 6).
+    pub trust: TrustPolicy,
     /// Limits on what a deploy unpacks.
-    pub unpack_limits: UnpackLimits,
+    pub unpack_limits: Limits,
+    /// The time certificates are checked at; `None` means the wall clock at each deploy.
+    /// Set it to replay a verification as it was at a given time.
+    pub verify_at: Option<std::time::SystemTime>,
 }
 
 impl LocalSiteConfig {
     /// A site with the default settings of SPEC section 7 (`abort_grace` 10 s,
-    /// `reservation_timeout` 30 s) and unsigned jobs allowed.
+    /// `reservation_timeout` 30 s), no root CA and `require_signed_jobs` unset (so unsigned
+    /// jobs are accepted), and the default package limits.
     pub fn new(name: &str, workspace: PathBuf, resources: BTreeMap<String, f64>) -> Self {
         LocalSiteConfig {
             name: name.to_string(),
@@ -75,8 +82,12 @@ impl LocalSiteConfig {
             workspace,
             abort_grace: Duration::from_secs(10),
             reservation_timeout: Duration::from_secs(30),
-            require_signed_jobs: false,
-            unpack_limits: UnpackLimits::default(),
+            trust: TrustPolicy {
+                root_ca: None,
+                require_signed_jobs: None,
+            },
+            unpack_limits: Limits::default(),
+            verify_at: None,
         }
     }
 }
@@ -358,15 +369,15 @@ impl LocalSite {
             return Err(format!("job {job_id} is running at this site"));
         }
         let root = self.config.workspace.clone();
-        let limits = self.config.unpack_limits;
-        let require_signed = self.config.require_signed_jobs;
+        let limits = self.config.unpack_limits.clone();
+        let policy = self.config.trust.clone();
+        let at = self
+            .config
+            .verify_at
+            .unwrap_or_else(std::time::SystemTime::now);
         let unpack = tokio::task::spawn_blocking(move || {
-            let dir = workspace::deploy_app(&root, job_id, &app_name, &package, &limits)?;
-            if let Err(reason) = verify_signature(&dir, require_signed) {
-                // A refused app must not stay deployed.
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(workspace::DeployError::Signature(reason));
-            }
+            let deployed =
+                workspace::deploy_app(&root, job_id, &app_name, &package, &limits, &policy, at)?;
             let name_file = workspace::job_dir(&root, job_id).join(APP_NAME_FILE);
             std::fs::write(&name_file, app_name.as_bytes()).map_err(|source| {
                 workspace::DeployError::Io {
@@ -374,12 +385,12 @@ impl LocalSite {
                     source,
                 }
             })?;
-            Ok(dir)
+            Ok::<_, workspace::DeployError>(deployed)
         });
         match unpack.await {
-            Ok(Ok(dir)) => {
-                tracing::info!(site = %self.config.name, job = %job_id, app = %dir.display(), "app deployed");
-                self.deployed.insert(job_id, dir);
+            Ok(Ok(deployed)) => {
+                tracing::info!(site = %self.config.name, job = %job_id, app = %deployed.app_dir.display(), trust = ?deployed.trust, "app deployed");
+                self.deployed.insert(job_id, deployed.app_dir);
                 Ok(())
             }
             Ok(Err(e)) => Err(e.to_string()),
@@ -487,17 +498,6 @@ pub fn exit_report_id(site: &str, job_id: JobId) -> String {
 /// The site's clock, as tokio sees it, so tests can drive it with a paused clock.
 fn now() -> std::time::Instant {
     tokio::time::Instant::now().into_std()
-}
-
-/// Verifies the deployed app's signature per policy. This is the one place the site
-/// checks signatures, so adding the project's verifier is a change to this function only.
-fn verify_signature(_app_dir: &Path, require_signed: bool) -> Result<(), String> {
-    if require_signed {
-        return Err(
-            "this site requires signed jobs but has no signature verifier configured".to_string(),
-        );
-    }
-    Ok(())
 }
 
 fn write_resources(run_dir: &Path, resources: &BTreeMap<String, f64>) -> Result<(), String> {
