@@ -540,3 +540,40 @@ async fn a_restarted_site_reports_exits_it_missed_unless_acknowledged() {
         other => panic!("expected an exit report, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn an_orderly_shutdown_stops_running_apps_and_reports_them() {
+    let mut site = site().await;
+    let j = job(1);
+    site.deploy(j, package(WAITS_AFTER_READY))
+        .await
+        .expect("deploys");
+    let ready = ready_pipe(&site, j).await;
+    site.start(j).await.expect("starts");
+    assert_eq!(bounded(ready).await, "ready\n");
+    let pgid = site.pgid(j);
+    let Site {
+        _root,
+        handle,
+        mut reports,
+        ..
+    } = site;
+    tokio::time::timeout(BOUND, handle.stop_apps_and_shutdown())
+        .await
+        .expect("shuts down within the bound");
+    // The app honoured TERM; its exit was reported before the site ended.
+    match next(&mut reports).await {
+        SiteReport::AppExited {
+            job_id, outcome, ..
+        } => {
+            assert_eq!(job_id, j);
+            assert_eq!(outcome, ExitOutcome::Code(0));
+        }
+        other => panic!("expected an exit report, got {other:?}"),
+    }
+    assert!(!group_alive(pgid));
+    assert!(
+        reports.recv().await.is_none(),
+        "the site ended and dropped its sender"
+    );
+}

@@ -98,6 +98,7 @@ enum Control {
     Disconnect,
     Reconnect,
     Shutdown,
+    StopAppsAndShutdown,
 }
 
 /// The engine's side of a running local site.
@@ -125,6 +126,16 @@ impl SiteHandle {
         let _ = self.control.send(Control::Reconnect);
     }
 
+    /// Ends the site in an orderly way: every running app is stopped as an abort would
+    /// stop it (`SIGTERM`, `abort_grace`, `SIGKILL`), its exit is reported, and then the
+    /// task ends. Waits until the task has ended.
+    pub async fn stop_apps_and_shutdown(self) {
+        let _ = self.control.send(Control::StopAppsAndShutdown);
+        if let Err(e) = self.task.await {
+            tracing::warn!(site = %self.name, error = %e, "site task ended abnormally");
+        }
+    }
+
     /// Ends the site task as a crash of the site would: running apps keep running
     /// (they are detached), and a site spawned later on the same workspace re-attaches to
     /// them. Waits until the task has ended.
@@ -147,6 +158,8 @@ pub struct LocalSite {
     /// Reports sent (or to be sent) and not yet acknowledged, by report id.
     unacknowledged: BTreeMap<String, (JobId, SiteReport)>,
     connected: bool,
+    /// Set by an orderly shutdown: the task ends once no app runs.
+    shutting_down: bool,
     exits_tx: mpsc::UnboundedSender<(JobId, ProcessEnd)>,
 }
 
@@ -174,6 +187,7 @@ impl LocalSite {
             running: BTreeMap::new(),
             unacknowledged: BTreeMap::new(),
             connected: true,
+            shutting_down: false,
             exits_tx,
         };
         let task = tokio::spawn(site.run(requests_rx, control_rx, exits_rx));
@@ -205,7 +219,7 @@ impl LocalSite {
                 Some(control) = control.recv() => self.handle_control(control).await,
                 Some((job_id, end)) = exits.recv() => self.handle_exit(job_id, end).await,
             };
-            if step.is_err() {
+            if step.is_err() || (self.shutting_down && self.running.is_empty()) {
                 break;
             }
         }
@@ -285,6 +299,13 @@ impl LocalSite {
             }
             Control::Disconnect | Control::Reconnect => Ok(()),
             Control::Shutdown => Err(Stopped),
+            Control::StopAppsAndShutdown => {
+                self.shutting_down = true;
+                for app in self.running.values() {
+                    app.stop(self.config.abort_grace);
+                }
+                Ok(())
+            }
         }
     }
 
@@ -399,6 +420,9 @@ impl LocalSite {
     }
 
     fn start(&mut self, job_id: JobId) -> Result<(), String> {
+        if self.shutting_down {
+            return Err(format!("site {} is shutting down", self.config.name));
+        }
         if self.running.contains_key(&job_id) {
             return Err(format!("job {job_id} is already running at this site"));
         }

@@ -358,10 +358,22 @@ pub fn reattach(run_dir: &Path) -> Result<Reattached, ReattachError> {
             path: record_path.clone(),
             message: e.to_string(),
         })?;
+    // SAFETY: getpgrp has no preconditions.
+    let own_group = unsafe { libc::getpgrp() };
+    if record.pid <= 1 || record.pgid != record.pid || record.pgid == own_group {
+        // Never signal a group on the word of a record that cannot be the app's.
+        return Err(ReattachError::Record {
+            path: record_path,
+            message: format!(
+                "pid {} / pgid {} cannot be an app's group leader",
+                record.pid, record.pgid
+            ),
+        });
+    }
     let exit_file = run_dir.join(EXIT_FILE);
     if let Some(outcome) = read_exit_file(&exit_file) {
         // The app ended; anything it left behind in its group goes with it.
-        kill_group(record.pgid, libc::SIGKILL);
+        kill_app_leftovers(&record);
         return Ok(Reattached::Ended(ProcessEnd {
             outcome,
             stop_requested: false,
@@ -412,7 +424,7 @@ pub fn reattach(run_dir: &Path) -> Result<Reattached, ReattachError> {
     // The wrapper is gone. It may have written the exit file between the first look and
     // now, so look once more before calling the end unknown.
     let outcome = read_exit_file(&exit_file).unwrap_or(ExitOutcome::Signal(libc::SIGKILL));
-    kill_group(record.pgid, libc::SIGKILL);
+    kill_app_leftovers(&record);
     Ok(Reattached::Ended(ProcessEnd {
         outcome,
         stop_requested: false,
@@ -457,6 +469,29 @@ fn live_group_members(pgid: i32) -> Vec<i32> {
         }
     }
     members
+}
+
+/// Kills what is left of an app that ended while nobody watched it: the live processes of
+/// its recorded group that carry its `FEDRUN_JOB_ID` and `FEDRUN_SITE`. The environment
+/// check matters because the recorded pgid may by now name someone else's group (after a
+/// reboot, pids start over).
+fn kill_app_leftovers(record: &ProcessRecord) {
+    let job = format!("FEDRUN_JOB_ID={}", record.job_id);
+    let site = format!("FEDRUN_SITE={}", record.site);
+    for pid in live_group_members(record.pgid) {
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let mut vars = environ.split(|b| *b == 0);
+        let ours = vars.clone().any(|v| v == job.as_bytes()) && vars.any(|v| v == site.as_bytes());
+        if ours {
+            tracing::info!(job = %record.job_id, pid, "killing a leftover process of an ended app");
+            // SAFETY: plain syscall on a pid checked just above to belong to the app.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
 }
 
 /// Kills the group and waits until every process in it has died, each through its pidfd,
