@@ -181,6 +181,22 @@ fn leaf_whose_eku_lacks_client_auth_is_rejected() {
 }
 
 #[test]
+fn leaf_without_common_name_is_rejected() {
+    assert!(matches!(
+        chain_error("no-common-name.pem"),
+        ChainError::LeafWithoutCommonName { .. }
+    ));
+}
+
+#[test]
+fn leaf_with_nvflares_placeholder_name_is_rejected() {
+    assert!(matches!(
+        chain_error("placeholder-name.pem"),
+        ChainError::LeafWithPlaceholderName { .. }
+    ));
+}
+
+#[test]
 fn chain_through_a_non_ca_is_rejected() {
     assert!(matches!(
         chain_error("issued-by-leaf.pem"),

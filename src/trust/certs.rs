@@ -37,6 +37,10 @@ const SHA384_WITH_RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.
 /// sha512WithRSAEncryption, accepted for chains made by other tools.
 const SHA512_WITH_RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.13");
 
+/// The common name NVFlare uses as a placeholder in admin certificate templates; NVFlare
+/// refuses it as a signer, and so does fedrun.
+pub const PLACEHOLDER_ADMIN_CN: &str = "nvflare-admin";
+
 /// The longest chain (leaf plus intermediates) accepted; the root CA is not counted.
 pub const MAX_CHAIN_LEN: usize = 8;
 
@@ -383,6 +387,19 @@ pub enum ChainError {
         /// What the decoder said.
         reason: String,
     },
+    /// The signing certificate has no common name, so it names no one.
+    #[error("signing certificate {subject} has no common name (CN)")]
+    LeafWithoutCommonName {
+        /// The leaf's subject.
+        subject: String,
+    },
+    /// The signing certificate carries NVFlare's placeholder admin name instead of a
+    /// real identity.
+    #[error("signing certificate {subject} has the placeholder common name {PLACEHOLDER_ADMIN_CN:?}, not a real identity")]
+    LeafWithPlaceholderName {
+        /// The leaf's subject.
+        subject: String,
+    },
     /// The chain is longer than [`MAX_CHAIN_LEN`].
     #[error("certificate chain has {len} certificates, more than the limit of {MAX_CHAIN_LEN}")]
     TooLong {
@@ -400,7 +417,8 @@ pub enum ChainError {
 /// Rules: every certificate on the path, the root included, is valid at `at`; each one is
 /// signed by the next, the last by the root; intermediates are CAs; the leaf is not a CA,
 /// allows digitalSignature if it has a key usage, allows clientAuth if it has an extended
-/// key usage, and has an RSA key. Certificates after the one the root issued are ignored.
+/// key usage, has a non-empty common name other than NVFlare's placeholder, and has an RSA
+/// key. Certificates after the one the root issued are ignored.
 pub fn verify_chain(
     chain: &[ParsedCert],
     root: &RootCa,
@@ -456,6 +474,13 @@ pub fn verify_chain(
 
 fn check_leaf(leaf: &ParsedCert) -> Result<(), ChainError> {
     let subject = leaf.subject_string();
+    let identity = leaf.identity();
+    if identity.name.is_empty() {
+        return Err(ChainError::LeafWithoutCommonName { subject });
+    }
+    if identity.name == PLACEHOLDER_ADMIN_CN {
+        return Err(ChainError::LeafWithPlaceholderName { subject });
+    }
     if leaf.is_ca()? {
         return Err(ChainError::LeafIsCa { subject });
     }
