@@ -146,8 +146,8 @@ pub enum VerifyError {
 ///
 /// The rules (SPEC section 6): no symbolic links or special files anywhere; every
 /// directory holds `.__nvfl_sig.json` and `.__nvfl_submitter.crt`; the certificate chain
-/// leads to `root` and every certificate on it is valid at `at`; the leaf is not a CA,
-/// allows digitalSignature and clientAuth when it restricts usage; every file (over its
+/// passes [`verify_chain`] (it leads to `root`, every certificate on it is valid at `at`,
+/// the CA and leaf rules hold); every file (over its
 /// bytes) and every immediate subdirectory (over its UTF-8 name) has an entry whose
 /// RSA-PSS signature verifies; entries for names that do not exist are ignored. All
 /// directories must carry the same signer certificate. Directories and entries are
