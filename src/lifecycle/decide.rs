@@ -117,7 +117,7 @@ pub fn decide(
                 .scratch
                 .jobs
                 .get(&job_id)
-                .is_some_and(|j| j.run.server_exit.is_none())
+                .is_some_and(|j| j.run.server_started() && j.run.server_exit.is_none())
             {
                 ctx.emit(
                     Actor::System,

@@ -98,14 +98,28 @@ pub fn decide_restart(
                     stop_everything(state, job, server_alive, &mut effects);
                     // The terminal status decides that the run's archive starts after this.
                     events.push((Actor::Recovery, EventKind::RunStopped { job_id }));
-                    if matches!(job.archive, Archive::Pending { failures: 0, .. }) {
+                    if matches!(
+                        job.archive,
+                        Archive::Pending {
+                            in_flight: false,
+                            failures: 0,
+                            ..
+                        }
+                    ) {
                         effects.push(Effect::ArchiveWorkspace { job_id });
                         events.push((
                             Actor::Recovery,
                             EventKind::WorkspaceArchiveStarted { job_id },
                         ));
                     }
-                } else if matches!(job.archive, Archive::Pending { failures: 0, .. }) {
+                } else if matches!(
+                    job.archive,
+                    Archive::Pending {
+                        in_flight: false,
+                        failures: 0,
+                        ..
+                    }
+                ) {
                     effects.push(Effect::ArchiveWorkspace { job_id });
                     events.push((
                         Actor::Recovery,
