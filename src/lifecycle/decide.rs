@@ -193,7 +193,7 @@ impl Ctx<'_> {
     }
 
     fn job(&self, job_id: &JobId) -> Option<&Job> {
-        self.scratch.jobs.get(job_id)
+        self.scratch.jobs.get(job_id).map(|j| &**j)
     }
 
     /// Gives back every reservation the job's run still holds.
