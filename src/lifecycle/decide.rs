@@ -330,7 +330,12 @@ impl Ctx<'_> {
                 for site in outstanding {
                     self.effect(Effect::StopSiteApp { site, job_id });
                 }
-                self.emit(Actor::System, EventKind::RunStopped { job_id });
+                let stopped = self
+                    .job(&job_id)
+                    .is_some_and(|j| j.run.phase == RunPhase::Stopped);
+                if !stopped {
+                    self.emit(Actor::System, EventKind::RunStopped { job_id });
+                }
             }
             status if status.is_terminal() => {
                 let unsettled = matches!(
@@ -1447,6 +1452,26 @@ fn timer_fired(ctx: &mut Ctx<'_>, timer: Timer) {
                 now >= at.plus(settings.abort_grace + settings.client_outcome_wait)
             });
             if job.run.phase == RunPhase::Stopping && due {
+                if job.status == RunStatus::Running {
+                    // The processes did not end after the stop: decide from what is known,
+                    // so the job never stays RUNNING with nothing left to wait for.
+                    let status = final_status(job.run.failure.as_ref());
+                    let reason = format!(
+                        "{}; the run's processes did not end within abort_grace + client_outcome_wait",
+                        job.run.failure.as_ref().map_or_else(
+                            || "no failure was reported".to_string(),
+                            |f| format!("{} reported {}", f.participant, describe_outcome(f.outcome))
+                        )
+                    );
+                    ctx.emit(
+                        Actor::System,
+                        EventKind::JobFinished {
+                            job_id,
+                            status,
+                            reason: cap_reason(&reason),
+                        },
+                    );
+                }
                 ctx.emit(Actor::System, EventKind::RunStopped { job_id });
             }
         }

@@ -90,36 +90,29 @@ pub fn decide_restart(
                 events.push((Actor::Recovery, EventKind::RunStopped { job_id }));
             }
             _ => {
+                // Terminal: whatever may still run of it is told to stop (again), an
+                // unsettled run is recorded as stopped, and a pending archive starts.
                 let unsettled = matches!(
                     job.run.phase,
                     RunPhase::Starting | RunPhase::Running | RunPhase::Stopping
                 );
                 if unsettled {
                     stop_everything(state, job, server_alive, &mut effects);
-                    // The terminal status decides that the run's archive starts after this.
+                } else {
+                    stop_reported(state, job.id, &mut effects);
+                }
+                if unsettled {
                     events.push((Actor::Recovery, EventKind::RunStopped { job_id }));
-                    if matches!(
-                        job.archive,
-                        Archive::Pending {
-                            in_flight: false,
-                            failures: 0,
-                            ..
-                        }
-                    ) {
-                        effects.push(Effect::ArchiveWorkspace { job_id });
-                        events.push((
-                            Actor::Recovery,
-                            EventKind::WorkspaceArchiveStarted { job_id },
-                        ));
-                    }
-                } else if matches!(
+                }
+                let archive_waits = matches!(
                     job.archive,
                     Archive::Pending {
                         in_flight: false,
                         failures: 0,
                         ..
                     }
-                ) {
+                );
+                if archive_waits {
                     effects.push(Effect::ArchiveWorkspace { job_id });
                     events.push((
                         Actor::Recovery,
@@ -141,14 +134,25 @@ fn stop_everything(state: &State, job: &Job, server_alive: bool, effects: &mut V
         effects.push(Effect::StopServerApp { job_id });
     }
     let mut sites: BTreeSet<String> = job.run.outstanding_sites().into_iter().collect();
-    sites.extend(
-        state
-            .sites
-            .iter()
-            .filter(|(_, facts)| facts.running.contains(&job_id))
-            .map(|(name, _)| name.clone()),
-    );
+    sites.extend(sites_running(state, job_id));
     for site in sites {
         effects.push(Effect::StopSiteApp { site, job_id });
     }
+}
+
+/// Stop effects for the sites that said, when they reconnected, that they still run an
+/// app of this (settled) job.
+fn stop_reported(state: &State, job_id: JobId, effects: &mut Vec<Effect>) {
+    for site in sites_running(state, job_id) {
+        effects.push(Effect::StopSiteApp { site, job_id });
+    }
+}
+
+fn sites_running(state: &State, job_id: JobId) -> Vec<String> {
+    state
+        .sites
+        .iter()
+        .filter(|(_, facts)| facts.running.contains(&job_id))
+        .map(|(name, _)| name.clone())
+        .collect()
 }
