@@ -97,6 +97,11 @@ pub fn decide(
             // The envelope carries the new boot id from this event on.
             ctx.scratch.boot_id = boot_id;
             ctx.emit(Actor::System, EventKind::ServerStarted { boot_id });
+            if !recovery::needs_observation(&ctx.scratch) {
+                // No run was in flight: there is nothing to wait for, so the restart
+                // decisions (pending archives, if any) are made at once.
+                ctx.finish_recovery();
+            }
             None
         }
         Command::Admin { origin, request } => Some(admin(&mut ctx, origin, request, ids)),
@@ -258,6 +263,15 @@ impl Ctx<'_> {
                 reason: cap_reason(&reason),
             },
         );
+    }
+
+    /// Makes the restart decisions and closes the recovery window.
+    fn finish_recovery(&mut self) {
+        let (events, effects) = recovery::decide_restart(&self.scratch, self.settings);
+        for (actor, kind) in events {
+            self.emit(actor, kind);
+        }
+        self.effects.extend(effects);
     }
 
     /// Settles every job touched so far, until nothing more follows.
@@ -1491,11 +1505,7 @@ fn timer_fired(ctx: &mut Ctx<'_>, timer: Timer) {
                 .as_ref()
                 .is_some_and(|w| now >= w.started_at.plus(settings.reattach_grace));
             if due {
-                let (events, effects) = recovery::decide_restart(&ctx.scratch, settings);
-                for (actor, kind) in events {
-                    ctx.emit(actor, kind);
-                }
-                ctx.effects.extend(effects);
+                ctx.finish_recovery();
             }
         }
     }

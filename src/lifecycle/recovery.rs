@@ -126,6 +126,19 @@ pub fn decide_restart(
     (events, effects)
 }
 
+/// Whether the restart decision must wait `reattach_grace` to observe something: a job
+/// `DISPATCHED` or `RUNNING`, or a finished job whose run had not settled. Without one,
+/// the decision is made as soon as the server starts.
+pub fn needs_observation(state: &State) -> bool {
+    state.jobs.values().any(|job| {
+        matches!(job.status, RunStatus::Dispatched | RunStatus::Running)
+            || matches!(
+                job.run.phase,
+                RunPhase::Starting | RunPhase::Running | RunPhase::Stopping
+            )
+    })
+}
+
 /// Stop effects for every process of the job that may still run: the server app if it
 /// re-attached, and every site that took part or says it runs the job.
 fn stop_everything(state: &State, job: &Job, server_alive: bool, effects: &mut Vec<Effect>) {
