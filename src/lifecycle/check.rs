@@ -246,8 +246,8 @@ fn origin(bytes: &mut Bytes<'_>) -> Origin {
 /// Drives `decide` and `apply` with commands read from `data`, firing due timers in
 /// between, and panics if an invariant breaks: an event `decide` made is illegal for
 /// replay, an event does not survive its MessagePack encoding or exceeds the size limit,
-/// a terminal status changes, replay differs from the live state, or more than `max_jobs`
-/// jobs count against the limit.
+/// a terminal status changes, replay differs from the live state, more than `max_jobs`
+/// jobs count against the limit, or a due deadline is still pending after it fired.
 pub fn check_decide_apply(data: &[u8]) {
     let mut bytes = Bytes { data, at: 0 };
     let settings = Settings {
@@ -274,7 +274,15 @@ pub fn check_decide_apply(data: &[u8]) {
         // Timers that are due fire before the next input, as the engine does it.
         for _ in 0..64 {
             match crate::lifecycle::next_deadline(&driver.state, &driver.settings) {
-                Some((at, timer)) if at <= driver.now => driver.run(Command::TimerFired(timer)),
+                Some((at, timer)) if at <= driver.now => {
+                    driver.run(Command::TimerFired(timer.clone()));
+                    // A due deadline that fires must move on, or the engine would spin.
+                    let again = crate::lifecycle::deadlines(&driver.state, &driver.settings);
+                    assert!(
+                        !again.contains(&(at, timer.clone())),
+                        "deadline {timer:?} at {at} is still pending after it fired"
+                    );
+                }
                 _ => break,
             }
         }

@@ -482,6 +482,19 @@ impl State {
             .count()
     }
 
+    /// True when nothing is left to happen by itself: no job queued or in flight, every
+    /// run and archive settled, no schedule try, and no restart decision pending. (A
+    /// simulation that reaches this point has ended `all_terminal`.)
+    pub fn all_settled(&self) -> bool {
+        self.recovery.is_none()
+            && self.schedule_try.is_none()
+            && self.jobs.values().all(|j| {
+                j.status.is_terminal()
+                    && matches!(j.run.phase, RunPhase::NotStarted | RunPhase::Stopped)
+                    && j.archive.is_settled()
+            })
+    }
+
     /// The connected sites, by name.
     pub fn connected_sites(&self) -> impl Iterator<Item = (&String, &SiteFacts)> {
         self.sites
@@ -903,10 +916,17 @@ impl State {
                 let server = crate::job::meta::SERVER;
                 if job.status.is_terminal() {
                     job.run.step = None;
-                } else if participant == server {
-                    job.run.step = Some((StartStep::DeployingSites, at));
-                } else if job.run.sites.iter().all(|s| job.run.deploy.contains_key(s)) {
-                    job.run.step = Some((StartStep::StartingServer, at));
+                } else {
+                    if participant == server {
+                        job.run.step = Some((StartStep::DeployingSites, at));
+                    }
+                    // Once every site has answered (at once, for a run without sites) the
+                    // server app starts next.
+                    let all_answered = job.run.sites.iter().all(|s| job.run.deploy.contains_key(s));
+                    if matches!(job.run.step, Some((StartStep::DeployingSites, _))) && all_answered
+                    {
+                        job.run.step = Some((StartStep::StartingServer, at));
+                    }
                 }
                 if !result.is_ok() && participant != server {
                     job.run.reservations.remove(participant);
