@@ -395,3 +395,35 @@ fn a_stopped_run_whose_server_app_never_ends_is_decided_from_what_is_known() {
     assert_eq!(kinds(&d), ["server_app_exited"]);
     assert_eq!(w.status(job_id), RunStatus::ExecutionException);
 }
+
+#[test]
+fn a_site_that_reconnects_still_running_a_stopping_run_is_told_again_to_stop() {
+    let mut w = World::default();
+    let job_id = w.running(&["site-1", "site-2"], 2);
+    w.site_exit("site-1", job_id, "r1", ExitOutcome::Code(101));
+    // site-2 was asked to stop, but lost its connection before the request arrived.
+    w.site("site-2", SiteReport::Disconnected);
+    let d = w.site(
+        "site-2",
+        SiteReport::Connected {
+            resources: Default::default(),
+            running: vec![job_id],
+        },
+    );
+    assert!(d.effects.contains(&Effect::StopSiteApp {
+        site: "site-2".into(),
+        job_id
+    }));
+    // A site running a job that is still RUNNING normally is left alone.
+    let mut w = World::default();
+    let job_id = w.running(&["site-1"], 1);
+    w.site("site-1", SiteReport::Disconnected);
+    let d = w.site(
+        "site-1",
+        SiteReport::Connected {
+            resources: Default::default(),
+            running: vec![job_id],
+        },
+    );
+    assert!(d.effects.is_empty());
+}

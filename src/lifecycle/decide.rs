@@ -1044,11 +1044,14 @@ fn site_report(ctx: &mut Ctx<'_>, site: String, report: SiteReport) {
                 .collect();
             let running: Vec<JobId> = running.into_iter().take(1024).collect();
             for job_id in &running {
-                // A site still running an app of a job that has ended is told to stop it.
-                let ended = ctx.scratch.jobs.get(job_id).map_or(true, |j| {
-                    j.status.is_terminal() && j.run.phase == RunPhase::Stopped
+                // A site still running an app of a job that has ended, or of a run that
+                // fedrun is stopping (the stop request may have been lost with the
+                // connection), is told to stop it.
+                let stop = ctx.scratch.jobs.get(job_id).map_or(true, |j| {
+                    (j.status.is_terminal() && j.run.phase == RunPhase::Stopped)
+                        || j.run.phase == RunPhase::Stopping
                 });
-                if ended && ctx.scratch.recovery.is_none() {
+                if stop && ctx.scratch.recovery.is_none() {
                     ctx.effect(Effect::StopSiteApp {
                         site: site.clone(),
                         job_id: *job_id,

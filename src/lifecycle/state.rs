@@ -466,6 +466,11 @@ impl State {
         State::default()
     }
 
+    /// The job, deleted or not.
+    pub fn job(&self, job_id: &JobId) -> Option<&Job> {
+        self.jobs.get(job_id).map(|j| &**j)
+    }
+
     /// The job, unless it does not exist or was deleted.
     pub fn live_job(&self, job_id: &JobId) -> Option<&Job> {
         self.jobs.get(job_id).map(|j| &**j).filter(|j| !j.deleted)
