@@ -164,28 +164,35 @@ fn next_command(bytes: &mut Bytes<'_>, state: &State, jobs: &[JobId]) -> (Comman
                 },
             }
         }
-        6 => Command::Site {
-            site: site(bytes),
-            report: SiteReport::DeployAnswer {
-                job_id: job(bytes),
-                result: result(bytes),
-            },
-        },
-        7 => Command::Site {
-            site: site(bytes),
-            report: SiteReport::StartAnswer {
-                job_id: job(bytes),
-                result: result(bytes),
-            },
-        },
-        8 => Command::Site {
-            site: site(bytes),
-            report: SiteReport::AppExited {
-                job_id: job(bytes),
-                report_id: bytes.text(),
-                outcome: outcome(bytes),
-            },
-        },
+        kind @ 6..=8 => {
+            // Mostly a site of the job's own run, so deploys, starts and exits land.
+            let job_id = job(bytes);
+            let run_sites = state
+                .job(&job_id)
+                .map(|j| j.run.sites.clone())
+                .unwrap_or_default();
+            let site = if run_sites.is_empty() || bytes.byte() == 255 {
+                site(bytes)
+            } else {
+                run_sites[usize::from(bytes.byte()) % run_sites.len()].clone()
+            };
+            let report = match kind {
+                6 => SiteReport::DeployAnswer {
+                    job_id,
+                    result: result(bytes),
+                },
+                7 => SiteReport::StartAnswer {
+                    job_id,
+                    result: result(bytes),
+                },
+                _ => SiteReport::AppExited {
+                    job_id,
+                    report_id: bytes.text(),
+                    outcome: outcome(bytes),
+                },
+            };
+            Command::Site { site, report }
+        }
         9 => Command::ServerDeployFinished {
             job_id: job(bytes),
             result: result(bytes),
