@@ -1,5 +1,8 @@
 //! fedrun: a crash-resilient server that runs federated jobs across many remote sites.
 
 pub mod job;
+pub mod lifecycle;
+pub mod schedule;
+pub mod settings;
 pub mod site;
 pub mod trust;
