@@ -17,6 +17,7 @@
 //! the top of its folder. A zip of one folder (`job/meta.json`, `job/app/...`) is stored
 //! without that top folder, so a folder and the zip of that folder give the same hash.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
@@ -216,42 +217,42 @@ pub struct Unpacked {
 
 /// Where a file's bytes are until the canonical zip is written.
 #[derive(Debug)]
-enum Content {
-    Memory(Vec<u8>),
+enum Content<'a> {
+    Memory(Cow<'a, [u8]>),
     Disk(PathBuf),
 }
 
-impl Content {
+impl Content<'_> {
     /// The bytes, read from disk when they are there.
-    fn bytes(&self) -> std::io::Result<std::borrow::Cow<'_, [u8]>> {
+    fn bytes(&self) -> std::io::Result<Cow<'_, [u8]>> {
         match self {
-            Content::Memory(data) => Ok(std::borrow::Cow::Borrowed(data)),
-            Content::Disk(path) => fs::read(path).map(std::borrow::Cow::Owned),
+            Content::Memory(data) => Ok(Cow::Borrowed(data)),
+            Content::Disk(path) => fs::read(path).map(Cow::Owned),
         }
     }
 }
 
 #[derive(Debug)]
-enum Node {
+enum Node<'a> {
     Folder,
     File {
         executable: bool,
         size: u64,
-        content: Content,
+        content: Content<'a>,
     },
 }
 
 /// A package's entries by path; `BTreeMap` order is the canonical order, and puts every
 /// folder before what it holds (a prefix sorts first).
 #[derive(Debug, Default)]
-struct Tree {
-    nodes: BTreeMap<String, Node>,
+struct Tree<'a> {
+    nodes: BTreeMap<String, Node<'a>>,
 }
 
-impl Tree {
+impl<'a> Tree<'a> {
     /// Adds an entry and every folder above it. Returns the conflicting path when a path
     /// would be both a file and a folder.
-    fn insert(&mut self, name: String, node: Node) -> Result<(), String> {
+    fn insert(&mut self, name: String, node: Node<'a>) -> Result<(), String> {
         for (at, _) in name.match_indices('/') {
             let parent = &name[..at];
             match self.nodes.get(parent) {
@@ -275,7 +276,7 @@ impl Tree {
     fn file_bytes(&self, name: &str, max: u64) -> Result<Option<Vec<u8>>, IngestError> {
         match self.nodes.get(name) {
             Some(Node::File { content, .. }) => match content {
-                Content::Memory(data) => Ok(Some(data.clone())),
+                Content::Memory(data) => Ok(Some(data.to_vec())),
                 Content::Disk(path) => {
                     let mut bytes = Vec::new();
                     let io = |source| IngestError::Io {
@@ -396,7 +397,7 @@ fn folder_name(path: &Path) -> String {
 }
 
 /// Lists a job folder without following symlinks or reading file contents.
-fn walk_folder(root: &Path, limits: &Limits) -> Result<Tree, IngestError> {
+fn walk_folder(root: &Path, limits: &Limits) -> Result<Tree<'static>, IngestError> {
     let mut tree = Tree::default();
     let mut total = 0u64;
     let mut count = 0u64;
@@ -455,7 +456,7 @@ fn walk_folder(root: &Path, limits: &Limits) -> Result<Tree, IngestError> {
 }
 
 /// Validates a listed tree and writes its canonical zip.
-fn build(tree: Tree, folder_name: &str, limits: &Limits) -> Result<Package, IngestError> {
+fn build(tree: Tree<'_>, folder_name: &str, limits: &Limits) -> Result<Package, IngestError> {
     limits.check_entry_count(tree.nodes.len() as u64)?;
     let meta_bytes = tree.file_bytes(META_JSON, META_JSON_BYTES_MAX)?;
     let meta = JobMeta::parse(&meta_bytes.ok_or(IngestError::MetaMissing)?, folder_name)?;
@@ -509,9 +510,8 @@ fn build(tree: Tree, folder_name: &str, limits: &Limits) -> Result<Package, Inge
             })??,
         }
     }
-    let zip = writer.finish()?;
+    let (zip, hash) = writer.finish()?;
     limits.check_package_size(zip.len() as u64)?;
-    let hash = blake3::hash(&zip);
     tracing::debug!(name = %meta.name, %hash, bytes = zip.len(), "job package ingested");
     Ok(Package {
         signed: matches!(tree.nodes.get(SIGNATURE_FILE), Some(Node::File { .. })),
@@ -529,7 +529,7 @@ fn append_content(
     out: &mut Vec<u8>,
     entry: &str,
     size: u64,
-    content: &Content,
+    content: &Content<'_>,
 ) -> Result<(), IngestError> {
     match content {
         Content::Memory(data) => out.extend_from_slice(data),

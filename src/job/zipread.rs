@@ -15,6 +15,7 @@
 //! Unix modes `0644`/`0755` for files and `0755` for folders. It depends on nothing but
 //! this file, so the same tree gives the same bytes on every version of fedrun.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::io::Read;
 
@@ -65,15 +66,16 @@ pub enum EntryKind {
     },
 }
 
-/// One checked, inflated entry of a zip.
+/// One checked, inflated entry of a zip. A Stored file's bytes are borrowed from the
+/// zip, so reading a canonical zip copies nothing.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ZipEntry {
+pub struct ZipEntry<'a> {
     /// The package-relative path, checked by [`check_entry_name`], without trailing `/`.
     pub name: String,
     /// File or folder.
     pub kind: EntryKind,
     /// The file's bytes (empty for a folder).
-    pub data: Vec<u8>,
+    pub data: Cow<'a, [u8]>,
 }
 
 /// Why a zip is refused. Every entry-level message starts with the entry's name.
@@ -229,7 +231,7 @@ fn find_end_record(bytes: &[u8]) -> Result<usize, ZipReadError> {
 /// [`Limits`] field, all from the directory before inflating anything; then inflates each
 /// file, enforcing its declared size and CRC-32. Entries come back in directory order.
 /// Never panics, whatever the bytes.
-pub fn read_zip(bytes: &[u8], limits: &Limits) -> Result<Vec<ZipEntry>, ZipReadError> {
+pub fn read_zip<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Vec<ZipEntry<'a>>, ZipReadError> {
     limits.check_package_size(bytes.len() as u64)?;
     let end_at = find_end_record(bytes)?;
     let mut end = Cursor::new(bytes, end_at + 4, "the end-of-central-directory record");
@@ -476,16 +478,19 @@ fn locate_data(
 
 /// Inflates one entry, never producing more than its declared size plus one byte, and
 /// checks the size and CRC-32.
-fn inflate(record: &CentralRecord<'_>, compressed: &[u8]) -> Result<Vec<u8>, ZipReadError> {
+fn inflate<'a>(
+    record: &CentralRecord<'_>,
+    compressed: &'a [u8],
+) -> Result<Cow<'a, [u8]>, ZipReadError> {
     let bad = |reason: String| ZipReadError::BadData {
         entry: record.name.clone(),
         reason,
     };
     if record.kind == EntryKind::Folder {
-        return Ok(Vec::new());
+        return Ok(Cow::Borrowed(&[]));
     }
     let data = if record.method == METHOD_STORED {
-        compressed.to_vec()
+        Cow::Borrowed(compressed)
     } else {
         // The declared size is within the limits (checked from the directory), so this
         // allocation is bounded; `take` stops a stream that inflates past it.
@@ -494,7 +499,7 @@ fn inflate(record: &CentralRecord<'_>, compressed: &[u8]) -> Result<Vec<u8>, Zip
             .take(record.size + 1)
             .read_to_end(&mut data)
             .map_err(|err| bad(format!("its compressed data is corrupt ({err})")))?;
-        data
+        Cow::Owned(data)
     };
     if data.len() as u64 != record.size {
         return Err(bad(format!(
@@ -519,13 +524,17 @@ fn inflate(record: &CentralRecord<'_>, compressed: &[u8]) -> Result<Vec<u8>, Zip
 #[error("the canonical zip would exceed the format's limits (4 GiB, 65,535 entries)")]
 pub struct FormatLimitError;
 
-/// Writes the canonical zip. The caller adds entries in sorted order, each folder before
-/// what it holds; file data is appended straight into the output buffer, so a package is
-/// copied once.
+/// Writes the canonical zip and its BLAKE3 hash. The caller adds entries in sorted order,
+/// each folder before what it holds; file data is appended straight into the output
+/// buffer, so a package is copied once, and it is hashed as soon as its entry is complete,
+/// while it is still in the CPU's cache.
 pub struct CanonicalZipWriter {
     out: Vec<u8>,
     central: Vec<u8>,
     count: u64,
+    hasher: blake3::Hasher,
+    /// `out[..hashed]` has been fed to `hasher`; those bytes never change again.
+    hashed: usize,
 }
 
 impl CanonicalZipWriter {
@@ -535,6 +544,8 @@ impl CanonicalZipWriter {
             out: Vec::with_capacity(capacity),
             central: Vec::new(),
             count: 0,
+            hasher: blake3::Hasher::new(),
+            hashed: 0,
         }
     }
 
@@ -618,11 +629,14 @@ impl CanonicalZipWriter {
         c.extend_from_slice(&((mode << 16) | dos_attributes).to_le_bytes());
         c.extend_from_slice(&header_offset.to_le_bytes());
         c.extend_from_slice(name.as_bytes());
+        // The entry's header is patched and its data written: these bytes are final.
+        self.hasher.update(&self.out[self.hashed..]);
+        self.hashed = self.out.len();
         Ok(())
     }
 
-    /// Appends the central directory and returns the zip's bytes.
-    pub fn finish(mut self) -> Result<Vec<u8>, FormatLimitError> {
+    /// Appends the central directory and returns the zip's bytes and their BLAKE3 hash.
+    pub fn finish(mut self) -> Result<(Vec<u8>, blake3::Hash), FormatLimitError> {
         let directory_offset = u32::try_from(self.out.len()).map_err(|_| FormatLimitError)?;
         let directory_size = u32::try_from(self.central.len()).map_err(|_| FormatLimitError)?;
         let total = self.out.len() as u64
@@ -642,7 +656,8 @@ impl CanonicalZipWriter {
         self.out.extend_from_slice(&directory_size.to_le_bytes());
         self.out.extend_from_slice(&directory_offset.to_le_bytes());
         self.out.extend_from_slice(&0u16.to_le_bytes()); // comment length
-        Ok(self.out)
+        self.hasher.update(&self.out[self.hashed..]);
+        Ok((self.out, self.hasher.finalize()))
     }
 }
 
@@ -667,12 +682,19 @@ mod tests {
             })
             .unwrap()
             .unwrap();
-        writer.finish().unwrap()
+        let (zip, hash) = writer.finish().unwrap();
+        assert_eq!(
+            hash,
+            blake3::hash(&zip),
+            "the incremental hash is the hash of the bytes"
+        );
+        zip
     }
 
     #[test]
     fn the_writer_output_reads_back() {
-        let entries = read_zip(&sample(), &Limits::default()).unwrap();
+        let zip = sample();
+        let entries = read_zip(&zip, &Limits::default()).unwrap();
         let names: Vec<_> = entries.iter().map(|e| (e.name.as_str(), e.kind)).collect();
         assert_eq!(
             names,
@@ -682,7 +704,7 @@ mod tests {
                 ("app/x.sh", EntryKind::File { executable: true }),
             ]
         );
-        assert_eq!(entries[2].data, b"echo hi\n");
+        assert_eq!(&entries[2].data[..], b"echo hi\n");
     }
 
     #[test]
