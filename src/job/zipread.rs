@@ -537,11 +537,40 @@ pub struct CanonicalZipWriter {
     hashed: usize,
 }
 
+/// Asks Linux to back a large, fresh buffer with transparent huge pages. Filling 100 MB
+/// of fresh 4 KiB pages costs one page fault per page, which measured as most of a folder
+/// ingest's time; with 2 MiB pages it is a few dozen faults. The advice changes neither
+/// the memory's contents nor its validity, and a kernel without huge pages ignores it.
+#[cfg(target_os = "linux")]
+fn advise_huge_pages(buffer: &mut Vec<u8>) {
+    const HUGE_PAGE_BYTES: usize = 2 << 20;
+    const PAGE_BYTES: usize = 4096;
+    if buffer.capacity() < 2 * HUGE_PAGE_BYTES {
+        return;
+    }
+    let first = buffer.as_mut_ptr() as usize;
+    let start = first.next_multiple_of(PAGE_BYTES);
+    let end = (first + buffer.capacity()) & !(PAGE_BYTES - 1);
+    // SAFETY: [start, end) is page-aligned and lies inside the buffer's own allocation;
+    // MADV_HUGEPAGE is advice about how to back those pages and never unmaps, frees or
+    // changes them, so no reference into the buffer is affected.
+    let result =
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+    if result != 0 {
+        tracing::trace!("madvise(MADV_HUGEPAGE) refused; the buffer uses ordinary pages");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn advise_huge_pages(_buffer: &mut Vec<u8>) {}
+
 impl CanonicalZipWriter {
     /// A writer whose buffer starts with room for `capacity` bytes.
     pub fn with_capacity(capacity: usize) -> Self {
+        let mut out = Vec::with_capacity(capacity);
+        advise_huge_pages(&mut out);
         CanonicalZipWriter {
-            out: Vec::with_capacity(capacity),
+            out,
             central: Vec::new(),
             count: 0,
             hasher: blake3::Hasher::new(),
