@@ -28,7 +28,7 @@ use crate::job::limits::{check_entry_name, LimitError, Limits, NameError};
 use crate::job::meta::{JobMeta, MetaError, META_JSON_BYTES_MAX};
 use crate::job::runfile::{RunFile, RunFileError, RUN_FILE, RUN_FILE_BYTES_MAX};
 use crate::job::zipread::{
-    read_zip, CanonicalZipWriter, EntryKind, FormatLimitError, ZipReadError,
+    read_zip, write_canonical, CanonicalEntry, EntryKind, FormatLimitError, ZipReadError,
 };
 
 /// The job description's name at the top of a package.
@@ -488,29 +488,31 @@ fn build(tree: Tree<'_>, folder_name: &str, limits: &Limits) -> Result<Package, 
         apps.insert(app.clone(), run);
     }
 
-    let mut total_bytes = 0u64;
-    let mut capacity = 22usize;
-    for (name, node) in &tree.nodes {
-        capacity += 76 + 2 * (name.len() + 1);
-        if let Node::File { size, .. } = node {
-            capacity = capacity.saturating_add(*size as usize);
-            total_bytes += size;
-        }
-    }
-    let mut writer = CanonicalZipWriter::with_capacity(capacity);
-    for (name, node) in &tree.nodes {
-        match node {
-            Node::Folder => writer.add_folder(name)?,
+    let nodes: Vec<(&String, &Node<'_>)> = tree.nodes.iter().collect();
+    let layout: Vec<CanonicalEntry<'_>> = nodes
+        .iter()
+        .map(|(name, node)| match node {
+            Node::Folder => CanonicalEntry {
+                name,
+                kind: EntryKind::Folder,
+                size: 0,
+            },
             Node::File {
-                executable,
-                size,
-                content,
-            } => writer.add_file(name, *executable, |out| {
-                append_content(out, name, *size, content)
-            })??,
-        }
-    }
-    let (zip, hash) = writer.finish()?;
+                executable, size, ..
+            } => CanonicalEntry {
+                name,
+                kind: EntryKind::File {
+                    executable: *executable,
+                },
+                size: *size,
+            },
+        })
+        .collect();
+    let total_bytes = layout.iter().map(|e| e.size).sum();
+    let (zip, hash) = write_canonical(&layout, |index, out| match nodes[index].1 {
+        Node::File { content, .. } => fill_content(out, nodes[index].0, content),
+        Node::Folder => Ok(()),
+    })??;
     limits.check_package_size(zip.len() as u64)?;
     tracing::debug!(name = %meta.name, %hash, bytes = zip.len(), "job package ingested");
     Ok(Package {
@@ -524,31 +526,27 @@ fn build(tree: Tree<'_>, folder_name: &str, limits: &Limits) -> Result<Package, 
     })
 }
 
-/// Appends one file's bytes, read once, straight into the zip buffer.
-fn append_content(
-    out: &mut Vec<u8>,
-    entry: &str,
-    size: u64,
-    content: &Content<'_>,
-) -> Result<(), IngestError> {
+/// Writes one file's bytes, read once, straight into its slice of the zip buffer.
+fn fill_content(out: &mut [u8], entry: &str, content: &Content<'_>) -> Result<(), IngestError> {
+    let changed = || IngestError::FileChanged {
+        entry: entry.to_owned(),
+    };
     match content {
-        Content::Memory(data) => out.extend_from_slice(data),
+        Content::Memory(data) if data.len() == out.len() => out.copy_from_slice(data),
+        Content::Memory(_) => return Err(changed()),
         Content::Disk(path) => {
-            let start = out.len();
             let io = |source| IngestError::Io {
                 path: path.clone(),
                 source,
             };
-            // Reading one byte past the listed size tells a grown file from an unchanged one.
-            fs::File::open(path)
-                .map_err(io)?
-                .take(size + 1)
-                .read_to_end(out)
-                .map_err(io)?;
-            if (out.len() - start) as u64 != size {
-                return Err(IngestError::FileChanged {
-                    entry: entry.to_owned(),
-                });
+            let mut file = fs::File::open(path).map_err(io)?;
+            file.read_exact(out).map_err(|err| match err.kind() {
+                std::io::ErrorKind::UnexpectedEof => changed(),
+                _ => io(err),
+            })?;
+            // One more byte would mean the file grew since it was listed.
+            if file.read(&mut [0u8; 1]).map_err(io)? != 0 {
+                return Err(changed());
             }
         }
     }
