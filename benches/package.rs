@@ -5,8 +5,7 @@
 //! Run with `cargo bench --bench package`.
 
 use std::fs;
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use fedrun::job::limits::Limits;
@@ -42,24 +41,6 @@ fn write_job(root: &Path) {
     }
 }
 
-/// Every file under `root`, sorted.
-fn list_files(root: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    let mut pending = vec![root.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        for entry in fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                pending.push(path);
-            } else {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
-    files
-}
-
 fn bench(c: &mut Criterion) {
     let tmp = tempfile::tempdir().unwrap();
     let job = tmp.path().join("job");
@@ -73,17 +54,6 @@ fn bench(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(bytes));
     group.bench_function("blake3_in_memory", |b| {
         b.iter(|| blake3::hash(&package.zip))
-    });
-    // The floor under folder ingest: reading the same files into one buffer, no checks.
-    let files = list_files(&job);
-    group.bench_function("read_files_only", |b| {
-        b.iter(|| {
-            let mut out = Vec::with_capacity(bytes as usize);
-            for file in &files {
-                fs::File::open(file).unwrap().read_to_end(&mut out).unwrap();
-            }
-            out.len()
-        })
     });
     group.bench_function("ingest_folder", |b| {
         b.iter(|| ingest(&job, &limits).unwrap().hash)
