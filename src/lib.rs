@@ -3,4 +3,7 @@
 pub mod blobs;
 pub mod history;
 pub mod job;
+pub mod lifecycle;
+pub mod schedule;
+pub mod settings;
 pub mod site;
