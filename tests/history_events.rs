@@ -157,9 +157,14 @@ fn todays_encoder_writes_exactly_the_committed_version_1_bytes() {
         return;
     }
     let mut prev = GENESIS_HASH;
+    let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
     for (event, name) in sample_history(1).iter().zip(FIXTURE_RECORDS) {
         let bytes = record::encode(event.seq, prev, event).unwrap();
         std::fs::write(fixture_path(name), &bytes).unwrap();
+        // The same records seed the fuzz corpora: whole records, and bare events.
+        std::fs::write(corpus.join("history_record").join(name), &bytes).unwrap();
+        let event_bytes = rmp_serde::to_vec_named(event).unwrap();
+        std::fs::write(corpus.join("event_decode").join(name), event_bytes).unwrap();
         prev = ChainHash::of(&bytes);
     }
 }

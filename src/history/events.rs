@@ -110,7 +110,9 @@ pub fn fuzz_history_record(bytes: &[u8]) {
 /// printed forms are single lines.
 pub fn fuzz_event_decode(bytes: &[u8]) {
     super::record::fuzz_check_event::<Event>(bytes);
-    if let Ok(event) = rmp_serde::from_slice::<Event>(bytes) {
+    if let Ok(event) =
+        super::record::from_slice_limited::<Event>(bytes, super::record::MAX_RECORD_DEPTH)
+    {
         assert!(
             !event_json(&event).contains('\n'),
             "a JSON line holds no newline"

@@ -23,6 +23,21 @@ pub const MIN_READER_VERSION: u32 = 1;
 /// fsyncs, so the history keeps every value well below that.
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 
+/// How deeply a record may nest. fedrun's events nest about eight levels; the limit keeps
+/// hostile bytes (thousands of nested arrays) from exhausting a thread's stack, which
+/// the decoder's own default of 1024 levels can do on a 2 MiB thread.
+pub const MAX_RECORD_DEPTH: usize = 32;
+
+/// Decodes named-field MessagePack with nesting limited to `max_depth`.
+pub fn from_slice_limited<T: DeserializeOwned>(
+    bytes: &[u8],
+    max_depth: usize,
+) -> Result<T, rmp_serde::decode::Error> {
+    let mut deserializer = rmp_serde::Deserializer::from_read_ref(bytes);
+    deserializer.set_max_depth(max_depth);
+    T::deserialize(&mut deserializer)
+}
+
 /// The `prev` hash of the first record: there is no record before it.
 pub const GENESIS_HASH: ChainHash = ChainHash([0; 32]);
 
@@ -175,7 +190,7 @@ struct RecordRef<'a, E> {
 /// Decodes a whole record. Never panics, whatever the bytes.
 pub fn decode<E: DeserializeOwned>(bytes: &[u8]) -> Result<Record<E>, DecodeError> {
     let record: Record<E> =
-        rmp_serde::from_slice(bytes).map_err(|source| DecodeError::Malformed {
+        from_slice_limited(bytes, MAX_RECORD_DEPTH).map_err(|source| DecodeError::Malformed {
             len: bytes.len(),
             source,
         })?;
@@ -188,7 +203,7 @@ pub fn decode<E: DeserializeOwned>(bytes: &[u8]) -> Result<Record<E>, DecodeErro
 /// Decodes only the header of a record (version, seq, link). Never panics.
 pub fn decode_header(bytes: &[u8]) -> Result<RecordHeader, DecodeError> {
     let header: RecordHeader =
-        rmp_serde::from_slice(bytes).map_err(|source| DecodeError::Malformed {
+        from_slice_limited(bytes, MAX_RECORD_DEPTH).map_err(|source| DecodeError::Malformed {
             len: bytes.len(),
             source,
         })?;
@@ -255,11 +270,12 @@ pub fn fuzz_check_event<E>(bytes: &[u8])
 where
     E: Serialize + DeserializeOwned,
 {
-    let Ok(event) = rmp_serde::from_slice::<E>(bytes) else {
+    let Ok(event) = from_slice_limited::<E>(bytes, MAX_RECORD_DEPTH) else {
         return;
     };
     if let Ok(encoded) = rmp_serde::to_vec_named(&event) {
-        let decoded: E = rmp_serde::from_slice(&encoded).expect("an encoded event decodes");
+        let decoded: E =
+            from_slice_limited(&encoded, MAX_RECORD_DEPTH).expect("an encoded event decodes");
         let again = rmp_serde::to_vec_named(&decoded).expect("a decoded event encodes again");
         assert_eq!(again, encoded, "event changed in a MessagePack round trip");
     }
