@@ -11,62 +11,90 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use fedrun::history::{Fold, History, Sequenced};
-use serde::{Deserialize, Serialize};
+use fedrun::history::events::EventHistory;
+use fedrun::job::meta::{AppTargets, JobMeta};
+use fedrun::job::JobId;
+use fedrun::lifecycle::{
+    Actor, BlobHash, BootId, Event, EventKind, Identity, Role, ScheduleOutcome, State, Timestamp,
+};
 
-/// An event shaped like a lifecycle event: envelope (seq, time, actor, request id, boot
-/// id) and a job id with a status.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct BenchEvent {
-    seq: u64,
-    at_ms: u64,
-    actor: String,
-    request_id: String,
-    boot_id: String,
-    job_id: String,
-    kind: String,
-    status: u8,
+fn job(n: u64) -> JobId {
+    JobId(uuid::Uuid::from_u128(
+        0x1000_0000_0000_4000_8000_0000_0000_0000 + u128::from(n),
+    ))
 }
 
-impl Sequenced for BenchEvent {
-    fn seq(&self) -> u64 {
-        self.seq
-    }
-}
-
-fn event(seq: u64, job: u64, status: u8) -> BenchEvent {
-    BenchEvent {
+fn envelope(seq: u64, actor: Actor, kind: EventKind) -> Event {
+    Event {
         seq,
-        at_ms: 1_764_000_000_000 + seq,
-        actor: "admin:alice@org-a/project_admin".to_string(),
-        request_id: format!("req-{seq:016x}"),
-        boot_id: "3f2a9c1e-0b7d-4e8a-9c55-1d2e3f4a5b6c".to_string(),
-        job_id: format!("{job:08x}-0000-4000-8000-000000000000"),
-        kind: "StatusChanged".to_string(),
-        status,
+        at: Timestamp::from_millis(1_764_288_000_000 + seq as i64),
+        actor,
+        request_id: None,
+        boot_id: BootId(uuid::Uuid::from_u128(7)),
+        kind,
     }
 }
 
-/// A state of jobs and their statuses; an event must move a job's status forward.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct BenchState {
-    jobs: BTreeMap<String, u8>,
+/// A `JobSubmitted` of job `n` (about 500 bytes encoded: meta, package hash, submitter).
+fn submitted(seq: u64, n: u64) -> Event {
+    let alice = Identity {
+        name: "alice".into(),
+        org: "org-a".into(),
+        role: Role::Lead,
+    };
+    envelope(
+        seq,
+        Actor::admin(&alice),
+        EventKind::JobSubmitted {
+            job_id: job(n),
+            meta: JobMeta {
+                name: format!("job-{n}"),
+                deploy_map: vec![AppTargets {
+                    app: "app".into(),
+                    targets: vec!["server".into(), "site-1".into(), "site-2".into()],
+                }],
+                min_clients: 2,
+                mandatory_clients: vec![],
+                resource_spec: BTreeMap::from([(
+                    "@default".to_string(),
+                    BTreeMap::from([("num_of_gpus".to_string(), 1.0)]),
+                )]),
+            },
+            package: BlobHash::from(blake3::hash(&n.to_le_bytes())),
+            submitter: alice,
+            signer: None,
+            submit_time: Timestamp::from_millis(1_764_288_000_000 + seq as i64),
+            cloned_from: None,
+        },
+    )
 }
 
-impl Fold<BenchEvent> for BenchState {
-    type Error = String;
-    fn apply_checked(&mut self, event: &BenchEvent) -> Result<(), String> {
-        let status = self.jobs.entry(event.job_id.clone()).or_insert(0);
-        if event.status <= *status && event.status != 0 {
-            return Err(format!("status {} after {}", event.status, status));
-        }
-        *status = event.status;
-        Ok(())
+/// A `ScheduleAttempted` of job `n` that found no resources (about 200 bytes encoded).
+fn attempted(seq: u64, n: u64) -> Event {
+    envelope(
+        seq,
+        Actor::Scheduler,
+        EventKind::ScheduleAttempted {
+            job_id: job(n),
+            outcome: ScheduleOutcome::NoResources {
+                reason: "connected sites (1) < min_clients (2)".into(),
+            },
+        },
+    )
+}
+
+/// The event at `seq` of a legal history: each job is submitted, then tried three times.
+fn event_at(seq: u64) -> Event {
+    let n = (seq - 1) / 4;
+    if (seq - 1) % 4 == 0 {
+        submitted(seq, n)
+    } else {
+        attempted(seq, n)
     }
 }
 
 fn encoded_size() -> usize {
-    fedrun::history::record::encode(1, fedrun::history::GENESIS_HASH, &event(1, 1, 0))
+    fedrun::history::record::encode(1, fedrun::history::GENESIS_HASH, &event_at(1))
         .expect("a bench event encodes")
         .len()
 }
@@ -78,11 +106,11 @@ fn durable_append(c: &mut Criterion) {
         .sample_size(30)
         .measurement_time(Duration::from_secs(6));
 
-    let mut history = History::<BenchEvent>::open(&dir.path().join("h")).expect("open");
+    let mut history = EventHistory::open(&dir.path().join("h")).expect("open");
     group.bench_function("history_append_batch_of_1", |b| {
         b.iter(|| {
             let seq = history.next_seq();
-            history.append_batch(&[event(seq, seq, 0)]).expect("append");
+            history.append_batch(&[event_at(seq)]).expect("append");
         })
     });
 
@@ -105,7 +133,7 @@ fn durable_append(c: &mut Criterion) {
 
 fn batches_of_64(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut history = History::<BenchEvent>::open(dir.path()).expect("open");
+    let mut history = EventHistory::open(dir.path()).expect("open");
     let mut group = c.benchmark_group("batch_of_64");
     group
         .sample_size(30)
@@ -117,8 +145,7 @@ fn batches_of_64(c: &mut Criterion) {
             let mut spent = Duration::ZERO;
             for _ in 0..iterations {
                 let first = history.next_seq();
-                let events: Vec<BenchEvent> =
-                    (first..first + 64).map(|seq| event(seq, seq, 0)).collect();
+                let events: Vec<Event> = (first..first + 64).map(event_at).collect();
                 let start = Instant::now();
                 history.append_batch(&events).expect("append");
                 spent += start.elapsed();
@@ -135,16 +162,13 @@ fn replay(c: &mut Criterion) {
         .and_then(|text| text.parse().ok())
         .unwrap_or(1_000_000);
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut history = History::<BenchEvent>::open(dir.path()).expect("open");
+    let mut history = EventHistory::open(dir.path()).expect("open");
     let build = Instant::now();
     let batch = 1000;
     let mut seq = 1;
     while seq <= events {
         let end = (seq + batch).min(events + 1);
-        // Each job gets a few events: submitted (0), then statuses 1, 2, 3.
-        let chunk: Vec<BenchEvent> = (seq..end)
-            .map(|s| event(s, (s - 1) / 4, ((s - 1) % 4) as u8))
-            .collect();
+        let chunk: Vec<Event> = (seq..end).map(event_at).collect();
         history.append_batch(&chunk).expect("append");
         seq = end;
     }
@@ -159,7 +183,7 @@ fn replay(c: &mut Criterion) {
         .throughput(Throughput::Elements(events));
     group.bench_function(format!("replay_{events}_events"), |b| {
         b.iter(|| {
-            let state = history.replay(BenchState::default()).expect("replay");
+            let state = history.replay(State::new()).expect("replay");
             assert_eq!(state.jobs.len() as u64, events.div_ceil(4));
         })
     });
@@ -168,26 +192,25 @@ fn replay(c: &mut Criterion) {
 
 fn startup(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut history = History::<BenchEvent>::open(dir.path()).expect("open");
+    let mut history = EventHistory::open(dir.path()).expect("open");
     let jobs = 10_000u64;
-    let mut state = BenchState::default();
+    let mut state = State::new();
     let mut seq = 1;
     for chunk in 0..jobs / 1000 {
-        let events: Vec<BenchEvent> = (0..1000)
-            .map(|i| {
-                let e = event(seq + i, chunk * 1000 + i, 0);
-                state.apply_checked(&e).expect("legal");
-                e
-            })
+        let events: Vec<Event> = (0..1000)
+            .map(|i| submitted(seq + i, chunk * 1000 + i))
             .collect();
+        for event in &events {
+            state.apply(event);
+        }
         seq += 1000;
         history.append_batch(&events).expect("append");
     }
     history.take_snapshot(&state).expect("snapshot");
-    // A tail of 10,000 events: every job moves to status 1.
+    // A tail of 10,000 events: every job is tried once.
     for chunk in 0..jobs / 1000 {
-        let events: Vec<BenchEvent> = (0..1000)
-            .map(|i| event(seq + i, chunk * 1000 + i, 1))
+        let events: Vec<Event> = (0..1000)
+            .map(|i| attempted(seq + i, chunk * 1000 + i))
             .collect();
         seq += 1000;
         history.append_batch(&events).expect("append");
@@ -200,8 +223,8 @@ fn startup(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(6));
     group.bench_function("open_snapshot_10k_jobs_plus_10k_tail", |b| {
         b.iter(|| {
-            let history = History::<BenchEvent>::open(dir.path()).expect("open");
-            let recovered = history.recover(BenchState::default()).expect("recover");
+            let history = EventHistory::open(dir.path()).expect("open");
+            let recovered = history.recover(State::new()).expect("recover");
             assert_eq!(recovered.replayed, jobs);
             assert_eq!(recovered.state.jobs.len() as u64, jobs);
         })
