@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+pub use events::{event_json_line, event_text, EventHistory};
 pub use record::{ChainHash, Record, GENESIS_HASH, MAX_VALUE_BYTES};
 pub use sled_store::{DataFileSync, DataPaths, FsyncDataFile, SledOptions, SledStorage};
 pub use snapshot::SnapshotRecord;
