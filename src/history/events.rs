@@ -118,6 +118,45 @@ pub fn referenced_blobs(
     reference_counts(packages.chain(archives).chain(snapshots))
 }
 
+/// The full audit of a data folder: [`super::History::verify`] (chain, transitions,
+/// anchor, snapshot), and then, when the records replay, that every blob the final state
+/// still needs is in `blobs` and hashes to its name.
+pub fn audit(history: &EventHistory, blobs: &crate::blobs::BlobStore) -> super::VerifyReport {
+    let mut report = history.verify(State::new());
+    if !report.is_ok() {
+        return report;
+    }
+    let state = match history.replay(State::new()) {
+        Ok(state) => state,
+        Err(err) => {
+            report.problems.push(super::Problem {
+                seq: Some(err.first_bad_seq()),
+                message: err.to_string(),
+            });
+            return report;
+        }
+    };
+    let snapshot = match history.snapshot_record() {
+        Ok(snapshot) => snapshot,
+        Err(err) => {
+            report.problems.push(super::Problem {
+                seq: None,
+                message: format!("the snapshot record cannot be read: {err}"),
+            });
+            None
+        }
+    };
+    for hash in referenced_blobs(&state, snapshot.as_ref()).keys() {
+        if let Err(err) = blobs.get(hash) {
+            report.problems.push(super::Problem {
+                seq: None,
+                message: err.to_string(),
+            });
+        }
+    }
+    report
+}
+
 fn to_value<T: serde::Serialize>(value: &T) -> Value {
     // The core's types serialize to JSON without error: string map keys, no
     // non-serializable fields. A NaN resource amount becomes null rather than failing.

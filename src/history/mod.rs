@@ -725,28 +725,22 @@ pub fn check_record<E: DeserializeOwned + Sequenced>(
             found: Some(key_seq),
         });
     }
-    let header = record::decode_header(bytes).map_err(|source| ReplayError::Decode {
-        seq: key_seq,
-        source,
-    })?;
-    if header.seq != key_seq {
-        return Err(ReplayError::Misplaced {
-            seq: key_seq,
-            found: header.seq,
-        });
-    }
-    if header.prev != expected_prev {
-        return Err(ReplayError::BrokenLink {
-            seq: key_seq,
-            prev_seq: key_seq.saturating_sub(1),
-            expected: expected_prev,
-            found: header.prev,
-        });
-    }
-    let record: Record<E> = record::decode(bytes).map_err(|source| ReplayError::Decode {
-        seq: key_seq,
-        source,
-    })?;
+    // One parse in the common case. Only when the whole record does not decode is the
+    // header read on its own, so a misplaced or unlinked record is still reported as
+    // such rather than as undecodable.
+    let record = match record::decode::<E>(bytes) {
+        Ok(record) => record,
+        Err(source) => {
+            if let Ok(header) = record::decode_header(bytes) {
+                check_header(key_seq, expected_prev, header.seq, header.prev)?;
+            }
+            return Err(ReplayError::Decode {
+                seq: key_seq,
+                source,
+            });
+        }
+    };
+    check_header(key_seq, expected_prev, record.seq, record.prev)?;
     if record.event.seq() != key_seq {
         return Err(ReplayError::EventSeq {
             seq: key_seq,
@@ -754,4 +748,29 @@ pub fn check_record<E: DeserializeOwned + Sequenced>(
         });
     }
     Ok((record, ChainHash::of(bytes)))
+}
+
+/// Checks that a record stored under `key_seq` says it is that record and links to
+/// `expected_prev`.
+fn check_header(
+    key_seq: u64,
+    expected_prev: ChainHash,
+    seq: u64,
+    prev: ChainHash,
+) -> Result<(), ReplayError> {
+    if seq != key_seq {
+        return Err(ReplayError::Misplaced {
+            seq: key_seq,
+            found: seq,
+        });
+    }
+    if prev != expected_prev {
+        return Err(ReplayError::BrokenLink {
+            seq: key_seq,
+            prev_seq: key_seq.saturating_sub(1),
+            expected: expected_prev,
+            found: prev,
+        });
+    }
+    Ok(())
 }
