@@ -517,11 +517,28 @@ impl<E: Serialize + DeserializeOwned + Sequenced> History<E> {
         &self,
         empty: S,
     ) -> Result<Recovered<S>, ReplayError> {
-        let snapshot = self
-            .storage
-            .load_snapshot()
-            .map_err(|source| ReplayError::Storage { seq: 0, source })?;
-        let Some((record, bytes)) = snapshot else {
+        // A snapshot is only a shortcut: when its blob is missing or damaged, or its
+        // state no longer decodes (an older state layout), start-up replays everything
+        // instead, which gives the same state. The audit still reports the snapshot.
+        let snapshot = match self.storage.load_snapshot() {
+            Ok(snapshot) => snapshot,
+            Err(err) => {
+                tracing::warn!(error = %err, "snapshot unreadable; replaying the whole history");
+                None
+            }
+        };
+        let decoded =
+            snapshot.and_then(
+                |(record, bytes)| match snapshot::decode_state::<S>(&bytes) {
+                    Ok(state) => Some((record, state)),
+                    Err(err) => {
+                        tracing::warn!(seq = record.seq, error = %err,
+                        "snapshot state does not decode; replaying the whole history");
+                        None
+                    }
+                },
+            );
+        let Some((record, state)) = decoded else {
             let (state, replayed) = fold_records(empty, self.records_from(1))?;
             return Ok(Recovered {
                 state,
@@ -538,10 +555,6 @@ impl<E: Serialize + DeserializeOwned + Sequenced> History<E> {
                 ),
             });
         }
-        let state: S = snapshot::decode_state(&bytes).map_err(|err| ReplayError::Snapshot {
-            seq: record.seq,
-            detail: format!("state does not decode: {err}"),
-        })?;
         if record.seq > 0 {
             let at = self
                 .storage
