@@ -121,7 +121,7 @@ fn audit_verify_fails_naming_the_first_bad_record() {
     let dir = tempfile::tempdir().unwrap();
     data_folder(dir.path());
     {
-        let db = sled::open(dir.path().join("history")).unwrap();
+        let db = common::raw_sled(dir.path());
         let events = db.open_tree("events").unwrap();
         events.remove(record::seq_key(4)).unwrap();
         db.flush().unwrap();
@@ -155,7 +155,7 @@ fn audit_verify_reports_a_history_shorter_than_its_anchor() {
     let dir = tempfile::tempdir().unwrap();
     let count = data_folder(dir.path());
     {
-        let db = sled::open(dir.path().join("history")).unwrap();
+        let db = common::raw_sled(dir.path());
         let events = db.open_tree("events").unwrap();
         events.remove(record::seq_key(count as u64)).unwrap();
         db.flush().unwrap();

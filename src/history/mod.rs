@@ -506,17 +506,23 @@ impl<E: Serialize + DeserializeOwned + Sequenced> History<E> {
 
     /// Rebuilds the state by folding every record into `state` (normally empty),
     /// checking each record's link and transition.
-    pub fn replay<S: Fold<E>>(&self, state: S) -> Result<S, ReplayError> {
-        let (state, _) = fold_records(state, self.records_from(1))?;
+    pub fn replay<S: Fold<E> + Send>(&self, state: S) -> Result<S, ReplayError>
+    where
+        E: Send,
+    {
+        let (state, _) = fold_pipelined(state, self.storage.read_from(1), 1, GENESIS_HASH)?;
         Ok(state)
     }
 
     /// Start-up: the latest snapshot plus the tail of records after it (or a full replay
     /// from `empty` when there is no snapshot). Snapshot + tail equals full replay.
-    pub fn recover<S: Fold<E> + DeserializeOwned>(
+    pub fn recover<S: Fold<E> + DeserializeOwned + Send>(
         &self,
         empty: S,
-    ) -> Result<Recovered<S>, ReplayError> {
+    ) -> Result<Recovered<S>, ReplayError>
+    where
+        E: Send,
+    {
         // A snapshot is only a shortcut: when its blob is missing or damaged, or its
         // state no longer decodes (an older state layout), start-up replays everything
         // instead, which gives the same state. The audit still reports the snapshot.
@@ -539,7 +545,8 @@ impl<E: Serialize + DeserializeOwned + Sequenced> History<E> {
                 },
             );
         let Some((record, state)) = decoded else {
-            let (state, replayed) = fold_records(empty, self.records_from(1))?;
+            let (state, replayed) =
+                fold_pipelined(empty, self.storage.read_from(1), 1, GENESIS_HASH)?;
             return Ok(Recovered {
                 state,
                 snapshot_seq: None,
@@ -571,13 +578,12 @@ impl<E: Serialize + DeserializeOwned + Sequenced> History<E> {
                 });
             }
         }
-        let tail = RecordReader::new(
+        let (state, replayed) = fold_pipelined(
+            state,
             self.storage.read_from(record.seq + 1),
             record.seq + 1,
             record.chain,
-            None,
-        );
-        let (state, replayed) = fold_records(state, tail)?;
+        )?;
         Ok(Recovered {
             state,
             snapshot_seq: Some(record.seq),
@@ -641,26 +647,98 @@ impl<E: Serialize + DeserializeOwned + Sequenced> History<E> {
     }
 }
 
-/// Folds checked records into `state`; returns it and the number of records folded.
-fn fold_records<E, S: Fold<E>>(
-    mut state: S,
-    records: RecordReader<'_, E>,
+/// Folds the stored records from `from` on (the first linking to `prev`) into `state`,
+/// checking each; returns the state and the number of records folded.
+///
+/// Replay is a three-stage pipeline, so start-up uses a second core: this thread reads
+/// raw records from the store, a decoder thread checks and decodes them (the costliest
+/// step), and a folder thread applies them in order. Chunks keep the hand-offs cheap and
+/// bounded channels keep memory flat. Order and error reporting are those of a plain
+/// loop: the first bad record stops all three stages.
+fn fold_pipelined<E, S>(
+    state: S,
+    raw: storage::RecordIter<'_>,
+    from: u64,
+    prev: ChainHash,
 ) -> Result<(S, u64), ReplayError>
 where
-    E: DeserializeOwned + Sequenced,
+    E: DeserializeOwned + Sequenced + Send,
+    S: Fold<E> + Send,
 {
-    let mut count = 0;
-    for record in records {
-        let record = record?;
-        state
-            .apply_checked(&record.event)
-            .map_err(|reason| ReplayError::Illegal {
-                seq: record.seq,
-                reason: reason.to_string(),
-            })?;
-        count += 1;
-    }
-    Ok((state, count))
+    const CHUNK: usize = 512;
+    type RawChunk = Vec<Result<(u64, Vec<u8>), StorageError>>;
+    let (raw_tx, raw_rx) = std::sync::mpsc::sync_channel::<RawChunk>(4);
+    let (record_tx, record_rx) =
+        std::sync::mpsc::sync_channel::<Vec<Result<Record<E>, ReplayError>>>(4);
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            let mut expected_seq = from;
+            let mut expected_prev = prev;
+            for chunk in raw_rx {
+                let mut checked = Vec::with_capacity(chunk.len());
+                let mut failed = false;
+                for item in chunk {
+                    let result = match item {
+                        Err(source) => Err(ReplayError::Storage {
+                            seq: expected_seq,
+                            source,
+                        }),
+                        Ok((seq, bytes)) => check_record(expected_seq, expected_prev, seq, &bytes)
+                            .map(|(record, hash)| {
+                                expected_seq += 1;
+                                expected_prev = hash;
+                                record
+                            }),
+                    };
+                    failed = result.is_err();
+                    checked.push(result);
+                    if failed {
+                        break;
+                    }
+                }
+                if record_tx.send(checked).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        let folder = scope.spawn(move || {
+            let mut state = state;
+            let mut count = 0u64;
+            for chunk in record_rx {
+                for record in chunk {
+                    let record = record?;
+                    state
+                        .apply_checked(&record.event)
+                        .map_err(|reason| ReplayError::Illegal {
+                            seq: record.seq,
+                            reason: reason.to_string(),
+                        })?;
+                    count += 1;
+                }
+            }
+            Ok((state, count))
+        });
+        let mut chunk = Vec::with_capacity(CHUNK);
+        for item in raw {
+            let stop = item.is_err();
+            chunk.push(item);
+            if chunk.len() == CHUNK || stop {
+                let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
+                // A closed channel means a later stage stopped at a bad record.
+                if raw_tx.send(full).is_err() || stop {
+                    break;
+                }
+            }
+        }
+        if !chunk.is_empty() {
+            let _ = raw_tx.send(chunk);
+        }
+        drop(raw_tx);
+        match folder.join() {
+            Ok(result) => result,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
 }
 
 /// An iterator over checked records; see [`History::records_from`].
