@@ -10,8 +10,10 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use fedrun::history::events::EventHistory;
+use fedrun::history::{DataFileSync, MemoryStorage, SledOptions};
 use fedrun::job::meta::{AppTargets, JobMeta};
 use fedrun::job::JobId;
 use fedrun::lifecycle::{
@@ -131,16 +133,18 @@ fn durable_append(c: &mut Criterion) {
     group.finish();
 }
 
-fn batches_of_64(c: &mut Criterion) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut history = EventHistory::open(dir.path()).expect("open");
-    let mut group = c.benchmark_group("batch_of_64");
-    group
-        .sample_size(30)
-        .measurement_time(Duration::from_secs(6))
-        .throughput(Throughput::Elements(64));
-    group.bench_function("append_batch_64", |b| {
-        // Building the events is not timed: only the durable append is.
+/// A sync seam that does nothing: measures what a batch costs before the fsync.
+struct NoSync;
+
+impl DataFileSync for NoSync {
+    fn sync(&mut self, _file: &std::fs::File, _path: &std::path::Path) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Times `append_batch` of 64 events on `history`, building the events untimed.
+fn bench_batches(group: &mut BenchmarkGroup<'_, WallTime>, name: &str, history: &mut EventHistory) {
+    group.bench_function(name, |b| {
         b.iter_custom(|iterations| {
             let mut spent = Duration::ZERO;
             for _ in 0..iterations {
@@ -153,6 +157,36 @@ fn batches_of_64(c: &mut Criterion) {
             spent
         })
     });
+}
+
+fn batches_of_64(c: &mut Criterion) {
+    let mut group = c.benchmark_group("batch_of_64");
+    group
+        .sample_size(30)
+        .measurement_time(Duration::from_secs(6))
+        .throughput(Throughput::Elements(64));
+
+    // Durable: insert, sled's flush, fdatasync of the data file.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut history = EventHistory::open(dir.path()).expect("open");
+    bench_batches(&mut group, "append_batch_64_durable", &mut history);
+
+    // Where the time goes: without the fdatasync (sled's flush still writes and waits
+    // for its sync_file_range), and in memory (encoding and hashing only).
+    let dir = tempfile::tempdir().expect("temp dir");
+    let options = SledOptions {
+        create: true,
+        sync: Box::new(NoSync),
+    };
+    let mut history = EventHistory::open_with(dir.path(), options).expect("open");
+    bench_batches(
+        &mut group,
+        "append_batch_64_without_fdatasync",
+        &mut history,
+    );
+
+    let mut history = EventHistory::in_memory(MemoryStorage::new()).expect("open");
+    bench_batches(&mut group, "append_batch_64_in_memory", &mut history);
     group.finish();
 }
 
