@@ -226,23 +226,28 @@ fn replay(c: &mut Criterion) {
         .sample_size(10)
         .measurement_time(Duration::from_secs(20))
         .throughput(Throughput::Elements(events));
-    // The history is built inside the closure, which criterion calls only when the
-    // benchmark is selected, so `cargo bench -- durable` skips the long build.
+    // The history is built on the closure's first call, which criterion makes only when
+    // the benchmark is selected (so `cargo bench -- durable` skips the long build), and
+    // kept for its later calls.
+    let mut built: Option<(tempfile::TempDir, EventHistory)> = None;
     group.bench_function(format!("replay_{events}_events"), |b| {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut history = EventHistory::open(dir.path()).expect("open");
-        let build = Instant::now();
-        let mut seq = 1;
-        while seq <= events {
-            let end = (seq + 1000).min(events + 1);
-            let chunk: Vec<Event> = (seq..end).map(event_at).collect();
-            history.append_batch(&chunk).expect("append");
-            seq = end;
-        }
-        eprintln!(
-            "built a {events}-event history in {:.1} s",
-            build.elapsed().as_secs_f64()
-        );
+        let (_, history) = built.get_or_insert_with(|| {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let mut history = EventHistory::open(dir.path()).expect("open");
+            let build = Instant::now();
+            let mut seq = 1;
+            while seq <= events {
+                let end = (seq + 1000).min(events + 1);
+                let chunk: Vec<Event> = (seq..end).map(event_at).collect();
+                history.append_batch(&chunk).expect("append");
+                seq = end;
+            }
+            eprintln!(
+                "built a {events}-event history in {:.1} s",
+                build.elapsed().as_secs_f64()
+            );
+            (dir, history)
+        });
         b.iter(|| {
             let state = history.replay(State::new()).expect("replay");
             assert_eq!(state.jobs.len() as u64, events.div_ceil(4));
@@ -251,63 +256,70 @@ fn replay(c: &mut Criterion) {
     group.finish();
 }
 
+/// A data folder holding a snapshot of `jobs` submitted jobs plus a tail of `jobs` more
+/// events; prints once where start-up's time goes.
+fn build_startup_history(jobs: u64) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut history = EventHistory::open(dir.path()).expect("open");
+    let mut state = State::new();
+    let mut seq = 1;
+    for chunk in 0..jobs / 1000 {
+        let events: Vec<Event> = (0..1000)
+            .map(|i| submitted(seq + i, chunk * 1000 + i))
+            .collect();
+        for event in &events {
+            state.apply(event);
+        }
+        seq += 1000;
+        history.append_batch(&events).expect("append");
+    }
+    history.take_snapshot(&state).expect("snapshot");
+    // A tail of 10,000 events: every job is tried once.
+    for chunk in 0..jobs / 1000 {
+        let events: Vec<Event> = (0..1000)
+            .map(|i| attempted(seq + i, chunk * 1000 + i))
+            .collect();
+        seq += 1000;
+        history.append_batch(&events).expect("append");
+    }
+    history.close().expect("close");
+
+    // Once, where the time goes: opening sled, reading and hashing the snapshot
+    // blob, decoding the state, and the whole of start-up.
+    let start = Instant::now();
+    let history = EventHistory::open(dir.path()).expect("open");
+    let opened = start.elapsed();
+    let start = Instant::now();
+    let (_, bytes) = history
+        .storage()
+        .load_snapshot()
+        .expect("snapshot")
+        .expect("a snapshot exists");
+    let loaded = start.elapsed();
+    let start = Instant::now();
+    let _: State = fedrun::history::snapshot::decode_state(&bytes).expect("decode");
+    let decoded = start.elapsed();
+    let start = Instant::now();
+    history.recover(State::new()).expect("recover");
+    let recovered = start.elapsed();
+    drop(history);
+    eprintln!(
+        "start-up parts: sled open {opened:?}, snapshot blob read+hash {loaded:?} ({} bytes), \
+         state decode {decoded:?}, recover (load+decode+10k tail) {recovered:?}",
+        bytes.len()
+    );
+    dir
+}
+
 fn startup(c: &mut Criterion) {
     let jobs = 10_000u64;
     let mut group = c.benchmark_group("startup");
     group
         .sample_size(20)
         .measurement_time(Duration::from_secs(6));
+    let mut built: Option<tempfile::TempDir> = None;
     group.bench_function("open_snapshot_10k_jobs_plus_10k_tail", |b| {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut history = EventHistory::open(dir.path()).expect("open");
-        let mut state = State::new();
-        let mut seq = 1;
-        for chunk in 0..jobs / 1000 {
-            let events: Vec<Event> = (0..1000)
-                .map(|i| submitted(seq + i, chunk * 1000 + i))
-                .collect();
-            for event in &events {
-                state.apply(event);
-            }
-            seq += 1000;
-            history.append_batch(&events).expect("append");
-        }
-        history.take_snapshot(&state).expect("snapshot");
-        // A tail of 10,000 events: every job is tried once.
-        for chunk in 0..jobs / 1000 {
-            let events: Vec<Event> = (0..1000)
-                .map(|i| attempted(seq + i, chunk * 1000 + i))
-                .collect();
-            seq += 1000;
-            history.append_batch(&events).expect("append");
-        }
-        history.close().expect("close");
-
-        // Once, where the time goes: opening sled, reading and hashing the snapshot
-        // blob, decoding the state, and the whole of start-up.
-        let start = Instant::now();
-        let history = EventHistory::open(dir.path()).expect("open");
-        let opened = start.elapsed();
-        let start = Instant::now();
-        let (_, bytes) = history
-            .storage()
-            .load_snapshot()
-            .expect("snapshot")
-            .expect("a snapshot exists");
-        let loaded = start.elapsed();
-        let start = Instant::now();
-        let _: State = fedrun::history::snapshot::decode_state(&bytes).expect("decode");
-        let decoded = start.elapsed();
-        let start = Instant::now();
-        history.recover(State::new()).expect("recover");
-        let recovered = start.elapsed();
-        drop(history);
-        eprintln!(
-            "start-up parts: sled open {opened:?}, snapshot blob read+hash {loaded:?} ({} bytes), \
-             state decode {decoded:?}, recover (load+decode+10k tail) {recovered:?}",
-            bytes.len()
-        );
-
+        let dir = built.get_or_insert_with(|| build_startup_history(jobs));
         b.iter(|| {
             let history = EventHistory::open(dir.path()).expect("open");
             let recovered = history.recover(State::new()).expect("recover");
