@@ -168,14 +168,19 @@ impl DataFileSync for NoSync {
     }
 }
 
-/// Times `append_batch` of 64 events on `history`, building the events untimed.
-fn bench_batches(group: &mut BenchmarkGroup<'_, WallTime>, name: &str, history: &mut EventHistory) {
+/// Times `append_batch` of `size` events on `history`, building the events untimed.
+fn bench_batches(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    history: &mut EventHistory,
+    size: u64,
+) {
     group.bench_function(name, |b| {
         b.iter_custom(|iterations| {
             let mut spent = Duration::ZERO;
             for _ in 0..iterations {
                 let first = history.next_seq();
-                let events: Vec<Event> = (first..first + 64).map(event_at).collect();
+                let events: Vec<Event> = (first..first + size).map(event_at).collect();
                 let start = Instant::now();
                 history.append_batch(&events).expect("append");
                 spent += start.elapsed();
@@ -195,7 +200,7 @@ fn batches_of_64(c: &mut Criterion) {
     // Durable: insert, sled's flush, fdatasync of the data file.
     let dir = tempfile::tempdir().expect("temp dir");
     let mut history = EventHistory::open(dir.path()).expect("open");
-    bench_batches(&mut group, "append_batch_64_durable", &mut history);
+    bench_batches(&mut group, "append_batch_64_durable", &mut history, 64);
 
     // Where the time goes: without the fdatasync (sled's flush still writes and waits
     // for its sync_file_range), and in memory (encoding and hashing only).
@@ -209,10 +214,23 @@ fn batches_of_64(c: &mut Criterion) {
         &mut group,
         "append_batch_64_without_fdatasync",
         &mut history,
+        64,
     );
 
     let mut history = EventHistory::in_memory(MemoryStorage::new()).expect("open");
-    bench_batches(&mut group, "append_batch_64_in_memory", &mut history);
+    bench_batches(&mut group, "append_batch_64_in_memory", &mut history, 64);
+    group.finish();
+
+    // Group commit under load: the engine appends every waiting input at once, so
+    // batches grow while the disk is busy flushing.
+    let mut group = c.benchmark_group("batch_of_256");
+    group
+        .sample_size(30)
+        .measurement_time(Duration::from_secs(6))
+        .throughput(Throughput::Elements(256));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut history = EventHistory::open(dir.path()).expect("open");
+    bench_batches(&mut group, "append_batch_256_durable", &mut history, 256);
     group.finish();
 }
 
