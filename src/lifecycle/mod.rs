@@ -6,21 +6,25 @@
 //! engine feeds inputs, appends the events, and carries out the effects.
 
 pub mod actor;
+pub mod check;
 pub mod command;
 pub mod decide;
 pub mod effect;
 pub mod event;
+pub mod recovery;
 pub mod rejection;
 pub mod state;
 pub mod status;
 pub mod time;
+pub mod timers;
 
 pub use actor::{Actor, Identity, Role};
 pub use command::{AdminRequest, Command, Origin, Timer};
-pub use decide::{Decision, IdSource};
+pub use decide::{decide, Decision, IdSource};
 pub use effect::Effect;
 pub use event::{BlobHash, BootId, Event, EventKind, ResourceAnswer, ScheduleOutcome, StepResult};
 pub use rejection::{Rejection, ReplayError};
 pub use state::{Answer, Archive, Job, Reply, Run, RunPhase, State};
 pub use status::RunStatus;
 pub use time::Timestamp;
+pub use timers::{deadlines, next_deadline};

@@ -2,6 +2,7 @@
 //! the answers of past requests. A pure fold of events ([`State::apply`]).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -220,9 +221,30 @@ impl Run {
             .collect()
     }
 
+    /// True while the server's own deploy or start answer is awaited (an abort that lands
+    /// then waits for it, so the workspace is not archived under a running unpack).
+    pub fn server_step_in_flight(&self) -> bool {
+        matches!(
+            self.step,
+            Some((StartStep::DeployingServer | StartStep::StartingServer, _))
+        )
+    }
+
     /// True when no process of the run can still be running.
     pub fn all_ended(&self) -> bool {
-        !self.server_outstanding() && self.outstanding_sites().is_empty()
+        !self.server_outstanding()
+            && !self.server_step_in_flight()
+            && self.outstanding_sites().is_empty()
+    }
+
+    /// Whether a site's outcome counts for the run: it is one of `job_clients` once the job
+    /// is `RUNNING`, else one of the sites it was dispatched to.
+    pub fn counts_site(&self, site: &str) -> bool {
+        if self.started_at.is_some() {
+            self.job_clients.iter().any(|s| s == site)
+        } else {
+            self.sites.iter().any(|s| s == site)
+        }
     }
 
     /// True while fedrun's own stop request is in effect.
@@ -376,16 +398,70 @@ pub struct State {
     pub boot_id: BootId,
     /// Open while the restart decisions are pending.
     pub recovery: Option<RecoveryWindow>,
-    /// Every job ever submitted, deleted ones included.
-    pub jobs: BTreeMap<JobId, Job>,
+    /// Every job ever submitted, deleted ones included. Each job sits behind an `Arc`, so
+    /// the scratch copy `decide` works on costs a pointer per job, and only the jobs a
+    /// decision changes are copied.
+    #[serde(with = "shared_values")]
+    pub jobs: BTreeMap<JobId, Arc<Job>>,
     /// `SUBMITTED` jobs in queue order: oldest `submit_time` first, ties in history order.
     pub queue: BTreeSet<(Timestamp, u64, JobId)>,
-    /// The sites, by name.
-    pub sites: BTreeMap<String, SiteFacts>,
+    /// The sites, by name (shared like the jobs).
+    #[serde(with = "shared_values")]
+    pub sites: BTreeMap<String, Arc<SiteFacts>>,
     /// The schedule try in flight (at most one).
     pub schedule_try: Option<ScheduleTry>,
-    /// First answers by idempotency key.
-    pub requests: BTreeMap<String, Reply>,
+    /// First answers by idempotency key (shared; copied only when a request is recorded).
+    #[serde(with = "shared_value")]
+    pub requests: Arc<BTreeMap<String, Reply>>,
+}
+
+/// Serde glue: a map whose values sit behind `Arc`, written as the plain map.
+mod shared_values {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    /// Writes the map with its values unwrapped.
+    pub fn serialize<K: Serialize + Ord, V: Serialize, S: Serializer>(
+        map: &BTreeMap<K, Arc<V>>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(map.iter().map(|(k, v)| (k, &**v)))
+    }
+
+    /// Reads a plain map and wraps each value.
+    pub fn deserialize<'de, K, V, D>(deserializer: D) -> Result<BTreeMap<K, Arc<V>>, D::Error>
+    where
+        K: Deserialize<'de> + Ord,
+        V: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        let plain = BTreeMap::<K, V>::deserialize(deserializer)?;
+        Ok(plain.into_iter().map(|(k, v)| (k, Arc::new(v))).collect())
+    }
+}
+
+/// Serde glue: a value behind `Arc`, written as the plain value.
+mod shared_value {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    /// Writes the value itself.
+    pub fn serialize<V: Serialize, S: Serializer>(
+        value: &Arc<V>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        (**value).serialize(serializer)
+    }
+
+    /// Reads the value and wraps it.
+    pub fn deserialize<'de, V: Deserialize<'de>, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Arc<V>, D::Error> {
+        V::deserialize(deserializer).map(Arc::new)
+    }
 }
 
 impl State {
@@ -394,9 +470,14 @@ impl State {
         State::default()
     }
 
+    /// The job, deleted or not.
+    pub fn job(&self, job_id: &JobId) -> Option<&Job> {
+        self.jobs.get(job_id).map(|j| &**j)
+    }
+
     /// The job, unless it does not exist or was deleted.
     pub fn live_job(&self, job_id: &JobId) -> Option<&Job> {
-        self.jobs.get(job_id).filter(|j| !j.deleted)
+        self.jobs.get(job_id).map(|j| &**j).filter(|j| !j.deleted)
     }
 
     /// Jobs counted against `max_jobs`: `DISPATCHED`, `RUNNING`, or with a run still stopping.
@@ -410,9 +491,25 @@ impl State {
             .count()
     }
 
+    /// True when nothing is left to happen by itself: no job queued or in flight, every
+    /// run and archive settled, no schedule try, and no restart decision pending. (A
+    /// simulation that reaches this point has ended `all_terminal`.)
+    pub fn all_settled(&self) -> bool {
+        self.recovery.is_none()
+            && self.schedule_try.is_none()
+            && self.jobs.values().all(|j| {
+                j.status.is_terminal()
+                    && matches!(j.run.phase, RunPhase::NotStarted | RunPhase::Stopped)
+                    && j.archive.is_settled()
+            })
+    }
+
     /// The connected sites, by name.
     pub fn connected_sites(&self) -> impl Iterator<Item = (&String, &SiteFacts)> {
-        self.sites.iter().filter(|(_, s)| s.connected)
+        self.sites
+            .iter()
+            .filter(|(_, s)| s.connected)
+            .map(|(name, s)| (name, &**s))
     }
 
     /// Whether any live job other than `except` refers to the blob (package or archive).
@@ -464,10 +561,7 @@ impl State {
     }
 
     fn job_in(&self, job_id: &JobId, allowed: &[RunStatus], what: &str) -> Result<&Job, String> {
-        let job = self
-            .jobs
-            .get(job_id)
-            .ok_or_else(|| format!("job {job_id} does not exist"))?;
+        let job = self.job_exists(job_id)?;
         if !allowed.contains(&job.status) {
             return Err(format!("job {job_id} is {} and cannot {what}", job.status));
         }
@@ -477,6 +571,7 @@ impl State {
     fn job_exists(&self, job_id: &JobId) -> Result<&Job, String> {
         self.jobs
             .get(job_id)
+            .map(|j| &**j)
             .ok_or_else(|| format!("job {job_id} does not exist"))
     }
 
@@ -537,7 +632,17 @@ impl State {
                 participant,
                 ..
             } => {
-                let job = self.job_in(job_id, &[Dispatched], "record a start-up step")?;
+                let job = self.job_exists(job_id)?;
+                // After an abort, only the server's awaited answer may still be recorded.
+                let late_server_answer = job.status.is_terminal()
+                    && participant == crate::job::meta::SERVER
+                    && job.run.server_step_in_flight();
+                if job.status != Dispatched && !late_server_answer {
+                    return Err(format!(
+                        "job {job_id} is {} and cannot record a start-up step",
+                        job.status
+                    ));
+                }
                 let known =
                     participant == crate::job::meta::SERVER || job.run.sites.contains(participant);
                 if known {
@@ -627,9 +732,11 @@ impl State {
     }
 
     fn job_mut(&mut self, job_id: &JobId) -> &mut Job {
-        self.jobs
+        let shared = self
+            .jobs
             .get_mut(job_id)
-            .expect("check() verified that the job exists before fold()")
+            .expect("check() verified that the job exists before fold()");
+        Arc::make_mut(shared)
     }
 
     fn set_status(&mut self, job_id: &JobId, status: RunStatus) {
@@ -655,19 +762,32 @@ impl State {
                     reattached: BTreeSet::new(),
                 });
                 // Connections belong to the previous server run; sites reconnect.
-                for site in self.sites.values_mut() {
-                    if site.connected {
-                        site.connected = false;
-                        site.since = at;
+                for shared in self.sites.values_mut() {
+                    if shared.connected || !shared.running.is_empty() {
+                        let site = Arc::make_mut(shared);
+                        if site.connected {
+                            site.connected = false;
+                            site.since = at;
+                        }
+                        site.running.clear();
                     }
-                    site.running.clear();
                 }
                 // The try in flight died with the old run; its reservations lapse at the sites.
                 self.schedule_try = None;
                 // Archive tries in flight died too; recovery starts them again.
-                for job in self.jobs.values_mut() {
-                    if let Archive::Pending { in_flight, .. } = &mut job.archive {
-                        *in_flight = false;
+                for shared in self.jobs.values_mut() {
+                    if matches!(
+                        shared.archive,
+                        Archive::Pending {
+                            in_flight: true,
+                            ..
+                        }
+                    ) {
+                        if let Archive::Pending { in_flight, .. } =
+                            &mut Arc::make_mut(shared).archive
+                        {
+                            *in_flight = false;
+                        }
                     }
                 }
             }
@@ -679,16 +799,17 @@ impl State {
             } => {
                 self.sites.insert(
                     site.clone(),
-                    SiteFacts {
+                    Arc::new(SiteFacts {
                         connected: true,
                         since: at,
                         resources: resources.clone(),
                         running: running.clone(),
-                    },
+                    }),
                 );
             }
             SiteDisconnected { site } => {
-                if let Some(facts) = self.sites.get_mut(site) {
+                if let Some(shared) = self.sites.get_mut(site) {
+                    let facts = Arc::make_mut(shared);
                     facts.connected = false;
                     facts.since = at;
                     facts.running.clear();
@@ -706,7 +827,7 @@ impl State {
                 self.queue.insert((*submit_time, event.seq, *job_id));
                 self.jobs.insert(
                     *job_id,
-                    Job {
+                    Arc::new(Job {
                         id: *job_id,
                         meta: meta.clone(),
                         package: *package,
@@ -724,7 +845,7 @@ impl State {
                         run: Run::default(),
                         archive: Archive::NoWorkspace,
                         deleted: false,
-                    },
+                    }),
                 );
             }
             ScheduleTryStarted {
@@ -802,10 +923,19 @@ impl State {
                 let job = self.job_mut(job_id);
                 job.run.deploy.insert(participant.clone(), result.clone());
                 let server = crate::job::meta::SERVER;
-                if participant == server {
-                    job.run.step = Some((StartStep::DeployingSites, at));
-                } else if job.run.sites.iter().all(|s| job.run.deploy.contains_key(s)) {
-                    job.run.step = Some((StartStep::StartingServer, at));
+                if job.status.is_terminal() {
+                    job.run.step = None;
+                } else {
+                    if participant == server {
+                        job.run.step = Some((StartStep::DeployingSites, at));
+                    }
+                    // Once every site has answered (at once, for a run without sites) the
+                    // server app starts next.
+                    let all_answered = job.run.sites.iter().all(|s| job.run.deploy.contains_key(s));
+                    if matches!(job.run.step, Some((StartStep::DeployingSites, _))) && all_answered
+                    {
+                        job.run.step = Some((StartStep::StartingServer, at));
+                    }
                 }
                 if !result.is_ok() && participant != server {
                     job.run.reservations.remove(participant);
@@ -818,7 +948,9 @@ impl State {
             } => {
                 let job = self.job_mut(job_id);
                 job.run.start.insert(participant.clone(), result.clone());
-                if participant == crate::job::meta::SERVER {
+                if job.status.is_terminal() {
+                    job.run.step = None;
+                } else if participant == crate::job::meta::SERVER {
                     job.run.step = Some((StartStep::StartingSites, at));
                 }
             }
@@ -857,7 +989,11 @@ impl State {
                 let job = self.job_mut(job_id);
                 job.run.report_ids.insert(report_id.clone());
                 job.run.site_exits.insert(site.clone(), *outcome);
-                if !job.status.is_terminal() && !job.run.stopping() && is_failure(*outcome) {
+                if !job.status.is_terminal()
+                    && !job.run.stopping()
+                    && job.run.counts_site(site)
+                    && is_failure(*outcome)
+                {
                     job.run.failure = merge_failure(
                         job.run.failure.take(),
                         Failure {
@@ -870,7 +1006,7 @@ impl State {
             SiteReportLapsed { job_id, site } => {
                 let job = self.job_mut(job_id);
                 job.run.lapsed.insert(site.clone());
-                if !job.status.is_terminal() && !job.run.stopping() {
+                if !job.status.is_terminal() && !job.run.stopping() && job.run.counts_site(site) {
                     job.run.failure = merge_failure(
                         job.run.failure.take(),
                         Failure {
@@ -886,7 +1022,6 @@ impl State {
                     job.run.stop_requested_at = Some(at);
                 }
                 job.run.phase = RunPhase::Stopping;
-                job.run.step = None;
             }
             RunStopped { job_id } => {
                 let job = self.job_mut(job_id);
@@ -910,7 +1045,11 @@ impl State {
                 let job = self.job_mut(job_id);
                 job.finished_at = Some(at);
                 job.finish_reason = Some(reason.clone());
-                job.run.step = None;
+                // An abort keeps waiting for the server's own deploy or start answer; every
+                // other ending has no step left in flight.
+                if !(*status == RunStatus::Aborted && job.run.server_step_in_flight()) {
+                    job.run.step = None;
+                }
             }
             JobDeleted { job_id } => {
                 self.job_mut(job_id).deleted = true;
@@ -972,6 +1111,6 @@ impl State {
                 None => return,
             },
         };
-        self.requests.insert(key.clone(), reply);
+        Arc::make_mut(&mut self.requests).insert(key.clone(), reply);
     }
 }
