@@ -1,4 +1,5 @@
 //! fedrun: a crash-resilient server that runs federated jobs across many remote sites.
 
 pub mod job;
+pub mod sim;
 pub mod site;
