@@ -2,3 +2,4 @@
 //! and the deterministic driver that runs the real engine on them.
 
 pub mod scenario;
+pub mod site;

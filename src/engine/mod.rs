@@ -1,0 +1,3 @@
+//! The engine: the single owner of the state and the history.
+
+pub mod ids;
