@@ -1,6 +1,8 @@
 //! fedrun: a crash-resilient server that runs federated jobs across many remote sites.
 
+pub mod blobs;
 pub mod engine;
+pub mod history;
 pub mod job;
 pub mod sim;
 pub mod site;

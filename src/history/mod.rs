@@ -1,0 +1,732 @@
+//! The history: an append-only, hash-chained log of events, durable on sled or kept in
+//! memory for the simulator.
+//!
+//! Architecture invariant: nothing is acknowledged before it is durable. An
+//! [`History::append_batch`] returns only after sled's flush and an fsync of sled's data
+//! file; after any failed write the history refuses every later one. Records are never
+//! rewritten or removed, and reading never trusts a record: every read checks the
+//! sequence, the chain link, and (through [`Fold`]) that the event is legal for the
+//! state so far, and reports the sequence number of the first problem. No bytes, however
+//! bad, make it panic.
+//!
+//! The history is generic over the event type: it needs to encode events, and each
+//! event's own sequence number ([`Sequenced`]). Replay folds events into any state that
+//! implements [`Fold`].
+
+pub mod anchor;
+pub mod record;
+pub mod sled_store;
+pub mod snapshot;
+pub mod storage;
+pub mod verify;
+
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+pub use record::{ChainHash, Record, GENESIS_HASH, MAX_VALUE_BYTES};
+pub use sled_store::{DataFileSync, DataPaths, FsyncDataFile, SledOptions, SledStorage};
+pub use snapshot::SnapshotRecord;
+pub use storage::{Head, MemoryStorage, Storage, StorageError};
+pub use verify::{Problem, VerifyReport};
+
+use crate::blobs::BlobHash;
+
+/// An event that knows its own sequence number (the engine assigns it before append).
+pub trait Sequenced {
+    /// The event's sequence number; the first event of a history has 1.
+    fn seq(&self) -> u64;
+}
+
+/// A state built by folding events, refusing any event that is illegal for it.
+pub trait Fold<E> {
+    /// Why an event was refused.
+    type Error: std::fmt::Display;
+    /// Applies `event` if it is legal for the state so far; otherwise leaves the state
+    /// as it was and says why.
+    fn apply_checked(&mut self, event: &E) -> Result<(), Self::Error>;
+}
+
+/// Why a history could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The folder holds no history (and creating one was not asked for).
+    #[error("no fedrun history in {dir}")]
+    NotFound {
+        /// The data folder.
+        dir: PathBuf,
+    },
+    /// Another process holds sled's folder lock.
+    #[error("a fedrun server is running on {dir} (it holds the history's lock); stop it, or ask it through its admin API")]
+    ServerRunning {
+        /// The data folder.
+        dir: PathBuf,
+    },
+    /// The database needs a newer reader than this build.
+    #[error("the history in {dir} has format version {format} and needs a reader of version {min_reader} or newer; this fedrun reads version {reader}: upgrade fedrun")]
+    TooNew {
+        /// The data folder.
+        dir: PathBuf,
+        /// The database's format version.
+        format: u32,
+        /// The minimum reader version it records.
+        min_reader: u32,
+        /// This build's reader version.
+        reader: u32,
+    },
+    /// The store failed.
+    #[error("history in {dir}: {source}")]
+    Storage {
+        /// The data folder (or "memory").
+        dir: PathBuf,
+        /// The store's error.
+        #[source]
+        source: StorageError,
+    },
+    /// The history is shorter than its anchor: records that were durable are gone.
+    #[error("data loss: the anchor says records up to {anchor_seq} were durable, but the history ends at {found_seq}")]
+    DataLoss {
+        /// The last sequence number the anchor records as durable.
+        anchor_seq: u64,
+        /// The last sequence number found.
+        found_seq: u64,
+    },
+    /// The record at the anchor's sequence number is not the one the anchor recorded.
+    #[error(
+        "record {seq} differs from the anchor: anchor hash {anchor_hash}, record hash {found_hash}"
+    )]
+    AnchorMismatch {
+        /// The anchor's sequence number.
+        seq: u64,
+        /// The hash the anchor recorded.
+        anchor_hash: ChainHash,
+        /// The hash of the record found.
+        found_hash: ChainHash,
+    },
+    /// A record needed to open the history does not decode or sits under the wrong key.
+    #[error("record {seq} is corrupt: {detail}")]
+    Corrupt {
+        /// Its sequence number.
+        seq: u64,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+/// Why a batch was not appended. Nothing of the batch is acknowledged.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// An earlier write failed; the history refuses all writes until reopened.
+    #[error("the history refuses writes after an earlier failure: {cause}")]
+    Poisoned {
+        /// The first failure.
+        cause: String,
+    },
+    /// An event's sequence number is not the next one.
+    #[error("event has sequence number {found}, but the next one is {expected}")]
+    OutOfSequence {
+        /// The next sequence number.
+        expected: u64,
+        /// The event's.
+        found: u64,
+    },
+    /// An event does not encode, or is too large.
+    #[error(transparent)]
+    Encode(#[from] record::EncodeError),
+    /// The store failed: the batch may be partly on disk, so the history is poisoned.
+    #[error("appending records {first_seq}..={last_seq} failed: {source}")]
+    Storage {
+        /// The first sequence number of the batch.
+        first_seq: u64,
+        /// The last.
+        last_seq: u64,
+        /// The store's error.
+        #[source]
+        source: StorageError,
+    },
+}
+
+/// Why replay (or start-up) stopped. Each names the sequence number it stopped at.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The store failed to read.
+    #[error("reading the history failed near record {seq}: {source}")]
+    Storage {
+        /// The record being read (or the last good one).
+        seq: u64,
+        /// The store's error.
+        #[source]
+        source: StorageError,
+    },
+    /// A record's bytes do not decode.
+    #[error("record {seq} does not decode: {source}")]
+    Decode {
+        /// Its sequence number (its key).
+        seq: u64,
+        /// The decoder's error.
+        #[source]
+        source: record::DecodeError,
+    },
+    /// The record under key `seq` says it is another one (records were swapped or moved).
+    #[error("the record stored as {seq} says it is record {found}")]
+    Misplaced {
+        /// The key.
+        seq: u64,
+        /// The sequence number inside.
+        found: u64,
+    },
+    /// A record is missing.
+    #[error("record {expected} is missing (the next record found is {found:?})")]
+    Gap {
+        /// The sequence number expected.
+        expected: u64,
+        /// The one found instead, if any.
+        found: Option<u64>,
+    },
+    /// A record does not link to the one before it: one of the two was altered.
+    #[error("record {seq} does not link to record {prev_seq}: it names {found}, record {prev_seq} hashes to {expected} (one of the two was altered)")]
+    BrokenLink {
+        /// The record whose link fails.
+        seq: u64,
+        /// The one before it.
+        prev_seq: u64,
+        /// The hash of the record before.
+        expected: ChainHash,
+        /// The hash the record names.
+        found: ChainHash,
+    },
+    /// The event inside the record carries another sequence number.
+    #[error("record {seq} holds an event numbered {found}")]
+    EventSeq {
+        /// The record's sequence number.
+        seq: u64,
+        /// The event's.
+        found: u64,
+    },
+    /// The event is illegal for the state so far.
+    #[error("record {seq} is not a legal transition: {reason}")]
+    Illegal {
+        /// Its sequence number.
+        seq: u64,
+        /// Why the state refused it.
+        reason: String,
+    },
+    /// The snapshot cannot be used.
+    #[error("snapshot at record {seq}: {detail}")]
+    Snapshot {
+        /// The sequence number it covers.
+        seq: u64,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+impl ReplayError {
+    /// The first sequence number that cannot be trusted. For a broken link that is the
+    /// earlier of the two records, since either may have been altered.
+    pub fn first_bad_seq(&self) -> u64 {
+        match self {
+            ReplayError::Storage { seq, .. }
+            | ReplayError::Decode { seq, .. }
+            | ReplayError::Misplaced { seq, .. }
+            | ReplayError::EventSeq { seq, .. }
+            | ReplayError::Illegal { seq, .. }
+            | ReplayError::Snapshot { seq, .. } => *seq,
+            ReplayError::Gap { expected, .. } => *expected,
+            ReplayError::BrokenLink { prev_seq, .. } => *prev_seq,
+        }
+    }
+}
+
+/// Why a snapshot was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The state does not serialize.
+    #[error("the state at record {seq} does not serialize: {source}")]
+    Encode {
+        /// The head it would cover.
+        seq: u64,
+        /// The encoder's error.
+        #[source]
+        source: rmp_serde::encode::Error,
+    },
+    /// The history refuses writes.
+    #[error("the history refuses writes after an earlier failure: {cause}")]
+    Poisoned {
+        /// The first failure.
+        cause: String,
+    },
+    /// The store failed.
+    #[error("storing the snapshot at record {seq} failed: {source}")]
+    Storage {
+        /// The head it would cover.
+        seq: u64,
+        /// The store's error.
+        #[source]
+        source: StorageError,
+    },
+}
+
+/// The state rebuilt at start-up.
+#[derive(Debug)]
+pub struct Recovered<S> {
+    /// The state after the last record.
+    pub state: S,
+    /// The sequence number the snapshot covered, if one was used.
+    pub snapshot_seq: Option<u64>,
+    /// How many records were replayed after the snapshot (or from the start).
+    pub replayed: u64,
+}
+
+/// The history of events of type `E`.
+pub struct History<E> {
+    storage: Box<dyn Storage>,
+    head: Head,
+    poisoned: Option<String>,
+    _event: PhantomData<fn(E) -> E>,
+}
+
+impl<E> std::fmt::Debug for History<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("History")
+            .field("head", &self.head)
+            .field("poisoned", &self.poisoned)
+            .finish()
+    }
+}
+
+impl<E: Serialize + DeserializeOwned + Sequenced> History<E> {
+    /// Opens (creating if needed) the durable history in data folder `dir`.
+    pub fn open(dir: &Path) -> Result<History<E>, OpenError> {
+        History::open_with(dir, SledOptions::default())
+    }
+
+    /// Opens the durable history in `dir` with explicit options (offline commands pass
+    /// `create: false`; tests pass a sync seam).
+    pub fn open_with(dir: &Path, options: SledOptions) -> Result<History<E>, OpenError> {
+        let storage = SledStorage::open(dir, options)?;
+        History::from_storage(Box::new(storage), dir)
+    }
+
+    /// A history over `storage` kept in memory (for the simulator). Open it again on a
+    /// clone of the same `MemoryStorage` to simulate a restart.
+    pub fn in_memory(storage: MemoryStorage) -> Result<History<E>, OpenError> {
+        History::from_storage(Box::new(storage), Path::new("memory"))
+    }
+
+    /// A history over any store: finds the head, and checks it against the anchor.
+    /// `dir` names the store in errors.
+    pub fn from_storage(storage: Box<dyn Storage>, dir: &Path) -> Result<History<E>, OpenError> {
+        let storage_err = |source| OpenError::Storage {
+            dir: dir.to_path_buf(),
+            source,
+        };
+        let head = match storage.last().map_err(storage_err)? {
+            None => Head::EMPTY,
+            Some((seq, bytes)) => {
+                let header = record::decode_header(&bytes).map_err(|err| OpenError::Corrupt {
+                    seq,
+                    detail: err.to_string(),
+                })?;
+                if header.seq != seq {
+                    return Err(OpenError::Corrupt {
+                        seq,
+                        detail: format!("stored as {seq} but says it is record {}", header.seq),
+                    });
+                }
+                Head {
+                    seq,
+                    hash: ChainHash::of(&bytes),
+                }
+            }
+        };
+        if let Some(anchor) = storage.anchor().map_err(storage_err)? {
+            if anchor.seq > head.seq {
+                tracing::error!(
+                    anchor_seq = anchor.seq,
+                    found_seq = head.seq,
+                    "history shorter than its anchor"
+                );
+                return Err(OpenError::DataLoss {
+                    anchor_seq: anchor.seq,
+                    found_seq: head.seq,
+                });
+            }
+            if anchor.seq > 0 {
+                let found_hash = match storage.read(anchor.seq).map_err(storage_err)? {
+                    Some(bytes) => ChainHash::of(&bytes),
+                    None => {
+                        return Err(OpenError::DataLoss {
+                            anchor_seq: anchor.seq,
+                            found_seq: head.seq,
+                        })
+                    }
+                };
+                if found_hash != anchor.hash {
+                    return Err(OpenError::AnchorMismatch {
+                        seq: anchor.seq,
+                        anchor_hash: anchor.hash,
+                        found_hash,
+                    });
+                }
+            }
+        }
+        tracing::debug!(seq = head.seq, "history opened");
+        Ok(History {
+            storage,
+            head,
+            poisoned: None,
+            _event: PhantomData,
+        })
+    }
+
+    /// The last record's sequence number and hash.
+    pub fn head(&self) -> Head {
+        self.head
+    }
+
+    /// The sequence number the next event must carry.
+    pub fn next_seq(&self) -> u64 {
+        self.head.seq + 1
+    }
+
+    /// Whether an earlier write failed (every later write is refused).
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.is_some()
+    }
+
+    /// Appends `events` (numbered `next_seq()`, `next_seq() + 1`, ...) with one flush and
+    /// one fsync of the data file, and returns the new head only when all are durable.
+    /// On a store failure the history is poisoned: this and every later append fails.
+    pub fn append_batch(&mut self, events: &[E]) -> Result<Head, AppendError> {
+        if let Some(cause) = &self.poisoned {
+            return Err(AppendError::Poisoned {
+                cause: cause.clone(),
+            });
+        }
+        if events.is_empty() {
+            return Ok(self.head);
+        }
+        let mut records = Vec::with_capacity(events.len());
+        let mut prev = self.head.hash;
+        let mut expected = self.head.seq + 1;
+        for event in events {
+            if event.seq() != expected {
+                return Err(AppendError::OutOfSequence {
+                    expected,
+                    found: event.seq(),
+                });
+            }
+            let bytes = record::encode(expected, prev, event)?;
+            prev = ChainHash::of(&bytes);
+            records.push((expected, bytes));
+            expected += 1;
+        }
+        let first_seq = self.head.seq + 1;
+        let last_seq = expected - 1;
+        if let Err(source) = self.storage.write_batch(&records) {
+            tracing::error!(first_seq, last_seq, error = %source, "append failed; history poisoned");
+            self.poisoned.get_or_insert_with(|| {
+                format!("appending records {first_seq}..={last_seq}: {source}")
+            });
+            return Err(AppendError::Storage {
+                first_seq,
+                last_seq,
+                source,
+            });
+        }
+        self.head = Head {
+            seq: last_seq,
+            hash: prev,
+        };
+        Ok(self.head)
+    }
+
+    /// The checked records from `from` on, in order: each is checked for its place, its
+    /// chain link and its event's sequence number. The iteration ends after the first
+    /// error.
+    pub fn records_from(&self, from: u64) -> RecordReader<'_, E> {
+        let from = from.max(1);
+        let (expected_prev, error) = if from == 1 {
+            (GENESIS_HASH, None)
+        } else {
+            match self.storage.read(from - 1) {
+                Ok(Some(bytes)) => (ChainHash::of(&bytes), None),
+                Ok(None) => (
+                    GENESIS_HASH,
+                    Some(ReplayError::Gap {
+                        expected: from - 1,
+                        found: None,
+                    }),
+                ),
+                Err(source) => (
+                    GENESIS_HASH,
+                    Some(ReplayError::Storage {
+                        seq: from - 1,
+                        source,
+                    }),
+                ),
+            }
+        };
+        RecordReader::new(self.storage.read_from(from), from, expected_prev, error)
+    }
+
+    /// Rebuilds the state by folding every record into `state` (normally empty),
+    /// checking each record's link and transition.
+    pub fn replay<S: Fold<E>>(&self, state: S) -> Result<S, ReplayError> {
+        let (state, _) = fold_records(state, self.records_from(1))?;
+        Ok(state)
+    }
+
+    /// Start-up: the latest snapshot plus the tail of records after it (or a full replay
+    /// from `empty` when there is no snapshot). Snapshot + tail equals full replay.
+    pub fn recover<S: Fold<E> + DeserializeOwned>(
+        &self,
+        empty: S,
+    ) -> Result<Recovered<S>, ReplayError> {
+        let snapshot = self
+            .storage
+            .load_snapshot()
+            .map_err(|source| ReplayError::Storage { seq: 0, source })?;
+        let Some((record, bytes)) = snapshot else {
+            let (state, replayed) = fold_records(empty, self.records_from(1))?;
+            return Ok(Recovered {
+                state,
+                snapshot_seq: None,
+                replayed,
+            });
+        };
+        if record.seq > self.head.seq {
+            return Err(ReplayError::Snapshot {
+                seq: record.seq,
+                detail: format!(
+                    "it covers records up to {}, but the history ends at {}",
+                    record.seq, self.head.seq
+                ),
+            });
+        }
+        let state: S = snapshot::decode_state(&bytes).map_err(|err| ReplayError::Snapshot {
+            seq: record.seq,
+            detail: format!("state does not decode: {err}"),
+        })?;
+        if record.seq > 0 {
+            let at = self
+                .storage
+                .read(record.seq)
+                .map_err(|source| ReplayError::Storage {
+                    seq: record.seq,
+                    source,
+                })?;
+            let found = at.as_deref().map(ChainHash::of);
+            if found != Some(record.chain) {
+                return Err(ReplayError::Snapshot {
+                    seq: record.seq,
+                    detail: "the record it covers is not the one it was taken at".to_string(),
+                });
+            }
+        }
+        let tail = RecordReader::new(
+            self.storage.read_from(record.seq + 1),
+            record.seq + 1,
+            record.chain,
+            None,
+        );
+        let (state, replayed) = fold_records(state, tail)?;
+        Ok(Recovered {
+            state,
+            snapshot_seq: Some(record.seq),
+            replayed,
+        })
+    }
+
+    /// Takes a snapshot of `state`, which must be the state after the current head:
+    /// stores it as a blob, names it by a small record, and writes the anchor.
+    pub fn take_snapshot<S: Serialize>(
+        &mut self,
+        state: &S,
+    ) -> Result<SnapshotRecord, SnapshotError> {
+        if let Some(cause) = &self.poisoned {
+            return Err(SnapshotError::Poisoned {
+                cause: cause.clone(),
+            });
+        }
+        let seq = self.head.seq;
+        let bytes = snapshot::encode_state(state)
+            .map_err(|source| SnapshotError::Encode { seq, source })?;
+        let record = SnapshotRecord {
+            v: record::FORMAT_VERSION,
+            seq,
+            chain: self.head.hash,
+            state: BlobHash::of(&bytes),
+        };
+        if let Err(source) = self.storage.save_snapshot(&record, &bytes, self.head) {
+            self.poisoned
+                .get_or_insert_with(|| format!("snapshot at record {seq}: {source}"));
+            return Err(SnapshotError::Storage { seq, source });
+        }
+        tracing::info!(seq, state = %record.state, bytes = bytes.len(), "snapshot taken");
+        Ok(record)
+    }
+
+    /// The latest snapshot's record, if any (its `state` blob is referenced and must
+    /// not be swept).
+    pub fn snapshot_record(&self) -> Result<Option<SnapshotRecord>, StorageError> {
+        Ok(self.storage.load_snapshot()?.map(|(record, _)| record))
+    }
+
+    /// Checks everything: every record (place, link, event number, transition through
+    /// `empty`'s [`Fold`]), the anchor, and that replay up to the snapshot gives exactly
+    /// the snapshot's state.
+    pub fn verify<S: Fold<E> + Serialize>(&self, empty: S) -> VerifyReport {
+        verify::verify(self, empty)
+    }
+
+    /// The store underneath (for the audit and for tests).
+    pub fn storage(&self) -> &dyn Storage {
+        self.storage.as_ref()
+    }
+
+    /// Clean shutdown: records the head as the anchor.
+    pub fn close(mut self) -> Result<(), StorageError> {
+        if let Some(cause) = self.poisoned.take() {
+            return Err(StorageError::Poisoned { cause });
+        }
+        self.storage.write_anchor(self.head)
+    }
+}
+
+/// Folds checked records into `state`; returns it and the number of records folded.
+fn fold_records<E, S: Fold<E>>(
+    mut state: S,
+    records: RecordReader<'_, E>,
+) -> Result<(S, u64), ReplayError>
+where
+    E: DeserializeOwned + Sequenced,
+{
+    let mut count = 0;
+    for record in records {
+        let record = record?;
+        state
+            .apply_checked(&record.event)
+            .map_err(|reason| ReplayError::Illegal {
+                seq: record.seq,
+                reason: reason.to_string(),
+            })?;
+        count += 1;
+    }
+    Ok((state, count))
+}
+
+/// An iterator over checked records; see [`History::records_from`].
+pub struct RecordReader<'a, E> {
+    inner: storage::RecordIter<'a>,
+    expected_seq: u64,
+    expected_prev: ChainHash,
+    pending_error: Option<ReplayError>,
+    done: bool,
+    _event: PhantomData<fn() -> E>,
+}
+
+impl<'a, E> RecordReader<'a, E> {
+    fn new(
+        inner: storage::RecordIter<'a>,
+        from: u64,
+        expected_prev: ChainHash,
+        pending_error: Option<ReplayError>,
+    ) -> Self {
+        RecordReader {
+            inner,
+            expected_seq: from,
+            expected_prev,
+            pending_error,
+            done: false,
+            _event: PhantomData,
+        }
+    }
+}
+
+impl<E: DeserializeOwned + Sequenced> Iterator for RecordReader<'_, E> {
+    type Item = Result<Record<E>, ReplayError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        if let Some(err) = self.pending_error.take() {
+            self.done = true;
+            return Some(Err(err));
+        }
+        let result = match self.inner.next()? {
+            Err(source) => Err(ReplayError::Storage {
+                seq: self.expected_seq,
+                source,
+            }),
+            Ok((seq, bytes)) => check_record(self.expected_seq, self.expected_prev, seq, &bytes),
+        };
+        match result {
+            Ok((record, hash)) => {
+                self.expected_seq += 1;
+                self.expected_prev = hash;
+                Some(Ok(record))
+            }
+            Err(err) => {
+                self.done = true;
+                Some(Err(err))
+            }
+        }
+    }
+}
+
+/// Checks one stored record: that it is the one expected next (`expected_seq`), stored
+/// under its own number, linked to `expected_prev`, and holding an event of the same
+/// number. Returns it decoded, with the hash of its bytes (the next record's link).
+pub fn check_record<E: DeserializeOwned + Sequenced>(
+    expected_seq: u64,
+    expected_prev: ChainHash,
+    key_seq: u64,
+    bytes: &[u8],
+) -> Result<(Record<E>, ChainHash), ReplayError> {
+    if key_seq != expected_seq {
+        return Err(ReplayError::Gap {
+            expected: expected_seq,
+            found: Some(key_seq),
+        });
+    }
+    let header = record::decode_header(bytes).map_err(|source| ReplayError::Decode {
+        seq: key_seq,
+        source,
+    })?;
+    if header.seq != key_seq {
+        return Err(ReplayError::Misplaced {
+            seq: key_seq,
+            found: header.seq,
+        });
+    }
+    if header.prev != expected_prev {
+        return Err(ReplayError::BrokenLink {
+            seq: key_seq,
+            prev_seq: key_seq.saturating_sub(1),
+            expected: expected_prev,
+            found: header.prev,
+        });
+    }
+    let record: Record<E> = record::decode(bytes).map_err(|source| ReplayError::Decode {
+        seq: key_seq,
+        source,
+    })?;
+    if record.event.seq() != key_seq {
+        return Err(ReplayError::EventSeq {
+            seq: key_seq,
+            found: record.event.seq(),
+        });
+    }
+    Ok((record, ChainHash::of(bytes)))
+}
+
+/// One event as a single JSON line (no trailing newline): the shape of
+/// `fedrun history --json`, and of the events the simulator embeds in its output.
+pub fn event_json_line<E: Serialize>(event: &E) -> Result<String, serde_json::Error> {
+    serde_json::to_string(event)
+}

@@ -1,0 +1,220 @@
+//! The audit: check every record, the anchor, and the snapshot, and report the first
+//! sequence number that cannot be trusted.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::record::GENESIS_HASH;
+use super::snapshot;
+use super::{check_record, ChainHash, Fold, Head, History, ReplayError, Sequenced};
+
+/// One thing the audit found wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// The first sequence number it makes untrustworthy, when it is about a record.
+    pub seq: Option<u64>,
+    /// What is wrong, in words.
+    pub message: String,
+}
+
+/// The audit's result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    /// Records checked and found good (from 1, without a gap).
+    pub records_ok: u64,
+    /// The last record found.
+    pub head: Head,
+    /// The anchor, if one was written.
+    pub anchor: Option<Head>,
+    /// The sequence number the snapshot covers, if there is one.
+    pub snapshot_seq: Option<u64>,
+    /// Everything found wrong; empty when all is well.
+    pub problems: Vec<Problem>,
+}
+
+impl VerifyReport {
+    /// Whether all is well.
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    /// The lowest sequence number named by a problem.
+    pub fn first_bad_seq(&self) -> Option<u64> {
+        self.problems.iter().filter_map(|problem| problem.seq).min()
+    }
+}
+
+pub(super) fn verify<E, S>(history: &History<E>, mut state: S) -> VerifyReport
+where
+    E: Serialize + DeserializeOwned + Sequenced,
+    S: Fold<E> + Serialize,
+{
+    let storage = history.storage();
+    let mut problems = Vec::new();
+    let snapshot = match storage.load_snapshot() {
+        Ok(snapshot) => snapshot,
+        Err(err) => {
+            problems.push(Problem {
+                seq: None,
+                message: format!("the snapshot cannot be read: {err}"),
+            });
+            None
+        }
+    };
+    let snapshot_seq = snapshot.as_ref().map(|(record, _)| record.seq);
+    let mut snapshot_checked = snapshot.is_none();
+    let check_snapshot = |state: &S, hash: ChainHash, problems: &mut Vec<Problem>| {
+        let Some((record, bytes)) = &snapshot else {
+            return;
+        };
+        if record.chain != hash {
+            problems.push(Problem {
+                seq: Some(record.seq),
+                message: format!(
+                    "the snapshot names record {} with hash {}, but that record hashes to {hash}",
+                    record.seq, record.chain
+                ),
+            });
+        }
+        match snapshot::encode_state(state) {
+            Ok(replayed) if &replayed == bytes => {}
+            Ok(_) => problems.push(Problem {
+                seq: Some(record.seq),
+                message: format!(
+                    "replaying records 1..={} does not give the snapshot's state",
+                    record.seq
+                ),
+            }),
+            Err(err) => problems.push(Problem {
+                seq: Some(record.seq),
+                message: format!("the replayed state does not serialize: {err}"),
+            }),
+        }
+    };
+    if snapshot_seq == Some(0) {
+        check_snapshot(&state, GENESIS_HASH, &mut problems);
+        snapshot_checked = true;
+    }
+
+    let mut expected_seq = 1;
+    let mut prev = GENESIS_HASH;
+    let mut last_found = 0;
+    let mut chain_broken = false;
+    for item in storage.read_from(1) {
+        let result = match item {
+            Err(source) => Err(ReplayError::Storage {
+                seq: expected_seq,
+                source,
+            }),
+            Ok((seq, bytes)) => {
+                last_found = seq;
+                check_record::<E>(expected_seq, prev, seq, &bytes)
+            }
+        };
+        let (record, hash) = match result {
+            Ok(ok) => ok,
+            Err(err) => {
+                problems.push(Problem {
+                    seq: Some(err.first_bad_seq()),
+                    message: err.to_string(),
+                });
+                chain_broken = true;
+                break;
+            }
+        };
+        if let Err(reason) = state.apply_checked(&record.event) {
+            problems.push(Problem {
+                seq: Some(record.seq),
+                message: format!("record {} is not a legal transition: {reason}", record.seq),
+            });
+            chain_broken = true;
+            break;
+        }
+        if snapshot_seq == Some(record.seq) {
+            check_snapshot(&state, hash, &mut problems);
+            snapshot_checked = true;
+        }
+        prev = hash;
+        expected_seq += 1;
+    }
+    let records_ok = expected_seq - 1;
+    // The head is what the store holds last, even when the chain broke before it.
+    let head = match storage.last() {
+        Ok(Some((seq, bytes))) => Head {
+            seq,
+            hash: ChainHash::of(&bytes),
+        },
+        Ok(None) => Head::EMPTY,
+        Err(err) => {
+            problems.push(Problem {
+                seq: None,
+                message: format!("the last record cannot be read: {err}"),
+            });
+            Head {
+                seq: last_found,
+                hash: prev,
+            }
+        }
+    };
+    if !snapshot_checked && !chain_broken {
+        if let Some(seq) = snapshot_seq {
+            problems.push(Problem {
+                seq: Some(records_ok + 1),
+                message: format!(
+                    "the snapshot covers records up to {seq}, but the history ends at {records_ok}"
+                ),
+            });
+        }
+    }
+
+    let anchor = match storage.anchor() {
+        Ok(anchor) => anchor,
+        Err(err) => {
+            problems.push(Problem {
+                seq: None,
+                message: format!("the anchor cannot be read: {err}"),
+            });
+            None
+        }
+    };
+    if let Some(anchor) = anchor {
+        if anchor.seq > head.seq {
+            problems.push(Problem {
+                seq: Some(head.seq + 1),
+                message: format!(
+                    "data loss: the anchor says records up to {} were durable, but the history ends at {}",
+                    anchor.seq, head.seq
+                ),
+            });
+        } else if anchor.seq > 0 {
+            match storage.read(anchor.seq) {
+                Ok(Some(bytes)) if ChainHash::of(&bytes) == anchor.hash => {}
+                Ok(Some(bytes)) => problems.push(Problem {
+                    seq: Some(anchor.seq),
+                    message: format!(
+                        "record {} hashes to {}, but the anchor recorded {}",
+                        anchor.seq,
+                        ChainHash::of(&bytes),
+                        anchor.hash
+                    ),
+                }),
+                Ok(None) => problems.push(Problem {
+                    seq: Some(anchor.seq),
+                    message: format!("record {} named by the anchor is missing", anchor.seq),
+                }),
+                Err(err) => problems.push(Problem {
+                    seq: Some(anchor.seq),
+                    message: format!("record {} cannot be read: {err}", anchor.seq),
+                }),
+            }
+        }
+    }
+    problems.sort_by_key(|problem| problem.seq.unwrap_or(0));
+    VerifyReport {
+        records_ok,
+        head,
+        anchor,
+        snapshot_seq,
+        problems,
+    }
+}

@@ -1,0 +1,77 @@
+//! The content-addressed blob store.
+use std::collections::BTreeSet;
+
+use fedrun::blobs::{reference_counts, BlobError, BlobHash, BlobStore};
+
+#[test]
+fn a_streamed_blob_is_named_by_its_blake3_hash_and_reads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path()).unwrap();
+    // Bigger than the copy buffer, so the put streams in several pieces.
+    let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let hash = store.put(&mut std::io::Cursor::new(&bytes)).unwrap();
+    assert_eq!(hash.to_hex(), blake3::hash(&bytes).to_hex().to_string());
+    assert_eq!(store.get(&hash).unwrap(), bytes);
+    assert!(dir.path().join(hash.to_hex()).is_file());
+    // The same bytes again give the same name and one file.
+    assert_eq!(store.put_bytes(&bytes).unwrap(), hash);
+    assert_eq!(store.list().unwrap().len(), 1);
+    // No temp file is left behind.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
+#[test]
+fn a_changed_blob_is_reported_as_corrupt_naming_its_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path()).unwrap();
+    let hash = store.put_bytes(b"job package").unwrap();
+    std::fs::write(store.path_of(&hash), b"job packagf").unwrap();
+    let err = store.get(&hash).unwrap_err();
+    assert!(
+        matches!(err, BlobError::Corrupt { hash: named, .. } if named == hash),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&hash.to_hex()), "{err}");
+}
+
+#[test]
+fn a_missing_blob_is_reported_as_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path()).unwrap();
+    let hash = BlobHash::of(b"never stored");
+    assert!(matches!(store.get(&hash), Err(BlobError::Missing { .. })));
+}
+
+#[test]
+fn sweep_removes_exactly_the_unreferenced_blobs_and_leftover_temp_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path()).unwrap();
+    let package = store
+        .put_bytes(b"package shared by a job and its clone")
+        .unwrap();
+    let archive = store.put_bytes(b"workspace of a deleted job").unwrap();
+    let snapshot = store.put_bytes(b"state snapshot").unwrap();
+    std::fs::write(dir.path().join(".tmp-interrupted"), b"half a blob").unwrap();
+
+    // A job and its clone both refer to the package; the snapshot is referenced too.
+    let references = [package, package, snapshot];
+    let counts = reference_counts(references.iter());
+    assert_eq!(counts.get(&package), Some(&2));
+    assert_eq!(counts.get(&archive), None);
+    let referenced: BTreeSet<BlobHash> = counts.keys().copied().collect();
+
+    let report = store.sweep(&referenced).unwrap();
+    assert_eq!(report.removed, vec![archive]);
+    assert_eq!(report.kept, 2);
+    assert_eq!(report.temp_files_removed, 1);
+    assert_eq!(store.list().unwrap(), referenced);
+    assert!(store.get(&package).is_ok());
+}
+
+#[test]
+fn blob_hash_text_round_trips_and_bad_names_are_refused() {
+    let hash = BlobHash::of(b"x");
+    assert_eq!(hash.to_hex().parse::<BlobHash>().unwrap(), hash);
+    let err = "not-a-hash".parse::<BlobHash>().unwrap_err();
+    assert!(err.to_string().contains("not a blob hash"), "{err}");
+}
