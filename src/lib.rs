@@ -4,5 +4,8 @@ pub mod blobs;
 pub mod engine;
 pub mod history;
 pub mod job;
+pub mod lifecycle;
+pub mod schedule;
+pub mod settings;
 pub mod sim;
 pub mod site;

@@ -1,0 +1,475 @@
+//! Events: the past-tense facts the history stores, each in an [`Event`] envelope.
+//!
+//! The field names here are part of the history's format (MessagePack with named fields):
+//! they change only by adding optional fields. Every variant stays small (see
+//! [`MAX_EVENT_BYTES`]): reasons and site-given strings are capped, package bytes never
+//! appear, only their hashes.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::job::meta::JobMeta;
+use crate::job::JobId;
+use crate::lifecycle::actor::{Actor, Identity};
+use crate::lifecycle::status::RunStatus;
+use crate::lifecycle::time::Timestamp;
+use crate::lifecycle::Rejection;
+use crate::site::protocol::ExitOutcome;
+
+/// The largest encoded event (named-field MessagePack) the core emits. The history's limit
+/// for a value is 64 KiB; the rest is left for the record's own envelope (hash, version).
+pub const MAX_EVENT_BYTES: usize = 60 * 1024;
+/// Reasons (failures, refusals, schedule outcomes) are cut to this many bytes.
+pub const MAX_REASON_BYTES: usize = 2048;
+/// Site-given identifiers (tokens, report ids, request ids) longer than this are refused.
+pub const MAX_ID_BYTES: usize = 256;
+
+/// Cuts a reason to [`MAX_REASON_BYTES`] on a character boundary, marking the cut.
+pub fn cap_reason(reason: &str) -> String {
+    if reason.len() <= MAX_REASON_BYTES {
+        return reason.to_string();
+    }
+    let mut end = MAX_REASON_BYTES - 3;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &reason[..end])
+}
+
+/// The id of one server process run, drawn by the engine at start-up.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct BootId(pub uuid::Uuid);
+
+impl fmt::Display for BootId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The BLAKE3 hash that names a blob (package, workspace archive, snapshot). Serialized as
+/// 64 lowercase hex characters.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BlobHash(pub [u8; 32]);
+
+impl BlobHash {
+    /// The hash as 64 lowercase hex characters.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl From<blake3::Hash> for BlobHash {
+    fn from(hash: blake3::Hash) -> Self {
+        BlobHash(*hash.as_bytes())
+    }
+}
+
+impl fmt::Display for BlobHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for BlobHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BlobHash({})", self.to_hex())
+    }
+}
+
+/// A text that is not 64 hex characters.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a BLAKE3 hash (64 hex characters)")]
+pub struct BadBlobHash(pub String);
+
+impl FromStr for BlobHash {
+    type Err = BadBlobHash;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || BadBlobHash(s.chars().take(80).collect());
+        if s.len() != 64 || !s.is_ascii() {
+            return Err(bad());
+        }
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+        }
+        Ok(BlobHash(out))
+    }
+}
+
+impl Serialize for BlobHash {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for BlobHash {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// One history entry: a fact with who caused it, when, and in which server run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Sequence number: 1 for the first event, then +1 each, no gaps.
+    pub seq: u64,
+    /// When it was decided (UTC); never earlier than the previous event's `at`.
+    pub at: Timestamp,
+    /// Who caused it.
+    pub actor: Actor,
+    /// The idempotency key of the admin request that caused it, if any.
+    pub request_id: Option<String>,
+    /// The server process run that wrote it.
+    pub boot_id: BootId,
+    /// The fact itself.
+    pub kind: EventKind,
+}
+
+/// The answer of one participant to a deploy or start request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", content = "detail", rename_all = "snake_case")]
+pub enum StepResult {
+    /// It worked.
+    Ok,
+    /// The participant answered with this error.
+    Error(String),
+    /// No answer before the timeout.
+    NoReply,
+}
+
+impl StepResult {
+    /// True for [`StepResult::Ok`].
+    pub fn is_ok(&self) -> bool {
+        matches!(self, StepResult::Ok)
+    }
+}
+
+/// A site's answer to a resource check.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "answer", content = "detail", rename_all = "snake_case")]
+pub enum ResourceAnswer {
+    /// The site reserved the resources under this token.
+    Reserved(String),
+    /// The site cannot hold the job, for this reason.
+    Refused(String),
+    /// No answer before `resource_check_timeout`.
+    NoReply,
+}
+
+/// What one schedule try led to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum ScheduleOutcome {
+    /// The job is dispatched to the server and these sites.
+    Dispatched {
+        /// The chosen sites, sorted.
+        sites: Vec<String>,
+    },
+    /// Not enough sites or resources this time; the reason carries the numbers.
+    NoResources {
+        /// E.g. `connected sites (3) < min_clients (4)`.
+        reason: String,
+    },
+}
+
+/// One site's resource request in a schedule try.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResourceRequest {
+    /// The site asked.
+    pub site: String,
+    /// What it is asked to hold (merged and filtered, see SPEC section 7).
+    pub resources: BTreeMap<String, f64>,
+}
+
+/// The facts of the history (SPEC section 3). Past tense; each names its job when it has one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventKind {
+    /// A server process started and replayed the history; its recovery window opened.
+    ServerStarted {
+        /// The new server run's id (also in the envelope).
+        boot_id: BootId,
+    },
+    /// The restart decisions of SPEC section 4 are recorded; the recovery window is closed.
+    RecoveryFinished,
+    /// A site connected, declaring its resources and the jobs whose apps it runs now.
+    SiteConnected {
+        /// The site's name.
+        site: String,
+        /// What it declares it can hold.
+        resources: BTreeMap<String, f64>,
+        /// Jobs whose app processes it is running at connect time.
+        running: Vec<JobId>,
+    },
+    /// A site's connection is gone.
+    SiteDisconnected {
+        /// The site's name.
+        site: String,
+    },
+    /// A job was stored and is `SUBMITTED` (submit or clone).
+    JobSubmitted {
+        /// The new job's id.
+        job_id: JobId,
+        /// Its validated `meta.json`.
+        meta: JobMeta,
+        /// The package blob.
+        package: BlobHash,
+        /// Who submitted (or cloned) it.
+        submitter: Identity,
+        /// Who signed the package, when it is signed.
+        signer: Option<Identity>,
+        /// When it was submitted.
+        submit_time: Timestamp,
+        /// The job this one was cloned from.
+        cloned_from: Option<JobId>,
+    },
+    /// A schedule try started: these sites were asked to reserve resources.
+    ScheduleTryStarted {
+        /// The job tried.
+        job_id: JobId,
+        /// The try's id (the sequence number of this event).
+        try_id: u64,
+        /// Who was asked for what.
+        asked: Vec<ResourceRequest>,
+    },
+    /// A site answered (or failed to answer) the resource check of the try in flight.
+    ResourceAnswered {
+        /// The job tried.
+        job_id: JobId,
+        /// The try.
+        try_id: u64,
+        /// The site.
+        site: String,
+        /// Its answer.
+        answer: ResourceAnswer,
+    },
+    /// The try in flight ended without an outcome because its job was aborted or deleted.
+    ScheduleTryCancelled {
+        /// The job.
+        job_id: JobId,
+        /// The try.
+        try_id: u64,
+    },
+    /// A schedule try ended: `schedule_count` went up by one, with this outcome.
+    ScheduleAttempted {
+        /// The job tried.
+        job_id: JobId,
+        /// The outcome with its reason and numbers.
+        outcome: ScheduleOutcome,
+    },
+    /// The job is `DISPATCHED` to the server and these sites; deployment begins.
+    JobDispatched {
+        /// The job.
+        job_id: JobId,
+        /// The participating sites, sorted.
+        sites: Vec<String>,
+        /// Each site's reservation token (sites chosen without a resource check have none).
+        reservations: BTreeMap<String, String>,
+    },
+    /// The server's app was deployed (or not); sites are asked next.
+    DeployFinished {
+        /// The job.
+        job_id: JobId,
+        /// `"server"` or a site.
+        participant: String,
+        /// Its answer.
+        result: StepResult,
+    },
+    /// A participant's app start finished (or failed, or timed out).
+    StartFinished {
+        /// The job.
+        job_id: JobId,
+        /// `"server"` or a site.
+        participant: String,
+        /// Its answer.
+        result: StepResult,
+    },
+    /// Start completed: the job is `RUNNING` with these sites.
+    RunStarted {
+        /// The job.
+        job_id: JobId,
+        /// The sites that took part (`job_clients`).
+        job_clients: Vec<String>,
+    },
+    /// The server app process of the job ended.
+    ServerAppExited {
+        /// The job.
+        job_id: JobId,
+        /// How it ended.
+        outcome: ExitOutcome,
+    },
+    /// A site reported how its app process ended.
+    SiteOutcomeReported {
+        /// The job.
+        job_id: JobId,
+        /// The site.
+        site: String,
+        /// The report's id; a resent report with a known id is not recorded again.
+        report_id: String,
+        /// How the app ended.
+        outcome: ExitOutcome,
+    },
+    /// A site stayed disconnected past `site_reconnect_grace` with its report outstanding:
+    /// its report counts as `104`.
+    SiteReportLapsed {
+        /// The job.
+        job_id: JobId,
+        /// The site.
+        site: String,
+    },
+    /// fedrun asked the run's processes to stop (grace, then kill).
+    RunStopRequested {
+        /// The job.
+        job_id: JobId,
+        /// Why.
+        reason: String,
+    },
+    /// Every process of the run has ended (or was given up on).
+    RunStopped {
+        /// The job.
+        job_id: JobId,
+    },
+    /// The job reached this terminal status. The only event that ends a job.
+    JobFinished {
+        /// The job.
+        job_id: JobId,
+        /// The terminal status decided.
+        status: RunStatus,
+        /// Why, in words a user reads.
+        reason: String,
+    },
+    /// The job is hidden from listings; its blobs are freed once unreferenced.
+    JobDeleted {
+        /// The job.
+        job_id: JobId,
+    },
+    /// An admin downloaded the job's package, meta and workspace archive.
+    JobDownloaded {
+        /// The job.
+        job_id: JobId,
+    },
+    /// A try to archive the server workspace began (the first, or a retry).
+    WorkspaceArchiveStarted {
+        /// The job.
+        job_id: JobId,
+    },
+    /// One try to archive the server workspace failed; another follows after a back-off.
+    WorkspaceArchiveAttemptFailed {
+        /// The job.
+        job_id: JobId,
+        /// Why.
+        reason: String,
+    },
+    /// The server workspace is archived in the blob store.
+    WorkspaceArchived {
+        /// The job.
+        job_id: JobId,
+        /// The archive blob.
+        hash: BlobHash,
+    },
+    /// Archiving was retried for `archive_retry_for` and gave up.
+    WorkspaceArchiveFailed {
+        /// The job.
+        job_id: JobId,
+        /// The last failure.
+        reason: String,
+    },
+    /// After a restart, the run's server app process was found alive and re-attached.
+    RunReattached {
+        /// The job.
+        job_id: JobId,
+    },
+    /// After a restart, the job's run was restored (`RUNNING -> RUNNING`).
+    RunRestored {
+        /// The job.
+        job_id: JobId,
+    },
+    /// An admin request was refused; recorded so audits see it.
+    RequestRefused {
+        /// The job it was about, if any.
+        job_id: Option<JobId>,
+        /// What was asked (`submit`, `abort`, `delete`, `clone`, `download`).
+        operation: String,
+        /// The refusal.
+        rejection: Rejection,
+    },
+}
+
+impl EventKind {
+    /// The job the event is about, if any.
+    pub fn job_id(&self) -> Option<JobId> {
+        use EventKind::*;
+        match self {
+            ServerStarted { .. }
+            | RecoveryFinished
+            | SiteConnected { .. }
+            | SiteDisconnected { .. } => None,
+            RequestRefused { job_id, .. } => *job_id,
+            JobSubmitted { job_id, .. }
+            | ScheduleTryStarted { job_id, .. }
+            | ResourceAnswered { job_id, .. }
+            | ScheduleTryCancelled { job_id, .. }
+            | ScheduleAttempted { job_id, .. }
+            | JobDispatched { job_id, .. }
+            | DeployFinished { job_id, .. }
+            | StartFinished { job_id, .. }
+            | RunStarted { job_id, .. }
+            | ServerAppExited { job_id, .. }
+            | SiteOutcomeReported { job_id, .. }
+            | SiteReportLapsed { job_id, .. }
+            | RunStopRequested { job_id, .. }
+            | RunStopped { job_id }
+            | JobFinished { job_id, .. }
+            | JobDeleted { job_id }
+            | JobDownloaded { job_id }
+            | WorkspaceArchiveStarted { job_id }
+            | WorkspaceArchiveAttemptFailed { job_id, .. }
+            | WorkspaceArchived { job_id, .. }
+            | WorkspaceArchiveFailed { job_id, .. }
+            | RunReattached { job_id }
+            | RunRestored { job_id } => Some(*job_id),
+        }
+    }
+
+    /// The variant's name in snake case, as serde writes its `type` tag.
+    pub fn name(&self) -> &'static str {
+        use EventKind::*;
+        match self {
+            ServerStarted { .. } => "server_started",
+            RecoveryFinished => "recovery_finished",
+            SiteConnected { .. } => "site_connected",
+            SiteDisconnected { .. } => "site_disconnected",
+            JobSubmitted { .. } => "job_submitted",
+            ScheduleTryStarted { .. } => "schedule_try_started",
+            ResourceAnswered { .. } => "resource_answered",
+            ScheduleTryCancelled { .. } => "schedule_try_cancelled",
+            ScheduleAttempted { .. } => "schedule_attempted",
+            JobDispatched { .. } => "job_dispatched",
+            DeployFinished { .. } => "deploy_finished",
+            StartFinished { .. } => "start_finished",
+            RunStarted { .. } => "run_started",
+            ServerAppExited { .. } => "server_app_exited",
+            SiteOutcomeReported { .. } => "site_outcome_reported",
+            SiteReportLapsed { .. } => "site_report_lapsed",
+            RunStopRequested { .. } => "run_stop_requested",
+            RunStopped { .. } => "run_stopped",
+            JobFinished { .. } => "job_finished",
+            JobDeleted { .. } => "job_deleted",
+            JobDownloaded { .. } => "job_downloaded",
+            WorkspaceArchiveStarted { .. } => "workspace_archive_started",
+            WorkspaceArchiveAttemptFailed { .. } => "workspace_archive_attempt_failed",
+            WorkspaceArchived { .. } => "workspace_archived",
+            WorkspaceArchiveFailed { .. } => "workspace_archive_failed",
+            RunReattached { .. } => "run_reattached",
+            RunRestored { .. } => "run_restored",
+            RequestRefused { .. } => "request_refused",
+        }
+    }
+}

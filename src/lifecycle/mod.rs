@@ -1,0 +1,26 @@
+//! The pure core: statuses, events, commands, the decision function, the state fold,
+//! recovery after a restart, and timers.
+//!
+//! Architecture invariant: nothing here touches tokio, sled, the file system, the network,
+//! a clock or a random source. Time comes in as `now`, ids through an [`IdSource`]; the
+//! engine feeds inputs, appends the events, and carries out the effects.
+
+pub mod actor;
+pub mod command;
+pub mod decide;
+pub mod effect;
+pub mod event;
+pub mod rejection;
+pub mod state;
+pub mod status;
+pub mod time;
+
+pub use actor::{Actor, Identity, Role};
+pub use command::{AdminRequest, Command, Origin, Timer};
+pub use decide::{Decision, IdSource};
+pub use effect::Effect;
+pub use event::{BlobHash, BootId, Event, EventKind, ResourceAnswer, ScheduleOutcome, StepResult};
+pub use rejection::{Rejection, ReplayError};
+pub use state::{Answer, Archive, Job, Reply, Run, RunPhase, State};
+pub use status::RunStatus;
+pub use time::Timestamp;

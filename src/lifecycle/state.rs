@@ -1,0 +1,977 @@
+//! The projection: every job's status and sub-states, the sites, the try in flight, and
+//! the answers of past requests. A pure fold of events ([`State::apply`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::job::meta::JobMeta;
+use crate::job::JobId;
+use crate::lifecycle::actor::Identity;
+use crate::lifecycle::event::{
+    BlobHash, BootId, Event, EventKind, ResourceAnswer, ResourceRequest, StepResult,
+};
+use crate::lifecycle::status::RunStatus;
+use crate::lifecycle::time::Timestamp;
+use crate::lifecycle::{Rejection, ReplayError};
+use crate::site::protocol::ExitOutcome;
+
+/// The first answer given to an admin request, kept by its idempotency key.
+pub type Reply = Result<Answer, Rejection>;
+
+/// What an accepted admin request answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "snake_case")]
+pub enum Answer {
+    /// A job was submitted (or cloned) under this id.
+    Submitted {
+        /// The new job.
+        job_id: JobId,
+    },
+    /// The request about this job was carried out (abort, delete, download).
+    Accepted {
+        /// The job.
+        job_id: JobId,
+    },
+}
+
+/// The run of a job (SPEC section 2's run sub-state).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunPhase {
+    /// Nothing deployed or started yet.
+    #[default]
+    NotStarted,
+    /// Deploying and starting (the job is `DISPATCHED`).
+    Starting,
+    /// The processes run.
+    Running,
+    /// fedrun asked the processes to stop and waits for them to end.
+    Stopping,
+    /// Every process has ended.
+    Stopped,
+}
+
+/// Where a `DISPATCHED` job's start-up is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartStep {
+    /// Waiting for the server app's deploy.
+    DeployingServer,
+    /// Waiting for the sites' deploy answers.
+    DeployingSites,
+    /// Waiting for the server app process to start.
+    StartingServer,
+    /// Waiting for the sites' start answers.
+    StartingSites,
+}
+
+/// A failure recorded for a run (SPEC section 8's failure order).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// `"server"` or the site.
+    pub participant: String,
+    /// The outcome (a lapsed site report counts as code 104).
+    pub outcome: ExitOutcome,
+}
+
+impl Failure {
+    /// `104` and death by a signal: nothing replaces them.
+    pub fn is_sticky(&self) -> bool {
+        matches!(
+            self.outcome,
+            ExitOutcome::Code(104) | ExitOutcome::Signal(_)
+        )
+    }
+}
+
+/// Whether an outcome is a failure at all (anything but code 0).
+pub fn is_failure(outcome: ExitOutcome) -> bool {
+    outcome != ExitOutcome::Code(0)
+}
+
+/// Whether a site report with this outcome stops the run (SPEC section 8): `101`, `102`,
+/// `103`, `104`, `9` or a signal. A report of `1` (or another code) is recorded only.
+pub fn stops_run(outcome: ExitOutcome) -> bool {
+    matches!(
+        outcome,
+        ExitOutcome::Code(101 | 102 | 103 | 104 | 9) | ExitOutcome::Signal(_)
+    )
+}
+
+/// Merges a new failure into the recorded one by SPEC section 8's order: `104` and signals
+/// are sticky, `9` never replaces an earlier failure, otherwise the later one replaces.
+pub fn merge_failure(current: Option<Failure>, new: Failure) -> Option<Failure> {
+    match current {
+        None => Some(new),
+        Some(old) if old.is_sticky() => Some(old),
+        Some(old) if new.outcome == ExitOutcome::Code(9) => Some(old),
+        Some(_) => Some(new),
+    }
+}
+
+/// The status a finished run ends in, from its recorded failure (rules 2 and 3; rule 1,
+/// an admin abort, ends the job when it happens).
+pub fn final_status(failure: Option<&Failure>) -> RunStatus {
+    match failure.map(|f| f.outcome) {
+        None => RunStatus::Completed,
+        Some(ExitOutcome::Code(104) | ExitOutcome::Signal(_)) => RunStatus::Abnormal,
+        Some(ExitOutcome::Code(9)) => RunStatus::Aborted,
+        Some(_) => RunStatus::ExecutionException,
+    }
+}
+
+/// Words for an outcome: `code 101`, `signal 9`.
+pub fn describe_outcome(outcome: ExitOutcome) -> String {
+    match outcome {
+        ExitOutcome::Code(code) => format!("code {code}"),
+        ExitOutcome::Signal(signal) => format!("signal {signal}"),
+    }
+}
+
+/// A job's run: deploy and start answers, who took part, exits, failure, stop.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    /// The run sub-state.
+    pub phase: RunPhase,
+    /// While `Starting`: the step and when it began.
+    pub step: Option<(StartStep, Timestamp)>,
+    /// The sites the job was dispatched to, sorted.
+    pub sites: Vec<String>,
+    /// Reservation tokens by site, until the run starts or they are cancelled.
+    pub reservations: BTreeMap<String, String>,
+    /// Deploy answers by participant (`"server"` and sites).
+    pub deploy: BTreeMap<String, StepResult>,
+    /// Start answers by participant.
+    pub start: BTreeMap<String, StepResult>,
+    /// When the job went `RUNNING` (`start_time`).
+    pub started_at: Option<Timestamp>,
+    /// The sites that took part (`job_clients`), set when the job went `RUNNING`.
+    pub job_clients: Vec<String>,
+    /// How and when the server app process ended.
+    pub server_exit: Option<(ExitOutcome, Timestamp)>,
+    /// Site reports, by site.
+    pub site_exits: BTreeMap<String, ExitOutcome>,
+    /// Sites whose report lapsed after `site_reconnect_grace` (counted as `104`).
+    pub lapsed: BTreeSet<String>,
+    /// The failure that decides the final status, if any.
+    pub failure: Option<Failure>,
+    /// When fedrun asked the processes to stop; exits after it are not failures.
+    pub stop_requested_at: Option<Timestamp>,
+    /// Report ids already recorded, so a resent report is not counted twice.
+    pub report_ids: BTreeSet<String>,
+}
+
+impl Run {
+    /// The `job_deploy_detail` lines: the server first, then sites by name.
+    pub fn deploy_detail(&self) -> Vec<String> {
+        let line = |who: &str, result: &StepResult| match result {
+            StepResult::Ok => format!("{who}: OK"),
+            StepResult::Error(reason) => format!("{who}: {reason}"),
+            StepResult::NoReply => format!("{who}: no reply (deployment timeout)"),
+        };
+        let server = crate::job::meta::SERVER;
+        let mut lines: Vec<String> = self
+            .deploy
+            .get(server)
+            .map(|r| line(server, r))
+            .into_iter()
+            .collect();
+        lines.extend(
+            self.deploy
+                .iter()
+                .filter(|(who, _)| who.as_str() != server)
+                .map(|(who, r)| line(who, r)),
+        );
+        lines
+    }
+
+    /// Whether the server app process was started (and so an exit is expected).
+    pub fn server_started(&self) -> bool {
+        matches!(
+            self.start.get(crate::job::meta::SERVER),
+            Some(StepResult::Ok)
+        )
+    }
+
+    /// Whether the server app was started and has not yet ended.
+    pub fn server_outstanding(&self) -> bool {
+        self.server_started() && self.server_exit.is_none()
+    }
+
+    /// The sites whose app process may run: `job_clients` once the job went `RUNNING`,
+    /// else the sites that answered their start with OK.
+    pub fn expected_sites(&self) -> Vec<String> {
+        if self.started_at.is_some() {
+            return self.job_clients.clone();
+        }
+        self.start
+            .iter()
+            .filter(|(who, r)| who.as_str() != crate::job::meta::SERVER && r.is_ok())
+            .map(|(who, _)| who.clone())
+            .collect()
+    }
+
+    /// Expected sites that have neither reported nor lapsed.
+    pub fn outstanding_sites(&self) -> Vec<String> {
+        self.expected_sites()
+            .into_iter()
+            .filter(|s| !self.site_exits.contains_key(s) && !self.lapsed.contains(s))
+            .collect()
+    }
+
+    /// True when no process of the run can still be running.
+    pub fn all_ended(&self) -> bool {
+        !self.server_outstanding() && self.outstanding_sites().is_empty()
+    }
+
+    /// True while fedrun's own stop request is in effect.
+    pub fn stopping(&self) -> bool {
+        self.stop_requested_at.is_some()
+    }
+}
+
+/// The workspace archive sub-state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Archive {
+    /// The job never had a server workspace (it was never dispatched).
+    #[default]
+    NoWorkspace,
+    /// A workspace exists and is not archived yet.
+    Pending {
+        /// Whether an archive try is under way.
+        in_flight: bool,
+        /// Failed tries so far.
+        failures: u32,
+        /// When the first try failed (retries stop `archive_retry_for` after it).
+        first_failed_at: Option<Timestamp>,
+        /// When the last try failed.
+        last_failed_at: Option<Timestamp>,
+        /// The last failure's reason.
+        last_reason: Option<String>,
+    },
+    /// Archived in the blob store.
+    Archived {
+        /// The archive blob.
+        hash: BlobHash,
+    },
+    /// Archiving gave up.
+    Failed {
+        /// The last failure.
+        reason: String,
+    },
+}
+
+impl Archive {
+    /// True unless the archive is pending: download and delete may proceed.
+    pub fn is_settled(&self) -> bool {
+        !matches!(self, Archive::Pending { .. })
+    }
+}
+
+/// One job in the projection.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// The id.
+    pub id: JobId,
+    /// The validated `meta.json`.
+    pub meta: JobMeta,
+    /// The package blob.
+    pub package: BlobHash,
+    /// Who submitted (or cloned) it.
+    pub submitter: Identity,
+    /// Who signed it.
+    pub signer: Option<Identity>,
+    /// When it was submitted.
+    pub submit_time: Timestamp,
+    /// The sequence number of its `JobSubmitted` (ties in the queue go in history order).
+    pub submitted_seq: u64,
+    /// The job it was cloned from.
+    pub cloned_from: Option<JobId>,
+    /// The status.
+    pub status: RunStatus,
+    /// When the status became terminal.
+    pub finished_at: Option<Timestamp>,
+    /// The reason recorded with the terminal status.
+    pub finish_reason: Option<String>,
+    /// Schedule tries so far.
+    pub schedule_count: u32,
+    /// When the last try ended.
+    pub last_schedule_time: Option<Timestamp>,
+    /// One line per try: time and outcome with reason and numbers.
+    pub schedule_history: Vec<String>,
+    /// The run sub-state and its facts.
+    pub run: Run,
+    /// The workspace archive sub-state.
+    pub archive: Archive,
+    /// Hidden from listings; blobs freed once unreferenced.
+    pub deleted: bool,
+}
+
+impl Job {
+    /// `duration`: from `start_time` to the end (or `now` while it runs).
+    pub fn duration_ms(&self, now: Timestamp) -> Option<i64> {
+        let start = self.run.started_at?;
+        let end = self.finished_at.unwrap_or(now);
+        Some(end.as_millis().saturating_sub(start.as_millis()).max(0))
+    }
+}
+
+/// What the server knows of a site.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SiteFacts {
+    /// Whether its connection is up.
+    pub connected: bool,
+    /// When it last connected or disconnected.
+    pub since: Timestamp,
+    /// What it declares it can hold.
+    pub resources: BTreeMap<String, f64>,
+    /// Jobs it said it runs at its last connect.
+    pub running: Vec<JobId>,
+}
+
+/// The schedule try in flight.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleTry {
+    /// Its id (the sequence number of its `ScheduleTryStarted`).
+    pub try_id: u64,
+    /// The job tried.
+    pub job_id: JobId,
+    /// When it started.
+    pub started_at: Timestamp,
+    /// Who was asked for what.
+    pub asked: Vec<ResourceRequest>,
+    /// The answers so far.
+    pub answers: BTreeMap<String, ResourceAnswer>,
+}
+
+impl ScheduleTry {
+    /// True when every site asked has answered (or was marked as not replying).
+    pub fn complete(&self) -> bool {
+        self.asked
+            .iter()
+            .all(|r| self.answers.contains_key(&r.site))
+    }
+}
+
+/// The restart window: open from `ServerStarted` until `RecoveryFinished`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecoveryWindow {
+    /// When the server started.
+    pub started_at: Timestamp,
+    /// Runs whose server app process re-attached in the window.
+    pub reattached: BTreeSet<JobId>,
+}
+
+/// The whole projection. Ordered maps only, so iteration (and every output) is
+/// deterministic. Serializable: a snapshot is this value with the sequence number it covers.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    /// The last applied event's sequence number (0 before any).
+    pub last_seq: u64,
+    /// The last applied event's time.
+    pub last_at: Timestamp,
+    /// The current server run (from the last `ServerStarted`).
+    pub boot_id: BootId,
+    /// Open while the restart decisions are pending.
+    pub recovery: Option<RecoveryWindow>,
+    /// Every job ever submitted, deleted ones included.
+    pub jobs: BTreeMap<JobId, Job>,
+    /// `SUBMITTED` jobs in queue order: oldest `submit_time` first, ties in history order.
+    pub queue: BTreeSet<(Timestamp, u64, JobId)>,
+    /// The sites, by name.
+    pub sites: BTreeMap<String, SiteFacts>,
+    /// The schedule try in flight (at most one).
+    pub schedule_try: Option<ScheduleTry>,
+    /// First answers by idempotency key.
+    pub requests: BTreeMap<String, Reply>,
+}
+
+impl State {
+    /// An empty state: no events applied.
+    pub fn new() -> Self {
+        State::default()
+    }
+
+    /// The job, unless it does not exist or was deleted.
+    pub fn live_job(&self, job_id: &JobId) -> Option<&Job> {
+        self.jobs.get(job_id).filter(|j| !j.deleted)
+    }
+
+    /// Jobs counted against `max_jobs`: `DISPATCHED`, `RUNNING`, or with a run still stopping.
+    pub fn active_job_count(&self) -> usize {
+        self.jobs
+            .values()
+            .filter(|j| {
+                matches!(j.status, RunStatus::Dispatched | RunStatus::Running)
+                    || j.run.phase == RunPhase::Stopping
+            })
+            .count()
+    }
+
+    /// The connected sites, by name.
+    pub fn connected_sites(&self) -> impl Iterator<Item = (&String, &SiteFacts)> {
+        self.sites.iter().filter(|(_, s)| s.connected)
+    }
+
+    /// Whether any live job other than `except` refers to the blob (package or archive).
+    pub fn blob_in_use(&self, hash: &BlobHash, except: &JobId) -> bool {
+        self.jobs.values().any(|j| {
+            &j.id != except
+                && !j.deleted
+                && (&j.package == hash
+                    || matches!(&j.archive, Archive::Archived { hash: h } if h == hash))
+        })
+    }
+
+    /// Folds one event decided by `decide`. Panics on a sequence gap or an illegal record,
+    /// which would mean `decide` itself broke a rule; replay of stored records uses
+    /// [`State::apply_checked`] instead.
+    pub fn apply(&mut self, event: &Event) {
+        if let Err(err) = self.apply_checked(event) {
+            panic!("an event from decide must always be legal: {err}");
+        }
+    }
+
+    /// Checks the record the way `decide` would (order, time, transition) and folds it.
+    /// On error the state is unchanged and the error names the record's sequence number.
+    pub fn apply_checked(&mut self, event: &Event) -> Result<(), ReplayError> {
+        let expected = self.last_seq + 1;
+        if event.seq != expected {
+            return Err(ReplayError::OutOfOrder {
+                seq: event.seq,
+                expected,
+            });
+        }
+        if event.at < self.last_at {
+            return Err(ReplayError::TimeWentBack {
+                seq: event.seq,
+                at_ms: event.at.as_millis(),
+                previous_ms: self.last_at.as_millis(),
+            });
+        }
+        self.check(&event.kind)
+            .map_err(|reason| ReplayError::IllegalTransition {
+                seq: event.seq,
+                kind: event.kind.name(),
+                reason,
+            })?;
+        self.fold(event);
+        self.last_seq = event.seq;
+        self.last_at = event.at;
+        Ok(())
+    }
+
+    fn job_in(&self, job_id: &JobId, allowed: &[RunStatus], what: &str) -> Result<&Job, String> {
+        let job = self
+            .jobs
+            .get(job_id)
+            .ok_or_else(|| format!("job {job_id} does not exist"))?;
+        if !allowed.contains(&job.status) {
+            return Err(format!("job {job_id} is {} and cannot {what}", job.status));
+        }
+        Ok(job)
+    }
+
+    fn job_exists(&self, job_id: &JobId) -> Result<&Job, String> {
+        self.jobs
+            .get(job_id)
+            .ok_or_else(|| format!("job {job_id} does not exist"))
+    }
+
+    /// The legality of a record against the state so far; no mutation.
+    fn check(&self, kind: &EventKind) -> Result<(), String> {
+        use EventKind::*;
+        use RunStatus::*;
+        match kind {
+            ServerStarted { .. } | SiteConnected { .. } | SiteDisconnected { .. } => Ok(()),
+            RecoveryFinished => match self.recovery {
+                Some(_) => Ok(()),
+                None => Err("no recovery window is open".into()),
+            },
+            RequestRefused { .. } => Ok(()),
+            JobSubmitted {
+                job_id,
+                cloned_from,
+                ..
+            } => {
+                if self.jobs.contains_key(job_id) {
+                    return Err(format!("job {job_id} already exists"));
+                }
+                if let Some(source) = cloned_from {
+                    self.job_exists(source)?;
+                }
+                Ok(())
+            }
+            ScheduleTryStarted { job_id, .. } => {
+                self.job_in(job_id, &[Submitted], "be tried")?;
+                match &self.schedule_try {
+                    Some(t) => Err(format!("try {} is still in flight", t.try_id)),
+                    None => Ok(()),
+                }
+            }
+            ResourceAnswered { try_id, site, .. } => match &self.schedule_try {
+                Some(t) if t.try_id == *try_id && t.asked.iter().any(|r| &r.site == site) => Ok(()),
+                _ => Err(format!(
+                    "try {try_id} is not in flight or did not ask {site}"
+                )),
+            },
+            ScheduleTryCancelled { try_id, .. } => match &self.schedule_try {
+                Some(t) if t.try_id == *try_id => Ok(()),
+                _ => Err(format!("try {try_id} is not in flight")),
+            },
+            ScheduleAttempted { job_id, .. } => {
+                self.job_in(job_id, &[Submitted], "be tried").map(|_| ())
+            }
+            JobDispatched { job_id, .. } => self
+                .job_in(job_id, &[Submitted], "be dispatched")
+                .map(|_| ()),
+            DeployFinished {
+                job_id,
+                participant,
+                ..
+            }
+            | StartFinished {
+                job_id,
+                participant,
+                ..
+            } => {
+                let job = self.job_in(job_id, &[Dispatched], "record a start-up step")?;
+                let known =
+                    participant == crate::job::meta::SERVER || job.run.sites.contains(participant);
+                if known {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{participant} is not a participant of job {job_id}"
+                    ))
+                }
+            }
+            RunStarted { job_id, .. } => self
+                .job_in(job_id, &[Dispatched], "start running")
+                .map(|_| ()),
+            ServerAppExited { job_id, .. } => {
+                let job = self.job_exists(job_id)?;
+                if job.run.server_exit.is_some() {
+                    return Err(format!("job {job_id}'s server app already exited"));
+                }
+                Ok(())
+            }
+            SiteOutcomeReported {
+                job_id, report_id, ..
+            } => {
+                let job = self.job_exists(job_id)?;
+                if job.run.report_ids.contains(report_id) {
+                    return Err(format!("report {report_id} is already recorded"));
+                }
+                Ok(())
+            }
+            SiteReportLapsed { job_id, .. }
+            | RunStopRequested { job_id, .. }
+            | JobDownloaded { job_id }
+            | RunReattached { job_id } => self.job_exists(job_id).map(|_| ()),
+            RunStopped { job_id } => {
+                let job = self.job_exists(job_id)?;
+                if job.run.phase == RunPhase::Stopped {
+                    return Err(format!("job {job_id}'s run is already stopped"));
+                }
+                Ok(())
+            }
+            JobFinished { job_id, status, .. } => {
+                let job = self.job_exists(job_id)?;
+                if !status.is_terminal() || !job.status.can_move_to(*status) {
+                    return Err(format!(
+                        "job {job_id} cannot move from {} to {status}",
+                        job.status
+                    ));
+                }
+                Ok(())
+            }
+            JobDeleted { job_id } => {
+                let job = self.job_exists(job_id)?;
+                if !job.status.is_terminal() || job.deleted {
+                    return Err(format!(
+                        "job {job_id} is {} (deleted: {}) and cannot be deleted",
+                        job.status, job.deleted
+                    ));
+                }
+                Ok(())
+            }
+            WorkspaceArchiveStarted { job_id } => {
+                let job = self.job_exists(job_id)?;
+                match job.archive {
+                    Archive::Pending {
+                        in_flight: false, ..
+                    } if job.status.is_terminal() => Ok(()),
+                    _ => Err(format!("job {job_id}'s archive cannot start now")),
+                }
+            }
+            WorkspaceArchiveAttemptFailed { job_id, .. }
+            | WorkspaceArchived { job_id, .. }
+            | WorkspaceArchiveFailed { job_id, .. } => {
+                let job = self.job_exists(job_id)?;
+                if !matches!(job.archive, Archive::Pending { .. }) {
+                    return Err(format!("job {job_id}'s archive is not pending"));
+                }
+                Ok(())
+            }
+            RunRestored { job_id } => {
+                self.job_in(job_id, &[Running], "be restored")?;
+                match self.recovery {
+                    Some(_) => Ok(()),
+                    None => Err("no recovery window is open".into()),
+                }
+            }
+        }
+    }
+
+    fn job_mut(&mut self, job_id: &JobId) -> &mut Job {
+        self.jobs
+            .get_mut(job_id)
+            .expect("check() verified that the job exists before fold()")
+    }
+
+    fn set_status(&mut self, job_id: &JobId, status: RunStatus) {
+        let job = self.job_mut(job_id);
+        let before = job.status;
+        job.status = status;
+        let key = (job.submit_time, job.submitted_seq, job.id);
+        if before == RunStatus::Submitted && status != RunStatus::Submitted {
+            self.queue.remove(&key);
+        }
+    }
+
+    /// The mutation of a checked record. Never fails.
+    fn fold(&mut self, event: &Event) {
+        use EventKind::*;
+        let at = event.at;
+        self.remember_reply(event);
+        match &event.kind {
+            ServerStarted { boot_id } => {
+                self.boot_id = *boot_id;
+                self.recovery = Some(RecoveryWindow {
+                    started_at: at,
+                    reattached: BTreeSet::new(),
+                });
+                // Connections belong to the previous server run; sites reconnect.
+                for site in self.sites.values_mut() {
+                    if site.connected {
+                        site.connected = false;
+                        site.since = at;
+                    }
+                    site.running.clear();
+                }
+                // The try in flight died with the old run; its reservations lapse at the sites.
+                self.schedule_try = None;
+                // Archive tries in flight died too; recovery starts them again.
+                for job in self.jobs.values_mut() {
+                    if let Archive::Pending { in_flight, .. } = &mut job.archive {
+                        *in_flight = false;
+                    }
+                }
+            }
+            RecoveryFinished => self.recovery = None,
+            SiteConnected {
+                site,
+                resources,
+                running,
+            } => {
+                self.sites.insert(
+                    site.clone(),
+                    SiteFacts {
+                        connected: true,
+                        since: at,
+                        resources: resources.clone(),
+                        running: running.clone(),
+                    },
+                );
+            }
+            SiteDisconnected { site } => {
+                if let Some(facts) = self.sites.get_mut(site) {
+                    facts.connected = false;
+                    facts.since = at;
+                    facts.running.clear();
+                }
+            }
+            JobSubmitted {
+                job_id,
+                meta,
+                package,
+                submitter,
+                signer,
+                submit_time,
+                cloned_from,
+            } => {
+                self.queue.insert((*submit_time, event.seq, *job_id));
+                self.jobs.insert(
+                    *job_id,
+                    Job {
+                        id: *job_id,
+                        meta: meta.clone(),
+                        package: *package,
+                        submitter: submitter.clone(),
+                        signer: signer.clone(),
+                        submit_time: *submit_time,
+                        submitted_seq: event.seq,
+                        cloned_from: *cloned_from,
+                        status: RunStatus::Submitted,
+                        finished_at: None,
+                        finish_reason: None,
+                        schedule_count: 0,
+                        last_schedule_time: None,
+                        schedule_history: Vec::new(),
+                        run: Run::default(),
+                        archive: Archive::NoWorkspace,
+                        deleted: false,
+                    },
+                );
+            }
+            ScheduleTryStarted {
+                job_id,
+                try_id,
+                asked,
+            } => {
+                self.schedule_try = Some(ScheduleTry {
+                    try_id: *try_id,
+                    job_id: *job_id,
+                    started_at: at,
+                    asked: asked.clone(),
+                    answers: BTreeMap::new(),
+                });
+            }
+            ResourceAnswered { site, answer, .. } => {
+                if let Some(t) = &mut self.schedule_try {
+                    t.answers.insert(site.clone(), answer.clone());
+                }
+            }
+            ScheduleTryCancelled { .. } => self.schedule_try = None,
+            ScheduleAttempted { job_id, outcome } => {
+                if self
+                    .schedule_try
+                    .as_ref()
+                    .is_some_and(|t| &t.job_id == job_id)
+                {
+                    self.schedule_try = None;
+                }
+                let job = self.job_mut(job_id);
+                job.schedule_count += 1;
+                job.last_schedule_time = Some(at);
+                let line = match outcome {
+                    crate::lifecycle::event::ScheduleOutcome::Dispatched { sites } => {
+                        format!(
+                            "{} try {}: dispatched to {}",
+                            at,
+                            job.schedule_count,
+                            sites.join(", ")
+                        )
+                    }
+                    crate::lifecycle::event::ScheduleOutcome::NoResources { reason } => {
+                        format!(
+                            "{} try {}: no resources: {}",
+                            at, job.schedule_count, reason
+                        )
+                    }
+                };
+                job.schedule_history.push(line);
+            }
+            JobDispatched {
+                job_id,
+                sites,
+                reservations,
+            } => {
+                self.set_status(job_id, RunStatus::Dispatched);
+                let job = self.job_mut(job_id);
+                job.run.phase = RunPhase::Starting;
+                job.run.step = Some((StartStep::DeployingServer, at));
+                job.run.sites = sites.clone();
+                job.run.reservations = reservations.clone();
+                job.archive = Archive::Pending {
+                    in_flight: false,
+                    failures: 0,
+                    first_failed_at: None,
+                    last_failed_at: None,
+                    last_reason: None,
+                };
+            }
+            DeployFinished {
+                job_id,
+                participant,
+                result,
+            } => {
+                let job = self.job_mut(job_id);
+                job.run.deploy.insert(participant.clone(), result.clone());
+                let server = crate::job::meta::SERVER;
+                if participant == server {
+                    job.run.step = Some((StartStep::DeployingSites, at));
+                } else if job.run.sites.iter().all(|s| job.run.deploy.contains_key(s)) {
+                    job.run.step = Some((StartStep::StartingServer, at));
+                }
+                if !result.is_ok() && participant != server {
+                    job.run.reservations.remove(participant);
+                }
+            }
+            StartFinished {
+                job_id,
+                participant,
+                result,
+            } => {
+                let job = self.job_mut(job_id);
+                job.run.start.insert(participant.clone(), result.clone());
+                if participant == crate::job::meta::SERVER {
+                    job.run.step = Some((StartStep::StartingSites, at));
+                }
+            }
+            RunStarted {
+                job_id,
+                job_clients,
+            } => {
+                self.set_status(job_id, RunStatus::Running);
+                let job = self.job_mut(job_id);
+                job.run.phase = RunPhase::Running;
+                job.run.step = None;
+                job.run.started_at = Some(at);
+                job.run.job_clients = job_clients.clone();
+                // Reservations are consumed by the start.
+                job.run.reservations.clear();
+            }
+            ServerAppExited { job_id, outcome } => {
+                let job = self.job_mut(job_id);
+                job.run.server_exit = Some((*outcome, at));
+                if !job.status.is_terminal() && !job.run.stopping() && is_failure(*outcome) {
+                    job.run.failure = merge_failure(
+                        job.run.failure.take(),
+                        Failure {
+                            participant: crate::job::meta::SERVER.to_string(),
+                            outcome: *outcome,
+                        },
+                    );
+                }
+            }
+            SiteOutcomeReported {
+                job_id,
+                site,
+                report_id,
+                outcome,
+            } => {
+                let job = self.job_mut(job_id);
+                job.run.report_ids.insert(report_id.clone());
+                job.run.site_exits.insert(site.clone(), *outcome);
+                if !job.status.is_terminal() && !job.run.stopping() && is_failure(*outcome) {
+                    job.run.failure = merge_failure(
+                        job.run.failure.take(),
+                        Failure {
+                            participant: site.clone(),
+                            outcome: *outcome,
+                        },
+                    );
+                }
+            }
+            SiteReportLapsed { job_id, site } => {
+                let job = self.job_mut(job_id);
+                job.run.lapsed.insert(site.clone());
+                if !job.status.is_terminal() && !job.run.stopping() {
+                    job.run.failure = merge_failure(
+                        job.run.failure.take(),
+                        Failure {
+                            participant: site.clone(),
+                            outcome: ExitOutcome::Code(104),
+                        },
+                    );
+                }
+            }
+            RunStopRequested { job_id, .. } => {
+                let job = self.job_mut(job_id);
+                if job.run.stop_requested_at.is_none() {
+                    job.run.stop_requested_at = Some(at);
+                }
+                job.run.phase = RunPhase::Stopping;
+                job.run.step = None;
+            }
+            RunStopped { job_id } => {
+                let job = self.job_mut(job_id);
+                job.run.phase = RunPhase::Stopped;
+                job.run.step = None;
+                job.run.reservations.clear();
+            }
+            JobFinished {
+                job_id,
+                status,
+                reason,
+            } => {
+                self.set_status(job_id, *status);
+                if self
+                    .schedule_try
+                    .as_ref()
+                    .is_some_and(|t| &t.job_id == job_id)
+                {
+                    self.schedule_try = None;
+                }
+                let job = self.job_mut(job_id);
+                job.finished_at = Some(at);
+                job.finish_reason = Some(reason.clone());
+                job.run.step = None;
+            }
+            JobDeleted { job_id } => {
+                self.job_mut(job_id).deleted = true;
+            }
+            JobDownloaded { .. } | RequestRefused { .. } => {}
+            WorkspaceArchiveStarted { job_id } => {
+                if let Archive::Pending { in_flight, .. } = &mut self.job_mut(job_id).archive {
+                    *in_flight = true;
+                }
+            }
+            WorkspaceArchiveAttemptFailed { job_id, reason } => {
+                let job = self.job_mut(job_id);
+                if let Archive::Pending {
+                    in_flight,
+                    failures,
+                    first_failed_at,
+                    last_failed_at,
+                    last_reason,
+                } = &mut job.archive
+                {
+                    *in_flight = false;
+                    *failures += 1;
+                    first_failed_at.get_or_insert(at);
+                    *last_failed_at = Some(at);
+                    *last_reason = Some(reason.clone());
+                }
+            }
+            WorkspaceArchived { job_id, hash } => {
+                self.job_mut(job_id).archive = Archive::Archived { hash: *hash };
+            }
+            WorkspaceArchiveFailed { job_id, reason } => {
+                self.job_mut(job_id).archive = Archive::Failed {
+                    reason: reason.clone(),
+                };
+            }
+            RunReattached { job_id } => {
+                if let Some(window) = &mut self.recovery {
+                    window.reattached.insert(*job_id);
+                }
+            }
+            RunRestored { .. } => {}
+        }
+    }
+
+    /// Keeps the first answer given under an idempotency key: a refusal, the submitted job,
+    /// or "accepted" for the job the request was about.
+    fn remember_reply(&mut self, event: &Event) {
+        let Some(key) = &event.request_id else {
+            return;
+        };
+        if self.requests.contains_key(key) {
+            return;
+        }
+        let reply = match &event.kind {
+            EventKind::RequestRefused { rejection, .. } => Err(rejection.clone()),
+            EventKind::JobSubmitted { job_id, .. } => Ok(Answer::Submitted { job_id: *job_id }),
+            other => match other.job_id() {
+                Some(job_id) => Ok(Answer::Accepted { job_id }),
+                None => return,
+            },
+        };
+        self.requests.insert(key.clone(), reply);
+    }
+}
