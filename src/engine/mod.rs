@@ -1,3 +1,4 @@
 //! The engine: the single owner of the state and the history.
 
+pub mod clock;
 pub mod ids;
