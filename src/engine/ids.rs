@@ -23,13 +23,24 @@ impl RandomIds {
 #[derive(Clone, Debug)]
 pub struct SeededIds {
     seed: u64,
+    stream: u64,
     counter: u64,
 }
 
 impl SeededIds {
     /// The id sequence of `seed`.
     pub fn new(seed: u64) -> Self {
-        SeededIds { seed, counter: 0 }
+        SeededIds::stream(seed, 0)
+    }
+
+    /// Stream `stream` of `seed`: an independent sequence, e.g. one per simulated server
+    /// start, so a restart never hands out an id an earlier run already used.
+    pub fn stream(seed: u64, stream: u64) -> Self {
+        SeededIds {
+            seed,
+            stream,
+            counter: 0,
+        }
     }
 
     /// The next UUID v4 of the sequence.
@@ -37,6 +48,7 @@ impl SeededIds {
         let mut hasher = blake3::Hasher::new();
         hasher.update(b"fedrun seeded ids v1");
         hasher.update(&self.seed.to_le_bytes());
+        hasher.update(&self.stream.to_le_bytes());
         hasher.update(&self.counter.to_le_bytes());
         self.counter += 1;
         let digest = hasher.finalize();
