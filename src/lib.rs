@@ -9,3 +9,4 @@ pub mod schedule;
 pub mod settings;
 pub mod sim;
 pub mod site;
+pub mod trust;

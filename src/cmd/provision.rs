@@ -1,10 +1,43 @@
 //! `fedrun provision`.
 
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use fedrun::trust::provision::{provision, Project, ProvisionOptions};
+
 /// Arguments of `fedrun provision`.
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// The project file (TOML: name, [server] host and org, [[site]] name and org,
+    /// [[admin]] name, org and role).
+    pub project_file: PathBuf,
+    /// Output folder: `ca/` holds the root CA, and one startup kit folder per participant.
+    #[arg(short = 'o', long = "output", value_name = "DIR")]
+    pub output: PathBuf,
+    /// Replace an existing root CA and existing startup kits.
+    #[arg(long)]
+    pub force: bool,
+}
 
 /// Runs the command; the returned code is the process exit code.
-pub fn run(_args: Args) -> anyhow::Result<i32> {
-    anyhow::bail!("fedrun provision: this command is not built in this version")
+pub fn run(args: Args) -> anyhow::Result<i32> {
+    let project = Project::load(&args.project_file)?;
+    let options = ProvisionOptions {
+        force: args.force,
+        now: SystemTime::now(),
+    };
+    let report = provision(&project, &args.output, options)?;
+    let ca = args.output.join("ca");
+    if report.new_ca {
+        println!("created root CA {} in {}", project.name, ca.display());
+    } else {
+        println!("kept existing root CA in {}", ca.display());
+    }
+    for kit in &report.kits_written {
+        println!("wrote {}", kit.display());
+    }
+    for kit in &report.kits_kept {
+        println!("kept  {} (use --force to replace it)", kit.display());
+    }
+    Ok(0)
 }

@@ -1,6 +1,10 @@
 //! What a job is: its id, its `meta.json`, and its package.
 
+pub mod limits;
 pub mod meta;
+pub mod package;
+pub mod runfile;
+pub mod zipread;
 
 use serde::{Deserialize, Serialize};
 

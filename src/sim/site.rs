@@ -242,6 +242,9 @@ impl SimSite {
                 )],
                 None => Vec::new(),
             },
+            // Simulated reports are kept only while undeliverable (see `keep`), so a
+            // delivered one needs no acknowledgement to be forgotten.
+            SiteRequest::Acknowledge { .. } => Vec::new(),
             SiteRequest::Delete { job_id } => {
                 self.deployed.remove(&job_id);
                 self.reservations.retain(|_, r| r.job_id != job_id);

@@ -23,7 +23,8 @@ pub enum ExitOutcome {
 }
 
 /// What the engine asks of a site. Every request is answered by a [`SiteReport`], except
-/// `CancelReservation` and `Delete`, which are fire-and-forget.
+/// `CancelReservation`, `Delete` and `Acknowledge`, which are fire-and-forget. `Stop` is
+/// answered by the `AppExited` of the stopped app.
 #[derive(Clone, Debug)]
 pub enum SiteRequest {
     /// Can the site hold these resources for this job? If so, reserve them and answer with
@@ -49,6 +50,9 @@ pub enum SiteRequest {
     Stop { job_id: JobId },
     /// Remove everything deployed for this job (after a failed deploy, an abandon, ...).
     Delete { job_id: JobId },
+    /// The server has recorded the report with this id: the site may forget it and stops
+    /// resending it.
+    Acknowledge { report_id: String },
 }
 
 /// What a site tells the engine. Reports that carry a `report_id` are kept and resent by

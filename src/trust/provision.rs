@@ -1,0 +1,587 @@
+//! Provisioning: from a small project file, a project root CA and, signed by it, a
+//! certificate and key for the server, every site and every admin, written as one
+//! startup kit folder per participant.
+//!
+//! Layout of the output folder (NVFlare's startup kit names):
+//!
+//! ```text
+//! OUT/ca/rootCA.pem, OUT/ca/rootCA.key          the project root CA (key 0600)
+//! OUT/<server host>/startup/{rootCA.pem, server.crt, server.key}
+//! OUT/<site>/startup/{rootCA.pem, client.crt, client.key}
+//! OUT/<admin>/startup/{rootCA.pem, client.crt, client.key}
+//! ```
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, SystemTime};
+
+use const_oid::db::rfc4519::{COMMON_NAME, ORGANIZATION_NAME};
+use const_oid::db::rfc5280::{ID_KP_CLIENT_AUTH, ID_KP_SERVER_AUTH};
+use const_oid::ObjectIdentifier;
+use der::asn1::{Any, Ia5String, SetOfVec};
+use der::{EncodePem, Tag};
+use rsa::pkcs1::{DecodeRsaPrivateKey, EncodeRsaPrivateKey};
+use rsa::pkcs1v15::SigningKey;
+use rsa::pkcs8::{EncodePublicKey, LineEnding};
+use rsa::{RsaPrivateKey, RsaPublicKey};
+use serde::Deserialize;
+use sha2::Sha256;
+use spki::SubjectPublicKeyInfoOwned;
+use x509_cert::attr::AttributeTypeAndValue;
+use x509_cert::builder::{Builder, CertificateBuilder, Profile};
+use x509_cert::ext::pkix::name::GeneralName;
+use x509_cert::ext::pkix::{ExtendedKeyUsage, SubjectAltName};
+use x509_cert::name::{Name, RdnSequence, RelativeDistinguishedName};
+use x509_cert::serial_number::SerialNumber;
+use x509_cert::time::{Time, Validity};
+
+use super::certs::{parse_pem_chain, RootCa, UNSTRUCTURED_NAME};
+
+/// RSA key size of every key provisioning makes.
+pub const KEY_BITS: usize = 2048;
+/// Validity of certificates when the project file does not say (NVFlare's default).
+pub const DEFAULT_VALID_DAYS: u32 = 360;
+/// The roles an admin may hold (SPEC section 9).
+pub const ROLES: [&str; 4] = ["project_admin", "org_admin", "lead", "member"];
+
+/// A project file (TOML).
+///
+/// ```toml
+/// name = "example_project"
+/// valid_days = 360            # optional
+/// [server]
+/// host = "server.example.org"
+/// org = "example"
+/// [[site]]
+/// name = "site-1"
+/// org = "hospital-a"
+/// [[admin]]
+/// name = "admin@example.org"
+/// org = "example"
+/// role = "project_admin"
+/// ```
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Project {
+    /// The project name: the root CA's common name.
+    pub name: String,
+    /// Days every certificate is valid from provisioning time.
+    #[serde(default)]
+    pub valid_days: Option<u32>,
+    /// The server.
+    pub server: ServerEntry,
+    /// The sites.
+    #[serde(default, rename = "site")]
+    pub sites: Vec<SiteEntry>,
+    /// The admins.
+    #[serde(default, rename = "admin")]
+    pub admins: Vec<AdminEntry>,
+}
+
+/// The server of a project.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerEntry {
+    /// The host name sites connect to: the certificate's CN and DNS subject alt name.
+    pub host: String,
+    /// The server's organization.
+    pub org: String,
+}
+
+/// A site of a project.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SiteEntry {
+    /// The site name (CN).
+    pub name: String,
+    /// The site's organization (O).
+    pub org: String,
+}
+
+/// An admin of a project.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AdminEntry {
+    /// The admin's name, usually an email address (CN).
+    pub name: String,
+    /// The admin's organization (O).
+    pub org: String,
+    /// The admin's role (`unstructuredName`): one of [`ROLES`].
+    pub role: String,
+}
+
+/// Why provisioning failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    /// The project file is not valid TOML of the expected shape.
+    #[error("project file {path}: {source}")]
+    Parse {
+        /// The project file.
+        path: PathBuf,
+        /// What the parser said.
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    /// The project file is well-formed but its content is not acceptable.
+    #[error("project file {path}: {reason}")]
+    Invalid {
+        /// The project file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The output folder holds only half of a root CA (certificate without key or the
+    /// reverse), or a CA whose key does not match its certificate.
+    #[error("existing root CA in {dir} is unusable: {reason} (use --force to replace it)")]
+    BrokenCa {
+        /// The CA folder.
+        dir: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Generating a key or building a certificate failed.
+    #[error("cannot create {what}: {reason}")]
+    Crypto {
+        /// The key or certificate.
+        what: String,
+        /// What the crypto code said.
+        reason: String,
+    },
+}
+
+/// What provisioning did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProvisionReport {
+    /// True when a new root CA was made; false when the existing one was reused.
+    pub new_ca: bool,
+    /// Startup kits written, as folder paths.
+    pub kits_written: Vec<PathBuf>,
+    /// Startup kits that already existed and were kept.
+    pub kits_kept: Vec<PathBuf>,
+}
+
+/// Options of [`provision`].
+#[derive(Clone, Copy, Debug)]
+pub struct ProvisionOptions {
+    /// Replace an existing root CA and existing startup kits.
+    pub force: bool,
+    /// The start of every new certificate's validity.
+    pub now: SystemTime,
+}
+
+impl Project {
+    /// Reads and checks a project file.
+    pub fn load(path: &Path) -> Result<Self, ProvisionError> {
+        let text = fs::read_to_string(path).map_err(|source| ProvisionError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and checks project file text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ProvisionError> {
+        let project: Project = toml::from_str(text).map_err(|source| ProvisionError::Parse {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        })?;
+        project
+            .validate()
+            .map_err(|reason| ProvisionError::Invalid {
+                path: path.to_path_buf(),
+                reason,
+            })?;
+        Ok(project)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.name.trim().is_empty() {
+            return Err("the project name is empty".into());
+        }
+        if self.valid_days == Some(0) {
+            return Err("valid_days must be at least 1".into());
+        }
+        let mut seen = BTreeSet::new();
+        let participants = std::iter::once(("server host", &self.server.host, &self.server.org))
+            .chain(self.sites.iter().map(|s| ("site", &s.name, &s.org)))
+            .chain(self.admins.iter().map(|a| ("admin", &a.name, &a.org)));
+        for (kind, name, org) in participants {
+            check_folder_name(name).map_err(|why| format!("{kind} name {name:?} {why}"))?;
+            if org.trim().is_empty() {
+                return Err(format!("{kind} {name:?} has an empty org"));
+            }
+            if !seen.insert(name.as_str()) {
+                return Err(format!("participant name {name:?} is used twice"));
+            }
+        }
+        for admin in &self.admins {
+            if !ROLES.contains(&admin.role.as_str()) {
+                return Err(format!(
+                    "admin {:?} has role {:?}; roles are {}",
+                    admin.name,
+                    admin.role,
+                    ROLES.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Participant names become folder names, so they must be one plain path component.
+fn check_folder_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.trim() != name {
+        return Err("is empty or has surrounding spaces");
+    }
+    if name == "." || name == ".." || name == "ca" {
+        return Err("is reserved");
+    }
+    if name.contains(['/', '\\', '\0']) || name.chars().any(char::is_control) {
+        return Err("may not contain slashes or control characters");
+    }
+    Ok(())
+}
+
+/// Creates (or completes) the project's root CA and startup kits in `out`.
+///
+/// An existing root CA (`out/ca/rootCA.pem` and `rootCA.key`) is reused, and existing
+/// startup kits are kept, unless `options.force`: so running twice changes nothing, and
+/// running again after adding a site only makes that site's kit.
+pub fn provision(
+    project: &Project,
+    out: &Path,
+    options: ProvisionOptions,
+) -> Result<ProvisionReport, ProvisionError> {
+    let mut report = ProvisionReport::default();
+    let ca_dir = out.join("ca");
+    create_dir(&ca_dir)?;
+    let (ca_key, ca_pem) = match load_existing_ca(&ca_dir)? {
+        Some(existing) if !options.force => existing,
+        _ => {
+            report.new_ca = true;
+            let created = create_ca(project, options.now)?;
+            write_file(&ca_dir.join("rootCA.key"), created.0.as_bytes(), true)?;
+            write_file(&ca_dir.join("rootCA.pem"), created.1.as_bytes(), false)?;
+            created
+        }
+    };
+    let ca_private =
+        RsaPrivateKey::from_pkcs1_pem(&ca_key).map_err(|e| ProvisionError::BrokenCa {
+            dir: ca_dir.clone(),
+            reason: format!("rootCA.key: {e}"),
+        })?;
+    let root = RootCa::from_pem(ca_pem.as_bytes()).map_err(|e| ProvisionError::BrokenCa {
+        dir: ca_dir.clone(),
+        reason: format!("rootCA.pem: {e}"),
+    })?;
+    let issuer = root.cert().certificate().tbs_certificate.subject.clone();
+    let ca_signer = SigningKey::<Sha256>::new(ca_private);
+    let valid_for = valid_for(project);
+
+    let mut kits = vec![Kit {
+        name: project.server.host.clone(),
+        subject: subject(&project.server.host, &project.server.org, None)?,
+        cert_file: "server.crt",
+        key_file: "server.key",
+        usage: ID_KP_SERVER_AUTH,
+        dns_name: Some(project.server.host.clone()),
+    }];
+    for site in &project.sites {
+        kits.push(Kit::client(
+            &site.name,
+            subject(&site.name, &site.org, None)?,
+        ));
+    }
+    for admin in &project.admins {
+        let name = subject(&admin.name, &admin.org, Some(&admin.role))?;
+        kits.push(Kit::client(&admin.name, name));
+    }
+    for kit in kits {
+        let startup = out.join(&kit.name).join("startup");
+        if startup.join(kit.cert_file).exists() && !options.force && !report.new_ca {
+            report.kits_kept.push(startup);
+            continue;
+        }
+        create_dir(&startup)?;
+        let (key_pem, cert_pem) = issue(&kit, &issuer, &ca_signer, options.now, valid_for)?;
+        write_file(&startup.join(kit.key_file), key_pem.as_bytes(), true)?;
+        write_file(&startup.join(kit.cert_file), cert_pem.as_bytes(), false)?;
+        write_file(&startup.join("rootCA.pem"), ca_pem.as_bytes(), false)?;
+        tracing::info!(kit = %startup.display(), "startup kit written");
+        report.kits_written.push(startup);
+    }
+    Ok(report)
+}
+
+struct Kit {
+    name: String,
+    subject: Name,
+    cert_file: &'static str,
+    key_file: &'static str,
+    usage: ObjectIdentifier,
+    dns_name: Option<String>,
+}
+
+impl Kit {
+    fn client(name: &str, subject: Name) -> Self {
+        Self {
+            name: name.to_owned(),
+            subject,
+            cert_file: "client.crt",
+            key_file: "client.key",
+            usage: ID_KP_CLIENT_AUTH,
+            dns_name: None,
+        }
+    }
+}
+
+fn valid_for(project: &Project) -> Duration {
+    let days = project.valid_days.unwrap_or(DEFAULT_VALID_DAYS);
+    Duration::from_secs(u64::from(days) * 24 * 3600)
+}
+
+/// Returns the existing CA's (key PEM, certificate PEM), or `None` when there is none.
+fn load_existing_ca(dir: &Path) -> Result<Option<(String, String)>, ProvisionError> {
+    let key_path = dir.join("rootCA.key");
+    let cert_path = dir.join("rootCA.pem");
+    match (key_path.exists(), cert_path.exists()) {
+        (false, false) => Ok(None),
+        (true, true) => {
+            let read = |path: &Path| {
+                fs::read_to_string(path).map_err(|source| ProvisionError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            };
+            let key = read(&key_path)?;
+            let cert = read(&cert_path)?;
+            let broken = |reason: String| ProvisionError::BrokenCa {
+                dir: dir.to_path_buf(),
+                reason,
+            };
+            let private = RsaPrivateKey::from_pkcs1_pem(&key)
+                .map_err(|e| broken(format!("rootCA.key: {e}")))?;
+            let chain =
+                parse_pem_chain(cert.as_bytes()).map_err(|e| broken(format!("rootCA.pem: {e}")))?;
+            if chain[0].rsa_public_key().as_ref() != Some(private.as_ref()) {
+                return Err(broken("rootCA.key does not match rootCA.pem".into()));
+            }
+            tracing::info!(dir = %dir.display(), "reusing the existing root CA");
+            Ok(Some((key, cert)))
+        }
+        (true, false) => Err(ProvisionError::BrokenCa {
+            dir: dir.to_path_buf(),
+            reason: "rootCA.key exists without rootCA.pem".into(),
+        }),
+        (false, true) => Err(ProvisionError::BrokenCa {
+            dir: dir.to_path_buf(),
+            reason: "rootCA.pem exists without rootCA.key".into(),
+        }),
+    }
+}
+
+fn create_ca(project: &Project, now: SystemTime) -> Result<(String, String), ProvisionError> {
+    let what = || format!("root CA {}", project.name);
+    let crypto = |reason: String| ProvisionError::Crypto {
+        what: what(),
+        reason,
+    };
+    let private = generate_key(&what())?;
+    let spki = spki_of(&private, &what())?;
+    let signer = SigningKey::<Sha256>::new(private.clone());
+    let builder = CertificateBuilder::new(
+        Profile::Root,
+        random_serial(&what())?,
+        validity(now, valid_for(project), &what())?,
+        subject(&project.name, "", None)?,
+        spki,
+        &signer,
+    )
+    .map_err(|e| crypto(e.to_string()))?;
+    let cert = builder
+        .build::<rsa::pkcs1v15::Signature>()
+        .map_err(|e| crypto(e.to_string()))?;
+    let cert_pem = cert
+        .to_pem(LineEnding::LF)
+        .map_err(|e| crypto(e.to_string()))?;
+    Ok((key_pem(&private, &what())?, cert_pem))
+}
+
+fn issue(
+    kit: &Kit,
+    issuer: &Name,
+    ca_signer: &SigningKey<Sha256>,
+    now: SystemTime,
+    valid_for: Duration,
+) -> Result<(String, String), ProvisionError> {
+    let what = || format!("certificate for {}", kit.name);
+    let crypto = |reason: String| ProvisionError::Crypto {
+        what: what(),
+        reason,
+    };
+    let private = generate_key(&what())?;
+    let mut builder = CertificateBuilder::new(
+        Profile::Leaf {
+            issuer: issuer.clone(),
+            enable_key_agreement: false,
+            enable_key_encipherment: true,
+        },
+        random_serial(&what())?,
+        validity(now, valid_for, &what())?,
+        kit.subject.clone(),
+        spki_of(&private, &what())?,
+        ca_signer,
+    )
+    .map_err(|e| crypto(e.to_string()))?;
+    builder
+        .add_extension(&ExtendedKeyUsage(vec![kit.usage]))
+        .map_err(|e| crypto(e.to_string()))?;
+    if let Some(dns) = &kit.dns_name {
+        let name = Ia5String::new(dns).map_err(|e| crypto(format!("DNS name {dns:?}: {e}")))?;
+        builder
+            .add_extension(&SubjectAltName(vec![GeneralName::DnsName(name)]))
+            .map_err(|e| crypto(e.to_string()))?;
+    }
+    let cert = builder
+        .build::<rsa::pkcs1v15::Signature>()
+        .map_err(|e| crypto(e.to_string()))?;
+    let cert_pem = cert
+        .to_pem(LineEnding::LF)
+        .map_err(|e| crypto(e.to_string()))?;
+    Ok((key_pem(&private, &what())?, cert_pem))
+}
+
+/// A subject with CN, O (when not empty) and, for admins, the role in `unstructuredName`,
+/// each a UTF8String in its own RDN, in that order, as NVFlare writes them.
+fn subject(cn: &str, org: &str, role: Option<&str>) -> Result<Name, ProvisionError> {
+    let mut rdns = Vec::new();
+    let mut push = |oid: ObjectIdentifier, value: &str| -> Result<(), ProvisionError> {
+        let fail = |e: der::Error| ProvisionError::Crypto {
+            what: format!("subject of {cn}"),
+            reason: e.to_string(),
+        };
+        let value = Any::new(Tag::Utf8String, value.as_bytes()).map_err(fail)?;
+        let mut set = SetOfVec::new();
+        set.insert(AttributeTypeAndValue { oid, value })
+            .map_err(fail)?;
+        rdns.push(RelativeDistinguishedName(set));
+        Ok(())
+    };
+    push(COMMON_NAME, cn)?;
+    if !org.is_empty() {
+        push(ORGANIZATION_NAME, org)?;
+    }
+    if let Some(role) = role {
+        push(UNSTRUCTURED_NAME, role)?;
+    }
+    Ok(RdnSequence(rdns))
+}
+
+fn generate_key(what: &str) -> Result<RsaPrivateKey, ProvisionError> {
+    RsaPrivateKey::new(&mut rand::thread_rng(), KEY_BITS).map_err(|e| ProvisionError::Crypto {
+        what: what.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn spki_of(key: &RsaPrivateKey, what: &str) -> Result<SubjectPublicKeyInfoOwned, ProvisionError> {
+    let der = RsaPublicKey::from(key)
+        .to_public_key_der()
+        .map_err(|e| ProvisionError::Crypto {
+            what: what.to_owned(),
+            reason: e.to_string(),
+        })?;
+    SubjectPublicKeyInfoOwned::try_from(der.as_bytes()).map_err(|e| ProvisionError::Crypto {
+        what: what.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// A key as PKCS #1 PEM (`RSA PRIVATE KEY`), the form NVFlare writes.
+fn key_pem(key: &RsaPrivateKey, what: &str) -> Result<String, ProvisionError> {
+    key.to_pkcs1_pem(LineEnding::LF)
+        .map(|pem| pem.to_string())
+        .map_err(|e| ProvisionError::Crypto {
+            what: what.to_owned(),
+            reason: e.to_string(),
+        })
+}
+
+/// A random positive 16-byte serial number (RFC 5280 allows up to 20).
+fn random_serial(what: &str) -> Result<SerialNumber, ProvisionError> {
+    let mut bytes: [u8; 16] = rand::random();
+    bytes[0] &= 0x7f;
+    bytes[0] |= 0x01; // Keep 16 significant bytes so the encoding never shrinks.
+    SerialNumber::new(&bytes).map_err(|e| ProvisionError::Crypto {
+        what: what.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn validity(now: SystemTime, valid_for: Duration, what: &str) -> Result<Validity, ProvisionError> {
+    let fail = |e: der::Error| ProvisionError::Crypto {
+        what: what.to_owned(),
+        reason: format!("validity: {e}"),
+    };
+    // Certificates carry whole seconds; drop the fraction so the times encode exactly.
+    let since_epoch = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let start = SystemTime::UNIX_EPOCH + Duration::from_secs(since_epoch);
+    Ok(Validity {
+        not_before: Time::try_from(start).map_err(fail)?,
+        not_after: Time::try_from(start + valid_for).map_err(fail)?,
+    })
+}
+
+fn create_dir(path: &Path) -> Result<(), ProvisionError> {
+    fs::create_dir_all(path).map_err(|source| ProvisionError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Writes a file; private keys are created readable by the owner only.
+fn write_file(path: &Path, bytes: &[u8], private: bool) -> Result<(), ProvisionError> {
+    let io = |source| ProvisionError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    if private {
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).map_err(io)?;
+    if private {
+        // `mode` only applies when the file is created; an old key file keeps its
+        // permissions unless they are set again.
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(fs::Permissions::from_mode(0o600))
+            .map_err(io)?;
+    }
+    file.write_all(bytes).map_err(io)?;
+    file.sync_all().map_err(io)
+}
+
+impl FromStr for Project {
+    type Err = ProvisionError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::parse(text, Path::new("<project>"))
+    }
+}

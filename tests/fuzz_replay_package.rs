@@ -1,0 +1,69 @@
+//! Replays the committed fuzz corpora and regressions of `zip_ingest` and `meta_json`
+//! through the same library checks the fuzz targets call, so every input a fuzzer ever
+//! found stays covered by `cargo test`. Seeds named `bad-*` must be refused, the others
+//! accepted, which also keeps the seeds meaningful.
+
+use std::path::{Path, PathBuf};
+
+use fedrun::job::meta::{check_meta_parse, JobMeta};
+use fedrun::job::package::{check_ingest_is_canonical, fuzz_limits, ingest_zip_bytes};
+
+fn files(dir: &str) -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let Ok(read) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = read
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    files
+}
+
+fn is_bad_seed(path: &Path) -> bool {
+    path.file_name()
+        .unwrap()
+        .to_string_lossy()
+        .starts_with("bad-")
+}
+
+#[test]
+fn zip_ingest_corpus_and_regressions_replay() {
+    let corpus = files("fuzz/corpus/zip_ingest");
+    assert!(corpus.len() >= 5, "the seed corpus is committed");
+    for path in corpus.iter().chain(&files("fuzz/regressions/zip_ingest")) {
+        let bytes = std::fs::read(path).unwrap();
+        check_ingest_is_canonical(&bytes);
+    }
+    for path in &corpus {
+        let bytes = std::fs::read(path).unwrap();
+        let result = ingest_zip_bytes(&bytes, "seed", &fuzz_limits());
+        assert_eq!(
+            result.is_err(),
+            is_bad_seed(path),
+            "{}: {:?}",
+            path.display(),
+            result.err()
+        );
+    }
+}
+
+#[test]
+fn meta_json_corpus_and_regressions_replay() {
+    let corpus = files("fuzz/corpus/meta_json");
+    assert!(corpus.len() >= 5, "the seed corpus is committed");
+    for path in corpus.iter().chain(&files("fuzz/regressions/meta_json")) {
+        check_meta_parse(&std::fs::read(path).unwrap());
+    }
+    for path in &corpus {
+        let result = JobMeta::parse(&std::fs::read(path).unwrap(), "seed");
+        assert_eq!(
+            result.is_err(),
+            is_bad_seed(path),
+            "{}: {:?}",
+            path.display(),
+            result.err()
+        );
+    }
+}
