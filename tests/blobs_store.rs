@@ -1,7 +1,7 @@
 //! The content-addressed blob store.
 use std::collections::BTreeSet;
 
-use fedrun::blobs::{reference_counts, BlobError, BlobHash, BlobStore};
+use fedrun::blobs::{hash_of, reference_counts, BlobError, BlobHash, BlobStore};
 
 #[test]
 fn a_streamed_blob_is_named_by_its_blake3_hash_and_reads_back() {
@@ -38,7 +38,7 @@ fn a_changed_blob_is_reported_as_corrupt_naming_its_hash() {
 fn a_missing_blob_is_reported_as_missing() {
     let dir = tempfile::tempdir().unwrap();
     let store = BlobStore::open(dir.path()).unwrap();
-    let hash = BlobHash::of(b"never stored");
+    let hash = hash_of(b"never stored");
     assert!(matches!(store.get(&hash), Err(BlobError::Missing { .. })));
 }
 
@@ -69,9 +69,14 @@ fn sweep_removes_exactly_the_unreferenced_blobs_and_leftover_temp_files() {
 }
 
 #[test]
-fn blob_hash_text_round_trips_and_bad_names_are_refused() {
-    let hash = BlobHash::of(b"x");
+fn blob_hash_text_round_trips_and_bad_names_are_refused_and_ignored() {
+    let hash = hash_of(b"x");
     assert_eq!(hash.to_hex().parse::<BlobHash>().unwrap(), hash);
+    // A file whose name is the hash in capitals is not a blob the store wrote.
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path()).unwrap();
+    std::fs::write(dir.path().join(hash.to_hex().to_uppercase()), b"x").unwrap();
+    assert!(store.list().unwrap().is_empty());
     let err = "not-a-hash".parse::<BlobHash>().unwrap_err();
-    assert!(err.to_string().contains("not a blob hash"), "{err}");
+    assert!(err.to_string().contains("not a BLAKE3 hash"), "{err}");
 }

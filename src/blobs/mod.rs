@@ -12,64 +12,18 @@ use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+pub use crate::lifecycle::BlobHash;
 
-/// The BLAKE3 hash that names a blob.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct BlobHash(pub [u8; 32]);
-
-impl BlobHash {
-    /// The hash of `bytes`.
-    pub fn of(bytes: &[u8]) -> BlobHash {
-        BlobHash(*blake3::hash(bytes).as_bytes())
-    }
-
-    /// The hash as 64 lowercase hex digits (also the blob's file name).
-    pub fn to_hex(&self) -> String {
-        blake3::Hash::from_bytes(self.0).to_hex().to_string()
-    }
-
-    /// Parses 64 hex digits.
-    pub fn from_hex(text: &str) -> Option<BlobHash> {
-        blake3::Hash::from_hex(text)
-            .ok()
-            .map(|hash| BlobHash(*hash.as_bytes()))
-    }
+/// The BLAKE3 hash of `bytes`: the name they get in the store.
+pub fn hash_of(bytes: &[u8]) -> BlobHash {
+    BlobHash::from(blake3::hash(bytes))
 }
 
-impl std::fmt::Display for BlobHash {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.to_hex())
-    }
-}
-
-impl std::fmt::Debug for BlobHash {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "BlobHash({})", self.to_hex())
-    }
-}
-
-impl std::str::FromStr for BlobHash {
-    type Err = BlobError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        BlobHash::from_hex(s).ok_or_else(|| BlobError::BadName {
-            name: s.to_string(),
-        })
-    }
-}
-
-impl Serialize for BlobHash {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.to_hex())
-    }
-}
-
-impl<'de> Deserialize<'de> for BlobHash {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        BlobHash::from_hex(&text)
-            .ok_or_else(|| serde::de::Error::custom("a blob hash is 64 hex digits"))
-    }
+/// The blob named by file `name`, when the name is exactly a hash as the store writes it
+/// (64 lowercase hex digits).
+fn blob_name(name: &str) -> Option<BlobHash> {
+    let hash: BlobHash = name.parse().ok()?;
+    (hash.to_hex() == name).then_some(hash)
 }
 
 /// Errors of the blob store.
@@ -99,12 +53,6 @@ pub enum BlobError {
         hash: BlobHash,
         /// What the content hashes to now.
         actual: BlobHash,
-    },
-    /// A text that should name a blob is not 64 hex digits.
-    #[error("{name:?} is not a blob hash (64 hex digits)")]
-    BadName {
-        /// The text.
-        name: String,
     },
 }
 
@@ -171,7 +119,7 @@ impl BlobStore {
             temp.write_all(&buffer[..n])
                 .map_err(|source| self.io("write", &temp_path, source))?;
         }
-        let hash = BlobHash(*hasher.finalize().as_bytes());
+        let hash = BlobHash::from(hasher.finalize());
         let final_path = self.path_of(&hash);
         if final_path.exists() {
             // Same content is already stored and durable; the temp file is dropped.
@@ -202,7 +150,7 @@ impl BlobStore {
             }
             Err(source) => return Err(self.io("read", &path, source)),
         };
-        let actual = BlobHash::of(&bytes);
+        let actual = hash_of(&bytes);
         if actual != *hash {
             return Err(BlobError::Corrupt {
                 hash: *hash,
@@ -224,7 +172,7 @@ impl BlobStore {
             fs::read_dir(&self.dir).map_err(|source| self.io("list", &self.dir, source))?;
         for entry in entries {
             let entry = entry.map_err(|source| self.io("list", &self.dir, source))?;
-            if let Some(hash) = entry.file_name().to_str().and_then(BlobHash::from_hex) {
+            if let Some(hash) = entry.file_name().to_str().and_then(blob_name) {
                 hashes.insert(hash);
             }
         }
@@ -258,7 +206,7 @@ impl BlobStore {
                 report.temp_files_removed += 1;
                 continue;
             }
-            let Some(hash) = BlobHash::from_hex(name) else {
+            let Some(hash) = blob_name(name) else {
                 continue;
             };
             if referenced.contains(&hash) {

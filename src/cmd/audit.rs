@@ -1,4 +1,10 @@
-//! `fedrun audit ...`.
+//! `fedrun audit verify`: check the history of a data folder.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use fedrun::history::events::EventHistory;
+use fedrun::lifecycle::State;
 
 /// Subcommands of `fedrun audit`.
 #[derive(clap::Subcommand, Debug)]
@@ -9,9 +15,59 @@ pub enum Command {
 
 /// Arguments of `fedrun audit verify`.
 #[derive(clap::Args, Debug)]
-pub struct VerifyArgs {}
+pub struct VerifyArgs {
+    /// The server's data folder (holding `history/`, `blobs/` and `anchor`).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
 
-/// Runs the command; the returned code is the process exit code.
-pub fn run(_command: Command) -> anyhow::Result<i32> {
-    anyhow::bail!("fedrun audit: this command is not built in this version")
+/// Runs the command; the returned code is the process exit code: 0 only when all is well,
+/// 1 when a problem was found (or the history could not be read).
+pub fn run(command: Command) -> anyhow::Result<i32> {
+    let Command::Verify(args) = command;
+    let history = EventHistory::open_for_audit(&args.data_dir)
+        .with_context(|| format!("cannot audit the history in {}", args.data_dir.display()))?;
+    let report = history.verify(State::new());
+    if args.json {
+        let mut value = serde_json::to_value(&report).context("encoding the report")?;
+        if let Some(object) = value.as_object_mut() {
+            object.insert("ok".into(), report.is_ok().into());
+            object.insert("first_bad_seq".into(), report.first_bad_seq().into());
+        }
+        println!("{value}");
+    } else {
+        let dir = args.data_dir.display();
+        println!("history:  {dir}");
+        println!(
+            "records:  {} checked and good, last stored is {}",
+            report.records_ok, report.head.seq
+        );
+        match report.anchor {
+            Some(anchor) => println!("anchor:   record {} ({})", anchor.seq, anchor.hash),
+            None => println!("anchor:   none written yet"),
+        }
+        match report.snapshot_seq {
+            Some(seq) => println!("snapshot: covers records up to {seq}"),
+            None => println!("snapshot: none"),
+        }
+        if report.is_ok() {
+            println!("result:   OK: chain intact, anchor matches, replay equals the snapshot");
+        } else {
+            if let Some(seq) = report.first_bad_seq() {
+                println!("result:   FAILED: first bad record is {seq}");
+            } else {
+                println!("result:   FAILED");
+            }
+            for problem in &report.problems {
+                match problem.seq {
+                    Some(seq) => println!("  record {seq}: {}", problem.message),
+                    None => println!("  {}", problem.message),
+                }
+            }
+        }
+    }
+    Ok(if report.is_ok() { 0 } else { 1 })
 }

@@ -1,10 +1,60 @@
-//! `fedrun history`.
+//! `fedrun history`: print the events of a data folder, oldest first.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use fedrun::history::events::{event_json, event_text, EventHistory};
+use fedrun::history::SledOptions;
+use fedrun::job::JobId;
 
 /// Arguments of `fedrun history`.
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// The server's data folder (holding `history/`, `blobs/` and `anchor`).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// Only the events of this job (its UUID).
+    #[arg(long, value_name = "JOB_ID")]
+    pub job: Option<JobId>,
+    /// Print one JSON object per line instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
 
 /// Runs the command; the returned code is the process exit code.
-pub fn run(_args: Args) -> anyhow::Result<i32> {
-    anyhow::bail!("fedrun history: this command is not built in this version")
+pub fn run(args: Args) -> anyhow::Result<i32> {
+    let options = SledOptions {
+        create: false,
+        ..SledOptions::default()
+    };
+    let history = EventHistory::open_with(&args.data_dir, options)
+        .with_context(|| format!("cannot read the history in {}", args.data_dir.display()))?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    for record in history.records_from(1) {
+        let record = record.context("the history is damaged; run `fedrun audit verify`")?;
+        let event = record.event;
+        if args.job.is_some() && event.kind.job_id() != args.job {
+            continue;
+        }
+        let line = if args.json {
+            event_json(&event)
+        } else {
+            event_text(&event)
+        };
+        if let Err(err) = writeln!(out, "{line}") {
+            // A closed pipe (`fedrun history | head`) is the reader's choice, not an error.
+            if err.kind() == std::io::ErrorKind::BrokenPipe {
+                return Ok(0);
+            }
+            return Err(err).context("writing to standard output");
+        }
+    }
+    match out.flush() {
+        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(err).context("writing to standard output")
+        }
+        _ => Ok(0),
+    }
 }

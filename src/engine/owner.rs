@@ -10,25 +10,12 @@
 use std::collections::BTreeSet;
 
 use crate::engine::ids::{RandomIds, SeededIds};
-use crate::history::{self, Fold, History, Sequenced};
+use crate::history::{self, History};
 use crate::job::JobId;
 use crate::lifecycle::{
     self, BootId, Command, Decision, Effect, Event, IdSource, Reply, State, Timer, Timestamp,
 };
 use crate::settings::Settings;
-
-impl Sequenced for Event {
-    fn seq(&self) -> u64 {
-        self.seq
-    }
-}
-
-impl Fold<Event> for State {
-    type Error = lifecycle::ReplayError;
-    fn apply_checked(&mut self, event: &Event) -> Result<(), Self::Error> {
-        State::apply_checked(self, event)
-    }
-}
 
 /// Where the engine draws new ids: random on a server, from the seed in a simulation.
 #[derive(Debug)]

@@ -14,6 +14,7 @@
 //! implements [`Fold`].
 
 pub mod anchor;
+pub mod events;
 pub mod record;
 pub mod sled_store;
 pub mod snapshot;
@@ -31,8 +32,6 @@ pub use sled_store::{DataFileSync, DataPaths, FsyncDataFile, SledOptions, SledSt
 pub use snapshot::SnapshotRecord;
 pub use storage::{Head, MemoryStorage, Storage, StorageError};
 pub use verify::{Problem, VerifyReport};
-
-use crate::blobs::BlobHash;
 
 /// An event that knows its own sequence number (the engine assigns it before append).
 pub trait Sequenced {
@@ -316,6 +315,37 @@ impl<E: Serialize + DeserializeOwned + Sequenced> History<E> {
         History::from_storage(Box::new(storage), Path::new("memory"))
     }
 
+    /// Opens the history in `dir` for the audit: no folder is created, and neither the
+    /// anchor nor the last record is checked here, since the audit reports on them
+    /// itself ([`History::verify`]) instead of refusing to look.
+    pub fn open_for_audit(dir: &Path) -> Result<History<E>, OpenError> {
+        let options = SledOptions {
+            create: false,
+            ..SledOptions::default()
+        };
+        let storage = SledStorage::open(dir, options)?;
+        let head = match storage.last() {
+            Ok(Some((seq, bytes))) => Head {
+                seq,
+                hash: ChainHash::of(&bytes),
+            },
+            Ok(None) => Head::EMPTY,
+            Err(source) => {
+                return Err(OpenError::Storage {
+                    dir: dir.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        Ok(History {
+            storage: Box::new(storage),
+            head,
+            // Nothing the audit does writes; refuse writes outright all the same.
+            poisoned: Some("opened read-only for the audit".to_string()),
+            _event: PhantomData,
+        })
+    }
+
     /// A history over any store: finds the head, and checks it against the anchor.
     /// `dir` names the store in errors.
     pub fn from_storage(storage: Box<dyn Storage>, dir: &Path) -> Result<History<E>, OpenError> {
@@ -559,7 +589,7 @@ impl<E: Serialize + DeserializeOwned + Sequenced> History<E> {
             v: record::FORMAT_VERSION,
             seq,
             chain: self.head.hash,
-            state: BlobHash::of(&bytes),
+            state: crate::blobs::hash_of(&bytes),
         };
         if let Err(source) = self.storage.save_snapshot(&record, &bytes, self.head) {
             self.poisoned
@@ -723,10 +753,4 @@ pub fn check_record<E: DeserializeOwned + Sequenced>(
         });
     }
     Ok((record, ChainHash::of(bytes)))
-}
-
-/// One event as a single JSON line (no trailing newline): the shape of
-/// `fedrun history --json`, and of the events the simulator embeds in its output.
-pub fn event_json_line<E: Serialize>(event: &E) -> Result<String, serde_json::Error> {
-    serde_json::to_string(event)
 }

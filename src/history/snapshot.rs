@@ -29,7 +29,7 @@ impl SnapshotRecord {
 
     /// Decodes a record; never panics on bad bytes.
     pub fn decode(bytes: &[u8]) -> Result<SnapshotRecord, rmp_serde::decode::Error> {
-        rmp_serde::from_slice(bytes)
+        super::record::from_slice_limited(bytes, super::record::MAX_RECORD_DEPTH)
     }
 }
 
@@ -42,5 +42,6 @@ pub fn encode_state<S: Serialize>(state: &S) -> Result<Vec<u8>, rmp_serde::encod
 pub fn decode_state<S: serde::de::DeserializeOwned>(
     bytes: &[u8],
 ) -> Result<S, rmp_serde::decode::Error> {
-    rmp_serde::from_slice(bytes)
+    // The state nests deeper than an event (jobs, runs, their maps), but not by much.
+    super::record::from_slice_limited(bytes, 4 * super::record::MAX_RECORD_DEPTH)
 }

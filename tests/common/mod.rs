@@ -67,6 +67,143 @@ pub fn steps(first_seq: u64, count: u64) -> Vec<Step> {
         .collect()
 }
 
+/// Real lifecycle events for the history tests.
+pub mod lifecycle {
+    use std::collections::BTreeMap;
+
+    use fedrun::job::meta::{AppTargets, JobMeta};
+    use fedrun::job::JobId;
+    use fedrun::lifecycle::{
+        Actor, BlobHash, BootId, Event, EventKind, Identity, Role, RunStatus, ScheduleOutcome,
+        Timestamp,
+    };
+
+    /// The boot id every sample event carries.
+    pub fn boot() -> BootId {
+        BootId(uuid::Uuid::from_u128(
+            0x3f2a_9c1e_0b7d_4e8a_9c55_1d2e_3f4a_5b6c,
+        ))
+    }
+
+    /// The job id number `n` of the samples.
+    pub fn job(n: u128) -> JobId {
+        JobId(uuid::Uuid::from_u128(
+            0x1000_0000_0000_4000_8000_0000_0000_0000 + n,
+        ))
+    }
+
+    /// Alice, a lead of org-a.
+    pub fn alice() -> Identity {
+        Identity {
+            name: "alice".into(),
+            org: "org-a".into(),
+            role: Role::Lead,
+        }
+    }
+
+    /// An event at `seq`, one second apart from the start of 2025-11-28.
+    pub fn event(seq: u64, actor: Actor, request_id: Option<&str>, kind: EventKind) -> Event {
+        Event {
+            seq,
+            at: Timestamp::from_millis(1_764_288_000_000 + seq as i64 * 1000),
+            actor,
+            request_id: request_id.map(str::to_string),
+            boot_id: boot(),
+            kind,
+        }
+    }
+
+    /// A `JobSubmitted` for job `n` by alice.
+    pub fn submitted(seq: u64, n: u128) -> Event {
+        let meta = JobMeta {
+            name: format!("job-{n}"),
+            deploy_map: vec![AppTargets {
+                app: "app".into(),
+                targets: vec!["server".into(), "site-1".into()],
+            }],
+            min_clients: 1,
+            mandatory_clients: vec![],
+            resource_spec: BTreeMap::from([(
+                "site-1".to_string(),
+                BTreeMap::from([("num_of_gpus".to_string(), 1.0)]),
+            )]),
+        };
+        event(
+            seq,
+            Actor::admin(&alice()),
+            Some(&format!("submit-{n}")),
+            EventKind::JobSubmitted {
+                job_id: job(n),
+                meta,
+                package: BlobHash::from(blake3::hash(format!("package {n}").as_bytes())),
+                submitter: alice(),
+                signer: None,
+                submit_time: Timestamp::from_millis(1_764_288_000_000 + seq as i64 * 1000),
+                cloned_from: None,
+            },
+        )
+    }
+
+    /// The committed version-1 fixture holds `sample_history(1)`: changing what this
+    /// builds for one job breaks the fixture test, on purpose.
+    ///
+    /// A legal history of `jobs` submitted jobs, after a server start and a site
+    /// connecting; every job after the first few is tried once and found no resources,
+    /// and job 1 is aborted.
+    pub fn sample_history(jobs: u128) -> Vec<Event> {
+        let mut events = vec![
+            event(
+                1,
+                Actor::System,
+                None,
+                EventKind::ServerStarted { boot_id: boot() },
+            ),
+            event(
+                2,
+                Actor::Site {
+                    name: "site-1".into(),
+                },
+                None,
+                EventKind::SiteConnected {
+                    site: "site-1".into(),
+                    resources: BTreeMap::from([("num_of_gpus".to_string(), 2.0)]),
+                    running: vec![],
+                },
+            ),
+        ];
+        for n in 1..=jobs {
+            let seq = events.len() as u64 + 1;
+            events.push(submitted(seq, n));
+        }
+        for n in 2..=jobs {
+            let seq = events.len() as u64 + 1;
+            events.push(event(
+                seq,
+                Actor::Scheduler,
+                None,
+                EventKind::ScheduleAttempted {
+                    job_id: job(n),
+                    outcome: ScheduleOutcome::NoResources {
+                        reason: "connected sites (1) < min_clients (2)".into(),
+                    },
+                },
+            ));
+        }
+        let seq = events.len() as u64 + 1;
+        events.push(event(
+            seq,
+            Actor::admin(&alice()),
+            Some("abort-1"),
+            EventKind::JobFinished {
+                job_id: job(1),
+                status: RunStatus::Aborted,
+                reason: "aborted by alice (org-a, lead)".into(),
+            },
+        ));
+        events
+    }
+}
+
 /// One entry of a hand-made zip.
 #[derive(Clone, Debug)]
 pub struct RawEntry {

@@ -1,0 +1,122 @@
+//! The history of fedrun's own events: the lifecycle core's [`Event`] stored, and its
+//! [`State`] rebuilt, by the generic history; plus the two ways a person or a tool reads
+//! an event (one line of text, one line of JSON).
+
+use serde_json::{Map, Value};
+
+use super::{Fold, Sequenced};
+use crate::lifecycle::{Event, State};
+
+/// The history fedrun's server keeps.
+pub type EventHistory = super::History<Event>;
+
+impl Sequenced for Event {
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
+impl Fold<Event> for State {
+    type Error = crate::lifecycle::ReplayError;
+    fn apply_checked(&mut self, event: &Event) -> Result<(), Self::Error> {
+        // The inherent method checks order, time and transition the way `decide` does.
+        State::apply_checked(self, event)
+    }
+}
+
+/// One event as a JSON object on one line (no newline): `seq`, `at` (ISO-8601 UTC),
+/// `at_ms`, `actor`, `request_id`, `boot_id`, `job_id` (or null), `type` (the event's
+/// name), and `kind` (the event's own fields, with its `type` tag). This is what
+/// `fedrun history --json` prints, and what the simulator embeds in its `events`.
+pub fn event_json(event: &Event) -> String {
+    let mut object = Map::new();
+    object.insert("seq".into(), Value::from(event.seq));
+    object.insert("at".into(), Value::from(event.at.to_iso8601()));
+    object.insert("at_ms".into(), Value::from(event.at.as_millis()));
+    object.insert("actor".into(), to_value(&event.actor));
+    object.insert("request_id".into(), to_value(&event.request_id));
+    object.insert("boot_id".into(), Value::from(event.boot_id.to_string()));
+    object.insert(
+        "job_id".into(),
+        event
+            .kind
+            .job_id()
+            .map_or(Value::Null, |id| Value::from(id.to_string())),
+    );
+    object.insert("type".into(), Value::from(event.kind.name()));
+    object.insert("kind".into(), to_value(&event.kind));
+    Value::Object(object).to_string()
+}
+
+/// One event as a line a person reads: sequence number, time, actor, event name, job,
+/// and the event's other fields as `key=value`.
+pub fn event_text(event: &Event) -> String {
+    let mut line = format!(
+        "{:>6}  {}  {:<28}  {}",
+        event.seq,
+        event.at.to_iso8601(),
+        event.actor.to_string(),
+        event.kind.name()
+    );
+    if let Some(job_id) = event.kind.job_id() {
+        line.push_str(&format!("  job={job_id}"));
+    }
+    if let Value::Object(fields) = to_value(&event.kind) {
+        for (key, value) in fields {
+            if key == "type" || key == "job_id" {
+                continue;
+            }
+            let text = match value {
+                Value::String(text) => text,
+                other => other.to_string(),
+            };
+            line.push_str(&format!("  {key}={}", printable(&text)));
+        }
+    }
+    if let Some(request_id) = &event.request_id {
+        line.push_str(&format!("  request={}", printable(request_id)));
+    }
+    line
+}
+
+/// Escapes control characters (newlines, terminal escape sequences a site may have sent)
+/// so one event stays one harmless line.
+fn printable(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
+}
+
+fn to_value<T: serde::Serialize>(value: &T) -> Value {
+    // The core's types serialize to JSON without error: string map keys, no
+    // non-serializable fields. A NaN resource amount becomes null rather than failing.
+    serde_json::to_value(value).unwrap_or(Value::Null)
+}
+
+/// The check of the `history_record` fuzz target, for fedrun's events.
+pub fn fuzz_history_record(bytes: &[u8]) {
+    super::record::fuzz_check_record::<Event>(bytes);
+}
+
+/// The check of the `event_decode` fuzz target: decoding arbitrary bytes as an event
+/// never panics; a decoded event survives a MessagePack round trip, and both of its
+/// printed forms are single lines.
+pub fn fuzz_event_decode(bytes: &[u8]) {
+    super::record::fuzz_check_event::<Event>(bytes);
+    if let Ok(event) =
+        super::record::from_slice_limited::<Event>(bytes, super::record::MAX_RECORD_DEPTH)
+    {
+        assert!(
+            !event_json(&event).contains('\n'),
+            "a JSON line holds no newline"
+        );
+        let _ = event_text(&event);
+    }
+}

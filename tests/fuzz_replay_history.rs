@@ -1,0 +1,103 @@
+//! Replays the committed corpora and regressions of the `history_record` and
+//! `event_decode` fuzz targets through the same library checks the targets call, plus
+//! deterministic damage of every corpus file (each truncation, each single-bit flip) and
+//! a few hand-made hostile inputs.
+use std::path::{Path, PathBuf};
+
+use fedrun::history::events::{fuzz_event_decode, fuzz_history_record};
+
+/// A fuzz target's library check.
+type Check = fn(&[u8]);
+
+const TARGETS: [(&str, Check); 2] = [
+    ("history_record", fuzz_history_record),
+    ("event_decode", fuzz_event_decode),
+];
+
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.is_file())
+        .collect();
+    files.sort();
+    files
+}
+
+fn fuzz_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz")
+}
+
+#[test]
+fn corpora_and_regressions_replay_without_failure() {
+    for (target, check) in TARGETS {
+        let corpus = files(&fuzz_dir().join("corpus").join(target));
+        assert!(corpus.len() >= 4, "{target}: the seed corpus is committed");
+        let regressions = files(&fuzz_dir().join("regressions").join(target));
+        for path in corpus.iter().chain(&regressions) {
+            check(&std::fs::read(path).unwrap());
+        }
+    }
+}
+
+#[test]
+fn every_truncation_and_bit_flip_of_the_corpus_is_handled() {
+    for (target, check) in TARGETS {
+        for path in files(&fuzz_dir().join("corpus").join(target)) {
+            let bytes = std::fs::read(&path).unwrap();
+            for len in 0..bytes.len() {
+                check(&bytes[..len]);
+            }
+            let mut flipped = bytes.clone();
+            for index in 0..flipped.len() {
+                for bit in 0..8 {
+                    flipped[index] ^= 1 << bit;
+                    check(&flipped);
+                    flipped[index] ^= 1 << bit;
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn hostile_inputs_are_refused_without_panic() {
+    let mut inputs: Vec<Vec<u8>> = vec![
+        Vec::new(),
+        vec![0xc1],                         // a byte MessagePack never uses
+        vec![0xdd, 0xff, 0xff, 0xff, 0xff], // an array claiming 4 billion items
+        vec![0xdf, 0xff, 0xff, 0xff, 0xff], // a map claiming 4 billion entries
+        vec![0xdb, 0xff, 0xff, 0xff, 0xf0], // a string claiming 4 GiB
+    ];
+    // Deep nesting must hit the decoder's depth limit, not the stack.
+    inputs.push(vec![0x91; 100_000]);
+    inputs.push([0x81, 0xa1, b'v'].repeat(30_000));
+    // A well-formed record from a newer format version is refused.
+    #[derive(serde::Serialize)]
+    struct Future<'a> {
+        v: u32,
+        seq: u64,
+        prev: &'a str,
+        event: u8,
+    }
+    let zeros = "0".repeat(64);
+    inputs.push(
+        rmp_serde::to_vec_named(&Future {
+            v: 2,
+            seq: 1,
+            prev: &zeros,
+            event: 0,
+        })
+        .unwrap(),
+    );
+    for (_, check) in TARGETS {
+        for input in &inputs {
+            check(input);
+        }
+    }
+    let future = inputs.last().unwrap();
+    let err = fedrun::history::record::decode_header(future).unwrap_err();
+    assert!(err.to_string().contains("format version 2"), "{err}");
+}

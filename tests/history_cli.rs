@@ -1,0 +1,201 @@
+//! `fedrun history` and `fedrun audit verify` against a data folder.
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::lifecycle::{job, sample_history};
+use fedrun::history::events::EventHistory;
+use fedrun::history::record;
+
+fn fedrun(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fedrun"))
+        .args(args)
+        .output()
+        .expect("the fedrun binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A data folder holding `sample_history(3)` with a snapshot after record 5.
+fn data_folder(dir: &Path) -> usize {
+    let events = sample_history(3);
+    let mut history = EventHistory::open(dir).unwrap();
+    history.append_batch(&events[..5]).unwrap();
+    let state = history.replay(fedrun::lifecycle::State::new()).unwrap();
+    history.take_snapshot(&state).unwrap();
+    history.append_batch(&events[5..]).unwrap();
+    history.close().unwrap();
+    events.len()
+}
+
+#[test]
+fn history_prints_every_event_oldest_first_with_time_and_actor() {
+    let dir = tempfile::tempdir().unwrap();
+    let count = data_folder(dir.path());
+    let out = fedrun(&["history", "--data-dir", dir.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), count, "{stdout}");
+    assert!(lines[0].contains("server_started") && lines[0].contains("system"));
+    assert!(
+        lines[2].contains("2025-11-28T00:00:03.000Z"),
+        "{}",
+        lines[2]
+    );
+    assert!(
+        lines[2].contains("admin alice (org-a, lead)"),
+        "{}",
+        lines[2]
+    );
+    assert!(lines[count - 1].contains("FINISHED:ABORTED"));
+}
+
+#[test]
+fn history_json_is_one_object_per_line_and_job_filters() {
+    let dir = tempfile::tempdir().unwrap();
+    data_folder(dir.path());
+    let job_2 = job(2).to_string();
+    let out = fedrun(&[
+        "history",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--job",
+        &job_2,
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let values: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let types: Vec<&str> = values.iter().map(|v| v["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["job_submitted", "schedule_attempted"]);
+    assert!(values.iter().all(|v| v["job_id"] == job_2.as_str()));
+    let seqs: Vec<u64> = values.iter().map(|v| v["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+}
+
+#[test]
+fn audit_verify_passes_on_an_intact_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let count = data_folder(dir.path());
+    let out = fedrun(&[
+        "audit",
+        "verify",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("OK"), "{stdout}");
+    assert!(
+        stdout.contains("snapshot: covers records up to 5"),
+        "{stdout}"
+    );
+
+    let out = fedrun(&[
+        "audit",
+        "verify",
+        "--json",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(value["ok"], true);
+    assert_eq!(value["records_ok"], count as u64);
+    assert_eq!(value["first_bad_seq"], serde_json::Value::Null);
+}
+
+#[test]
+fn audit_verify_fails_naming_the_first_bad_record() {
+    let dir = tempfile::tempdir().unwrap();
+    data_folder(dir.path());
+    {
+        let db = sled::open(dir.path().join("history")).unwrap();
+        let events = db.open_tree("events").unwrap();
+        events.remove(record::seq_key(4)).unwrap();
+        db.flush().unwrap();
+    }
+    let out = fedrun(&[
+        "audit",
+        "verify",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("first bad record is 4"), "{stdout}");
+    assert!(stdout.contains("record 4 is missing"), "{stdout}");
+
+    let out = fedrun(&[
+        "audit",
+        "verify",
+        "--json",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(value["ok"], false);
+    assert_eq!(value["first_bad_seq"], 4);
+}
+
+#[test]
+fn audit_verify_reports_a_history_shorter_than_its_anchor() {
+    let dir = tempfile::tempdir().unwrap();
+    let count = data_folder(dir.path());
+    {
+        let db = sled::open(dir.path().join("history")).unwrap();
+        let events = db.open_tree("events").unwrap();
+        events.remove(record::seq_key(count as u64)).unwrap();
+        db.flush().unwrap();
+    }
+    let out = fedrun(&[
+        "audit",
+        "verify",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains(&format!("data loss: the anchor says records up to {count} were durable, but the history ends at {}", count - 1)), "{stdout}");
+}
+
+#[test]
+fn offline_commands_say_when_a_server_holds_the_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    data_folder(dir.path());
+    let _server = EventHistory::open(dir.path()).unwrap();
+    for args in [
+        vec!["history", "--data-dir"],
+        vec!["audit", "verify", "--data-dir"],
+    ] {
+        let mut args = args.clone();
+        args.push(dir.path().to_str().unwrap());
+        let out = fedrun(&args);
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains("a fedrun server is running on"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn offline_commands_refuse_a_folder_without_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = fedrun(&["history", "--data-dir", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no fedrun history in"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!dir.path().join("history").exists());
+}
