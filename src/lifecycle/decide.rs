@@ -1,10 +1,35 @@
 //! `decide`: command + state + settings + `now` + injected ids -> events and effects, or a
 //! typed rejection. Pure.
+//!
+//! Every event is applied to a scratch copy of the state as soon as it is made, so later
+//! steps of the same decision see it, and an event that would be illegal stops at the
+//! fold's own check. After the command's own events, the jobs it touched are settled (stop
+//! a failing run, decide a final status, mark a run stopped, start an archive) and a
+//! scheduling pass runs, so the engine never polls.
 
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::job::meta::SERVER;
 use crate::job::JobId;
+use crate::lifecycle::actor::{Actor, Identity, Role};
+use crate::lifecycle::command::{AdminRequest, Command, Origin, Timer};
 use crate::lifecycle::effect::Effect;
-use crate::lifecycle::event::Event;
-use crate::lifecycle::state::Reply;
+use crate::lifecycle::event::{
+    cap_reason, Event, EventKind, ResourceAnswer, ScheduleOutcome, StepResult, MAX_EVENT_BYTES,
+    MAX_ID_BYTES,
+};
+use crate::lifecycle::recovery;
+use crate::lifecycle::rejection::Rejection;
+use crate::lifecycle::state::{
+    describe_outcome, final_status, stops_run, Answer, Archive, Job, Reply, RunPhase, StartStep,
+    State,
+};
+use crate::lifecycle::status::RunStatus;
+use crate::lifecycle::time::Timestamp;
+use crate::lifecycle::timers;
+use crate::schedule::{self, PassStep, TryVerdict};
+use crate::settings::Settings;
+use crate::site::protocol::{ExitOutcome, SiteReport};
 
 /// Where `decide` gets new ids. The engine draws UUID v4s; tests and the simulator use a
 /// seeded or counting source, so a run is reproducible.
@@ -24,4 +49,1429 @@ pub struct Decision {
     /// The answer to an admin request (for other commands, `None`). A refusal is recorded
     /// as a `RequestRefused` event and answered here as `Err`.
     pub reply: Option<Reply>,
+}
+
+/// Decides what a command means, given the state so far, the settings, the time and a
+/// source of new ids.
+///
+/// `Err` is returned only for an admin request that cannot even be recorded (a bad
+/// idempotency key); every other refusal is recorded and answered in
+/// [`Decision::reply`]. A repeated idempotency key returns the first answer and no events.
+pub fn decide(
+    state: &State,
+    settings: &Settings,
+    command: Command,
+    now: Timestamp,
+    ids: &mut impl IdSource,
+) -> Result<Decision, Rejection> {
+    if let Command::Admin { origin, .. } = &command {
+        if let Some(key) = &origin.request_id {
+            if key.is_empty() || key.len() > MAX_ID_BYTES {
+                return Err(Rejection::BadRequestId {
+                    reason: format!(
+                        "a request id must have 1 to {MAX_ID_BYTES} bytes, this one has {}",
+                        key.len()
+                    ),
+                });
+            }
+            if let Some(first) = state.requests.get(key) {
+                return Ok(Decision {
+                    reply: Some(first.clone()),
+                    ..Decision::default()
+                });
+            }
+        }
+    }
+    let mut ctx = Ctx {
+        scratch: state.clone(),
+        settings,
+        now,
+        request_id: None,
+        events: Vec::new(),
+        effects: Vec::new(),
+        touched: BTreeSet::new(),
+        tried: BTreeSet::new(),
+    };
+    let reply = match command {
+        Command::StartServer { boot_id } => {
+            // The envelope carries the new boot id from this event on.
+            ctx.scratch.boot_id = boot_id;
+            ctx.emit(Actor::System, EventKind::ServerStarted { boot_id });
+            None
+        }
+        Command::Admin { origin, request } => Some(admin(&mut ctx, origin, request, ids)),
+        Command::Site { site, report } => {
+            site_report(&mut ctx, site, report);
+            None
+        }
+        Command::ServerDeployFinished { job_id, result } => {
+            server_deploy_finished(&mut ctx, job_id, result);
+            None
+        }
+        Command::ServerAppStarted { job_id, result } => {
+            server_app_started(&mut ctx, job_id, result);
+            None
+        }
+        Command::ServerAppExited { job_id, outcome } => {
+            if ctx
+                .scratch
+                .jobs
+                .get(&job_id)
+                .is_some_and(|j| j.run.server_exit.is_none())
+            {
+                ctx.emit(
+                    Actor::System,
+                    EventKind::ServerAppExited { job_id, outcome },
+                );
+            }
+            None
+        }
+        Command::RunReattached { job_id } => {
+            let open = ctx
+                .scratch
+                .recovery
+                .as_ref()
+                .is_some_and(|w| !w.reattached.contains(&job_id));
+            if open && ctx.scratch.jobs.contains_key(&job_id) {
+                ctx.emit(Actor::System, EventKind::RunReattached { job_id });
+            }
+            None
+        }
+        Command::ArchiveFinished { job_id, result } => {
+            archive_finished(&mut ctx, job_id, result);
+            None
+        }
+        Command::TimerFired(timer) => {
+            timer_fired(&mut ctx, timer);
+            None
+        }
+    };
+    ctx.request_id = None;
+    ctx.settle_touched();
+    ctx.schedule_pass();
+    Ok(Decision {
+        events: ctx.events,
+        effects: ctx.effects,
+        reply,
+    })
+}
+
+/// The working set of one decision.
+struct Ctx<'a> {
+    scratch: State,
+    settings: &'a Settings,
+    now: Timestamp,
+    request_id: Option<String>,
+    events: Vec<Event>,
+    effects: Vec<Effect>,
+    /// Jobs whose events were made in this decision; they are settled at the end.
+    touched: BTreeSet<JobId>,
+    /// Jobs tried by the scheduler in this decision; a pass never tries one twice.
+    tried: BTreeSet<JobId>,
+}
+
+impl Ctx<'_> {
+    /// Makes the next event, applies it to the scratch state, and keeps it.
+    fn emit(&mut self, actor: Actor, kind: EventKind) {
+        let event = Event {
+            seq: self.scratch.last_seq + 1,
+            at: self.now.max(self.scratch.last_at),
+            actor,
+            request_id: self.request_id.clone(),
+            boot_id: self.scratch.boot_id,
+            kind,
+        };
+        if let Some(job_id) = event.kind.job_id() {
+            self.touched.insert(job_id);
+        }
+        self.scratch.apply(&event);
+        self.events.push(event);
+    }
+
+    fn effect(&mut self, effect: Effect) {
+        self.effects.push(effect);
+    }
+
+    fn job(&self, job_id: &JobId) -> Option<&Job> {
+        self.scratch.jobs.get(job_id)
+    }
+
+    /// Gives back every reservation the job's run still holds.
+    fn cancel_reservations(&mut self, job_id: JobId) {
+        let Some(job) = self.job(&job_id) else { return };
+        let tokens: Vec<(String, String)> = job
+            .run
+            .reservations
+            .iter()
+            .map(|(s, t)| (s.clone(), t.clone()))
+            .collect();
+        for (site, token) in tokens {
+            self.effect(Effect::CancelReservation {
+                site,
+                job_id,
+                token,
+            });
+        }
+    }
+
+    /// Cancels the try in flight for this job, giving back what it reserved.
+    fn cancel_try_of(&mut self, job_id: JobId, actor: &Actor) {
+        let Some(schedule_try) = self.scratch.schedule_try.clone() else {
+            return;
+        };
+        if schedule_try.job_id != job_id {
+            return;
+        }
+        for (site, answer) in &schedule_try.answers {
+            if let ResourceAnswer::Reserved(token) = answer {
+                self.effect(Effect::CancelReservation {
+                    site: site.clone(),
+                    job_id,
+                    token: token.clone(),
+                });
+            }
+        }
+        self.emit(
+            actor.clone(),
+            EventKind::ScheduleTryCancelled {
+                job_id,
+                try_id: schedule_try.try_id,
+            },
+        );
+    }
+
+    /// Asks every process of the run that may still run to stop, and records the request.
+    fn stop_run(&mut self, job_id: JobId, actor: Actor, reason: String) {
+        let Some(job) = self.job(&job_id) else { return };
+        let server = job.run.server_outstanding();
+        let sites = job.run.outstanding_sites();
+        if server {
+            self.effect(Effect::StopServerApp { job_id });
+        }
+        for site in sites {
+            self.effect(Effect::StopSiteApp { site, job_id });
+        }
+        self.emit(
+            actor,
+            EventKind::RunStopRequested {
+                job_id,
+                reason: cap_reason(&reason),
+            },
+        );
+    }
+
+    /// Settles every job touched so far, until nothing more follows.
+    fn settle_touched(&mut self) {
+        let mut done: BTreeSet<JobId> = BTreeSet::new();
+        loop {
+            let next = self.touched.iter().find(|id| !done.contains(*id)).copied();
+            let Some(job_id) = next else { break };
+            done.insert(job_id);
+            let before = self.events.len();
+            self.settle(job_id);
+            if self.events.len() != before {
+                // The job changed again; look at it once more.
+                done.remove(&job_id);
+            }
+        }
+    }
+
+    /// One step of the follow-ups that a job's facts call for (SPEC section 8).
+    fn settle(&mut self, job_id: JobId) {
+        let Some(job) = self.job(&job_id) else { return };
+        let run = &job.run;
+        match job.status {
+            RunStatus::Running => {
+                if !run.stopping() {
+                    if let Some(reason) = stop_reason(job) {
+                        self.stop_run(job_id, Actor::System, reason);
+                        return;
+                    }
+                }
+                let Some((_, exited_at)) = run.server_exit else {
+                    return;
+                };
+                let outstanding = run.outstanding_sites();
+                let barrier_over = self.now >= exited_at.plus(self.settings.client_outcome_wait);
+                if !outstanding.is_empty() && !barrier_over {
+                    return;
+                }
+                let status = final_status(run.failure.as_ref());
+                let mut reason = match &run.failure {
+                    None => "the server app and every site ended normally".to_string(),
+                    Some(f) if f.participant == SERVER => {
+                        format!("the server app ended with {}", describe_outcome(f.outcome))
+                    }
+                    Some(f) if run.lapsed.contains(&f.participant) => format!(
+                        "site {} was lost: no report within site_reconnect_grace (counted as code 104)",
+                        f.participant
+                    ),
+                    Some(f) => format!(
+                        "site {} reported {}",
+                        f.participant,
+                        describe_outcome(f.outcome)
+                    ),
+                };
+                if !outstanding.is_empty() {
+                    reason.push_str(&format!(
+                        "; no report within client_outcome_wait ({}) from {}",
+                        crate::settings::format_duration(self.settings.client_outcome_wait),
+                        outstanding.join(", ")
+                    ));
+                }
+                self.emit(
+                    Actor::System,
+                    EventKind::JobFinished {
+                        job_id,
+                        status,
+                        reason: cap_reason(&reason),
+                    },
+                );
+                for site in outstanding {
+                    self.effect(Effect::StopSiteApp { site, job_id });
+                }
+                self.emit(Actor::System, EventKind::RunStopped { job_id });
+            }
+            status if status.is_terminal() => {
+                let unsettled = matches!(
+                    run.phase,
+                    RunPhase::Starting | RunPhase::Running | RunPhase::Stopping
+                );
+                if unsettled && run.all_ended() {
+                    self.emit(Actor::System, EventKind::RunStopped { job_id });
+                    return;
+                }
+                let settled = matches!(run.phase, RunPhase::NotStarted | RunPhase::Stopped);
+                if settled
+                    && matches!(
+                        job.archive,
+                        Archive::Pending {
+                            in_flight: false,
+                            failures: 0,
+                            ..
+                        }
+                    )
+                {
+                    self.effect(Effect::ArchiveWorkspace { job_id });
+                    self.emit(Actor::System, EventKind::WorkspaceArchiveStarted { job_id });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Runs a scheduling pass until it has nothing left to do (SPEC section 7).
+    fn schedule_pass(&mut self) {
+        loop {
+            match schedule::next_step(&self.scratch, self.settings, self.now, &self.tried) {
+                PassStep::Idle => return,
+                PassStep::NoResources { job_id, reason } => {
+                    self.tried.insert(job_id);
+                    self.try_failed(job_id, reason);
+                }
+                PassStep::AskSites { job_id, asked } => {
+                    self.tried.insert(job_id);
+                    let try_id = self.scratch.last_seq + 1;
+                    for request in &asked {
+                        self.effect(Effect::CheckResources {
+                            site: request.site.clone(),
+                            try_id,
+                            job_id,
+                            resources: request.resources.clone(),
+                        });
+                    }
+                    self.emit(
+                        Actor::Scheduler,
+                        EventKind::ScheduleTryStarted {
+                            job_id,
+                            try_id,
+                            asked,
+                        },
+                    );
+                    // One try in flight at a time: the pass resumes when it ends.
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Records a try without resources, and ends the job at the attempt limit.
+    fn try_failed(&mut self, job_id: JobId, reason: String) {
+        self.emit(
+            Actor::Scheduler,
+            EventKind::ScheduleAttempted {
+                job_id,
+                outcome: ScheduleOutcome::NoResources {
+                    reason: reason.clone(),
+                },
+            },
+        );
+        let count = self.job(&job_id).map_or(0, |j| j.schedule_count);
+        if count >= self.settings.max_schedule_count {
+            self.emit(
+                Actor::Scheduler,
+                EventKind::JobFinished {
+                    job_id,
+                    status: RunStatus::CanNotSchedule,
+                    reason: cap_reason(&format!(
+                        "schedule_count ({count}) reached max_schedule_count ({}); last try: {reason}",
+                        self.settings.max_schedule_count
+                    )),
+                },
+            );
+        }
+    }
+
+    /// Ends the try in flight once every asked site has answered (or timed out).
+    fn finish_try_if_complete(&mut self) {
+        let Some(schedule_try) = self.scratch.schedule_try.clone() else {
+            return;
+        };
+        if !schedule_try.complete() {
+            return;
+        }
+        let Some(job) = self.job(&schedule_try.job_id).cloned() else {
+            return;
+        };
+        let job_id = job.id;
+        self.tried.insert(job_id);
+        match schedule::evaluate_try(&job.meta, &schedule_try) {
+            TryVerdict::NoResources { reason, cancel } => {
+                for (site, token) in cancel {
+                    self.effect(Effect::CancelReservation {
+                        site,
+                        job_id,
+                        token,
+                    });
+                }
+                self.try_failed(job_id, reason);
+            }
+            TryVerdict::Dispatch {
+                sites,
+                reservations,
+            } => {
+                self.emit(
+                    Actor::Scheduler,
+                    EventKind::ScheduleAttempted {
+                        job_id,
+                        outcome: ScheduleOutcome::Dispatched {
+                            sites: sites.clone(),
+                        },
+                    },
+                );
+                self.emit(
+                    Actor::Scheduler,
+                    EventKind::JobDispatched {
+                        job_id,
+                        sites,
+                        reservations,
+                    },
+                );
+                self.deploy_server(job_id);
+            }
+        }
+    }
+
+    /// Deploy begins with the server app.
+    fn deploy_server(&mut self, job_id: JobId) {
+        let Some(job) = self.job(&job_id) else { return };
+        match job.meta.app_for(SERVER) {
+            Some(app) => {
+                let effect = Effect::DeployServerApp {
+                    job_id,
+                    app: app.to_string(),
+                    package: job.package,
+                };
+                self.effect(effect);
+            }
+            None => {
+                // Validation guarantees a server app; a meta without one fails like a deploy.
+                self.record_server_deploy(
+                    job_id,
+                    Err("the deploy map names no app for the server".to_string()),
+                );
+            }
+        }
+    }
+
+    fn record_server_deploy(&mut self, job_id: JobId, result: Result<(), String>) {
+        let result = step_result(result);
+        let ok = result.is_ok();
+        self.emit(
+            Actor::System,
+            EventKind::DeployFinished {
+                job_id,
+                participant: SERVER.to_string(),
+                result: result.clone(),
+            },
+        );
+        let Some(job) = self.job(&job_id) else { return };
+        if job.status != RunStatus::Dispatched {
+            return;
+        }
+        if ok {
+            let sites = job.run.sites.clone();
+            let package = job.package;
+            let apps: Vec<(String, Option<String>)> = sites
+                .iter()
+                .map(|s| (s.clone(), job.meta.app_for(s).map(str::to_string)))
+                .collect();
+            for (site, app) in apps {
+                match app {
+                    Some(app) => self.effect(Effect::DeploySiteApp {
+                        site,
+                        job_id,
+                        app,
+                        package,
+                    }),
+                    None => self.emit(
+                        Actor::System,
+                        EventKind::DeployFinished {
+                            job_id,
+                            participant: site,
+                            result: StepResult::Error("no app for this site".to_string()),
+                        },
+                    ),
+                }
+            }
+            self.evaluate_site_deploys(job_id);
+        } else {
+            self.cancel_reservations(job_id);
+            let reason = format!("deploy failed: {}", deploy_line(SERVER, &result));
+            self.fail_to_run(job_id, reason);
+        }
+    }
+
+    fn fail_to_run(&mut self, job_id: JobId, reason: String) {
+        self.emit(
+            Actor::System,
+            EventKind::JobFinished {
+                job_id,
+                status: RunStatus::FailedToRun,
+                reason: cap_reason(&reason),
+            },
+        );
+    }
+
+    /// After the last site's deploy answer: start, or fail to run (SPEC section 8).
+    fn evaluate_site_deploys(&mut self, job_id: JobId) {
+        let Some(job) = self.job(&job_id).cloned() else {
+            return;
+        };
+        let run = &job.run;
+        if job.status != RunStatus::Dispatched
+            || !run.sites.iter().all(|s| run.deploy.contains_key(s))
+        {
+            return;
+        }
+        let ok: Vec<String> = run
+            .sites
+            .iter()
+            .filter(|s| run.deploy.get(*s).is_some_and(StepResult::is_ok))
+            .cloned()
+            .collect();
+        let failed: Vec<String> = run
+            .sites
+            .iter()
+            .filter(|s| !ok.contains(s))
+            .cloned()
+            .collect();
+        let problem = enough_sites(&job, &ok, "deployed");
+        for site in &failed {
+            if let Some(token) = run.reservations.get(site) {
+                self.effects.push(Effect::CancelReservation {
+                    site: site.clone(),
+                    job_id,
+                    token: token.clone(),
+                });
+            }
+            self.effects.push(Effect::DeleteSiteDeployment {
+                site: site.clone(),
+                job_id,
+            });
+        }
+        match problem {
+            Some(problem) => {
+                let job = self.job(&job_id).expect("the job was read above");
+                let detail = job.run.deploy_detail().join("; ");
+                for site in ok {
+                    self.effect(Effect::DeleteSiteDeployment { site, job_id });
+                }
+                self.cancel_reservations(job_id);
+                self.fail_to_run(job_id, format!("deploy failed: {problem}; {detail}"));
+            }
+            None => self.effect(Effect::StartServerApp { job_id }),
+        }
+    }
+
+    /// After the last site's start answer: `RUNNING`, or fail to run and stop.
+    fn evaluate_site_starts(&mut self, job_id: JobId) {
+        let Some(job) = self.job(&job_id).cloned() else {
+            return;
+        };
+        let run = &job.run;
+        if job.status != RunStatus::Dispatched
+            || !matches!(run.step, Some((StartStep::StartingSites, _)))
+        {
+            return;
+        }
+        let deployed: Vec<String> = run
+            .sites
+            .iter()
+            .filter(|s| run.deploy.get(*s).is_some_and(StepResult::is_ok))
+            .cloned()
+            .collect();
+        if !deployed.iter().all(|s| run.start.contains_key(s)) {
+            return;
+        }
+        let started: Vec<String> = deployed
+            .iter()
+            .filter(|s| run.start.get(*s).is_some_and(StepResult::is_ok))
+            .cloned()
+            .collect();
+        let not_started: Vec<String> = deployed
+            .iter()
+            .filter(|s| !started.contains(s))
+            .cloned()
+            .collect();
+        let problem = enough_sites(&job, &started, "started");
+        let lines: Vec<String> = not_started
+            .iter()
+            .map(|s| match run.start.get(s) {
+                Some(StepResult::Error(e)) => format!("{s}: {e}"),
+                _ => format!("{s}: no reply (start timeout)"),
+            })
+            .collect();
+        for site in &not_started {
+            // A site that answers late may still start; it is told to stop and clean up.
+            self.effects.push(Effect::StopSiteApp {
+                site: site.clone(),
+                job_id,
+            });
+            self.effects.push(Effect::DeleteSiteDeployment {
+                site: site.clone(),
+                job_id,
+            });
+        }
+        match problem {
+            Some(problem) => {
+                let mut reason = format!("start failed: {problem}");
+                if !lines.is_empty() {
+                    reason.push_str(&format!("; {}", lines.join("; ")));
+                }
+                self.cancel_reservations(job_id);
+                self.fail_to_run(job_id, reason.clone());
+                for site in started {
+                    self.effect(Effect::DeleteSiteDeployment { site, job_id });
+                }
+                self.stop_run(job_id, Actor::System, reason);
+            }
+            None => self.emit(
+                Actor::System,
+                EventKind::RunStarted {
+                    job_id,
+                    job_clients: started,
+                },
+            ),
+        }
+    }
+}
+
+/// Why a run must stop now, if it must: a server app failure, a site report that stops
+/// runs, or a lapsed site report.
+fn stop_reason(job: &Job) -> Option<String> {
+    let run = &job.run;
+    if let Some((outcome, _)) = run.server_exit {
+        if outcome != ExitOutcome::Code(0) && !run.all_ended() {
+            return Some(format!(
+                "the server app ended with {}",
+                describe_outcome(outcome)
+            ));
+        }
+    }
+    for (site, outcome) in &run.site_exits {
+        if run.counts_site(site) && stops_run(*outcome) && !run.all_ended() {
+            return Some(format!(
+                "site {site} reported {}",
+                describe_outcome(*outcome)
+            ));
+        }
+    }
+    if let Some(site) = run.lapsed.iter().find(|s| run.counts_site(s)) {
+        if !run.all_ended() {
+            return Some(format!("site {site} was lost"));
+        }
+    }
+    None
+}
+
+/// `None` when `ok` satisfies `min_clients` and `mandatory_clients`, else the problem.
+fn enough_sites(job: &Job, ok: &[String], verb: &str) -> Option<String> {
+    let missing: Vec<&str> = job
+        .meta
+        .mandatory_clients
+        .iter()
+        .filter(|m| !ok.contains(m))
+        .map(String::as_str)
+        .collect();
+    if !missing.is_empty() {
+        return Some(format!(
+            "mandatory sites not {verb}: {}",
+            missing.join(", ")
+        ));
+    }
+    if ok.len() < job.meta.min_clients as usize {
+        return Some(format!(
+            "sites {verb} ({}) < min_clients ({})",
+            ok.len(),
+            job.meta.min_clients
+        ));
+    }
+    None
+}
+
+fn step_result(result: Result<(), String>) -> StepResult {
+    match result {
+        Ok(()) => StepResult::Ok,
+        Err(reason) => StepResult::Error(cap_reason(&reason)),
+    }
+}
+
+fn deploy_line(who: &str, result: &StepResult) -> String {
+    match result {
+        StepResult::Ok => format!("{who}: OK"),
+        StepResult::Error(reason) => format!("{who}: {reason}"),
+        StepResult::NoReply => format!("{who}: no reply (deployment timeout)"),
+    }
+}
+
+/// The permission rule of SPEC section 9 for an operation on a job (or a submit).
+fn permit(identity: &Identity, operation: &str, job: Option<&Job>) -> Result<(), Rejection> {
+    let refuse = |whose: String| Rejection::NotAllowed {
+        name: identity.name.clone(),
+        role: identity.role,
+        operation: operation.to_string(),
+        whose,
+    };
+    match (identity.role, job) {
+        (Role::ProjectAdmin, _) => Ok(()),
+        (Role::Lead, None) => Ok(()),
+        (Role::OrgAdmin | Role::Member, None) => Err(refuse("jobs".to_string())),
+        (Role::Member, Some(job)) => Err(refuse(format!("job {}", job.id))),
+        (Role::OrgAdmin, Some(job)) if job.submitter.org == identity.org => Ok(()),
+        (Role::OrgAdmin, Some(job)) => Err(refuse(format!(
+            "job {} of org {}",
+            job.id, job.submitter.org
+        ))),
+        (Role::Lead, Some(job))
+            if job.submitter.name == identity.name && job.submitter.org == identity.org =>
+        {
+            Ok(())
+        }
+        (Role::Lead, Some(job)) => Err(refuse(format!(
+            "job {} submitted by {}",
+            job.id, job.submitter.name
+        ))),
+    }
+}
+
+fn admin(
+    ctx: &mut Ctx<'_>,
+    origin: Origin,
+    request: AdminRequest,
+    ids: &mut impl IdSource,
+) -> Reply {
+    ctx.request_id = origin.request_id.clone();
+    let actor = Actor::admin(&origin.identity);
+    let job_id = request.job_id();
+    let operation = request.operation();
+    let result = admin_inner(ctx, &origin.identity, &actor, request, ids);
+    if let Err(rejection) = &result {
+        ctx.emit(
+            actor,
+            EventKind::RequestRefused {
+                job_id,
+                operation: operation.to_string(),
+                rejection: rejection.clone(),
+            },
+        );
+    }
+    ctx.request_id = None;
+    result
+}
+
+fn live(ctx: &Ctx<'_>, job_id: JobId) -> Result<Job, Rejection> {
+    ctx.scratch
+        .live_job(&job_id)
+        .cloned()
+        .ok_or(Rejection::UnknownJob { job_id })
+}
+
+fn admin_inner(
+    ctx: &mut Ctx<'_>,
+    identity: &Identity,
+    actor: &Actor,
+    request: AdminRequest,
+    ids: &mut impl IdSource,
+) -> Result<Answer, Rejection> {
+    match request {
+        AdminRequest::SubmitJob {
+            meta,
+            package,
+            signer,
+        } => {
+            permit(identity, "submit", None)?;
+            if let Some(signer) = &signer {
+                if !signer.role.may_submit() {
+                    return Err(Rejection::SignerNotAllowed {
+                        name: signer.name.clone(),
+                        role: signer.role,
+                    });
+                }
+            }
+            submit(
+                ctx,
+                actor,
+                identity.clone(),
+                meta,
+                package,
+                signer,
+                None,
+                ids,
+            )
+        }
+        AdminRequest::CloneJob { job_id } => {
+            let source = live(ctx, job_id)?;
+            permit(identity, "clone", Some(&source))?;
+            submit(
+                ctx,
+                actor,
+                identity.clone(),
+                source.meta,
+                source.package,
+                source.signer,
+                Some(job_id),
+                ids,
+            )
+        }
+        AdminRequest::AbortJob { job_id } => {
+            let job = live(ctx, job_id)?;
+            permit(identity, "abort", Some(&job))?;
+            if job.status.is_terminal() {
+                return Err(Rejection::JobAlreadyFinished {
+                    job_id,
+                    status: job.status,
+                });
+            }
+            abort(ctx, actor, &job, format!("aborted by {}", identity.name));
+            Ok(Answer::Accepted { job_id })
+        }
+        AdminRequest::DeleteJob { job_id } => {
+            let job = live(ctx, job_id)?;
+            permit(identity, "delete", Some(&job))?;
+            match job.status {
+                RunStatus::Dispatched | RunStatus::Running => {
+                    return Err(Rejection::JobIsRunning {
+                        job_id,
+                        status: job.status,
+                    })
+                }
+                RunStatus::Submitted => {
+                    abort(ctx, actor, &job, format!("deleted by {}", identity.name));
+                }
+                _ if !job.archive.is_settled() || job.run.phase == RunPhase::Stopping => {
+                    return Err(Rejection::ArchivePending { job_id });
+                }
+                _ => {}
+            }
+            ctx.emit(actor.clone(), EventKind::JobDeleted { job_id });
+            for site in &job.run.sites {
+                ctx.effect(Effect::DeleteSiteDeployment {
+                    site: site.clone(),
+                    job_id,
+                });
+            }
+            let mut hashes = vec![job.package];
+            if let Archive::Archived { hash } = job.archive {
+                hashes.push(hash);
+            }
+            for hash in hashes {
+                if !ctx.scratch.blob_in_use(&hash, &job_id) {
+                    ctx.effect(Effect::FreeBlob { hash });
+                }
+            }
+            Ok(Answer::Accepted { job_id })
+        }
+        AdminRequest::DownloadJob { job_id } => {
+            let job = live(ctx, job_id)?;
+            permit(identity, "download", Some(&job))?;
+            if !job.status.is_terminal() {
+                return Err(Rejection::JobNotFinished {
+                    job_id,
+                    status: job.status,
+                });
+            }
+            if !job.archive.is_settled() {
+                return Err(Rejection::ArchivePending { job_id });
+            }
+            ctx.emit(actor.clone(), EventKind::JobDownloaded { job_id });
+            Ok(Answer::Accepted { job_id })
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn submit(
+    ctx: &mut Ctx<'_>,
+    actor: &Actor,
+    submitter: Identity,
+    meta: crate::job::meta::JobMeta,
+    package: crate::lifecycle::event::BlobHash,
+    signer: Option<Identity>,
+    cloned_from: Option<JobId>,
+    ids: &mut impl IdSource,
+) -> Result<Answer, Rejection> {
+    let mut job_id = ids.new_job_id();
+    // An id source promises fresh ids; a repeat would overwrite a job, so draw again.
+    while ctx.scratch.jobs.contains_key(&job_id) {
+        job_id = ids.new_job_id();
+    }
+    let kind = EventKind::JobSubmitted {
+        job_id,
+        meta,
+        package,
+        submitter,
+        signer,
+        submit_time: ctx.now.max(ctx.scratch.last_at),
+        cloned_from,
+    };
+    let probe = Event {
+        seq: ctx.scratch.last_seq + 1,
+        at: ctx.now,
+        actor: actor.clone(),
+        request_id: ctx.request_id.clone(),
+        boot_id: ctx.scratch.boot_id,
+        kind,
+    };
+    let bytes = rmp_serde::to_vec_named(&probe).map_or(usize::MAX, |v| v.len());
+    if bytes > MAX_EVENT_BYTES {
+        return Err(Rejection::TooLarge {
+            bytes,
+            limit: MAX_EVENT_BYTES,
+        });
+    }
+    ctx.emit(actor.clone(), probe.kind);
+    Ok(Answer::Submitted { job_id })
+}
+
+/// `FINISHED:ABORTED` at once; in-flight tries, deploys and starts are cancelled, and
+/// whatever may run is asked to stop.
+fn abort(ctx: &mut Ctx<'_>, actor: &Actor, job: &Job, reason: String) {
+    let job_id = job.id;
+    ctx.cancel_try_of(job_id, actor);
+    ctx.cancel_reservations(job_id);
+    let step = job.run.step.map(|(s, _)| s);
+    ctx.emit(
+        actor.clone(),
+        EventKind::JobFinished {
+            job_id,
+            status: RunStatus::Aborted,
+            reason: cap_reason(&reason),
+        },
+    );
+    match job.status {
+        RunStatus::Dispatched => {
+            // Sites that were sent the app (or asked to start) clean up; a start answer
+            // that arrives later is answered with a stop.
+            if matches!(step, Some(StartStep::StartingSites)) {
+                for site in &job.run.sites {
+                    if job.run.deploy.get(site).is_some_and(StepResult::is_ok)
+                        && !job.run.start.contains_key(site)
+                    {
+                        ctx.effect(Effect::StopSiteApp {
+                            site: site.clone(),
+                            job_id,
+                        });
+                    }
+                }
+            }
+            if !matches!(step, Some(StartStep::DeployingServer) | None) {
+                for site in &job.run.sites {
+                    ctx.effect(Effect::DeleteSiteDeployment {
+                        site: site.clone(),
+                        job_id,
+                    });
+                }
+            }
+            ctx.stop_run(job_id, actor.clone(), reason);
+        }
+        RunStatus::Running => ctx.stop_run(job_id, actor.clone(), reason),
+        _ => {}
+    }
+}
+
+fn site_report(ctx: &mut Ctx<'_>, site: String, report: SiteReport) {
+    if site.is_empty() || site.len() > MAX_ID_BYTES || site == SERVER {
+        tracing::warn!(site = %site.chars().take(80).collect::<String>(), "ignoring a report from a site with an invalid name");
+        return;
+    }
+    let actor = Actor::Site { name: site.clone() };
+    match report {
+        SiteReport::Connected { resources, running } => {
+            let resources: BTreeMap<String, f64> = resources
+                .into_iter()
+                .filter(|(k, v)| k.len() <= 64 && v.is_finite())
+                .take(64)
+                .collect();
+            let running: Vec<JobId> = running.into_iter().take(1024).collect();
+            for job_id in &running {
+                // A site still running an app of a job that has ended is told to stop it.
+                let ended = ctx.scratch.jobs.get(job_id).map_or(true, |j| {
+                    j.status.is_terminal() && j.run.phase == RunPhase::Stopped
+                });
+                if ended && ctx.scratch.recovery.is_none() {
+                    ctx.effect(Effect::StopSiteApp {
+                        site: site.clone(),
+                        job_id: *job_id,
+                    });
+                }
+            }
+            ctx.emit(
+                actor,
+                EventKind::SiteConnected {
+                    site,
+                    resources,
+                    running,
+                },
+            );
+        }
+        SiteReport::Disconnected => {
+            if !ctx.scratch.sites.get(&site).is_some_and(|s| s.connected) {
+                return;
+            }
+            ctx.emit(
+                actor.clone(),
+                EventKind::SiteDisconnected { site: site.clone() },
+            );
+            // The try in flight stops waiting for a site that is gone.
+            if let Some(t) = &ctx.scratch.schedule_try {
+                if t.asked.iter().any(|r| r.site == site) && !t.answers.contains_key(&site) {
+                    let (job_id, try_id) = (t.job_id, t.try_id);
+                    ctx.emit(
+                        actor,
+                        EventKind::ResourceAnswered {
+                            job_id,
+                            try_id,
+                            site,
+                            answer: ResourceAnswer::Refused("site disconnected".to_string()),
+                        },
+                    );
+                    ctx.finish_try_if_complete();
+                }
+            }
+        }
+        SiteReport::ResourceAnswer {
+            try_id,
+            job_id,
+            answer,
+        } => {
+            let awaited = ctx.scratch.schedule_try.as_ref().is_some_and(|t| {
+                t.try_id == try_id
+                    && t.job_id == job_id
+                    && t.asked.iter().any(|r| r.site == site)
+                    && !t.answers.contains_key(&site)
+            });
+            let answer = match answer {
+                Ok(token) if token.len() <= MAX_ID_BYTES => ResourceAnswer::Reserved(token),
+                Ok(token) => {
+                    // A token we cannot record cannot be cancelled later; refuse it now.
+                    ctx.effect(Effect::CancelReservation {
+                        site: site.clone(),
+                        job_id,
+                        token,
+                    });
+                    ResourceAnswer::Refused("reservation token too long".to_string())
+                }
+                Err(reason) => ResourceAnswer::Refused(cap_reason(&reason)),
+            };
+            if awaited {
+                ctx.emit(
+                    actor,
+                    EventKind::ResourceAnswered {
+                        job_id,
+                        try_id,
+                        site,
+                        answer,
+                    },
+                );
+                ctx.finish_try_if_complete();
+            } else if let ResourceAnswer::Reserved(token) = answer {
+                // A late answer to a try that ended: give the reservation back.
+                ctx.effect(Effect::CancelReservation {
+                    site,
+                    job_id,
+                    token,
+                });
+            }
+        }
+        SiteReport::DeployAnswer { job_id, result } => {
+            let awaited = ctx.scratch.recovery.is_none()
+                && ctx.job(&job_id).is_some_and(|j| {
+                    j.status == RunStatus::Dispatched
+                        && matches!(j.run.step, Some((StartStep::DeployingSites, _)))
+                        && j.run.sites.contains(&site)
+                        && !j.run.deploy.contains_key(&site)
+                });
+            if awaited {
+                ctx.emit(
+                    actor,
+                    EventKind::DeployFinished {
+                        job_id,
+                        participant: site,
+                        result: step_result(result),
+                    },
+                );
+                ctx.evaluate_site_deploys(job_id);
+            } else if result.is_ok() {
+                ctx.effect(Effect::DeleteSiteDeployment { site, job_id });
+            }
+        }
+        SiteReport::StartAnswer { job_id, result } => {
+            let awaited = ctx.scratch.recovery.is_none()
+                && ctx.job(&job_id).is_some_and(|j| {
+                    j.status == RunStatus::Dispatched
+                        && matches!(j.run.step, Some((StartStep::StartingSites, _)))
+                        && j.run.deploy.get(&site).is_some_and(StepResult::is_ok)
+                        && !j.run.start.contains_key(&site)
+                });
+            if awaited {
+                ctx.emit(
+                    actor,
+                    EventKind::StartFinished {
+                        job_id,
+                        participant: site,
+                        result: step_result(result),
+                    },
+                );
+                ctx.evaluate_site_starts(job_id);
+            } else if result.is_ok() {
+                ctx.effect(Effect::StopSiteApp {
+                    site: site.clone(),
+                    job_id,
+                });
+                ctx.effect(Effect::DeleteSiteDeployment { site, job_id });
+            }
+        }
+        SiteReport::AppExited {
+            job_id,
+            report_id,
+            outcome,
+        } => {
+            if report_id.is_empty() || report_id.len() > MAX_ID_BYTES {
+                tracing::warn!(%job_id, %site, "ignoring an exit report with an invalid report id");
+                return;
+            }
+            let fresh = ctx
+                .job(&job_id)
+                .is_some_and(|j| !j.run.report_ids.contains(&report_id));
+            if fresh {
+                ctx.emit(
+                    actor,
+                    EventKind::SiteOutcomeReported {
+                        job_id,
+                        site,
+                        report_id,
+                        outcome,
+                    },
+                );
+            }
+        }
+    }
+}
+
+fn server_deploy_finished(ctx: &mut Ctx<'_>, job_id: JobId, result: Result<(), String>) {
+    let Some(job) = ctx.job(&job_id) else { return };
+    if !matches!(job.run.step, Some((StartStep::DeployingServer, _))) {
+        return;
+    }
+    if job.status == RunStatus::Dispatched && ctx.scratch.recovery.is_some() {
+        return;
+    }
+    ctx.record_server_deploy(job_id, result);
+}
+
+fn server_app_started(ctx: &mut Ctx<'_>, job_id: JobId, result: Result<(), String>) {
+    let Some(job) = ctx.job(&job_id) else { return };
+    let awaited = matches!(job.run.step, Some((StartStep::StartingServer, _)))
+        && !(job.status == RunStatus::Dispatched && ctx.scratch.recovery.is_some());
+    if !awaited {
+        if result.is_ok() {
+            ctx.effect(Effect::StopServerApp { job_id });
+        }
+        return;
+    }
+    let dispatched = job.status == RunStatus::Dispatched;
+    let ok = result.is_ok();
+    let result = step_result(result);
+    ctx.emit(
+        Actor::System,
+        EventKind::StartFinished {
+            job_id,
+            participant: SERVER.to_string(),
+            result: result.clone(),
+        },
+    );
+    if !dispatched {
+        // Aborted while the server app was starting: it is stopped at once.
+        if ok {
+            ctx.effect(Effect::StopServerApp { job_id });
+        }
+        return;
+    }
+    if !ok {
+        let job = ctx.job(&job_id).expect("the job was read above");
+        let sites: Vec<String> = job.run.sites.clone();
+        for site in sites {
+            ctx.effect(Effect::DeleteSiteDeployment { site, job_id });
+        }
+        ctx.cancel_reservations(job_id);
+        let reason = match result {
+            StepResult::Error(e) => format!("start failed: server: {e}"),
+            _ => "start failed: server: no reply (start timeout)".to_string(),
+        };
+        ctx.fail_to_run(job_id, reason);
+        return;
+    }
+    let job = ctx.job(&job_id).expect("the job was read above");
+    let deployed: Vec<String> = job
+        .run
+        .sites
+        .iter()
+        .filter(|s| job.run.deploy.get(*s).is_some_and(StepResult::is_ok))
+        .cloned()
+        .collect();
+    for site in deployed {
+        ctx.effect(Effect::StartSiteApp { site, job_id });
+    }
+    ctx.evaluate_site_starts(job_id);
+}
+
+fn archive_finished(
+    ctx: &mut Ctx<'_>,
+    job_id: JobId,
+    result: Result<crate::lifecycle::event::BlobHash, String>,
+) {
+    let Some(job) = ctx.job(&job_id) else { return };
+    let Archive::Pending {
+        in_flight: true,
+        first_failed_at,
+        ..
+    } = job.archive
+    else {
+        // Never replace an archive with a later result; free a blob nobody refers to.
+        if let Ok(hash) = result {
+            if !ctx.scratch.blob_in_use(&hash, &JobId(uuid::Uuid::nil())) {
+                ctx.effect(Effect::FreeBlob { hash });
+            }
+        }
+        return;
+    };
+    let deleted = job.deleted;
+    match result {
+        Ok(hash) => {
+            ctx.emit(Actor::System, EventKind::WorkspaceArchived { job_id, hash });
+            if deleted && !ctx.scratch.blob_in_use(&hash, &job_id) {
+                ctx.effect(Effect::FreeBlob { hash });
+            }
+        }
+        Err(reason) => {
+            let reason = cap_reason(&reason);
+            let first = first_failed_at.unwrap_or(ctx.now);
+            if ctx.now >= first.plus(ctx.settings.archive_retry_for) {
+                ctx.emit(
+                    Actor::System,
+                    EventKind::WorkspaceArchiveFailed { job_id, reason },
+                );
+            } else {
+                ctx.emit(
+                    Actor::System,
+                    EventKind::WorkspaceArchiveAttemptFailed { job_id, reason },
+                );
+            }
+        }
+    }
+}
+
+fn timer_fired(ctx: &mut Ctx<'_>, timer: Timer) {
+    let now = ctx.now;
+    let settings = ctx.settings;
+    match timer {
+        // The pass at the end of every decision does the work.
+        Timer::ScheduleDue => {}
+        Timer::ResourceCheckTimedOut { try_id } => {
+            let Some(t) = ctx.scratch.schedule_try.clone() else {
+                return;
+            };
+            if t.try_id != try_id || now < t.started_at.plus(settings.resource_check_timeout) {
+                return;
+            }
+            for request in &t.asked {
+                if !t.answers.contains_key(&request.site) {
+                    ctx.emit(
+                        Actor::System,
+                        EventKind::ResourceAnswered {
+                            job_id: t.job_id,
+                            try_id,
+                            site: request.site.clone(),
+                            answer: ResourceAnswer::NoReply,
+                        },
+                    );
+                }
+            }
+            ctx.finish_try_if_complete();
+        }
+        Timer::DeployTimedOut { job_id } => {
+            let Some(job) = ctx.job(&job_id) else { return };
+            let Some((step, since)) = job.run.step else {
+                return;
+            };
+            if job.status != RunStatus::Dispatched
+                || ctx.scratch.recovery.is_some()
+                || now < since.plus(settings.deploy_timeout)
+            {
+                return;
+            }
+            match step {
+                StartStep::DeployingServer => {
+                    ctx.emit(
+                        Actor::System,
+                        EventKind::DeployFinished {
+                            job_id,
+                            participant: SERVER.to_string(),
+                            result: StepResult::NoReply,
+                        },
+                    );
+                    ctx.cancel_reservations(job_id);
+                    ctx.fail_to_run(
+                        job_id,
+                        format!(
+                            "deploy failed: {}",
+                            deploy_line(SERVER, &StepResult::NoReply)
+                        ),
+                    );
+                }
+                StartStep::DeployingSites => {
+                    let missing: Vec<String> = job
+                        .run
+                        .sites
+                        .iter()
+                        .filter(|s| !job.run.deploy.contains_key(*s))
+                        .cloned()
+                        .collect();
+                    for site in missing {
+                        ctx.emit(
+                            Actor::System,
+                            EventKind::DeployFinished {
+                                job_id,
+                                participant: site,
+                                result: StepResult::NoReply,
+                            },
+                        );
+                    }
+                    ctx.evaluate_site_deploys(job_id);
+                }
+                _ => {}
+            }
+        }
+        Timer::StartTimedOut { job_id } => {
+            let Some(job) = ctx.job(&job_id) else { return };
+            let Some((step, since)) = job.run.step else {
+                return;
+            };
+            if job.status != RunStatus::Dispatched
+                || ctx.scratch.recovery.is_some()
+                || now < since.plus(settings.start_timeout)
+            {
+                return;
+            }
+            match step {
+                StartStep::StartingServer => {
+                    // The server app's start is local and always answers; a missing answer
+                    // is a failure to run like any other.
+                    server_app_started(ctx, job_id, Err("no reply (start timeout)".to_string()));
+                }
+                StartStep::StartingSites => {
+                    let missing: Vec<String> = job
+                        .run
+                        .sites
+                        .iter()
+                        .filter(|s| {
+                            job.run.deploy.get(*s).is_some_and(StepResult::is_ok)
+                                && !job.run.start.contains_key(*s)
+                        })
+                        .cloned()
+                        .collect();
+                    for site in missing {
+                        ctx.emit(
+                            Actor::System,
+                            EventKind::StartFinished {
+                                job_id,
+                                participant: site,
+                                result: StepResult::NoReply,
+                            },
+                        );
+                    }
+                    ctx.evaluate_site_starts(job_id);
+                }
+                _ => {}
+            }
+        }
+        Timer::OutcomeWaitOver { job_id } => {
+            // Settling the job decides the final status once the barrier is over.
+            ctx.touched.insert(job_id);
+        }
+        Timer::SiteReconnectGraceOver { job_id, site } => {
+            let lapsed = ctx.scratch.sites.get(&site).is_some_and(|s| {
+                !s.connected && now >= s.since.plus(settings.site_reconnect_grace)
+            });
+            let outstanding = ctx.job(&job_id).is_some_and(|j| {
+                j.run.phase != RunPhase::Stopped && j.run.outstanding_sites().contains(&site)
+            });
+            if lapsed && outstanding {
+                ctx.emit(Actor::System, EventKind::SiteReportLapsed { job_id, site });
+            }
+        }
+        Timer::StopWaitOver { job_id } => {
+            let Some(job) = ctx.job(&job_id) else { return };
+            let due = job.run.stop_requested_at.is_some_and(|at| {
+                now >= at.plus(settings.abort_grace + settings.client_outcome_wait)
+            });
+            if job.run.phase == RunPhase::Stopping && due {
+                ctx.emit(Actor::System, EventKind::RunStopped { job_id });
+            }
+        }
+        Timer::ArchiveRetryDue { job_id } => {
+            let Some(job) = ctx.job(&job_id) else { return };
+            if let Some(due) = timers::archive_retry_at(job) {
+                if now >= due {
+                    ctx.effect(Effect::ArchiveWorkspace { job_id });
+                    ctx.emit(Actor::System, EventKind::WorkspaceArchiveStarted { job_id });
+                }
+            }
+        }
+        Timer::ReattachGraceOver => {
+            let due = ctx
+                .scratch
+                .recovery
+                .as_ref()
+                .is_some_and(|w| now >= w.started_at.plus(settings.reattach_grace));
+            if due {
+                let (events, effects) = recovery::decide_restart(&ctx.scratch, settings);
+                for (actor, kind) in events {
+                    ctx.emit(actor, kind);
+                }
+                ctx.effects.extend(effects);
+            }
+        }
+    }
 }

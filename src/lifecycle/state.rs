@@ -220,9 +220,30 @@ impl Run {
             .collect()
     }
 
+    /// True while the server's own deploy or start answer is awaited (an abort that lands
+    /// then waits for it, so the workspace is not archived under a running unpack).
+    pub fn server_step_in_flight(&self) -> bool {
+        matches!(
+            self.step,
+            Some((StartStep::DeployingServer | StartStep::StartingServer, _))
+        )
+    }
+
     /// True when no process of the run can still be running.
     pub fn all_ended(&self) -> bool {
-        !self.server_outstanding() && self.outstanding_sites().is_empty()
+        !self.server_outstanding()
+            && !self.server_step_in_flight()
+            && self.outstanding_sites().is_empty()
+    }
+
+    /// Whether a site's outcome counts for the run: it is one of `job_clients` once the job
+    /// is `RUNNING`, else one of the sites it was dispatched to.
+    pub fn counts_site(&self, site: &str) -> bool {
+        if self.started_at.is_some() {
+            self.job_clients.iter().any(|s| s == site)
+        } else {
+            self.sites.iter().any(|s| s == site)
+        }
     }
 
     /// True while fedrun's own stop request is in effect.
@@ -537,7 +558,17 @@ impl State {
                 participant,
                 ..
             } => {
-                let job = self.job_in(job_id, &[Dispatched], "record a start-up step")?;
+                let job = self.job_exists(job_id)?;
+                // After an abort, only the server's awaited answer may still be recorded.
+                let late_server_answer = job.status.is_terminal()
+                    && participant == crate::job::meta::SERVER
+                    && job.run.server_step_in_flight();
+                if job.status != Dispatched && !late_server_answer {
+                    return Err(format!(
+                        "job {job_id} is {} and cannot record a start-up step",
+                        job.status
+                    ));
+                }
                 let known =
                     participant == crate::job::meta::SERVER || job.run.sites.contains(participant);
                 if known {
@@ -802,7 +833,9 @@ impl State {
                 let job = self.job_mut(job_id);
                 job.run.deploy.insert(participant.clone(), result.clone());
                 let server = crate::job::meta::SERVER;
-                if participant == server {
+                if job.status.is_terminal() {
+                    job.run.step = None;
+                } else if participant == server {
                     job.run.step = Some((StartStep::DeployingSites, at));
                 } else if job.run.sites.iter().all(|s| job.run.deploy.contains_key(s)) {
                     job.run.step = Some((StartStep::StartingServer, at));
@@ -818,7 +851,9 @@ impl State {
             } => {
                 let job = self.job_mut(job_id);
                 job.run.start.insert(participant.clone(), result.clone());
-                if participant == crate::job::meta::SERVER {
+                if job.status.is_terminal() {
+                    job.run.step = None;
+                } else if participant == crate::job::meta::SERVER {
                     job.run.step = Some((StartStep::StartingSites, at));
                 }
             }
@@ -857,7 +892,11 @@ impl State {
                 let job = self.job_mut(job_id);
                 job.run.report_ids.insert(report_id.clone());
                 job.run.site_exits.insert(site.clone(), *outcome);
-                if !job.status.is_terminal() && !job.run.stopping() && is_failure(*outcome) {
+                if !job.status.is_terminal()
+                    && !job.run.stopping()
+                    && job.run.counts_site(site)
+                    && is_failure(*outcome)
+                {
                     job.run.failure = merge_failure(
                         job.run.failure.take(),
                         Failure {
@@ -870,7 +909,7 @@ impl State {
             SiteReportLapsed { job_id, site } => {
                 let job = self.job_mut(job_id);
                 job.run.lapsed.insert(site.clone());
-                if !job.status.is_terminal() && !job.run.stopping() {
+                if !job.status.is_terminal() && !job.run.stopping() && job.run.counts_site(site) {
                     job.run.failure = merge_failure(
                         job.run.failure.take(),
                         Failure {
@@ -886,7 +925,6 @@ impl State {
                     job.run.stop_requested_at = Some(at);
                 }
                 job.run.phase = RunPhase::Stopping;
-                job.run.step = None;
             }
             RunStopped { job_id } => {
                 let job = self.job_mut(job_id);
@@ -910,7 +948,11 @@ impl State {
                 let job = self.job_mut(job_id);
                 job.finished_at = Some(at);
                 job.finish_reason = Some(reason.clone());
-                job.run.step = None;
+                // An abort keeps waiting for the server's own deploy or start answer; every
+                // other ending has no step left in flight.
+                if !(*status == RunStatus::Aborted && job.run.server_step_in_flight()) {
+                    job.run.step = None;
+                }
             }
             JobDeleted { job_id } => {
                 self.job_mut(job_id).deleted = true;

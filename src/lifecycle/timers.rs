@@ -1,0 +1,121 @@
+//! Deadlines, computed purely from state. The engine sleeps until the earliest and then
+//! feeds `Command::TimerFired`; `decide` checks again, so an early or stale firing is
+//! harmless. Every deadline rests on a fact in state (a step began at t, a site left at t),
+//! never on a clock read.
+
+use std::time::Duration;
+
+use crate::lifecycle::command::Timer;
+use crate::lifecycle::state::{Archive, Job, RunPhase, StartStep, State};
+use crate::lifecycle::status::RunStatus;
+use crate::lifecycle::time::Timestamp;
+use crate::schedule;
+use crate::settings::Settings;
+
+/// The first archive retry waits this long; each further one twice as long.
+pub const ARCHIVE_RETRY_BASE: Duration = Duration::from_secs(1);
+/// The longest wait between archive retries.
+pub const ARCHIVE_RETRY_CAP: Duration = Duration::from_secs(30);
+
+/// When a failed workspace archive is tried again, if it is waiting for a retry.
+pub fn archive_retry_at(job: &Job) -> Option<Timestamp> {
+    match &job.archive {
+        Archive::Pending {
+            in_flight: false,
+            failures,
+            last_failed_at: Some(last),
+            ..
+        } if *failures > 0 && job.status.is_terminal() => {
+            let factor = 1u32.checked_shl(failures - 1).unwrap_or(u32::MAX);
+            let wait = ARCHIVE_RETRY_BASE
+                .checked_mul(factor)
+                .unwrap_or(ARCHIVE_RETRY_CAP)
+                .min(ARCHIVE_RETRY_CAP);
+            Some(last.plus(wait))
+        }
+        _ => None,
+    }
+}
+
+/// Every pending deadline, sorted by time, then by timer (a stable order for ties).
+pub fn deadlines(state: &State, settings: &Settings) -> Vec<(Timestamp, Timer)> {
+    let mut out = Vec::new();
+    if let Some(window) = &state.recovery {
+        // While recovering, only the end of the window matters; the restart decisions
+        // then settle everything else.
+        out.push((
+            window.started_at.plus(settings.reattach_grace),
+            Timer::ReattachGraceOver,
+        ));
+        return out;
+    }
+    if let Some(due) = schedule::next_due(state, settings) {
+        out.push((due, Timer::ScheduleDue));
+    }
+    if let Some(t) = &state.schedule_try {
+        out.push((
+            t.started_at.plus(settings.resource_check_timeout),
+            Timer::ResourceCheckTimedOut { try_id: t.try_id },
+        ));
+    }
+    for job in state.jobs.values() {
+        let job_id = job.id;
+        let run = &job.run;
+        if job.status == RunStatus::Dispatched {
+            match run.step {
+                Some((StartStep::DeployingServer | StartStep::DeployingSites, since)) => {
+                    out.push((
+                        since.plus(settings.deploy_timeout),
+                        Timer::DeployTimedOut { job_id },
+                    ));
+                }
+                Some((StartStep::StartingServer | StartStep::StartingSites, since)) => {
+                    out.push((
+                        since.plus(settings.start_timeout),
+                        Timer::StartTimedOut { job_id },
+                    ));
+                }
+                None => {}
+            }
+        }
+        if matches!(run.phase, RunPhase::Running | RunPhase::Stopping) {
+            let outstanding = run.outstanding_sites();
+            if job.status == RunStatus::Running && !outstanding.is_empty() {
+                if let Some((_, exited_at)) = run.server_exit {
+                    out.push((
+                        exited_at.plus(settings.client_outcome_wait),
+                        Timer::OutcomeWaitOver { job_id },
+                    ));
+                }
+            }
+            for site in outstanding {
+                if let Some(facts) = state.sites.get(&site) {
+                    if !facts.connected {
+                        out.push((
+                            facts.since.plus(settings.site_reconnect_grace),
+                            Timer::SiteReconnectGraceOver { job_id, site },
+                        ));
+                    }
+                }
+            }
+        }
+        if run.phase == RunPhase::Stopping {
+            if let Some(at) = run.stop_requested_at {
+                out.push((
+                    at.plus(settings.abort_grace + settings.client_outcome_wait),
+                    Timer::StopWaitOver { job_id },
+                ));
+            }
+        }
+        if let Some(at) = archive_retry_at(job) {
+            out.push((at, Timer::ArchiveRetryDue { job_id }));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The earliest pending deadline, if any.
+pub fn next_deadline(state: &State, settings: &Settings) -> Option<(Timestamp, Timer)> {
+    deadlines(state, settings).into_iter().next()
+}
