@@ -337,6 +337,20 @@ impl<'a> Sim<'a> {
                     break;
                 }
                 let item = entry.remove();
+                if let Item::Action(i) = &item {
+                    if let Action::Abort(job) | Action::Delete(job) | Action::Clone(job) =
+                        &self.checked.actions[*i]
+                    {
+                        // An action on a job submitted in this same batch needs the job's
+                        // id, which the server gives only once the submit is decided.
+                        if batch
+                            .iter()
+                            .any(|(_, tag)| matches!(tag, Tag::NewJob(n) if n == job))
+                        {
+                            self.feed(std::mem::take(&mut batch))?;
+                        }
+                    }
+                }
                 if let Item::Action(i) = item {
                     if matches!(
                         self.checked.actions[i],
