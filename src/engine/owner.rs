@@ -212,31 +212,10 @@ impl Engine {
     /// The earliest deadline of the state: the caller feeds `Command::TimerFired` when its
     /// clock reaches it. No deadline means nothing happens until the next input.
     pub fn next_deadline(&self) -> Option<(Timestamp, Timer)> {
-        lifecycle::next_deadline(&self.state, &self.effective_settings())
-    }
-
-    /// The settings to decide with now. While the recovery window after a start is open
-    /// and no run was in flight (nothing dispatched, running, stopping or archiving), there
-    /// is nothing to re-attach and nothing a site could report, so the window closes at
-    /// once instead of after `reattach_grace`: a fresh server schedules without delay. The
-    /// closing is recorded as events like any other, so replay does not depend on this.
-    fn effective_settings(&self) -> std::borrow::Cow<'_, Settings> {
-        let nothing_in_flight = self.state.recovery.is_some()
-            && self.state.jobs.values().all(|j| {
-                !matches!(j.status, RunStatus::Dispatched | RunStatus::Running)
-                    && matches!(
-                        j.run.phase,
-                        lifecycle::RunPhase::NotStarted | lifecycle::RunPhase::Stopped
-                    )
-                    && j.archive.is_settled()
-            });
-        if nothing_in_flight {
-            let mut settings = self.settings.clone();
-            settings.reattach_grace = std::time::Duration::ZERO;
-            std::borrow::Cow::Owned(settings)
-        } else {
-            std::borrow::Cow::Borrowed(&self.settings)
-        }
+        lifecycle::next_deadline(
+            &self.state,
+            &effective_settings(&self.state, &self.settings),
+        )
     }
 
     /// Decides and applies every command in memory, appends all their events with one
@@ -267,7 +246,7 @@ impl Engine {
                 } => Some((site.clone(), running.clone())),
                 _ => None,
             };
-            let settings = self.effective_settings().into_owned();
+            let settings = effective_settings(&self.state, &self.settings);
             let decision = lifecycle::decide(&self.state, &settings, command, now, &mut self.ids);
             let Decision {
                 events: new_events,
@@ -390,5 +369,29 @@ impl Engine {
             }
         }
         self.history.close()
+    }
+}
+
+/// The settings to decide with now. While the recovery window after a start is open
+/// and no run was in flight (nothing dispatched, running, stopping or archiving), there
+/// is nothing to re-attach and nothing a site could report, so the window closes at
+/// once instead of after `reattach_grace`: a fresh server schedules without delay. The
+/// closing is recorded as events like any other, so replay does not depend on this.
+fn effective_settings<'a>(state: &State, settings: &'a Settings) -> std::borrow::Cow<'a, Settings> {
+    let nothing_in_flight = state.recovery.is_some()
+        && state.jobs.values().all(|j| {
+            !matches!(j.status, RunStatus::Dispatched | RunStatus::Running)
+                && matches!(
+                    j.run.phase,
+                    lifecycle::RunPhase::NotStarted | lifecycle::RunPhase::Stopped
+                )
+                && j.archive.is_settled()
+        });
+    if nothing_in_flight {
+        let mut settings = settings.clone();
+        settings.reattach_grace = std::time::Duration::ZERO;
+        std::borrow::Cow::Owned(settings)
+    } else {
+        std::borrow::Cow::Borrowed(settings)
     }
 }
