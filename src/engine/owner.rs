@@ -88,6 +88,12 @@ pub enum StepError {
         /// The history's error.
         source: history::AppendError,
     },
+    /// The core decided an event its own fold refuses: a bug, reported instead of a panic.
+    #[error("{cause}")]
+    IllegalDecision {
+        /// The refused event and why.
+        cause: String,
+    },
     /// An earlier step failed.
     #[error("the engine stopped after an earlier failure: {cause}")]
     Stopped {
@@ -260,7 +266,14 @@ impl Engine {
                 },
             };
             for event in &new_events {
-                self.state.apply(event);
+                // `decide` must only make legal events; if it ever does not, the engine
+                // stops (nothing of the batch is written) instead of panicking mid-way.
+                if let Err(err) = self.state.apply_checked(event) {
+                    let cause = format!("the core decided an illegal event: {err}");
+                    tracing::error!(%cause, "the engine stops");
+                    self.stopped = Some(cause.clone());
+                    return Err(StepError::IllegalDecision { cause });
+                }
             }
             events.extend(new_events);
             released.effects.extend(effects);
