@@ -375,3 +375,55 @@ fn a_stopping_run_is_given_up_after_abort_grace_plus_client_outcome_wait() {
     assert_eq!(w.now.0 - stop.0, 10_000 + 15 * 60 * 1000);
     assert!(kinds(&d).contains(&"run_stopped"));
 }
+
+#[test]
+fn a_stopped_run_whose_server_app_never_ends_is_decided_from_what_is_known() {
+    let mut w = World::default();
+    let job_id = w.running(&["site-1"], 1);
+    // site-1 fails with 101: the run stops, but the server app never reports its exit.
+    w.site_exit("site-1", job_id, "r1", ExitOutcome::Code(101));
+    let (timer, d) = w.run_to_next_deadline().expect("stop wait");
+    assert_eq!(timer, Timer::StopWaitOver { job_id });
+    let (status, reason) = finished(&d).expect("decided");
+    assert_eq!(status, RunStatus::ExecutionException);
+    assert!(
+        reason.starts_with("site-1 reported code 101; the run's processes did not end"),
+        "{reason}"
+    );
+    // A late exit of the server app changes nothing.
+    let d = w.server_exit(job_id, ExitOutcome::Code(0));
+    assert_eq!(kinds(&d), ["server_app_exited"]);
+    assert_eq!(w.status(job_id), RunStatus::ExecutionException);
+}
+
+#[test]
+fn a_site_that_reconnects_still_running_a_stopping_run_is_told_again_to_stop() {
+    let mut w = World::default();
+    let job_id = w.running(&["site-1", "site-2"], 2);
+    w.site_exit("site-1", job_id, "r1", ExitOutcome::Code(101));
+    // site-2 was asked to stop, but lost its connection before the request arrived.
+    w.site("site-2", SiteReport::Disconnected);
+    let d = w.site(
+        "site-2",
+        SiteReport::Connected {
+            resources: Default::default(),
+            running: vec![job_id],
+        },
+    );
+    assert!(d.effects.contains(&Effect::StopSiteApp {
+        site: "site-2".into(),
+        job_id
+    }));
+    // A site running a job that is still RUNNING normally is left alone.
+    let mut w = World::default();
+    let job_id = w.running(&["site-1"], 1);
+    w.site("site-1", SiteReport::Disconnected);
+    let d = w.site(
+        "site-1",
+        SiteReport::Connected {
+            resources: Default::default(),
+            running: vec![job_id],
+        },
+    );
+    assert!(d.effects.is_empty());
+}

@@ -97,6 +97,11 @@ pub fn decide(
             // The envelope carries the new boot id from this event on.
             ctx.scratch.boot_id = boot_id;
             ctx.emit(Actor::System, EventKind::ServerStarted { boot_id });
+            if !recovery::needs_observation(&ctx.scratch) {
+                // No run was in flight: there is nothing to wait for, so the restart
+                // decisions (pending archives, if any) are made at once.
+                ctx.finish_recovery();
+            }
             None
         }
         Command::Admin { origin, request } => Some(admin(&mut ctx, origin, request, ids)),
@@ -117,7 +122,7 @@ pub fn decide(
                 .scratch
                 .jobs
                 .get(&job_id)
-                .is_some_and(|j| j.run.server_exit.is_none())
+                .is_some_and(|j| j.run.server_started() && j.run.server_exit.is_none())
             {
                 ctx.emit(
                     Actor::System,
@@ -193,7 +198,7 @@ impl Ctx<'_> {
     }
 
     fn job(&self, job_id: &JobId) -> Option<&Job> {
-        self.scratch.jobs.get(job_id)
+        self.scratch.jobs.get(job_id).map(|j| &**j)
     }
 
     /// Gives back every reservation the job's run still holds.
@@ -258,6 +263,15 @@ impl Ctx<'_> {
                 reason: cap_reason(&reason),
             },
         );
+    }
+
+    /// Makes the restart decisions and closes the recovery window.
+    fn finish_recovery(&mut self) {
+        let (events, effects) = recovery::decide_restart(&self.scratch, self.settings);
+        for (actor, kind) in events {
+            self.emit(actor, kind);
+        }
+        self.effects.extend(effects);
     }
 
     /// Settles every job touched so far, until nothing more follows.
@@ -330,7 +344,12 @@ impl Ctx<'_> {
                 for site in outstanding {
                     self.effect(Effect::StopSiteApp { site, job_id });
                 }
-                self.emit(Actor::System, EventKind::RunStopped { job_id });
+                let stopped = self
+                    .job(&job_id)
+                    .is_some_and(|j| j.run.phase == RunPhase::Stopped);
+                if !stopped {
+                    self.emit(Actor::System, EventKind::RunStopped { job_id });
+                }
             }
             status if status.is_terminal() => {
                 let unsettled = matches!(
@@ -1025,11 +1044,14 @@ fn site_report(ctx: &mut Ctx<'_>, site: String, report: SiteReport) {
                 .collect();
             let running: Vec<JobId> = running.into_iter().take(1024).collect();
             for job_id in &running {
-                // A site still running an app of a job that has ended is told to stop it.
-                let ended = ctx.scratch.jobs.get(job_id).map_or(true, |j| {
-                    j.status.is_terminal() && j.run.phase == RunPhase::Stopped
+                // A site still running an app of a job that has ended, or of a run that
+                // fedrun is stopping (the stop request may have been lost with the
+                // connection), is told to stop it.
+                let stop = ctx.scratch.jobs.get(job_id).map_or(true, |j| {
+                    (j.status.is_terminal() && j.run.phase == RunPhase::Stopped)
+                        || j.run.phase == RunPhase::Stopping
                 });
-                if ended && ctx.scratch.recovery.is_none() {
+                if stop && ctx.scratch.recovery.is_none() {
                     ctx.effect(Effect::StopSiteApp {
                         site: site.clone(),
                         job_id: *job_id,
@@ -1447,6 +1469,26 @@ fn timer_fired(ctx: &mut Ctx<'_>, timer: Timer) {
                 now >= at.plus(settings.abort_grace + settings.client_outcome_wait)
             });
             if job.run.phase == RunPhase::Stopping && due {
+                if job.status == RunStatus::Running {
+                    // The processes did not end after the stop: decide from what is known,
+                    // so the job never stays RUNNING with nothing left to wait for.
+                    let status = final_status(job.run.failure.as_ref());
+                    let reason = format!(
+                        "{}; the run's processes did not end within abort_grace + client_outcome_wait",
+                        job.run.failure.as_ref().map_or_else(
+                            || "no failure was reported".to_string(),
+                            |f| format!("{} reported {}", f.participant, describe_outcome(f.outcome))
+                        )
+                    );
+                    ctx.emit(
+                        Actor::System,
+                        EventKind::JobFinished {
+                            job_id,
+                            status,
+                            reason: cap_reason(&reason),
+                        },
+                    );
+                }
                 ctx.emit(Actor::System, EventKind::RunStopped { job_id });
             }
         }
@@ -1466,11 +1508,7 @@ fn timer_fired(ctx: &mut Ctx<'_>, timer: Timer) {
                 .as_ref()
                 .is_some_and(|w| now >= w.started_at.plus(settings.reattach_grace));
             if due {
-                let (events, effects) = recovery::decide_restart(&ctx.scratch, settings);
-                for (actor, kind) in events {
-                    ctx.emit(actor, kind);
-                }
-                ctx.effects.extend(effects);
+                ctx.finish_recovery();
             }
         }
     }

@@ -6,6 +6,7 @@
 //! engine feeds inputs, appends the events, and carries out the effects.
 
 pub mod actor;
+pub mod check;
 pub mod command;
 pub mod decide;
 pub mod effect;

@@ -90,22 +90,29 @@ pub fn decide_restart(
                 events.push((Actor::Recovery, EventKind::RunStopped { job_id }));
             }
             _ => {
+                // Terminal: whatever may still run of it is told to stop (again), an
+                // unsettled run is recorded as stopped, and a pending archive starts.
                 let unsettled = matches!(
                     job.run.phase,
                     RunPhase::Starting | RunPhase::Running | RunPhase::Stopping
                 );
                 if unsettled {
                     stop_everything(state, job, server_alive, &mut effects);
-                    // The terminal status decides that the run's archive starts after this.
+                } else {
+                    stop_reported(state, job.id, &mut effects);
+                }
+                if unsettled {
                     events.push((Actor::Recovery, EventKind::RunStopped { job_id }));
-                    if matches!(job.archive, Archive::Pending { failures: 0, .. }) {
-                        effects.push(Effect::ArchiveWorkspace { job_id });
-                        events.push((
-                            Actor::Recovery,
-                            EventKind::WorkspaceArchiveStarted { job_id },
-                        ));
+                }
+                let archive_waits = matches!(
+                    job.archive,
+                    Archive::Pending {
+                        in_flight: false,
+                        failures: 0,
+                        ..
                     }
-                } else if matches!(job.archive, Archive::Pending { failures: 0, .. }) {
+                );
+                if archive_waits {
                     effects.push(Effect::ArchiveWorkspace { job_id });
                     events.push((
                         Actor::Recovery,
@@ -119,6 +126,19 @@ pub fn decide_restart(
     (events, effects)
 }
 
+/// Whether the restart decision must wait `reattach_grace` to observe something: a job
+/// `DISPATCHED` or `RUNNING`, or a finished job whose run had not settled. Without one,
+/// the decision is made as soon as the server starts.
+pub fn needs_observation(state: &State) -> bool {
+    state.jobs.values().any(|job| {
+        matches!(job.status, RunStatus::Dispatched | RunStatus::Running)
+            || matches!(
+                job.run.phase,
+                RunPhase::Starting | RunPhase::Running | RunPhase::Stopping
+            )
+    })
+}
+
 /// Stop effects for every process of the job that may still run: the server app if it
 /// re-attached, and every site that took part or says it runs the job.
 fn stop_everything(state: &State, job: &Job, server_alive: bool, effects: &mut Vec<Effect>) {
@@ -127,14 +147,25 @@ fn stop_everything(state: &State, job: &Job, server_alive: bool, effects: &mut V
         effects.push(Effect::StopServerApp { job_id });
     }
     let mut sites: BTreeSet<String> = job.run.outstanding_sites().into_iter().collect();
-    sites.extend(
-        state
-            .sites
-            .iter()
-            .filter(|(_, facts)| facts.running.contains(&job_id))
-            .map(|(name, _)| name.clone()),
-    );
+    sites.extend(sites_running(state, job_id));
     for site in sites {
         effects.push(Effect::StopSiteApp { site, job_id });
     }
+}
+
+/// Stop effects for the sites that said, when they reconnected, that they still run an
+/// app of this (settled) job.
+fn stop_reported(state: &State, job_id: JobId, effects: &mut Vec<Effect>) {
+    for site in sites_running(state, job_id) {
+        effects.push(Effect::StopSiteApp { site, job_id });
+    }
+}
+
+fn sites_running(state: &State, job_id: JobId) -> Vec<String> {
+    state
+        .sites
+        .iter()
+        .filter(|(_, facts)| facts.running.contains(&job_id))
+        .map(|(name, _)| name.clone())
+        .collect()
 }

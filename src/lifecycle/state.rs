@@ -2,6 +2,7 @@
 //! the answers of past requests. A pure fold of events ([`State::apply`]).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -397,16 +398,66 @@ pub struct State {
     pub boot_id: BootId,
     /// Open while the restart decisions are pending.
     pub recovery: Option<RecoveryWindow>,
-    /// Every job ever submitted, deleted ones included.
-    pub jobs: BTreeMap<JobId, Job>,
+    /// Every job ever submitted, deleted ones included. Each job sits behind an `Arc`, so
+    /// the scratch copy `decide` works on costs a pointer per job, and only the jobs a
+    /// decision changes are copied.
+    #[serde(with = "shared_values")]
+    pub jobs: BTreeMap<JobId, Arc<Job>>,
     /// `SUBMITTED` jobs in queue order: oldest `submit_time` first, ties in history order.
     pub queue: BTreeSet<(Timestamp, u64, JobId)>,
-    /// The sites, by name.
-    pub sites: BTreeMap<String, SiteFacts>,
+    /// The sites, by name (shared like the jobs).
+    #[serde(with = "shared_values")]
+    pub sites: BTreeMap<String, Arc<SiteFacts>>,
     /// The schedule try in flight (at most one).
     pub schedule_try: Option<ScheduleTry>,
-    /// First answers by idempotency key.
-    pub requests: BTreeMap<String, Reply>,
+    /// First answers by idempotency key (shared; copied only when a request is recorded).
+    #[serde(with = "shared_value")]
+    pub requests: Arc<BTreeMap<String, Reply>>,
+}
+
+/// Serde glue: a map whose values sit behind `Arc`, written as the plain map.
+mod shared_values {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<K: Serialize + Ord, V: Serialize, S: Serializer>(
+        map: &BTreeMap<K, Arc<V>>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(map.iter().map(|(k, v)| (k, &**v)))
+    }
+
+    pub fn deserialize<'de, K, V, D>(deserializer: D) -> Result<BTreeMap<K, Arc<V>>, D::Error>
+    where
+        K: Deserialize<'de> + Ord,
+        V: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        let plain = BTreeMap::<K, V>::deserialize(deserializer)?;
+        Ok(plain.into_iter().map(|(k, v)| (k, Arc::new(v))).collect())
+    }
+}
+
+/// Serde glue: a value behind `Arc`, written as the plain value.
+mod shared_value {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<V: Serialize, S: Serializer>(
+        value: &Arc<V>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        (**value).serialize(serializer)
+    }
+
+    pub fn deserialize<'de, V: Deserialize<'de>, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Arc<V>, D::Error> {
+        V::deserialize(deserializer).map(Arc::new)
+    }
 }
 
 impl State {
@@ -415,9 +466,14 @@ impl State {
         State::default()
     }
 
+    /// The job, deleted or not.
+    pub fn job(&self, job_id: &JobId) -> Option<&Job> {
+        self.jobs.get(job_id).map(|j| &**j)
+    }
+
     /// The job, unless it does not exist or was deleted.
     pub fn live_job(&self, job_id: &JobId) -> Option<&Job> {
-        self.jobs.get(job_id).filter(|j| !j.deleted)
+        self.jobs.get(job_id).map(|j| &**j).filter(|j| !j.deleted)
     }
 
     /// Jobs counted against `max_jobs`: `DISPATCHED`, `RUNNING`, or with a run still stopping.
@@ -431,9 +487,25 @@ impl State {
             .count()
     }
 
+    /// True when nothing is left to happen by itself: no job queued or in flight, every
+    /// run and archive settled, no schedule try, and no restart decision pending. (A
+    /// simulation that reaches this point has ended `all_terminal`.)
+    pub fn all_settled(&self) -> bool {
+        self.recovery.is_none()
+            && self.schedule_try.is_none()
+            && self.jobs.values().all(|j| {
+                j.status.is_terminal()
+                    && matches!(j.run.phase, RunPhase::NotStarted | RunPhase::Stopped)
+                    && j.archive.is_settled()
+            })
+    }
+
     /// The connected sites, by name.
     pub fn connected_sites(&self) -> impl Iterator<Item = (&String, &SiteFacts)> {
-        self.sites.iter().filter(|(_, s)| s.connected)
+        self.sites
+            .iter()
+            .filter(|(_, s)| s.connected)
+            .map(|(name, s)| (name, &**s))
     }
 
     /// Whether any live job other than `except` refers to the blob (package or archive).
@@ -485,10 +557,7 @@ impl State {
     }
 
     fn job_in(&self, job_id: &JobId, allowed: &[RunStatus], what: &str) -> Result<&Job, String> {
-        let job = self
-            .jobs
-            .get(job_id)
-            .ok_or_else(|| format!("job {job_id} does not exist"))?;
+        let job = self.job_exists(job_id)?;
         if !allowed.contains(&job.status) {
             return Err(format!("job {job_id} is {} and cannot {what}", job.status));
         }
@@ -498,6 +567,7 @@ impl State {
     fn job_exists(&self, job_id: &JobId) -> Result<&Job, String> {
         self.jobs
             .get(job_id)
+            .map(|j| &**j)
             .ok_or_else(|| format!("job {job_id} does not exist"))
     }
 
@@ -658,9 +728,11 @@ impl State {
     }
 
     fn job_mut(&mut self, job_id: &JobId) -> &mut Job {
-        self.jobs
+        let shared = self
+            .jobs
             .get_mut(job_id)
-            .expect("check() verified that the job exists before fold()")
+            .expect("check() verified that the job exists before fold()");
+        Arc::make_mut(shared)
     }
 
     fn set_status(&mut self, job_id: &JobId, status: RunStatus) {
@@ -686,19 +758,32 @@ impl State {
                     reattached: BTreeSet::new(),
                 });
                 // Connections belong to the previous server run; sites reconnect.
-                for site in self.sites.values_mut() {
-                    if site.connected {
-                        site.connected = false;
-                        site.since = at;
+                for shared in self.sites.values_mut() {
+                    if shared.connected || !shared.running.is_empty() {
+                        let site = Arc::make_mut(shared);
+                        if site.connected {
+                            site.connected = false;
+                            site.since = at;
+                        }
+                        site.running.clear();
                     }
-                    site.running.clear();
                 }
                 // The try in flight died with the old run; its reservations lapse at the sites.
                 self.schedule_try = None;
                 // Archive tries in flight died too; recovery starts them again.
-                for job in self.jobs.values_mut() {
-                    if let Archive::Pending { in_flight, .. } = &mut job.archive {
-                        *in_flight = false;
+                for shared in self.jobs.values_mut() {
+                    if matches!(
+                        shared.archive,
+                        Archive::Pending {
+                            in_flight: true,
+                            ..
+                        }
+                    ) {
+                        if let Archive::Pending { in_flight, .. } =
+                            &mut Arc::make_mut(shared).archive
+                        {
+                            *in_flight = false;
+                        }
                     }
                 }
             }
@@ -710,16 +795,17 @@ impl State {
             } => {
                 self.sites.insert(
                     site.clone(),
-                    SiteFacts {
+                    Arc::new(SiteFacts {
                         connected: true,
                         since: at,
                         resources: resources.clone(),
                         running: running.clone(),
-                    },
+                    }),
                 );
             }
             SiteDisconnected { site } => {
-                if let Some(facts) = self.sites.get_mut(site) {
+                if let Some(shared) = self.sites.get_mut(site) {
+                    let facts = Arc::make_mut(shared);
                     facts.connected = false;
                     facts.since = at;
                     facts.running.clear();
@@ -737,7 +823,7 @@ impl State {
                 self.queue.insert((*submit_time, event.seq, *job_id));
                 self.jobs.insert(
                     *job_id,
-                    Job {
+                    Arc::new(Job {
                         id: *job_id,
                         meta: meta.clone(),
                         package: *package,
@@ -755,7 +841,7 @@ impl State {
                         run: Run::default(),
                         archive: Archive::NoWorkspace,
                         deleted: false,
-                    },
+                    }),
                 );
             }
             ScheduleTryStarted {
@@ -835,10 +921,17 @@ impl State {
                 let server = crate::job::meta::SERVER;
                 if job.status.is_terminal() {
                     job.run.step = None;
-                } else if participant == server {
-                    job.run.step = Some((StartStep::DeployingSites, at));
-                } else if job.run.sites.iter().all(|s| job.run.deploy.contains_key(s)) {
-                    job.run.step = Some((StartStep::StartingServer, at));
+                } else {
+                    if participant == server {
+                        job.run.step = Some((StartStep::DeployingSites, at));
+                    }
+                    // Once every site has answered (at once, for a run without sites) the
+                    // server app starts next.
+                    let all_answered = job.run.sites.iter().all(|s| job.run.deploy.contains_key(s));
+                    if matches!(job.run.step, Some((StartStep::DeployingSites, _))) && all_answered
+                    {
+                        job.run.step = Some((StartStep::StartingServer, at));
+                    }
                 }
                 if !result.is_ok() && participant != server {
                     job.run.reservations.remove(participant);
@@ -1014,6 +1107,6 @@ impl State {
                 None => return,
             },
         };
-        self.requests.insert(key.clone(), reply);
+        Arc::make_mut(&mut self.requests).insert(key.clone(), reply);
     }
 }

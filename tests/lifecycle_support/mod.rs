@@ -108,6 +108,25 @@ impl World {
         self.now = Timestamp(self.now.0 + ms);
     }
 
+    /// Given these past events (as a history would hold them): builds their envelopes at
+    /// `now` and replays them with the same check start-up uses.
+    pub fn given(&mut self, kinds: Vec<(fedrun::lifecycle::Actor, EventKind)>) {
+        for (actor, kind) in kinds {
+            let event = Event {
+                seq: self.state.last_seq + 1,
+                at: self.now,
+                actor,
+                request_id: None,
+                boot_id: self.state.boot_id,
+                kind,
+            };
+            if let Err(err) = self.state.apply_checked(&event) {
+                panic!("the given history is legal: {err}");
+            }
+            self.log.push(event);
+        }
+    }
+
     /// Decides and applies one command; returns the decision. Checks the envelope rules on
     /// the way: sequence numbers continue, times never go back.
     pub fn when(&mut self, command: Command) -> Decision {

@@ -1,0 +1,369 @@
+//! A self-checking driver of `decide` and `apply` for fuzzing: bytes in, commands out, and
+//! every invariant of the core checked after each step. The fuzz target `decide_apply`
+//! and a normal test replaying its corpus both call [`check_decide_apply`].
+//!
+//! Unlike the rest of the core, this module panics on purpose: a panic is how it reports
+//! a broken invariant to the fuzzer.
+
+use std::collections::BTreeMap;
+
+use crate::job::meta::{AppTargets, JobMeta};
+use crate::job::JobId;
+use crate::lifecycle::actor::{Identity, Role};
+use crate::lifecycle::command::{AdminRequest, Command, Origin, Timer};
+use crate::lifecycle::decide::{decide, IdSource};
+use crate::lifecycle::event::{BlobHash, BootId, Event, EventKind, MAX_EVENT_BYTES};
+use crate::lifecycle::state::State;
+use crate::lifecycle::status::RunStatus;
+use crate::lifecycle::time::Timestamp;
+use crate::settings::Settings;
+use crate::site::protocol::{ExitOutcome, SiteReport};
+
+/// Reads small numbers and strings from the fuzzer's bytes; zeros once they run out.
+struct Bytes<'a> {
+    data: &'a [u8],
+    at: usize,
+}
+
+impl Bytes<'_> {
+    fn byte(&mut self) -> u8 {
+        let b = self.data.get(self.at).copied().unwrap_or(0);
+        self.at += 1;
+        b
+    }
+
+    fn done(&self) -> bool {
+        self.at >= self.data.len()
+    }
+
+    fn pick<'s, T>(&mut self, items: &'s [T]) -> &'s T {
+        &items[usize::from(self.byte()) % items.len()]
+    }
+
+    fn text(&mut self) -> String {
+        let len = usize::from(self.byte() % 12);
+        let raw: Vec<u8> = (0..len).map(|_| self.byte()).collect();
+        String::from_utf8_lossy(&raw).into_owned()
+    }
+}
+
+struct CountingIds(u128);
+
+impl IdSource for CountingIds {
+    fn new_job_id(&mut self) -> JobId {
+        self.0 += 1;
+        JobId(uuid::Uuid::from_u128(self.0))
+    }
+}
+
+const SITES: [&str; 4] = ["site-1", "site-2", "site-3", "server"];
+const ROLES: [Role; 4] = [Role::ProjectAdmin, Role::OrgAdmin, Role::Lead, Role::Member];
+
+fn next_command(bytes: &mut Bytes<'_>, state: &State, jobs: &[JobId]) -> (Command, i64) {
+    let job = |bytes: &mut Bytes<'_>| -> JobId {
+        if jobs.is_empty() || bytes.byte() == 255 {
+            JobId(uuid::Uuid::from_u128(u128::from(bytes.byte())))
+        } else {
+            jobs[usize::from(bytes.byte()) % jobs.len()]
+        }
+    };
+    let site = |bytes: &mut Bytes<'_>| -> String {
+        if bytes.byte() == 255 {
+            bytes.text()
+        } else {
+            bytes.pick(&SITES).to_string()
+        }
+    };
+    let outcome = |bytes: &mut Bytes<'_>| -> ExitOutcome {
+        let code = i32::from(*bytes.pick(&[0u8, 1, 9, 101, 102, 103, 104, 2, 137]));
+        if bytes.byte() % 5 == 0 {
+            ExitOutcome::Signal(code)
+        } else {
+            ExitOutcome::Code(code)
+        }
+    };
+    let result = |bytes: &mut Bytes<'_>| -> Result<(), String> {
+        if bytes.byte() % 4 == 0 {
+            Err(bytes.text())
+        } else {
+            Ok(())
+        }
+    };
+    let advance_ms = i64::from(bytes.byte()) * 997;
+    let command = match bytes.byte() % 16 {
+        0 | 1 => {
+            let listed: Vec<String> = SITES[..3]
+                .iter()
+                .filter(|_| bytes.byte() % 2 == 0)
+                .map(|s| s.to_string())
+                .collect();
+            let all = bytes.byte() % 5 == 0;
+            let mut targets = vec!["server".to_string()];
+            targets.extend(listed.iter().cloned());
+            let meta = JobMeta {
+                name: bytes.text(),
+                deploy_map: vec![AppTargets {
+                    app: "app".into(),
+                    targets: if all { vec!["@ALL".into()] } else { targets },
+                }],
+                min_clients: u32::from(bytes.byte() % 3),
+                mandatory_clients: if bytes.byte() % 4 == 0 {
+                    vec![site(bytes)]
+                } else {
+                    Vec::new()
+                },
+                resource_spec: BTreeMap::new(),
+            };
+            Command::Admin {
+                origin: origin(bytes),
+                request: AdminRequest::SubmitJob {
+                    meta,
+                    package: BlobHash([bytes.byte(); 32]),
+                    signer: None,
+                },
+            }
+        }
+        2 => Command::Admin {
+            origin: origin(bytes),
+            request: match bytes.byte() % 4 {
+                0 => AdminRequest::AbortJob { job_id: job(bytes) },
+                1 => AdminRequest::DeleteJob { job_id: job(bytes) },
+                2 => AdminRequest::CloneJob { job_id: job(bytes) },
+                _ => AdminRequest::DownloadJob { job_id: job(bytes) },
+            },
+        },
+        3 => Command::Site {
+            site: site(bytes),
+            report: SiteReport::Connected {
+                resources: BTreeMap::from([("num_of_gpus".to_string(), f64::from(bytes.byte()))]),
+                running: vec![job(bytes)],
+            },
+        },
+        4 => Command::Site {
+            site: site(bytes),
+            report: SiteReport::Disconnected,
+        },
+        5 => {
+            let (try_id, job_id) = match &state.schedule_try {
+                Some(t) if bytes.byte() != 255 => (t.try_id, t.job_id),
+                _ => (u64::from(bytes.byte()), job(bytes)),
+            };
+            let site = match &state.schedule_try {
+                Some(t) if !t.asked.is_empty() && bytes.byte() != 255 => t.asked
+                    [usize::from(bytes.byte()) % t.asked.len()]
+                .site
+                .clone(),
+                _ => site(bytes),
+            };
+            Command::Site {
+                site,
+                report: SiteReport::ResourceAnswer {
+                    try_id,
+                    job_id,
+                    answer: result(bytes).map(|()| bytes.text()),
+                },
+            }
+        }
+        6 => Command::Site {
+            site: site(bytes),
+            report: SiteReport::DeployAnswer {
+                job_id: job(bytes),
+                result: result(bytes),
+            },
+        },
+        7 => Command::Site {
+            site: site(bytes),
+            report: SiteReport::StartAnswer {
+                job_id: job(bytes),
+                result: result(bytes),
+            },
+        },
+        8 => Command::Site {
+            site: site(bytes),
+            report: SiteReport::AppExited {
+                job_id: job(bytes),
+                report_id: bytes.text(),
+                outcome: outcome(bytes),
+            },
+        },
+        9 => Command::ServerDeployFinished {
+            job_id: job(bytes),
+            result: result(bytes),
+        },
+        10 => Command::ServerAppStarted {
+            job_id: job(bytes),
+            result: result(bytes),
+        },
+        11 => Command::ServerAppExited {
+            job_id: job(bytes),
+            outcome: outcome(bytes),
+        },
+        12 => Command::ArchiveFinished {
+            job_id: job(bytes),
+            result: result(bytes).map(|()| BlobHash([bytes.byte(); 32])),
+        },
+        13 => Command::StartServer {
+            boot_id: BootId(uuid::Uuid::from_u128(u128::from(bytes.byte()) + 1)),
+        },
+        14 => Command::RunReattached { job_id: job(bytes) },
+        _ => Command::TimerFired(match bytes.byte() % 9 {
+            0 => Timer::ScheduleDue,
+            1 => Timer::ResourceCheckTimedOut {
+                try_id: state.schedule_try.as_ref().map_or(0, |t| t.try_id),
+            },
+            2 => Timer::DeployTimedOut { job_id: job(bytes) },
+            3 => Timer::StartTimedOut { job_id: job(bytes) },
+            4 => Timer::OutcomeWaitOver { job_id: job(bytes) },
+            5 => Timer::SiteReconnectGraceOver {
+                job_id: job(bytes),
+                site: site(bytes),
+            },
+            6 => Timer::StopWaitOver { job_id: job(bytes) },
+            7 => Timer::ArchiveRetryDue { job_id: job(bytes) },
+            _ => Timer::ReattachGraceOver,
+        }),
+    };
+    (command, advance_ms)
+}
+
+fn origin(bytes: &mut Bytes<'_>) -> Origin {
+    let role = *bytes.pick(&ROLES);
+    let request_id = match bytes.byte() % 4 {
+        0 => None,
+        // Few distinct keys, so repeats happen.
+        _ => Some(format!("k{}", bytes.byte() % 8)),
+    };
+    Origin {
+        identity: Identity {
+            name: format!("admin-{}", bytes.byte() % 3),
+            org: format!("org-{}", bytes.byte() % 2),
+            role,
+        },
+        request_id,
+    }
+}
+
+/// Drives `decide` and `apply` with commands read from `data`, firing due timers in
+/// between, and panics if an invariant breaks: an event `decide` made is illegal for
+/// replay, an event does not survive its MessagePack encoding or exceeds the size limit,
+/// a terminal status changes, replay differs from the live state, more than `max_jobs`
+/// jobs count against the limit, or a due deadline is still pending after it fired.
+pub fn check_decide_apply(data: &[u8]) {
+    let mut bytes = Bytes { data, at: 0 };
+    let settings = Settings {
+        max_jobs: 1 + u32::from(bytes.byte() % 3),
+        max_schedule_count: 1 + u32::from(bytes.byte() % 4),
+        resume_runs: bytes.byte() % 2 == 0,
+        ..Settings::default()
+    };
+    let mut driver = Driver {
+        settings,
+        state: State::new(),
+        replayed: State::new(),
+        ids: CountingIds(0),
+        jobs: Vec::new(),
+        now: Timestamp(946_684_800_000),
+    };
+    let mut steps = 0;
+    while !bytes.done() && steps < 400 {
+        steps += 1;
+        let (command, advance_ms) = next_command(&mut bytes, &driver.state, &driver.jobs);
+        driver.now = driver
+            .now
+            .plus(std::time::Duration::from_millis(advance_ms.unsigned_abs()));
+        // Timers that are due fire before the next input, as the engine does it.
+        for _ in 0..64 {
+            match crate::lifecycle::next_deadline(&driver.state, &driver.settings) {
+                Some((at, timer)) if at <= driver.now => {
+                    driver.run(Command::TimerFired(timer.clone()));
+                    // A due deadline that fires must move on, or the engine would spin.
+                    let again = crate::lifecycle::deadlines(&driver.state, &driver.settings);
+                    assert!(
+                        !again.contains(&(at, timer.clone())),
+                        "deadline {timer:?} at {at} is still pending after it fired"
+                    );
+                }
+                _ => break,
+            }
+        }
+        driver.run(command);
+    }
+    assert_eq!(
+        driver.replayed, driver.state,
+        "replay equals the live state"
+    );
+}
+
+struct Driver {
+    settings: Settings,
+    state: State,
+    replayed: State,
+    ids: CountingIds,
+    jobs: Vec<JobId>,
+    now: Timestamp,
+}
+
+impl Driver {
+    fn run(&mut self, command: Command) {
+        let Ok(decision) = decide(
+            &self.state,
+            &self.settings,
+            command,
+            self.now,
+            &mut self.ids,
+        ) else {
+            return;
+        };
+        for event in &decision.events {
+            let before = event
+                .kind
+                .job_id()
+                .and_then(|id| self.state.jobs.get(&id))
+                .map(|j| j.status);
+            self.state.apply(event);
+            check_event(event, before, &mut self.jobs);
+            let encoded = rmp_serde::to_vec_named(event).expect("an event always encodes");
+            assert!(
+                encoded.len() <= MAX_EVENT_BYTES,
+                "event {} is {} bytes",
+                event.seq,
+                encoded.len()
+            );
+            let decoded: Event = rmp_serde::from_slice(&encoded).expect("an event always decodes");
+            assert_eq!(&decoded, event, "event {} survives its encoding", event.seq);
+            if let Err(err) = self.replayed.apply_checked(&decoded) {
+                panic!("replay refused what decide made: {err}");
+            }
+        }
+        assert!(
+            self.state.active_job_count() <= self.settings.max_jobs as usize,
+            "max_jobs holds"
+        );
+    }
+}
+
+fn check_event(event: &Event, before: Option<RunStatus>, jobs: &mut Vec<JobId>) {
+    match &event.kind {
+        EventKind::JobSubmitted { job_id, .. } => {
+            assert_eq!(before, None, "event {}: a job id is new", event.seq);
+            jobs.push(*job_id);
+        }
+        EventKind::JobFinished { status, .. } => {
+            let from = before.expect("a job that finishes exists");
+            assert!(
+                !from.is_terminal(),
+                "event {}: terminal statuses are absorbing",
+                event.seq
+            );
+            assert!(
+                from.can_move_to(*status),
+                "event {}: {from} -> {status}",
+                event.seq
+            );
+        }
+        EventKind::JobDispatched { .. } => assert_eq!(before, Some(RunStatus::Submitted)),
+        EventKind::RunStarted { .. } => assert_eq!(before, Some(RunStatus::Dispatched)),
+        EventKind::RunRestored { .. } => assert_eq!(before, Some(RunStatus::Running)),
+        _ => {}
+    }
+}

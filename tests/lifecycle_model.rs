@@ -1,0 +1,598 @@
+//! Property test: random command sequences, with restarts, against a reference model that
+//! has its own table of allowed status moves (written here, not taken from the code under
+//! test). After every step: no illegal move, terminal statuses absorbing, the live state
+//! equals a replay of the MessagePack round-tripped events, a snapshot (serialized state)
+//! plus the tail equals the full replay, at most `max_jobs` jobs count against the limit,
+//! and the restart decision is the same every time it is made on the same history.
+
+mod lifecycle_support;
+
+use std::collections::BTreeMap;
+
+use fedrun::job::JobId;
+use fedrun::lifecycle::state::StartStep;
+use fedrun::lifecycle::{
+    AdminRequest, BlobHash, Command, Event, EventKind, Origin, State, Timer, Timestamp,
+};
+use fedrun::settings::Settings;
+use fedrun::site::protocol::{ExitOutcome, SiteReport};
+use lifecycle_support::*;
+use proptest::prelude::*;
+
+const SITES: [&str; 3] = ["site-1", "site-2", "site-3"];
+const OUTCOMES: [ExitOutcome; 8] = [
+    ExitOutcome::Code(0),
+    ExitOutcome::Code(1),
+    ExitOutcome::Code(101),
+    ExitOutcome::Code(103),
+    ExitOutcome::Code(104),
+    ExitOutcome::Code(9),
+    ExitOutcome::Signal(9),
+    ExitOutcome::Code(2),
+];
+
+/// The reference model's table: (from, to) status strings that SPEC section 2 allows.
+/// `""` is "no job yet".
+const ALLOWED: &[(&str, &str)] = &[
+    ("", "SUBMITTED"),
+    ("SUBMITTED", "DISPATCHED"),
+    ("SUBMITTED", "FINISHED:CAN_NOT_SCHEDULE"),
+    ("SUBMITTED", "FINISHED:ABORTED"),
+    ("DISPATCHED", "RUNNING"),
+    ("DISPATCHED", "FINISHED:FAILED_TO_RUN"),
+    ("DISPATCHED", "FINISHED:ABORTED"),
+    ("DISPATCHED", "FINISHED:ABANDONED"),
+    ("RUNNING", "FINISHED:COMPLETED"),
+    ("RUNNING", "FINISHED:EXECUTION_EXCEPTION"),
+    ("RUNNING", "FINISHED:ABNORMAL"),
+    ("RUNNING", "FINISHED:ABORTED"),
+    ("RUNNING", "FINISHED:ABANDONED"),
+    ("RUNNING", "RUNNING"),
+];
+
+#[derive(Clone, Debug)]
+enum Op {
+    Submit {
+        sites: u8,
+        min_clients: u32,
+    },
+    Connect(usize),
+    Disconnect(usize),
+    Abort(usize),
+    Delete(usize),
+    Clone(usize),
+    Download(usize),
+    AnswerResources {
+        site: usize,
+        ok: bool,
+    },
+    ServerDeploy {
+        job: usize,
+        ok: bool,
+    },
+    SiteDeploy {
+        job: usize,
+        site: usize,
+        ok: bool,
+    },
+    ServerStart {
+        job: usize,
+        ok: bool,
+    },
+    SiteStart {
+        job: usize,
+        site: usize,
+        ok: bool,
+    },
+    ServerExit {
+        job: usize,
+        outcome: usize,
+    },
+    SiteExit {
+        job: usize,
+        site: usize,
+        outcome: usize,
+        report: u8,
+    },
+    ArchiveDone {
+        job: usize,
+        ok: bool,
+    },
+    Advance {
+        ms: i64,
+    },
+    Restart,
+    Reattach(usize),
+    RepeatLastRequest,
+    /// Moves some job one step along its happy path (or fails that step).
+    Progress {
+        job: usize,
+        ok: bool,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (1u8..8, 1u32..3).prop_map(|(sites, min_clients)| Op::Submit { sites, min_clients }),
+        3 => (0usize..3).prop_map(Op::Connect),
+        1 => (0usize..3).prop_map(Op::Disconnect),
+        1 => any::<usize>().prop_map(Op::Abort),
+        1 => any::<usize>().prop_map(Op::Delete),
+        1 => any::<usize>().prop_map(Op::Clone),
+        1 => any::<usize>().prop_map(Op::Download),
+        4 => (0usize..3, prop::bool::weighted(0.8)).prop_map(|(site, ok)| Op::AnswerResources { site, ok }),
+        3 => (any::<usize>(), prop::bool::weighted(0.9)).prop_map(|(job, ok)| Op::ServerDeploy { job, ok }),
+        4 => (any::<usize>(), 0usize..3, prop::bool::weighted(0.85)).prop_map(|(job, site, ok)| Op::SiteDeploy { job, site, ok }),
+        3 => (any::<usize>(), prop::bool::weighted(0.9)).prop_map(|(job, ok)| Op::ServerStart { job, ok }),
+        4 => (any::<usize>(), 0usize..3, prop::bool::weighted(0.85)).prop_map(|(job, site, ok)| Op::SiteStart { job, site, ok }),
+        3 => (any::<usize>(), 0usize..8).prop_map(|(job, outcome)| Op::ServerExit { job, outcome }),
+        4 => (any::<usize>(), 0usize..3, 0usize..8, 0u8..3).prop_map(|(job, site, outcome, report)| Op::SiteExit { job, site, outcome, report }),
+        2 => (any::<usize>(), prop::bool::weighted(0.7)).prop_map(|(job, ok)| Op::ArchiveDone { job, ok }),
+        4 => prop_oneof![Just(1_000i64), Just(11_000), Just(31_000), Just(65_000), Just(16 * 60_000)].prop_map(|ms| Op::Advance { ms }),
+        1 => Just(Op::Restart),
+        2 => any::<usize>().prop_map(Op::Reattach),
+        1 => Just(Op::RepeatLastRequest),
+        12 => (any::<usize>(), prop::bool::weighted(0.93)).prop_map(|(job, ok)| Op::Progress { job, ok }),
+    ]
+}
+
+struct Harness {
+    world: World,
+    jobs: Vec<JobId>,
+    model: BTreeMap<JobId, String>,
+    replayed: State,
+    boots: u128,
+    last_request: Option<Command>,
+}
+
+impl Harness {
+    fn job(&self, index: usize) -> Option<JobId> {
+        (!self.jobs.is_empty()).then(|| self.jobs[index % self.jobs.len()])
+    }
+
+    /// A job for which the input matters now, when there is one (three times in four);
+    /// otherwise any job, so stale and misplaced inputs are exercised too.
+    fn job_where(
+        &self,
+        index: usize,
+        relevant: impl Fn(&fedrun::lifecycle::Job) -> bool,
+    ) -> Option<JobId> {
+        let candidates: Vec<JobId> = self
+            .jobs
+            .iter()
+            .copied()
+            .filter(|j| relevant(&self.world.state.jobs[j]))
+            .collect();
+        if candidates.is_empty() || index % 4 == 3 {
+            return self.job(index);
+        }
+        Some(candidates[(index / 4) % candidates.len()])
+    }
+
+    /// A site of the job's run when `index` says so, else the given one.
+    fn site_of(&self, job_id: JobId, index: usize) -> String {
+        let sites = &self.world.state.jobs[&job_id].run.sites;
+        if sites.is_empty() {
+            SITES[index % 3].to_string()
+        } else {
+            sites[index % sites.len()].clone()
+        }
+    }
+
+    fn command(&mut self, op: &Op) -> Vec<Command> {
+        let admin = |request: AdminRequest, n: usize| Command::Admin {
+            origin: Origin {
+                identity: boss(),
+                request_id: Some(format!("req-{n}")),
+            },
+            request,
+        };
+        let n = self.world.log.len();
+        let site = |i: usize| SITES[i].to_string();
+        let mut out = Vec::new();
+        match op.clone() {
+            Op::Submit { sites, min_clients } => {
+                let chosen: Vec<&str> = SITES
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| sites & (1 << i) != 0)
+                    .map(|(_, s)| *s)
+                    .collect();
+                let min_clients = min_clients.min(chosen.len() as u32).max(1);
+                out.push(admin(
+                    AdminRequest::SubmitJob {
+                        meta: meta(&chosen, min_clients),
+                        package: BlobHash([1; 32]),
+                        signer: None,
+                    },
+                    n,
+                ));
+            }
+            Op::Connect(i) => out.push(Command::Site {
+                site: site(i),
+                report: SiteReport::Connected {
+                    resources: BTreeMap::new(),
+                    running: self
+                        .jobs
+                        .iter()
+                        .copied()
+                        .filter(|j| self.world.state.jobs[j].run.job_clients.contains(&site(i)))
+                        .collect(),
+                },
+            }),
+            Op::Disconnect(i) => out.push(Command::Site {
+                site: site(i),
+                report: SiteReport::Disconnected,
+            }),
+            Op::Abort(j) => out.extend(
+                self.job(j)
+                    .map(|job_id| admin(AdminRequest::AbortJob { job_id }, n)),
+            ),
+            Op::Delete(j) => out.extend(
+                self.job(j)
+                    .map(|job_id| admin(AdminRequest::DeleteJob { job_id }, n)),
+            ),
+            Op::Clone(j) => out.extend(
+                self.job(j)
+                    .map(|job_id| admin(AdminRequest::CloneJob { job_id }, n)),
+            ),
+            Op::Download(j) => out.extend(
+                self.job(j)
+                    .map(|job_id| admin(AdminRequest::DownloadJob { job_id }, n)),
+            ),
+            Op::AnswerResources { site: i, ok } => {
+                if let Some(t) = &self.world.state.schedule_try {
+                    let asked = t.asked[i % t.asked.len().max(1)..]
+                        .first()
+                        .map(|r| r.site.clone())
+                        .unwrap_or_else(|| site(i));
+                    out.push(Command::Site {
+                        site: asked,
+                        report: SiteReport::ResourceAnswer {
+                            try_id: t.try_id,
+                            job_id: t.job_id,
+                            answer: if ok {
+                                Ok(format!("tok-{n}"))
+                            } else {
+                                Err("busy".into())
+                            },
+                        },
+                    });
+                }
+            }
+            Op::ServerDeploy { job, ok } => out.extend(
+                self.job_where(job, |j| {
+                    matches!(j.run.step, Some((StartStep::DeployingServer, _)))
+                })
+                .map(|job_id| Command::ServerDeployFinished {
+                    job_id,
+                    result: if ok { Ok(()) } else { Err("bad".into()) },
+                }),
+            ),
+            Op::SiteDeploy { job, site: i, ok } => {
+                if let Some(job_id) = self.job_where(job, |j| {
+                    matches!(j.run.step, Some((StartStep::DeployingSites, _)))
+                }) {
+                    out.push(Command::Site {
+                        site: self.site_of(job_id, i),
+                        report: SiteReport::DeployAnswer {
+                            job_id,
+                            result: if ok { Ok(()) } else { Err("bad".into()) },
+                        },
+                    });
+                }
+            }
+            Op::ServerStart { job, ok } => out.extend(
+                self.job_where(job, |j| {
+                    matches!(j.run.step, Some((StartStep::StartingServer, _)))
+                })
+                .map(|job_id| Command::ServerAppStarted {
+                    job_id,
+                    result: if ok { Ok(()) } else { Err("bad".into()) },
+                }),
+            ),
+            Op::SiteStart { job, site: i, ok } => {
+                if let Some(job_id) = self.job_where(job, |j| {
+                    matches!(j.run.step, Some((StartStep::StartingSites, _)))
+                }) {
+                    out.push(Command::Site {
+                        site: self.site_of(job_id, i),
+                        report: SiteReport::StartAnswer {
+                            job_id,
+                            result: if ok { Ok(()) } else { Err("bad".into()) },
+                        },
+                    });
+                }
+            }
+            Op::ServerExit { job, outcome } => out.extend(
+                self.job_where(job, |j| j.run.server_outstanding())
+                    .map(|job_id| Command::ServerAppExited {
+                        job_id,
+                        outcome: OUTCOMES[outcome],
+                    }),
+            ),
+            Op::SiteExit {
+                job,
+                site: i,
+                outcome,
+                report,
+            } => {
+                if let Some(job_id) = self.job_where(job, |j| !j.run.outstanding_sites().is_empty())
+                {
+                    let site = self.site_of(job_id, i);
+                    out.push(Command::Site {
+                        report: SiteReport::AppExited {
+                            job_id,
+                            report_id: format!("{site}-{report}"),
+                            outcome: OUTCOMES[outcome],
+                        },
+                        site,
+                    });
+                }
+            }
+            Op::ArchiveDone { job, ok } => out.extend(
+                self.job_where(job, |j| {
+                    matches!(
+                        j.archive,
+                        fedrun::lifecycle::Archive::Pending {
+                            in_flight: true,
+                            ..
+                        }
+                    )
+                })
+                .map(|job_id| Command::ArchiveFinished {
+                    job_id,
+                    result: if ok {
+                        Ok(BlobHash([n as u8; 32]))
+                    } else {
+                        Err("zip failed".into())
+                    },
+                }),
+            ),
+            Op::Advance { ms } => {
+                self.world.advance_ms(ms);
+                let mut guard = 0;
+                while let Some((at, timer)) =
+                    fedrun::lifecycle::next_deadline(&self.world.state, &self.world.settings)
+                {
+                    if at > self.world.now || guard > 200 {
+                        break;
+                    }
+                    guard += 1;
+                    self.step(Command::TimerFired(timer));
+                }
+            }
+            Op::Restart => {
+                self.boots += 1;
+                out.push(Command::StartServer {
+                    boot_id: fedrun::lifecycle::BootId(uuid::Uuid::from_u128(self.boots)),
+                });
+            }
+            Op::Reattach(j) => {
+                out.extend(self.job(j).map(|job_id| Command::RunReattached { job_id }))
+            }
+            Op::RepeatLastRequest => out.extend(self.last_request.clone()),
+            Op::Progress { job, ok } => out.extend(self.progress(job, ok, n)),
+        }
+        out
+    }
+
+    /// The next happy-path input for some job: resource answer, deploy, start, exit.
+    fn progress(&self, index: usize, ok: bool, n: usize) -> Option<Command> {
+        let state = &self.world.state;
+        let result = || {
+            if ok {
+                Ok(())
+            } else {
+                Err("failed".to_string())
+            }
+        };
+        if let Some(t) = &state.schedule_try {
+            if index % 3 == 0 {
+                let site = t
+                    .asked
+                    .iter()
+                    .find(|r| !t.answers.contains_key(&r.site))?
+                    .site
+                    .clone();
+                return Some(Command::Site {
+                    site,
+                    report: SiteReport::ResourceAnswer {
+                        try_id: t.try_id,
+                        job_id: t.job_id,
+                        answer: if ok {
+                            Ok(format!("tok-{n}"))
+                        } else {
+                            Err("busy".into())
+                        },
+                    },
+                });
+            }
+        }
+        let job_id = self.job_where(index, |j| {
+            j.status == fedrun::lifecycle::RunStatus::Dispatched
+                || j.status == fedrun::lifecycle::RunStatus::Running
+        })?;
+        let job = &state.jobs[&job_id];
+        let run = &job.run;
+        match run.step.map(|(s, _)| s) {
+            Some(StartStep::DeployingServer) => Some(Command::ServerDeployFinished {
+                job_id,
+                result: result(),
+            }),
+            Some(StartStep::DeployingSites) => {
+                let site = run
+                    .sites
+                    .iter()
+                    .find(|s| !run.deploy.contains_key(*s))?
+                    .clone();
+                Some(Command::Site {
+                    site,
+                    report: SiteReport::DeployAnswer {
+                        job_id,
+                        result: result(),
+                    },
+                })
+            }
+            Some(StartStep::StartingServer) => Some(Command::ServerAppStarted {
+                job_id,
+                result: result(),
+            }),
+            Some(StartStep::StartingSites) => {
+                let site = run
+                    .sites
+                    .iter()
+                    .find(|s| {
+                        run.deploy.get(*s).is_some_and(|r| r.is_ok()) && !run.start.contains_key(*s)
+                    })?
+                    .clone();
+                Some(Command::Site {
+                    site,
+                    report: SiteReport::StartAnswer {
+                        job_id,
+                        result: result(),
+                    },
+                })
+            }
+            None => {
+                let outcome = if ok {
+                    ExitOutcome::Code(0)
+                } else {
+                    OUTCOMES[index % OUTCOMES.len()]
+                };
+                match run.outstanding_sites().first() {
+                    Some(site) if index % 2 == 0 || !run.server_outstanding() => {
+                        Some(Command::Site {
+                            site: site.clone(),
+                            report: SiteReport::AppExited {
+                                job_id,
+                                report_id: format!("{site}-p{n}"),
+                                outcome,
+                            },
+                        })
+                    }
+                    _ => Some(Command::ServerAppExited { job_id, outcome }),
+                }
+            }
+        }
+    }
+
+    /// Decides, applies, and checks one command.
+    fn step(&mut self, command: Command) {
+        if matches!(command, Command::Admin { .. }) {
+            self.last_request = Some(command.clone());
+        }
+        let recovering_now = matches!(command, Command::TimerFired(Timer::ReattachGraceOver));
+        if recovering_now {
+            // The restart decision is the same every time it is made on the same history.
+            let again = fedrun::lifecycle::decide(
+                &self.replayed,
+                &self.world.settings,
+                command.clone(),
+                self.world.now,
+                &mut CountingIds(self.world.ids.0),
+            )
+            .expect("decides");
+            let first = self.world.try_decide(command.clone()).expect("decides");
+            assert_eq!(first, again, "recovery is deterministic");
+        }
+        let decision = self.world.when(command);
+        for event in &decision.events {
+            self.check_model(event);
+            // Replay from the record bytes, as start-up does.
+            let bytes = rmp_serde::to_vec_named(event).expect("encodes");
+            assert!(bytes.len() <= fedrun::lifecycle::event::MAX_EVENT_BYTES);
+            let decoded: Event = rmp_serde::from_slice(&bytes).expect("decodes");
+            assert_eq!(&decoded, event);
+            self.replayed
+                .apply_checked(&decoded)
+                .expect("replay accepts what decide made");
+        }
+        assert_eq!(self.replayed, self.world.state, "replay equals live state");
+        assert!(self.world.state.active_job_count() <= self.world.settings.max_jobs as usize);
+        for (job_id, status) in &self.model {
+            assert_eq!(&self.world.state.jobs[job_id].status.to_string(), status);
+        }
+    }
+
+    fn check_model(&mut self, event: &Event) {
+        let moved_to: Option<(JobId, String)> = match &event.kind {
+            EventKind::JobSubmitted { job_id, .. } => {
+                self.jobs.push(*job_id);
+                Some((*job_id, "SUBMITTED".into()))
+            }
+            EventKind::JobDispatched { job_id, .. } => Some((*job_id, "DISPATCHED".into())),
+            EventKind::RunStarted { job_id, .. } | EventKind::RunRestored { job_id } => {
+                Some((*job_id, "RUNNING".into()))
+            }
+            EventKind::JobFinished { job_id, status, .. } => Some((*job_id, status.to_string())),
+            _ => None,
+        };
+        if let Some((job_id, to)) = moved_to {
+            let from = self.model.get(&job_id).cloned().unwrap_or_default();
+            assert!(
+                ALLOWED.contains(&(from.as_str(), to.as_str())),
+                "illegal move {from:?} -> {to:?} at event {}",
+                event.seq
+            );
+            if to == "FINISHED:ABANDONED" || matches!(event.kind, EventKind::RunRestored { .. }) {
+                assert_eq!(
+                    event.actor,
+                    fedrun::lifecycle::Actor::Recovery,
+                    "only recovery abandons or restores"
+                );
+            }
+            self.model.insert(job_id, to);
+        }
+    }
+}
+
+proptest! {
+    // 256 cases by default; PROPTEST_CASES raises it for a longer local run.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn random_sequences_keep_every_invariant(ops in prop::collection::vec(op(), 1..120), max_jobs in 1u32..4, snapshot_at in 0usize..120) {
+        let settings = Settings { max_jobs, max_schedule_count: 4, ..Settings::default() };
+        let mut h = Harness {
+            world: World::new(settings),
+            jobs: Vec::new(),
+            model: BTreeMap::new(),
+            replayed: State::new(),
+            boots: 0,
+            last_request: None,
+        };
+        // Every site starts connected, so runs get far; later ops take them away.
+        for site in SITES {
+            h.step(Command::Site { site: site.to_string(), report: SiteReport::Connected { resources: BTreeMap::new(), running: Vec::new() } });
+        }
+        let mut snapshot: Option<(Vec<u8>, usize)> = None;
+        for (i, op) in ops.iter().enumerate() {
+            for command in h.command(op) {
+                h.step(command);
+            }
+            if i == snapshot_at {
+                let bytes = rmp_serde::to_vec_named(&h.world.state).expect("state encodes");
+                snapshot = Some((bytes, h.world.log.len()));
+            }
+        }
+        // Full replay from nothing equals the live state.
+        let mut full = State::new();
+        for e in &h.world.log {
+            full.apply_checked(e).expect("full replay");
+        }
+        prop_assert_eq!(&full, &h.world.state);
+        // Snapshot plus tail equals full replay.
+        if let Some((bytes, covered)) = snapshot {
+            let mut from_snapshot: State = rmp_serde::from_slice(&bytes).expect("state decodes");
+            for e in &h.world.log[covered..] {
+                from_snapshot.apply_checked(e).expect("tail replays");
+            }
+            prop_assert_eq!(&from_snapshot, &full);
+        }
+        prop_assert!(h.world.now >= Timestamp(T0));
+    }
+}
