@@ -79,15 +79,24 @@ fn exit() -> impl Strategy<Value = &'static str> {
 }
 
 fn site_gen() -> impl Strategy<Value = SiteGen> {
-    (answer(), answer(), exit(), 1u32..200, prop_oneof![3 => Just(0u32), 1 => 0u32..300], 0u8..3)
-        .prop_map(|(deploy, start, exit, run_for_s, online_at_s, gpus)| SiteGen {
-            deploy,
-            start,
-            exit,
-            run_for_s,
-            online_at_s,
-            gpus,
-        })
+    (
+        answer(),
+        answer(),
+        exit(),
+        1u32..200,
+        prop_oneof![3 => Just(0u32), 1 => 0u32..300],
+        0u8..3,
+    )
+        .prop_map(
+            |(deploy, start, exit, run_for_s, online_at_s, gpus)| SiteGen {
+                deploy,
+                start,
+                exit,
+                run_for_s,
+                online_at_s,
+                gpus,
+            },
+        )
 }
 
 fn job_gen(sites: usize) -> impl Strategy<Value = JobGen> {
@@ -195,7 +204,10 @@ fn render(
             4 => format!("site_online {site}"),
             _ => {
                 lines.push((a.at_s, "crash_server".to_string()));
-                lines.push((a.at_s + 1 + (a.target as u32 % 60), "restart_server".to_string()));
+                lines.push((
+                    a.at_s + 1 + (a.target as u32 % 60),
+                    "restart_server".to_string(),
+                ));
                 continue;
             }
         };
@@ -255,12 +267,21 @@ fn check(text: &str, seed: u64) -> Result<(), TestCaseError> {
     prop_assert_eq!(observed, result.events.len(), "every event was checked");
     for job in result.state.jobs.values() {
         if job.status.is_terminal() {
-            prop_assert!(job.finish_reason.is_some(), "terminal job without a reason\n{text}");
+            prop_assert!(
+                job.finish_reason.is_some(),
+                "terminal job without a reason\n{text}"
+            );
             continue;
         }
         // Not ended: it must be queued, and either tried with a reason on record or never
         // tried yet because other jobs held every slot or its back-off was not due.
-        prop_assert_eq!(job.status, RunStatus::Submitted, "job {} stuck\n{}", job.id, text);
+        prop_assert_eq!(
+            job.status,
+            RunStatus::Submitted,
+            "job {} stuck\n{}",
+            job.id,
+            text
+        );
         prop_assert_eq!(
             job.schedule_history.len(),
             job.schedule_count as usize,
@@ -294,7 +315,6 @@ fn generated_scenarios_reach_every_kind_of_ending() {
             .expect("a scenario")
             .current();
         let checked = fedrun::sim::scenario::parse(&text).expect("valid");
-        if std::env::var("DUMP").is_ok() { std::fs::write("/tmp/last_scenario.toml", &text).unwrap(); }
         let result = fedrun::sim::driver::run(&checked, 1).expect("runs");
         restarts += result
             .events
@@ -315,7 +335,10 @@ fn generated_scenarios_reach_every_kind_of_ending() {
         RunStatus::Abandoned,
         RunStatus::CanNotSchedule,
     ] {
-        assert!(seen.contains(&status), "no generated scenario ended {status}; saw {seen:?}");
+        assert!(
+            seen.contains(&status),
+            "no generated scenario ended {status}; saw {seen:?}"
+        );
     }
     assert!(restarts > 0, "no generated scenario restarted the server");
 }

@@ -13,8 +13,7 @@ use crate::engine::ids::{RandomIds, SeededIds};
 use crate::history::{self, History};
 use crate::job::JobId;
 use crate::lifecycle::{
-    self, BootId, Command, Decision, Effect, Event, IdSource, Reply, RunStatus, State, Timer,
-    Timestamp,
+    self, BootId, Command, Decision, Effect, Event, IdSource, Reply, State, Timer, Timestamp,
 };
 use crate::settings::Settings;
 
@@ -183,15 +182,7 @@ impl Engine {
             stopped: None,
             last_snapshot_seq,
         };
-        let mut released = engine.step(vec![Command::StartServer { boot_id }], now)?;
-        // With nothing in flight the recovery window is already due (see
-        // `effective_settings`): close it before any other input arrives.
-        if let Some((due, timer @ Timer::ReattachGraceOver)) = engine.next_deadline() {
-            if due <= now {
-                let more = engine.step(vec![Command::TimerFired(timer)], now)?;
-                released.effects.extend(more.effects);
-            }
-        }
+        let released = engine.step(vec![Command::StartServer { boot_id }], now)?;
         Ok((engine, released))
     }
 
@@ -218,10 +209,7 @@ impl Engine {
     /// The earliest deadline of the state: the caller feeds `Command::TimerFired` when its
     /// clock reaches it. No deadline means nothing happens until the next input.
     pub fn next_deadline(&self) -> Option<(Timestamp, Timer)> {
-        lifecycle::next_deadline(
-            &self.state,
-            &effective_settings(&self.state, &self.settings),
-        )
+        lifecycle::next_deadline(&self.state, &self.settings)
     }
 
     /// Decides and applies every command in memory, appends all their events with one
@@ -245,15 +233,8 @@ impl Engine {
                 continue;
             }
             let is_admin = matches!(command, Command::Admin { .. });
-            let reconnected = match &command {
-                Command::Site {
-                    site,
-                    report: crate::site::protocol::SiteReport::Connected { running, .. },
-                } => Some((site.clone(), running.clone())),
-                _ => None,
-            };
-            let settings = effective_settings(&self.state, &self.settings);
-            let decision = lifecycle::decide(&self.state, &settings, command, now, &mut self.ids);
+            let decision =
+                lifecycle::decide(&self.state, &self.settings, command, now, &mut self.ids);
             let Decision {
                 events: new_events,
                 effects,
@@ -277,9 +258,6 @@ impl Engine {
             }
             events.extend(new_events);
             released.effects.extend(effects);
-            if let Some((site, running)) = reconnected {
-                self.restop(&site, &running, &mut released.effects);
-            }
             released.outcomes.push(Outcome {
                 events: before..self.state.last_seq + 1,
                 reply: if is_admin { reply.map(Ok) } else { None },
@@ -310,29 +288,6 @@ impl Engine {
         Ok(released)
     }
 
-    /// A site that reconnects while still running the app of a run that fedrun is
-    /// stopping never received the stop request (it was lost with the connection), so
-    /// the request is sent again; otherwise the run would stay stopping, and count
-    /// against `max_jobs`, until its stop wait runs out.
-    fn restop(&self, site: &str, running: &[JobId], effects: &mut Vec<Effect>) {
-        for job_id in running {
-            let stopping = self
-                .state
-                .jobs
-                .get(job_id)
-                .is_some_and(|j| j.run.phase == lifecycle::RunPhase::Stopping);
-            let already = effects.iter().any(|e| {
-                matches!(e, Effect::StopSiteApp { site: s, job_id: j } if s == site && j == job_id)
-            });
-            if stopping && !already {
-                effects.push(Effect::StopSiteApp {
-                    site: site.to_string(),
-                    job_id: *job_id,
-                });
-            }
-        }
-    }
-
     fn refuse(&self, command: &Command) -> Option<EngineRefusal> {
         let Command::Admin { request, .. } = command else {
             return None;
@@ -352,15 +307,7 @@ impl Engine {
     /// True when every job is terminal, no run is in flight or stopping, and every archive
     /// has settled: nothing more will happen without a new input.
     pub fn is_settled(&self) -> bool {
-        self.state.schedule_try.is_none()
-            && self.state.jobs.values().all(|j| {
-                j.status.is_terminal()
-                    && matches!(
-                        j.run.phase,
-                        lifecycle::RunPhase::NotStarted | lifecycle::RunPhase::Stopped
-                    )
-                    && j.archive.is_settled()
-            })
+        self.state.all_settled()
     }
 
     /// Jobs not yet terminal.
@@ -382,29 +329,5 @@ impl Engine {
             }
         }
         self.history.close()
-    }
-}
-
-/// The settings to decide with now. While the recovery window after a start is open
-/// and no run was in flight (nothing dispatched, running, stopping or archiving), there
-/// is nothing to re-attach and nothing a site could report, so the window closes at
-/// once instead of after `reattach_grace`: a fresh server schedules without delay. The
-/// closing is recorded as events like any other, so replay does not depend on this.
-fn effective_settings<'a>(state: &State, settings: &'a Settings) -> std::borrow::Cow<'a, Settings> {
-    let nothing_in_flight = state.recovery.is_some()
-        && state.jobs.values().all(|j| {
-            !matches!(j.status, RunStatus::Dispatched | RunStatus::Running)
-                && matches!(
-                    j.run.phase,
-                    lifecycle::RunPhase::NotStarted | lifecycle::RunPhase::Stopped
-                )
-                && j.archive.is_settled()
-        });
-    if nothing_in_flight {
-        let mut settings = settings.clone();
-        settings.reattach_grace = std::time::Duration::ZERO;
-        std::borrow::Cow::Owned(settings)
-    } else {
-        std::borrow::Cow::Borrowed(settings)
     }
 }

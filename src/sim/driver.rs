@@ -97,7 +97,7 @@ pub struct JobResult {
     /// Its id, once the server accepted it.
     pub job_id: Option<JobId>,
     /// The job as the final state holds it (`None` when never submitted).
-    pub job: Option<crate::lifecycle::Job>,
+    pub job: Option<Arc<crate::lifecycle::Job>>,
 }
 
 /// What a simulation produced.
