@@ -43,6 +43,21 @@ impl SeededIds {
         }
     }
 
+    /// Moves to a new stream derived from this one and `salt`. The engine does this at
+    /// every start with the history's length, so a restarted simulation never hands out an
+    /// id an earlier start already used, even with the same seed.
+    pub fn restream(&mut self, salt: u64) {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(b"fedrun seeded ids restream");
+        hasher.update(&self.stream.to_le_bytes());
+        hasher.update(&salt.to_le_bytes());
+        let digest = hasher.finalize();
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(&digest.as_bytes()[..8]);
+        self.stream = u64::from_le_bytes(bytes);
+        self.counter = 0;
+    }
+
     /// The next UUID v4 of the sequence.
     pub fn next_uuid(&mut self) -> Uuid {
         let mut hasher = blake3::Hasher::new();

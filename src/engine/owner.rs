@@ -170,6 +170,9 @@ impl Engine {
             replayed = recovered.replayed,
             "state rebuilt from the history"
         );
+        if let Ids::Seeded(seeded) = &mut ids {
+            seeded.restream(recovered.state.last_seq);
+        }
         let boot_id = BootId(ids.next_uuid());
         let last_snapshot_seq = recovered.snapshot_seq.unwrap_or(0);
         let mut engine = Engine {

@@ -452,11 +452,9 @@ pub struct Checked {
     pub actions: Vec<Action>,
 }
 
-/// Parses a duration written like `250ms`, `10s`, `5m`, `1h30m`.
+/// Parses a duration written like `250ms`, `10s`, `5m`, `1h30m` (the settings' parser).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim()).map_err(|e| {
-        format!("invalid duration \"{text}\" ({e}); write it like 250ms, 10s, 5m or 1h30m")
-    })
+    crate::settings::parse_duration(text).map_err(|e| e.to_string())
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -556,7 +554,7 @@ fn check(scenario: Scenario) -> Result<Checked, ScenarioError> {
                         "action {} ({}) at {}: no job named {j} exists by then",
                         i + 1,
                         scenario.actions[i].what,
-                        humantime::format_duration(at)
+                        crate::settings::format_duration(at)
                     )));
                 }
                 if let Action::Clone(j) = &actions[i] {
