@@ -79,6 +79,49 @@ impl Default for Settings {
     }
 }
 
+/// A setting whose value cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SettingsError {
+    /// A count that must be at least one is zero.
+    #[error("{setting} must be at least 1 (it is 0)")]
+    Zero {
+        /// The setting's name.
+        setting: &'static str,
+    },
+    /// The back-off base is larger than its cap.
+    #[error("min_schedule_interval ({min}) is larger than max_schedule_interval ({max})")]
+    BackoffInverted {
+        /// `min_schedule_interval` as written.
+        min: String,
+        /// `max_schedule_interval` as written.
+        max: String,
+    },
+}
+
+impl Settings {
+    /// Checks the values that would make the server do nothing useful: `max_jobs` and
+    /// `max_schedule_count` of 0, or a back-off base above its cap.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        if self.max_jobs == 0 {
+            return Err(SettingsError::Zero {
+                setting: "max_jobs",
+            });
+        }
+        if self.max_schedule_count == 0 {
+            return Err(SettingsError::Zero {
+                setting: "max_schedule_count",
+            });
+        }
+        if self.min_schedule_interval > self.max_schedule_interval {
+            return Err(SettingsError::BackoffInverted {
+                min: format_duration(self.min_schedule_interval),
+                max: format_duration(self.max_schedule_interval),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Why a duration text could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DurationError {
@@ -251,6 +294,30 @@ mod tests {
             parse_duration("99999999999999999999d"),
             Err(DurationError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn validate_refuses_settings_that_cannot_work() {
+        assert_eq!(Settings::default().validate(), Ok(()));
+        let zero = Settings {
+            max_jobs: 0,
+            ..Settings::default()
+        };
+        assert_eq!(
+            zero.validate().map_err(|e| e.to_string()),
+            Err("max_jobs must be at least 1 (it is 0)".to_string())
+        );
+        let inverted = Settings {
+            min_schedule_interval: Duration::from_secs(700),
+            ..Settings::default()
+        };
+        assert_eq!(
+            inverted.validate().map_err(|e| e.to_string()),
+            Err(
+                "min_schedule_interval (11m40s) is larger than max_schedule_interval (10m)"
+                    .to_string()
+            )
+        );
     }
 
     #[test]

@@ -141,6 +141,7 @@ struct Harness {
     jobs: Vec<JobId>,
     model: BTreeMap<JobId, String>,
     replayed: State,
+    deleted: std::collections::BTreeSet<JobId>,
     boots: u128,
     last_request: Option<Command>,
 }
@@ -511,7 +512,36 @@ impl Harness {
         assert_eq!(self.replayed, self.world.state, "replay equals live state");
         assert!(self.world.state.active_job_count() <= self.world.settings.max_jobs as usize);
         for (job_id, status) in &self.model {
-            assert_eq!(&self.world.state.jobs[job_id].status.to_string(), status);
+            let job = &self.world.state.jobs[job_id];
+            assert_eq!(&job.status.to_string(), status);
+            // The attempt limit is the only way to CAN_NOT_SCHEDULE, and counters never pass it.
+            assert!(job.schedule_count <= self.world.settings.max_schedule_count);
+            if status == "FINISHED:CAN_NOT_SCHEDULE" {
+                assert_eq!(job.schedule_count, self.world.settings.max_schedule_count);
+            }
+            // Only a terminal job is deleted, and a deleted job stays deleted.
+            if job.deleted {
+                assert!(status.starts_with("FINISHED:"));
+            }
+            assert!(
+                !self.deleted.contains(job_id) || job.deleted,
+                "a deleted job stays deleted"
+            );
+        }
+        self.deleted.extend(
+            self.world
+                .state
+                .jobs
+                .values()
+                .filter(|j| j.deleted)
+                .map(|j| j.id),
+        );
+        // At most one schedule try is in flight, and it is for a queued job.
+        if let Some(t) = &self.world.state.schedule_try {
+            assert_eq!(
+                self.model.get(&t.job_id).map(String::as_str),
+                Some("SUBMITTED")
+            );
         }
     }
 
@@ -562,6 +592,7 @@ proptest! {
             jobs: Vec::new(),
             model: BTreeMap::new(),
             replayed: State::new(),
+            deleted: Default::default(),
             boots: 0,
             last_request: None,
         };

@@ -427,3 +427,52 @@ fn a_site_that_reconnects_still_running_a_stopping_run_is_told_again_to_stop() {
     );
     assert!(d.effects.is_empty());
 }
+
+#[test]
+fn sites_left_out_after_deploy_give_their_reservations_back() {
+    let mut w = World::default();
+    let job_id = w.dispatched(&["site-1", "site-2", "site-3"], 1);
+    w.when(Command::ServerDeployFinished {
+        job_id,
+        result: Ok(()),
+    });
+    w.site(
+        "site-1",
+        SiteReport::DeployAnswer {
+            job_id,
+            result: Ok(()),
+        },
+    );
+    let d = w.site(
+        "site-2",
+        SiteReport::DeployAnswer {
+            job_id,
+            result: Err("disk full".into()),
+        },
+    );
+    assert!(
+        d.effects
+            .iter()
+            .any(|e| matches!(e, Effect::CancelReservation { site, .. } if site == "site-2")),
+        "{:?}",
+        d.effects
+    );
+    let (_, d) = w.run_to_next_deadline().expect("deploy timeout");
+    let cancelled: Vec<&str> = d
+        .effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::CancelReservation { site, .. } => Some(site.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        cancelled,
+        ["site-3"],
+        "site-2's was given back already, site-1 keeps its own"
+    );
+    assert_eq!(
+        w.job(job_id).run.reservations.keys().collect::<Vec<_>>(),
+        ["site-1"]
+    );
+}

@@ -807,3 +807,39 @@ fn replay_refuses_an_illegal_record_naming_its_sequence_number() {
         fedrun::lifecycle::ReplayError::OutOfOrder { .. }
     ));
 }
+
+#[test]
+fn abort_of_a_running_job_ends_it_at_once_and_stops_its_processes_with_grace() {
+    let mut w = World::default();
+    let job_id = w.running(&["site-1", "site-2"], 2);
+    let d = w.abort(job_id);
+    assert_eq!(kinds(&d), ["job_finished", "run_stop_requested"]);
+    assert_eq!(
+        finished(&d),
+        Some((RunStatus::Aborted, "aborted by boss".to_string()))
+    );
+    assert!(d.effects.contains(&Effect::StopServerApp { job_id }));
+    assert!(d.effects.contains(&Effect::StopSiteApp {
+        site: "site-1".into(),
+        job_id
+    }));
+    assert!(d.effects.contains(&Effect::StopSiteApp {
+        site: "site-2".into(),
+        job_id
+    }));
+    // The processes end because of the stop: no failure, the status stays ABORTED, and the
+    // run is stopped once all have ended; then the workspace is archived.
+    w.server_exit(job_id, ExitOutcome::Signal(9));
+    w.site_exit("site-1", job_id, "r1", ExitOutcome::Code(104));
+    let d = w.site_exit("site-2", job_id, "r2", ExitOutcome::Signal(15));
+    assert_eq!(
+        kinds(&d),
+        [
+            "site_outcome_reported",
+            "run_stopped",
+            "workspace_archive_started"
+        ]
+    );
+    assert_eq!(w.status(job_id), RunStatus::Aborted);
+    assert_eq!(w.job(job_id).run.failure, None);
+}

@@ -265,6 +265,37 @@ impl Ctx<'_> {
         );
     }
 
+    /// Records a site's deploy answer. A site that failed is left out of the run, so its
+    /// reservation is given back now (the fold forgets the token with this event).
+    fn record_site_deploy(
+        &mut self,
+        actor: Actor,
+        job_id: JobId,
+        site: String,
+        result: StepResult,
+    ) {
+        if !result.is_ok() {
+            let token = self
+                .job(&job_id)
+                .and_then(|j| j.run.reservations.get(&site).cloned());
+            if let Some(token) = token {
+                self.effect(Effect::CancelReservation {
+                    site: site.clone(),
+                    job_id,
+                    token,
+                });
+            }
+        }
+        self.emit(
+            actor,
+            EventKind::DeployFinished {
+                job_id,
+                participant: site,
+                result,
+            },
+        );
+    }
+
     /// Makes the restart decisions and closes the recovery window.
     fn finish_recovery(&mut self) {
         let (events, effects) = recovery::decide_restart(&self.scratch, self.settings);
@@ -543,13 +574,11 @@ impl Ctx<'_> {
                         app,
                         package,
                     }),
-                    None => self.emit(
+                    None => self.record_site_deploy(
                         Actor::System,
-                        EventKind::DeployFinished {
-                            job_id,
-                            participant: site,
-                            result: StepResult::Error("no app for this site".to_string()),
-                        },
+                        job_id,
+                        site,
+                        StepResult::Error("no app for this site".to_string()),
                     ),
                 }
             }
@@ -597,13 +626,6 @@ impl Ctx<'_> {
             .collect();
         let problem = enough_sites(&job, &ok, "deployed");
         for site in &failed {
-            if let Some(token) = run.reservations.get(site) {
-                self.effects.push(Effect::CancelReservation {
-                    site: site.clone(),
-                    job_id,
-                    token: token.clone(),
-                });
-            }
             self.effects.push(Effect::DeleteSiteDeployment {
                 site: site.clone(),
                 job_id,
@@ -685,13 +707,25 @@ impl Ctx<'_> {
                 }
                 self.stop_run(job_id, Actor::System, reason);
             }
-            None => self.emit(
-                Actor::System,
-                EventKind::RunStarted {
-                    job_id,
-                    job_clients: started,
-                },
-            ),
+            None => {
+                // The sites left out give their reservations back; the others' are used.
+                for site in &not_started {
+                    if let Some(token) = job.run.reservations.get(site) {
+                        self.effects.push(Effect::CancelReservation {
+                            site: site.clone(),
+                            job_id,
+                            token: token.clone(),
+                        });
+                    }
+                }
+                self.emit(
+                    Actor::System,
+                    EventKind::RunStarted {
+                        job_id,
+                        job_clients: started,
+                    },
+                );
+            }
         }
     }
 }
@@ -1145,14 +1179,7 @@ fn site_report(ctx: &mut Ctx<'_>, site: String, report: SiteReport) {
                         && !j.run.deploy.contains_key(&site)
                 });
             if awaited {
-                ctx.emit(
-                    actor,
-                    EventKind::DeployFinished {
-                        job_id,
-                        participant: site,
-                        result: step_result(result),
-                    },
-                );
+                ctx.record_site_deploy(actor, job_id, site, step_result(result));
                 ctx.evaluate_site_deploys(job_id);
             } else if result.is_ok() {
                 ctx.effect(Effect::DeleteSiteDeployment { site, job_id });
@@ -1391,14 +1418,7 @@ fn timer_fired(ctx: &mut Ctx<'_>, timer: Timer) {
                         .cloned()
                         .collect();
                     for site in missing {
-                        ctx.emit(
-                            Actor::System,
-                            EventKind::DeployFinished {
-                                job_id,
-                                participant: site,
-                                result: StepResult::NoReply,
-                            },
-                        );
+                        ctx.record_site_deploy(Actor::System, job_id, site, StepResult::NoReply);
                     }
                     ctx.evaluate_site_deploys(job_id);
                 }
