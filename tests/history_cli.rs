@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use common::lifecycle::{job, sample_history};
+use fedrun::blobs::BlobStore;
 use fedrun::history::events::EventHistory;
 use fedrun::history::record;
 
@@ -28,6 +29,10 @@ fn data_folder(dir: &Path) -> usize {
     history.take_snapshot(&state).unwrap();
     history.append_batch(&events[5..]).unwrap();
     history.close().unwrap();
+    let blobs = BlobStore::open(dir.join("blobs")).unwrap();
+    for n in 1..=3 {
+        blobs.put_bytes(format!("package {n}").as_bytes()).unwrap();
+    }
     events.len()
 }
 
@@ -116,7 +121,7 @@ fn audit_verify_fails_naming_the_first_bad_record() {
     let dir = tempfile::tempdir().unwrap();
     data_folder(dir.path());
     {
-        let db = sled::open(dir.path().join("history")).unwrap();
+        let db = common::raw_sled(dir.path());
         let events = db.open_tree("events").unwrap();
         events.remove(record::seq_key(4)).unwrap();
         db.flush().unwrap();
@@ -150,7 +155,7 @@ fn audit_verify_reports_a_history_shorter_than_its_anchor() {
     let dir = tempfile::tempdir().unwrap();
     let count = data_folder(dir.path());
     {
-        let db = sled::open(dir.path().join("history")).unwrap();
+        let db = common::raw_sled(dir.path());
         let events = db.open_tree("events").unwrap();
         events.remove(record::seq_key(count as u64)).unwrap();
         db.flush().unwrap();
@@ -198,4 +203,39 @@ fn offline_commands_refuse_a_folder_without_history() {
         text(&out.stderr)
     );
     assert!(!dir.path().join("history").exists());
+}
+
+#[test]
+fn audit_verify_names_a_damaged_package_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    data_folder(dir.path());
+    let package = fedrun::blobs::hash_of(b"package 2");
+    let path = dir.path().join("blobs").join(package.to_hex());
+    std::fs::write(&path, b"package 2, changed").unwrap();
+    let out = fedrun(&[
+        "audit",
+        "verify",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains(&format!("blob {package} is corrupt")),
+        "{stdout}"
+    );
+
+    std::fs::remove_file(&path).unwrap();
+    let out = fedrun(&[
+        "audit",
+        "verify",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains(&format!("blob {package} is not in the store")),
+        "{stdout}"
+    );
 }

@@ -22,7 +22,7 @@ fn audit_after(edit: impl FnOnce(&sled::Tree)) -> fedrun::history::VerifyReport 
     let dir = tempfile::tempdir().unwrap();
     closed_history(dir.path());
     {
-        let db = sled::open(dir.path().join("history")).unwrap();
+        let db = common::raw_sled(dir.path());
         let events = db.open_tree("events").unwrap();
         edit(&events);
         db.flush().unwrap();
@@ -104,7 +104,7 @@ fn a_removed_last_record_is_data_loss_against_the_anchor() {
     let dir = tempfile::tempdir().unwrap();
     closed_history(dir.path());
     {
-        let db = sled::open(dir.path().join("history")).unwrap();
+        let db = common::raw_sled(dir.path());
         let events = db.open_tree("events").unwrap();
         events.remove(record::seq_key(RECORDS)).unwrap();
         db.flush().unwrap();

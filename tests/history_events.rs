@@ -3,7 +3,7 @@
 mod common;
 
 use common::lifecycle::{event, job, sample_history};
-use fedrun::history::events::{event_json, event_text, EventHistory};
+use fedrun::history::events::{event_json_line, event_text, EventHistory};
 use fedrun::history::{record, ChainHash, ReplayError, GENESIS_HASH};
 use fedrun::lifecycle::{Actor, EventKind, RunStatus, State};
 
@@ -60,7 +60,7 @@ fn an_illegal_lifecycle_record_stops_replay_naming_its_sequence_number() {
 fn an_event_prints_as_one_json_object_with_iso_time_and_actor() {
     let events = sample_history(1);
     let submitted = &events[2];
-    let line = event_json(submitted);
+    let line = event_json_line(submitted).unwrap();
     assert!(!line.contains('\n'));
     let value: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(value["seq"], 3);
@@ -167,4 +167,36 @@ fn todays_encoder_writes_exactly_the_committed_version_1_bytes() {
         std::fs::write(corpus.join("event_decode").join(name), event_bytes).unwrap();
         prev = ChainHash::of(&bytes);
     }
+}
+
+#[test]
+fn referenced_blobs_count_live_jobs_and_the_snapshot_but_not_deleted_jobs() {
+    use fedrun::history::events::referenced_blobs;
+    use fedrun::lifecycle::BlobHash;
+
+    let mut events = sample_history(3);
+    let seq = events.len() as u64 + 1;
+    // Job 1 was aborted; now it is deleted, so its package is no longer needed.
+    events.push(event(
+        seq,
+        Actor::admin(&common::lifecycle::alice()),
+        Some("delete-1"),
+        EventKind::JobDeleted { job_id: job(1) },
+    ));
+    let mut history = EventHistory::in_memory(Default::default()).unwrap();
+    history.append_batch(&events).unwrap();
+    let state = history.replay(State::new()).unwrap();
+    let snapshot = history.take_snapshot(&state).unwrap();
+
+    let counts = referenced_blobs(&state, Some(&snapshot));
+    let package = |n: u128| BlobHash::from(blake3::hash(format!("package {n}").as_bytes()));
+    assert_eq!(
+        counts.get(&package(1)),
+        None,
+        "deleted job's package is free"
+    );
+    assert_eq!(counts.get(&package(2)), Some(&1));
+    assert_eq!(counts.get(&package(3)), Some(&1));
+    assert_eq!(counts.get(&snapshot.state), Some(&1));
+    assert_eq!(counts.len(), 3);
 }

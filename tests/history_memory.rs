@@ -102,3 +102,31 @@ fn tampering_is_found_and_named_by_sequence_number() {
     assert_eq!(report.first_bad_seq(), Some(6), "{report:?}");
     assert_eq!(report.records_ok, 5);
 }
+
+#[test]
+fn a_snapshot_that_no_longer_decodes_falls_back_to_full_replay() {
+    /// A state whose layout differs from `Steps`: an old snapshot of `Steps` does not
+    /// decode into it.
+    #[derive(Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Renamed {
+        count: u64,
+    }
+    impl fedrun::history::Fold<Step> for Renamed {
+        type Error = String;
+        fn apply_checked(&mut self, _event: &Step) -> Result<(), String> {
+            self.count += 1;
+            Ok(())
+        }
+    }
+    let storage = MemoryStorage::new();
+    let mut history = History::<Step>::in_memory(storage.clone()).unwrap();
+    history.append_batch(&steps(1, 12)).unwrap();
+    history
+        .take_snapshot(&history.replay(Steps::default()).unwrap())
+        .unwrap();
+    history.append_batch(&steps(13, 3)).unwrap();
+    let recovered = history.recover(Renamed::default()).unwrap();
+    assert_eq!(recovered.snapshot_seq, None);
+    assert_eq!(recovered.replayed, 15);
+    assert_eq!(recovered.state, Renamed { count: 15 });
+}

@@ -157,7 +157,7 @@ fn a_database_needing_a_newer_reader_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     History::<Step>::open(dir.path()).unwrap().close().unwrap();
     {
-        let db = sled::open(dir.path().join("history")).unwrap();
+        let db = common::raw_sled(dir.path());
         let meta = db.open_tree("meta").unwrap();
         meta.insert("min_reader_version", &7u32.to_be_bytes())
             .unwrap();

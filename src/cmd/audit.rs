@@ -3,13 +3,15 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use fedrun::history::events::EventHistory;
-use fedrun::lifecycle::State;
+use fedrun::blobs::BlobStore;
+use fedrun::history::events::{audit, EventHistory};
+use fedrun::history::DataPaths;
 
 /// Subcommands of `fedrun audit`.
 #[derive(clap::Subcommand, Debug)]
 pub enum Command {
-    /// Check the whole chain, the anchor, and that replay equals the snapshot.
+    /// Check the whole chain, the anchor, that replay equals the snapshot, and the blobs
+    /// live jobs need.
     Verify(VerifyArgs),
 }
 
@@ -30,7 +32,10 @@ pub fn run(command: Command) -> anyhow::Result<i32> {
     let Command::Verify(args) = command;
     let history = EventHistory::open_for_audit(&args.data_dir)
         .with_context(|| format!("cannot audit the history in {}", args.data_dir.display()))?;
-    let report = history.verify(State::new());
+    let blobs_dir = DataPaths::new(&args.data_dir).blobs;
+    let blobs = BlobStore::open(&blobs_dir)
+        .with_context(|| format!("cannot open the blob store {}", blobs_dir.display()))?;
+    let report = audit(&history, &blobs);
     if args.json {
         let mut value = serde_json::to_value(&report).context("encoding the report")?;
         if let Some(object) = value.as_object_mut() {
@@ -54,7 +59,9 @@ pub fn run(command: Command) -> anyhow::Result<i32> {
             None => println!("snapshot: none"),
         }
         if report.is_ok() {
-            println!("result:   OK: chain intact, anchor matches, replay equals the snapshot");
+            println!(
+                "result:   OK: chain intact, anchor matches, replay equals the snapshot, blobs intact"
+            );
         } else {
             if let Some(seq) = report.first_bad_seq() {
                 println!("result:   FAILED: first bad record is {seq}");

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use fedrun::history::events::{event_json, event_text, EventHistory};
+use fedrun::history::events::{event_json_line, event_text, EventHistory};
 use fedrun::history::SledOptions;
 use fedrun::job::JobId;
 
@@ -39,7 +39,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             continue;
         }
         let line = if args.json {
-            event_json(&event)
+            event_json_line(&event).context("encoding an event as JSON")?
         } else {
             event_text(&event)
         };

@@ -4,8 +4,11 @@
 
 use serde_json::{Map, Value};
 
+use std::collections::BTreeMap;
+
 use super::{Fold, Sequenced};
-use crate::lifecycle::{Event, State};
+use crate::blobs::reference_counts;
+use crate::lifecycle::{Archive, BlobHash, Event, State};
 
 /// The history fedrun's server keeps.
 pub type EventHistory = super::History<Event>;
@@ -28,7 +31,10 @@ impl Fold<Event> for State {
 /// `at_ms`, `actor`, `request_id`, `boot_id`, `job_id` (or null), `type` (the event's
 /// name), and `kind` (the event's own fields, with its `type` tag). This is what
 /// `fedrun history --json` prints, and what the simulator embeds in its `events`.
-pub fn event_json(event: &Event) -> String {
+///
+/// Encoding a JSON value into a string does not fail today; the `Result` leaves room for
+/// a field that might one day refuse to encode, without changing callers.
+pub fn event_json_line(event: &Event) -> Result<String, serde_json::Error> {
     let mut object = Map::new();
     object.insert("seq".into(), Value::from(event.seq));
     object.insert("at".into(), Value::from(event.at.to_iso8601()));
@@ -45,7 +51,7 @@ pub fn event_json(event: &Event) -> String {
     );
     object.insert("type".into(), Value::from(event.kind.name()));
     object.insert("kind".into(), to_value(&event.kind));
-    Value::Object(object).to_string()
+    serde_json::to_string(&Value::Object(object))
 }
 
 /// One event as a line a person reads: sequence number, time, actor, event name, job,
@@ -94,6 +100,63 @@ fn printable(text: &str) -> String {
         .collect()
 }
 
+/// The blobs the history still needs, with how many holders each has: the package and
+/// workspace archive of every live (not deleted) job (a clone shares its source's
+/// package, so that package counts twice), and the state of the current snapshot. A
+/// stored blob absent from this map may be swept ([`crate::blobs::BlobStore::sweep`]).
+pub fn referenced_blobs(
+    state: &State,
+    snapshot: Option<&super::SnapshotRecord>,
+) -> BTreeMap<BlobHash, usize> {
+    let live = state.jobs.values().filter(|job| !job.deleted);
+    let packages = live.clone().map(|job| &job.package);
+    let archives = live.filter_map(|job| match &job.archive {
+        Archive::Archived { hash } => Some(hash),
+        _ => None,
+    });
+    let snapshots = snapshot.map(|record| &record.state);
+    reference_counts(packages.chain(archives).chain(snapshots))
+}
+
+/// The full audit of a data folder: [`super::History::verify`] (chain, transitions,
+/// anchor, snapshot), and then, when the records replay, that every blob the final state
+/// still needs is in `blobs` and hashes to its name.
+pub fn audit(history: &EventHistory, blobs: &crate::blobs::BlobStore) -> super::VerifyReport {
+    let mut report = history.verify(State::new());
+    if !report.is_ok() {
+        return report;
+    }
+    let state = match history.replay(State::new()) {
+        Ok(state) => state,
+        Err(err) => {
+            report.problems.push(super::Problem {
+                seq: Some(err.first_bad_seq()),
+                message: err.to_string(),
+            });
+            return report;
+        }
+    };
+    let snapshot = match history.snapshot_record() {
+        Ok(snapshot) => snapshot,
+        Err(err) => {
+            report.problems.push(super::Problem {
+                seq: None,
+                message: format!("the snapshot record cannot be read: {err}"),
+            });
+            None
+        }
+    };
+    for hash in referenced_blobs(&state, snapshot.as_ref()).keys() {
+        if let Err(err) = blobs.get(hash) {
+            report.problems.push(super::Problem {
+                seq: None,
+                message: err.to_string(),
+            });
+        }
+    }
+    report
+}
+
 fn to_value<T: serde::Serialize>(value: &T) -> Value {
     // The core's types serialize to JSON without error: string map keys, no
     // non-serializable fields. A NaN resource amount becomes null rather than failing.
@@ -113,10 +176,8 @@ pub fn fuzz_event_decode(bytes: &[u8]) {
     if let Ok(event) =
         super::record::from_slice_limited::<Event>(bytes, super::record::MAX_RECORD_DEPTH)
     {
-        assert!(
-            !event_json(&event).contains('\n'),
-            "a JSON line holds no newline"
-        );
+        let line = event_json_line(&event).expect("an event's JSON value encodes");
+        assert!(!line.contains('\n'), "a JSON line holds no newline");
         let _ = event_text(&event);
     }
 }

@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+pub use events::{event_json_line, event_text, EventHistory};
 pub use record::{ChainHash, Record, GENESIS_HASH, MAX_VALUE_BYTES};
 pub use sled_store::{DataFileSync, DataPaths, FsyncDataFile, SledOptions, SledStorage};
 pub use snapshot::SnapshotRecord;
@@ -505,23 +506,47 @@ impl<E: Serialize + DeserializeOwned + Sequenced> History<E> {
 
     /// Rebuilds the state by folding every record into `state` (normally empty),
     /// checking each record's link and transition.
-    pub fn replay<S: Fold<E>>(&self, state: S) -> Result<S, ReplayError> {
-        let (state, _) = fold_records(state, self.records_from(1))?;
+    pub fn replay<S: Fold<E> + Send>(&self, state: S) -> Result<S, ReplayError>
+    where
+        E: Send,
+    {
+        let (state, _) = fold_pipelined(state, self.storage.read_from(1), 1, GENESIS_HASH)?;
         Ok(state)
     }
 
     /// Start-up: the latest snapshot plus the tail of records after it (or a full replay
     /// from `empty` when there is no snapshot). Snapshot + tail equals full replay.
-    pub fn recover<S: Fold<E> + DeserializeOwned>(
+    pub fn recover<S: Fold<E> + DeserializeOwned + Send>(
         &self,
         empty: S,
-    ) -> Result<Recovered<S>, ReplayError> {
-        let snapshot = self
-            .storage
-            .load_snapshot()
-            .map_err(|source| ReplayError::Storage { seq: 0, source })?;
-        let Some((record, bytes)) = snapshot else {
-            let (state, replayed) = fold_records(empty, self.records_from(1))?;
+    ) -> Result<Recovered<S>, ReplayError>
+    where
+        E: Send,
+    {
+        // A snapshot is only a shortcut: when its blob is missing or damaged, or its
+        // state no longer decodes (an older state layout), start-up replays everything
+        // instead, which gives the same state. The audit still reports the snapshot.
+        let snapshot = match self.storage.load_snapshot() {
+            Ok(snapshot) => snapshot,
+            Err(err) => {
+                tracing::warn!(error = %err, "snapshot unreadable; replaying the whole history");
+                None
+            }
+        };
+        let decoded =
+            snapshot.and_then(
+                |(record, bytes)| match snapshot::decode_state::<S>(&bytes) {
+                    Ok(state) => Some((record, state)),
+                    Err(err) => {
+                        tracing::warn!(seq = record.seq, error = %err,
+                        "snapshot state does not decode; replaying the whole history");
+                        None
+                    }
+                },
+            );
+        let Some((record, state)) = decoded else {
+            let (state, replayed) =
+                fold_pipelined(empty, self.storage.read_from(1), 1, GENESIS_HASH)?;
             return Ok(Recovered {
                 state,
                 snapshot_seq: None,
@@ -537,10 +562,6 @@ impl<E: Serialize + DeserializeOwned + Sequenced> History<E> {
                 ),
             });
         }
-        let state: S = snapshot::decode_state(&bytes).map_err(|err| ReplayError::Snapshot {
-            seq: record.seq,
-            detail: format!("state does not decode: {err}"),
-        })?;
         if record.seq > 0 {
             let at = self
                 .storage
@@ -557,13 +578,12 @@ impl<E: Serialize + DeserializeOwned + Sequenced> History<E> {
                 });
             }
         }
-        let tail = RecordReader::new(
+        let (state, replayed) = fold_pipelined(
+            state,
             self.storage.read_from(record.seq + 1),
             record.seq + 1,
             record.chain,
-            None,
-        );
-        let (state, replayed) = fold_records(state, tail)?;
+        )?;
         Ok(Recovered {
             state,
             snapshot_seq: Some(record.seq),
@@ -627,26 +647,98 @@ impl<E: Serialize + DeserializeOwned + Sequenced> History<E> {
     }
 }
 
-/// Folds checked records into `state`; returns it and the number of records folded.
-fn fold_records<E, S: Fold<E>>(
-    mut state: S,
-    records: RecordReader<'_, E>,
+/// Folds the stored records from `from` on (the first linking to `prev`) into `state`,
+/// checking each; returns the state and the number of records folded.
+///
+/// Replay is a three-stage pipeline, so start-up uses a second core: this thread reads
+/// raw records from the store, a decoder thread checks and decodes them (the costliest
+/// step), and a folder thread applies them in order. Chunks keep the hand-offs cheap and
+/// bounded channels keep memory flat. Order and error reporting are those of a plain
+/// loop: the first bad record stops all three stages.
+fn fold_pipelined<E, S>(
+    state: S,
+    raw: storage::RecordIter<'_>,
+    from: u64,
+    prev: ChainHash,
 ) -> Result<(S, u64), ReplayError>
 where
-    E: DeserializeOwned + Sequenced,
+    E: DeserializeOwned + Sequenced + Send,
+    S: Fold<E> + Send,
 {
-    let mut count = 0;
-    for record in records {
-        let record = record?;
-        state
-            .apply_checked(&record.event)
-            .map_err(|reason| ReplayError::Illegal {
-                seq: record.seq,
-                reason: reason.to_string(),
-            })?;
-        count += 1;
-    }
-    Ok((state, count))
+    const CHUNK: usize = 512;
+    type RawChunk = Vec<Result<(u64, Vec<u8>), StorageError>>;
+    let (raw_tx, raw_rx) = std::sync::mpsc::sync_channel::<RawChunk>(4);
+    let (record_tx, record_rx) =
+        std::sync::mpsc::sync_channel::<Vec<Result<Record<E>, ReplayError>>>(4);
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            let mut expected_seq = from;
+            let mut expected_prev = prev;
+            for chunk in raw_rx {
+                let mut checked = Vec::with_capacity(chunk.len());
+                let mut failed = false;
+                for item in chunk {
+                    let result = match item {
+                        Err(source) => Err(ReplayError::Storage {
+                            seq: expected_seq,
+                            source,
+                        }),
+                        Ok((seq, bytes)) => check_record(expected_seq, expected_prev, seq, &bytes)
+                            .map(|(record, hash)| {
+                                expected_seq += 1;
+                                expected_prev = hash;
+                                record
+                            }),
+                    };
+                    failed = result.is_err();
+                    checked.push(result);
+                    if failed {
+                        break;
+                    }
+                }
+                if record_tx.send(checked).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        let folder = scope.spawn(move || {
+            let mut state = state;
+            let mut count = 0u64;
+            for chunk in record_rx {
+                for record in chunk {
+                    let record = record?;
+                    state
+                        .apply_checked(&record.event)
+                        .map_err(|reason| ReplayError::Illegal {
+                            seq: record.seq,
+                            reason: reason.to_string(),
+                        })?;
+                    count += 1;
+                }
+            }
+            Ok((state, count))
+        });
+        let mut chunk = Vec::with_capacity(CHUNK);
+        for item in raw {
+            let stop = item.is_err();
+            chunk.push(item);
+            if chunk.len() == CHUNK || stop {
+                let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
+                // A closed channel means a later stage stopped at a bad record.
+                if raw_tx.send(full).is_err() || stop {
+                    break;
+                }
+            }
+        }
+        if !chunk.is_empty() {
+            let _ = raw_tx.send(chunk);
+        }
+        drop(raw_tx);
+        match folder.join() {
+            Ok(result) => result,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
 }
 
 /// An iterator over checked records; see [`History::records_from`].
@@ -724,28 +816,22 @@ pub fn check_record<E: DeserializeOwned + Sequenced>(
             found: Some(key_seq),
         });
     }
-    let header = record::decode_header(bytes).map_err(|source| ReplayError::Decode {
-        seq: key_seq,
-        source,
-    })?;
-    if header.seq != key_seq {
-        return Err(ReplayError::Misplaced {
-            seq: key_seq,
-            found: header.seq,
-        });
-    }
-    if header.prev != expected_prev {
-        return Err(ReplayError::BrokenLink {
-            seq: key_seq,
-            prev_seq: key_seq.saturating_sub(1),
-            expected: expected_prev,
-            found: header.prev,
-        });
-    }
-    let record: Record<E> = record::decode(bytes).map_err(|source| ReplayError::Decode {
-        seq: key_seq,
-        source,
-    })?;
+    // One parse in the common case. Only when the whole record does not decode is the
+    // header read on its own, so a misplaced or unlinked record is still reported as
+    // such rather than as undecodable.
+    let record = match record::decode::<E>(bytes) {
+        Ok(record) => record,
+        Err(source) => {
+            if let Ok(header) = record::decode_header(bytes) {
+                check_header(key_seq, expected_prev, header.seq, header.prev)?;
+            }
+            return Err(ReplayError::Decode {
+                seq: key_seq,
+                source,
+            });
+        }
+    };
+    check_header(key_seq, expected_prev, record.seq, record.prev)?;
     if record.event.seq() != key_seq {
         return Err(ReplayError::EventSeq {
             seq: key_seq,
@@ -753,4 +839,29 @@ pub fn check_record<E: DeserializeOwned + Sequenced>(
         });
     }
     Ok((record, ChainHash::of(bytes)))
+}
+
+/// Checks that a record stored under `key_seq` says it is that record and links to
+/// `expected_prev`.
+fn check_header(
+    key_seq: u64,
+    expected_prev: ChainHash,
+    seq: u64,
+    prev: ChainHash,
+) -> Result<(), ReplayError> {
+    if seq != key_seq {
+        return Err(ReplayError::Misplaced {
+            seq: key_seq,
+            found: seq,
+        });
+    }
+    if prev != expected_prev {
+        return Err(ReplayError::BrokenLink {
+            seq: key_seq,
+            prev_seq: key_seq.saturating_sub(1),
+            expected: expected_prev,
+            found: prev,
+        });
+    }
+    Ok(())
 }

@@ -204,6 +204,17 @@ pub mod lifecycle {
     }
 }
 
+/// Opens the raw sled database of data folder `dir`, for tests that edit records through
+/// sled's own API. sled's background flusher is off, as in the history itself: with it on,
+/// its thread could still hold the folder lock for a moment after the handle is dropped.
+pub fn raw_sled(dir: &std::path::Path) -> sled::Db {
+    sled::Config::new()
+        .path(dir.join("history"))
+        .flush_every_ms(None)
+        .open()
+        .expect("the raw sled database opens")
+}
+
 /// One entry of a hand-made zip.
 #[derive(Clone, Debug)]
 pub struct RawEntry {
