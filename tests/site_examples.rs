@@ -1,19 +1,20 @@
-//! The demo's example jobs, run for real: each example folder is zipped, deployed to a
-//! local site and to a server run folder, and started; the exits are the ones the demo
-//! relies on (complete: 0 everywhere; fail: the site exits 101 and the server app ends on
+//! The demo's example jobs, run for real: each example folder is ingested as submit does,
+//! deployed to a local site and to a server run folder, and started; the exits are the
+//! ones the demo relies on (complete: 0 everywhere; fail: the site exits 101 and the server app ends on
 //! fedrun's stop; long-running: runs until stopped and then exits 0 on TERM).
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use fedrun::job::limits::Limits;
 use fedrun::job::JobId;
 use fedrun::site::local::{LocalSite, LocalSiteConfig};
 use fedrun::site::process::{self, AppLaunch, AppProcess, ProcessEnd};
 use fedrun::site::protocol::{ExitOutcome, SiteReport, SiteRequest};
-use fedrun::site::workspace::{self, UnpackLimits};
+use fedrun::site::workspace;
+use fedrun::trust::TrustPolicy;
 use tokio::sync::mpsc;
 
 const BOUND: Duration = Duration::from_secs(30);
@@ -24,36 +25,10 @@ fn example(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// Zips a job folder the way a package is stored: sorted entries, Stored, paths relative
-/// to the folder.
-fn zip_folder(dir: &Path) -> Arc<Vec<u8>> {
-    fn walk(dir: &Path, base: &Path, out: &mut Vec<(String, Vec<u8>)>) {
-        for entry in std::fs::read_dir(dir).expect("read dir") {
-            let path = entry.expect("dir entry").path();
-            if path.is_dir() {
-                walk(&path, base, out);
-            } else {
-                let name = path
-                    .strip_prefix(base)
-                    .expect("under base")
-                    .to_str()
-                    .expect("UTF-8 path")
-                    .to_string();
-                out.push((name, std::fs::read(&path).expect("read file")));
-            }
-        }
-    }
-    let mut files = Vec::new();
-    walk(dir, dir, &mut files);
-    files.sort();
-    let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let options =
-        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
-    for (name, bytes) in files {
-        writer.start_file(name, options).expect("entry");
-        writer.write_all(&bytes).expect("write");
-    }
-    Arc::new(writer.finish().expect("zip").into_inner())
+/// The example's canonical package, exactly as submit stores it.
+fn canonical_package(dir: &Path) -> Arc<Vec<u8>> {
+    let package = fedrun::job::package::ingest(dir, &Limits::default()).expect("valid example");
+    Arc::new(package.zip)
 }
 
 fn job(n: u8) -> JobId {
@@ -62,13 +37,25 @@ fn job(n: u8) -> JobId {
 
 /// Deploys and starts the example's app for the server, as the engine does for its own app.
 fn start_server_app(root: &Path, job_id: JobId, package: &[u8]) -> AppProcess {
-    let app_dir = workspace::deploy_app(root, job_id, "app", package, &UnpackLimits::default())
-        .expect("server deploy");
+    let policy = TrustPolicy {
+        root_ca: None,
+        require_signed_jobs: None,
+    };
+    let deployed = workspace::deploy_app(
+        root,
+        job_id,
+        "app",
+        package,
+        &Limits::default(),
+        &policy,
+        std::time::SystemTime::now(),
+    )
+    .expect("server deploy");
     process::start(&AppLaunch {
         job_id,
         site: "server".into(),
         run_dir: workspace::job_dir(root, job_id),
-        app_dir,
+        app_dir: deployed.app_dir,
     })
     .expect("server start")
 }
@@ -153,7 +140,7 @@ impl Run {
 #[tokio::test]
 async fn hello_complete_exits_zero_everywhere() {
     let mut run = run().await;
-    let package = zip_folder(&example("hello-complete"));
+    let package = canonical_package(&example("hello-complete"));
     let j = job(1);
     let server = start_server_app(&run.server_root, j, &package);
     run.deploy_and_start_site(j, package).await;
@@ -173,7 +160,7 @@ async fn hello_complete_exits_zero_everywhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hello_fail_site_raises_and_the_server_app_ends_on_stop() {
     let mut run = run().await;
-    let package = zip_folder(&example("hello-fail"));
+    let package = canonical_package(&example("hello-fail"));
     let j = job(2);
     let mut server_log = stream_log(&run.server_root, j);
     let server = start_server_app(&run.server_root, j, &package);
@@ -231,7 +218,7 @@ async fn line_containing(lines: &mut mpsc::UnboundedReceiver<String>, text: &str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_running_runs_until_stopped_and_exits_on_term() {
     let mut run = run().await;
-    let package = zip_folder(&example("long-running"));
+    let package = canonical_package(&example("long-running"));
     let j = job(3);
     let mut log = stream_log(&run.site_root, j);
     run.deploy_and_start_site(j, package).await;

@@ -314,7 +314,7 @@ async fn unsafe_or_incomplete_packages_are_refused_and_write_nothing_outside() {
         .deploy(j, Arc::new(b"not a zip".to_vec()))
         .await
         .expect_err("garbage refused");
-    assert!(err.contains("not a readable zip"), "{err}");
+    assert!(err.contains("not a zip"), "{err}");
 
     site.send(SiteRequest::Deploy {
         job_id: j,
@@ -355,16 +355,16 @@ async fn symlink_entries_are_refused() {
 }
 
 #[tokio::test]
-async fn a_package_in_one_top_folder_deploys() {
+async fn a_script_named_by_the_run_file_keeps_its_execute_bit() {
     let mut site = site().await;
     let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     let options = zip::write::SimpleFileOptions::default()
         .compression_method(zip::CompressionMethod::Stored)
         .unix_permissions(0o755);
     for (name, contents) in [
-        ("hello/meta.json", "{}"),
-        ("hello/app/run.toml", "command = \"./run.sh\"\n"),
-        ("hello/app/run.sh", "#!/bin/sh\nexit 7\n"),
+        ("app/run.sh", "#!/bin/sh\nexit 7\n"),
+        ("app/run.toml", "command = \"./run.sh\"\n"),
+        ("meta.json", "{}"),
     ] {
         writer.start_file(name, options).expect("entry");
         writer.write_all(contents.as_bytes()).expect("write");
@@ -372,9 +372,24 @@ async fn a_package_in_one_top_folder_deploys() {
     let bytes = Arc::new(writer.finish().expect("zip").into_inner());
     let j = job(1);
     site.deploy(j, bytes).await.expect("deploys");
-    // The execute bit survives, so the run file can name the script itself.
     site.start(j).await.expect("starts");
     assert_eq!(site.exited(j).await, ExitOutcome::Code(7));
+}
+
+#[tokio::test]
+async fn an_app_without_a_run_file_is_refused_at_deploy() {
+    let mut site = site().await;
+    let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for (name, contents) in [("app/run.sh", "exit 0\n"), ("meta.json", "{}")] {
+        writer.start_file(name, options).expect("entry");
+        writer.write_all(contents.as_bytes()).expect("write");
+    }
+    let bytes = Arc::new(writer.finish().expect("zip").into_inner());
+    let err = site.deploy(job(1), bytes).await.expect_err("refused");
+    assert!(err.contains("run.toml"), "{err}");
+    assert!(!site.run_dir(job(1)).join("app").exists());
 }
 
 #[tokio::test]
@@ -524,4 +539,41 @@ async fn a_restarted_site_reports_exits_it_missed_unless_acknowledged() {
         }
         other => panic!("expected an exit report, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn an_orderly_shutdown_stops_running_apps_and_reports_them() {
+    let mut site = site().await;
+    let j = job(1);
+    site.deploy(j, package(WAITS_AFTER_READY))
+        .await
+        .expect("deploys");
+    let ready = ready_pipe(&site, j).await;
+    site.start(j).await.expect("starts");
+    assert_eq!(bounded(ready).await, "ready\n");
+    let pgid = site.pgid(j);
+    let Site {
+        _root,
+        handle,
+        mut reports,
+        ..
+    } = site;
+    tokio::time::timeout(BOUND, handle.stop_apps_and_shutdown())
+        .await
+        .expect("shuts down within the bound");
+    // The app honoured TERM; its exit was reported before the site ended.
+    match next(&mut reports).await {
+        SiteReport::AppExited {
+            job_id, outcome, ..
+        } => {
+            assert_eq!(job_id, j);
+            assert_eq!(outcome, ExitOutcome::Code(0));
+        }
+        other => panic!("expected an exit report, got {other:?}"),
+    }
+    assert!(!group_alive(pgid));
+    assert!(
+        reports.recv().await.is_none(),
+        "the site ended and dropped its sender"
+    );
 }

@@ -103,6 +103,20 @@ fn assert_group_gone(pgid: i32) {
     }
 }
 
+/// The process `pid` is not alive (gone, or a zombie waiting to be reaped).
+fn assert_dead(pid: i32) {
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let after = stat[stat.rfind(')')? + 1..].to_string();
+            after.split_whitespace().next().map(str::to_string)
+        });
+    assert!(
+        matches!(state.as_deref(), None | Some("Z") | Some("X")),
+        "process {pid} is still alive: state {state:?}"
+    );
+}
+
 fn read_record(run_dir: &Path) -> ProcessRecord {
     let text = std::fs::read(run_dir.join(process::PROCESS_FILE)).expect("process record");
     serde_json::from_slice(&text).expect("valid process record")
@@ -343,4 +357,52 @@ async fn missing_run_file_or_command_is_a_start_error() {
     std::fs::remove_file(app.launch.app_dir.join("run.toml")).expect("remove run file");
     let err = process::start(&app.launch).expect_err("run file missing");
     assert!(err.to_string().contains("run.toml"), "message: {err}");
+}
+
+#[tokio::test]
+async fn processes_an_app_leaves_behind_are_killed_when_it_exits() {
+    let app = app("sleep 1000 &\n\
+         echo $! > \"$FEDRUN_WORKSPACE/child\"\n\
+         exit 0\n");
+    let child = fifo(&app.launch.run_dir, "child");
+    let process = process::start(&app.launch).expect("start");
+    let child_pid: i32 = read_fifo(&child).await.trim().parse().expect("a pid");
+    let end = wait(&process).await;
+    assert_eq!(end.outcome, ExitOutcome::Code(0));
+    assert_dead(child_pid);
+    assert_group_dead(process.pgid());
+}
+
+#[tokio::test]
+async fn a_record_that_cannot_be_an_apps_group_is_refused() {
+    let root = tempfile::tempdir().expect("temp dir");
+    // SAFETY: getpgrp has no preconditions.
+    let own_group = unsafe { libc::getpgrp() };
+    for (pid, pgid) in [
+        (1, 1),
+        (0, 0),
+        (-7, -7),
+        (4242, 4243),
+        (own_group, own_group),
+    ] {
+        let record = ProcessRecord {
+            pid,
+            pgid,
+            start_time_ticks: 1,
+            job_id: "6f1c1f4e-8a53-4a8e-9d59-3c1b1a7e2b10"
+                .parse()
+                .expect("valid uuid"),
+            site: "site-1".to_string(),
+        };
+        std::fs::write(
+            root.path().join(process::PROCESS_FILE),
+            serde_json::to_vec(&record).expect("json"),
+        )
+        .expect("write record");
+        let err = process::reattach(root.path()).expect_err("refused");
+        assert!(
+            err.to_string().contains("cannot be an app's group leader"),
+            "{err}"
+        );
+    }
 }

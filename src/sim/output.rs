@@ -62,7 +62,7 @@ pub fn to_json(result: &SimResult) -> Result<String, serde_json::Error> {
         if i > 0 {
             out.push(',');
         }
-        out.push_str(&crate::history::events::event_json(event));
+        out.push_str(&crate::history::events::event_json_line(event)?);
     }
     out.push_str("]}");
     Ok(out)

@@ -29,11 +29,13 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::job::limits::Limits;
 use crate::job::JobId;
 use crate::site::ledger::Ledger;
 use crate::site::process::{self, AppLaunch, AppProcess, ProcessEnd, Reattached};
 use crate::site::protocol::{SiteReport, SiteRequest};
-use crate::site::workspace::{self, UnpackLimits};
+use crate::site::workspace;
+use crate::trust::TrustPolicy;
 
 /// The marker file written in a job's run folder once its exit report was acknowledged.
 pub const ACKNOWLEDGED_FILE: &str = "exit_acknowledged";
@@ -59,15 +61,20 @@ pub struct LocalSiteConfig {
     pub abort_grace: Duration,
     /// How long a reservation holds unless its job starts.
     pub reservation_timeout: Duration,
-    /// Whether deploys must carry a valid signature (SPEC section 6).
-    pub require_signed_jobs: bool,
+    /// The project root CA and the `require_signed_jobs` setting: every deploy is checked
+    /// against them (SPEC section 6).
+    pub trust: TrustPolicy,
     /// Limits on what a deploy unpacks.
-    pub unpack_limits: UnpackLimits,
+    pub unpack_limits: Limits,
+    /// The time certificates are checked at; `None` means the wall clock at each deploy.
+    /// Set it to replay a verification as it was at a given time.
+    pub verify_at: Option<std::time::SystemTime>,
 }
 
 impl LocalSiteConfig {
     /// A site with the default settings of SPEC section 7 (`abort_grace` 10 s,
-    /// `reservation_timeout` 30 s) and unsigned jobs allowed.
+    /// `reservation_timeout` 30 s), no root CA and `require_signed_jobs` unset (so unsigned
+    /// jobs are accepted), and the default package limits.
     pub fn new(name: &str, workspace: PathBuf, resources: BTreeMap<String, f64>) -> Self {
         LocalSiteConfig {
             name: name.to_string(),
@@ -75,8 +82,12 @@ impl LocalSiteConfig {
             workspace,
             abort_grace: Duration::from_secs(10),
             reservation_timeout: Duration::from_secs(30),
-            require_signed_jobs: false,
-            unpack_limits: UnpackLimits::default(),
+            trust: TrustPolicy {
+                root_ca: None,
+                require_signed_jobs: None,
+            },
+            unpack_limits: Limits::default(),
+            verify_at: None,
         }
     }
 }
@@ -87,6 +98,7 @@ enum Control {
     Disconnect,
     Reconnect,
     Shutdown,
+    StopAppsAndShutdown,
 }
 
 /// The engine's side of a running local site.
@@ -114,6 +126,16 @@ impl SiteHandle {
         let _ = self.control.send(Control::Reconnect);
     }
 
+    /// Ends the site in an orderly way: every running app is stopped as an abort would
+    /// stop it (`SIGTERM`, `abort_grace`, `SIGKILL`), its exit is reported, and then the
+    /// task ends. Waits until the task has ended.
+    pub async fn stop_apps_and_shutdown(self) {
+        let _ = self.control.send(Control::StopAppsAndShutdown);
+        if let Err(e) = self.task.await {
+            tracing::warn!(site = %self.name, error = %e, "site task ended abnormally");
+        }
+    }
+
     /// Ends the site task as a crash of the site would: running apps keep running
     /// (they are detached), and a site spawned later on the same workspace re-attaches to
     /// them. Waits until the task has ended.
@@ -136,6 +158,8 @@ pub struct LocalSite {
     /// Reports sent (or to be sent) and not yet acknowledged, by report id.
     unacknowledged: BTreeMap<String, (JobId, SiteReport)>,
     connected: bool,
+    /// Set by an orderly shutdown: the task ends once no app runs.
+    shutting_down: bool,
     exits_tx: mpsc::UnboundedSender<(JobId, ProcessEnd)>,
 }
 
@@ -163,6 +187,7 @@ impl LocalSite {
             running: BTreeMap::new(),
             unacknowledged: BTreeMap::new(),
             connected: true,
+            shutting_down: false,
             exits_tx,
         };
         let task = tokio::spawn(site.run(requests_rx, control_rx, exits_rx));
@@ -194,7 +219,7 @@ impl LocalSite {
                 Some(control) = control.recv() => self.handle_control(control).await,
                 Some((job_id, end)) = exits.recv() => self.handle_exit(job_id, end).await,
             };
-            if step.is_err() {
+            if step.is_err() || (self.shutting_down && self.running.is_empty()) {
                 break;
             }
         }
@@ -274,6 +299,13 @@ impl LocalSite {
             }
             Control::Disconnect | Control::Reconnect => Ok(()),
             Control::Shutdown => Err(Stopped),
+            Control::StopAppsAndShutdown => {
+                self.shutting_down = true;
+                for app in self.running.values() {
+                    app.stop(self.config.abort_grace);
+                }
+                Ok(())
+            }
         }
     }
 
@@ -358,15 +390,15 @@ impl LocalSite {
             return Err(format!("job {job_id} is running at this site"));
         }
         let root = self.config.workspace.clone();
-        let limits = self.config.unpack_limits;
-        let require_signed = self.config.require_signed_jobs;
+        let limits = self.config.unpack_limits.clone();
+        let policy = self.config.trust.clone();
+        let at = self
+            .config
+            .verify_at
+            .unwrap_or_else(std::time::SystemTime::now);
         let unpack = tokio::task::spawn_blocking(move || {
-            let dir = workspace::deploy_app(&root, job_id, &app_name, &package, &limits)?;
-            if let Err(reason) = verify_signature(&dir, require_signed) {
-                // A refused app must not stay deployed.
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(workspace::DeployError::Signature(reason));
-            }
+            let deployed =
+                workspace::deploy_app(&root, job_id, &app_name, &package, &limits, &policy, at)?;
             let name_file = workspace::job_dir(&root, job_id).join(APP_NAME_FILE);
             std::fs::write(&name_file, app_name.as_bytes()).map_err(|source| {
                 workspace::DeployError::Io {
@@ -374,12 +406,12 @@ impl LocalSite {
                     source,
                 }
             })?;
-            Ok(dir)
+            Ok::<_, workspace::DeployError>(deployed)
         });
         match unpack.await {
-            Ok(Ok(dir)) => {
-                tracing::info!(site = %self.config.name, job = %job_id, app = %dir.display(), "app deployed");
-                self.deployed.insert(job_id, dir);
+            Ok(Ok(deployed)) => {
+                tracing::info!(site = %self.config.name, job = %job_id, app = %deployed.app_dir.display(), trust = ?deployed.trust, "app deployed");
+                self.deployed.insert(job_id, deployed.app_dir);
                 Ok(())
             }
             Ok(Err(e)) => Err(e.to_string()),
@@ -388,6 +420,9 @@ impl LocalSite {
     }
 
     fn start(&mut self, job_id: JobId) -> Result<(), String> {
+        if self.shutting_down {
+            return Err(format!("site {} is shutting down", self.config.name));
+        }
         if self.running.contains_key(&job_id) {
             return Err(format!("job {job_id} is already running at this site"));
         }
@@ -487,17 +522,6 @@ pub fn exit_report_id(site: &str, job_id: JobId) -> String {
 /// The site's clock, as tokio sees it, so tests can drive it with a paused clock.
 fn now() -> std::time::Instant {
     tokio::time::Instant::now().into_std()
-}
-
-/// Verifies the deployed app's signature per policy. This is the one place the site
-/// checks signatures, so adding the project's verifier is a change to this function only.
-fn verify_signature(_app_dir: &Path, require_signed: bool) -> Result<(), String> {
-    if require_signed {
-        return Err(
-            "this site requires signed jobs but has no signature verifier configured".to_string(),
-        );
-    }
-    Ok(())
 }
 
 fn write_resources(run_dir: &Path, resources: &BTreeMap<String, f64>) -> Result<(), String> {

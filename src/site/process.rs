@@ -21,7 +21,6 @@
 //! program started, tokio's child wait; for a re-attached one, a Linux pidfd that becomes
 //! readable when the wrapper exits.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -32,11 +31,10 @@ use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, watch};
 
+use crate::job::runfile::{self, RunFile, RunFileError};
 use crate::job::JobId;
 use crate::site::protocol::ExitOutcome;
 
-/// The app's run file, in the app folder.
-pub const RUN_FILE: &str = "run.toml";
 /// The record of a started app's process group, in the run folder.
 pub const PROCESS_FILE: &str = "process.json";
 /// The app's exit status, written by the wrapper when the app ends, in the run folder.
@@ -58,43 +56,15 @@ printf '%s\n' "$code" > "$exit_file.tmp" && mv -f "$exit_file.tmp" "$exit_file"
 exit "$code"
 "#;
 
-/// An app's run file (`run.toml`): what to run and with which environment.
+/// Reads and checks the run file of the app in `app_dir`.
 ///
-/// `command` is looked up in `PATH` unless it contains a `/`, in which case it is taken
-/// relative to the app folder (the working directory of the app).
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-pub struct RunSpec {
-    /// The program to run.
-    pub command: String,
-    /// Its arguments.
-    #[serde(default)]
-    pub args: Vec<String>,
-    /// Extra environment variables, on top of the starter's environment.
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-}
-
-/// Reads and parses the run file of the app in `app_dir`.
-///
-/// This is the one place that knows the run file's format, so moving to the job
-/// package's own parser is a change to this function only.
-pub fn load_run_spec(app_dir: &Path) -> Result<RunSpec, StartError> {
-    let path = app_dir.join(RUN_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|source| StartError::RunFileRead {
-        path: path.clone(),
+/// This is the one place the runner reads run files, so the runner and the job package
+/// checks always agree on the format ([`crate::job::runfile`]).
+pub fn load_run_file(app_dir: &Path) -> Result<RunFile, StartError> {
+    runfile::read_run_file(app_dir).map_err(|source| StartError::RunFile {
+        app_dir: app_dir.to_path_buf(),
         source,
-    })?;
-    let spec: RunSpec = toml::from_str(&text).map_err(|err| StartError::RunFileInvalid {
-        path: path.clone(),
-        message: err.to_string(),
-    })?;
-    if spec.command.trim().is_empty() {
-        return Err(StartError::RunFileInvalid {
-            path,
-            message: "`command` is empty".to_string(),
-        });
-    }
-    Ok(spec)
+    })
 }
 
 /// What to start: one app of one job at one participant.
@@ -139,21 +109,13 @@ pub struct ProcessRecord {
 /// Why an app could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// The run file could not be read.
-    #[error("cannot read run file {path}: {source}")]
-    RunFileRead {
-        /// The run file.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// The run file is not valid.
-    #[error("run file {path} is invalid: {message}")]
-    RunFileInvalid {
-        /// The run file.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
+    /// The run file is missing or invalid.
+    #[error("app in {app_dir}: {source}")]
+    RunFile {
+        /// The app folder.
+        app_dir: PathBuf,
+        /// What is wrong with its run file.
+        source: RunFileError,
     },
     /// The command named by the run file does not exist.
     #[error("command {command:?} of the app in {app_dir} was not found")]
@@ -261,8 +223,9 @@ pub async fn wait_end(mut end: watch::Receiver<Option<ProcessEnd>>) -> Option<Pr
 /// group, and records the group in the run folder. Must be called inside a tokio runtime:
 /// the watcher that reports the end is a tokio task.
 pub fn start(launch: &AppLaunch) -> Result<AppProcess, StartError> {
-    let spec = load_run_spec(&launch.app_dir)?;
-    check_command(&spec.command, &launch.app_dir)?;
+    let spec = load_run_file(&launch.app_dir)?;
+    let program = spec.program(&launch.app_dir);
+    check_command(&program, &spec.command, &launch.app_dir)?;
     std::fs::create_dir_all(&launch.run_dir).map_err(|source| StartError::RunFolder {
         path: launch.run_dir.clone(),
         source,
@@ -289,7 +252,7 @@ pub fn start(launch: &AppLaunch) -> Result<AppProcess, StartError> {
         .arg(WRAPPER_SCRIPT)
         .arg("fedrun-app")
         .arg(&exit_file)
-        .arg(&spec.command)
+        .arg(&program)
         .args(&spec.args)
         .current_dir(&launch.app_dir)
         .envs(&spec.env)
@@ -395,10 +358,22 @@ pub fn reattach(run_dir: &Path) -> Result<Reattached, ReattachError> {
             path: record_path.clone(),
             message: e.to_string(),
         })?;
+    // SAFETY: getpgrp has no preconditions.
+    let own_group = unsafe { libc::getpgrp() };
+    if record.pid <= 1 || record.pgid != record.pid || record.pgid == own_group {
+        // Never signal a group on the word of a record that cannot be the app's.
+        return Err(ReattachError::Record {
+            path: record_path,
+            message: format!(
+                "pid {} / pgid {} cannot be an app's group leader",
+                record.pid, record.pgid
+            ),
+        });
+    }
     let exit_file = run_dir.join(EXIT_FILE);
     if let Some(outcome) = read_exit_file(&exit_file) {
         // The app ended; anything it left behind in its group goes with it.
-        kill_group(record.pgid, libc::SIGKILL);
+        kill_app_leftovers(&record);
         return Ok(Reattached::Ended(ProcessEnd {
             outcome,
             stop_requested: false,
@@ -449,7 +424,7 @@ pub fn reattach(run_dir: &Path) -> Result<Reattached, ReattachError> {
     // The wrapper is gone. It may have written the exit file between the first look and
     // now, so look once more before calling the end unknown.
     let outcome = read_exit_file(&exit_file).unwrap_or(ExitOutcome::Signal(libc::SIGKILL));
-    kill_group(record.pgid, libc::SIGKILL);
+    kill_app_leftovers(&record);
     Ok(Reattached::Ended(ProcessEnd {
         outcome,
         stop_requested: false,
@@ -494,6 +469,29 @@ fn live_group_members(pgid: i32) -> Vec<i32> {
         }
     }
     members
+}
+
+/// Kills what is left of an app that ended while nobody watched it: the live processes of
+/// its recorded group that carry its `FEDRUN_JOB_ID` and `FEDRUN_SITE`. The environment
+/// check matters because the recorded pgid may by now name someone else's group (after a
+/// reboot, pids start over).
+fn kill_app_leftovers(record: &ProcessRecord) {
+    let job = format!("FEDRUN_JOB_ID={}", record.job_id);
+    let site = format!("FEDRUN_SITE={}", record.site);
+    for pid in live_group_members(record.pgid) {
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let mut vars = environ.split(|b| *b == 0);
+        let ours = vars.clone().any(|v| v == job.as_bytes()) && vars.any(|v| v == site.as_bytes());
+        if ours {
+            tracing::info!(job = %record.job_id, pid, "killing a leftover process of an ended app");
+            // SAFETY: plain syscall on a pid checked just above to belong to the app.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
 }
 
 /// Kills the group and waits until every process in it has died, each through its pidfd,
@@ -658,12 +656,14 @@ fn process_start_time(pid: i32) -> Option<u64> {
     after.split_whitespace().nth(19)?.parse().ok()
 }
 
-fn check_command(command: &str, app_dir: &Path) -> Result<(), StartError> {
-    let found = if command.contains('/') {
-        app_dir.join(command).is_file()
+/// Checks that the program exists, so a typo in the run file is a clear start error and
+/// not an exit code 127 from the wrapper.
+fn check_command(program: &Path, command: &str, app_dir: &Path) -> Result<(), StartError> {
+    let found = if program.components().count() > 1 {
+        program.is_file()
     } else {
         std::env::var_os("PATH")
-            .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(command).is_file()))
+            .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
             .unwrap_or(false)
     };
     if found {
@@ -722,24 +722,5 @@ mod tests {
         let pid = std::process::id() as i32;
         assert!(process_start_time(pid).is_some());
         assert_eq!(process_start_time(-5), None);
-    }
-
-    #[test]
-    fn run_spec_parses_command_args_env() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::write(
-            dir.path().join(RUN_FILE),
-            "command = \"sh\"\nargs = [\"run.sh\", \"x\"]\n[env]\nA = \"1\"\n",
-        )
-        .expect("write run file");
-        let spec = load_run_spec(dir.path()).expect("valid run file");
-        assert_eq!(spec.command, "sh");
-        assert_eq!(spec.args, vec!["run.sh", "x"]);
-        assert_eq!(spec.env.get("A").map(String::as_str), Some("1"));
-        std::fs::write(dir.path().join(RUN_FILE), "args = []\n").expect("write run file");
-        assert!(matches!(
-            load_run_spec(dir.path()),
-            Err(StartError::RunFileInvalid { .. })
-        ));
     }
 }
