@@ -17,6 +17,7 @@
 //! the top of its folder. A zip of one folder (`job/meta.json`, `job/app/...`) is stored
 //! without that top folder, so a folder and the zip of that folder give the same hash.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
@@ -27,7 +28,7 @@ use crate::job::limits::{check_entry_name, LimitError, Limits, NameError};
 use crate::job::meta::{JobMeta, MetaError, META_JSON_BYTES_MAX};
 use crate::job::runfile::{RunFile, RunFileError, RUN_FILE, RUN_FILE_BYTES_MAX};
 use crate::job::zipread::{
-    read_zip, CanonicalZipWriter, EntryKind, FormatLimitError, ZipReadError,
+    read_zip, write_canonical, CanonicalEntry, EntryKind, FormatLimitError, ZipReadError,
 };
 
 /// The job description's name at the top of a package.
@@ -216,42 +217,42 @@ pub struct Unpacked {
 
 /// Where a file's bytes are until the canonical zip is written.
 #[derive(Debug)]
-enum Content {
-    Memory(Vec<u8>),
+enum Content<'a> {
+    Memory(Cow<'a, [u8]>),
     Disk(PathBuf),
 }
 
-impl Content {
+impl Content<'_> {
     /// The bytes, read from disk when they are there.
-    fn bytes(&self) -> std::io::Result<std::borrow::Cow<'_, [u8]>> {
+    fn bytes(&self) -> std::io::Result<Cow<'_, [u8]>> {
         match self {
-            Content::Memory(data) => Ok(std::borrow::Cow::Borrowed(data)),
-            Content::Disk(path) => fs::read(path).map(std::borrow::Cow::Owned),
+            Content::Memory(data) => Ok(Cow::Borrowed(data)),
+            Content::Disk(path) => fs::read(path).map(Cow::Owned),
         }
     }
 }
 
 #[derive(Debug)]
-enum Node {
+enum Node<'a> {
     Folder,
     File {
         executable: bool,
         size: u64,
-        content: Content,
+        content: Content<'a>,
     },
 }
 
 /// A package's entries by path; `BTreeMap` order is the canonical order, and puts every
 /// folder before what it holds (a prefix sorts first).
 #[derive(Debug, Default)]
-struct Tree {
-    nodes: BTreeMap<String, Node>,
+struct Tree<'a> {
+    nodes: BTreeMap<String, Node<'a>>,
 }
 
-impl Tree {
+impl<'a> Tree<'a> {
     /// Adds an entry and every folder above it. Returns the conflicting path when a path
     /// would be both a file and a folder.
-    fn insert(&mut self, name: String, node: Node) -> Result<(), String> {
+    fn insert(&mut self, name: String, node: Node<'a>) -> Result<(), String> {
         for (at, _) in name.match_indices('/') {
             let parent = &name[..at];
             match self.nodes.get(parent) {
@@ -275,7 +276,7 @@ impl Tree {
     fn file_bytes(&self, name: &str, max: u64) -> Result<Option<Vec<u8>>, IngestError> {
         match self.nodes.get(name) {
             Some(Node::File { content, .. }) => match content {
-                Content::Memory(data) => Ok(Some(data.clone())),
+                Content::Memory(data) => Ok(Some(data.to_vec())),
                 Content::Disk(path) => {
                     let mut bytes = Vec::new();
                     let io = |source| IngestError::Io {
@@ -396,7 +397,7 @@ fn folder_name(path: &Path) -> String {
 }
 
 /// Lists a job folder without following symlinks or reading file contents.
-fn walk_folder(root: &Path, limits: &Limits) -> Result<Tree, IngestError> {
+fn walk_folder(root: &Path, limits: &Limits) -> Result<Tree<'static>, IngestError> {
     let mut tree = Tree::default();
     let mut total = 0u64;
     let mut count = 0u64;
@@ -455,7 +456,7 @@ fn walk_folder(root: &Path, limits: &Limits) -> Result<Tree, IngestError> {
 }
 
 /// Validates a listed tree and writes its canonical zip.
-fn build(tree: Tree, folder_name: &str, limits: &Limits) -> Result<Package, IngestError> {
+fn build(tree: Tree<'_>, folder_name: &str, limits: &Limits) -> Result<Package, IngestError> {
     limits.check_entry_count(tree.nodes.len() as u64)?;
     let meta_bytes = tree.file_bytes(META_JSON, META_JSON_BYTES_MAX)?;
     let meta = JobMeta::parse(&meta_bytes.ok_or(IngestError::MetaMissing)?, folder_name)?;
@@ -487,31 +488,32 @@ fn build(tree: Tree, folder_name: &str, limits: &Limits) -> Result<Package, Inge
         apps.insert(app.clone(), run);
     }
 
-    let mut total_bytes = 0u64;
-    let mut capacity = 22usize;
-    for (name, node) in &tree.nodes {
-        capacity += 76 + 2 * (name.len() + 1);
-        if let Node::File { size, .. } = node {
-            capacity = capacity.saturating_add(*size as usize);
-            total_bytes += size;
-        }
-    }
-    let mut writer = CanonicalZipWriter::with_capacity(capacity);
-    for (name, node) in &tree.nodes {
-        match node {
-            Node::Folder => writer.add_folder(name)?,
+    let nodes: Vec<(&String, &Node<'_>)> = tree.nodes.iter().collect();
+    let layout: Vec<CanonicalEntry<'_>> = nodes
+        .iter()
+        .map(|(name, node)| match node {
+            Node::Folder => CanonicalEntry {
+                name,
+                kind: EntryKind::Folder,
+                size: 0,
+            },
             Node::File {
-                executable,
-                size,
-                content,
-            } => writer.add_file(name, *executable, |out| {
-                append_content(out, name, *size, content)
-            })??,
-        }
-    }
-    let zip = writer.finish()?;
+                executable, size, ..
+            } => CanonicalEntry {
+                name,
+                kind: EntryKind::File {
+                    executable: *executable,
+                },
+                size: *size,
+            },
+        })
+        .collect();
+    let total_bytes = layout.iter().map(|e| e.size).sum();
+    let (zip, hash) = write_canonical(&layout, |index, out| match nodes[index].1 {
+        Node::File { content, .. } => fill_content(out, nodes[index].0, content),
+        Node::Folder => Ok(()),
+    })??;
     limits.check_package_size(zip.len() as u64)?;
-    let hash = blake3::hash(&zip);
     tracing::debug!(name = %meta.name, %hash, bytes = zip.len(), "job package ingested");
     Ok(Package {
         signed: matches!(tree.nodes.get(SIGNATURE_FILE), Some(Node::File { .. })),
@@ -524,31 +526,27 @@ fn build(tree: Tree, folder_name: &str, limits: &Limits) -> Result<Package, Inge
     })
 }
 
-/// Appends one file's bytes, read once, straight into the zip buffer.
-fn append_content(
-    out: &mut Vec<u8>,
-    entry: &str,
-    size: u64,
-    content: &Content,
-) -> Result<(), IngestError> {
+/// Writes one file's bytes, read once, straight into its slice of the zip buffer.
+fn fill_content(out: &mut [u8], entry: &str, content: &Content<'_>) -> Result<(), IngestError> {
+    let changed = || IngestError::FileChanged {
+        entry: entry.to_owned(),
+    };
     match content {
-        Content::Memory(data) => out.extend_from_slice(data),
+        Content::Memory(data) if data.len() == out.len() => out.copy_from_slice(data),
+        Content::Memory(_) => return Err(changed()),
         Content::Disk(path) => {
-            let start = out.len();
             let io = |source| IngestError::Io {
                 path: path.clone(),
                 source,
             };
-            // Reading one byte past the listed size tells a grown file from an unchanged one.
-            fs::File::open(path)
-                .map_err(io)?
-                .take(size + 1)
-                .read_to_end(out)
-                .map_err(io)?;
-            if (out.len() - start) as u64 != size {
-                return Err(IngestError::FileChanged {
-                    entry: entry.to_owned(),
-                });
+            let mut file = fs::File::open(path).map_err(io)?;
+            file.read_exact(out).map_err(|err| match err.kind() {
+                std::io::ErrorKind::UnexpectedEof => changed(),
+                _ => io(err),
+            })?;
+            // One more byte would mean the file grew since it was listed.
+            if file.read(&mut [0u8; 1]).map_err(io)? != 0 {
+                return Err(changed());
             }
         }
     }
