@@ -133,6 +133,60 @@ fn fixtures_are_refused_outside_their_validity_window() {
     ));
 }
 
+#[test]
+fn fedrun_sign_writes_what_nvflare_wrote_except_the_random_signatures() {
+    // PSS signatures are randomized, so compare everything else: the same entries in the
+    // same order with the same JSON punctuation, and the same certificate bytes.
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("hello-fixture");
+    let original = fixtures().join("jobs/good/hello-fixture");
+    copy_tree(&original, &job);
+    let signer = fedrun::trust::Signer::load(
+        &fixtures().join("signer/client.crt"),
+        &fixtures().join("signer/client.key"),
+    )
+    .unwrap();
+    let report = fedrun::trust::sign_job_folder(&job, &signer).unwrap();
+    assert_eq!(report.directories, 7);
+    let mask = |text: String| {
+        // Every signature of a 2048-bit key is 256 bytes: 344 base64 characters.
+        let mut out = String::new();
+        for (i, part) in text.split('"').enumerate() {
+            if i > 0 {
+                out.push('"');
+            }
+            let is_sig = part.len() == 344 && part.ends_with("==");
+            out.push_str(if is_sig { "SIG" } else { part });
+        }
+        out
+    };
+    for sub in [
+        "",
+        "app_client",
+        "app_client/config",
+        "app_client/custom",
+        "app_client/custom/nested",
+        "app_server",
+        "app_server/config",
+    ] {
+        let read = |root: &Path, name: &str| std::fs::read(root.join(sub).join(name)).unwrap();
+        let ours = mask(String::from_utf8(read(&job, fedrun::trust::SIG_FILE)).unwrap());
+        let theirs = mask(String::from_utf8(read(&original, fedrun::trust::SIG_FILE)).unwrap());
+        assert_eq!(ours, theirs, "{sub}");
+        assert!(
+            !ours.contains("=="),
+            "every value was masked in {sub}: {ours}"
+        );
+        assert_eq!(
+            read(&job, fedrun::trust::SUBMITTER_CERT_FILE),
+            read(&original, fedrun::trust::SUBMITTER_CERT_FILE),
+            "{sub}"
+        );
+    }
+    let id = verify_job_folder(&job, &root(), inside_window()).unwrap();
+    assert_eq!(id.name, "admin@nvidia.com");
+}
+
 fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {

@@ -181,10 +181,85 @@ fn leaf_whose_eku_lacks_client_auth_is_rejected() {
 }
 
 #[test]
+fn leaf_without_common_name_is_rejected() {
+    assert!(matches!(
+        chain_error("no-common-name.pem"),
+        ChainError::LeafWithoutCommonName { .. }
+    ));
+}
+
+#[test]
+fn leaf_with_nvflares_placeholder_name_is_rejected() {
+    assert!(matches!(
+        chain_error("placeholder-name.pem"),
+        ChainError::LeafWithPlaceholderName { .. }
+    ));
+}
+
+#[test]
 fn chain_through_a_non_ca_is_rejected() {
     assert!(matches!(
         chain_error("issued-by-leaf.pem"),
-        ChainError::IntermediateNotCa { subject } if subject.contains("admin@example.org")
+        ChainError::NotAUsableCa { subject, reason } if subject.contains("admin@example.org") && reason.contains("cA is false")
+    ));
+}
+
+#[test]
+fn intermediates_in_any_order_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = signed_job(dir.path(), "edge-misordered-chain.pem");
+    let id = verify_job_folder(&job, &root(), at()).unwrap();
+    assert_eq!(id, identity("u5@example.org", "example", "lead"));
+}
+
+#[test]
+fn path_length_constraint_is_enforced() {
+    assert!(matches!(
+        chain_error("edge-pathlen-chain.pem"),
+        ChainError::PathLenExceeded { subject, limit: 0, found: 1 } if subject == "CN=edge-pathlen0"
+    ));
+}
+
+#[test]
+fn version_1_leaf_is_rejected() {
+    assert!(matches!(
+        chain_error("edge-v1-leaf.pem"),
+        ChainError::LeafNotVersion3 { .. }
+    ));
+}
+
+/// Signs a job with `leaf` and verifies it against the root CA file `root_file`.
+fn chain_error_under(root_file: &str, leaf: &str) -> ChainError {
+    let dir = tempfile::tempdir().unwrap();
+    let job = signed_job(dir.path(), leaf);
+    let root = RootCa::load(&trust_dir().join(root_file)).unwrap();
+    match verify_job_folder(&job, &root, at()) {
+        Err(VerifyError::Chain { source, .. }) => source,
+        other => panic!("{leaf}: expected a chain error, got {other:?}"),
+    }
+}
+
+#[test]
+fn root_without_key_cert_sign_is_rejected() {
+    assert!(matches!(
+        chain_error_under("edge-root-noku.pem", "edge-root-noku-leaf.pem"),
+        ChainError::NotAUsableCa { reason, .. } if reason.contains("no key usage")
+    ));
+}
+
+#[test]
+fn root_with_non_critical_basic_constraints_is_rejected() {
+    assert!(matches!(
+        chain_error_under("edge-root-noncritical.pem", "edge-root-noncritical-leaf.pem"),
+        ChainError::NotAUsableCa { reason, .. } if reason.contains("not critical")
+    ));
+}
+
+#[test]
+fn root_with_a_1024_bit_key_is_rejected() {
+    assert!(matches!(
+        chain_error_under("edge-root-small.pem", "edge-root-small-leaf.pem"),
+        ChainError::IssuerKeyTooSmall { bits: 1024, .. }
     ));
 }
 

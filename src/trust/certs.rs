@@ -18,6 +18,7 @@ use const_oid::db::rfc5280::{
 use const_oid::ObjectIdentifier;
 use der::{Decode, Encode, Reader, SliceReader, Tag, Tagged};
 use rsa::pkcs8::DecodePublicKey;
+use rsa::traits::PublicKeyParts;
 use rsa::RsaPublicKey;
 use x509_cert::ext::pkix::{BasicConstraints, ExtendedKeyUsage, KeyUsage};
 use x509_cert::name::Name;
@@ -36,6 +37,13 @@ const SHA256_WITH_RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.
 const SHA384_WITH_RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.12");
 /// sha512WithRSAEncryption, accepted for chains made by other tools.
 const SHA512_WITH_RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.13");
+
+/// The common name NVFlare uses as a placeholder in admin certificate templates; NVFlare
+/// refuses it as a signer, and so does fedrun.
+pub const PLACEHOLDER_ADMIN_CN: &str = "nvflare-admin";
+
+/// The smallest RSA key accepted for signing certificates (the Web PKI minimum).
+pub const MIN_ISSUER_KEY_BITS: usize = 2048;
 
 /// The longest chain (leaf plus intermediates) accepted; the root CA is not counted.
 pub const MAX_CHAIN_LEN: usize = 8;
@@ -191,6 +199,56 @@ impl ParsedCert {
         Ok(())
     }
 
+    /// The rules a certificate that signs other certificates must meet, as the Web PKI
+    /// profile NVFlare's verifier applies to CAs: version 3, basicConstraints present,
+    /// critical and cA true, and a key usage that includes keyCertSign.
+    fn check_ca_rules(&self) -> Result<(), ChainError> {
+        let not_usable = |reason: &str| ChainError::NotAUsableCa {
+            subject: self.subject_string(),
+            reason: reason.to_owned(),
+        };
+        if self.cert.tbs_certificate.version != x509_cert::Version::V3 {
+            return Err(not_usable("it is not an X.509 version 3 certificate"));
+        }
+        let basic_constraints = self
+            .cert
+            .tbs_certificate
+            .extensions
+            .iter()
+            .flatten()
+            .find(|e| e.extn_id == ID_CE_BASIC_CONSTRAINTS);
+        match basic_constraints {
+            None => return Err(not_usable("it has no basicConstraints")),
+            Some(ext) if !ext.critical => {
+                return Err(not_usable("its basicConstraints is not critical"))
+            }
+            Some(_) if !self.is_ca()? => return Err(not_usable("basicConstraints cA is false")),
+            Some(_) => {}
+        }
+        match self.extension::<KeyUsage>(ID_CE_KEY_USAGE)? {
+            Some(ku) if ku.key_cert_sign() => Ok(()),
+            Some(_) => Err(not_usable("its key usage lacks keyCertSign")),
+            None => Err(not_usable("it has no key usage")),
+        }
+    }
+
+    /// Checks this CA's pathLenConstraint against the number of intermediates below it.
+    fn check_path_len(&self, intermediates_below: usize) -> Result<(), ChainError> {
+        let limit = self
+            .extension::<BasicConstraints>(ID_CE_BASIC_CONSTRAINTS)?
+            .and_then(|bc| bc.path_len_constraint);
+        match limit {
+            Some(limit) if intermediates_below > usize::from(limit) => {
+                Err(ChainError::PathLenExceeded {
+                    subject: self.subject_string(),
+                    limit,
+                    found: intermediates_below,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Checks that `self` was signed by `issuer`'s key.
     fn check_signed_by(&self, issuer: &ParsedCert) -> Result<(), ChainError> {
         use rsa::signature::Verifier;
@@ -200,6 +258,13 @@ impl ParsedCert {
             .ok_or_else(|| ChainError::IssuerKeyNotRsa {
                 issuer: issuer.subject_string(),
             })?;
+        let bits = key.n().bits();
+        if bits < MIN_ISSUER_KEY_BITS {
+            return Err(ChainError::IssuerKeyTooSmall {
+                issuer: issuer.subject_string(),
+                bits,
+            });
+        }
         let signature = rsa::pkcs1v15::Signature::try_from(self.cert.signature.raw_bytes())
             .map_err(|_| ChainError::BadSignature {
                 subject: subject.clone(),
@@ -341,11 +406,33 @@ pub enum ChainError {
         /// The leaf's subject.
         subject: String,
     },
-    /// A certificate between the leaf and the root is not a CA.
-    #[error("intermediate certificate {subject} is not a CA or may not sign certificates")]
-    IntermediateNotCa {
+    /// The root or an intermediate does not meet the rules for a CA.
+    #[error("certificate {subject} cannot act as a CA: {reason}")]
+    NotAUsableCa {
         /// The certificate's subject.
         subject: String,
+        /// Which rule it breaks.
+        reason: String,
+    },
+    /// A CA has more intermediates below it than its pathLenConstraint allows.
+    #[error(
+        "CA {subject} allows {limit} intermediate certificates below it, the chain has {found}"
+    )]
+    PathLenExceeded {
+        /// The CA's subject.
+        subject: String,
+        /// Its pathLenConstraint.
+        limit: u8,
+        /// Intermediates below it in the chain.
+        found: usize,
+    },
+    /// An issuer's RSA key is too small to be trusted for certificate signatures.
+    #[error("issuer {issuer} has a {bits}-bit RSA key; at least {MIN_ISSUER_KEY_BITS} bits are required")]
+    IssuerKeyTooSmall {
+        /// The issuer's subject.
+        issuer: String,
+        /// Its key size.
+        bits: usize,
     },
     /// The signing certificate is a CA certificate.
     #[error("signing certificate {subject} is a CA certificate, not a participant's")]
@@ -383,6 +470,25 @@ pub enum ChainError {
         /// What the decoder said.
         reason: String,
     },
+    /// The signing certificate is an X.509 version 1 or 2 certificate.
+    #[error("signing certificate {subject} is not an X.509 version 3 certificate")]
+    LeafNotVersion3 {
+        /// The leaf's subject.
+        subject: String,
+    },
+    /// The signing certificate has no common name, so it names no one.
+    #[error("signing certificate {subject} has no common name (CN)")]
+    LeafWithoutCommonName {
+        /// The leaf's subject.
+        subject: String,
+    },
+    /// The signing certificate carries NVFlare's placeholder admin name instead of a
+    /// real identity.
+    #[error("signing certificate {subject} has the placeholder common name {PLACEHOLDER_ADMIN_CN:?}, not a real identity")]
+    LeafWithPlaceholderName {
+        /// The leaf's subject.
+        subject: String,
+    },
     /// The chain is longer than [`MAX_CHAIN_LEN`].
     #[error("certificate chain has {len} certificates, more than the limit of {MAX_CHAIN_LEN}")]
     TooLong {
@@ -398,64 +504,93 @@ pub enum ChainError {
 /// the project root CA at time `at`, and returns the leaf's identity.
 ///
 /// Rules: every certificate on the path, the root included, is valid at `at`; each one is
-/// signed by the next, the last by the root; intermediates are CAs; the leaf is not a CA,
+/// signed by the next, the last by the root; the root and intermediates are version 3 CAs
+/// with a critical basicConstraints and keyCertSign, and RSA keys of at least 2048 bits;
+/// the leaf is not a CA,
 /// allows digitalSignature if it has a key usage, allows clientAuth if it has an extended
-/// key usage, and has an RSA key. Certificates after the one the root issued are ignored.
+/// key usage, has a non-empty common name other than NVFlare's placeholder, and has an RSA
+/// key. Intermediates may be in any order; each is used at most once, and every
+/// pathLenConstraint is respected. Certificates not on the path are ignored.
 pub fn verify_chain(
     chain: &[ParsedCert],
     root: &RootCa,
     at: SystemTime,
 ) -> Result<SignerIdentity, ChainError> {
     let leaf = chain.first().ok_or(ChainError::Empty)?;
+    if chain.len() > MAX_CHAIN_LEN {
+        return Err(ChainError::TooLong { len: chain.len() });
+    }
     check_leaf(leaf)?;
     root.cert.check_time(at)?;
-    for (index, cert) in chain.iter().enumerate() {
-        if index >= MAX_CHAIN_LEN {
-            return Err(ChainError::TooLong { len: chain.len() });
+    root.cert.check_ca_rules()?;
+    root.cert.check_critical_extensions()?;
+    let intermediates = &chain[1..];
+    let mut used = vec![false; intermediates.len()];
+    let mut current = leaf;
+    // How many intermediates lie between `current` and the leaf (0 for the leaf itself,
+    // which is not an intermediate); bounds every pathLenConstraint on the way up.
+    let mut depth = 0usize;
+    loop {
+        current.check_critical_extensions()?;
+        current.check_time(at)?;
+        if depth > 0 {
+            current.check_ca_rules()?;
+            current.check_path_len(depth - 1)?;
         }
-        cert.check_critical_extensions()?;
-        cert.check_time(at)?;
-        if index > 0 {
-            let may_sign_certs = cert
-                .extension::<KeyUsage>(ID_CE_KEY_USAGE)?
-                .map_or(true, |ku| ku.key_cert_sign());
-            if !cert.is_ca()? || !may_sign_certs {
-                return Err(ChainError::IntermediateNotCa {
-                    subject: cert.subject_string(),
-                });
-            }
-        }
-        let issuer_name = &cert.cert.tbs_certificate.issuer;
+        let issuer_name = &current.cert.tbs_certificate.issuer;
         if issuer_name == root.subject() {
-            cert.check_signed_by(&root.cert)?;
+            current.check_signed_by(&root.cert)?;
+            root.cert.check_path_len(depth)?;
             return Ok(leaf.identity());
         }
-        match chain.get(index + 1) {
-            Some(next) if &next.cert.tbs_certificate.subject == issuer_name => {
-                cert.check_signed_by(next)?;
+        // Intermediates may come in any order, as NVFlare's path builder accepts: take
+        // the unused one with the issuer's name whose key verifies the signature.
+        let mut first_error = None;
+        let mut next = None;
+        for (index, candidate) in intermediates.iter().enumerate() {
+            if used[index] || &candidate.cert.tbs_certificate.subject != issuer_name {
+                continue;
             }
-            _ => {
+            match current.check_signed_by(candidate) {
+                Ok(()) => {
+                    next = Some(index);
+                    break;
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match (next, first_error) {
+            (Some(index), _) => {
+                used[index] = true;
+                current = &intermediates[index];
+                depth += 1;
+            }
+            (None, Some(error)) => return Err(error),
+            (None, None) => {
                 return Err(ChainError::UntrustedIssuer {
-                    subject: cert.subject_string(),
+                    subject: current.subject_string(),
                     issuer: name_to_string(issuer_name),
                     root: name_to_string(root.subject()),
                 })
             }
         }
     }
-    // The loop returns on reaching the root or fails on a certificate without an issuer
-    // in the chain, so falling out of it means the last certificate's issuer was found
-    // nowhere: report it as untrusted.
-    let last = chain.last().ok_or(ChainError::Empty)?;
-    Err(ChainError::UntrustedIssuer {
-        subject: last.subject_string(),
-        issuer: name_to_string(&last.cert.tbs_certificate.issuer),
-        root: name_to_string(root.subject()),
-    })
 }
 
 fn check_leaf(leaf: &ParsedCert) -> Result<(), ChainError> {
     let subject = leaf.subject_string();
+    let identity = leaf.identity();
+    if leaf.cert.tbs_certificate.version != x509_cert::Version::V3 {
+        return Err(ChainError::LeafNotVersion3 { subject });
+    }
+    if identity.name.is_empty() {
+        return Err(ChainError::LeafWithoutCommonName { subject });
+    }
+    if identity.name == PLACEHOLDER_ADMIN_CN {
+        return Err(ChainError::LeafWithPlaceholderName { subject });
+    }
     if leaf.is_ca()? {
         return Err(ChainError::LeafIsCa { subject });
     }

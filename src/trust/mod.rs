@@ -40,6 +40,15 @@ pub struct SignerIdentity {
     pub role: Option<String>,
 }
 
+impl SignerIdentity {
+    /// Whether this identity's role may submit jobs: `project_admin` and `lead` may
+    /// (SPEC section 9); `org_admin`, `member`, no role or any other role may not. Server
+    /// and sites check this for a signed job's signer before deploying it.
+    pub fn may_submit(&self) -> bool {
+        matches!(self.role.as_deref(), Some("project_admin" | "lead"))
+    }
+}
+
 impl std::fmt::Display for SignerIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -62,6 +71,20 @@ pub fn max_pss_salt_len(modulus_bits: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_project_admins_and_leads_may_submit() {
+        let with_role = |role: Option<&str>| super::SignerIdentity {
+            name: "n".into(),
+            org: "o".into(),
+            role: role.map(str::to_owned),
+        };
+        assert!(with_role(Some("project_admin")).may_submit());
+        assert!(with_role(Some("lead")).may_submit());
+        for role in [Some("org_admin"), Some("member"), Some("Lead"), None] {
+            assert!(!with_role(role).may_submit(), "{role:?}");
+        }
+    }
+
     #[test]
     fn max_salt_for_common_key_sizes() {
         assert_eq!(super::max_pss_salt_len(2048), 222);

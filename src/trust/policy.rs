@@ -75,7 +75,13 @@ pub fn check_job(
     let required = policy.requires_signature();
     let signed = looks_signed(path);
     match (&policy.root_ca, signed) {
-        (Some(root), true) => Ok(JobTrust::Signed(verify_job_folder(path, root, at)?)),
+        (Some(root), true) => match verify_job_folder(path, root, at) {
+            Ok(signer) => Ok(JobTrust::Signed(signer)),
+            Err(reason) => {
+                tracing::warn!(job = %path.display(), %reason, "job signature rejected");
+                Err(reason.into())
+            }
+        },
         (None, _) if required => Err(PolicyError::NoRootCa {
             path: path.to_path_buf(),
         }),

@@ -376,6 +376,7 @@ fn load_existing_ca(dir: &Path) -> Result<Option<(String, String)>, ProvisionErr
                 .map_err(|e| broken(format!("rootCA.key: {e}")))?;
             let chain =
                 parse_pem_chain(cert.as_bytes()).map_err(|e| broken(format!("rootCA.pem: {e}")))?;
+            // parse_pem_chain returns at least one certificate, so index 0 exists.
             if chain[0].rsa_public_key().as_ref() != Some(private.as_ref()) {
                 return Err(broken("rootCA.key does not match rootCA.pem".into()));
             }

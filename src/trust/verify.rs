@@ -146,8 +146,8 @@ pub enum VerifyError {
 ///
 /// The rules (SPEC section 6): no symbolic links or special files anywhere; every
 /// directory holds `.__nvfl_sig.json` and `.__nvfl_submitter.crt`; the certificate chain
-/// leads to `root` and every certificate on it is valid at `at`; the leaf is not a CA,
-/// allows digitalSignature and clientAuth when it restricts usage; every file (over its
+/// passes [`verify_chain`] (it leads to `root`, every certificate on it is valid at `at`,
+/// the CA and leaf rules hold); every file (over its
 /// bytes) and every immediate subdirectory (over its UTF-8 name) has an entry whose
 /// RSA-PSS signature verifies; entries for names that do not exist are ignored. All
 /// directories must carry the same signer certificate. Directories and entries are
@@ -399,7 +399,7 @@ enum BoundedReadError {
 
 /// Reads a whole file, refusing more than `limit` bytes without reading them.
 fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, BoundedReadError> {
-    let file = File::open(path).map_err(BoundedReadError::Io)?;
+    let file = open_no_follow(path).map_err(BoundedReadError::Io)?;
     let mut bytes = Vec::new();
     file.take(limit + 1)
         .read_to_end(&mut bytes)
@@ -411,13 +411,22 @@ fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, BoundedReadError> {
     Ok(bytes)
 }
 
+/// Opens a file for reading, refusing a symlink put in place after the folder was listed.
+fn open_no_follow(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
 /// SHA-256 of a file's bytes, streamed so large files are not held in memory.
 pub(crate) fn hash_file(path: &Path) -> Result<Sha256, VerifyError> {
     let io = |source| VerifyError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let mut file = File::open(path).map_err(io)?;
+    let mut file = open_no_follow(path).map_err(io)?;
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 256 * 1024];
     loop {
