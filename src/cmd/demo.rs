@@ -113,7 +113,20 @@ async fn demo(args: Args) -> anyhow::Result<i32> {
         server.attach_site(name, handle.requests.clone(), reports_rx);
         sites.push(handle);
     }
-    println!("server started with sites {}", SITES.join(", "));
+    // Submit once every site is connected, as an operator would: a job tried before its
+    // sites are there waits out a back-off (10 s by default).
+    let mut watch = server.watch();
+    let connected = tokio::time::timeout(
+        Duration::from_secs(30),
+        watch.wait_for(|state| state.connected_sites().count() == SITES.len()),
+    )
+    .await
+    .map(|r| r.map(|_| ()));
+    let all_connected = matches!(connected, Ok(Ok(_)));
+    if !all_connected {
+        bail!("the sites did not connect within 30 s");
+    }
+    println!("server started; sites {} connected", SITES.join(", "));
 
     let started = Instant::now();
     let mut names: BTreeMap<JobId, &str> = BTreeMap::new();
@@ -141,7 +154,6 @@ async fn demo(args: Args) -> anyhow::Result<i32> {
 
     let long_running = ids[2];
     let mut seen: BTreeMap<JobId, RunStatus> = BTreeMap::new();
-    let mut watch = server.watch();
     let mut abort_sent = false;
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
     let mut running_since: Option<Instant> = None;

@@ -28,7 +28,8 @@ use crate::lifecycle::{
 use crate::settings::Settings;
 use crate::site::process::{self, AppLaunch, AppProcess, Reattached};
 use crate::site::protocol::{ExitOutcome, SiteReport, SiteRequest};
-use crate::site::workspace::{self, UnpackLimits};
+use crate::site::workspace;
+use crate::trust::policy::TrustPolicy;
 
 /// How a server is set up.
 #[derive(Clone, Debug)]
@@ -43,6 +44,8 @@ pub struct ServerConfig {
     pub queue_capacity: usize,
     /// Package bytes that may be in flight to sites at once (deploys wait beyond it).
     pub package_bytes_in_flight_max: usize,
+    /// Signature policy for what the server deploys (SPEC section 6).
+    pub trust: TrustPolicy,
 }
 
 impl ServerConfig {
@@ -54,6 +57,10 @@ impl ServerConfig {
             limits: EngineLimits::default(),
             queue_capacity: 1024,
             package_bytes_in_flight_max: 256 * 1024 * 1024,
+            trust: TrustPolicy {
+                root_ca: None,
+                require_signed_jobs: None,
+            },
         }
     }
 }
@@ -142,6 +149,7 @@ pub struct Server {
     blobs: BlobStore,
     package_budget: Arc<Semaphore>,
     data_dir: PathBuf,
+    trust: TrustPolicy,
 }
 
 impl std::fmt::Debug for Server {
@@ -189,6 +197,7 @@ impl Server {
             blobs,
             package_budget: Arc::new(Semaphore::new(config.package_bytes_in_flight_max.max(1))),
             data_dir: config.data_dir.clone(),
+            trust: config.trust.clone(),
         };
         server.reattach_server_apps(engine.state());
         let task = EngineTask {
@@ -640,6 +649,12 @@ impl EngineTask {
                     let blobs = server.blobs.clone();
                     let root = server.workspace();
                     let inputs = server.clone();
+                    let trust = server.trust.clone();
+                    // Certificates are checked at the engine's time, from the injected clock.
+                    let at = std::time::UNIX_EPOCH
+                        + Duration::from_millis(
+                            u64::try_from(self.clock.now().as_millis()).unwrap_or(0),
+                        );
                     tokio::spawn(async move {
                         let result = tokio::task::spawn_blocking(move || {
                             let bytes = blobs.get(&package).map_err(|e| e.to_string())?;
@@ -648,7 +663,9 @@ impl EngineTask {
                                 job_id,
                                 &app,
                                 &bytes,
-                                &UnpackLimits::default(),
+                                &crate::job::limits::Limits::default(),
+                                &trust,
+                                at,
                             )
                             .map(|_| ())
                             .map_err(|e| e.to_string())
