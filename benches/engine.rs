@@ -80,10 +80,17 @@ async fn submit(server: &Server, job: &Path) -> JobId {
 
 async fn wait(server: &Server, pred: impl Fn(&State) -> bool) {
     let mut watch = server.watch();
-    tokio::time::timeout(Duration::from_secs(60), watch.wait_for(|s| pred(s)))
-        .await
-        .expect("in time")
-        .expect("server runs");
+    let waited = tokio::time::timeout(Duration::from_secs(60), watch.wait_for(|s| pred(s))).await;
+    if waited.is_err() {
+        let state = server.state();
+        for job in state.jobs.values() {
+            eprintln!(
+                "{} {} {:?} {:?}",
+                job.id, job.status, job.schedule_history, job.finish_reason
+            );
+        }
+        panic!("timed out waiting on the server");
+    }
 }
 
 fn median(mut xs: Vec<Duration>) -> Duration {

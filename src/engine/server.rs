@@ -456,7 +456,8 @@ impl EngineTask {
             let mut batch: Vec<Input> = Vec::new();
             let mut timer: Option<(crate::lifecycle::Timestamp, Timer)> = None;
             let sleep = deadline.as_ref().map(|(due, _)| {
-                let wait_ms = due.as_millis() - self.clock.now().as_millis();
+                // One extra millisecond: the wall clock must have reached `due` on waking.
+                let wait_ms = due.as_millis() - self.clock.now().as_millis() + 1;
                 Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0))
             });
             tokio::select! {
@@ -511,13 +512,16 @@ impl EngineTask {
                 break;
             };
             let before = engine.state().last_seq;
-            match engine.step(commands, self.clock.now()) {
+            let now = self.clock.now();
+            match engine.step(commands, now) {
                 Ok(released) => {
                     let after = engine.state().last_seq;
-                    fired = if timer.is_some() && after == before {
-                        timer
-                    } else {
-                        None
+                    // A timer woken a little early (the sleep and the wall clock are
+                    // different clocks) is simply slept for again; only one that was due
+                    // and still changed nothing is held back until the next input.
+                    fired = match timer {
+                        Some((due, t)) if after == before && due <= now => Some((due, t)),
+                        _ => None,
                     };
                     if after != before {
                         let _ = self.state_tx.send(Arc::new(engine.state().clone()));

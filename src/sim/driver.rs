@@ -187,6 +187,7 @@ struct Sim<'a> {
     notes: Vec<(Duration, String)>,
     observer: Option<Observer<'a>>,
     observed: State,
+    scenario_items_pending: usize,
 }
 
 /// The identity every scenario action acts as.
@@ -247,6 +248,7 @@ pub fn run_observed<'a>(
         notes: Vec::new(),
         observer,
         observed: State::new(),
+        scenario_items_pending: 0,
     };
     sim.run()
 }
@@ -262,6 +264,9 @@ impl<'a> Sim<'a> {
 
     fn schedule(&mut self, at: Duration, item: Item) {
         self.agenda_seq += 1;
+        if matches!(item, Item::Submit(_) | Item::Action(_)) {
+            self.scenario_items_pending += 1;
+        }
         self.agenda.insert((at, self.agenda_seq), item);
     }
 
@@ -313,14 +318,11 @@ impl<'a> Sim<'a> {
     }
 
     fn settled(&self) -> bool {
-        let pending_scenario = self
-            .agenda
-            .values()
-            .any(|i| matches!(i, Item::Submit(_) | Item::Action(_)));
-        match &self.engine {
-            Some(engine) => !pending_scenario && self.postponed.is_empty() && engine.is_settled(),
-            None => false,
+        // Cheap checks first: the state's own check walks every job.
+        if self.scenario_items_pending > 0 || !self.postponed.is_empty() {
+            return false;
         }
+        self.engine.as_ref().is_some_and(|e| e.is_settled())
     }
 
     fn run_instant(&mut self, t: Duration) -> Result<(), SimError> {
@@ -337,6 +339,9 @@ impl<'a> Sim<'a> {
                     break;
                 }
                 let item = entry.remove();
+                if matches!(item, Item::Submit(_) | Item::Action(_)) {
+                    self.scenario_items_pending -= 1;
+                }
                 if let Item::Action(i) = &item {
                     if let Action::Abort(job) | Action::Delete(job) | Action::Clone(job) =
                         &self.checked.actions[*i]
@@ -851,14 +856,17 @@ impl<'a> Sim<'a> {
         let live = self.engine.take().map(|e| e.state().clone());
         let history = History::<Event>::in_memory(self.storage.clone())
             .map_err(|e| SimError::Replay(e.to_string()))?;
+        // One pass over the stored records: each is checked (chain, order, transition)
+        // and folded, exactly as a restart would rebuild the state.
         let mut events = Vec::new();
+        let mut state = State::new();
         for record in history.records_from(1) {
             let record = record.map_err(|e| SimError::Replay(e.to_string()))?;
+            state
+                .apply_checked(&record.event)
+                .map_err(|e| SimError::Replay(e.to_string()))?;
             events.push(record.event);
         }
-        let state = history
-            .replay(State::new())
-            .map_err(|e| SimError::Replay(e.to_string()))?;
         if let Some(live) = live {
             if live != state {
                 return Err(SimError::Replay(
