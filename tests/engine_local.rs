@@ -102,9 +102,10 @@ fn settled(state: &State, id: &JobId) -> bool {
     })
 }
 
+/// True while a process of the group runs (zombies awaiting their reaper do not count:
+/// they run nothing).
 fn group_alive(pgid: i32) -> bool {
-    // Signal 0 checks for existence only.
-    unsafe { libc::kill(-pgid, 0) == 0 }
+    fedrun::site::process::group_alive(pgid)
 }
 
 fn pgid_in(run_dir: &Path) -> i32 {
