@@ -237,3 +237,28 @@ async fn a_full_queue_answers_busy_instead_of_waiting() {
     assert!(matches!(answer, Ok(Err(_))), "{answer:?}");
     server.shutdown().await;
 }
+
+/// Apps that exit at once, job after job: the server app's exit must never overtake the
+/// report of its start (it did once, and the exit was dropped, leaving the job RUNNING).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instant_apps_complete_every_time() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (server, sites) = start(dir.path(), &["site-1", "site-2"]).await;
+    let instant = job(dir.path(), "instant", "exit 0\n");
+    for round in 0..20 {
+        let id = submit(&server, &instant).await;
+        let state = wait_for(&server, &format!("round {round} finished"), |s| {
+            s.jobs.get(&id).is_some_and(|j| j.status.is_terminal())
+        })
+        .await;
+        assert_eq!(
+            state.jobs[&id].status,
+            RunStatus::Completed,
+            "round {round}"
+        );
+    }
+    server.shutdown().await;
+    for site in sites {
+        site.shutdown().await;
+    }
+}

@@ -391,8 +391,7 @@ impl Server {
             match process::reattach(&run_dir) {
                 Ok(Reattached::Running(app)) => {
                     let job_id = job.id;
-                    self.send_input(Input::Worker(Command::RunReattached { job_id }));
-                    self.watch_app(job_id, app);
+                    self.watch_app(job_id, app, Some(Command::RunReattached { job_id }));
                 }
                 Ok(Reattached::Ended(end)) => {
                     self.send_input(Input::Worker(Command::ServerAppExited {
@@ -408,11 +407,16 @@ impl Server {
         }
     }
 
-    fn watch_app(&self, job_id: JobId, app: AppProcess) {
+    fn watch_app(&self, job_id: JobId, app: AppProcess, first: Option<Command>) {
         let ended = app.ended();
         lock(&self.shared.apps).insert(job_id, app);
         let server = self.clone();
         tokio::spawn(async move {
+            if let Some(command) = first {
+                if server.inputs.send(Input::Worker(command)).await.is_err() {
+                    return;
+                }
+            }
             let end = process::wait_end(ended).await;
             lock(&server.shared.apps).remove(&job_id);
             let outcome = end.map_or(ExitOutcome::Signal(9), |e| e.outcome);
@@ -699,11 +703,17 @@ impl EngineTask {
                     };
                     match process::start(&launch) {
                         Ok(process) => {
-                            server.send_input(Input::Worker(Command::ServerAppStarted {
+                            // The start is reported before the exit, on the same task:
+                            // an app that exits at once must not have its exit overtake
+                            // its start.
+                            server.watch_app(
                                 job_id,
-                                result: Ok(()),
-                            }));
-                            server.watch_app(job_id, process);
+                                process,
+                                Some(Command::ServerAppStarted {
+                                    job_id,
+                                    result: Ok(()),
+                                }),
+                            );
                         }
                         Err(e) => server.send_input(Input::Worker(Command::ServerAppStarted {
                             job_id,
