@@ -142,6 +142,8 @@ struct Harness {
     model: BTreeMap<JobId, String>,
     replayed: State,
     deleted: std::collections::BTreeSet<JobId>,
+    /// Reservations the sites hold: (job, site, token).
+    reserved: std::collections::BTreeSet<(JobId, String, String)>,
     boots: u128,
     last_request: Option<Command>,
 }
@@ -508,6 +510,32 @@ impl Harness {
             self.replayed
                 .apply_checked(&decoded)
                 .expect("replay accepts what decide made");
+            self.track_reservation(event);
+        }
+        // No reservation is left held for a job that is neither being tried nor dispatched.
+        for effect in &decision.effects {
+            if let fedrun::lifecycle::Effect::CancelReservation {
+                site,
+                job_id,
+                token,
+            } = effect
+            {
+                self.reserved
+                    .remove(&(*job_id, site.clone(), token.clone()));
+            }
+        }
+        for (job_id, site, token) in &self.reserved {
+            let status = self.model.get(job_id).map(String::as_str);
+            let in_try = self
+                .world
+                .state
+                .schedule_try
+                .as_ref()
+                .is_some_and(|t| &t.job_id == job_id);
+            assert!(
+                in_try || status == Some("DISPATCHED"),
+                "reservation {token} at {site} leaked: job {job_id} is {status:?}"
+            );
         }
         assert_eq!(self.replayed, self.world.state, "replay equals live state");
         assert!(self.world.state.active_job_count() <= self.world.settings.max_jobs as usize);
@@ -542,6 +570,33 @@ impl Harness {
                 self.model.get(&t.job_id).map(String::as_str),
                 Some("SUBMITTED")
             );
+        }
+    }
+
+    fn track_reservation(&mut self, event: &Event) {
+        match &event.kind {
+            EventKind::ResourceAnswered {
+                job_id,
+                site,
+                answer: fedrun::lifecycle::ResourceAnswer::Reserved(token),
+                ..
+            } => {
+                self.reserved.insert((*job_id, site.clone(), token.clone()));
+            }
+            EventKind::RunStarted {
+                job_id,
+                job_clients,
+            } => {
+                self.reserved
+                    .retain(|(j, site, _)| j != job_id || !job_clients.contains(site));
+            }
+            EventKind::ServerStarted { .. } => {
+                // The try in flight died with the old server; the sites let it lapse.
+                let model = &self.model;
+                self.reserved
+                    .retain(|(j, _, _)| model.get(j).map(String::as_str) != Some("SUBMITTED"));
+            }
+            _ => {}
         }
     }
 
@@ -593,6 +648,7 @@ proptest! {
             model: BTreeMap::new(),
             replayed: State::new(),
             deleted: Default::default(),
+            reserved: Default::default(),
             boots: 0,
             last_request: None,
         };

@@ -164,28 +164,35 @@ fn next_command(bytes: &mut Bytes<'_>, state: &State, jobs: &[JobId]) -> (Comman
                 },
             }
         }
-        6 => Command::Site {
-            site: site(bytes),
-            report: SiteReport::DeployAnswer {
-                job_id: job(bytes),
-                result: result(bytes),
-            },
-        },
-        7 => Command::Site {
-            site: site(bytes),
-            report: SiteReport::StartAnswer {
-                job_id: job(bytes),
-                result: result(bytes),
-            },
-        },
-        8 => Command::Site {
-            site: site(bytes),
-            report: SiteReport::AppExited {
-                job_id: job(bytes),
-                report_id: bytes.text(),
-                outcome: outcome(bytes),
-            },
-        },
+        kind @ 6..=8 => {
+            // Mostly a site of the job's own run, so deploys, starts and exits land.
+            let job_id = job(bytes);
+            let run_sites = state
+                .job(&job_id)
+                .map(|j| j.run.sites.clone())
+                .unwrap_or_default();
+            let site = if run_sites.is_empty() || bytes.byte() == 255 {
+                site(bytes)
+            } else {
+                run_sites[usize::from(bytes.byte()) % run_sites.len()].clone()
+            };
+            let report = match kind {
+                6 => SiteReport::DeployAnswer {
+                    job_id,
+                    result: result(bytes),
+                },
+                7 => SiteReport::StartAnswer {
+                    job_id,
+                    result: result(bytes),
+                },
+                _ => SiteReport::AppExited {
+                    job_id,
+                    report_id: bytes.text(),
+                    outcome: outcome(bytes),
+                },
+            };
+            Command::Site { site, report }
+        }
         9 => Command::ServerDeployFinished {
             job_id: job(bytes),
             result: result(bytes),
@@ -247,7 +254,8 @@ fn origin(bytes: &mut Bytes<'_>) -> Origin {
 /// between, and panics if an invariant breaks: an event `decide` made is illegal for
 /// replay, an event does not survive its MessagePack encoding or exceeds the size limit,
 /// a terminal status changes, replay differs from the live state, more than `max_jobs`
-/// jobs count against the limit, or a due deadline is still pending after it fired.
+/// jobs count against the limit, a due deadline is still pending after it fired, or a
+/// site's reservation is left held for a job that is neither being tried nor dispatched.
 pub fn check_decide_apply(data: &[u8]) {
     let mut bytes = Bytes { data, at: 0 };
     let settings = Settings {
@@ -263,6 +271,7 @@ pub fn check_decide_apply(data: &[u8]) {
         ids: CountingIds(0),
         jobs: Vec::new(),
         now: Timestamp(946_684_800_000),
+        reserved: std::collections::BTreeSet::new(),
     };
     let mut steps = 0;
     while !bytes.done() && steps < 400 {
@@ -301,6 +310,9 @@ struct Driver {
     ids: CountingIds,
     jobs: Vec<JobId>,
     now: Timestamp,
+    /// Reservations sites hold: granted by a recorded answer, ended by a cancel effect,
+    /// by the run starting at that site, or by the restart that drops the try.
+    reserved: std::collections::BTreeSet<(JobId, String, String)>,
 }
 
 impl Driver {
@@ -334,11 +346,69 @@ impl Driver {
             if let Err(err) = self.replayed.apply_checked(&decoded) {
                 panic!("replay refused what decide made: {err}");
             }
+            self.track_reservations(event);
+        }
+        for effect in &decision.effects {
+            if let crate::lifecycle::Effect::CancelReservation {
+                site,
+                job_id,
+                token,
+            } = effect
+            {
+                self.reserved
+                    .remove(&(*job_id, site.clone(), token.clone()));
+            }
+        }
+        for (job_id, site, token) in &self.reserved {
+            let job = self.state.job(job_id).expect("a reservation's job exists");
+            let in_try = self
+                .state
+                .schedule_try
+                .as_ref()
+                .is_some_and(|t| &t.job_id == job_id);
+            assert!(
+                in_try || job.status == RunStatus::Dispatched,
+                "reservation {token} at {site} leaked: job {job_id} is {}",
+                job.status
+            );
         }
         assert!(
             self.state.active_job_count() <= self.settings.max_jobs as usize,
             "max_jobs holds"
         );
+    }
+}
+
+impl Driver {
+    fn track_reservations(&mut self, event: &Event) {
+        match &event.kind {
+            EventKind::ResourceAnswered {
+                job_id,
+                site,
+                answer: crate::lifecycle::ResourceAnswer::Reserved(token),
+                ..
+            } => {
+                self.reserved.insert((*job_id, site.clone(), token.clone()));
+            }
+            EventKind::RunStarted {
+                job_id,
+                job_clients,
+            } => {
+                self.reserved
+                    .retain(|(j, site, _)| j != job_id || !job_clients.contains(site));
+            }
+            EventKind::ServerStarted { .. } => {
+                // The try in flight died with the old server; its reservations lapse at
+                // the sites after `reservation_timeout`.
+                let state = &self.state;
+                self.reserved.retain(|(j, _, _)| {
+                    state
+                        .job(j)
+                        .is_some_and(|job| job.status != RunStatus::Submitted)
+                });
+            }
+            _ => {}
+        }
     }
 }
 

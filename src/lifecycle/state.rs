@@ -422,6 +422,7 @@ mod shared_values {
 
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+    /// Writes the map with its values unwrapped.
     pub fn serialize<K: Serialize + Ord, V: Serialize, S: Serializer>(
         map: &BTreeMap<K, Arc<V>>,
         serializer: S,
@@ -429,6 +430,7 @@ mod shared_values {
         serializer.collect_map(map.iter().map(|(k, v)| (k, &**v)))
     }
 
+    /// Reads a plain map and wraps each value.
     pub fn deserialize<'de, K, V, D>(deserializer: D) -> Result<BTreeMap<K, Arc<V>>, D::Error>
     where
         K: Deserialize<'de> + Ord,
@@ -446,6 +448,7 @@ mod shared_value {
 
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+    /// Writes the value itself.
     pub fn serialize<V: Serialize, S: Serializer>(
         value: &Arc<V>,
         serializer: S,
@@ -453,6 +456,7 @@ mod shared_value {
         (**value).serialize(serializer)
     }
 
+    /// Reads the value and wraps it.
     pub fn deserialize<'de, V: Deserialize<'de>, D: Deserializer<'de>>(
         deserializer: D,
     ) -> Result<Arc<V>, D::Error> {
