@@ -10,8 +10,10 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use fedrun::history::events::EventHistory;
+use fedrun::history::{DataFileSync, MemoryStorage, SledOptions};
 use fedrun::job::meta::{AppTargets, JobMeta};
 use fedrun::job::JobId;
 use fedrun::lifecycle::{
@@ -122,30 +124,63 @@ fn durable_append(c: &mut Criterion) {
         .open(&path)
         .expect("raw file");
     let payload = vec![0x5au8; size];
-    group.bench_function("raw_write_and_fdatasync_same_size", |b| {
+    group.bench_function("raw_append_and_fdatasync_same_size", |b| {
         b.iter(|| {
             file.write_all(&payload).expect("write");
             file.sync_data().expect("fdatasync");
         })
     });
+
+    // The same write over a preallocated file, as sled writes into its preallocated
+    // segments: fdatasync then has no file size to commit, only the data.
+    let path = dir.path().join("raw-preallocated");
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .expect("raw file");
+    let slots = 4096u64;
+    file.set_len(slots * size as u64).expect("preallocate");
+    file.write_all(&vec![0u8; slots as usize * size])
+        .expect("fill");
+    file.sync_all().expect("fsync");
+    let mut slot = 0u64;
+    group.bench_function("raw_overwrite_and_fdatasync_same_size", |b| {
+        b.iter(|| {
+            use std::os::unix::fs::FileExt;
+            file.write_all_at(&payload, (slot % slots) * size as u64)
+                .expect("write");
+            file.sync_data().expect("fdatasync");
+            slot += 1;
+        })
+    });
     group.finish();
 }
 
-fn batches_of_64(c: &mut Criterion) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut history = EventHistory::open(dir.path()).expect("open");
-    let mut group = c.benchmark_group("batch_of_64");
-    group
-        .sample_size(30)
-        .measurement_time(Duration::from_secs(6))
-        .throughput(Throughput::Elements(64));
-    group.bench_function("append_batch_64", |b| {
-        // Building the events is not timed: only the durable append is.
+/// A sync seam that does nothing: measures what a batch costs before the fsync.
+struct NoSync;
+
+impl DataFileSync for NoSync {
+    fn sync(&mut self, _file: &std::fs::File, _path: &std::path::Path) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Times `append_batch` of `size` events on `history`, building the events untimed.
+fn bench_batches(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    history: &mut EventHistory,
+    size: u64,
+) {
+    group.bench_function(name, |b| {
         b.iter_custom(|iterations| {
             let mut spent = Duration::ZERO;
             for _ in 0..iterations {
                 let first = history.next_seq();
-                let events: Vec<Event> = (first..first + 64).map(event_at).collect();
+                let events: Vec<Event> = (first..first + size).map(event_at).collect();
                 let start = Instant::now();
                 history.append_batch(&events).expect("append");
                 spent += start.elapsed();
@@ -153,6 +188,49 @@ fn batches_of_64(c: &mut Criterion) {
             spent
         })
     });
+}
+
+fn batches_of_64(c: &mut Criterion) {
+    let mut group = c.benchmark_group("batch_of_64");
+    group
+        .sample_size(30)
+        .measurement_time(Duration::from_secs(6))
+        .throughput(Throughput::Elements(64));
+
+    // Durable: insert, sled's flush, fdatasync of the data file.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut history = EventHistory::open(dir.path()).expect("open");
+    bench_batches(&mut group, "append_batch_64_durable", &mut history, 64);
+
+    // Where the time goes: without the fdatasync (sled's flush still writes and waits
+    // for its sync_file_range), and in memory (encoding and hashing only).
+    let dir = tempfile::tempdir().expect("temp dir");
+    let options = SledOptions {
+        create: true,
+        sync: Box::new(NoSync),
+    };
+    let mut history = EventHistory::open_with(dir.path(), options).expect("open");
+    bench_batches(
+        &mut group,
+        "append_batch_64_without_fdatasync",
+        &mut history,
+        64,
+    );
+
+    let mut history = EventHistory::in_memory(MemoryStorage::new()).expect("open");
+    bench_batches(&mut group, "append_batch_64_in_memory", &mut history, 64);
+    group.finish();
+
+    // Group commit under load: the engine appends every waiting input at once, so
+    // batches grow while the disk is busy flushing.
+    let mut group = c.benchmark_group("batch_of_256");
+    group
+        .sample_size(30)
+        .measurement_time(Duration::from_secs(6))
+        .throughput(Throughput::Elements(256));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut history = EventHistory::open(dir.path()).expect("open");
+    bench_batches(&mut group, "append_batch_256_durable", &mut history, 256);
     group.finish();
 }
 
@@ -161,27 +239,33 @@ fn replay(c: &mut Criterion) {
         .ok()
         .and_then(|text| text.parse().ok())
         .unwrap_or(1_000_000);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut history = EventHistory::open(dir.path()).expect("open");
-    let build = Instant::now();
-    let batch = 1000;
-    let mut seq = 1;
-    while seq <= events {
-        let end = (seq + batch).min(events + 1);
-        let chunk: Vec<Event> = (seq..end).map(event_at).collect();
-        history.append_batch(&chunk).expect("append");
-        seq = end;
-    }
-    eprintln!(
-        "built a {events}-event history in {:.1} s",
-        build.elapsed().as_secs_f64()
-    );
     let mut group = c.benchmark_group("replay");
     group
         .sample_size(10)
         .measurement_time(Duration::from_secs(20))
         .throughput(Throughput::Elements(events));
+    // The history is built on the closure's first call, which criterion makes only when
+    // the benchmark is selected (so `cargo bench -- durable` skips the long build), and
+    // kept for its later calls.
+    let mut built: Option<(tempfile::TempDir, EventHistory)> = None;
     group.bench_function(format!("replay_{events}_events"), |b| {
+        let (_, history) = built.get_or_insert_with(|| {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let mut history = EventHistory::open(dir.path()).expect("open");
+            let build = Instant::now();
+            let mut seq = 1;
+            while seq <= events {
+                let end = (seq + 1000).min(events + 1);
+                let chunk: Vec<Event> = (seq..end).map(event_at).collect();
+                history.append_batch(&chunk).expect("append");
+                seq = end;
+            }
+            eprintln!(
+                "built a {events}-event history in {:.1} s",
+                build.elapsed().as_secs_f64()
+            );
+            (dir, history)
+        });
         b.iter(|| {
             let state = history.replay(State::new()).expect("replay");
             assert_eq!(state.jobs.len() as u64, events.div_ceil(4));
@@ -190,10 +274,11 @@ fn replay(c: &mut Criterion) {
     group.finish();
 }
 
-fn startup(c: &mut Criterion) {
+/// A data folder holding a snapshot of `jobs` submitted jobs plus a tail of `jobs` more
+/// events; prints once where start-up's time goes.
+fn build_startup_history(jobs: u64) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut history = EventHistory::open(dir.path()).expect("open");
-    let jobs = 10_000u64;
     let mut state = State::new();
     let mut seq = 1;
     for chunk in 0..jobs / 1000 {
@@ -217,11 +302,42 @@ fn startup(c: &mut Criterion) {
     }
     history.close().expect("close");
 
+    // Once, where the time goes: opening sled, reading and hashing the snapshot
+    // blob, decoding the state, and the whole of start-up.
+    let start = Instant::now();
+    let history = EventHistory::open(dir.path()).expect("open");
+    let opened = start.elapsed();
+    let start = Instant::now();
+    let (_, bytes) = history
+        .storage()
+        .load_snapshot()
+        .expect("snapshot")
+        .expect("a snapshot exists");
+    let loaded = start.elapsed();
+    let start = Instant::now();
+    let _: State = fedrun::history::snapshot::decode_state(&bytes).expect("decode");
+    let decoded = start.elapsed();
+    let start = Instant::now();
+    history.recover(State::new()).expect("recover");
+    let recovered = start.elapsed();
+    drop(history);
+    eprintln!(
+        "start-up parts: sled open {opened:?}, snapshot blob read+hash {loaded:?} ({} bytes), \
+         state decode {decoded:?}, recover (load+decode+10k tail) {recovered:?}",
+        bytes.len()
+    );
+    dir
+}
+
+fn startup(c: &mut Criterion) {
+    let jobs = 10_000u64;
     let mut group = c.benchmark_group("startup");
     group
         .sample_size(20)
         .measurement_time(Duration::from_secs(6));
+    let mut built: Option<tempfile::TempDir> = None;
     group.bench_function("open_snapshot_10k_jobs_plus_10k_tail", |b| {
+        let dir = built.get_or_insert_with(|| build_startup_history(jobs));
         b.iter(|| {
             let history = EventHistory::open(dir.path()).expect("open");
             let recovered = history.recover(State::new()).expect("recover");

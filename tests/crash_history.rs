@@ -107,6 +107,17 @@ fn acknowledged_events_survive_sigkill() {
 
         let history = History::<Step>::open(dir.path())
             .unwrap_or_else(|err| panic!("round {round}: reopen failed: {err}"));
+        let leftovers = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|entry| {
+                let name = entry.as_ref().unwrap().file_name();
+                name.to_string_lossy().starts_with(".anchor-")
+            })
+            .count();
+        assert_eq!(
+            leftovers, 0,
+            "round {round}: interrupted anchor writes are cleaned up"
+        );
         let head = history.head().seq;
         assert!(
             head >= acknowledged_max,

@@ -101,3 +101,26 @@ fn hostile_inputs_are_refused_without_panic() {
     let err = fedrun::history::record::decode_header(future).unwrap_err();
     assert!(err.to_string().contains("format version 2"), "{err}");
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+    /// Between fuzzing runs, random bytes and random splices of corpus records keep the
+    /// checks exercised on every test run.
+    #[test]
+    fn random_bytes_and_splices_are_handled(
+        bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+        pick in proptest::prelude::any::<proptest::sample::Index>(),
+        at in proptest::prelude::any::<proptest::sample::Index>(),
+    ) {
+        for (target, check) in TARGETS {
+            check(&bytes);
+            let corpus = files(&fuzz_dir().join("corpus").join(target));
+            let seed = std::fs::read(pick.get(&corpus)).unwrap();
+            let cut = at.index(seed.len() + 1);
+            let mut spliced = seed[..cut].to_vec();
+            spliced.extend(&bytes);
+            check(&spliced);
+        }
+    }
+}

@@ -158,3 +158,58 @@ fn damage_to_sleds_data_file_is_reported_as_data_loss_against_the_anchor() {
     .to_string();
     assert!(message.contains(&anchor_seq.to_string()) && message.contains(&found_seq.to_string()));
 }
+
+#[test]
+fn a_changed_record_at_the_anchor_is_refused_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    closed_history(dir.path());
+    {
+        let db = common::raw_sled(dir.path());
+        let events = db.open_tree("events").unwrap();
+        let prev =
+            record::ChainHash::of(&events.get(record::seq_key(RECORDS - 1)).unwrap().unwrap());
+        let forged = Step {
+            seq: RECORDS,
+            job: 4242,
+            step: 1,
+            note: "forged".into(),
+        };
+        let bytes = record::encode(RECORDS, prev, &forged).unwrap();
+        events.insert(record::seq_key(RECORDS), bytes).unwrap();
+        db.flush().unwrap();
+    }
+    let err = History::<Step>::open(dir.path()).unwrap_err();
+    assert!(
+        matches!(err, OpenError::AnchorMismatch { seq: RECORDS, .. }),
+        "{err}"
+    );
+    assert!(err
+        .to_string()
+        .contains(&format!("record {RECORDS} differs from the anchor")));
+}
+
+#[test]
+fn a_missing_snapshot_blob_falls_back_to_full_replay_and_the_audit_reports_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut history = History::<Step>::open(dir.path()).unwrap();
+    history.append_batch(&steps(1, 10)).unwrap();
+    let state = history.replay(Steps::default()).unwrap();
+    let snapshot = history.take_snapshot(&state).unwrap();
+    history.append_batch(&steps(11, 5)).unwrap();
+    history.close().unwrap();
+    std::fs::remove_file(dir.path().join("blobs").join(snapshot.state.to_hex())).unwrap();
+
+    let history = History::<Step>::open(dir.path()).unwrap();
+    let recovered = history.recover(Steps::default()).unwrap();
+    assert_eq!(recovered.snapshot_seq, None);
+    assert_eq!(recovered.replayed, 15);
+    assert_eq!(recovered.state, history.replay(Steps::default()).unwrap());
+    let report = history.verify(Steps::default());
+    assert!(!report.is_ok());
+    assert!(
+        report.problems[0]
+            .message
+            .contains("snapshot cannot be read"),
+        "{report:?}"
+    );
+}

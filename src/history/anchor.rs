@@ -9,6 +9,9 @@ use std::path::Path;
 use super::storage::Head;
 use crate::blobs::sync_dir;
 
+/// The name prefix of an anchor's temp file before its rename.
+pub const TEMP_PREFIX: &str = ".anchor-";
+
 /// Reads the anchor file; `Ok(None)` when there is none yet.
 pub fn read(path: &Path) -> std::io::Result<Option<Head>> {
     let text = match fs::read_to_string(path) {
@@ -26,7 +29,7 @@ pub fn read(path: &Path) -> std::io::Result<Option<Head>> {
 pub fn write(path: &Path, head: Head) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut temp = tempfile::Builder::new()
-        .prefix(".anchor-")
+        .prefix(TEMP_PREFIX)
         .tempfile_in(dir)?;
     let text = serde_json::to_string(&head).map_err(std::io::Error::other)?;
     temp.write_all(text.as_bytes())?;

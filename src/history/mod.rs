@@ -325,21 +325,24 @@ impl<E: Serialize + DeserializeOwned + Sequenced> History<E> {
             ..SledOptions::default()
         };
         let storage = SledStorage::open(dir, options)?;
-        let head = match storage.last() {
-            Ok(Some((seq, bytes))) => Head {
+        History::for_audit(Box::new(storage)).map_err(|source| OpenError::Storage {
+            dir: dir.to_path_buf(),
+            source,
+        })
+    }
+
+    /// A read-only history over any store for the audit: neither the anchor nor the last
+    /// record is checked, since [`History::verify`] reports on them instead.
+    pub fn for_audit(storage: Box<dyn Storage>) -> Result<History<E>, StorageError> {
+        let head = match storage.last()? {
+            Some((seq, bytes)) => Head {
                 seq,
                 hash: ChainHash::of(&bytes),
             },
-            Ok(None) => Head::EMPTY,
-            Err(source) => {
-                return Err(OpenError::Storage {
-                    dir: dir.to_path_buf(),
-                    source,
-                })
-            }
+            None => Head::EMPTY,
         };
         Ok(History {
-            storage: Box::new(storage),
+            storage,
             head,
             // Nothing the audit does writes; refuse writes outright all the same.
             poisoned: Some("opened read-only for the audit".to_string()),

@@ -167,6 +167,10 @@ impl SledStorage {
                 })
             })?;
         let blobs = BlobStore::open(&paths.blobs).map_err(|err| storage_err(blob_err(err)))?;
+        if options.create {
+            // The server opens with `create`; offline commands leave the folder as is.
+            remove_anchor_leftovers(root);
+        }
         let mut storage = SledStorage {
             paths,
             db,
@@ -443,6 +447,24 @@ impl SledStorage {
             .map_err(|err| StorageError::Corrupt {
                 detail: format!("snapshot record does not decode: {err}"),
             })
+    }
+}
+
+/// Removes temp files of anchor writes that a crash interrupted. The anchor itself is
+/// replaced by a rename, so a leftover is never the anchor; failing to remove one only
+/// leaves a few bytes behind, which is logged, not fatal.
+fn remove_anchor_leftovers(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with(anchor::TEMP_PREFIX) {
+            if let Err(err) = std::fs::remove_file(entry.path()) {
+                tracing::warn!(path = %entry.path().display(), error = %err,
+                    "could not remove an interrupted anchor write");
+            }
+        }
     }
 }
 

@@ -1,5 +1,6 @@
-//! The storage seam: where record bytes live. Two implementations: [`SledStorage`]
-//! (crate::history::SledStorage) on disk, and [`MemoryStorage`] for the simulator. Both
+//! The storage seam: where record bytes live. Two implementations:
+//! [`SledStorage`](crate::history::SledStorage) on disk, and [`MemoryStorage`] for the
+//! simulator. Both
 //! hold bytes produced by the same record codec and checked by the same chain code in
 //! [`History`](crate::history::History); a store never interprets a record.
 
