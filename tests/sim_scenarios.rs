@@ -199,6 +199,7 @@ scenarios!(
     crash_running_resume,
     crash_submitted,
     crash_submitted_no_resume,
+    crash_while_stopping,
     delete_rules,
     deploy_error_enough,
     deploy_error_short,
