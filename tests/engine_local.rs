@@ -143,12 +143,25 @@ async fn jobs_complete_fail_and_abort_with_real_processes() {
     // SPEC 8: a site report of 1 is recorded and the job ends EXECUTION_EXCEPTION.
     assert_eq!(state.jobs[&fail_id].status, RunStatus::ExecutionException);
 
-    // The workspace archive of the completed job is a zip in the blob store holding the
-    // server app's output.
-    let Archive::Archived { hash } = &state.jobs[&ok_id].archive else {
-        panic!("archive not archived: {:?}", state.jobs[&ok_id].archive);
-    };
-    let bytes = server.blobs().get(hash).expect("archive blob");
+    // The workspace archive of the completed job downloads: a zip holding the server
+    // app's output, with the package and the meta.
+    assert!(matches!(
+        state.jobs[&ok_id].archive,
+        Archive::Archived { .. }
+    ));
+    let download = server
+        .download(
+            Origin {
+                identity: admin(),
+                request_id: None,
+            },
+            ok_id,
+        )
+        .await
+        .expect("a finished job downloads");
+    assert_eq!(download.meta.name, "ok");
+    assert!(zip::ZipArchive::new(std::io::Cursor::new(download.package)).is_ok());
+    let bytes = download.workspace.expect("the workspace was archived");
     let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).expect("a zip");
     let mut out = String::new();
     std::io::Read::read_to_string(
@@ -158,6 +171,23 @@ async fn jobs_complete_fail_and_abort_with_real_processes() {
     .expect("read");
     assert!(out.contains("server done"), "{out}");
 
+    // A job still running cannot be downloaded (SPEC 9: terminal, archive settled).
+    let refused = server
+        .download(
+            Origin {
+                identity: admin(),
+                request_id: None,
+            },
+            long_id,
+        )
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(fedrun::engine::server::DownloadError::Refused(_))
+        ),
+        "{refused:?}"
+    );
     wait_for(&server, "long running", |s| {
         s.jobs
             .get(&long_id)

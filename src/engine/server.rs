@@ -362,6 +362,49 @@ impl Server {
             .await)
     }
 
+    /// Downloads a finished job (SPEC section 9): records the download (the core refuses a
+    /// job that is not terminal or whose archive has not settled), then reads the package
+    /// and the workspace archive from the blob store, each checked against its hash.
+    pub async fn download(&self, origin: Origin, job_id: JobId) -> Result<Download, DownloadError> {
+        match self
+            .request(origin, AdminRequest::DownloadJob { job_id })
+            .await
+            .map_err(DownloadError::Admin)?
+        {
+            Ok(_) => {}
+            Err(rejection) => return Err(DownloadError::Refused(rejection)),
+        }
+        let state = self.state();
+        let job = state
+            .jobs
+            .get(&job_id)
+            .cloned()
+            .ok_or(DownloadError::Refused(
+                crate::lifecycle::Rejection::UnknownJob { job_id },
+            ))?;
+        let blobs = self.blobs.clone();
+        tokio::task::spawn_blocking(move || {
+            let package = blobs
+                .get(&job.package)
+                .map_err(|e| DownloadError::Blob(e.to_string()))?;
+            let workspace = match &job.archive {
+                crate::lifecycle::Archive::Archived { hash } => Some(
+                    blobs
+                        .get(hash)
+                        .map_err(|e| DownloadError::Blob(e.to_string()))?,
+                ),
+                _ => None,
+            };
+            Ok(Download {
+                meta: job.meta.clone(),
+                package,
+                workspace,
+            })
+        })
+        .await
+        .map_err(|e| DownloadError::Blob(e.to_string()))?
+    }
+
     /// Stops the engine task after the inputs already queued, and waits for it.
     pub async fn shutdown(&self) {
         let (tx, rx) = oneshot::channel();
@@ -426,6 +469,31 @@ impl Server {
                 .await;
         });
     }
+}
+
+/// What a download hands out.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Download {
+    /// The job's meta, as the server stored it.
+    pub meta: crate::job::meta::JobMeta,
+    /// The canonical job package (zip).
+    pub package: Vec<u8>,
+    /// The server workspace archive (zip), unless archiving failed or there was none.
+    pub workspace: Option<Vec<u8>>,
+}
+
+/// Why a download failed.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum DownloadError {
+    /// The request did not reach the engine.
+    #[error(transparent)]
+    Admin(AdminError),
+    /// The core refused (not finished, archive pending, not allowed, unknown job).
+    #[error(transparent)]
+    Refused(crate::lifecycle::Rejection),
+    /// A blob is missing or corrupt.
+    #[error("reading the job's blobs failed: {0}")]
+    Blob(String),
 }
 
 /// Why a submission did not reach the engine.
