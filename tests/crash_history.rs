@@ -4,15 +4,15 @@
 //! event is there, intact, with a valid chain. A SIGKILL loses the process but not the
 //! operating system's page cache, so this proves the process-crash promise only; power
 //! loss is covered by the fsync seam test and by argument, not by this test.
-mod common;
+mod history_support;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::{Step, Steps};
 use fedrun::history::{Fold, History};
+use history_support::{Step, Steps};
 use rand::Rng;
 
 const CHILD_ENV: &str = "FEDRUN_CRASH_CHILD_DIR";

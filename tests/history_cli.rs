@@ -1,13 +1,13 @@
 //! `fedrun history` and `fedrun audit verify` against a data folder.
-mod common;
+mod history_support;
 
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::lifecycle::{job, sample_history};
 use fedrun::blobs::BlobStore;
 use fedrun::history::events::EventHistory;
 use fedrun::history::record;
+use history_support::lifecycle::{job, sample_history};
 
 fn fedrun(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_fedrun"))
@@ -121,7 +121,7 @@ fn audit_verify_fails_naming_the_first_bad_record() {
     let dir = tempfile::tempdir().unwrap();
     data_folder(dir.path());
     {
-        let db = common::raw_sled(dir.path());
+        let db = history_support::raw_sled(dir.path());
         let events = db.open_tree("events").unwrap();
         events.remove(record::seq_key(4)).unwrap();
         db.flush().unwrap();
@@ -155,7 +155,7 @@ fn audit_verify_reports_a_history_shorter_than_its_anchor() {
     let dir = tempfile::tempdir().unwrap();
     let count = data_folder(dir.path());
     {
-        let db = common::raw_sled(dir.path());
+        let db = history_support::raw_sled(dir.path());
         let events = db.open_tree("events").unwrap();
         events.remove(record::seq_key(count as u64)).unwrap();
         db.flush().unwrap();

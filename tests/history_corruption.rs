@@ -1,12 +1,12 @@
 //! Corruption: edits through sled's own API are found by the audit, which names the
 //! first bad sequence number; damage to sled's data file is reported as data loss
 //! against the anchor.
-mod common;
+mod history_support;
 
 use std::path::Path;
 
-use common::{steps, Step, Steps};
 use fedrun::history::{record, History, OpenError};
+use history_support::{steps, Step, Steps};
 
 const RECORDS: u64 = 20;
 
@@ -22,7 +22,7 @@ fn audit_after(edit: impl FnOnce(&sled::Tree)) -> fedrun::history::VerifyReport 
     let dir = tempfile::tempdir().unwrap();
     closed_history(dir.path());
     {
-        let db = common::raw_sled(dir.path());
+        let db = history_support::raw_sled(dir.path());
         let events = db.open_tree("events").unwrap();
         edit(&events);
         db.flush().unwrap();
@@ -104,7 +104,7 @@ fn a_removed_last_record_is_data_loss_against_the_anchor() {
     let dir = tempfile::tempdir().unwrap();
     closed_history(dir.path());
     {
-        let db = common::raw_sled(dir.path());
+        let db = history_support::raw_sled(dir.path());
         let events = db.open_tree("events").unwrap();
         events.remove(record::seq_key(RECORDS)).unwrap();
         db.flush().unwrap();
@@ -164,7 +164,7 @@ fn a_changed_record_at_the_anchor_is_refused_at_open() {
     let dir = tempfile::tempdir().unwrap();
     closed_history(dir.path());
     {
-        let db = common::raw_sled(dir.path());
+        let db = history_support::raw_sled(dir.path());
         let events = db.open_tree("events").unwrap();
         let prev =
             record::ChainHash::of(&events.get(record::seq_key(RECORDS - 1)).unwrap().unwrap());

@@ -1,11 +1,11 @@
 //! fedrun's own events in the history: stored, replayed into the lifecycle state,
 //! snapshotted, printed; and the committed version-1 record fixture still decodes.
-mod common;
+mod history_support;
 
-use common::lifecycle::{event, job, sample_history};
 use fedrun::history::events::{event_json_line, event_text, EventHistory};
 use fedrun::history::{record, ChainHash, ReplayError, GENESIS_HASH};
 use fedrun::lifecycle::{Actor, EventKind, RunStatus, State};
+use history_support::lifecycle::{event, job, sample_history};
 
 #[test]
 fn lifecycle_events_replay_into_the_state_and_snapshot_plus_tail_equals_full_replay() {
@@ -185,7 +185,7 @@ fn referenced_blobs_count_live_jobs_and_the_snapshot_but_not_deleted_jobs() {
     // Job 1 was aborted; now it is deleted, so its package is no longer needed.
     events.push(event(
         seq,
-        Actor::admin(&common::lifecycle::alice()),
+        Actor::admin(&history_support::lifecycle::alice()),
         Some("delete-1"),
         EventKind::JobDeleted { job_id: job(1) },
     ));

@@ -1,8 +1,8 @@
 //! The in-memory history: same codec and chain as on disk, survives a simulated restart.
-mod common;
+mod history_support;
 
-use common::{steps, Step, Steps};
 use fedrun::history::{AppendError, History, MemoryStorage, ReplayError};
+use history_support::{steps, Step, Steps};
 
 #[test]
 fn appended_events_replay_in_order_after_a_simulated_restart() {

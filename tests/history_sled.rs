@@ -1,12 +1,12 @@
 //! The durable history on sled: fsync seam, poisoning, folder lock, format versions.
-mod common;
+mod history_support;
 
 use std::fs::File;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use common::{steps, Step, Steps};
 use fedrun::history::{AppendError, DataFileSync, History, OpenError, SledOptions, StorageError};
+use history_support::{steps, Step, Steps};
 
 /// What happened, in order: syncs of a file, and acknowledgements of appends.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,7 +157,7 @@ fn a_database_needing_a_newer_reader_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     History::<Step>::open(dir.path()).unwrap().close().unwrap();
     {
-        let db = common::raw_sled(dir.path());
+        let db = history_support::raw_sled(dir.path());
         let meta = db.open_tree("meta").unwrap();
         meta.insert("min_reader_version", &7u32.to_be_bytes())
             .unwrap();

@@ -2,10 +2,10 @@
 //! neighbour, the audit names exactly that record as the first bad one (for a forged
 //! record, the link of the record after it is what breaks, and the audit names the
 //! earlier of the two, the forged one).
-mod common;
+mod history_support;
 
-use common::{steps, Step, Steps};
 use fedrun::history::{record, ChainHash, History, MemoryStorage, Storage};
+use history_support::{steps, Step, Steps};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone, Copy)]
