@@ -195,3 +195,19 @@ fn a_missing_path_is_an_io_error_naming_it() {
     assert!(matches!(err, IngestError::Io { .. }));
     assert!(err.to_string().contains("/nonexistent/job"), "{err}");
 }
+
+#[test]
+fn unpack_refuses_a_destination_that_is_a_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let job = tmp.path().join("job");
+    write_job(&job);
+    let package = ingest(&job, &Limits::default()).unwrap();
+    let dest = tmp.path().join("a-file");
+    fs::write(&dest, "x").unwrap();
+    let err = unpack(&package.zip, None, &dest, &Limits::default()).unwrap_err();
+    assert!(
+        matches!(err, UnpackError::DestinationNotFolder { .. }),
+        "{err}"
+    );
+    assert_eq!(fs::read_to_string(&dest).unwrap(), "x");
+}

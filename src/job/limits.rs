@@ -24,7 +24,10 @@ pub const FORMAT_PACKAGE_BYTES_MAX: u64 = u32::MAX as u64;
 /// How big a job package may be. The defaults suit a typical federated-learning job
 /// (code, configs, a starting model); a user with bigger jobs raises them (the CLI has
 /// one flag per field).
+///
+/// In a config file every field is optional; a missing one keeps its default.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Size of the package as submitted (a zip file) and of its canonical zip.
     pub package_bytes_max: u64,
@@ -300,6 +303,17 @@ mod tests {
                 RATIO_CHECK_FLOOR_BYTES
             )
             .is_err());
+    }
+
+    #[test]
+    fn a_config_sets_some_limits_and_keeps_the_other_defaults() {
+        let limits: Limits = toml::from_str("entry_count_max = 50000").unwrap();
+        assert_eq!(limits.entry_count_max, 50_000);
+        assert_eq!(limits.total_bytes_max, Limits::default().total_bytes_max);
+        assert!(
+            toml::from_str::<Limits>("entry_count = 5").is_err(),
+            "unknown keys are errors"
+        );
     }
 
     #[test]

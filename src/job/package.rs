@@ -603,7 +603,9 @@ pub fn unpack(
         let path = path.to_owned();
         move |source| UnpackError::Io { path, source }
     };
-    fs::create_dir_all(dest).map_err(io(dest))?;
+    if fs::metadata(dest).is_err() {
+        fs::create_dir_all(dest).map_err(io(dest))?;
+    }
     if !fs::metadata(dest).map_err(io(dest))?.is_dir() {
         return Err(UnpackError::DestinationNotFolder {
             path: dest.to_owned(),
