@@ -1,10 +1,291 @@
-//! `fedrun demo`.
+//! `fedrun demo`: a server with three local sites runs the example jobs, live.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use fedrun::engine::clock::WallClock;
+use fedrun::engine::server::{Server, ServerConfig};
+use fedrun::history::History;
+use fedrun::job::JobId;
+use fedrun::lifecycle::{
+    AdminRequest, Answer, Event, Identity, Origin, RunPhase, RunStatus, State,
+};
+use fedrun::site::local::{LocalSite, LocalSiteConfig};
 
 /// Arguments of `fedrun demo`.
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// The data folder (history, blobs, workspaces). Default: a new temporary folder, kept
+    /// and named at the end so it can be inspected with `fedrun history` and `fedrun audit`.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// The folder holding the example jobs. Default: `examples` in the current folder, or
+    /// the one in the source tree.
+    #[arg(long)]
+    pub examples: Option<PathBuf>,
+    /// Give up when the jobs have not all finished after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    pub timeout_secs: u64,
+}
+
+const JOBS: [&str; 3] = ["hello-complete", "hello-fail", "long-running"];
+const SITES: [&str; 3] = ["site-1", "site-2", "site-3"];
 
 /// Runs the command; the returned code is the process exit code.
-pub fn run(_args: Args) -> anyhow::Result<i32> {
-    anyhow::bail!("fedrun demo: this command is not built in this version")
+pub fn run(args: Args) -> anyhow::Result<i32> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(demo(args))
+}
+
+fn examples_dir(arg: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let candidates = match arg {
+        Some(dir) => vec![dir],
+        None => vec![
+            PathBuf::from("examples"),
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("examples"),
+        ],
+    };
+    for dir in &candidates {
+        if JOBS.iter().all(|j| dir.join(j).join("meta.json").is_file()) {
+            return Ok(dir.clone());
+        }
+    }
+    bail!(
+        "cannot find the example jobs ({}) in {}; pass --examples DIR",
+        JOBS.join(", "),
+        candidates
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" or ")
+    )
+}
+
+fn admin() -> Identity {
+    Identity {
+        name: "demo-admin".to_string(),
+        org: "demo".to_string(),
+        role: fedrun::lifecycle::Role::ProjectAdmin,
+    }
+}
+
+fn settled(state: &State, ids: &[JobId]) -> bool {
+    ids.iter().all(|id| {
+        state.jobs.get(id).is_some_and(|j| {
+            j.status.is_terminal()
+                && matches!(j.run.phase, RunPhase::NotStarted | RunPhase::Stopped)
+                && j.archive.is_settled()
+        })
+    })
+}
+
+async fn demo(args: Args) -> anyhow::Result<i32> {
+    let examples = examples_dir(args.examples)?;
+    let data_dir = match args.data_dir {
+        Some(dir) => dir,
+        None => tempfile::Builder::new()
+            .prefix("fedrun-demo-")
+            .tempdir()
+            .context("creating a temporary data folder")?
+            .keep(),
+    };
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    println!("fedrun demo: data folder {}", data_dir.display());
+    let config = ServerConfig::new(&data_dir);
+    let abort_grace = config.settings.abort_grace;
+    let server = Server::start(config, Arc::new(WallClock))
+        .with_context(|| format!("starting the server on {}", data_dir.display()))?;
+    let mut sites = Vec::new();
+    for name in SITES {
+        let mut site =
+            LocalSiteConfig::new(name, data_dir.join("sites").join(name), BTreeMap::new());
+        site.abort_grace = abort_grace;
+        let (reports_tx, reports_rx) = tokio::sync::mpsc::channel(256);
+        let handle = LocalSite::spawn(site, reports_tx);
+        server.attach_site(name, handle.requests.clone(), reports_rx);
+        sites.push(handle);
+    }
+    // Submit once every site is connected, as an operator would: a job tried before its
+    // sites are there waits out a back-off (10 s by default).
+    let mut watch = server.watch();
+    let connected = tokio::time::timeout(
+        Duration::from_secs(30),
+        watch.wait_for(|state| state.connected_sites().count() == SITES.len()),
+    )
+    .await
+    .map(|r| r.map(|_| ()));
+    let all_connected = matches!(connected, Ok(Ok(_)));
+    if !all_connected {
+        bail!("the sites did not connect within 30 s");
+    }
+    println!("server started; sites {} connected", SITES.join(", "));
+
+    let started = Instant::now();
+    let mut names: BTreeMap<JobId, &str> = BTreeMap::new();
+    let mut ids = Vec::new();
+    for job in JOBS {
+        let answer = server
+            .submit_path(
+                &examples.join(job),
+                admin(),
+                Some(format!("demo-submit-{job}")),
+            )
+            .await?;
+        match answer {
+            Ok(Ok(Answer::Submitted { job_id })) => {
+                println!(
+                    "[{:>6.2}s] submitted {job} as {job_id}",
+                    started.elapsed().as_secs_f64()
+                );
+                names.insert(job_id, job);
+                ids.push(job_id);
+            }
+            other => bail!("submitting {job} failed: {other:?}"),
+        }
+    }
+
+    let long_running = ids[2];
+    let mut seen: BTreeMap<JobId, RunStatus> = BTreeMap::new();
+    let mut abort_sent = false;
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
+    let mut running_since: Option<Instant> = None;
+    loop {
+        let state = watch.borrow_and_update().clone();
+        for id in &ids {
+            if let Some(job) = state.jobs.get(id) {
+                if seen.get(id) != Some(&job.status) {
+                    let from = seen
+                        .get(id)
+                        .map(|s| s.as_str().to_string())
+                        .unwrap_or_else(|| "(new)".into());
+                    let reason = job
+                        .finish_reason
+                        .as_deref()
+                        .filter(|_| job.status.is_terminal())
+                        .map(|r| format!(" ({r})"))
+                        .unwrap_or_default();
+                    println!(
+                        "[{:>6.2}s] {:<15} {from} -> {}{reason}",
+                        started.elapsed().as_secs_f64(),
+                        names[id],
+                        job.status
+                    );
+                    seen.insert(*id, job.status);
+                }
+            }
+        }
+        let long_status = state.jobs.get(&long_running).map(|j| j.status);
+        if long_status == Some(RunStatus::Running) && running_since.is_none() {
+            running_since = Some(Instant::now());
+        }
+        // Abort the long job once it has run a little and the others have finished, so
+        // the demo shows all three endings.
+        let others_done = ids[..2]
+            .iter()
+            .all(|id| state.jobs.get(id).is_some_and(|j| j.status.is_terminal()));
+        if !abort_sent
+            && others_done
+            && running_since.is_some_and(|t| t.elapsed() >= Duration::from_secs(2))
+        {
+            println!(
+                "[{:>6.2}s] aborting long-running",
+                started.elapsed().as_secs_f64()
+            );
+            let answer = server
+                .request(
+                    Origin {
+                        identity: admin(),
+                        request_id: Some("demo-abort-long-running".into()),
+                    },
+                    AdminRequest::AbortJob {
+                        job_id: long_running,
+                    },
+                )
+                .await;
+            if !matches!(answer, Ok(Ok(_))) {
+                bail!("aborting long-running failed: {answer:?}");
+            }
+            abort_sent = true;
+        }
+        if settled(&state, &ids) {
+            break;
+        }
+        let wait = if !abort_sent && running_since.is_some() {
+            // Wake up to send the abort even if nothing changes meanwhile.
+            Duration::from_millis(250)
+        } else {
+            deadline.saturating_duration_since(Instant::now())
+        };
+        if Instant::now() >= deadline {
+            bail!(
+                "the jobs did not finish within {} s; data folder {}",
+                args.timeout_secs,
+                data_dir.display()
+            );
+        }
+        let _ = tokio::time::timeout(wait, watch.changed()).await;
+    }
+    let elapsed = started.elapsed();
+    let state = server.state();
+    server.shutdown().await;
+    for site in sites {
+        site.shutdown().await;
+    }
+
+    println!();
+    println!(
+        "{:<15}  {:<36}  {:<30}  {:<22}  ARCHIVE",
+        "JOB", "JOB ID", "STATUS", "CLIENTS"
+    );
+    for id in &ids {
+        let job = &state.jobs[id];
+        let archive = match &job.archive {
+            fedrun::lifecycle::Archive::Archived { hash } => format!("{}…", &hash.to_hex()[..12]),
+            other => format!("{other:?}"),
+        };
+        println!(
+            "{:<15}  {:<36}  {:<30}  {:<22}  {archive}",
+            names[id],
+            id.to_string(),
+            job.status.as_str(),
+            job.run.job_clients.join(",")
+        );
+    }
+    println!("all jobs settled in {:.2} s", elapsed.as_secs_f64());
+
+    let history = History::<Event>::open(&data_dir)
+        .with_context(|| format!("reopening the history in {}", data_dir.display()))?;
+    let failed = ids[1];
+    println!();
+    println!("history of hello-fail ({failed}):");
+    for record in history.records_from(1) {
+        let record = record.context("reading the history back")?;
+        if record.event.kind.job_id() == Some(failed) {
+            println!("  {}", fedrun::history::events::event_text(&record.event));
+        }
+    }
+    let report = history.verify(State::new());
+    println!();
+    if report.is_ok() {
+        println!(
+            "audit: OK: {} records, hash chain intact, head seq {}, replay matches",
+            report.records_ok, report.head.seq
+        );
+    } else {
+        println!("audit: FAILED: {:?}", report.problems);
+    }
+    println!();
+    println!(
+        "inspect it: fedrun history --data-dir {0} ; fedrun audit verify --data-dir {0}",
+        data_dir.display()
+    );
+    Ok(if report.is_ok() { 0 } else { 1 })
 }

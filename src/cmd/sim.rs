@@ -1,10 +1,31 @@
 //! `fedrun sim`.
 
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+
 /// Arguments of `fedrun sim`.
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// The scenario file (TOML; see SPEC section 10).
+    pub scenario: PathBuf,
+    /// The seed: it drives job ids and any randomness, so a seed reproduces a run exactly.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print one JSON object: `{"ended", "jobs", "events"}`.
+    #[arg(long)]
+    pub json: bool,
+}
 
 /// Runs the command; the returned code is the process exit code.
-pub fn run(_args: Args) -> anyhow::Result<i32> {
-    anyhow::bail!("fedrun sim: this command is not built in this version")
+pub fn run(args: Args) -> anyhow::Result<i32> {
+    let checked = fedrun::sim::scenario::load(&args.scenario)?;
+    let result = fedrun::sim::driver::run(&checked, args.seed)
+        .with_context(|| format!("scenario {}", args.scenario.display()))?;
+    if args.json {
+        println!("{}", fedrun::sim::output::to_json(&result)?);
+    } else {
+        print!("{}", fedrun::sim::output::to_text(&result));
+    }
+    Ok(0)
 }

@@ -1,0 +1,7 @@
+//! The engine: the single owner of the state and the history.
+
+pub mod archive;
+pub mod clock;
+pub mod ids;
+pub mod owner;
+pub mod server;

@@ -1,0 +1,7 @@
+//! The simulator behind `fedrun sim`: scenario files, simulated sites, and the
+//! deterministic driver that runs the real engine on a virtual clock.
+
+pub mod driver;
+pub mod output;
+pub mod scenario;
+pub mod site;

@@ -1,0 +1,224 @@
+//! What `fedrun sim` prints: one JSON object with `--json`, or a table and the notable
+//! events for a person. Both are pure functions of the [`SimResult`], so the same scenario
+//! and seed print the same bytes.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::job::JobId;
+use crate::lifecycle::{Event, EventKind, RunStatus, ScheduleOutcome};
+use crate::settings::format_duration;
+use crate::sim::driver::{offset, SimResult};
+
+#[derive(Serialize)]
+struct JobJson<'a> {
+    name: &'a str,
+    job_id: Option<String>,
+    status: Option<&'static str>,
+    schedule_count: u32,
+    schedule_history: &'a [String],
+    job_deploy_detail: Vec<String>,
+    job_clients: &'a [String],
+}
+
+/// The `--json` output: `{"ended", "jobs", "events"}` on one line, events in the shape of
+/// `fedrun history --json`.
+pub fn to_json(result: &SimResult) -> Result<String, serde_json::Error> {
+    let empty: Vec<String> = Vec::new();
+    let mut out = String::from("{\"ended\":");
+    out.push_str(&serde_json::to_string(result.ended.as_str())?);
+    out.push_str(",\"jobs\":[");
+    for (i, job) in result.jobs.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let line = match &job.job {
+            Some(j) => JobJson {
+                name: &job.name,
+                job_id: Some(j.id.to_string()),
+                status: Some(j.status.as_str()),
+                schedule_count: j.schedule_count,
+                schedule_history: &j.schedule_history,
+                job_deploy_detail: j.run.deploy_detail(),
+                job_clients: &j.run.job_clients,
+            },
+            None => JobJson {
+                name: &job.name,
+                job_id: job.job_id.map(|id| id.to_string()),
+                status: None,
+                schedule_count: 0,
+                schedule_history: &empty,
+                job_deploy_detail: Vec::new(),
+                job_clients: &empty,
+            },
+        };
+        out.push_str(&serde_json::to_string(&line)?);
+    }
+    out.push_str("],\"events\":[");
+    for (i, event) in result.events.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&crate::history::events::event_json_line(event)?);
+    }
+    out.push_str("]}");
+    Ok(out)
+}
+
+/// A virtual time as `+1m30s`.
+pub fn plus(at: Duration) -> String {
+    format!("+{}", format_duration(at))
+}
+
+fn short(id: &JobId) -> String {
+    id.to_string().chars().take(8).collect()
+}
+
+/// The human-readable output: the final table, then the notable events.
+pub fn to_text(result: &SimResult) -> String {
+    let names: BTreeMap<JobId, &str> = result
+        .jobs
+        .iter()
+        .filter_map(|j| j.job_id.map(|id| (id, j.name.as_str())))
+        .collect();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "ended: {} at {} ({} events)",
+        result.ended.as_str(),
+        plus(result.ended_at),
+        result.events.len()
+    );
+    let _ = writeln!(out);
+    let name_width = result
+        .jobs
+        .iter()
+        .map(|j| j.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let _ = writeln!(
+        out,
+        "{:name_width$}  {:8}  {:28}  {:>5}  {:9}  CLIENTS",
+        "JOB", "ID", "STATUS", "TRIES", "FINISHED"
+    );
+    for job in &result.jobs {
+        match &job.job {
+            Some(j) => {
+                let finished = j
+                    .finished_at
+                    .map(|t| plus(offset(t)))
+                    .unwrap_or_else(|| "-".into());
+                let deleted = if j.deleted { " (deleted)" } else { "" };
+                let _ = writeln!(
+                    out,
+                    "{:name_width$}  {:8}  {:28}  {:>5}  {:9}  {}{}",
+                    job.name,
+                    short(&j.id),
+                    j.status.as_str(),
+                    j.schedule_count,
+                    finished,
+                    if j.run.job_clients.is_empty() {
+                        "-".to_string()
+                    } else {
+                        j.run.job_clients.join(",")
+                    },
+                    deleted
+                );
+            }
+            None => {
+                let _ = writeln!(out, "{:name_width$}  (never submitted)", job.name);
+            }
+        }
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "notable events:");
+    let mut notes = result.notes.iter().peekable();
+    for event in &result.events {
+        let at = offset(event.at);
+        while let Some((note_at, note)) = notes.peek() {
+            if *note_at > at {
+                break;
+            }
+            let _ = writeln!(out, "  {:>9}  ({note})", plus(*note_at));
+            notes.next();
+        }
+        if let Some(text) = describe(event, &names) {
+            let _ = writeln!(out, "  {:>9}  #{:<4} {text}", plus(at), event.seq);
+        }
+    }
+    for (note_at, note) in notes {
+        let _ = writeln!(out, "  {:>9}  ({note})", plus(*note_at));
+    }
+    out
+}
+
+fn describe(event: &Event, names: &BTreeMap<JobId, &str>) -> Option<String> {
+    let name = |id: &JobId| -> String {
+        names
+            .get(id)
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| short(id))
+    };
+    Some(match &event.kind {
+        EventKind::ServerStarted { boot_id } => {
+            format!("server started (boot {})", &boot_id.to_string()[..8])
+        }
+        EventKind::RecoveryFinished => "restart decisions recorded".to_string(),
+        EventKind::JobSubmitted {
+            job_id,
+            cloned_from,
+            ..
+        } => match cloned_from {
+            Some(from) => format!("{} cloned from {}", name(job_id), name(from)),
+            None => format!("{} submitted", name(job_id)),
+        },
+        EventKind::ScheduleAttempted {
+            job_id,
+            outcome: ScheduleOutcome::NoResources { reason },
+        } => format!("{} not scheduled: {reason}", name(job_id)),
+        EventKind::JobDispatched { job_id, sites, .. } => {
+            format!(
+                "{} dispatched to server, {}",
+                name(job_id),
+                sites.join(", ")
+            )
+        }
+        EventKind::RunStarted {
+            job_id,
+            job_clients,
+        } => format!("{} RUNNING with {}", name(job_id), job_clients.join(", ")),
+        EventKind::JobFinished {
+            job_id,
+            status,
+            reason,
+        } => format!("{} {}: {reason}", name(job_id), status.as_str()),
+        EventKind::RunRestored { job_id } => {
+            format!(
+                "{} {} restored after the restart",
+                name(job_id),
+                RunStatus::Running
+            )
+        }
+        EventKind::JobDeleted { job_id } => format!("{} deleted", name(job_id)),
+        EventKind::RequestRefused {
+            job_id,
+            operation,
+            rejection,
+        } => match job_id {
+            Some(id) => format!("{operation} of {} refused: {rejection}", name(id)),
+            None => format!("{operation} refused: {rejection}"),
+        },
+        EventKind::SiteReportLapsed { job_id, site } => format!(
+            "{}: {site} stayed away past site_reconnect_grace; its report counts as 104",
+            name(job_id)
+        ),
+        EventKind::WorkspaceArchiveFailed { job_id, reason } => {
+            format!("{} workspace archive failed: {reason}", name(job_id))
+        }
+        _ => return None,
+    })
+}

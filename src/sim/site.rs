@@ -1,0 +1,426 @@
+//! A simulated site: answers the engine's [`SiteRequest`]s by the scenario's rules, keeps a
+//! resource ledger, and runs pretend app processes that end at a virtual time.
+//!
+//! It speaks exactly the messages of [`crate::site::protocol`], like the local and remote
+//! sites, so the engine cannot tell it apart from a real one. It owns no clock: the driver
+//! passes the virtual `now` in and schedules the app ends this returns.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use crate::job::JobId;
+use crate::sim::scenario::{Answer, AppEnd, Behaviour, SiteSpec};
+use crate::site::protocol::{ExitOutcome, SiteReport, SiteRequest};
+
+/// The signal a simulated app dies of when fedrun stops it (SIGTERM, honoured at once).
+pub const STOP_SIGNAL: i32 = 15;
+/// The signal of an app whose scenario says `exit_code = "killed"` (SIGKILL).
+pub const KILL_SIGNAL: i32 = 9;
+
+/// What a site does in answer to a request, for the driver to carry out.
+#[derive(Clone, Debug)]
+pub enum SiteOutput {
+    /// Send this report to the engine now.
+    Report(SiteReport),
+    /// The app of this job ends at this virtual time unless something ends it first; the
+    /// driver calls [`SimSite::app_due`] then with the same generation.
+    AppEndsAt {
+        /// Virtual time since the start of the run.
+        at: Duration,
+        /// The job.
+        job_id: JobId,
+        /// Which start of the app this is, so a stale end is ignored.
+        generation: u64,
+    },
+}
+
+#[derive(Clone, Debug)]
+struct Reservation {
+    job_id: JobId,
+    amounts: BTreeMap<String, f64>,
+    expires_at: Duration,
+}
+
+#[derive(Clone, Debug)]
+struct App {
+    generation: u64,
+    end: AppEnd,
+}
+
+/// One simulated site.
+#[derive(Clone, Debug)]
+pub struct SimSite {
+    spec: SiteSpec,
+    reservation_timeout: Duration,
+    /// Whether the site is connected to the server now.
+    pub online: bool,
+    reservations: BTreeMap<String, Reservation>,
+    in_use: BTreeMap<JobId, BTreeMap<String, f64>>,
+    deployed: BTreeSet<JobId>,
+    apps: BTreeMap<JobId, App>,
+    /// App exit reports not yet delivered, oldest first; a site keeps them and resends them
+    /// when it reconnects or the server comes back.
+    outbox: Vec<SiteReport>,
+    next_token: u64,
+    next_report: u64,
+    next_generation: u64,
+}
+
+impl SimSite {
+    /// A site following `spec`, offline until the driver connects it.
+    pub fn new(spec: SiteSpec, reservation_timeout: Duration) -> Self {
+        SimSite {
+            spec,
+            reservation_timeout,
+            online: false,
+            reservations: BTreeMap::new(),
+            in_use: BTreeMap::new(),
+            deployed: BTreeSet::new(),
+            apps: BTreeMap::new(),
+            outbox: Vec::new(),
+            next_token: 0,
+            next_report: 0,
+            next_generation: 0,
+        }
+    }
+
+    /// The site's name.
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// The scenario's description of the site.
+    pub fn spec(&self) -> &SiteSpec {
+        &self.spec
+    }
+
+    /// The report a site sends when it connects: its declared resources and the jobs whose
+    /// apps it is running.
+    pub fn connected_report(&self) -> SiteReport {
+        SiteReport::Connected {
+            resources: self.spec.resources.clone(),
+            running: self.apps.keys().copied().collect(),
+        }
+    }
+
+    /// Whether the app of `job_id` is running here.
+    pub fn is_running(&self, job_id: JobId) -> bool {
+        self.apps.contains_key(&job_id)
+    }
+
+    /// Keeps an app exit report that could not be delivered.
+    pub fn keep(&mut self, report: SiteReport) {
+        self.outbox.push(report);
+    }
+
+    /// Takes the kept reports, oldest first, to resend them.
+    pub fn take_outbox(&mut self) -> Vec<SiteReport> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    fn free(&self, key: &str, now: Duration) -> f64 {
+        let declared = self.spec.resources.get(key).copied().unwrap_or(0.0);
+        let reserved: f64 = self
+            .reservations
+            .values()
+            .filter(|r| r.expires_at > now)
+            .filter_map(|r| r.amounts.get(key))
+            .sum();
+        let used: f64 = self.in_use.values().filter_map(|u| u.get(key)).sum();
+        declared - reserved - used
+    }
+
+    /// Answers one request at virtual time `now`; `behaviour` is this site's behaviour for
+    /// the request's job.
+    pub fn handle(
+        &mut self,
+        request: SiteRequest,
+        now: Duration,
+        behaviour: Behaviour,
+    ) -> Vec<SiteOutput> {
+        // Lapsed reservations are dropped lazily: nothing observes them between requests.
+        self.reservations.retain(|_, r| r.expires_at > now);
+        match request {
+            SiteRequest::CheckResources {
+                try_id,
+                job_id,
+                resources,
+            } => {
+                let short: Vec<String> = resources
+                    .iter()
+                    .filter(|(k, asked)| **asked > self.free(k, now))
+                    .map(|(k, asked)| format!("{k}: asked {asked}, free {}", self.free(k, now)))
+                    .collect();
+                let answer = if short.is_empty() {
+                    self.next_token += 1;
+                    let token = format!("{}/r{}", self.spec.name, self.next_token);
+                    self.reservations.insert(
+                        token.clone(),
+                        Reservation {
+                            job_id,
+                            amounts: resources,
+                            expires_at: now + self.reservation_timeout,
+                        },
+                    );
+                    Ok(token)
+                } else {
+                    Err(format!("not enough resources ({})", short.join(", ")))
+                };
+                vec![SiteOutput::Report(SiteReport::ResourceAnswer {
+                    try_id,
+                    job_id,
+                    answer,
+                })]
+            }
+            SiteRequest::CancelReservation { token, .. } => {
+                self.reservations.remove(&token);
+                Vec::new()
+            }
+            SiteRequest::Deploy { job_id, .. } => match behaviour.deploy {
+                Answer::Ok => {
+                    self.deployed.insert(job_id);
+                    vec![SiteOutput::Report(SiteReport::DeployAnswer {
+                        job_id,
+                        result: Ok(()),
+                    })]
+                }
+                Answer::Error => vec![SiteOutput::Report(SiteReport::DeployAnswer {
+                    job_id,
+                    result: Err("deployment failed (simulated error)".to_string()),
+                })],
+                Answer::Timeout => Vec::new(),
+            },
+            SiteRequest::Start { job_id } => {
+                if !self.deployed.contains(&job_id) {
+                    return vec![SiteOutput::Report(SiteReport::StartAnswer {
+                        job_id,
+                        result: Err("the job is not deployed at this site".to_string()),
+                    })];
+                }
+                match behaviour.start {
+                    Answer::Ok => {
+                        // The reservation turns into resources in use for the run.
+                        let token = self
+                            .reservations
+                            .iter()
+                            .find(|(_, r)| r.job_id == job_id)
+                            .map(|(t, _)| t.clone());
+                        if let Some(r) = token.and_then(|t| self.reservations.remove(&t)) {
+                            self.in_use.insert(job_id, r.amounts);
+                        }
+                        self.next_generation += 1;
+                        let generation = self.next_generation;
+                        self.apps.insert(
+                            job_id,
+                            App {
+                                generation,
+                                end: behaviour.exit,
+                            },
+                        );
+                        vec![
+                            SiteOutput::Report(SiteReport::StartAnswer {
+                                job_id,
+                                result: Ok(()),
+                            }),
+                            SiteOutput::AppEndsAt {
+                                at: now + behaviour.run_for,
+                                job_id,
+                                generation,
+                            },
+                        ]
+                    }
+                    Answer::Error => vec![SiteOutput::Report(SiteReport::StartAnswer {
+                        job_id,
+                        result: Err("start failed (simulated error)".to_string()),
+                    })],
+                    Answer::Timeout => Vec::new(),
+                }
+            }
+            SiteRequest::Stop { job_id } => match self.apps.remove(&job_id) {
+                Some(_) => vec![SiteOutput::Report(
+                    self.exited(job_id, ExitOutcome::Signal(STOP_SIGNAL)),
+                )],
+                None => Vec::new(),
+            },
+            // Simulated reports are kept only while undeliverable (see `keep`), so a
+            // delivered one needs no acknowledgement to be forgotten.
+            SiteRequest::Acknowledge { .. } => Vec::new(),
+            SiteRequest::Delete { job_id } => {
+                self.deployed.remove(&job_id);
+                self.reservations.retain(|_, r| r.job_id != job_id);
+                Vec::new()
+            }
+        }
+    }
+
+    fn exited(&mut self, job_id: JobId, outcome: ExitOutcome) -> SiteReport {
+        self.in_use.remove(&job_id);
+        self.next_report += 1;
+        SiteReport::AppExited {
+            job_id,
+            report_id: format!("{}/{}", self.spec.name, self.next_report),
+            outcome,
+        }
+    }
+
+    /// The app end scheduled by [`SiteOutput::AppEndsAt`] is due: returns its exit report,
+    /// or nothing when that app was stopped or restarted since.
+    pub fn app_due(&mut self, job_id: JobId, generation: u64) -> Option<SiteReport> {
+        match self.apps.get(&job_id) {
+            Some(app) if app.generation == generation => {
+                let end = app.end;
+                self.apps.remove(&job_id);
+                let outcome = match end {
+                    AppEnd::Code(c) => ExitOutcome::Code(c),
+                    AppEnd::Killed => ExitOutcome::Signal(KILL_SIGNAL),
+                };
+                Some(self.exited(job_id, outcome))
+            }
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site(resources: &[(&str, f64)]) -> SimSite {
+        let spec = SiteSpec {
+            name: "s1".into(),
+            resources: resources.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            behaviour: Default::default(),
+            online_at: None,
+            jobs: BTreeMap::new(),
+        };
+        SimSite::new(spec, Duration::from_secs(30))
+    }
+
+    fn ok() -> Behaviour {
+        Behaviour {
+            deploy: Answer::Ok,
+            start: Answer::Ok,
+            exit: AppEnd::Code(0),
+            run_for: Duration::from_secs(5),
+        }
+    }
+
+    fn job(n: u128) -> JobId {
+        JobId(uuid::Uuid::from_u128(n))
+    }
+
+    fn check(s: &mut SimSite, j: JobId, gpus: f64, now: u64) -> Result<String, String> {
+        let out = s.handle(
+            SiteRequest::CheckResources {
+                try_id: 1,
+                job_id: j,
+                resources: [("num_of_gpus".to_string(), gpus)].into(),
+            },
+            Duration::from_secs(now),
+            ok(),
+        );
+        match &out[..] {
+            [SiteOutput::Report(SiteReport::ResourceAnswer { answer, .. })] => answer.clone(),
+            other => panic!("expected one resource answer, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reservations_hold_then_lapse_after_the_timeout() {
+        let mut s = site(&[("num_of_gpus", 2.0)]);
+        assert!(check(&mut s, job(1), 2.0, 0).is_ok());
+        // Both GPUs are reserved, so a second job cannot have one...
+        let err = check(&mut s, job(2), 1.0, 29).expect_err("no GPU is free at 29 s");
+        assert!(err.contains("asked 1, free 0"), "{err}");
+        // ...until the first reservation lapses at 0 s + reservation_timeout (30 s).
+        assert!(check(&mut s, job(2), 1.0, 30).is_ok());
+    }
+
+    #[test]
+    fn a_started_app_ends_with_its_code_and_frees_resources() {
+        let mut s = site(&[("num_of_gpus", 1.0)]);
+        let token = check(&mut s, job(1), 1.0, 0).expect("free GPU");
+        s.handle(
+            SiteRequest::Deploy {
+                job_id: job(1),
+                app_name: "app".into(),
+                package: Default::default(),
+            },
+            Duration::ZERO,
+            ok(),
+        );
+        let out = s.handle(SiteRequest::Start { job_id: job(1) }, Duration::ZERO, ok());
+        assert!(out.iter().any(
+            |o| matches!(o, SiteOutput::AppEndsAt { at, generation: 1, .. }
+            if *at == Duration::from_secs(5))
+        ));
+        // Running past the reservation timeout keeps the GPU in use.
+        assert!(check(&mut s, job(2), 1.0, 31).is_err());
+        s.handle(
+            SiteRequest::CancelReservation {
+                job_id: job(1),
+                token,
+            },
+            Duration::from_secs(31),
+            ok(),
+        );
+        assert!(
+            s.app_due(job(1), 0).is_none(),
+            "a stale generation is ignored"
+        );
+        match s.app_due(job(1), 1) {
+            Some(SiteReport::AppExited { outcome, .. }) => {
+                assert_eq!(outcome, ExitOutcome::Code(0))
+            }
+            other => panic!("expected an exit report, got {other:?}"),
+        }
+        assert!(check(&mut s, job(2), 1.0, 31).is_ok());
+    }
+
+    #[test]
+    fn stop_ends_the_app_at_once_and_cancels_its_scheduled_end() {
+        let mut s = site(&[]);
+        s.handle(
+            SiteRequest::Deploy {
+                job_id: job(1),
+                app_name: "app".into(),
+                package: Default::default(),
+            },
+            Duration::ZERO,
+            ok(),
+        );
+        s.handle(SiteRequest::Start { job_id: job(1) }, Duration::ZERO, ok());
+        let out = s.handle(SiteRequest::Stop { job_id: job(1) }, Duration::ZERO, ok());
+        assert!(matches!(
+            &out[..],
+            [SiteOutput::Report(SiteReport::AppExited {
+                outcome: ExitOutcome::Signal(STOP_SIGNAL),
+                ..
+            })]
+        ));
+        assert!(s.app_due(job(1), 1).is_none());
+    }
+
+    #[test]
+    fn timeouts_answer_nothing_and_start_needs_a_deploy() {
+        let mut s = site(&[]);
+        let silent = Behaviour {
+            deploy: Answer::Timeout,
+            ..ok()
+        };
+        let deploy = SiteRequest::Deploy {
+            job_id: job(1),
+            app_name: "app".into(),
+            package: Default::default(),
+        };
+        assert!(s.handle(deploy, Duration::ZERO, silent).is_empty());
+        let out = s.handle(SiteRequest::Start { job_id: job(1) }, Duration::ZERO, ok());
+        assert!(matches!(
+            &out[..],
+            [SiteOutput::Report(SiteReport::StartAnswer {
+                result: Err(_),
+                ..
+            })]
+        ));
+    }
+}

@@ -1,0 +1,263 @@
+//! The engine owner: a batch of inputs is appended with one write, effects come back only
+//! after it, a failed append stops the engine for good, a limit refuses before the core,
+//! and a restart on the same history rebuilds the same state.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fedrun::engine::clock::SIM_EPOCH;
+use fedrun::engine::ids::SeededIds;
+use fedrun::engine::owner::{Engine, EngineLimits, EngineRefusal, Ids, StepError};
+use fedrun::history::snapshot::SnapshotRecord;
+use fedrun::history::storage::RecordIter;
+use fedrun::history::{Head, History, MemoryStorage, Storage, StorageError};
+use fedrun::job::meta::{AppTargets, JobMeta};
+use fedrun::lifecycle::{
+    AdminRequest, Answer, BlobHash, Command, Effect, Event, Identity, Origin, Role, RunStatus,
+};
+use fedrun::settings::Settings;
+use fedrun::site::protocol::SiteReport;
+
+/// A memory store that counts batch writes and can be told to fail them.
+struct Counting {
+    inner: MemoryStorage,
+    writes: Arc<AtomicUsize>,
+    fail: Arc<AtomicBool>,
+}
+
+impl Storage for Counting {
+    fn write_batch(&mut self, records: &[(u64, Vec<u8>)]) -> Result<(), StorageError> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(StorageError::Corrupt {
+                detail: "disk full (test)".into(),
+            });
+        }
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        self.inner.write_batch(records)
+    }
+    fn read(&self, seq: u64) -> Result<Option<Vec<u8>>, StorageError> {
+        self.inner.read(seq)
+    }
+    fn read_from(&self, from: u64) -> RecordIter<'_> {
+        self.inner.read_from(from)
+    }
+    fn last(&self) -> Result<Option<(u64, Vec<u8>)>, StorageError> {
+        self.inner.last()
+    }
+    fn save_snapshot(
+        &mut self,
+        record: &SnapshotRecord,
+        state: &[u8],
+        head: Head,
+    ) -> Result<(), StorageError> {
+        self.inner.save_snapshot(record, state, head)
+    }
+    fn load_snapshot(&self) -> Result<Option<(SnapshotRecord, Vec<u8>)>, StorageError> {
+        self.inner.load_snapshot()
+    }
+    fn anchor(&self) -> Result<Option<Head>, StorageError> {
+        self.inner.anchor()
+    }
+    fn write_anchor(&mut self, head: Head) -> Result<(), StorageError> {
+        self.inner.write_anchor(head)
+    }
+}
+
+struct Rig {
+    memory: MemoryStorage,
+    writes: Arc<AtomicUsize>,
+    fail: Arc<AtomicBool>,
+}
+
+impl Rig {
+    fn new() -> Rig {
+        Rig {
+            memory: MemoryStorage::new(),
+            writes: Arc::new(AtomicUsize::new(0)),
+            fail: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn start(&self, limits: EngineLimits) -> Engine {
+        let storage = Counting {
+            inner: self.memory.clone(),
+            writes: self.writes.clone(),
+            fail: self.fail.clone(),
+        };
+        let history = History::<Event>::from_storage(Box::new(storage), Path::new("test"))
+            .expect("history opens");
+        let (engine, _) = Engine::start(
+            history,
+            Settings::default(),
+            Ids::Seeded(SeededIds::new(1)),
+            limits,
+            SIM_EPOCH,
+        )
+        .expect("engine starts");
+        engine
+    }
+}
+
+fn submit(n: usize) -> Command {
+    Command::Admin {
+        origin: Origin {
+            identity: Identity {
+                name: "alice".into(),
+                org: "org".into(),
+                role: Role::ProjectAdmin,
+            },
+            request_id: Some(format!("submit-{n}")),
+        },
+        request: AdminRequest::SubmitJob {
+            meta: JobMeta {
+                name: format!("job-{n}"),
+                deploy_map: vec![AppTargets {
+                    app: "app".into(),
+                    targets: vec!["server".into(), "site-1".into()],
+                }],
+                min_clients: 1,
+                mandatory_clients: vec![],
+                resource_spec: Default::default(),
+            },
+            package: BlobHash([7; 32]),
+            signer: None,
+        },
+    }
+}
+
+fn connect(site: &str) -> Command {
+    Command::Site {
+        site: site.into(),
+        report: SiteReport::Connected {
+            resources: Default::default(),
+            running: vec![],
+        },
+    }
+}
+
+#[test]
+fn a_batch_is_one_write_and_its_effects_follow_it() {
+    let rig = Rig::new();
+    let mut engine = rig.start(EngineLimits::default());
+    let before = rig.writes.load(Ordering::SeqCst);
+    let batch = vec![connect("site-1"), submit(1), submit(2), submit(3)];
+    let released = engine
+        .step(batch, SIM_EPOCH.plus(Duration::from_secs(1)))
+        .expect("step");
+    assert_eq!(
+        rig.writes.load(Ordering::SeqCst),
+        before + 1,
+        "four inputs, one append"
+    );
+    assert_eq!(released.outcomes.len(), 4);
+    for outcome in &released.outcomes[1..] {
+        assert!(
+            matches!(outcome.reply, Some(Ok(Ok(Answer::Submitted { .. })))),
+            "{outcome:?}"
+        );
+    }
+    // The scheduler's first try asks site-1 for resources: an effect of the same batch.
+    assert!(released
+        .effects
+        .iter()
+        .any(|e| matches!(e, Effect::CheckResources { site, .. } if site == "site-1")));
+    // Every event of the batch is durable: a history reopened on the same records holds it.
+    let reopened = History::<Event>::in_memory(rig.memory.clone()).expect("reopens");
+    assert_eq!(reopened.head().seq, engine.state().last_seq);
+}
+
+#[test]
+fn a_failed_append_stops_the_engine_for_good() {
+    let rig = Rig::new();
+    let mut engine = rig.start(EngineLimits::default());
+    let seq_before = engine.state().last_seq;
+    rig.fail.store(true, Ordering::SeqCst);
+    let err = engine
+        .step(vec![submit(1)], SIM_EPOCH)
+        .expect_err("the write fails");
+    assert!(matches!(err, StepError::Append { .. }), "{err}");
+    assert!(err.to_string().contains("disk full"), "{err}");
+    // Even once the disk is back, the engine refuses: it cannot know what reached disk.
+    rig.fail.store(false, Ordering::SeqCst);
+    let err = engine
+        .step(vec![submit(2)], SIM_EPOCH)
+        .expect_err("stopped");
+    assert!(matches!(err, StepError::Stopped { .. }), "{err}");
+    let reopened = History::<Event>::in_memory(rig.memory.clone()).expect("reopens");
+    assert_eq!(
+        reopened.head().seq,
+        seq_before,
+        "nothing of the failed batch is stored"
+    );
+}
+
+#[test]
+fn the_queued_jobs_limit_refuses_before_the_core() {
+    let rig = Rig::new();
+    let mut engine = rig.start(EngineLimits {
+        queued_jobs_max: 2,
+        ..EngineLimits::default()
+    });
+    // No site is connected, so every job stays SUBMITTED.
+    let released = engine
+        .step(vec![submit(1), submit(2), submit(3)], SIM_EPOCH)
+        .expect("step");
+    assert!(matches!(
+        released.outcomes[2].reply,
+        Some(Err(EngineRefusal::TooManyQueuedJobs { queued: 2 }))
+    ));
+    assert!(
+        released.outcomes[2].events.is_empty(),
+        "a refusal writes nothing"
+    );
+    assert_eq!(engine.state().queue.len(), 2);
+}
+
+#[test]
+fn a_restart_rebuilds_the_same_state_and_opens_a_new_boot() {
+    let rig = Rig::new();
+    let mut engine = rig.start(EngineLimits::default());
+    engine
+        .step(vec![submit(1), submit(2)], SIM_EPOCH)
+        .expect("step");
+    let jobs_before = engine.state().jobs.clone();
+    let boot_before = engine.boot_id();
+    drop(engine);
+    let engine = rig.start(EngineLimits::default());
+    assert_eq!(engine.state().jobs, jobs_before);
+    assert_ne!(
+        engine.boot_id(),
+        boot_before,
+        "each start has its own boot id"
+    );
+    assert!(engine
+        .state()
+        .jobs
+        .values()
+        .all(|j| j.status == RunStatus::Submitted));
+}
+
+#[test]
+fn snapshots_are_taken_and_start_up_uses_them() {
+    let rig = Rig::new();
+    let mut engine = rig.start(EngineLimits {
+        snapshot_every_events: 3,
+        ..EngineLimits::default()
+    });
+    engine
+        .step(vec![submit(1), submit(2), submit(3)], SIM_EPOCH)
+        .expect("step");
+    let state = engine.state().clone();
+    drop(engine);
+    let history = History::<Event>::in_memory(rig.memory.clone()).expect("reopens");
+    let recovered = history
+        .recover(fedrun::lifecycle::State::new())
+        .expect("recovers");
+    assert!(recovered.snapshot_seq.is_some(), "a snapshot was taken");
+    assert_eq!(
+        recovered.state, state,
+        "snapshot + tail equals the live state"
+    );
+}
