@@ -1,4 +1,24 @@
 //! fedrun: a crash-resilient server that runs federated jobs across many remote sites.
+//!
+//! Every change to a job is an event appended to a hash-chained history on sled; the
+//! state of every job is a pure fold of those events, so a restart rebuilds it exactly
+//! and an audit can replay it. `ARCHITECTURE.md` is the map; `docs/SPEC.md` the behaviour contract.
+//!
+//! # Layout
+//!
+//! - [`lifecycle`]: the pure core: statuses, events, commands, `decide`, the state and
+//!   its fold, timers, restart decisions. No IO, no clock, no randomness.
+//! - [`schedule`]: the default scheduler, pure: state + site facts + now -> decision.
+//! - [`settings`]: every setting with its default, and the duration syntax.
+//! - [`history`]: the sled event log: record codec, hash chain, group append with fsync,
+//!   replay, audit, snapshots, anchor; and an in-memory store for the simulator.
+//! - [`blobs`]: content-addressed files named by their BLAKE3 hash.
+//! - [`job`]: what a job is: id, `meta.json`, run file, package ingest, limits, unpack.
+//! - [`trust`]: provisioning, certificates, NVFlare-compatible job signing and verifying.
+//! - [`engine`]: the single task that owns state and history, its clock and ids, and the
+//!   server that hands effects to workers.
+//! - [`site`]: the engine <-> site protocol, the local site, and the app process runner.
+//! - [`sim`]: scenario files, simulated sites and the deterministic driver of `fedrun sim`.
 
 pub mod blobs;
 pub mod engine;
