@@ -1,5 +1,5 @@
-//! Given/when/then tests for every transition and rejection of SPEC section 2, the cases of
-//! issue 2, and the peer defects listed at the end of SPEC section 2.
+//! Given/when/then tests for every transition and rejection of SPEC section 2, the restart and
+//! idempotency cases, and the peer defects listed at the end of SPEC section 2.
 
 mod lifecycle_support;
 
