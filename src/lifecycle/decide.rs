@@ -118,12 +118,15 @@ pub fn decide(
             None
         }
         Command::ServerAppExited { job_id, outcome } => {
-            if ctx
-                .scratch
-                .jobs
-                .get(&job_id)
-                .is_some_and(|j| j.run.server_started() && j.run.server_exit.is_none())
-            {
+            // An exit that arrives while the start answer is still awaited is recorded
+            // too (SPEC section 2): the app ran, and once its start completes the job
+            // goes RUNNING and on to the status this exit decides. Dropping it would leave
+            // the job RUNNING with no exit ever to come.
+            if ctx.scratch.jobs.get(&job_id).is_some_and(|j| {
+                j.run.server_exit.is_none()
+                    && (j.run.server_started()
+                        || matches!(j.run.step, Some((StartStep::StartingServer, _))))
+            }) {
                 ctx.emit(
                     Actor::System,
                     EventKind::ServerAppExited { job_id, outcome },
@@ -1271,8 +1274,12 @@ fn server_app_started(ctx: &mut Ctx<'_>, job_id: JobId, result: Result<(), Strin
         },
     );
     if !dispatched {
-        // Aborted while the server app was starting: it is stopped at once.
-        if ok {
+        // Aborted while the server app was starting: it is stopped at once, unless its
+        // exit has already been recorded.
+        let exited = ctx
+            .job(&job_id)
+            .is_some_and(|j| j.run.server_exit.is_some());
+        if ok && !exited {
             ctx.effect(Effect::StopServerApp { job_id });
         }
         return;
