@@ -364,3 +364,40 @@ fn resources_merge_over_default_and_drop_unmanaged_and_unused_gpu_keys() {
     let site2 = resources_for(&m, "site-2");
     assert_eq!(site2, BTreeMap::from([("disk".to_string(), 10.0)]));
 }
+
+/// The jobs a decision tried, in the order it tried them.
+fn tried(d: &fedrun::lifecycle::Decision) -> Vec<fedrun::job::JobId> {
+    d.events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::ScheduleAttempted { job_id, .. } => Some(*job_id),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn one_pass_tries_every_due_job_once_in_queue_order_and_skips_those_not_due() {
+    let mut w = World::default();
+    // Two groups, 5 s apart, for a site that never connects: each job is tried once at
+    // submit, and is due again 10 s later.
+    let first: Vec<_> = (0..12).map(|_| w.submit(meta(&["site-1"], 1))).collect();
+    w.advance_ms(5_000);
+    let second: Vec<_> = (0..12).map(|_| w.submit(meta(&["site-1"], 1))).collect();
+    // At 10 s only the first group is due: one pass tries all of it, in order, and passes
+    // over the second group without trying it.
+    w.advance_ms(5_000);
+    assert_eq!(tried(&w.timer(Timer::ScheduleDue)), first);
+    // At 15 s the second group; the first is not due again before 30 s (20 s back-off).
+    w.advance_ms(5_000);
+    assert_eq!(tried(&w.timer(Timer::ScheduleDue)), second);
+    // At 35 s both are due: queue order, the first group ahead.
+    w.advance_ms(20_000);
+    let both: Vec<_> = first.iter().chain(&second).copied().collect();
+    assert_eq!(tried(&w.timer(Timer::ScheduleDue)), both);
+    // Right after, nothing is due: a pass tries nothing.
+    assert!(tried(&w.timer(Timer::ScheduleDue)).is_empty());
+    for job_id in both {
+        assert_eq!(w.job(job_id).schedule_count, 3);
+    }
+}

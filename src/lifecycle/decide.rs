@@ -3,10 +3,12 @@
 //!
 //! Every event is applied to a scratch copy of the state as soon as it is made, so later
 //! steps of the same decision see it, and an event that would be illegal stops at the
-//! fold's own check. After the command's own events, the jobs it touched are settled (stop
+//! fold's own check. The copy is taken at the first event, so a decision that records
+//! nothing copies nothing. After the command's own events, the jobs it touched are settled (stop
 //! a failing run, decide a final status, mark a run stopped, start an archive) and a
 //! scheduling pass runs, so the engine never polls.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::job::meta::SERVER;
@@ -83,7 +85,7 @@ pub fn decide(
         }
     }
     let mut ctx = Ctx {
-        scratch: state.clone(),
+        scratch: Cow::Borrowed(state),
         settings,
         now,
         request_id: None,
@@ -95,7 +97,7 @@ pub fn decide(
     let reply = match command {
         Command::StartServer { boot_id } => {
             // The envelope carries the new boot id from this event on.
-            ctx.scratch.boot_id = boot_id;
+            ctx.scratch.to_mut().boot_id = boot_id;
             ctx.emit(Actor::System, EventKind::ServerStarted { boot_id });
             if !recovery::needs_observation(&ctx.scratch) {
                 // No run was in flight: there is nothing to wait for, so the restart
@@ -118,12 +120,15 @@ pub fn decide(
             None
         }
         Command::ServerAppExited { job_id, outcome } => {
-            if ctx
-                .scratch
-                .jobs
-                .get(&job_id)
-                .is_some_and(|j| j.run.server_started() && j.run.server_exit.is_none())
-            {
+            // An exit that arrives while the start answer is still awaited is recorded
+            // too (SPEC section 2): the app ran, and once its start completes the job
+            // goes RUNNING and on to the status this exit decides. Dropping it would leave
+            // the job RUNNING with no exit ever to come.
+            if ctx.scratch.jobs.get(&job_id).is_some_and(|j| {
+                j.run.server_exit.is_none()
+                    && (j.run.server_started()
+                        || matches!(j.run.step, Some((StartStep::StartingServer, _))))
+            }) {
                 ctx.emit(
                     Actor::System,
                     EventKind::ServerAppExited { job_id, outcome },
@@ -163,7 +168,11 @@ pub fn decide(
 
 /// The working set of one decision.
 struct Ctx<'a> {
-    scratch: State,
+    /// The state so far: the caller's until the first event (or boot id) of this
+    /// decision, then a copy with this decision's events applied. A command that records
+    /// nothing (a late answer, a timer with nothing due, a repeated report) never copies
+    /// the state.
+    scratch: Cow<'a, State>,
     settings: &'a Settings,
     now: Timestamp,
     request_id: Option<String>,
@@ -189,7 +198,7 @@ impl Ctx<'_> {
         if let Some(job_id) = event.kind.job_id() {
             self.touched.insert(job_id);
         }
-        self.scratch.apply(&event);
+        self.scratch.to_mut().apply(&event);
         self.events.push(event);
     }
 
@@ -412,10 +421,33 @@ impl Ctx<'_> {
 
     /// Runs a scheduling pass until it has nothing left to do (SPEC section 7).
     fn schedule_pass(&mut self) {
+        // Whether a pass may run is decided once: a step without resources records a try
+        // for a SUBMITTED job (which stays SUBMITTED or ends CAN_NOT_SCHEDULE), so it
+        // changes neither the recovery window, nor the try in flight, nor the number of
+        // active jobs; the only other step ends the pass.
+        if schedule::blocked(&self.scratch, self.settings).is_some() {
+            return;
+        }
+        // Each step resumes the queue after the job tried last (see
+        // `schedule::next_step_after`), so a pass is linear in the queue.
+        let mut after = None;
         loop {
-            match schedule::next_step(&self.scratch, self.settings, self.now, &self.tried) {
+            let step = schedule::next_step_after(
+                &self.scratch,
+                self.settings,
+                self.now,
+                &self.tried,
+                after.as_ref(),
+            );
+            debug_assert_eq!(
+                step,
+                schedule::next_step(&self.scratch, self.settings, self.now, &self.tried),
+                "resuming the pass must find the step a full scan finds"
+            );
+            match step {
                 PassStep::Idle => return,
                 PassStep::NoResources { job_id, reason } => {
+                    after = self.job(&job_id).map(Job::queue_key);
                     self.tried.insert(job_id);
                     self.try_failed(job_id, reason);
                 }
@@ -1271,8 +1303,12 @@ fn server_app_started(ctx: &mut Ctx<'_>, job_id: JobId, result: Result<(), Strin
         },
     );
     if !dispatched {
-        // Aborted while the server app was starting: it is stopped at once.
-        if ok {
+        // Aborted while the server app was starting: it is stopped at once, unless its
+        // exit has already been recorded.
+        let exited = ctx
+            .job(&job_id)
+            .is_some_and(|j| j.run.server_exit.is_some());
+        if ok && !exited {
             ctx.effect(Effect::StopServerApp { job_id });
         }
         return;

@@ -24,7 +24,7 @@ pub use decide::{decide, Decision, IdSource};
 pub use effect::Effect;
 pub use event::{BlobHash, BootId, Event, EventKind, ResourceAnswer, ScheduleOutcome, StepResult};
 pub use rejection::{Rejection, ReplayError};
-pub use state::{Answer, Archive, Job, Reply, Run, RunPhase, State};
+pub use state::{Answer, Archive, Job, QueueKey, Reply, Run, RunPhase, State};
 pub use status::RunStatus;
 pub use time::Timestamp;
 pub use timers::{deadlines, next_deadline};

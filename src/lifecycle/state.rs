@@ -332,6 +332,11 @@ pub struct Job {
 }
 
 impl Job {
+    /// Where the job sits in [`State::queue`] while it is `SUBMITTED`.
+    pub fn queue_key(&self) -> QueueKey {
+        (self.submit_time, self.submitted_seq, self.id)
+    }
+
     /// `duration`: from `start_time` to the end (or `now` while it runs).
     pub fn duration_ms(&self, now: Timestamp) -> Option<i64> {
         let start = self.run.started_at?;
@@ -404,7 +409,7 @@ pub struct State {
     #[serde(with = "shared_values")]
     pub jobs: BTreeMap<JobId, Arc<Job>>,
     /// `SUBMITTED` jobs in queue order: oldest `submit_time` first, ties in history order.
-    pub queue: BTreeSet<(Timestamp, u64, JobId)>,
+    pub queue: BTreeSet<QueueKey>,
     /// The sites, by name (shared like the jobs).
     #[serde(with = "shared_values")]
     pub sites: BTreeMap<String, Arc<SiteFacts>>,
@@ -414,6 +419,10 @@ pub struct State {
     #[serde(with = "shared_value")]
     pub requests: Arc<BTreeMap<String, Reply>>,
 }
+
+/// A job's place in the queue: its `submit_time`, then its submit record's sequence
+/// number (history order for ties), then its id.
+pub type QueueKey = (Timestamp, u64, JobId);
 
 /// Serde glue: a map whose values sit behind `Arc`, written as the plain map.
 mod shared_values {
@@ -743,7 +752,7 @@ impl State {
         let job = self.job_mut(job_id);
         let before = job.status;
         job.status = status;
-        let key = (job.submit_time, job.submitted_seq, job.id);
+        let key = job.queue_key();
         if before == RunStatus::Submitted && status != RunStatus::Submitted {
             self.queue.remove(&key);
         }

@@ -6,12 +6,13 @@
 //! `now` always give the same step.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 use std::time::Duration;
 
 use crate::job::meta::{JobMeta, DEFAULT_RESOURCES};
 use crate::job::JobId;
 use crate::lifecycle::event::{cap_reason, ResourceAnswer, ResourceRequest};
-use crate::lifecycle::state::{Job, ScheduleTry, State};
+use crate::lifecycle::state::{Job, QueueKey, ScheduleTry, State};
 use crate::lifecycle::status::RunStatus;
 use crate::lifecycle::time::Timestamp;
 use crate::settings::Settings;
@@ -130,9 +131,28 @@ pub fn next_step(
     if blocked(state, settings).is_some() {
         return PassStep::Idle;
     }
-    let candidate = state
-        .queue
-        .iter()
+    next_step_after(state, settings, now, skip, None)
+}
+
+/// [`next_step`] without the [`blocked`] check, looking only at queue entries after
+/// `after` (a [`QueueKey`]; `None` looks at the whole queue).
+///
+/// Within one pass a caller resumes after the job it tried last: every entry before it
+/// was already passed over (not due, or tried), and neither changes until that job is
+/// tried, so the step is the same as [`next_step`]'s and a pass over `n` due jobs stays
+/// linear in `n` instead of rescanning the queue from the front each time.
+pub fn next_step_after(
+    state: &State,
+    settings: &Settings,
+    now: Timestamp,
+    skip: &BTreeSet<JobId>,
+    after: Option<&QueueKey>,
+) -> PassStep {
+    let entries: Box<dyn Iterator<Item = &QueueKey>> = match after {
+        None => Box::new(state.queue.iter()),
+        Some(key) => Box::new(state.queue.range((Bound::Excluded(*key), Bound::Unbounded))),
+    };
+    let candidate = entries
         .filter_map(|(_, _, id)| state.jobs.get(id))
         .find(|job| {
             job.status == RunStatus::Submitted
@@ -143,13 +163,17 @@ pub fn next_step(
         return PassStep::Idle;
     };
     let meta = &job.meta;
-    let connected: BTreeSet<&String> = state.connected_sites().map(|(name, _)| name).collect();
+    // Looked up per listed site rather than collected per step: a pass may take many
+    // steps, and there may be many sites.
     let applicable: Vec<String> = if meta.is_all_sites() {
-        connected.iter().map(|s| s.to_string()).collect()
+        state
+            .connected_sites()
+            .map(|(name, _)| name.clone())
+            .collect()
     } else {
         meta.listed_sites()
             .into_iter()
-            .filter(|s| connected.contains(s))
+            .filter(|s| state.sites.get(s).is_some_and(|f| f.connected))
             .collect()
     };
     let missing_mandatory: Vec<&str> = meta
