@@ -24,6 +24,10 @@ enum Command {
     Sim(cmd::sim::Args),
     /// Print the history of events, oldest first.
     History(cmd::history::Args),
+    /// List the jobs of a data folder, oldest first.
+    List(cmd::list::Args),
+    /// Show one job: status, submitter, schedule history, deploy detail, run and archive.
+    Show(cmd::show::Args),
     /// Check the history: hash chain, anchor, snapshot.
     #[command(subcommand)]
     Audit(cmd::audit::Command),
@@ -48,6 +52,8 @@ fn main() {
         Command::Demo(a) => cmd::demo::run(a),
         Command::Sim(a) => cmd::sim::run(a),
         Command::History(a) => cmd::history::run(a),
+        Command::List(a) => cmd::list::run(a),
+        Command::Show(a) => cmd::show::run(a),
         Command::Audit(c) => cmd::audit::run(c),
         Command::Package(a) => cmd::package::run(a),
         Command::Provision(a) => cmd::provision::run(a),

@@ -2,8 +2,10 @@
 pub mod audit;
 pub mod demo;
 pub mod history;
+pub mod list;
 pub mod package;
 pub mod provision;
+pub mod show;
 pub mod sign;
 pub mod sim;
 pub mod verify;

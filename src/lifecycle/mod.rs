@@ -17,6 +17,7 @@ pub mod state;
 pub mod status;
 pub mod time;
 pub mod timers;
+pub mod view;
 
 pub use actor::{Actor, Identity, Role};
 pub use command::{AdminRequest, Command, Origin, Timer};
