@@ -273,6 +273,7 @@ fn show_prints_the_projection_of_a_finished_job_as_the_events_say() {
         "submit_time",
         "submit_time_iso",
         "status",
+        "finish_reason",
         "start_time",
         "duration",
         "schedule_count",
@@ -307,11 +308,13 @@ fn show_prints_the_projection_of_a_finished_job_as_the_events_say() {
             _ => None,
         })
         .unwrap();
-    let finished = mine
+    let (finished, finish_reason) = mine
         .iter()
-        .find(|e| matches!(e.kind, EventKind::JobFinished { .. }))
-        .unwrap()
-        .at;
+        .find_map(|e| match &e.kind {
+            EventKind::JobFinished { reason, .. } => Some((e.at, reason.clone())),
+            _ => None,
+        })
+        .unwrap();
     let tries: Vec<&Event> = mine
         .iter()
         .copied()
@@ -406,6 +409,7 @@ fn show_prints_the_projection_of_a_finished_job_as_the_events_say() {
         serde_json::json!({"state": "archived", "hash": archive_hash})
     );
     assert_eq!(view["deleted"], false);
+    assert_eq!(view["finish_reason"], finish_reason.as_str());
 
     // The text form names the same values, and a unique prefix of the id is enough.
     let prefix = &trained.to_string()[..8];

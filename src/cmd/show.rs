@@ -49,10 +49,11 @@ fn text(view: &JobView) -> anyhow::Result<String> {
     } else {
         serde_json::to_string(&meta.resource_spec).context("encoding resource_spec")?
     };
-    let pairs: [(&str, String); 18] = [
+    let pairs: [(&str, String); 19] = [
         ("job_id", view.job_id.clone()),
         ("name", view.name.clone()),
         ("status", view.status.to_string()),
+        ("finish_reason", dash(&view.finish_reason)),
         ("submitter_name", view.submitter_name.clone()),
         ("submitter_org", view.submitter_org.clone()),
         ("submitter_role", view.submitter_role.clone()),

@@ -107,6 +107,36 @@ impl std::fmt::Debug for SledStorage {
     }
 }
 
+/// How long an open waits for sled's folder lock before it reports a running server.
+///
+/// The lock is an `flock` on sled's data file, held by every process that has the file
+/// open, and a process that forks (to run any child program) shares the open file with
+/// the child until the child's `exec` closes it. So a lock can be held for a moment by
+/// someone who is not a server: a history closed just before a fork, in a process that
+/// starts children. A running server holds it for good, so a short bounded wait tells the
+/// two apart without ever reporting a transient holder as a server.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// True when sled could not take its folder lock.
+fn is_lock_error(io: &std::io::Error) -> bool {
+    io.to_string().contains("could not acquire lock")
+}
+
+/// Opens sled, retrying for at most [`LOCK_WAIT`] while its folder lock is held.
+fn open_sled_waiting_for_lock(path: &Path) -> sled::Result<sled::Db> {
+    let started = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(5);
+    loop {
+        match sled::Config::new().path(path).flush_every_ms(None).open() {
+            Err(sled::Error::Io(ref io)) if is_lock_error(io) && started.elapsed() < LOCK_WAIT => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(100));
+            }
+            result => return result,
+        }
+    }
+}
+
 impl SledStorage {
     /// Opens the history in data folder `root`. Refuses with
     /// [`OpenError::ServerRunning`] when another process (a running server) holds
@@ -130,21 +160,15 @@ impl SledStorage {
                 source,
             })
         })?;
-        let db = sled::Config::new()
-            .path(&paths.sled)
-            .flush_every_ms(None)
-            .open()
-            .map_err(|source| match source {
-                sled::Error::Io(ref io) if io.to_string().contains("could not acquire lock") => {
-                    OpenError::ServerRunning {
-                        dir: root.to_path_buf(),
-                    }
-                }
-                source => storage_err(StorageError::Sled {
-                    what: "open",
-                    source,
-                }),
-            })?;
+        let db = open_sled_waiting_for_lock(&paths.sled).map_err(|source| match source {
+            sled::Error::Io(ref io) if is_lock_error(io) => OpenError::ServerRunning {
+                dir: root.to_path_buf(),
+            },
+            source => storage_err(StorageError::Sled {
+                what: "open",
+                source,
+            }),
+        })?;
         let tree = |name: &'static str| {
             db.open_tree(name).map_err(|source| {
                 storage_err(StorageError::Sled {

@@ -105,6 +105,8 @@ pub struct JobView {
     pub submit_time_iso: String,
     /// The status string (`SUBMITTED`, `FINISHED:COMPLETED`, ...).
     pub status: RunStatus,
+    /// Why the job ended, as its `JobFinished` event recorded it; `None` until it ends.
+    pub finish_reason: Option<String>,
     /// When the job went `RUNNING`, ISO-8601 UTC; `None` if it never did.
     pub start_time: Option<String>,
     /// From `start_time` to the end (or to `now` while it runs), like `1m30s`.
@@ -174,6 +176,7 @@ pub fn job_view(job: &Job, now: Timestamp) -> JobView {
         submit_time: job.submit_time.as_secs(),
         submit_time_iso: job.submit_time.to_iso8601(),
         status: job.status,
+        finish_reason: job.finish_reason.clone(),
         start_time: job.run.started_at.map(Timestamp::to_iso8601),
         duration: duration_text(job, now),
         schedule_count: job.schedule_count,
