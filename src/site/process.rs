@@ -295,22 +295,12 @@ pub fn start(launch: &AppLaunch) -> Result<AppProcess, StartError> {
     let (stop_tx, stop_rx) = mpsc::unbounded_channel();
     let (end_tx, end_rx) = watch::channel(None);
     let record_path = launch.run_dir.join(PROCESS_FILE);
-    if let Err(source) = write_record(&record_path, &record) {
+    let written = write_record(&record_path, &record);
+    if written.is_err() {
         // Without the record a restart could not find the group: do not leave it running.
         kill_group(pid, libc::SIGKILL);
-        tokio::spawn(watch_process(
-            Waiter::Child(child),
-            record.clone(),
-            exit_file,
-            stop_rx,
-            end_tx,
-        ));
-        return Err(StartError::RunFolder {
-            path: record_path,
-            source,
-        });
     }
-    tracing::info!(job = %launch.job_id, site = %launch.site, pgid = pid, "app started");
+    // The watcher reaps the child either way, so a failed start leaves no zombie.
     tokio::spawn(watch_process(
         Waiter::Child(child),
         record.clone(),
@@ -318,6 +308,13 @@ pub fn start(launch: &AppLaunch) -> Result<AppProcess, StartError> {
         stop_rx,
         end_tx,
     ));
+    if let Err(source) = written {
+        return Err(StartError::RunFolder {
+            path: record_path,
+            source,
+        });
+    }
+    tracing::info!(job = %launch.job_id, site = %launch.site, pgid = pid, "app started");
     Ok(AppProcess {
         record,
         stop: stop_tx,
