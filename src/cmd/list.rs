@@ -4,10 +4,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use fedrun::engine::clock::{Clock, WallClock};
 use fedrun::history::events::EventHistory;
 use fedrun::history::SledOptions;
 use fedrun::lifecycle::view::{list_jobs, JobSummary, ListFilter, StatusFilter};
-use fedrun::lifecycle::{State, Timestamp};
+use fedrun::lifecycle::State;
 
 /// Arguments of `fedrun list`.
 #[derive(clap::Args, Debug)]
@@ -44,14 +45,6 @@ pub fn load_state(data_dir: &Path) -> anyhow::Result<State> {
         .recover(State::new())
         .context("the history is damaged; run `fedrun audit verify`")?;
     Ok(recovered.state)
-}
-
-/// The wall clock as a core timestamp: the end of a running job's `duration`.
-pub fn now() -> Timestamp {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    Timestamp::from_millis(ms)
 }
 
 /// Writes `text` to stdout; a closed pipe (`fedrun list | head`) is the reader's choice.
@@ -130,7 +123,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         include_deleted: args.all,
     };
     let state = load_state(&args.data_dir)?;
-    let rows = list_jobs(&state, &filter, now());
+    let rows = list_jobs(&state, &filter, WallClock.now());
     let text = if args.json {
         let mut text = String::new();
         for row in &rows {
