@@ -31,17 +31,22 @@ pub struct Args {
     pub json: bool,
 }
 
-/// Rebuilds the projection from the history in `data_dir` without writing anything: the
-/// snapshot plus the tail, every record checked. A running server's lock is refused with
-/// the history's own message.
-pub fn load_state(data_dir: &Path) -> anyhow::Result<State> {
+/// Opens the history in `data_dir` for reading, never creating it: the one way the
+/// read-only commands (`list`, `show`, `history`) open a data folder.
+pub fn open_history(data_dir: &Path) -> anyhow::Result<EventHistory> {
     let options = SledOptions {
         create: false,
         ..SledOptions::default()
     };
-    let history = EventHistory::open_with(data_dir, options)
-        .with_context(|| format!("cannot read the history in {}", data_dir.display()))?;
-    let recovered = history
+    EventHistory::open_with(data_dir, options)
+        .with_context(|| format!("cannot read the history in {}", data_dir.display()))
+}
+
+/// Rebuilds the projection from the history in `data_dir` without writing anything: the
+/// snapshot plus the tail, every record checked. A running server's lock is refused with
+/// the history's own message.
+pub fn load_state(data_dir: &Path) -> anyhow::Result<State> {
+    let recovered = open_history(data_dir)?
         .recover(State::new())
         .context("the history is damaged; run `fedrun audit verify`")?;
     Ok(recovered.state)
