@@ -16,6 +16,16 @@ fn fedrun(args: &[&str]) -> Output {
         .expect("the fedrun binary runs")
 }
 
+/// Runs `fedrun audit verify` on `dir`, with `--json` when asked.
+fn audit_verify(dir: &Path, json: bool) -> Output {
+    let dir = dir.to_str().expect("temporary folders have UTF-8 paths");
+    let mut args = vec!["audit", "verify", "--data-dir", dir];
+    if json {
+        args.push("--json");
+    }
+    fedrun(&args)
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -88,12 +98,7 @@ fn history_json_is_one_object_per_line_and_job_filters() {
 fn audit_verify_passes_on_an_intact_history() {
     let dir = tempfile::tempdir().unwrap();
     let count = data_folder(dir.path());
-    let out = fedrun(&[
-        "audit",
-        "verify",
-        "--data-dir",
-        dir.path().to_str().unwrap(),
-    ]);
+    let out = audit_verify(dir.path(), false);
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
     assert!(stdout.contains("OK"), "{stdout}");
@@ -102,13 +107,7 @@ fn audit_verify_passes_on_an_intact_history() {
         "{stdout}"
     );
 
-    let out = fedrun(&[
-        "audit",
-        "verify",
-        "--json",
-        "--data-dir",
-        dir.path().to_str().unwrap(),
-    ]);
+    let out = audit_verify(dir.path(), true);
     assert_eq!(out.status.code(), Some(0));
     let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(value["ok"], true);
@@ -126,24 +125,13 @@ fn audit_verify_fails_naming_the_first_bad_record() {
         events.remove(record::seq_key(4)).unwrap();
         db.flush().unwrap();
     }
-    let out = fedrun(&[
-        "audit",
-        "verify",
-        "--data-dir",
-        dir.path().to_str().unwrap(),
-    ]);
+    let out = audit_verify(dir.path(), false);
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("first bad record is 4"), "{stdout}");
     assert!(stdout.contains("record 4 is missing"), "{stdout}");
 
-    let out = fedrun(&[
-        "audit",
-        "verify",
-        "--json",
-        "--data-dir",
-        dir.path().to_str().unwrap(),
-    ]);
+    let out = audit_verify(dir.path(), true);
     assert_eq!(out.status.code(), Some(1));
     let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(value["ok"], false);
@@ -160,12 +148,7 @@ fn audit_verify_reports_a_history_shorter_than_its_anchor() {
         events.remove(record::seq_key(count as u64)).unwrap();
         db.flush().unwrap();
     }
-    let out = fedrun(&[
-        "audit",
-        "verify",
-        "--data-dir",
-        dir.path().to_str().unwrap(),
-    ]);
+    let out = audit_verify(dir.path(), false);
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains(&format!("data loss: the anchor says records up to {count} were durable, but the history ends at {}", count - 1)), "{stdout}");
@@ -212,12 +195,7 @@ fn audit_verify_names_a_damaged_package_blob() {
     let package = fedrun::blobs::hash_of(b"package 2");
     let path = dir.path().join("blobs").join(package.to_hex());
     std::fs::write(&path, b"package 2, changed").unwrap();
-    let out = fedrun(&[
-        "audit",
-        "verify",
-        "--data-dir",
-        dir.path().to_str().unwrap(),
-    ]);
+    let out = audit_verify(dir.path(), false);
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(
@@ -226,12 +204,7 @@ fn audit_verify_names_a_damaged_package_blob() {
     );
 
     std::fs::remove_file(&path).unwrap();
-    let out = fedrun(&[
-        "audit",
-        "verify",
-        "--data-dir",
-        dir.path().to_str().unwrap(),
-    ]);
+    let out = audit_verify(dir.path(), false);
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(

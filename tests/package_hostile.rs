@@ -5,7 +5,7 @@ mod common;
 
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::{build_zip, end_record, valid_job_entries, write_job, RawEntry};
 use fedrun::job::limits::{LimitError, Limits, NameError};
@@ -20,6 +20,19 @@ fn with(extra: RawEntry) -> Vec<RawEntry> {
     let mut entries = valid_job_entries("");
     entries.push(extra);
     entries
+}
+
+/// A valid job folder with one app, `<tmp>/job`, for a test to add its hostile file to;
+/// the temporary folder is returned so it lives as long as the test needs it.
+fn one_app_job() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let job = tmp.path().join("job");
+    write_job(
+        &job,
+        r#"{"deploy_map": {"app": ["server", "s"]}}"#,
+        &["app"],
+    );
+    (tmp, job)
 }
 
 #[test]
@@ -110,13 +123,7 @@ fn a_device_or_fifo_in_a_zip_is_refused() {
 
 #[test]
 fn a_symlink_in_a_folder_is_refused() {
-    let tmp = tempfile::tempdir().unwrap();
-    let job = tmp.path().join("job");
-    write_job(
-        &job,
-        r#"{"deploy_map": {"app": ["server", "s"]}}"#,
-        &["app"],
-    );
+    let (_tmp, job) = one_app_job();
     std::os::unix::fs::symlink("/etc/passwd", job.join("app/passwd")).unwrap();
     let err = ingest(&job, &Limits::default()).unwrap_err();
     assert!(
@@ -127,13 +134,7 @@ fn a_symlink_in_a_folder_is_refused() {
 
 #[test]
 fn a_symlinked_folder_in_a_folder_is_refused() {
-    let tmp = tempfile::tempdir().unwrap();
-    let job = tmp.path().join("job");
-    write_job(
-        &job,
-        r#"{"deploy_map": {"app": ["server", "s"]}}"#,
-        &["app"],
-    );
+    let (_tmp, job) = one_app_job();
     std::os::unix::fs::symlink("/", job.join("app/root")).unwrap();
     let err = ingest(&job, &Limits::default()).unwrap_err();
     assert!(
@@ -144,13 +145,7 @@ fn a_symlinked_folder_in_a_folder_is_refused() {
 
 #[test]
 fn a_fifo_in_a_folder_is_refused() {
-    let tmp = tempfile::tempdir().unwrap();
-    let job = tmp.path().join("job");
-    write_job(
-        &job,
-        r#"{"deploy_map": {"app": ["server", "s"]}}"#,
-        &["app"],
-    );
+    let (_tmp, job) = one_app_job();
     let fifo = job.join("app/fifo");
     let c_path = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
     // SAFETY: `c_path` is a valid NUL-terminated path that outlives the call.
@@ -195,13 +190,7 @@ fn a_bomb_by_size_is_refused_per_entry_and_in_total() {
         "{err}"
     );
     // The same limits hold for a folder.
-    let tmp = tempfile::tempdir().unwrap();
-    let job = tmp.path().join("job");
-    write_job(
-        &job,
-        r#"{"deploy_map": {"app": ["server", "s"]}}"#,
-        &["app"],
-    );
+    let (_tmp, job) = one_app_job();
     fs::write(job.join("app/big"), [7u8; 1001]).unwrap();
     let err = ingest(&job, &limits).unwrap_err();
     assert!(
@@ -255,13 +244,7 @@ fn a_non_utf8_name_is_refused_in_a_zip_and_in_a_folder() {
         "{err}"
     );
 
-    let tmp = tempfile::tempdir().unwrap();
-    let job = tmp.path().join("job");
-    write_job(
-        &job,
-        r#"{"deploy_map": {"app": ["server", "s"]}}"#,
-        &["app"],
-    );
+    let (_tmp, job) = one_app_job();
     let name = std::ffi::OsStr::from_bytes(b"caf\xe9.txt");
     fs::write(job.join("app").join(name), "x").unwrap();
     let err = ingest(&job, &Limits::default()).unwrap_err();
@@ -323,13 +306,7 @@ fn too_many_entries_are_refused_in_a_zip_and_in_a_folder() {
         ),
         "{err}"
     );
-    let tmp = tempfile::tempdir().unwrap();
-    let job = tmp.path().join("job");
-    write_job(
-        &job,
-        r#"{"deploy_map": {"app": ["server", "s"]}}"#,
-        &["app"],
-    );
+    let (_tmp, job) = one_app_job();
     fs::write(job.join("app/a"), "a").unwrap();
     let err = ingest(&job, &limits).unwrap_err();
     assert!(

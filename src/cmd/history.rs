@@ -4,9 +4,10 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use fedrun::history::events::{event_json_line, event_text, EventHistory};
-use fedrun::history::SledOptions;
+use fedrun::history::events::{event_json_line, event_text};
 use fedrun::job::JobId;
+
+use super::list::open_history;
 
 /// Arguments of `fedrun history`.
 #[derive(clap::Args, Debug)]
@@ -24,12 +25,7 @@ pub struct Args {
 
 /// Runs the command; the returned code is the process exit code.
 pub fn run(args: Args) -> anyhow::Result<i32> {
-    let options = SledOptions {
-        create: false,
-        ..SledOptions::default()
-    };
-    let history = EventHistory::open_with(&args.data_dir, options)
-        .with_context(|| format!("cannot read the history in {}", args.data_dir.display()))?;
+    let history = open_history(&args.data_dir)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     for record in history.records_from(1) {

@@ -4,10 +4,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use fedrun::engine::clock::{Clock, WallClock};
 use fedrun::history::events::EventHistory;
 use fedrun::history::SledOptions;
 use fedrun::lifecycle::view::{list_jobs, JobSummary, ListFilter, StatusFilter};
-use fedrun::lifecycle::{State, Timestamp};
+use fedrun::lifecycle::State;
 
 /// Arguments of `fedrun list`.
 #[derive(clap::Args, Debug)]
@@ -30,28 +31,25 @@ pub struct Args {
     pub json: bool,
 }
 
-/// Rebuilds the projection from the history in `data_dir` without writing anything: the
-/// snapshot plus the tail, every record checked. A running server's lock is refused with
-/// the history's own message.
-pub fn load_state(data_dir: &Path) -> anyhow::Result<State> {
+/// Opens the history in `data_dir` for reading, never creating it: the one way the
+/// read-only commands (`list`, `show`, `history`) open a data folder.
+pub fn open_history(data_dir: &Path) -> anyhow::Result<EventHistory> {
     let options = SledOptions {
         create: false,
         ..SledOptions::default()
     };
-    let history = EventHistory::open_with(data_dir, options)
-        .with_context(|| format!("cannot read the history in {}", data_dir.display()))?;
-    let recovered = history
+    EventHistory::open_with(data_dir, options)
+        .with_context(|| format!("cannot read the history in {}", data_dir.display()))
+}
+
+/// Rebuilds the projection from the history in `data_dir` without writing anything: the
+/// snapshot plus the tail, every record checked. A running server's lock is refused with
+/// the history's own message.
+pub fn load_state(data_dir: &Path) -> anyhow::Result<State> {
+    let recovered = open_history(data_dir)?
         .recover(State::new())
         .context("the history is damaged; run `fedrun audit verify`")?;
     Ok(recovered.state)
-}
-
-/// The wall clock as a core timestamp: the end of a running job's `duration`.
-pub fn now() -> Timestamp {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    Timestamp::from_millis(ms)
 }
 
 /// Writes `text` to stdout; a closed pipe (`fedrun list | head`) is the reader's choice.
@@ -130,7 +128,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         include_deleted: args.all,
     };
     let state = load_state(&args.data_dir)?;
-    let rows = list_jobs(&state, &filter, now());
+    let rows = list_jobs(&state, &filter, WallClock.now());
     let text = if args.json {
         let mut text = String::new();
         for row in &rows {

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use fedrun::lifecycle::view::{find_job, job_view, JobView};
 
-use super::list::{load_state, now, print};
+use fedrun::engine::clock::{Clock, WallClock};
+
+use super::list::{load_state, print};
 
 /// Arguments of `fedrun show`.
 #[derive(clap::Args, Debug)]
@@ -100,7 +102,7 @@ fn text(view: &JobView) -> anyhow::Result<String> {
 pub fn run(args: Args) -> anyhow::Result<i32> {
     let state = load_state(&args.data_dir)?;
     let job = find_job(&state, &args.job_id)?;
-    let view = job_view(job, now());
+    let view = job_view(job, WallClock.now());
     let out = if args.json {
         let mut line = serde_json::to_string(&view).context("encoding the job as JSON")?;
         line.push('\n');

@@ -242,6 +242,21 @@ enum Node<'a> {
     },
 }
 
+impl<'a> Node<'a> {
+    /// The node for one entry read from a zip, its bytes kept in memory (borrowed from
+    /// the zip when the entry was Stored). Ingest and unpack both build their tree this way.
+    fn from_zip(kind: EntryKind, data: Cow<'a, [u8]>) -> Self {
+        match kind {
+            EntryKind::Folder => Node::Folder,
+            EntryKind::File { executable } => Node::File {
+                executable,
+                size: data.len() as u64,
+                content: Content::Memory(data),
+            },
+        }
+    }
+}
+
 /// A package's entries by path; `BTreeMap` order is the canonical order, and puts every
 /// folder before what it holds (a prefix sorts first).
 #[derive(Debug, Default)]
@@ -369,15 +384,7 @@ pub fn ingest_zip_bytes(
             },
             None => entry.name,
         };
-        let node = match entry.kind {
-            EntryKind::Folder => Node::Folder,
-            EntryKind::File { executable } => Node::File {
-                executable,
-                size: entry.data.len() as u64,
-                content: Content::Memory(entry.data),
-            },
-        };
-        tree.insert(path, node)
+        tree.insert(path, Node::from_zip(entry.kind, entry.data))
             .map_err(|entry| IngestError::PathConflict { entry })?;
     }
     build(tree, &name, limits)
@@ -566,15 +573,7 @@ pub fn unpack(
     let entries = read_zip(canonical_zip, limits)?;
     let mut tree = Tree::default();
     for entry in entries {
-        let node = match entry.kind {
-            EntryKind::Folder => Node::Folder,
-            EntryKind::File { executable } => Node::File {
-                executable,
-                size: entry.data.len() as u64,
-                content: Content::Memory(entry.data),
-            },
-        };
-        tree.insert(entry.name, node)
+        tree.insert(entry.name, Node::from_zip(entry.kind, entry.data))
             .map_err(|entry| UnpackError::PathConflict { entry })?;
     }
     if let Some(app) = only_app {

@@ -412,13 +412,7 @@ fn create_ca(project: &Project, now: SystemTime) -> Result<(String, String), Pro
         &signer,
     )
     .map_err(|e| crypto(e.to_string()))?;
-    let cert = builder
-        .build::<rsa::pkcs1v15::Signature>()
-        .map_err(|e| crypto(e.to_string()))?;
-    let cert_pem = cert
-        .to_pem(LineEnding::LF)
-        .map_err(|e| crypto(e.to_string()))?;
-    Ok((key_pem(&private, &what())?, cert_pem))
+    sign_to_pem(builder, &private, &what())
 }
 
 fn issue(
@@ -456,13 +450,7 @@ fn issue(
             .add_extension(&SubjectAltName(vec![GeneralName::DnsName(name)]))
             .map_err(|e| crypto(e.to_string()))?;
     }
-    let cert = builder
-        .build::<rsa::pkcs1v15::Signature>()
-        .map_err(|e| crypto(e.to_string()))?;
-    let cert_pem = cert
-        .to_pem(LineEnding::LF)
-        .map_err(|e| crypto(e.to_string()))?;
-    Ok((key_pem(&private, &what())?, cert_pem))
+    sign_to_pem(builder, &private, &what())
 }
 
 /// A subject with CN, O (when not empty) and, for admins, the role in `unstructuredName`,
@@ -512,6 +500,26 @@ fn spki_of(key: &RsaPrivateKey, what: &str) -> Result<SubjectPublicKeyInfoOwned,
 }
 
 /// A key as PKCS #1 PEM (`RSA PRIVATE KEY`), the form NVFlare writes.
+/// Signs the certificate `builder` describes and returns the subject's key and the
+/// certificate, both PEM: the last step of the root CA and of every leaf alike.
+fn sign_to_pem(
+    builder: CertificateBuilder<'_, SigningKey<Sha256>>,
+    private: &RsaPrivateKey,
+    what: &str,
+) -> Result<(String, String), ProvisionError> {
+    let crypto = |reason: String| ProvisionError::Crypto {
+        what: what.to_owned(),
+        reason,
+    };
+    let cert = builder
+        .build::<rsa::pkcs1v15::Signature>()
+        .map_err(|e| crypto(e.to_string()))?;
+    let cert_pem = cert
+        .to_pem(LineEnding::LF)
+        .map_err(|e| crypto(e.to_string()))?;
+    Ok((key_pem(private, what)?, cert_pem))
+}
+
 fn key_pem(key: &RsaPrivateKey, what: &str) -> Result<String, ProvisionError> {
     key.to_pkcs1_pem(LineEnding::LF)
         .map(|pem| pem.to_string())
