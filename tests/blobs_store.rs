@@ -79,4 +79,11 @@ fn blob_hash_text_round_trips_and_bad_names_are_refused_and_ignored() {
     assert!(store.list().unwrap().is_empty());
     let err = "not-a-hash".parse::<BlobHash>().unwrap_err();
     assert!(err.to_string().contains("not a BLAKE3 hash"), "{err}");
+    // 64 characters that a number parser would take as signed digit pairs are still not hex.
+    assert!("+0".repeat(32).parse::<BlobHash>().is_err());
+    assert_eq!(
+        hash.to_hex().to_uppercase().parse::<BlobHash>().unwrap(),
+        hash,
+        "capitals parse as the same hash; only the store's file names must be lowercase"
+    );
 }

@@ -144,12 +144,7 @@ fn a_server_deploy_failure_fails_to_run() {
 #[test]
 fn start_timeout_leaves_silent_sites_out_or_fails_and_stops_the_run() {
     let mut w = World::default();
-    let job_id = w.dispatched(&["site-1", "site-2"], 1);
-    deploy(&mut w, job_id, &[("site-1", Ok(())), ("site-2", Ok(()))]);
-    w.when(Command::ServerAppStarted {
-        job_id,
-        result: Ok(()),
-    });
+    let job_id = w.starting(&["site-1", "site-2"], 1);
     w.site(
         "site-1",
         SiteReport::StartAnswer {
@@ -165,12 +160,7 @@ fn start_timeout_leaves_silent_sites_out_or_fails_and_stops_the_run() {
     assert_eq!(w.job(job_id).run.job_clients, ["site-1"]);
 
     let mut w = World::default();
-    let job_id = w.dispatched(&["site-1", "site-2"], 2);
-    deploy(&mut w, job_id, &[("site-1", Ok(())), ("site-2", Ok(()))]);
-    w.when(Command::ServerAppStarted {
-        job_id,
-        result: Ok(()),
-    });
+    let job_id = w.starting(&["site-1", "site-2"], 2);
     w.site(
         "site-1",
         SiteReport::StartAnswer {

@@ -148,22 +148,7 @@ fn abort_while_the_server_app_deploys_waits_for_its_answer_before_archiving() {
 #[test]
 fn a_start_answer_after_the_job_is_terminal_changes_nothing() {
     let mut w = World::default();
-    let job_id = w.dispatched(&["site-1"], 1);
-    w.when(Command::ServerDeployFinished {
-        job_id,
-        result: Ok(()),
-    });
-    w.site(
-        "site-1",
-        SiteReport::DeployAnswer {
-            job_id,
-            result: Ok(()),
-        },
-    );
-    w.when(Command::ServerAppStarted {
-        job_id,
-        result: Ok(()),
-    });
+    let job_id = w.starting(&["site-1"], 1);
     w.abort(job_id);
     let d = w.site(
         "site-1",
@@ -184,22 +169,7 @@ fn a_start_answer_after_the_job_is_terminal_changes_nothing() {
 #[test]
 fn a_fast_server_app_exit_while_dispatched_is_recorded_and_decides_after_start() {
     let mut w = World::default();
-    let job_id = w.dispatched(&["site-1"], 1);
-    w.when(Command::ServerDeployFinished {
-        job_id,
-        result: Ok(()),
-    });
-    w.site(
-        "site-1",
-        SiteReport::DeployAnswer {
-            job_id,
-            result: Ok(()),
-        },
-    );
-    w.when(Command::ServerAppStarted {
-        job_id,
-        result: Ok(()),
-    });
+    let job_id = w.starting(&["site-1"], 1);
     let d = w.server_exit(job_id, ExitOutcome::Code(0));
     assert_eq!(kinds(&d), ["server_app_exited"]);
     assert_eq!(w.status(job_id), RunStatus::Dispatched);
@@ -232,22 +202,7 @@ fn a_fast_server_app_exit_while_dispatched_is_recorded_and_decides_after_start()
 #[test]
 fn a_failing_server_app_while_dispatched_ends_execution_exception_after_start() {
     let mut w = World::default();
-    let job_id = w.dispatched(&["site-1"], 1);
-    w.when(Command::ServerDeployFinished {
-        job_id,
-        result: Ok(()),
-    });
-    w.site(
-        "site-1",
-        SiteReport::DeployAnswer {
-            job_id,
-            result: Ok(()),
-        },
-    );
-    w.when(Command::ServerAppStarted {
-        job_id,
-        result: Ok(()),
-    });
+    let job_id = w.starting(&["site-1"], 1);
     w.server_exit(job_id, ExitOutcome::Code(1));
     let d = w.site(
         "site-1",

@@ -210,6 +210,22 @@ impl Ctx<'_> {
         self.scratch.jobs.get(job_id).map(|j| &**j)
     }
 
+    /// The dispatched job and the start step it has been in for `timeout` or longer.
+    /// `None` when the timer is stale: the job moved on, or a recovery is in progress.
+    fn overdue_step(
+        &self,
+        job_id: &JobId,
+        now: Timestamp,
+        timeout: std::time::Duration,
+    ) -> Option<(&Job, StartStep)> {
+        let job = self.job(job_id)?;
+        let (step, since) = job.run.step?;
+        let due = job.status == RunStatus::Dispatched
+            && self.scratch.recovery.is_none()
+            && now >= since.plus(timeout);
+        due.then_some((job, step))
+    }
+
     /// Gives back every reservation the job's run still holds.
     fn cancel_reservations(&mut self, job_id: JobId) {
         let Some(job) = self.job(&job_id) else { return };
@@ -1416,16 +1432,9 @@ fn timer_fired(ctx: &mut Ctx<'_>, timer: Timer) {
             ctx.finish_try_if_complete();
         }
         Timer::DeployTimedOut { job_id } => {
-            let Some(job) = ctx.job(&job_id) else { return };
-            let Some((step, since)) = job.run.step else {
+            let Some((job, step)) = ctx.overdue_step(&job_id, now, settings.deploy_timeout) else {
                 return;
             };
-            if job.status != RunStatus::Dispatched
-                || ctx.scratch.recovery.is_some()
-                || now < since.plus(settings.deploy_timeout)
-            {
-                return;
-            }
             match step {
                 StartStep::DeployingServer => {
                     ctx.emit(
@@ -1462,16 +1471,9 @@ fn timer_fired(ctx: &mut Ctx<'_>, timer: Timer) {
             }
         }
         Timer::StartTimedOut { job_id } => {
-            let Some(job) = ctx.job(&job_id) else { return };
-            let Some((step, since)) = job.run.step else {
+            let Some((job, step)) = ctx.overdue_step(&job_id, now, settings.start_timeout) else {
                 return;
             };
-            if job.status != RunStatus::Dispatched
-                || ctx.scratch.recovery.is_some()
-                || now < since.plus(settings.start_timeout)
-            {
-                return;
-            }
             match step {
                 StartStep::StartingServer => {
                     // The server app's start is local and always answers; a missing answer

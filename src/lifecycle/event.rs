@@ -60,7 +60,7 @@ pub struct BlobHash(pub [u8; 32]);
 impl BlobHash {
     /// The hash as 64 lowercase hex characters.
     pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        blake3::Hash::from_bytes(self.0).to_hex().to_string()
     }
 }
 
@@ -90,15 +90,9 @@ pub struct BadBlobHash(pub String);
 impl FromStr for BlobHash {
     type Err = BadBlobHash;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || BadBlobHash(s.chars().take(80).collect());
-        if s.len() != 64 || !s.is_ascii() {
-            return Err(bad());
-        }
-        let mut out = [0u8; 32];
-        for (i, byte) in out.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
-        }
-        Ok(BlobHash(out))
+        blake3::Hash::from_hex(s)
+            .map(BlobHash::from)
+            .map_err(|_| BadBlobHash(s.chars().take(80).collect()))
     }
 }
 

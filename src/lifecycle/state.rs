@@ -877,13 +877,7 @@ impl State {
             }
             ScheduleTryCancelled { .. } => self.schedule_try = None,
             ScheduleAttempted { job_id, outcome } => {
-                if self
-                    .schedule_try
-                    .as_ref()
-                    .is_some_and(|t| &t.job_id == job_id)
-                {
-                    self.schedule_try = None;
-                }
+                self.schedule_try.take_if(|t| &t.job_id == job_id);
                 let job = self.job_mut(job_id);
                 job.schedule_count += 1;
                 job.last_schedule_time = Some(at);
@@ -1044,13 +1038,7 @@ impl State {
                 reason,
             } => {
                 self.set_status(job_id, *status);
-                if self
-                    .schedule_try
-                    .as_ref()
-                    .is_some_and(|t| &t.job_id == job_id)
-                {
-                    self.schedule_try = None;
-                }
+                self.schedule_try.take_if(|t| &t.job_id == job_id);
                 let job = self.job_mut(job_id);
                 job.finished_at = Some(at);
                 job.finish_reason = Some(reason.clone());

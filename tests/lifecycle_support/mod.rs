@@ -312,8 +312,9 @@ impl World {
             .collect()
     }
 
-    /// Takes a dispatched job through deploy and start, all OK: the job ends `RUNNING`.
-    pub fn running(&mut self, sites: &[&str], min_clients: u32) -> JobId {
+    /// Takes a dispatched job through deploy, all OK, and starts the server app: the job
+    /// waits for the sites' start answers.
+    pub fn starting(&mut self, sites: &[&str], min_clients: u32) -> JobId {
         let job_id = self.dispatched(sites, min_clients);
         self.when(Command::ServerDeployFinished {
             job_id,
@@ -332,6 +333,12 @@ impl World {
             job_id,
             result: Ok(()),
         });
+        job_id
+    }
+
+    /// Takes a dispatched job through deploy and start, all OK: the job ends `RUNNING`.
+    pub fn running(&mut self, sites: &[&str], min_clients: u32) -> JobId {
+        let job_id = self.starting(sites, min_clients);
         for site in sites {
             self.site(
                 site,
