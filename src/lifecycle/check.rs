@@ -13,11 +13,11 @@ use crate::lifecycle::actor::{Identity, Role};
 use crate::lifecycle::command::{AdminRequest, Command, Origin, Timer};
 use crate::lifecycle::decide::{decide, IdSource};
 use crate::lifecycle::event::{BlobHash, BootId, Event, EventKind, MAX_EVENT_BYTES};
+use crate::lifecycle::participant::{ExitOutcome, SiteReport};
 use crate::lifecycle::state::State;
 use crate::lifecycle::status::RunStatus;
 use crate::lifecycle::time::Timestamp;
 use crate::settings::Settings;
-use crate::site::protocol::{ExitOutcome, SiteReport};
 
 /// Reads small numbers and strings from the fuzzer's bytes; zeros once they run out.
 struct Bytes<'a> {

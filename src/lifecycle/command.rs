@@ -5,7 +5,7 @@ use crate::job::meta::JobMeta;
 use crate::job::JobId;
 use crate::lifecycle::actor::Identity;
 use crate::lifecycle::event::{BlobHash, BootId};
-use crate::site::protocol::{ExitOutcome, SiteReport};
+use crate::lifecycle::participant::{ExitOutcome, SiteReport};
 
 /// Who asked, and the idempotency key of the request.
 #[derive(Clone, Debug, PartialEq, Eq)]

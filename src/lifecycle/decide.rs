@@ -20,6 +20,7 @@ use crate::lifecycle::event::{
     cap_reason, Event, EventKind, ResourceAnswer, ScheduleOutcome, StepResult, MAX_EVENT_BYTES,
     MAX_ID_BYTES,
 };
+use crate::lifecycle::participant::{ExitOutcome, SiteReport};
 use crate::lifecycle::recovery;
 use crate::lifecycle::rejection::Rejection;
 use crate::lifecycle::state::{
@@ -31,7 +32,6 @@ use crate::lifecycle::time::Timestamp;
 use crate::lifecycle::timers;
 use crate::schedule::{self, PassStep, TryVerdict};
 use crate::settings::Settings;
-use crate::site::protocol::{ExitOutcome, SiteReport};
 
 /// Where `decide` gets new ids. The engine draws UUID v4s; tests and the simulator use a
 /// seeded or counting source, so a run is reproducible.

@@ -14,10 +14,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::job::meta::JobMeta;
 use crate::job::JobId;
 use crate::lifecycle::actor::{Actor, Identity};
+use crate::lifecycle::participant::ExitOutcome;
 use crate::lifecycle::status::RunStatus;
 use crate::lifecycle::time::Timestamp;
 use crate::lifecycle::Rejection;
-use crate::site::protocol::ExitOutcome;
 
 /// The largest encoded event (named-field MessagePack) the core emits. The history's limit
 /// for a value is 64 KiB; the rest is left for the record's own envelope (hash, version).

@@ -12,10 +12,10 @@ use crate::lifecycle::actor::Identity;
 use crate::lifecycle::event::{
     BlobHash, BootId, Event, EventKind, ResourceAnswer, ResourceRequest, StepResult,
 };
+use crate::lifecycle::participant::ExitOutcome;
 use crate::lifecycle::status::RunStatus;
 use crate::lifecycle::time::Timestamp;
 use crate::lifecycle::{Rejection, ReplayError};
-use crate::site::protocol::ExitOutcome;
 
 /// The first answer given to an admin request, kept by its idempotency key.
 pub type Reply = Result<Answer, Rejection>;

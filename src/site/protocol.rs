@@ -8,19 +8,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-
 use crate::job::JobId;
 
-/// The outcome of one app process, as a site reports it and as the server sees its own app.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
-pub enum ExitOutcome {
-    /// The process exited with this code (`0` normal, `1`, `101`..`104`, `9`, ...).
-    Code(i32),
-    /// The process was killed by this signal.
-    Signal(i32),
-}
+// The reports and exit outcomes are the core's vocabulary (the node decides on them), so
+// they live in `lifecycle::participant`; every participant, local, simulated or remote,
+// speaks them.
+pub use crate::lifecycle::participant::{ExitOutcome, SiteReport};
 
 /// What the engine asks of a site. Every request is answered by a [`SiteReport`], except
 /// `CancelReservation`, `Delete` and `Acknowledge`, which are fire-and-forget. `Stop` is
@@ -53,38 +46,4 @@ pub enum SiteRequest {
     /// The server has recorded the report with this id: the site may forget it and stops
     /// resending it.
     Acknowledge { report_id: String },
-}
-
-/// What a site tells the engine. Reports that carry a `report_id` are kept and resent by
-/// the site until the server has recorded them, so the engine ignores a repeated id.
-#[derive(Clone, Debug)]
-pub enum SiteReport {
-    /// The site connected (or reconnected), with the resources it declares and the jobs
-    /// whose app processes it is running right now.
-    Connected {
-        resources: BTreeMap<String, f64>,
-        running: Vec<JobId>,
-    },
-    /// The site's connection is gone.
-    Disconnected,
-    ResourceAnswer {
-        try_id: u64,
-        job_id: JobId,
-        /// `Ok(token)` when reserved, `Err(reason)` when the site cannot hold the job.
-        answer: Result<String, String>,
-    },
-    DeployAnswer {
-        job_id: JobId,
-        result: Result<(), String>,
-    },
-    StartAnswer {
-        job_id: JobId,
-        result: Result<(), String>,
-    },
-    /// The job's app process at this site has ended.
-    AppExited {
-        job_id: JobId,
-        report_id: String,
-        outcome: ExitOutcome,
-    },
 }
