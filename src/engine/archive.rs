@@ -240,12 +240,18 @@ mod tests {
         let before_crash = archive_folder(&run, &blobs).expect("archive");
         // The crash: `WorkspaceArchived` was never recorded, so the folder must still be
         // there and archiving it again after the restart must give the same workspace.
-        assert!(run.join("app/out.txt").is_file(), "archiving leaves the folder");
+        assert!(
+            run.join("app/out.txt").is_file(),
+            "archiving leaves the folder"
+        );
         let after_restart = archive_folder(&run, &blobs).expect("archive again");
         assert_eq!(before_crash, after_restart);
         remove_run_folder(&run).expect("remove");
         assert!(!run.exists());
         remove_run_folder(&run).expect("removing twice is fine");
-        assert!(blobs.get(&before_crash).is_ok(), "the archive survives removal");
+        assert!(
+            blobs.get(&before_crash).is_ok(),
+            "the archive survives removal"
+        );
     }
 }
