@@ -168,7 +168,7 @@ impl Site {
 
     fn pgid(&self, job_id: JobId) -> i32 {
         let record: process::ProcessRecord = serde_json::from_slice(
-            &std::fs::read(self.run_dir(job_id).join(process::PROCESS_FILE)).expect("record"),
+            &std::fs::read(process::record_path(&self.run_dir(job_id))).expect("record"),
         )
         .expect("valid record");
         record.pgid

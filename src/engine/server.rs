@@ -427,10 +427,13 @@ impl Server {
                 job.run.phase,
                 crate::lifecycle::RunPhase::NotStarted | crate::lifecycle::RunPhase::Stopped
             );
+            let run_dir = workspace::job_dir(&self.workspace(), job.id);
             if !in_flight || !job.run.server_started() {
+                // An app started just before a crash, whose start never became durable, is
+                // waited for by nobody: it must not run on.
+                process::kill_unclaimed(&run_dir);
                 continue;
             }
-            let run_dir = workspace::job_dir(&self.workspace(), job.id);
             match process::reattach(&run_dir) {
                 Ok(Reattached::Running(app)) => {
                     let job_id = job.id;

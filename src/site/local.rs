@@ -69,12 +69,16 @@ pub struct LocalSiteConfig {
     /// The time certificates are checked at; `None` means the wall clock at each deploy.
     /// Set it to replay a verification as it was at a given time.
     pub verify_at: Option<std::time::SystemTime>,
+    /// Names of variables of the site's own environment that apps may see, besides the
+    /// allow-list of [`crate::site::process::INHERITED_ENV`] and `LC_*` (the site setting
+    /// `app_env_pass`). Nothing else of the site's environment reaches an app.
+    pub app_env_pass: Vec<String>,
 }
 
 impl LocalSiteConfig {
     /// A site with the default settings of SPEC section 7 (`abort_grace` 10 s,
     /// `reservation_timeout` 30 s), no root CA and `require_signed_jobs` unset (so unsigned
-    /// jobs are accepted), and the default package limits.
+    /// jobs are accepted), the default package limits, and no `app_env_pass` names.
     pub fn new(name: &str, workspace: PathBuf, resources: BTreeMap<String, f64>) -> Self {
         LocalSiteConfig {
             name: name.to_string(),
@@ -88,6 +92,7 @@ impl LocalSiteConfig {
             },
             unpack_limits: Limits::default(),
             verify_at: None,
+            app_env_pass: Vec::new(),
         }
     }
 }
@@ -448,7 +453,7 @@ impl LocalSite {
             run_dir,
             app_dir,
         };
-        match process::start(&launch) {
+        match process::start_with(&launch, &self.config.app_env_pass) {
             Ok(app) => {
                 self.watch(job_id, &app);
                 self.running.insert(job_id, app);
