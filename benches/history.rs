@@ -208,6 +208,7 @@ fn batches_of_64(c: &mut Criterion) {
     let options = SledOptions {
         create: true,
         sync: Box::new(NoSync),
+        ..SledOptions::default()
     };
     let mut history = EventHistory::open_with(dir.path(), options).expect("open");
     bench_batches(

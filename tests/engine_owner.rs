@@ -12,7 +12,7 @@ use fedrun::engine::ids::SeededIds;
 use fedrun::engine::owner::{Engine, EngineLimits, EngineRefusal, Ids, StepError};
 use fedrun::history::snapshot::SnapshotRecord;
 use fedrun::history::storage::RecordIter;
-use fedrun::history::{Head, History, MemoryStorage, Storage, StorageError};
+use fedrun::history::{Anchor, Head, History, MemoryStorage, Storage, StorageError};
 use fedrun::job::meta::{AppTargets, JobMeta};
 use fedrun::lifecycle::{
     AdminRequest, Answer, BlobHash, Command, Effect, Event, Identity, Origin, Role, RunStatus,
@@ -28,14 +28,14 @@ struct Counting {
 }
 
 impl Storage for Counting {
-    fn write_batch(&mut self, records: &[(u64, Vec<u8>)]) -> Result<(), StorageError> {
+    fn append(&mut self, expected: Head, records: &[(u64, Vec<u8>)]) -> Result<Head, StorageError> {
         if self.fail.load(Ordering::SeqCst) {
             return Err(StorageError::Corrupt {
                 detail: "disk full (test)".into(),
             });
         }
         self.writes.fetch_add(1, Ordering::SeqCst);
-        self.inner.write_batch(records)
+        self.inner.append(expected, records)
     }
     fn read(&self, seq: u64) -> Result<Option<Vec<u8>>, StorageError> {
         self.inner.read(seq)
@@ -46,22 +46,17 @@ impl Storage for Counting {
     fn last(&self) -> Result<Option<(u64, Vec<u8>)>, StorageError> {
         self.inner.last()
     }
-    fn save_snapshot(
-        &mut self,
-        record: &SnapshotRecord,
-        state: &[u8],
-        head: Head,
-    ) -> Result<(), StorageError> {
-        self.inner.save_snapshot(record, state, head)
+    fn save_snapshot(&mut self, record: &SnapshotRecord, state: &[u8]) -> Result<(), StorageError> {
+        self.inner.save_snapshot(record, state)
     }
     fn load_snapshot(&self) -> Result<Option<(SnapshotRecord, Vec<u8>)>, StorageError> {
         self.inner.load_snapshot()
     }
-    fn anchor(&self) -> Result<Option<Head>, StorageError> {
+    fn anchor(&self) -> Result<Option<Anchor>, StorageError> {
         self.inner.anchor()
     }
-    fn write_anchor(&mut self, head: Head) -> Result<(), StorageError> {
-        self.inner.write_anchor(head)
+    fn settle_anchor(&mut self, head: Head) -> Result<(), StorageError> {
+        self.inner.settle_anchor(head)
     }
 }
 

@@ -79,8 +79,9 @@ fn every_acknowledgement_follows_an_fsync_of_sleds_data_file() {
 #[test]
 fn a_failed_fsync_poisons_the_history() {
     let dir = tempfile::tempdir().unwrap();
-    // Call 1 is the sync at creation, call 2 the first append; call 3 fails.
-    let (mut history, _log) = open_recording(dir.path(), Some(3));
+    // Call 1 is the sync at creation, call 2 the one that settles the anchor at open,
+    // call 3 the first append; call 4 fails.
+    let (mut history, _log) = open_recording(dir.path(), Some(4));
     history.append_batch(&steps(1, 3)).unwrap();
     let err = history.append_batch(&steps(4, 3)).unwrap_err();
     assert!(
