@@ -189,6 +189,7 @@ fn next_command(bytes: &mut Bytes<'_>, state: &State, jobs: &[JobId]) -> (Comman
                     job_id,
                     report_id: bytes.text(),
                     outcome: outcome(bytes),
+                    stop_requested: bytes.byte() % 2 == 0,
                 },
             };
             Command::Site { site, report }

@@ -238,7 +238,7 @@ impl SimSite {
             }
             SiteRequest::Stop { job_id } => match self.apps.remove(&job_id) {
                 Some(_) => vec![SiteOutput::Report(
-                    self.exited(job_id, ExitOutcome::Signal(STOP_SIGNAL)),
+                    self.exited(job_id, ExitOutcome::Signal(STOP_SIGNAL), true),
                 )],
                 None => Vec::new(),
             },
@@ -253,13 +253,14 @@ impl SimSite {
         }
     }
 
-    fn exited(&mut self, job_id: JobId, outcome: ExitOutcome) -> SiteReport {
+    fn exited(&mut self, job_id: JobId, outcome: ExitOutcome, stop_requested: bool) -> SiteReport {
         self.in_use.remove(&job_id);
         self.next_report += 1;
         SiteReport::AppExited {
             job_id,
             report_id: format!("{}/{}", self.spec.name, self.next_report),
             outcome,
+            stop_requested,
         }
     }
 
@@ -274,7 +275,7 @@ impl SimSite {
                     AppEnd::Code(c) => ExitOutcome::Code(c),
                     AppEnd::Killed => ExitOutcome::Signal(KILL_SIGNAL),
                 };
-                Some(self.exited(job_id, outcome))
+                Some(self.exited(job_id, outcome, false))
             }
             _ => None,
         }

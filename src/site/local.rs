@@ -512,6 +512,7 @@ impl LocalSite {
             job_id,
             report_id: report_id.clone(),
             outcome: end.outcome,
+            stop_requested: end.stop_requested,
         };
         self.unacknowledged
             .insert(report_id, (job_id, report.clone()));
