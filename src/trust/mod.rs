@@ -12,6 +12,7 @@
 //! [`provision::provision`].
 
 pub mod certs;
+pub mod files;
 pub mod policy;
 pub mod provision;
 pub mod sigfile;
