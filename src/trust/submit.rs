@@ -148,8 +148,9 @@ pub enum ZipVerifyError {
         /// The reason, with paths relative to the job.
         message: String,
         /// The verification failure as found (its paths are in the removed temporary
-        /// folder); kept for callers that match on the kind.
-        reason: VerifyError,
+        /// folder); kept for callers that match on the kind. Boxed: it is large, and
+        /// the error travels in every `Result` of this function.
+        reason: Box<VerifyError>,
     },
 }
 
@@ -181,7 +182,10 @@ pub fn verify_job_zip(
     verify_job_folder(&job, root, at).map_err(|reason| {
         let prefix = format!("{}/", job.display());
         let message = reason.to_string().replace(&prefix, "");
-        ZipVerifyError::Verify { message, reason }
+        ZipVerifyError::Verify {
+            message,
+            reason: Box::new(reason),
+        }
     })
 }
 
