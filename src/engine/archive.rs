@@ -86,6 +86,32 @@ fn files(root: &Path) -> Result<Vec<(String, PathBuf, bool)>, ArchiveError> {
     Ok(out)
 }
 
+/// Opens a file that was listed as a regular file, without following a symlink: an app
+/// may replace a file by a link after the listing, and following it could put a file
+/// from outside the run folder (readable by the server, not by the app) into the
+/// archive. A file that became a link, or vanished, is skipped (`None`), as links are.
+fn open_listed_file(path: &Path) -> Result<Option<std::fs::File>, ArchiveError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path);
+    match opened {
+        Ok(file) => Ok(Some(file)),
+        Err(e)
+            if e.raw_os_error() == Some(libc::ELOOP)
+                || e.kind() == std::io::ErrorKind::NotFound =>
+        {
+            tracing::warn!(path = %path.display(), "a file of the run folder became a link or vanished while archiving; skipped");
+            Ok(None)
+        }
+        Err(source) => Err(ArchiveError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
 /// Zips `run_dir` into `blobs` and returns the archive's hash; the folder is left as it
 /// is (see [`remove_run_folder`]). The blob is durable when this returns. The same folder
 /// always gives the same bytes and hash, so a retry after a crash is harmless.
@@ -130,11 +156,10 @@ pub fn archive_folder(run_dir: &Path, blobs: &BlobStore) -> Result<BlobHash, Arc
             if is_dir {
                 writer.add_directory(name, options).map_err(zip_err)?;
             } else {
+                let Some(mut file) = open_listed_file(&path)? else {
+                    continue;
+                };
                 writer.start_file(name, options).map_err(zip_err)?;
-                let mut file = std::fs::File::open(&path).map_err(|source| ArchiveError::Io {
-                    path: path.clone(),
-                    source,
-                })?;
                 std::io::copy(&mut file, &mut writer).map_err(|source| ArchiveError::Io {
                     path: path.clone(),
                     source,
@@ -228,6 +253,21 @@ mod tests {
             archive_folder(&run, &blobs),
             Err(ArchiveError::RunFolderMissing { .. })
         ));
+    }
+
+    #[test]
+    fn a_file_swapped_for_a_link_after_listing_is_skipped_not_followed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, b"server-only").expect("file");
+        let link = dir.path().join("model.bin");
+        std::os::unix::fs::symlink(&secret, &link).expect("link");
+        // What the archive does with a path it listed as a file that is now a link.
+        assert!(open_listed_file(&link).expect("not an error").is_none());
+        assert!(open_listed_file(&dir.path().join("gone"))
+            .expect("not an error")
+            .is_none());
+        assert!(open_listed_file(&secret).expect("a file").is_some());
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! [`provision::provision`].
 
 pub mod certs;
+pub mod files;
 pub mod policy;
 pub mod provision;
 pub mod sigfile;
@@ -24,7 +25,9 @@ use serde::Serialize;
 pub use certs::RootCa;
 pub use policy::{check_job, require_signed_jobs, JobTrust, PolicyError, TrustPolicy};
 pub use sign::{sign_job_folder, SignError, Signer};
-pub use submit::{check_package_blob, check_package_zip, SubmitRefusal};
+pub use submit::{
+    check_package_blob, check_package_zip, verify_job_zip, SubmitRefusal, ZipVerifyError,
+};
 pub use verify::{verify_job_folder, VerifyError};
 
 /// The signature file name NVFlare uses in every directory of a signed job.
