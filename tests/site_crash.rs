@@ -93,7 +93,11 @@ fn tagged_processes(tag: &str) -> Vec<i32> {
     let needle = format!("{TAG_ENV}={tag}");
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
             continue;
         };
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -236,7 +240,9 @@ fn no_app_outlives_a_crash_during_its_start_unfound() {
                     format!("{pid}: {cmdline}")
                 })
                 .collect();
-            panic!("round {round}: processes left that no restart found: {described:?} ({found:?})");
+            panic!(
+                "round {round}: processes left that no restart found: {described:?} ({found:?})"
+            );
         }
     }
     eprintln!("after {ROUNDS} rounds the restarted site found: {found:?}");

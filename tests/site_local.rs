@@ -653,6 +653,9 @@ async fn apps_see_the_names_in_app_env_pass_and_no_other_variable_of_the_site() 
     assert_eq!(site.exited(j).await, ExitOutcome::Code(0));
     let env = std::fs::read_to_string(site.run_dir(j).join("env")).expect("env dump");
     assert!(env.lines().any(|l| l == "SITE_LOCAL_TEST_PASSED=visible"));
-    assert!(!env.contains("SITE_LOCAL_TEST_SECRET"), "the secret reached the app");
+    assert!(
+        !env.contains("SITE_LOCAL_TEST_SECRET"),
+        "the secret reached the app"
+    );
     assert!(env.lines().any(|l| l.starts_with("PATH=")));
 }

@@ -145,7 +145,12 @@ impl Bystander {
         let ready = unsafe { libc::poll(&mut poll, 1, BOUND.as_millis() as i32) };
         // SAFETY: closes the fd opened above.
         unsafe { libc::close(pidfd) };
-        assert_eq!(ready, 1, "process {} did not die within the bound", self.pid());
+        assert_eq!(
+            ready,
+            1,
+            "process {} did not die within the bound",
+            self.pid()
+        );
         self.child.wait().expect("wait")
     }
 }
@@ -180,13 +185,19 @@ async fn records_are_kept_outside_the_run_folder_in_a_private_folder() {
     let record: ProcessRecord =
         serde_json::from_slice(&std::fs::read(&record_file).expect("record")).expect("json");
     assert_eq!(&record, process.record());
-    assert!(record.released, "a running app's record says it was released");
+    assert!(
+        record.released,
+        "a running app's record says it was released"
+    );
     use std::os::unix::fs::PermissionsExt;
     for dir in [
         record_file.parent().expect("folder"),
         record_file.parent().and_then(Path::parent).expect("root"),
     ] {
-        let mode = std::fs::metadata(dir).expect("metadata").permissions().mode();
+        let mode = std::fs::metadata(dir)
+            .expect("metadata")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o700, "{} is private", dir.display());
     }
     process.stop(Duration::ZERO);
@@ -352,11 +363,19 @@ async fn the_app_sees_only_the_allow_listed_environment() {
     let text = std::fs::read_to_string(app.launch.run_dir.join("env")).expect("env dump");
     let env: BTreeMap<&str, &str> = text.lines().filter_map(|l| l.split_once('=')).collect();
     assert_eq!(env.get("SUPERVISION_TEST_SECRET"), None, "secrets stay out");
-    assert_eq!(env.get("FEDRUN_SUPERVISION_TEST"), None, "fedrun's own settings stay out");
+    assert_eq!(
+        env.get("FEDRUN_SUPERVISION_TEST"),
+        None,
+        "fedrun's own settings stay out"
+    );
     assert_eq!(env.get("SUPERVISION_TEST_PASSED"), Some(&"visible"));
     assert_eq!(env.get("LC_SUPERVISION_TEST"), Some(&"C"));
     assert_eq!(env.get("APP_GREETING"), Some(&"hello"));
-    assert_eq!(env.get("FEDRUN_SITE"), Some(&SITE), "the run file cannot forge it");
+    assert_eq!(
+        env.get("FEDRUN_SITE"),
+        Some(&SITE),
+        "the run file cannot forge it"
+    );
     let job_text = app.launch.job_id.to_string();
     assert_eq!(env.get("FEDRUN_JOB_ID"), Some(&job_text.as_str()));
     assert!(env.contains_key("PATH"));
@@ -365,8 +384,15 @@ async fn the_app_sees_only_the_allow_listed_environment() {
         let allowed = ["PATH", "HOME", "USER", "LANG", "TZ", "TMPDIR"].contains(name)
             || name.starts_with("LC_")
             || name.starts_with("FEDRUN_")
-            || ["SUPERVISION_TEST_PASSED", "APP_GREETING", "PWD", "SHLVL", "_", "OLDPWD"]
-                .contains(name);
+            || [
+                "SUPERVISION_TEST_PASSED",
+                "APP_GREETING",
+                "PWD",
+                "SHLVL",
+                "_",
+                "OLDPWD",
+            ]
+            .contains(name);
         assert!(allowed, "{name} reached the app");
     }
     // Without the name in app_env_pass the passed variable stays out too.
