@@ -1046,6 +1046,11 @@ fn remove_file_if_present(path: &Path) -> std::io::Result<()> {
 /// Creates `dir` and its parent (the supervision root) readable by fedrun's user only,
 /// whatever the umask, and makes the new entries durable.
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        // Made (and synced) by an earlier start of the same run folder; only the mode is
+        // checked again, in case someone loosened it.
+        return std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    }
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
