@@ -1051,18 +1051,26 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         // checked again, in case someone loosened it.
         return std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
     }
+    let root = dir.parent().unwrap_or(dir);
+    let new_root = !root.is_dir();
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)?;
-    let mut path = Some(dir);
-    for _ in 0..2 {
-        let Some(p) = path else { break };
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700))?;
-        if let Some(parent) = p.parent() {
+    // Only new entries need their folder synced: the job's folder always, the supervision
+    // root only the first time.
+    let mut made = vec![dir];
+    if new_root {
+        made.push(root);
+    }
+    for path in made {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
+        if let Some(parent) = path.parent() {
             std::fs::File::open(parent)?.sync_all()?;
         }
-        path = p.parent();
+    }
+    if !new_root {
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))?;
     }
     Ok(())
 }
