@@ -109,7 +109,8 @@ fn group_alive(pgid: i32) -> bool {
 }
 
 fn pgid_in(run_dir: &Path) -> i32 {
-    let text = std::fs::read_to_string(run_dir.join("process.json")).expect("process record");
+    let text = std::fs::read_to_string(fedrun::site::process::record_path(run_dir))
+        .expect("process record");
     let value: serde_json::Value = serde_json::from_str(&text).expect("json");
     value["pgid"].as_i64().expect("pgid") as i32
 }

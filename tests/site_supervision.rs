@@ -145,7 +145,12 @@ impl Bystander {
         let ready = unsafe { libc::poll(&mut poll, 1, BOUND.as_millis() as i32) };
         // SAFETY: closes the fd opened above.
         unsafe { libc::close(pidfd) };
-        assert_eq!(ready, 1, "process {} did not die within the bound", self.pid());
+        assert_eq!(
+            ready,
+            1,
+            "process {} did not die within the bound",
+            self.pid()
+        );
         self.child.wait().expect("wait")
     }
 }
@@ -180,13 +185,19 @@ async fn records_are_kept_outside_the_run_folder_in_a_private_folder() {
     let record: ProcessRecord =
         serde_json::from_slice(&std::fs::read(&record_file).expect("record")).expect("json");
     assert_eq!(&record, process.record());
-    assert!(record.released, "a running app's record says it was released");
+    assert!(
+        record.released,
+        "a running app's record says it was released"
+    );
     use std::os::unix::fs::PermissionsExt;
     for dir in [
         record_file.parent().expect("folder"),
         record_file.parent().and_then(Path::parent).expect("root"),
     ] {
-        let mode = std::fs::metadata(dir).expect("metadata").permissions().mode();
+        let mode = std::fs::metadata(dir)
+            .expect("metadata")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o700, "{} is private", dir.display());
     }
     process.stop(Duration::ZERO);
@@ -352,11 +363,19 @@ async fn the_app_sees_only_the_allow_listed_environment() {
     let text = std::fs::read_to_string(app.launch.run_dir.join("env")).expect("env dump");
     let env: BTreeMap<&str, &str> = text.lines().filter_map(|l| l.split_once('=')).collect();
     assert_eq!(env.get("SUPERVISION_TEST_SECRET"), None, "secrets stay out");
-    assert_eq!(env.get("FEDRUN_SUPERVISION_TEST"), None, "fedrun's own settings stay out");
+    assert_eq!(
+        env.get("FEDRUN_SUPERVISION_TEST"),
+        None,
+        "fedrun's own settings stay out"
+    );
     assert_eq!(env.get("SUPERVISION_TEST_PASSED"), Some(&"visible"));
     assert_eq!(env.get("LC_SUPERVISION_TEST"), Some(&"C"));
     assert_eq!(env.get("APP_GREETING"), Some(&"hello"));
-    assert_eq!(env.get("FEDRUN_SITE"), Some(&SITE), "the run file cannot forge it");
+    assert_eq!(
+        env.get("FEDRUN_SITE"),
+        Some(&SITE),
+        "the run file cannot forge it"
+    );
     let job_text = app.launch.job_id.to_string();
     assert_eq!(env.get("FEDRUN_JOB_ID"), Some(&job_text.as_str()));
     assert!(env.contains_key("PATH"));
@@ -365,8 +384,15 @@ async fn the_app_sees_only_the_allow_listed_environment() {
         let allowed = ["PATH", "HOME", "USER", "LANG", "TZ", "TMPDIR"].contains(name)
             || name.starts_with("LC_")
             || name.starts_with("FEDRUN_")
-            || ["SUPERVISION_TEST_PASSED", "APP_GREETING", "PWD", "SHLVL", "_", "OLDPWD"]
-                .contains(name);
+            || [
+                "SUPERVISION_TEST_PASSED",
+                "APP_GREETING",
+                "PWD",
+                "SHLVL",
+                "_",
+                "OLDPWD",
+            ]
+            .contains(name);
         assert!(allowed, "{name} reached the app");
     }
     // Without the name in app_env_pass the passed variable stays out too.
@@ -374,4 +400,90 @@ async fn the_app_sees_only_the_allow_listed_environment() {
     wait(&again).await;
     let text = std::fs::read_to_string(app.launch.run_dir.join("env")).expect("env dump");
     assert!(!text.contains("SUPERVISION_TEST_PASSED"));
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+#[test]
+fn a_stop_asked_before_the_starter_crashed_still_kills_on_time() {
+    let app = app(
+        8,
+        "trap '' TERM\n\
+         echo ready > \"$FEDRUN_WORKSPACE/ready\"\n\
+         sleep 1000 & wait\n",
+        &[],
+    );
+    // The first starter asks for a stop with a short grace and crashes before the grace is
+    // over: its runtime, and the watcher that would have killed, are gone.
+    let first = runtime();
+    let pgid = first.block_on(async {
+        let ready = fifo_reader(&app.launch.run_dir, "ready");
+        let process = process::start(&app.launch).expect("start");
+        assert_eq!(bounded(ready).await, "ready\n");
+        process.stop(Duration::from_millis(300));
+        process.pgid()
+    });
+    drop(first);
+    runtime().block_on(async {
+        let second = match process::reattach(&app.launch.run_dir).expect("reattach") {
+            Reattached::Running(p) => p,
+            other => panic!("expected the running app, found {other:?}"),
+        };
+        // The app ignores TERM: only the resumed kill can end it within the bound.
+        assert_eq!(
+            wait(&second).await,
+            ProcessEnd {
+                outcome: ExitOutcome::Signal(libc::SIGKILL),
+                stop_requested: true
+            }
+        );
+        assert!(!process::group_alive(pgid));
+    });
+}
+
+#[tokio::test]
+async fn an_end_after_a_requested_stop_stays_requested_across_a_restart() {
+    let app = app(
+        9,
+        "trap 'echo term > \"$FEDRUN_WORKSPACE/term\"; read line < \"$FEDRUN_WORKSPACE/release\"; exit 0' TERM\n\
+         echo ready > \"$FEDRUN_WORKSPACE/ready\"\n\
+         sleep 1000 & wait\n",
+        &[],
+    );
+    let ready = fifo_reader(&app.launch.run_dir, "ready");
+    let term = fifo_reader(&app.launch.run_dir, "term");
+    let release = app.launch.run_dir.join("release");
+    let c_path = std::ffi::CString::new(release.as_os_str().as_encoded_bytes()).expect("no NUL");
+    // SAFETY: mkfifo reads a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    let first = process::start(&app.launch).expect("start");
+    assert_eq!(bounded(ready).await, "ready\n");
+    first.stop(Duration::from_secs(3600));
+    assert_eq!(bounded(term).await, "term\n");
+    drop(first);
+    let second = match process::reattach(&app.launch.run_dir).expect("reattach") {
+        Reattached::Running(p) => p,
+        other => panic!("expected the running app, found {other:?}"),
+    };
+    bounded(tokio::task::spawn_blocking(move || {
+        std::fs::write(release, "go\n").expect("write pipe")
+    }))
+    .await;
+    assert_eq!(
+        wait(&second).await,
+        ProcessEnd {
+            outcome: ExitOutcome::Code(0),
+            stop_requested: true
+        },
+        "the end is fedrun's doing, though this starter never asked"
+    );
+    match process::reattach(&app.launch.run_dir).expect("reattach") {
+        Reattached::Ended(end) => assert!(end.stop_requested),
+        other => panic!("expected the ended app, found {other:?}"),
+    }
 }

@@ -39,8 +39,8 @@ use crate::trust::TrustPolicy;
 
 /// The marker file written in a job's run folder once its exit report was acknowledged.
 pub const ACKNOWLEDGED_FILE: &str = "exit_acknowledged";
-/// The resources a started job holds, in its run folder, so a restarted site can restore
-/// them in its ledger.
+/// The resources a started job holds, in the job's supervision folder (out of the app's
+/// reach, beside its process record), so a restarted site can restore them in its ledger.
 pub const RESOURCES_FILE: &str = "resources.json";
 /// The name of the deployed app, in the job's run folder.
 const APP_NAME_FILE: &str = "app_name";
@@ -531,13 +531,15 @@ fn now() -> std::time::Instant {
 }
 
 fn write_resources(run_dir: &Path, resources: &BTreeMap<String, f64>) -> Result<(), String> {
-    let path = run_dir.join(RESOURCES_FILE);
+    let dir = workspace::supervision_dir(run_dir);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let path = dir.join(RESOURCES_FILE);
     let bytes = serde_json::to_vec(resources).map_err(|e| e.to_string())?;
     std::fs::write(&path, bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 fn read_resources(run_dir: &Path) -> BTreeMap<String, f64> {
-    std::fs::read(run_dir.join(RESOURCES_FILE))
+    std::fs::read(workspace::supervision_dir(run_dir).join(RESOURCES_FILE))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default()

@@ -34,6 +34,7 @@
 //! Files in the supervision folder:
 //! - [`PROCESS_FILE`]: JSON `{"pid", "pgid", "start_time_ticks", "job_id", "site",
 //!   "released"}`.
+//! - [`STOP_FILE`]: present once fedrun asked the app to stop; holds the kill time.
 //! - [`EXIT_FILE`]: the exit status as the shell reports it: a number, where `128 + n`
 //!   means "killed by signal `n`" (the shell convention; an app that calls `exit(130)` is
 //!   therefore read as killed by signal 2).
@@ -69,6 +70,10 @@ pub const PROCESS_FILE: &str = "process.json";
 /// The app's exit status, written by the wrapper when the app ends, in the supervision
 /// folder.
 pub const EXIT_FILE: &str = "exit_status";
+/// Written when fedrun asks the app to stop, in the supervision folder: the time (Unix
+/// milliseconds) at which the group is to be killed. A restarted starter that re-attaches
+/// keeps the stop (the end stays fedrun's doing) and kills at that time.
+pub const STOP_FILE: &str = "stop_requested";
 /// The app's standard output, in the run folder.
 pub const STDOUT_FILE: &str = "stdout.log";
 /// The app's standard error, in the run folder.
@@ -242,6 +247,7 @@ pub enum ReattachError {
 #[derive(Debug)]
 pub struct AppProcess {
     record: ProcessRecord,
+    supervision: PathBuf,
     stop: mpsc::UnboundedSender<Duration>,
     end: watch::Receiver<Option<ProcessEnd>>,
 }
@@ -260,8 +266,15 @@ impl AppProcess {
     /// Asks the app to stop: `SIGTERM` to its whole process group now, `SIGKILL` to the
     /// group after `grace` if it has not ended. Returns at once; the end arrives through
     /// [`AppProcess::wait`] with `stop_requested` set. A zero `grace` kills at once without
-    /// asking. A second request is ignored.
+    /// asking. A later request can only bring the kill nearer.
+    ///
+    /// The request is recorded ([`STOP_FILE`]) before it is acted on, so a starter that
+    /// restarts meanwhile still reports the end as requested and still kills on time.
     pub fn stop(&self, grace: Duration) {
+        let kill_at = std::time::SystemTime::now() + grace;
+        if let Err(e) = write_stop_file(&self.supervision, kill_at) {
+            tracing::warn!(job = %self.record.job_id, site = %self.record.site, error = %e, "cannot record a stop request");
+        }
         // The watcher is gone only once the process has ended, so a failed send means there
         // is nothing left to stop.
         let _ = self.stop.send(grace);
@@ -314,10 +327,12 @@ pub fn start_with(launch: &AppLaunch, env_pass: &[String]) -> Result<AppProcess,
     // A stale exit file from an earlier start of the same run folder would be read as this
     // start's outcome.
     let exit_file = supervision.join(EXIT_FILE);
-    remove_file_if_present(&exit_file).map_err(|source| StartError::RunFolder {
-        path: exit_file.clone(),
-        source,
-    })?;
+    for stale in [exit_file.clone(), supervision.join(STOP_FILE)] {
+        remove_file_if_present(&stale).map_err(|source| StartError::RunFolder {
+            path: stale.clone(),
+            source,
+        })?;
+    }
     let stdout = open_log(&launch.run_dir.join(STDOUT_FILE))?;
     let stderr = open_log(&launch.run_dir.join(STDERR_FILE))?;
     let spawn_error = |source| StartError::Spawn {
@@ -431,10 +446,12 @@ pub fn start_with(launch: &AppLaunch, env_pass: &[String]) -> Result<AppProcess,
         exit_file,
         stop_rx,
         end_tx,
+        None,
     ));
     tracing::info!(job = %launch.job_id, site = %launch.site, pgid = pid, "app started");
     Ok(AppProcess {
         record,
+        supervision,
         stop: stop_tx,
         end: end_rx,
     })
@@ -570,12 +587,14 @@ pub fn reattach(run_dir: &Path) -> Result<Reattached, ReattachError> {
         return Ok(Reattached::NotFound);
     }
     let exit_file = exit_path(run_dir);
+    let supervision = supervision_dir(run_dir);
+    let stop = read_stop_file(&supervision);
     if let Some(outcome) = read_exit_file(&exit_file) {
         // The app ended; anything it left behind in its group goes with it.
         kill_app_leftovers(&record, libc::SIGKILL);
         return Ok(Reattached::Ended(ProcessEnd {
             outcome,
-            stop_requested: false,
+            stop_requested: stop.is_some(),
         }));
     }
     match open_pidfd(record.pid) {
@@ -601,9 +620,11 @@ pub fn reattach(run_dir: &Path) -> Result<Reattached, ReattachError> {
                     exit_file,
                     stop_rx,
                     end_tx,
+                    stop,
                 ));
                 return Ok(Reattached::Running(AppProcess {
                     record,
+                    supervision,
                     stop: stop_tx,
                     end: end_rx,
                 }));
@@ -624,7 +645,7 @@ pub fn reattach(run_dir: &Path) -> Result<Reattached, ReattachError> {
     kill_app_leftovers(&record, libc::SIGKILL);
     Ok(Reattached::Ended(ProcessEnd {
         outcome,
-        stop_requested: false,
+        stop_requested: stop.is_some(),
     }))
 }
 
@@ -848,28 +869,40 @@ impl Waiter {
 }
 
 /// Owns one app process: applies stop requests, notices the end, reads the outcome and
-/// publishes it.
+/// publishes it. `resumed_stop` is the kill time of a stop an earlier starter asked for.
 async fn watch_process(
     waiter: Waiter,
     record: ProcessRecord,
     exit_file: PathBuf,
     mut stop_rx: mpsc::UnboundedReceiver<Duration>,
     end_tx: watch::Sender<Option<ProcessEnd>>,
+    resumed_stop: Option<std::time::SystemTime>,
 ) {
-    let mut stop_requested = false;
-    let mut kill_at: Option<tokio::time::Instant> = None;
+    let mut stop_requested = resumed_stop.is_some();
+    // The earlier starter sent TERM (or died just before); what is left is the kill.
+    let mut kill_at: Option<tokio::time::Instant> = resumed_stop.map(|at| {
+        let left = at
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        tokio::time::Instant::now() + left
+    });
     loop {
         tokio::select! {
             _ = waiter.exited() => break,
-            Some(grace) = stop_rx.recv(), if !stop_requested => {
-                stop_requested = true;
+            Some(grace) = stop_rx.recv() => {
+                let at = tokio::time::Instant::now() + grace;
+                if kill_at.is_some_and(|k| k <= at) {
+                    // A stop that kills no sooner than the one under way changes nothing.
+                    continue;
+                }
                 tracing::info!(job = %record.job_id, site = %record.site, pgid = record.pgid, ?grace, "stopping app");
                 if grace.is_zero() {
                     signal_app(&record, libc::SIGKILL);
-                } else {
+                } else if !stop_requested {
                     signal_app(&record, libc::SIGTERM);
-                    kill_at = Some(tokio::time::Instant::now() + grace);
                 }
+                stop_requested = true;
+                kill_at = (!grace.is_zero()).then_some(at);
             }
             _ = sleep_until_opt(kill_at) => {
                 tracing::info!(job = %record.job_id, site = %record.site, pgid = record.pgid, "grace over; killing app");
@@ -1013,20 +1046,59 @@ fn remove_file_if_present(path: &Path) -> std::io::Result<()> {
 /// Creates `dir` and its parent (the supervision root) readable by fedrun's user only,
 /// whatever the umask, and makes the new entries durable.
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        // Made (and synced) by an earlier start of the same run folder; only the mode is
+        // checked again, in case someone loosened it.
+        return std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    }
+    let root = dir.parent().unwrap_or(dir);
+    let new_root = !root.is_dir();
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)?;
-    let mut path = Some(dir);
-    for _ in 0..2 {
-        let Some(p) = path else { break };
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700))?;
-        if let Some(parent) = p.parent() {
+    // Only new entries need their folder synced: the job's folder always, the supervision
+    // root only the first time.
+    let mut made = vec![dir];
+    if new_root {
+        made.push(root);
+    }
+    for path in made {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
+        if let Some(parent) = path.parent() {
             std::fs::File::open(parent)?.sync_all()?;
         }
-        path = p.parent();
+    }
+    if !new_root {
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))?;
     }
     Ok(())
+}
+
+/// Records a stop request: the kill time in Unix milliseconds, synced.
+fn write_stop_file(supervision: &Path, kill_at: std::time::SystemTime) -> std::io::Result<()> {
+    let millis = kill_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis();
+    let path = supervision.join(STOP_FILE);
+    if let Some(earlier) = read_stop_file(supervision) {
+        if earlier <= kill_at {
+            // The stop already recorded kills no later.
+            return Ok(());
+        }
+    }
+    let mut file = std::fs::File::create(&path)?;
+    file.write_all(millis.to_string().as_bytes())?;
+    file.sync_all()
+}
+
+/// The kill time of a recorded stop request, if any. A file that cannot be read as a time
+/// still says a stop was asked for; it then means "kill now".
+fn read_stop_file(supervision: &Path) -> Option<std::time::SystemTime> {
+    let text = std::fs::read_to_string(supervision.join(STOP_FILE)).ok()?;
+    let millis: u64 = text.trim().parse().unwrap_or(0);
+    Some(std::time::UNIX_EPOCH + Duration::from_millis(millis))
 }
 
 /// Writes the record durably: temp file, fsync, rename, fsync of the folder.
