@@ -19,7 +19,7 @@ use crate::lifecycle::effect::Effect;
 use crate::lifecycle::event::{
     cap_reason, capped_list, chunk_by_bytes, encoded_len, group_requests, Event, EventKind,
     ResourceAnswer, ResourceGroup, ScheduleOutcome, StepResult, DISPATCHED_SITES_NAMED,
-    MAX_EVENT_BYTES, MAX_ID_BYTES, MAX_LIST_BYTES, MAX_REASON_BYTES,
+    MAX_EVENT_BYTES, MAX_ID_BYTES, MAX_REASON_BYTES,
 };
 use crate::lifecycle::participant::{ExitOutcome, SiteReport};
 use crate::lifecycle::recovery;
@@ -598,12 +598,19 @@ impl Ctx<'_> {
 
     /// Ends the try in flight once every asked site has answered (or timed out).
     fn finish_try_if_complete(&mut self) {
+        // Checked before anything is copied: a try over many sites is asked this after
+        // every answer.
+        if !self
+            .scratch
+            .schedule_try
+            .as_ref()
+            .is_some_and(|t| t.complete())
+        {
+            return;
+        }
         let Some(schedule_try) = self.scratch.schedule_try.clone() else {
             return;
         };
-        if !schedule_try.complete() {
-            return;
-        }
         let Some(job) = self.job(&schedule_try.job_id).cloned() else {
             return;
         };
@@ -756,6 +763,14 @@ impl Ctx<'_> {
 
     /// After the last site's deploy answer: start, or fail to run (SPEC section 8).
     fn evaluate_site_deploys(&mut self, job_id: JobId) {
+        // Nothing is copied until every site has answered (this runs after each answer).
+        let all_answered = self.job(&job_id).is_some_and(|j| {
+            let server = usize::from(j.run.deploy.contains_key(SERVER));
+            j.status == RunStatus::Dispatched && j.run.deploy.len() - server >= j.run.sites.len()
+        });
+        if !all_answered {
+            return;
+        }
         let Some(job) = self.job(&job_id).cloned() else {
             return;
         };
@@ -802,6 +817,20 @@ impl Ctx<'_> {
 
     /// After the last site's start answer: `RUNNING`, or fail to run and stop.
     fn evaluate_site_starts(&mut self, job_id: JobId) {
+        // Nothing is copied until every deployed site has answered its start.
+        let all_answered = self.job(&job_id).is_some_and(|j| {
+            let deployed = j
+                .run
+                .deploy
+                .iter()
+                .filter(|(who, r)| who.as_str() != SERVER && r.is_ok())
+                .count();
+            let server = usize::from(j.run.start.contains_key(SERVER));
+            j.run.start.len() - server >= deployed
+        });
+        if !all_answered {
+            return;
+        }
         let Some(job) = self.job(&job_id).cloned() else {
             return;
         };
@@ -925,8 +954,10 @@ fn stop_reason(job: &Job) -> Option<String> {
 }
 
 /// Splits grouped requests so that each part's names and resources stay within
-/// [`MAX_LIST_BYTES`]: a group whose sites do not fit goes on in the next part.
+/// [`GROUP_CHUNK_BYTES`]: a group whose sites do not fit goes on in the next part (with
+/// its resources once more; validation keeps a request to a few kilobytes).
 fn chunk_groups(groups: Vec<ResourceGroup>) -> Vec<Vec<ResourceGroup>> {
+    const GROUP_CHUNK_BYTES: usize = MAX_EVENT_BYTES - 12 * 1024;
     let mut chunks: Vec<Vec<ResourceGroup>> = vec![Vec::new()];
     let mut bytes = 0usize;
     for group in groups {
@@ -935,7 +966,7 @@ fn chunk_groups(groups: Vec<ResourceGroup>) -> Vec<Vec<ResourceGroup>> {
         let mut part_bytes = resource_bytes;
         for site in group.sites {
             let weight = site.len() + 4;
-            if !part.is_empty() && bytes + part_bytes + weight > MAX_LIST_BYTES {
+            if !part.is_empty() && bytes + part_bytes + weight > GROUP_CHUNK_BYTES {
                 chunks
                     .last_mut()
                     .expect("there is always a chunk")
@@ -946,7 +977,8 @@ fn chunk_groups(groups: Vec<ResourceGroup>) -> Vec<Vec<ResourceGroup>> {
                 chunks.push(Vec::new());
                 bytes = 0;
                 part_bytes = resource_bytes;
-            } else if part.is_empty() && bytes > 0 && bytes + part_bytes + weight > MAX_LIST_BYTES {
+            } else if part.is_empty() && bytes > 0 && bytes + part_bytes + weight > GROUP_CHUNK_BYTES
+            {
                 chunks.push(Vec::new());
                 bytes = 0;
             }
@@ -1345,7 +1377,7 @@ fn site_report(ctx: &mut Ctx<'_>, site: String, report: SiteReport) {
             );
             // The try in flight stops waiting for a site that is gone.
             if let Some(t) = &ctx.scratch.schedule_try {
-                if t.asked.iter().any(|r| r.site == site) && !t.answers.contains_key(&site) {
+                if t.asks(&site) && !t.answers.contains_key(&site) {
                     let (job_id, try_id) = (t.job_id, t.try_id);
                     ctx.emit(
                         actor,
@@ -1368,7 +1400,7 @@ fn site_report(ctx: &mut Ctx<'_>, site: String, report: SiteReport) {
             let awaited = ctx.scratch.schedule_try.as_ref().is_some_and(|t| {
                 t.try_id == try_id
                     && t.job_id == job_id
-                    && t.asked.iter().any(|r| r.site == site)
+                    && t.asks(&site)
                     && !t.answers.contains_key(&site)
             });
             let answer = match answer {
@@ -1409,7 +1441,7 @@ fn site_report(ctx: &mut Ctx<'_>, site: String, report: SiteReport) {
                 && ctx.job(&job_id).is_some_and(|j| {
                     j.status == RunStatus::Dispatched
                         && matches!(j.run.step, Some((StartStep::DeployingSites, _)))
-                        && j.run.sites.contains(&site)
+                        && j.run.was_sent(&site)
                         && !j.run.deploy.contains_key(&site)
                 });
             if awaited {
@@ -1612,7 +1644,7 @@ fn timer_fired(ctx: &mut Ctx<'_>, timer: Timer) {
             if t.try_id != try_id || now < t.started_at.plus(settings.resource_check_timeout) {
                 return;
             }
-            for request in &t.asked {
+            for request in t.asked.iter() {
                 if !t.answers.contains_key(&request.site) {
                     ctx.emit(
                         Actor::System,

@@ -395,8 +395,10 @@ pub struct ScheduleTry {
     pub job_id: JobId,
     /// When it started.
     pub started_at: Timestamp,
-    /// Who was asked for what.
-    pub asked: Vec<ResourceRequest>,
+    /// Who was asked for what, sorted by site (shared: it does not change once the try
+    /// has started, and a try may ask ten thousand sites).
+    #[serde(with = "shared_value")]
+    pub asked: Arc<Vec<ResourceRequest>>,
     /// The answers so far.
     pub answers: BTreeMap<String, ResourceAnswer>,
 }
@@ -457,9 +459,11 @@ pub struct State {
     pub jobs: BTreeMap<JobId, Arc<Job>>,
     /// `SUBMITTED` jobs in queue order: oldest `submit_time` first, ties in history order.
     pub queue: BTreeSet<QueueKey>,
-    /// The sites, by name (shared like the jobs).
-    #[serde(with = "shared_values")]
-    pub sites: BTreeMap<String, Arc<SiteFacts>>,
+    /// The sites, by name. The map and each site are shared, so the scratch copy a
+    /// decision works on copies nothing of them until a site connects or leaves (a
+    /// federation may have ten thousand sites).
+    #[serde(with = "shared_sites")]
+    pub sites: Arc<BTreeMap<String, Arc<SiteFacts>>>,
     /// The schedule try in flight (at most one).
     pub schedule_try: Option<ScheduleTry>,
     /// First answers by identity and idempotency key, for 24 hours of event time
@@ -562,6 +566,31 @@ mod shared_values {
     {
         let plain = BTreeMap::<K, V>::deserialize(deserializer)?;
         Ok(plain.into_iter().map(|(k, v)| (k, Arc::new(v))).collect())
+    }
+}
+
+/// Serde glue: the shared map of shared sites, written as the plain map.
+mod shared_sites {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use serde::{Deserializer, Serializer};
+
+    use super::SiteFacts;
+
+    /// Writes the map with its values unwrapped.
+    pub fn serialize<S: Serializer>(
+        map: &Arc<BTreeMap<String, Arc<SiteFacts>>>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        super::shared_values::serialize(map, serializer)
+    }
+
+    /// Reads a plain map and wraps it.
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Arc<BTreeMap<String, Arc<SiteFacts>>>, D::Error> {
+        super::shared_values::deserialize(deserializer).map(Arc::new)
     }
 }
 
@@ -811,8 +840,7 @@ impl State {
                         job.status
                     ));
                 }
-                let known =
-                    participant == crate::job::meta::SERVER || job.run.sites.contains(participant);
+                let known = participant == crate::job::meta::SERVER || job.run.was_sent(participant);
                 if known {
                     Ok(())
                 } else {
@@ -930,7 +958,16 @@ impl State {
                     reattached: BTreeSet::new(),
                 });
                 // Connections belong to the previous server run; sites reconnect.
-                for shared in self.sites.values_mut() {
+                let any_to_reset = self
+                    .sites
+                    .values()
+                    .any(|s| s.connected || !s.running.is_empty());
+                let sites = if any_to_reset {
+                    Arc::make_mut(&mut self.sites).values_mut().collect()
+                } else {
+                    Vec::new()
+                };
+                for shared in sites {
                     if shared.connected || !shared.running.is_empty() {
                         let site = Arc::make_mut(shared);
                         if site.connected {
@@ -965,7 +1002,7 @@ impl State {
                 resources,
                 running,
             } => {
-                self.sites.insert(
+                Arc::make_mut(&mut self.sites).insert(
                     site.clone(),
                     Arc::new(SiteFacts {
                         connected: true,
@@ -976,7 +1013,7 @@ impl State {
                 );
             }
             SiteDisconnected { site } => {
-                if let Some(shared) = self.sites.get_mut(site) {
+                if let Some(shared) = Arc::make_mut(&mut self.sites).get_mut(site) {
                     let facts = Arc::make_mut(shared);
                     facts.connected = false;
                     facts.since = at;
@@ -1029,14 +1066,15 @@ impl State {
                     try_id: *try_id,
                     job_id: *job_id,
                     started_at: at,
-                    asked,
+                    asked: Arc::new(asked),
                     answers: BTreeMap::new(),
                 });
             }
             ScheduleTryExtended { requests, .. } => {
                 if let Some(t) = &mut self.schedule_try {
-                    t.asked.extend(flatten(requests));
-                    t.asked.sort_by(|a, b| a.site.cmp(&b.site));
+                    let asked = Arc::make_mut(&mut t.asked);
+                    asked.extend(flatten(requests));
+                    asked.sort_by(|a, b| a.site.cmp(&b.site));
                 }
             }
             ResourceAnswered { site, answer, .. } => {
