@@ -218,7 +218,7 @@ fn audit_verify_names_a_damaged_package_blob() {
 fn folder_without_snapshot_or_blobs(dir: &Path) {
     let events = sample_history(0);
     let mut history = EventHistory::open(dir).unwrap();
-    history.append_batch(&events).unwrap();
+    history.append_batch(&events[..2]).unwrap();
     history.close().unwrap();
 }
 
