@@ -52,6 +52,7 @@ fn open_recording(
             calls: 0,
             fail_from,
         }),
+        ..SledOptions::default()
     };
     (History::open_with(dir, options).unwrap(), log)
 }
@@ -131,6 +132,7 @@ fn a_second_opener_is_told_a_server_is_running() {
     let _server = History::<Step>::open(dir.path()).unwrap();
     let options = SledOptions {
         create: false,
+        lock_wait: std::time::Duration::from_millis(100),
         ..SledOptions::default()
     };
     let err = History::<Step>::open_with(dir.path(), options).unwrap_err();

@@ -69,6 +69,13 @@ pub enum OpenError {
         /// The data folder.
         dir: PathBuf,
     },
+    /// Offline readers (`fedrun list`, `audit verify`, ...) kept the data folder's lock
+    /// for longer than a server waits.
+    #[error("offline commands are still reading {dir} (they hold its lock); try again when they are done")]
+    ReadersHoldLock {
+        /// The data folder.
+        dir: PathBuf,
+    },
     /// The database needs a newer reader than this build.
     #[error("the history in {dir} has format version {format} and needs a reader of version {min_reader} or newer; this fedrun reads version {reader}: upgrade fedrun")]
     TooNew {

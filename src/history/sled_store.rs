@@ -356,9 +356,15 @@ impl SledStorage {
         let lock = match DataLock::acquire(&paths.lock, true, true, options.lock_wait) {
             Ok(lock) => lock,
             Err(None) => {
-                return Err(OpenError::ServerRunning {
-                    dir: root.to_path_buf(),
-                })
+                // Whoever holds it: a shared lock that can be taken at once means only
+                // readers do; otherwise another server does.
+                let dir = root.to_path_buf();
+                return Err(
+                    match DataLock::acquire(&paths.lock, false, false, Duration::ZERO) {
+                        Ok(_) => OpenError::ReadersHoldLock { dir },
+                        Err(_) => OpenError::ServerRunning { dir },
+                    },
+                );
             }
             Err(Some(source)) => return Err(io_err("lock", &paths.lock)(source)),
         };
