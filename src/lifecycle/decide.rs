@@ -939,6 +939,10 @@ fn stop_reason(job: &Job) -> Option<String> {
         }
     }
     for (site, outcome) in &run.site_exits {
+        // An exit fedrun's own stop caused is not a failure and stops nothing.
+        if run.stopped_exits.contains(site) {
+            continue;
+        }
         if run.counts_site(site) && stops_run(*outcome) && !run.all_ended() {
             return Some(format!(
                 "site {site} reported {}",
