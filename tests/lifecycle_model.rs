@@ -328,6 +328,11 @@ impl Harness {
                             job_id,
                             report_id: format!("{site}-{report}"),
                             outcome: OUTCOMES[outcome],
+                            stop_requested: self
+                                .world
+                                .state
+                                .job(&job_id)
+                                .is_some_and(|j| j.run.stopping()),
                         },
                         site,
                     });
@@ -471,6 +476,7 @@ impl Harness {
                                 job_id,
                                 report_id: format!("{site}-p{n}"),
                                 outcome,
+                                stop_requested: run.stopping(),
                             },
                         })
                     }

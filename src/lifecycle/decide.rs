@@ -186,6 +186,7 @@ fn decide_inner(
             // the job RUNNING with no exit ever to come.
             if ctx.scratch.jobs.get(&job_id).is_some_and(|j| {
                 j.run.server_exit.is_none()
+                    && !j.run.server_lost
                     && (j.run.server_started()
                         || matches!(j.run.step, Some((StartStep::StartingServer, _))))
             }) {
@@ -938,6 +939,10 @@ fn stop_reason(job: &Job) -> Option<String> {
         }
     }
     for (site, outcome) in &run.site_exits {
+        // An exit fedrun's own stop caused is not a failure and stops nothing.
+        if run.stopped_exits.contains(site) {
+            continue;
+        }
         if run.counts_site(site) && stops_run(*outcome) && !run.all_ended() {
             return Some(format!(
                 "site {site} reported {}",
@@ -1250,6 +1255,13 @@ fn submit(
     cloned_from: Option<JobId>,
     ids: &mut impl IdSource,
 ) -> Result<Answer, Rejection> {
+    // Validation at the edge guarantees a server app; a meta without one (a hostile or
+    // buggy caller) is refused here, since replay refuses such a record.
+    if meta.app_for(SERVER).is_none() {
+        return Err(Rejection::BadMeta {
+            reason: "the deploy map names no app for the server".to_string(),
+        });
+    }
     let mut job_id = ids.new_job_id();
     // An id source promises fresh ids; a repeat would overwrite a job, so draw again.
     while ctx.scratch.jobs.contains_key(&job_id) {

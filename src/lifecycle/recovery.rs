@@ -50,6 +50,11 @@ pub fn decide_restart(
             RunStatus::Running => {
                 let exits_known = run.server_exit.is_some();
                 if exits_known || (settings.resume_runs && server_alive) {
+                    if run.stopping() {
+                        // The stop asked before the restart may have been lost with the
+                        // connections: it is asked again.
+                        stop_everything(state, job, server_alive, &mut effects);
+                    }
                     events.push((Actor::Recovery, EventKind::RunRestored { job_id }));
                     continue;
                 }

@@ -93,6 +93,12 @@ pub enum Rejection {
         /// Why.
         reason: String,
     },
+    /// The job's meta breaks a rule the core relies on.
+    #[error("invalid meta: {reason}")]
+    BadMeta {
+        /// Why.
+        reason: String,
+    },
     /// The server is still deciding what became of jobs after a restart.
     #[error("the server is recovering after a restart; {operation} of job {job_id} waits until it is done")]
     Recovering {

@@ -700,7 +700,7 @@ impl State {
                 previous_ms: self.last_at.as_millis(),
             });
         }
-        self.check(&event.kind)
+        self.check(event)
             .map_err(|reason| ReplayError::IllegalTransition {
                 seq: event.seq,
                 kind: event.kind.name(),
@@ -727,36 +727,112 @@ impl State {
             .ok_or_else(|| format!("job {job_id} does not exist"))
     }
 
-    /// The legality of a record against the state so far; no mutation.
-    fn check(&self, kind: &EventKind) -> Result<(), String> {
+    /// The legality of a record against the state so far, as `decide` would make it; no
+    /// mutation. Besides the transition itself it checks what `decide` always fills in
+    /// (actors, ids, bounds), so a record `decide` could never have made is refused.
+    fn check(&self, event: &Event) -> Result<(), String> {
         use EventKind::*;
         use RunStatus::*;
+        let kind = &event.kind;
+        let admin_actor = || match &event.actor {
+            crate::lifecycle::actor::Actor::Admin { .. } => Ok(()),
+            other => Err(format!("an admin request recorded with actor {other}")),
+        };
+        let site_name = |site: &str| {
+            if site.is_empty()
+                || site.len() > crate::lifecycle::event::MAX_ID_BYTES
+                || site == crate::job::meta::SERVER
+            {
+                Err(format!("{:?} is not a valid site name", site.chars().take(40).collect::<String>()))
+            } else {
+                Ok(())
+            }
+        };
         match kind {
-            ServerStarted { .. } | SiteConnected { .. } | SiteDisconnected { .. } => Ok(()),
+            ServerStarted { boot_id } => {
+                if *boot_id != event.boot_id {
+                    return Err(format!(
+                        "boot id {boot_id} differs from the envelope's {}",
+                        event.boot_id
+                    ));
+                }
+                Ok(())
+            }
+            SiteConnected { site, .. } => site_name(site),
+            SiteDisconnected { site } => {
+                site_name(site)?;
+                match self.sites.get(site) {
+                    Some(facts) if facts.connected => Ok(()),
+                    _ => Err(format!("site {site} is not connected")),
+                }
+            }
             RecoveryFinished => match self.recovery {
                 Some(_) => Ok(()),
                 None => Err("no recovery window is open".into()),
             },
-            RequestRefused { .. } => Ok(()),
+            RequestRefused { .. } => admin_actor(),
             JobSubmitted {
                 job_id,
                 cloned_from,
+                meta,
+                package,
+                submitter,
+                submit_time,
                 ..
             } => {
+                admin_actor()?;
                 if self.jobs.contains_key(job_id) {
                     return Err(format!("job {job_id} already exists"));
                 }
-                if let Some(source) = cloned_from {
-                    self.job_exists(source)?;
+                if *submit_time != event.at {
+                    return Err(format!(
+                        "submit time {submit_time} is not the event's time {}",
+                        event.at
+                    ));
+                }
+                if meta.app_for(crate::job::meta::SERVER).is_none() {
+                    return Err(format!("job {job_id}'s meta has no app for the server"));
+                }
+                let actor = event.actor.identity();
+                match cloned_from {
+                    Some(source) => {
+                        let source = self.job_exists(source)?;
+                        if source.package != *package {
+                            return Err(format!(
+                                "clone {job_id} has another package than its source"
+                            ));
+                        }
+                        // A clone keeps its source's submitter (version-1 records named
+                        // the cloner instead).
+                        if *submitter != source.submitter && actor.as_ref() != Some(submitter) {
+                            return Err(format!("clone {job_id} names another submitter"));
+                        }
+                    }
+                    None if actor.as_ref() != Some(submitter) => {
+                        return Err(format!(
+                            "job {job_id}'s submitter is not the admin who submitted it"
+                        ));
+                    }
+                    None => {}
                 }
                 Ok(())
             }
-            ScheduleTryStarted { job_id, .. } => {
+            ScheduleTryStarted { job_id, try_id, .. } => {
                 self.job_in(job_id, &[Submitted], "be tried")?;
+                if *try_id != event.seq {
+                    return Err(format!(
+                        "try id {try_id} is not the event's sequence number"
+                    ));
+                }
                 match &self.schedule_try {
                     Some(t) => Err(format!("try {} is still in flight", t.try_id)),
                     None => Ok(()),
                 }
+            }
+            ResourceAnswered { job_id, .. }
+                if self.schedule_try.as_ref().is_some_and(|t| t.job_id != *job_id) =>
+            {
+                Err(format!("the try in flight is not job {job_id}'s"))
             }
             ResourceAnswered { try_id, site, .. } => match &self.schedule_try {
                 Some(t) if t.try_id == *try_id && t.asks(site) && !t.answers.contains_key(site) => {
@@ -809,16 +885,54 @@ impl State {
                 }
                 Ok(())
             }
-            ScheduleTryCancelled { try_id, .. } => match &self.schedule_try {
-                Some(t) if t.try_id == *try_id => Ok(()),
+            ScheduleTryCancelled { try_id, job_id } => match &self.schedule_try {
+                Some(t) if t.try_id == *try_id && t.job_id == *job_id => Ok(()),
                 _ => Err(format!("try {try_id} is not in flight")),
             },
-            ScheduleAttempted { job_id, .. } => {
-                self.job_in(job_id, &[Submitted], "be tried").map(|_| ())
+            ScheduleAttempted { job_id, outcome } => {
+                self.job_in(job_id, &[Submitted], "be tried")?;
+                let try_of_job = self
+                    .schedule_try
+                    .as_ref()
+                    .filter(|t| t.job_id == *job_id);
+                match (outcome, &self.schedule_try, try_of_job) {
+                    (crate::lifecycle::event::ScheduleOutcome::Dispatched { .. }, _, Some(t))
+                        if t.complete() =>
+                    {
+                        Ok(())
+                    }
+                    (crate::lifecycle::event::ScheduleOutcome::Dispatched { .. }, _, _) => Err(
+                        format!("job {job_id} has no completed try to be dispatched from"),
+                    ),
+                    (_, None, _) => Ok(()),
+                    (_, Some(_), Some(t)) if t.complete() => Ok(()),
+                    (_, Some(t), _) => Err(format!(
+                        "try {} is in flight; no other try can end now",
+                        t.try_id
+                    )),
+                }
             }
-            JobDispatched { job_id, .. } => self
-                .job_in(job_id, &[Submitted], "be dispatched")
-                .map(|_| ()),
+            JobDispatched {
+                job_id,
+                sites,
+                reservations,
+            } => {
+                self.job_in(job_id, &[Submitted], "be dispatched")?;
+                let job = self.job_exists(job_id)?;
+                if job.schedule_count == 0 || job.last_schedule_time != Some(event.at) {
+                    return Err(format!(
+                        "job {job_id} is dispatched without a try that just ended"
+                    ));
+                }
+                if sites.windows(2).any(|w| w[0] >= w[1])
+                    || reservations.keys().any(|s| !sites.contains(s))
+                {
+                    return Err(format!(
+                        "job {job_id}'s dispatch lists unsorted sites, or tokens of other sites"
+                    ));
+                }
+                Ok(())
+            }
             DeployFinished {
                 job_id,
                 participant,
@@ -840,6 +954,25 @@ impl State {
                         job.status
                     ));
                 }
+                let is_server = participant == crate::job::meta::SERVER;
+                let (answers, expected) = match kind {
+                    DeployFinished { .. } if is_server => {
+                        (&job.run.deploy, StartStep::DeployingServer)
+                    }
+                    DeployFinished { .. } => (&job.run.deploy, StartStep::DeployingSites),
+                    _ if is_server => (&job.run.start, StartStep::StartingServer),
+                    _ => (&job.run.start, StartStep::StartingSites),
+                };
+                if answers.contains_key(participant) {
+                    return Err(format!(
+                        "{participant} already answered this step of job {job_id}"
+                    ));
+                }
+                if !matches!(job.run.step, Some((step, _)) if step == expected) {
+                    return Err(format!(
+                        "job {job_id} is not waiting for {participant}'s answer to this step"
+                    ));
+                }
                 let known = participant == crate::job::meta::SERVER || job.run.was_sent(participant);
                 if known {
                     Ok(())
@@ -849,38 +982,124 @@ impl State {
                     ))
                 }
             }
-            RunStarted { job_id, .. } => self
-                .job_in(job_id, &[Dispatched], "start running")
-                .map(|_| ()),
+            RunStarted {
+                job_id,
+                job_clients,
+            } => {
+                let job = self.job_in(job_id, &[Dispatched], "start running")?;
+                if !matches!(job.run.step, Some((StartStep::StartingSites, _)))
+                    || !job.run.server_started()
+                {
+                    return Err(format!("job {job_id}'s apps have not been started"));
+                }
+                let started = |s: &String| job.run.start.get(s).is_some_and(StepResult::is_ok);
+                if !job_clients.iter().all(started) {
+                    return Err(format!(
+                        "job {job_id}'s clients include a site whose app did not start"
+                    ));
+                }
+                Ok(())
+            }
             ServerAppExited { job_id, .. } => {
                 let job = self.job_exists(job_id)?;
                 if job.run.server_exit.is_some() {
                     return Err(format!("job {job_id}'s server app already exited"));
                 }
+                let may_exit = job.run.server_started()
+                    || matches!(job.run.step, Some((StartStep::StartingServer, _)));
+                if !may_exit || job.run.server_lost {
+                    return Err(format!("job {job_id}'s server app was not running"));
+                }
                 Ok(())
             }
             SiteOutcomeReported {
-                job_id, report_id, ..
+                job_id,
+                report_id,
+                site,
+                stop_requested,
+                ..
             } => {
                 let job = self.job_exists(job_id)?;
                 if job.run.report_ids.contains(report_id) {
                     return Err(format!("report {report_id} is already recorded"));
                 }
-                Ok(())
-            }
-            SiteReportLapsed { job_id, .. }
-            | RunStopRequested { job_id, .. }
-            | JobDownloaded { job_id }
-            | RunReattached { job_id } => self.job_exists(job_id).map(|_| ()),
-            RunStopped { job_id } => {
-                let job = self.job_exists(job_id)?;
-                if job.run.phase == RunPhase::Stopped {
-                    return Err(format!("job {job_id}'s run is already stopped"));
+                if report_id.is_empty() || report_id.len() > crate::lifecycle::event::MAX_ID_BYTES {
+                    return Err("the report id is empty or too long".into());
+                }
+                // Records that carry the stop flag come from a decide that records one
+                // exit per site the job was sent to; version-1 records did not check.
+                if stop_requested.is_some()
+                    && (!job.run.was_sent(site) || job.run.site_exits.contains_key(site))
+                {
+                    return Err(format!(
+                        "site {site} was not sent job {job_id} or already reported its exit"
+                    ));
                 }
                 Ok(())
             }
-            JobFinished { job_id, status, .. } => {
+            SiteReportLapsed { job_id, site } => {
                 let job = self.job_exists(job_id)?;
+                let expected = if job.run.started_at.is_some() {
+                    job.run.job_clients.binary_search(site).is_ok()
+                } else {
+                    job.run.start.get(site).is_some_and(StepResult::is_ok)
+                };
+                if !expected
+                    || job.run.site_exits.contains_key(site)
+                    || job.run.lapsed.contains(site)
+                {
+                    return Err(format!(
+                        "site {site}'s report for job {job_id} is not outstanding"
+                    ));
+                }
+                Ok(())
+            }
+            RunStopRequested { job_id, reason } => {
+                let job = self.job_exists(job_id)?;
+                if !matches!(
+                    job.run.phase,
+                    RunPhase::Starting | RunPhase::Running | RunPhase::Stopping
+                ) {
+                    return Err(format!("job {job_id} has no run to stop"));
+                }
+                if reason.len() > crate::lifecycle::event::MAX_REASON_BYTES + 3 {
+                    return Err("the reason is longer than a reason may be".into());
+                }
+                Ok(())
+            }
+            JobDownloaded { job_id } => {
+                admin_actor()?;
+                let job = self.job_exists(job_id)?;
+                if !job.status.is_terminal() || !job.archive.is_settled() || job.deleted {
+                    return Err(format!("job {job_id} cannot be downloaded now"));
+                }
+                Ok(())
+            }
+            RunReattached { job_id } => {
+                self.job_exists(job_id)?;
+                match &self.recovery {
+                    Some(w) if !w.reattached.contains(job_id) => Ok(()),
+                    _ => Err(format!(
+                        "no recovery window is open, or job {job_id} already re-attached"
+                    )),
+                }
+            }
+            RunStopped { job_id } => {
+                let job = self.job_exists(job_id)?;
+                if matches!(job.run.phase, RunPhase::Stopped | RunPhase::NotStarted) {
+                    return Err(format!("job {job_id} has no run to be stopped"));
+                }
+                Ok(())
+            }
+            JobFinished {
+                job_id,
+                status,
+                reason,
+            } => {
+                let job = self.job_exists(job_id)?;
+                if reason.len() > crate::lifecycle::event::MAX_REASON_BYTES + 3 {
+                    return Err("the reason is longer than a reason may be".into());
+                }
                 if !status.is_terminal() || !job.status.can_move_to(*status) {
                     return Err(format!(
                         "job {job_id} cannot move from {} to {status}",
@@ -890,6 +1109,7 @@ impl State {
                 Ok(())
             }
             JobDeleted { job_id } => {
+                admin_actor()?;
                 let job = self.job_exists(job_id)?;
                 if !job.status.is_terminal() || job.deleted {
                     return Err(format!(
@@ -901,10 +1121,13 @@ impl State {
             }
             WorkspaceArchiveStarted { job_id } => {
                 let job = self.job_exists(job_id)?;
+                // A workspace is archived only once nothing of the run may still write
+                // to it (SPEC section 8).
+                let settled = matches!(job.run.phase, RunPhase::NotStarted | RunPhase::Stopped);
                 match job.archive {
                     Archive::Pending {
                         in_flight: false, ..
-                    } if job.status.is_terminal() => Ok(()),
+                    } if job.status.is_terminal() && settled => Ok(()),
                     _ => Err(format!("job {job_id}'s archive cannot start now")),
                 }
             }
@@ -912,7 +1135,7 @@ impl State {
             | WorkspaceArchived { job_id, .. }
             | WorkspaceArchiveFailed { job_id, .. } => {
                 let job = self.job_exists(job_id)?;
-                if !matches!(job.archive, Archive::Pending { .. }) {
+                if !matches!(job.archive, Archive::Pending { .. }) || !job.status.is_terminal() {
                     return Err(format!("job {job_id}'s archive is not pending"));
                 }
                 Ok(())
