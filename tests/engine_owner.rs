@@ -9,14 +9,13 @@ use std::time::Duration;
 
 use fedrun::engine::clock::SIM_EPOCH;
 use fedrun::engine::ids::SeededIds;
+use fedrun::engine::node::{Input, NodeError, Output, Participant, ReplyToken, Request};
 use fedrun::engine::owner::{Engine, EngineLimits, EngineRefusal, Ids, StepError};
 use fedrun::history::snapshot::SnapshotRecord;
 use fedrun::history::storage::RecordIter;
 use fedrun::history::{Head, History, MemoryStorage, Storage, StorageError};
 use fedrun::job::meta::{AppTargets, JobMeta};
-use fedrun::lifecycle::{
-    AdminRequest, Answer, BlobHash, Command, Effect, Event, Identity, Origin, Role, RunStatus,
-};
+use fedrun::lifecycle::{AdminRequest, Answer, BlobHash, Event, Identity, Origin, Role, RunStatus};
 use fedrun::settings::Settings;
 use fedrun::site::protocol::SiteReport;
 
@@ -100,8 +99,9 @@ impl Rig {
     }
 }
 
-fn submit(n: usize) -> Command {
-    Command::Admin {
+fn submit(n: usize) -> Input {
+    Input::Admin {
+        token: ReplyToken(n as u64),
         origin: Origin {
             identity: Identity {
                 name: "alice".into(),
@@ -127,9 +127,9 @@ fn submit(n: usize) -> Command {
     }
 }
 
-fn connect(site: &str) -> Command {
-    Command::Site {
-        site: site.into(),
+fn connect(site: &str) -> Input {
+    Input::Report {
+        from: Participant::Site(site.into()),
         report: SiteReport::Connected {
             resources: Default::default(),
             running: vec![],
@@ -151,18 +151,29 @@ fn a_batch_is_one_write_and_its_effects_follow_it() {
         before + 1,
         "four inputs, one append"
     );
-    assert_eq!(released.outcomes.len(), 4);
-    for outcome in &released.outcomes[1..] {
+    let replies: Vec<&Output> = released
+        .iter()
+        .filter(|o| matches!(o, Output::Reply { .. }))
+        .collect();
+    assert_eq!(replies.len(), 3);
+    for reply in replies {
         assert!(
-            matches!(outcome.reply, Some(Ok(Ok(Answer::Submitted { .. })))),
-            "{outcome:?}"
+            matches!(
+                reply,
+                Output::Reply {
+                    answer: Ok(Ok(Answer::Submitted { .. })),
+                    ..
+                }
+            ),
+            "{reply:?}"
         );
     }
-    // The scheduler's first try asks site-1 for resources: an effect of the same batch.
-    assert!(released
-        .effects
-        .iter()
-        .any(|e| matches!(e, Effect::CheckResources { site, .. } if site == "site-1")));
+    // The scheduler's first try asks site-1 for resources: an output of the same batch.
+    assert!(released.iter().any(|o| matches!(
+        o,
+        Output::Send { to: Participant::Site(site), request: Request::CheckResources { .. } }
+            if site == "site-1"
+    )));
     // Every event of the batch is durable: a history reopened on the same records holds it.
     let reopened = History::<Event>::in_memory(rig.memory.clone()).expect("reopens");
     assert_eq!(reopened.head().seq, engine.state().last_seq);
@@ -204,12 +215,18 @@ fn the_queued_jobs_limit_refuses_before_the_core() {
     let released = engine
         .step(vec![submit(1), submit(2), submit(3)], SIM_EPOCH)
         .expect("step");
-    assert!(matches!(
-        released.outcomes[2].reply,
-        Some(Err(EngineRefusal::TooManyQueuedJobs { queued: 2 }))
-    ));
-    assert!(
-        released.outcomes[2].events.is_empty(),
+    let seq_before = engine.state().last_seq;
+    assert!(released.contains(&Output::Reply {
+        token: ReplyToken(3),
+        answer: Err(NodeError::Refused(EngineRefusal::TooManyQueuedJobs {
+            queued: 2
+        })),
+    }));
+    // A refusal writes nothing: a second one leaves the history as it was.
+    engine.step(vec![submit(4)], SIM_EPOCH).expect("step");
+    assert_eq!(
+        engine.state().last_seq,
+        seq_before,
         "a refusal writes nothing"
     );
     assert_eq!(engine.state().queue.len(), 2);
