@@ -761,6 +761,12 @@ impl EngineTask {
     async fn run(mut self, mut inputs: mpsc::Receiver<Message>) {
         let mut shutdown: Option<oneshot::Sender<()>> = None;
         loop {
+            if !self.node.is_appending() {
+                // No batch is out, so the state is durable: it is published before any
+                // answer leaves, so a requester that reads after its answer sees it.
+                self.publish();
+            }
+            self.carry_out();
             if let Some(append) = self.node.poll_append() {
                 self.in_flight = Some(append.id);
                 let id = append.id;
@@ -770,10 +776,8 @@ impl EngineTask {
                     self.in_flight = None;
                 }
             }
+            // Inputs that wrote nothing (a refusal before the core) are answered at once.
             self.carry_out();
-            if !self.node.is_appending() {
-                self.publish();
-            }
             if let Some(cause) = self.node.stopped() {
                 tracing::error!(%cause, "the engine stopped for good; the server ends");
                 let _ = self.stopped_tx.send(Some(cause.to_string()));

@@ -1,0 +1,404 @@
+//! The tokio driver of the node, end to end: a failed append stops the server for good
+//! (requests answer "stopped", the stop is observable so the process exits), a submit is
+//! authorized before anything is stored, a signed job is verified at submit and its signer
+//! recorded, a package larger than the deploy budget still deploys, start-up sweeps blobs
+//! no event refers to, a missing run folder is an archive failure, and the server's clock
+//! does not follow a wall clock that jumps.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fedrun::blobs::BlobStore;
+use fedrun::engine::clock::{Clock, WallClock};
+use fedrun::engine::server::{
+    archive_run_folder, deploy_permits, AdminError, MonotonicClock, Server, ServerConfig,
+    SubmitError,
+};
+use fedrun::history::snapshot::SnapshotRecord;
+use fedrun::history::storage::RecordIter;
+use fedrun::history::{Head, History, MemoryStorage, Storage, StorageError};
+use fedrun::job::JobId;
+use fedrun::lifecycle::{
+    AdminRequest, Answer, Event, Identity, Origin, Rejection, Role, RunPhase, RunStatus, State,
+    Timestamp,
+};
+use fedrun::site::local::{LocalSite, LocalSiteConfig, SiteHandle};
+use fedrun::trust::{sign_job_folder, RootCa, Signer, TrustPolicy};
+
+const BOUND: Duration = Duration::from_secs(30);
+
+fn identity(role: Role) -> Identity {
+    Identity {
+        name: "alice".into(),
+        org: "org".into(),
+        role,
+    }
+}
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")
+}
+
+fn trust_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/trust")
+}
+
+async fn attach(server: &Server, dir: &Path, name: &str) -> SiteHandle {
+    let site = LocalSiteConfig::new(name, dir.join("sites").join(name), BTreeMap::new());
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let handle = LocalSite::spawn(site, tx);
+    server.attach_site(name, handle.requests.clone(), rx);
+    handle
+}
+
+async fn wait_for(server: &Server, what: &str, pred: impl Fn(&State) -> bool) -> Arc<State> {
+    let mut watch = server.watch();
+    let found = tokio::time::timeout(BOUND, async {
+        loop {
+            let state = watch.borrow_and_update().clone();
+            if pred(&state) || watch.changed().await.is_err() {
+                return state;
+            }
+        }
+    })
+    .await;
+    match found {
+        Ok(state) if pred(&state) => state,
+        _ => panic!("timed out waiting for {what}"),
+    }
+}
+
+fn settled(state: &State, id: &JobId) -> bool {
+    state.jobs.get(id).is_some_and(|j| {
+        j.status.is_terminal()
+            && matches!(j.run.phase, RunPhase::NotStarted | RunPhase::Stopped)
+            && j.archive.is_settled()
+    })
+}
+
+/// A memory store whose batch writes fail once `fail` is set.
+struct Failing {
+    inner: MemoryStorage,
+    fail: Arc<AtomicBool>,
+}
+
+impl Storage for Failing {
+    fn write_batch(&mut self, records: &[(u64, Vec<u8>)]) -> Result<(), StorageError> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(StorageError::Corrupt {
+                detail: "disk full (test)".into(),
+            });
+        }
+        self.inner.write_batch(records)
+    }
+    fn read(&self, seq: u64) -> Result<Option<Vec<u8>>, StorageError> {
+        self.inner.read(seq)
+    }
+    fn read_from(&self, from: u64) -> RecordIter<'_> {
+        self.inner.read_from(from)
+    }
+    fn last(&self) -> Result<Option<(u64, Vec<u8>)>, StorageError> {
+        self.inner.last()
+    }
+    fn save_snapshot(
+        &mut self,
+        record: &SnapshotRecord,
+        state: &[u8],
+        head: Head,
+    ) -> Result<(), StorageError> {
+        self.inner.save_snapshot(record, state, head)
+    }
+    fn load_snapshot(&self) -> Result<Option<(SnapshotRecord, Vec<u8>)>, StorageError> {
+        self.inner.load_snapshot()
+    }
+    fn anchor(&self) -> Result<Option<Head>, StorageError> {
+        self.inner.anchor()
+    }
+    fn write_anchor(&mut self, head: Head) -> Result<(), StorageError> {
+        self.inner.write_anchor(head)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_append_stops_the_server_for_good() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let fail = Arc::new(AtomicBool::new(false));
+    let storage = Failing {
+        inner: MemoryStorage::new(),
+        fail: fail.clone(),
+    };
+    let history =
+        History::<Event>::from_storage(Box::new(storage), dir.path()).expect("history opens");
+    let config = ServerConfig::new(dir.path());
+    let server = Server::start_on(config, history, Arc::new(WallClock)).expect("server starts");
+    wait_for(&server, "ServerStarted", |s| s.last_seq >= 1).await;
+    assert_eq!(server.stopped(), None);
+    fail.store(true, Ordering::SeqCst);
+    let answer = tokio::time::timeout(
+        BOUND,
+        server.submit_path(
+            &examples().join("hello-complete"),
+            identity(Role::ProjectAdmin),
+            None,
+        ),
+    )
+    .await
+    .expect("answered within the bound")
+    .expect("package accepted");
+    assert_eq!(answer, Err(AdminError::Stopped));
+    let cause = tokio::time::timeout(BOUND, server.wait_stopped())
+        .await
+        .expect("the stop is observable, so the process can exit");
+    assert!(cause.contains("disk full"), "{cause}");
+    // For good: the disk is back, and the server still refuses.
+    fail.store(false, Ordering::SeqCst);
+    let origin = Origin {
+        identity: identity(Role::ProjectAdmin),
+        request_id: None,
+    };
+    let again = server
+        .request(
+            origin,
+            AdminRequest::AbortJob {
+                job_id: JobId(uuid::Uuid::nil()),
+            },
+        )
+        .await;
+    assert_eq!(again, Err(AdminError::Stopped));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_is_authorized_before_its_package_is_stored() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = ServerConfig::new(&dir.path().join("data"));
+    let server = Server::start(config, Arc::new(WallClock)).expect("server starts");
+    let answer = server
+        .submit_path(
+            &examples().join("hello-complete"),
+            identity(Role::Member),
+            Some("member-submit".into()),
+        )
+        .await
+        .expect("package valid");
+    assert!(
+        matches!(answer, Ok(Err(Rejection::NotAllowed { .. }))),
+        "{answer:?}"
+    );
+    let stored = server.blobs().list().expect("blob store lists");
+    assert!(
+        stored.is_empty(),
+        "nothing is stored for a refused submit: {stored:?}"
+    );
+    server.shutdown().await;
+}
+
+fn signed_copy(dir: &Path, signer: &str) -> PathBuf {
+    let dst = dir.join(format!("hello-complete-{signer}"));
+    copy_dir(&examples().join("hello-complete"), &dst);
+    let signer = Signer::load(&trust_dir().join(signer), &trust_dir().join("leaf.key"))
+        .expect("test signer");
+    sign_job_folder(&dst, &signer).expect("sign");
+    dst
+}
+
+fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).expect("create");
+    for entry in std::fs::read_dir(src).expect("read dir") {
+        let entry = entry.expect("entry");
+        let to = dst.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &to);
+        } else {
+            std::fs::copy(entry.path(), &to).expect("copy");
+        }
+    }
+}
+
+/// The test certificates are valid at this time (2027-01-01).
+struct FixedClock;
+
+impl Clock for FixedClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::from_millis(1_798_761_600_000)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_job_is_verified_at_submit_and_its_signer_recorded() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = ServerConfig::new(&dir.path().join("data"));
+    config.trust = TrustPolicy {
+        root_ca: Some(RootCa::load(&trust_dir().join("ca.pem")).expect("test CA")),
+        require_signed_jobs: None,
+    };
+    let server = Server::start(config, Arc::new(FixedClock)).expect("server starts");
+    // Unsigned under the policy: refused at submit, never queued, nothing stored.
+    let unsigned = server
+        .submit_path(
+            &examples().join("hello-complete"),
+            identity(Role::ProjectAdmin),
+            None,
+        )
+        .await;
+    assert!(
+        matches!(&unsigned, Err(SubmitError::Signature(m)) if m.contains("not signed")),
+        "{unsigned:?}"
+    );
+    // Tampered after signing: refused with the reason.
+    let tampered = signed_copy(dir.path(), "admin.pem");
+    std::fs::write(tampered.join("app/run.sh"), "exit 0\n").expect("tamper");
+    let refused = server
+        .submit_path(&tampered, identity(Role::ProjectAdmin), None)
+        .await;
+    assert!(
+        matches!(&refused, Err(SubmitError::Signature(_))),
+        "{refused:?}"
+    );
+    assert!(server.state().jobs.is_empty(), "nothing was queued");
+    assert!(server.blobs().list().expect("lists").is_empty());
+    // Signed: queued, with the signer from the certificate.
+    let signed = signed_copy(dir.path(), "admin.pem");
+    let answer = server
+        .submit_path(&signed, identity(Role::ProjectAdmin), None)
+        .await
+        .expect("signature verifies");
+    let Ok(Ok(Answer::Submitted { job_id })) = answer else {
+        panic!("submit failed: {answer:?}");
+    };
+    let state = server.state();
+    let signer = state.jobs[&job_id]
+        .signer
+        .clone()
+        .expect("the signer is recorded");
+    assert_eq!(signer.role, Role::ProjectAdmin, "{signer:?}");
+    assert!(!signer.name.is_empty());
+    server.shutdown().await;
+}
+
+#[test]
+fn a_deploy_never_asks_for_more_than_the_whole_budget() {
+    assert_eq!(deploy_permits(10, 100), 10);
+    assert_eq!(deploy_permits(1000, 100), 100);
+    assert_eq!(deploy_permits(0, 100), 1);
+    assert_eq!(deploy_permits(usize::MAX, usize::MAX), u32::MAX);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_package_larger_than_the_deploy_budget_still_deploys() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = ServerConfig::new(&dir.path().join("data"));
+    // Far below the package's size: a deploy must take the whole budget, not wait forever.
+    config.package_bytes_in_flight_max = 64;
+    let server = Server::start(config, Arc::new(WallClock)).expect("server starts");
+    let site = attach(&server, dir.path(), "site-1").await;
+    wait_for(&server, "site connected", |s| {
+        s.connected_sites().count() == 1
+    })
+    .await;
+    let answer = server
+        .submit_path(
+            &examples().join("hello-complete"),
+            identity(Role::ProjectAdmin),
+            None,
+        )
+        .await
+        .expect("package accepted");
+    let Ok(Ok(Answer::Submitted { job_id })) = answer else {
+        panic!("submit failed: {answer:?}");
+    };
+    let state = wait_for(&server, "the job settled", |s| settled(s, &job_id)).await;
+    assert_eq!(state.jobs[&job_id].status, RunStatus::Completed);
+    server.shutdown().await;
+    site.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_sweeps_blobs_that_no_event_refers_to() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let server =
+        Server::start(ServerConfig::new(&data), Arc::new(WallClock)).expect("server starts");
+    let answer = server
+        .submit_path(
+            &examples().join("hello-complete"),
+            identity(Role::ProjectAdmin),
+            None,
+        )
+        .await
+        .expect("package accepted");
+    assert!(matches!(answer, Ok(Ok(Answer::Submitted { .. }))));
+    let orphan = server
+        .blobs()
+        .put_bytes(b"no event refers to me")
+        .expect("put");
+    server.shutdown().await;
+    drop(server);
+    let blobs = BlobStore::open(data.join("blobs")).expect("blob store");
+    assert!(blobs.contains(&orphan));
+    let server =
+        Server::start(ServerConfig::new(&data), Arc::new(WallClock)).expect("server restarts");
+    assert!(
+        !blobs.contains(&orphan),
+        "the orphan is swept at start-up (checked on disk)"
+    );
+    let state = server.state();
+    for job in state.jobs.values() {
+        assert!(blobs.contains(&job.package), "a live job's package is kept");
+    }
+    server.shutdown().await;
+}
+
+#[test]
+fn a_missing_run_folder_is_an_archive_failure_not_an_empty_zip() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let blobs = BlobStore::open(dir.path().join("blobs")).expect("blob store");
+    let job_id = JobId(uuid::Uuid::nil());
+    let err = archive_run_folder(&dir.path().join("server"), job_id, &blobs)
+        .expect_err("nothing to archive");
+    assert!(err.contains("missing"), "{err}");
+    assert!(
+        blobs.list().expect("lists").is_empty(),
+        "no empty zip stored"
+    );
+    // With the folder there, the archive is made and the folder is left for the node.
+    let run = fedrun::site::workspace::job_dir(&dir.path().join("server"), job_id);
+    std::fs::create_dir_all(&run).expect("run folder");
+    std::fs::write(run.join("out.log"), b"done\n").expect("file");
+    let hash = archive_run_folder(&dir.path().join("server"), job_id, &blobs).expect("archive");
+    assert!(blobs.contains(&hash));
+    assert!(run.join("out.log").is_file(), "archiving removes nothing");
+}
+
+/// A wall clock a test can move, backwards too.
+struct Jumpy(AtomicI64);
+
+impl Clock for Jumpy {
+    fn now(&self) -> Timestamp {
+        Timestamp::from_millis(self.0.load(Ordering::SeqCst))
+    }
+}
+
+#[test]
+fn the_server_clock_ignores_wall_clock_jumps_and_never_goes_before_the_history() {
+    let wall = Jumpy(AtomicI64::new(1_000_000));
+    // The wall clock is behind the last recorded event: time starts at the event.
+    let clock = MonotonicClock::start(&wall, Timestamp::from_millis(5_000_000));
+    assert!(clock.now() >= Timestamp::from_millis(5_000_000));
+    let clock = MonotonicClock::start(&wall, Timestamp::from_millis(0));
+    let first = clock.now();
+    wall.0.store(0, Ordering::SeqCst);
+    let after_back = clock.now();
+    assert!(
+        after_back >= first,
+        "a wall clock jumping back moves nothing"
+    );
+    wall.0.store(i64::MAX / 2, Ordering::SeqCst);
+    let after_forward = clock.now();
+    assert!(
+        after_forward.as_millis() - first.as_millis() < 60_000,
+        "a wall clock jumping forward fires nothing"
+    );
+}
