@@ -695,7 +695,8 @@ fn remove_archived_run_folders(root: &Path, state: &State) {
 enum HistoryJob {
     Append(node::Append),
     Snapshot(Arc<State>),
-    Close(oneshot::Sender<()>),
+    /// A clean shutdown: a snapshot of the final state, then the anchor.
+    Close(Arc<State>, oneshot::Sender<()>),
 }
 
 /// Starts the history thread: it owns the history and does every append (flush and
@@ -726,7 +727,12 @@ fn spawn_history(
                             tracing::warn!(%err, "snapshot failed");
                         }
                     }
-                    HistoryJob::Close(closed) => {
+                    HistoryJob::Close(state, closed) => {
+                        // The snapshot makes the next start-up quick; the anchor lets it
+                        // tell a shorter history from data loss.
+                        if let Err(err) = history.take_snapshot(&*state) {
+                            tracing::warn!(%err, "snapshot at shutdown failed");
+                        }
                         if let Err(err) = history.close() {
                             tracing::warn!(%err, "clean shutdown of the history failed");
                         }
@@ -797,7 +803,12 @@ impl EngineTask {
             }
             if let Some(done) = shutdown.take() {
                 let (closed_tx, closed_rx) = oneshot::channel();
-                if self.history.send(HistoryJob::Close(closed_tx)).is_ok() {
+                let state = Arc::new(self.node.state().clone());
+                if self
+                    .history
+                    .send(HistoryJob::Close(state, closed_tx))
+                    .is_ok()
+                {
                     let _ = closed_rx.await;
                 }
                 let _ = done.send(());
@@ -805,7 +816,8 @@ impl EngineTask {
             }
             let deadline = self.node.poll_timeout();
             let sleep = deadline.map(|due| {
-                let wait_ms = due.as_millis() - self.clock.now().as_millis();
+                // One extra millisecond: the clock must have reached `due` on waking.
+                let wait_ms = due.as_millis() - self.clock.now().as_millis() + 1;
                 Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0))
             });
             tokio::select! {
