@@ -136,6 +136,9 @@ async fn demo(args: Args) -> anyhow::Result<i32> {
     .map(|r| r.map(|_| ()));
     let all_connected = matches!(connected, Ok(Ok(_)));
     if !all_connected {
+        if let Some(code) = engine_stopped(&server) {
+            return Ok(code);
+        }
         bail!("the sites did not connect within 30 s");
     }
     println!("server started; sites {} connected", SITES.join(", "));
