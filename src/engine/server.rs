@@ -19,7 +19,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
@@ -179,27 +179,38 @@ impl Clock for MonotonicClock {
 }
 
 /// Package blobs read for deploys, shared while any deploy still holds them: a package
-/// deployed to many sites is read once, not once per site.
+/// deployed to many sites at once is read once, not once per site (the reads of one batch's
+/// deploys start together, so the first read is shared while it is still under way).
 #[derive(Clone, Default)]
 struct Packages {
-    open: Arc<Mutex<BTreeMap<BlobHash, Weak<Vec<u8>>>>>,
+    open: Arc<Mutex<BTreeMap<BlobHash, Arc<PackageRead>>>>,
 }
+
+/// One package's bytes, read by the first deploy that needs them.
+type PackageRead = tokio::sync::OnceCell<Arc<Vec<u8>>>;
 
 impl Packages {
     async fn get(&self, blobs: &BlobStore, hash: BlobHash) -> Result<Arc<Vec<u8>>, String> {
-        if let Some(bytes) = lock(&self.open).get(&hash).and_then(Weak::upgrade) {
-            return Ok(bytes);
-        }
-        let blobs = blobs.clone();
-        let bytes = tokio::task::spawn_blocking(move || blobs.get(&hash))
-            .await
-            .map_err(|e| format!("package read failed: {e}"))?
-            .map_err(|e| e.to_string())?;
-        let bytes = Arc::new(bytes);
-        let mut open = lock(&self.open);
-        open.retain(|_, weak| weak.strong_count() > 0);
-        open.insert(hash, Arc::downgrade(&bytes));
+        let cell = lock(&self.open).entry(hash).or_default().clone();
+        let bytes = cell
+            .get_or_try_init(|| async {
+                let blobs = blobs.clone();
+                let bytes = tokio::task::spawn_blocking(move || blobs.get(&hash))
+                    .await
+                    .map_err(|e| format!("package read failed: {e}"))?
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>(Arc::new(bytes))
+            })
+            .await?
+            .clone();
         Ok(bytes)
+    }
+
+    /// Forgets every package no deploy holds any more, so its bytes are freed.
+    fn trim(&self) {
+        lock(&self.open).retain(|_, cell| {
+            Arc::strong_count(cell) > 1 || cell.get().is_some_and(|b| Arc::strong_count(b) > 1)
+        });
     }
 }
 
@@ -461,10 +472,12 @@ impl Server {
                         (request, permit.ok())
                     }
                 };
-                if requests.send(request).await.is_err() {
+                let sent = requests.send(request).await;
+                drop(permit);
+                server.packages.trim();
+                if sent.is_err() {
                     break;
                 }
-                drop(permit);
             }
         });
         let inputs = self.inputs.clone();
@@ -1015,4 +1028,23 @@ pub enum SubmitError {
     /// The package's signature is missing under the policy, or does not verify.
     #[error("job refused at submit: {0}")]
     Signature(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deploys_of_one_package_share_one_read_and_free_it_after() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let blobs = BlobStore::open(dir.path().join("blobs")).expect("blob store");
+        let hash = blobs.put_bytes(b"a package").expect("put");
+        let packages = Packages::default();
+        let (first, second) = tokio::join!(packages.get(&blobs, hash), packages.get(&blobs, hash));
+        let (first, second) = (first.expect("read"), second.expect("read"));
+        assert!(Arc::ptr_eq(&first, &second), "one read, shared");
+        drop((first, second));
+        packages.trim();
+        assert!(lock(&packages.open).is_empty(), "no deploy holds it: freed");
+    }
 }
