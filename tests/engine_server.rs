@@ -1,4 +1,5 @@
-//! The tokio driver of the node, end to end: a failed append stops the server for good
+//! The tokio driver of the node, end to end: appends run on the history thread, never on a
+//! tokio worker; a failed append stops the server for good
 //! (requests answer "stopped", the stop is observable so the process exits), a submit is
 //! authorized before anything is stored, a signed job is verified at submit and its signer
 //! recorded, a package larger than the deploy budget still deploys, start-up sweeps blobs
@@ -79,14 +80,21 @@ fn settled(state: &State, id: &JobId) -> bool {
     })
 }
 
-/// A memory store whose batch writes fail once `fail` is set.
+/// A memory store whose batch writes fail once `fail` is set, and which notes the thread
+/// each batch is written on.
 struct Failing {
     inner: MemoryStorage,
     fail: Arc<AtomicBool>,
+    threads: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Storage for Failing {
     fn write_batch(&mut self, records: &[(u64, Vec<u8>)]) -> Result<(), StorageError> {
+        let thread = std::thread::current()
+            .name()
+            .unwrap_or("unnamed")
+            .to_string();
+        self.threads.lock().expect("not poisoned").push(thread);
         if self.fail.load(Ordering::SeqCst) {
             return Err(StorageError::Corrupt {
                 detail: "disk full (test)".into(),
@@ -126,9 +134,11 @@ impl Storage for Failing {
 async fn a_failed_append_stops_the_server_for_good() {
     let dir = tempfile::tempdir().expect("temp dir");
     let fail = Arc::new(AtomicBool::new(false));
+    let threads = Arc::new(std::sync::Mutex::new(Vec::new()));
     let storage = Failing {
         inner: MemoryStorage::new(),
         fail: fail.clone(),
+        threads: threads.clone(),
     };
     let history =
         History::<Event>::from_storage(Box::new(storage), dir.path()).expect("history opens");
@@ -168,6 +178,13 @@ async fn a_failed_append_stops_the_server_for_good() {
         )
         .await;
     assert_eq!(again, Err(AdminError::Stopped));
+    // Every append ran on the history thread, never on a tokio worker.
+    let threads = threads.lock().expect("not poisoned").clone();
+    assert!(!threads.is_empty());
+    assert!(
+        threads.iter().all(|t| t == "fedrun-history"),
+        "appends ran on {threads:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
