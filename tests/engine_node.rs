@@ -347,3 +347,52 @@ fn a_failed_archive_never_removes_the_run_folder() {
         "{out:?}"
     );
 }
+
+fn admin(token: u64, request: AdminRequest) -> Input {
+    Input::Admin {
+        token: ReplyToken(token),
+        origin: Origin {
+            identity: Identity {
+                name: "alice".into(),
+                org: "org".into(),
+                role: Role::ProjectAdmin,
+            },
+            request_id: Some(format!("admin-{token}")),
+        },
+        request,
+    }
+}
+
+#[test]
+fn a_blob_freed_and_submitted_again_in_one_batch_is_not_freed() {
+    let (mut node, mut history) = new_node();
+    let job_id = run_to_archive(&mut node, &mut history);
+    node.handle(
+        at(6),
+        Input::ArchiveFinished {
+            job_id,
+            result: Ok(BlobHash([9; 32])),
+        },
+    );
+    settle(&mut node, &mut history);
+    // Deleting the only job that holds package [7; 32] frees it, unless a submit of the
+    // same bytes is decided in the same batch: then the free was decided on a state the
+    // batch no longer ends in, and the new job would be left without its package.
+    node.handle(at(7), admin(2, AdminRequest::DeleteJob { job_id }));
+    node.handle(at(7), submit(3));
+    let out = settle(&mut node, &mut history);
+    let again = submitted(&out, 3);
+    assert_eq!(node.state().jobs[&again].package, BlobHash([7; 32]));
+    assert!(
+        !out.contains(&Output::FreeBlob {
+            hash: BlobHash([7; 32])
+        }),
+        "the package of the new job is not freed: {out:?}"
+    );
+    assert!(
+        out.contains(&Output::FreeBlob {
+            hash: BlobHash([9; 32])
+        }),
+        "the deleted job's archive is freed: {out:?}"
+    );
+}

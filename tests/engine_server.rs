@@ -13,11 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fedrun::blobs::BlobStore;
-use fedrun::engine::clock::{Clock, WallClock};
-use fedrun::engine::server::{
-    archive_run_folder, deploy_permits, AdminError, MonotonicClock, Server, ServerConfig,
-    SubmitError,
-};
+use fedrun::engine::archive::{archive_folder, ArchiveError};
+use fedrun::engine::clock::{Clock, ServerClock, WallClock, WallSource};
+use fedrun::engine::server::{deploy_permits, AdminError, Server, ServerConfig, SubmitError};
 use fedrun::history::snapshot::SnapshotRecord;
 use fedrun::history::storage::RecordIter;
 use fedrun::history::{Head, History, MemoryStorage, Storage, StorageError};
@@ -373,18 +371,20 @@ fn a_missing_run_folder_is_an_archive_failure_not_an_empty_zip() {
     let dir = tempfile::tempdir().expect("temp dir");
     let blobs = BlobStore::open(dir.path().join("blobs")).expect("blob store");
     let job_id = JobId(uuid::Uuid::nil());
-    let err = archive_run_folder(&dir.path().join("server"), job_id, &blobs)
-        .expect_err("nothing to archive");
-    assert!(err.contains("missing"), "{err}");
+    let run = fedrun::site::workspace::job_dir(&dir.path().join("server"), job_id);
+    let err = archive_folder(&run, &blobs).expect_err("nothing to archive");
+    assert!(
+        matches!(&err, ArchiveError::RunFolderMissing { path } if *path == run),
+        "{err}"
+    );
     assert!(
         blobs.list().expect("lists").is_empty(),
         "no empty zip stored"
     );
     // With the folder there, the archive is made and the folder is left for the node.
-    let run = fedrun::site::workspace::job_dir(&dir.path().join("server"), job_id);
     std::fs::create_dir_all(&run).expect("run folder");
     std::fs::write(run.join("out.log"), b"done\n").expect("file");
-    let hash = archive_run_folder(&dir.path().join("server"), job_id, &blobs).expect("archive");
+    let hash = archive_folder(&run, &blobs).expect("archive");
     assert!(blobs.contains(&hash));
     assert!(run.join("out.log").is_file(), "archiving removes nothing");
 }
@@ -400,11 +400,14 @@ impl Clock for Jumpy {
 
 #[test]
 fn the_server_clock_ignores_wall_clock_jumps_and_never_goes_before_the_history() {
-    let wall = Jumpy(AtomicI64::new(1_000_000));
+    let wall = Arc::new(Jumpy(AtomicI64::new(1_000_000)));
     // The wall clock is behind the last recorded event: time starts at the event.
-    let clock = MonotonicClock::start(&wall, Timestamp::from_millis(5_000_000));
+    let clock = ServerClock::start_with(
+        WallSource::new(wall.clone()),
+        Some(Timestamp::from_millis(5_000_000)),
+    );
     assert!(clock.now() >= Timestamp::from_millis(5_000_000));
-    let clock = MonotonicClock::start(&wall, Timestamp::from_millis(0));
+    let clock = ServerClock::start_with(WallSource::new(wall.clone()), None);
     let first = clock.now();
     wall.0.store(0, Ordering::SeqCst);
     let after_back = clock.now();

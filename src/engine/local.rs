@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use crate::blobs::BlobStore;
 use crate::engine::node::Request;
 use crate::job::JobId;
-use crate::lifecycle::{SiteReport, Timestamp};
+use crate::lifecycle::SiteReport;
 use crate::site::process::{self, AppLaunch, AppProcess, Reattached};
 use crate::site::protocol::ExitOutcome;
 use crate::site::workspace;
@@ -48,10 +48,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // The maps are only inserted into, removed from and read; a panic elsewhere while
     // holding the lock cannot leave them half-updated, so a poisoned lock is still usable.
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn system_time(at: Timestamp) -> std::time::SystemTime {
-    std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(at.as_millis()).unwrap_or(0))
 }
 
 impl LocalParticipant {
@@ -154,7 +150,7 @@ impl LocalParticipant {
                                 &bytes,
                                 &crate::job::limits::Limits::default(),
                                 &inner.trust,
-                                system_time(verify_at),
+                                crate::trust::submit::timestamp_to_system_time(verify_at),
                             )
                             .map_err(|e| e.to_string())
                         });

@@ -506,7 +506,17 @@ impl Node {
         };
         match result {
             Ok(()) => {
-                self.released.extend(batch.outputs);
+                // A blob a job of this batch refers to again (a submit or clone of the
+                // same bytes decided after the free) is not freed: the free was decided
+                // on an older state.
+                let state = &self.state;
+                self.released
+                    .extend(batch.outputs.into_iter().filter(|output| match output {
+                        Output::FreeBlob { hash } => {
+                            !state.blob_in_use(hash, &JobId(uuid::Uuid::nil()))
+                        }
+                        _ => true,
+                    }));
                 if batch.last_seq - self.last_snapshot_seq >= self.limits.snapshot_every_events {
                     self.last_snapshot_seq = batch.last_seq;
                     self.released.push_back(Output::TakeSnapshot {

@@ -20,13 +20,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use crate::blobs::BlobStore;
 use crate::engine::archive;
-use crate::engine::clock::Clock;
+use crate::engine::clock::{Clock, ServerClock, WallSource};
 use crate::engine::ids::RandomIds;
 use crate::engine::local::LocalParticipant;
 use crate::engine::node::{self, Node, NodeError, Output, Participant, ReplyToken, Request};
@@ -37,7 +37,8 @@ use crate::lifecycle::{AdminRequest, BlobHash, Event, Identity, Origin, Reply, S
 use crate::settings::Settings;
 use crate::site::protocol::{SiteReport, SiteRequest};
 use crate::site::workspace;
-use crate::trust::policy::TrustPolicy;
+use crate::trust::policy::{JobTrust, TrustPolicy};
+use crate::trust::submit::{check_package_zip, timestamp_to_system_time, SubmitRefusal};
 
 /// The exit code of a `fedrun` process whose engine stopped for good (a failed append to
 /// the history, or an event the core's own fold refused): `EX_SOFTWARE` of sysexits.h. A
@@ -152,32 +153,6 @@ enum Outgoing {
     },
 }
 
-/// A clock that reads the wall clock once, at start (never earlier than `floor`, the last
-/// recorded event's time), and then advances with the monotonic clock: a wall clock that
-/// jumps while the server runs neither freezes nor fires deadlines, and time never goes
-/// backward (SPEC section 3).
-#[derive(Debug)]
-pub struct MonotonicClock {
-    base: Timestamp,
-    started: Instant,
-}
-
-impl MonotonicClock {
-    /// Reads `wall` once; later readings add the monotonic time elapsed since.
-    pub fn start(wall: &dyn Clock, floor: Timestamp) -> MonotonicClock {
-        MonotonicClock {
-            base: wall.now().max(floor),
-            started: Instant::now(),
-        }
-    }
-}
-
-impl Clock for MonotonicClock {
-    fn now(&self) -> Timestamp {
-        self.base.plus(self.started.elapsed())
-    }
-}
-
 /// Package blobs read for deploys, shared while any deploy still holds them: a package
 /// deployed to many sites at once is read once, not once per site (the reads of one batch's
 /// deploys start together, so the first read is shared while it is still under way).
@@ -220,24 +195,6 @@ impl Packages {
 pub fn deploy_permits(len: usize, budget: usize) -> u32 {
     let budget = budget.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
     u32::try_from(len.clamp(1, budget)).unwrap_or(u32::MAX)
-}
-
-/// Zips the job's server run folder into the blob store without removing it (the node
-/// asks for the removal once `WorkspaceArchived` is durable). A missing folder is a failure
-/// that says so, never an empty archive. Blocking.
-pub fn archive_run_folder(
-    root: &Path,
-    job_id: JobId,
-    blobs: &BlobStore,
-) -> Result<BlobHash, String> {
-    let run_dir = workspace::job_dir(root, job_id);
-    if !run_dir.is_dir() {
-        return Err(format!(
-            "the run folder {} is missing, so there is nothing to archive",
-            run_dir.display()
-        ));
-    }
-    archive::archive_folder(&run_dir, blobs).map_err(|e| e.to_string())
 }
 
 struct Shared {
@@ -289,7 +246,7 @@ impl Server {
     /// Starts the server on an open history: rebuilds the state, sweeps blobs no event
     /// refers to, starts the history thread and the node's task, and re-attaches to server
     /// apps still running from an earlier run. `wall` is read once; the server's time then
-    /// advances with the monotonic clock ([`MonotonicClock`]). Must be called inside a
+    /// advances with the monotonic clock ([`ServerClock`]). Must be called inside a
     /// tokio runtime.
     pub fn start_on(
         config: ServerConfig,
@@ -308,7 +265,10 @@ impl Server {
             "state rebuilt from the history"
         );
         sweep_blobs(&history, &recovered.state, &blobs);
-        let clock = Arc::new(MonotonicClock::start(&*wall, recovered.state.last_at));
+        let clock = Arc::new(ServerClock::start_with(
+            WallSource::new(wall),
+            Some(recovered.state.last_at),
+        ));
         let node = Node::start(
             recovered.state,
             recovered.snapshot_seq,
@@ -531,25 +491,28 @@ impl Server {
         let owned = path.to_path_buf();
         let at = self.clock.now();
         let may_submit = identity.role.may_submit();
-        let (meta, hash, signer) = tokio::task::spawn_blocking(move || {
+        let (meta, hash, signer, pin) = tokio::task::spawn_blocking(move || {
             let package =
                 crate::job::package::ingest(&owned, &crate::job::limits::Limits::default())
                     .map_err(|e| SubmitError::Package(e.to_string()))?;
             let hash = BlobHash::from(package.hash);
             if !may_submit {
                 // The core refuses it and records the refusal; nothing is stored for it.
-                return Ok::<_, SubmitError>((package.meta, hash, None));
+                return Ok::<_, SubmitError>((package.meta, hash, None, None));
             }
             let signer = verify_package(&package.zip, &trust, at)?;
-            let stored = blobs
-                .put_bytes(&package.zip)
+            // Pinned until the answer below, which comes only once the `JobSubmitted` (or
+            // the recorded refusal) is durable: a free or sweep of the same bytes decided
+            // before then can never remove the blob the new job refers to (SPEC section 3).
+            let pin = blobs
+                .put_bytes_pinned(&package.zip)
                 .map_err(|e| SubmitError::Blob(e.to_string()))?;
-            debug_assert_eq!(stored, hash, "the blob store names a blob by its BLAKE3");
-            Ok((package.meta, stored, signer))
+            debug_assert_eq!(pin.hash(), hash, "the blob store names a blob by its BLAKE3");
+            Ok((package.meta, pin.hash(), signer, Some(pin)))
         })
         .await
         .map_err(|e| SubmitError::Package(e.to_string()))??;
-        Ok(self
+        let answer = self
             .request(
                 Origin {
                     identity,
@@ -561,7 +524,9 @@ impl Server {
                     signer,
                 },
             )
-            .await)
+            .await;
+        drop(pin);
+        Ok(answer)
     }
 
     /// Downloads a finished job (SPEC section 9): records the download (the core refuses a
@@ -625,35 +590,43 @@ impl Server {
     }
 }
 
-/// Verifies the canonical package `zip` by the trust policy at `at` and returns its
-/// signer (`None` for an unsigned job the policy allows). Blocking.
+/// Verifies the canonical package `zip` by the trust policy at `at` (SPEC section 6, with
+/// [`check_package_zip`], the same rules a deploy uses) and returns its signer (`None` for
+/// an unsigned job the policy allows). An unsigned job under the policy, a bad signature
+/// and a signer whose role may not submit are [`SubmitError::Signature`] with the reason;
+/// a package that cannot even be unpacked is [`SubmitError::Package`]. Blocking.
 pub fn verify_package(
     zip: &[u8],
     trust: &TrustPolicy,
     at: Timestamp,
 ) -> Result<Option<Identity>, SubmitError> {
     if trust.root_ca.is_none() && !trust.requires_signature() {
+        // Nothing can be checked and nothing is required: the package is not unpacked.
         return Ok(None);
     }
-    let dir = tempfile::tempdir().map_err(|e| SubmitError::Package(e.to_string()))?;
-    let job = dir.path().join("job");
-    crate::job::package::unpack(zip, None, &job, &crate::job::limits::Limits::default())
-        .map_err(|e| SubmitError::Package(e.to_string()))?;
-    let at =
-        std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(at.as_millis()).unwrap_or(0));
-    match crate::trust::check_job(&job, trust, at) {
-        Ok(crate::trust::JobTrust::Signed(signer)) => Ok(Some(Identity {
+    let limits = crate::job::limits::Limits::default();
+    match check_package_zip(zip, trust, timestamp_to_system_time(at), &limits, None) {
+        Ok(JobTrust::Signed(signer)) => Ok(Some(Identity {
             name: signer.name,
             org: signer.org,
-            // A signer without a known role may not submit; the core refuses it as such.
+            // `check_package_zip` refused every role that may not submit, so the role
+            // parses; a role it does not know stays one that may not submit.
             role: signer
                 .role
                 .as_deref()
                 .and_then(|r| r.parse().ok())
                 .unwrap_or(crate::lifecycle::Role::Member),
         })),
-        Ok(crate::trust::JobTrust::Unsigned) => Ok(None),
-        Err(e) => Err(SubmitError::Signature(e.to_string())),
+        Ok(JobTrust::Unsigned) => Ok(None),
+        Err(
+            refusal @ (SubmitRefusal::Unsigned(_)
+            | SubmitRefusal::BadSignature(_)
+            | SubmitRefusal::SignerMayNotSubmit { .. }),
+        ) => Err(SubmitError::Signature(refusal.to_string())),
+        Err(refusal @ SubmitRefusal::Unpack(_)) => Err(SubmitError::Package(refusal.to_string())),
+        Err(refusal @ (SubmitRefusal::Blob(_) | SubmitRefusal::Scratch { .. })) => {
+            Err(SubmitError::Check(refusal.to_string()))
+        }
     }
 }
 
@@ -698,7 +671,7 @@ fn remove_archived_run_folders(root: &Path, state: &State) {
             .get(&job_id)
             .is_some_and(|j| matches!(j.archive, crate::lifecycle::Archive::Archived { .. }));
         if archived {
-            if let Err(e) = workspace::remove_job(root, job_id) {
+            if let Err(e) = archive::remove_run_folder(&workspace::job_dir(root, job_id)) {
                 tracing::warn!(%job_id, error = %e, "archived run folder not removed");
             }
         }
@@ -708,6 +681,8 @@ fn remove_archived_run_folders(root: &Path, state: &State) {
 enum HistoryJob {
     Append(node::Append),
     Snapshot(Arc<State>),
+    /// Remove a blob no live job refers to (a pinned one is kept).
+    FreeBlob(BlobStore, BlobHash),
     /// A clean shutdown: a snapshot of the final state, then the anchor.
     Close(Arc<State>, oneshot::Sender<()>),
 }
@@ -740,6 +715,11 @@ fn spawn_history(
                             tracing::warn!(%err, "snapshot failed");
                         }
                     }
+                    HistoryJob::FreeBlob(blobs, hash) => {
+                        if let Err(e) = blobs.remove(&hash) {
+                            tracing::warn!(%hash, error = %e, "blob not freed");
+                        }
+                    }
                     HistoryJob::Close(state, closed) => {
                         // The snapshot makes the next start-up quick; the anchor lets it
                         // tell a shorter history from data loss.
@@ -761,7 +741,7 @@ fn spawn_history(
 struct EngineTask {
     node: Node,
     server: Server,
-    clock: Arc<MonotonicClock>,
+    clock: Arc<ServerClock<WallSource<Arc<dyn Clock>>>>,
     state_tx: watch::Sender<Arc<State>>,
     stopped_tx: watch::Sender<Option<String>>,
     history: std::sync::mpsc::Sender<HistoryJob>,
@@ -923,7 +903,8 @@ impl EngineTask {
                     let server = self.server.clone();
                     tokio::spawn(async move {
                         let result = tokio::task::spawn_blocking(move || {
-                            archive_run_folder(&root, job_id, &blobs)
+                            let run_dir = workspace::job_dir(&root, job_id);
+                            archive::archive_folder(&run_dir, &blobs).map_err(|e| e.to_string())
                         })
                         .await
                         .unwrap_or_else(|e| Err(format!("archive task failed: {e}")));
@@ -935,18 +916,18 @@ impl EngineTask {
                     tokio::task::spawn_blocking(move || {
                         // The archive is durable; a folder left behind only costs space
                         // and is removed at the next start.
-                        if let Err(e) = workspace::remove_job(&root, job_id) {
+                        let run_dir = workspace::job_dir(&root, job_id);
+                        if let Err(e) = archive::remove_run_folder(&run_dir) {
                             tracing::warn!(%job_id, error = %e, "run folder not removed");
                         }
                     });
                 }
                 Output::FreeBlob { hash } => {
+                    // On the history thread, in order: the removal is done before the
+                    // next batch is durable, so before any submit of the same bytes that
+                    // that batch accepts is answered and drops its pin.
                     let blobs = self.server.blobs.clone();
-                    tokio::task::spawn_blocking(move || {
-                        if let Err(e) = blobs.remove(&hash) {
-                            tracing::warn!(%hash, error = %e, "blob not freed");
-                        }
-                    });
+                    let _ = self.history.send(HistoryJob::FreeBlob(blobs, hash));
                 }
                 Output::TakeSnapshot { state } => {
                     let _ = self.history.send(HistoryJob::Snapshot(state));
@@ -1025,9 +1006,13 @@ pub enum SubmitError {
     /// The package could not be stored.
     #[error("storing the package failed: {0}")]
     Blob(String),
-    /// The package's signature is missing under the policy, or does not verify.
+    /// The package's signature is missing under the policy, does not verify, or its
+    /// signer's role may not submit.
     #[error("job refused at submit: {0}")]
     Signature(String),
+    /// The server could not check the package (no temporary folder to unpack it in).
+    #[error("checking the package failed: {0}")]
+    Check(String),
 }
 
 #[cfg(test)]
