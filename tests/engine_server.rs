@@ -422,3 +422,45 @@ fn the_server_clock_ignores_wall_clock_jumps_and_never_goes_before_the_history()
         "a wall clock jumping forward fires nothing"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_verifies_a_deploy_at_the_job_submit_time_not_its_own() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let trust = TrustPolicy {
+        root_ca: Some(RootCa::load(&trust_dir().join("ca.pem")).expect("test CA")),
+        require_signed_jobs: None,
+    };
+    let mut config = ServerConfig::new(&dir.path().join("data"));
+    config.trust = trust.clone();
+    // The server's time is 2027, inside the certificates' validity.
+    let server = Server::start(config, Arc::new(FixedClock)).expect("server starts");
+    // The site's own time is 2040, after the certificates ran out (2036): only the
+    // submit time the request carries lets it deploy the accepted job.
+    let mut site = LocalSiteConfig::new("site-1", dir.path().join("site-1"), BTreeMap::new());
+    site.trust = trust;
+    site.verify_at = Some(std::time::UNIX_EPOCH + Duration::from_secs(2_208_988_800));
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let handle = LocalSite::spawn(site, tx);
+    server.attach_site("site-1", handle.requests.clone(), rx);
+    wait_for(&server, "site connected", |s| {
+        s.connected_sites().count() == 1
+    })
+    .await;
+    let signed = signed_copy(dir.path(), "admin.pem");
+    let answer = server
+        .submit_path(&signed, identity(Role::ProjectAdmin), None)
+        .await
+        .expect("signature verifies");
+    let Ok(Ok(Answer::Submitted { job_id })) = answer else {
+        panic!("submit failed: {answer:?}");
+    };
+    let state = wait_for(&server, "the job settled", |s| settled(s, &job_id)).await;
+    assert_eq!(
+        state.jobs[&job_id].status,
+        RunStatus::Completed,
+        "{:?}",
+        state.jobs[&job_id]
+    );
+    server.shutdown().await;
+    handle.shutdown().await;
+}

@@ -150,6 +150,7 @@ enum Outgoing {
         job_id: JobId,
         app: String,
         package: BlobHash,
+        verify_at: Timestamp,
     },
 }
 
@@ -409,6 +410,7 @@ impl Server {
                         job_id,
                         app,
                         package,
+                        verify_at,
                     } => {
                         let bytes = match server.packages.get(&server.blobs, package).await {
                             Ok(bytes) => bytes,
@@ -428,6 +430,7 @@ impl Server {
                             job_id,
                             app_name: app,
                             package: bytes,
+                            verify_at: Some(verify_at),
                         };
                         (request, permit.ok())
                     }
@@ -944,12 +947,13 @@ fn outgoing(request: Request) -> Outgoing {
             job_id,
             app_name,
             package,
-            ..
+            verify_at,
         } => {
             return Outgoing::Deploy {
                 job_id,
                 app: app_name,
                 package,
+                verify_at,
             }
         }
         Request::CheckResources {

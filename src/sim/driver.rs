@@ -958,12 +958,16 @@ fn site_request(request: Request) -> (SiteRequest, Option<JobId>) {
             Some(job_id),
         ),
         Request::Deploy {
-            job_id, app_name, ..
+            job_id,
+            app_name,
+            verify_at,
+            ..
         } => (
             SiteRequest::Deploy {
                 job_id,
                 app_name,
                 package: Arc::new(Vec::new()),
+                verify_at: Some(verify_at),
             },
             Some(job_id),
         ),

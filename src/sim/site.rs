@@ -345,6 +345,7 @@ mod tests {
                 job_id: job(1),
                 app_name: "app".into(),
                 package: Default::default(),
+                verify_at: None,
             },
             Duration::ZERO,
             ok(),
@@ -385,6 +386,7 @@ mod tests {
                 job_id: job(1),
                 app_name: "app".into(),
                 package: Default::default(),
+                verify_at: None,
             },
             Duration::ZERO,
             ok(),
@@ -412,6 +414,7 @@ mod tests {
             job_id: job(1),
             app_name: "app".into(),
             package: Default::default(),
+            verify_at: None,
         };
         assert!(s.handle(deploy, Duration::ZERO, silent).is_empty());
         let out = s.handle(SiteRequest::Start { job_id: job(1) }, Duration::ZERO, ok());
