@@ -28,10 +28,13 @@ fn example() -> PathBuf {
 }
 
 async fn submit(server: &Server) -> fedrun::job::JobId {
-    let answer = tokio::time::timeout(BOUND, server.submit_path(&example(), origin().identity, None))
-        .await
-        .expect("the submit is answered in time")
-        .expect("the package is accepted");
+    let answer = tokio::time::timeout(
+        BOUND,
+        server.submit_path(&example(), origin().identity, None),
+    )
+    .await
+    .expect("the submit is answered in time")
+    .expect("the package is accepted");
     match answer {
         Ok(Ok(Answer::Submitted { job_id })) => job_id,
         other => panic!("submit failed: {other:?}"),
@@ -42,7 +45,10 @@ async fn ask(server: &Server, request: AdminRequest) {
     let answer = tokio::time::timeout(BOUND, server.request(origin(), request))
         .await
         .expect("answered in time");
-    assert!(matches!(answer, Ok(Ok(Answer::Accepted { .. }))), "{answer:?}");
+    assert!(
+        matches!(answer, Ok(Ok(Answer::Accepted { .. }))),
+        "{answer:?}"
+    );
 }
 
 async fn wait_for(server: &Server, what: &str, pred: impl Fn(&State) -> bool) {
@@ -58,15 +64,18 @@ async fn wait_for(server: &Server, what: &str, pred: impl Fn(&State) -> bool) {
         }
     })
     .await;
-    assert!(found.is_ok() && pred(&server.state()), "timed out waiting for {what}");
+    assert!(
+        found.is_ok() && pred(&server.state()),
+        "timed out waiting for {what}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_free_racing_a_submit_of_the_same_bytes_never_loses_the_new_job_package() {
     let dir = tempfile::tempdir().expect("temp dir");
     // No site is attached: a submitted job stays queued, so abort and delete are quick.
-    let server = Server::start(ServerConfig::new(dir.path()), Arc::new(WallClock))
-        .expect("server starts");
+    let server =
+        Server::start(ServerConfig::new(dir.path()), Arc::new(WallClock)).expect("server starts");
     let mut old = submit(&server).await;
     ask(&server, AdminRequest::AbortJob { job_id: old }).await;
     for round in 0..25 {
@@ -90,7 +99,11 @@ async fn a_free_racing_a_submit_of_the_same_bytes_never_loses_the_new_job_packag
             "round {round}: the accepted job's package is gone from disk"
         );
         assert_eq!(
-            server.blobs().get(&package).map(|b| fedrun::blobs::hash_of(&b)).ok(),
+            server
+                .blobs()
+                .get(&package)
+                .map(|b| fedrun::blobs::hash_of(&b))
+                .ok(),
             Some(package),
             "round {round}: the package on disk is whole"
         );

@@ -51,17 +51,9 @@ fn at(secs: u64) -> Timestamp {
 }
 
 fn submit(token: u64) -> Input {
-    Input::Admin {
-        token: ReplyToken(token),
-        origin: Origin {
-            identity: Identity {
-                name: "alice".into(),
-                org: "org".into(),
-                role: Role::ProjectAdmin,
-            },
-            request_id: Some(format!("submit-{token}")),
-        },
-        request: AdminRequest::SubmitJob {
+    admin(
+        token,
+        AdminRequest::SubmitJob {
             meta: JobMeta {
                 name: format!("job-{token}"),
                 deploy_map: vec![AppTargets {
@@ -75,7 +67,26 @@ fn submit(token: u64) -> Input {
             package: BlobHash([7; 32]),
             signer: None,
         },
+    )
+}
+
+fn admin(token: u64, request: AdminRequest) -> Input {
+    Input::Admin {
+        token: ReplyToken(token),
+        origin: Origin {
+            identity: Identity {
+                name: "alice".into(),
+                org: "org".into(),
+                role: Role::ProjectAdmin,
+            },
+            request_id: Some(format!("request-{token}")),
+        },
+        request,
     }
+}
+
+fn archive_finished(job_id: JobId, result: Result<BlobHash, String>) -> Input {
+    Input::ArchiveFinished { job_id, result }
 }
 
 fn site(report: SiteReport) -> Input {
@@ -311,13 +322,7 @@ fn run_to_archive(node: &mut Node, history: &mut History<Event>) -> JobId {
 fn the_run_folder_is_removed_only_after_workspace_archived_is_durable() {
     let (mut node, mut history) = new_node();
     let job_id = run_to_archive(&mut node, &mut history);
-    node.handle(
-        at(6),
-        Input::ArchiveFinished {
-            job_id,
-            result: Ok(BlobHash([9; 32])),
-        },
-    );
+    node.handle(at(6), archive_finished(job_id, Ok(BlobHash([9; 32]))));
     let append = node.poll_append().expect("WorkspaceArchived to append");
     assert_eq!(
         node.poll_output(),
@@ -336,10 +341,7 @@ fn a_failed_archive_never_removes_the_run_folder() {
     let job_id = run_to_archive(&mut node, &mut history);
     node.handle(
         at(6),
-        Input::ArchiveFinished {
-            job_id,
-            result: Err("the run folder is missing".into()),
-        },
+        archive_finished(job_id, Err("the run folder is missing".into())),
     );
     let out = settle(&mut node, &mut history);
     assert!(
@@ -348,32 +350,11 @@ fn a_failed_archive_never_removes_the_run_folder() {
     );
 }
 
-fn admin(token: u64, request: AdminRequest) -> Input {
-    Input::Admin {
-        token: ReplyToken(token),
-        origin: Origin {
-            identity: Identity {
-                name: "alice".into(),
-                org: "org".into(),
-                role: Role::ProjectAdmin,
-            },
-            request_id: Some(format!("admin-{token}")),
-        },
-        request,
-    }
-}
-
 #[test]
 fn a_blob_freed_and_submitted_again_in_one_batch_is_not_freed() {
     let (mut node, mut history) = new_node();
     let job_id = run_to_archive(&mut node, &mut history);
-    node.handle(
-        at(6),
-        Input::ArchiveFinished {
-            job_id,
-            result: Ok(BlobHash([9; 32])),
-        },
-    );
+    node.handle(at(6), archive_finished(job_id, Ok(BlobHash([9; 32]))));
     settle(&mut node, &mut history);
     // Deleting the only job that holds package [7; 32] frees it, unless a submit of the
     // same bytes is decided in the same batch: then the free was decided on a state the

@@ -45,12 +45,29 @@ fn trust_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/trust")
 }
 
-async fn attach(server: &Server, dir: &Path, name: &str) -> SiteHandle {
-    let site = LocalSiteConfig::new(name, dir.join("sites").join(name), BTreeMap::new());
+/// Attaches a local site with `config` and waits until the server sees it connected.
+async fn attach(server: &Server, config: LocalSiteConfig) -> SiteHandle {
+    let name = config.name.clone();
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let handle = LocalSite::spawn(site, tx);
-    server.attach_site(name, handle.requests.clone(), rx);
+    let handle = LocalSite::spawn(config, tx);
+    server.attach_site(&name, handle.requests.clone(), rx);
+    wait_for(server, "site connected", |s| {
+        s.connected_sites().any(|(c, _)| *c == name)
+    })
+    .await;
     handle
+}
+
+/// Submits the job folder at `path` as a project admin and returns the accepted job.
+async fn submit_ok(server: &Server, path: &Path) -> JobId {
+    let answer = server
+        .submit_path(path, identity(Role::ProjectAdmin), None)
+        .await
+        .expect("package accepted");
+    match answer {
+        Ok(Ok(Answer::Submitted { job_id })) => job_id,
+        other => panic!("submit failed: {other:?}"),
+    }
 }
 
 async fn wait_for(server: &Server, what: &str, pred: impl Fn(&State) -> bool) -> Arc<State> {
@@ -275,14 +292,7 @@ async fn a_signed_job_is_verified_at_submit_and_its_signer_recorded() {
     assert!(server.state().jobs.is_empty(), "nothing was queued");
     assert!(server.blobs().list().expect("lists").is_empty());
     // Signed: queued, with the signer from the certificate.
-    let signed = signed_copy(dir.path(), "admin.pem");
-    let answer = server
-        .submit_path(&signed, identity(Role::ProjectAdmin), None)
-        .await
-        .expect("signature verifies");
-    let Ok(Ok(Answer::Submitted { job_id })) = answer else {
-        panic!("submit failed: {answer:?}");
-    };
+    let job_id = submit_ok(&server, &signed_copy(dir.path(), "admin.pem")).await;
     let state = server.state();
     let signer = state.jobs[&job_id]
         .signer
@@ -308,22 +318,9 @@ async fn a_package_larger_than_the_deploy_budget_still_deploys() {
     // Far below the package's size: a deploy must take the whole budget, not wait forever.
     config.package_bytes_in_flight_max = 64;
     let server = Server::start(config, Arc::new(WallClock)).expect("server starts");
-    let site = attach(&server, dir.path(), "site-1").await;
-    wait_for(&server, "site connected", |s| {
-        s.connected_sites().count() == 1
-    })
-    .await;
-    let answer = server
-        .submit_path(
-            &examples().join("hello-complete"),
-            identity(Role::ProjectAdmin),
-            None,
-        )
-        .await
-        .expect("package accepted");
-    let Ok(Ok(Answer::Submitted { job_id })) = answer else {
-        panic!("submit failed: {answer:?}");
-    };
+    let config = LocalSiteConfig::new("site-1", dir.path().join("site-1"), BTreeMap::new());
+    let site = attach(&server, config).await;
+    let job_id = submit_ok(&server, &examples().join("hello-complete")).await;
     let state = wait_for(&server, "the job settled", |s| settled(s, &job_id)).await;
     assert_eq!(state.jobs[&job_id].status, RunStatus::Completed);
     server.shutdown().await;
@@ -336,15 +333,7 @@ async fn start_up_sweeps_blobs_that_no_event_refers_to() {
     let data = dir.path().join("data");
     let server =
         Server::start(ServerConfig::new(&data), Arc::new(WallClock)).expect("server starts");
-    let answer = server
-        .submit_path(
-            &examples().join("hello-complete"),
-            identity(Role::ProjectAdmin),
-            None,
-        )
-        .await
-        .expect("package accepted");
-    assert!(matches!(answer, Ok(Ok(Answer::Submitted { .. }))));
+    submit_ok(&server, &examples().join("hello-complete")).await;
     let orphan = server
         .blobs()
         .put_bytes(b"no event refers to me")
@@ -439,21 +428,8 @@ async fn a_site_verifies_a_deploy_at_the_job_submit_time_not_its_own() {
     let mut site = LocalSiteConfig::new("site-1", dir.path().join("site-1"), BTreeMap::new());
     site.trust = trust;
     site.verify_at = Some(std::time::UNIX_EPOCH + Duration::from_secs(2_208_988_800));
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let handle = LocalSite::spawn(site, tx);
-    server.attach_site("site-1", handle.requests.clone(), rx);
-    wait_for(&server, "site connected", |s| {
-        s.connected_sites().count() == 1
-    })
-    .await;
-    let signed = signed_copy(dir.path(), "admin.pem");
-    let answer = server
-        .submit_path(&signed, identity(Role::ProjectAdmin), None)
-        .await
-        .expect("signature verifies");
-    let Ok(Ok(Answer::Submitted { job_id })) = answer else {
-        panic!("submit failed: {answer:?}");
-    };
+    let handle = attach(&server, site).await;
+    let job_id = submit_ok(&server, &signed_copy(dir.path(), "admin.pem")).await;
     let state = wait_for(&server, "the job settled", |s| settled(s, &job_id)).await;
     assert_eq!(
         state.jobs[&job_id].status,

@@ -208,9 +208,15 @@ mod tests {
         let first = archive_folder(&run, &blobs).expect("archive");
         let second = archive_folder(&run, &blobs).expect("archive");
         assert_eq!(first, second, "the same folder must give the same archive");
-        assert!(run.join("stdout.log").is_file(), "archiving removes nothing");
+        assert!(
+            run.join("stdout.log").is_file(),
+            "archiving removes nothing"
+        );
         remove_run_folder(&run).expect("removed");
-        assert!(!run.exists(), "the folder goes when asked, after the archive");
+        assert!(
+            !run.exists(),
+            "the folder goes when asked, after the archive"
+        );
         remove_run_folder(&run).expect("removing a folder already gone is fine");
         let bytes = blobs.get(&first).expect("blob is stored");
         let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).expect("a zip");

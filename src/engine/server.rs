@@ -510,7 +510,11 @@ impl Server {
             let pin = blobs
                 .put_bytes_pinned(&package.zip)
                 .map_err(|e| SubmitError::Blob(e.to_string()))?;
-            debug_assert_eq!(pin.hash(), hash, "the blob store names a blob by its BLAKE3");
+            debug_assert_eq!(
+                pin.hash(),
+                hash,
+                "the blob store names a blob by its BLAKE3"
+            );
             Ok((package.meta, pin.hash(), signer, Some(pin)))
         })
         .await
