@@ -4,41 +4,23 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
+mod engine_support;
+
+use engine_support::{identity, submit_ok, wait_for, BOUND};
 use fedrun::engine::clock::WallClock;
 use fedrun::engine::server::{Server, ServerConfig};
-use fedrun::lifecycle::{AdminRequest, Answer, Identity, Origin, Role, State};
-
-const BOUND: Duration = Duration::from_secs(30);
+use fedrun::lifecycle::{AdminRequest, Answer, Origin, Role};
 
 fn origin() -> Origin {
     Origin {
-        identity: Identity {
-            name: "alice".into(),
-            org: "org".into(),
-            role: Role::ProjectAdmin,
-        },
+        identity: identity(Role::ProjectAdmin),
         request_id: None,
     }
 }
 
 fn example() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello-complete")
-}
-
-async fn submit(server: &Server) -> fedrun::job::JobId {
-    let answer = tokio::time::timeout(
-        BOUND,
-        server.submit_path(&example(), origin().identity, None),
-    )
-    .await
-    .expect("the submit is answered in time")
-    .expect("the package is accepted");
-    match answer {
-        Ok(Ok(Answer::Submitted { job_id })) => job_id,
-        other => panic!("submit failed: {other:?}"),
-    }
 }
 
 async fn ask(server: &Server, request: AdminRequest) {
@@ -51,33 +33,15 @@ async fn ask(server: &Server, request: AdminRequest) {
     );
 }
 
-async fn wait_for(server: &Server, what: &str, pred: impl Fn(&State) -> bool) {
-    let mut watch = server.watch();
-    let found = tokio::time::timeout(BOUND, async {
-        loop {
-            if pred(&watch.borrow_and_update()) {
-                return;
-            }
-            if watch.changed().await.is_err() {
-                return;
-            }
-        }
-    })
-    .await;
-    assert!(
-        found.is_ok() && pred(&server.state()),
-        "timed out waiting for {what}"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_free_racing_a_submit_of_the_same_bytes_never_loses_the_new_job_package() {
     let dir = tempfile::tempdir().expect("temp dir");
     // No site is attached: a submitted job stays queued, so abort and delete are quick.
     let server =
         Server::start(ServerConfig::new(dir.path()), Arc::new(WallClock)).expect("server starts");
-    let mut old = submit(&server).await;
+    let mut old = submit_ok(&server, &example()).await;
     ask(&server, AdminRequest::AbortJob { job_id: old }).await;
+    let example = example();
     for round in 0..25 {
         wait_for(&server, "the abort settled", |s| {
             s.jobs[&old].status.is_terminal() && s.jobs[&old].archive.is_settled()
@@ -87,7 +51,7 @@ async fn a_free_racing_a_submit_of_the_same_bytes_never_loses_the_new_job_packag
         // in whatever order the scheduler picks.
         let (_, new) = tokio::join!(
             ask(&server, AdminRequest::DeleteJob { job_id: old }),
-            submit(&server)
+            submit_ok(&server, &example)
         );
         // One more recorded request: every free decided before it has been carried out
         // once it is answered. It also readies the new job for the next round's delete.

@@ -4,16 +4,17 @@
 
 use std::time::Duration;
 
+mod engine_support;
+
+use engine_support::{admin, submit};
 use fedrun::engine::clock::SIM_EPOCH;
 use fedrun::engine::ids::SeededIds;
 use fedrun::engine::node::{Input, Node, NodeError, Output, Participant, ReplyToken, Request};
 use fedrun::engine::owner::{EngineLimits, Ids};
 use fedrun::history::{History, MemoryStorage};
-use fedrun::job::meta::{AppTargets, JobMeta};
 use fedrun::job::JobId;
 use fedrun::lifecycle::{
-    AdminRequest, Answer, BlobHash, Event, ExitOutcome, Identity, Origin, Role, RunStatus,
-    SiteReport, State, Timestamp,
+    AdminRequest, Answer, BlobHash, Event, ExitOutcome, RunStatus, SiteReport, State, Timestamp,
 };
 use fedrun::settings::Settings;
 
@@ -48,41 +49,6 @@ fn settle(node: &mut Node, history: &mut History<Event>) -> Vec<Output> {
 
 fn at(secs: u64) -> Timestamp {
     SIM_EPOCH.plus(Duration::from_secs(secs))
-}
-
-fn submit(token: u64) -> Input {
-    admin(
-        token,
-        AdminRequest::SubmitJob {
-            meta: JobMeta {
-                name: format!("job-{token}"),
-                deploy_map: vec![AppTargets {
-                    app: "app".into(),
-                    targets: vec!["server".into(), "site-1".into()],
-                }],
-                min_clients: 1,
-                mandatory_clients: vec![],
-                resource_spec: Default::default(),
-            },
-            package: BlobHash([7; 32]),
-            signer: None,
-        },
-    )
-}
-
-fn admin(token: u64, request: AdminRequest) -> Input {
-    Input::Admin {
-        token: ReplyToken(token),
-        origin: Origin {
-            identity: Identity {
-                name: "alice".into(),
-                org: "org".into(),
-                role: Role::ProjectAdmin,
-            },
-            request_id: Some(format!("request-{token}")),
-        },
-        request,
-    }
 }
 
 fn archive_finished(job_id: JobId, result: Result<BlobHash, String>) -> Input {

@@ -7,62 +7,17 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod engine_support;
+
+use engine_support::{submit, TestStorage};
 use fedrun::engine::clock::SIM_EPOCH;
 use fedrun::engine::ids::SeededIds;
 use fedrun::engine::node::{Input, NodeError, Output, Participant, ReplyToken, Request};
 use fedrun::engine::owner::{Engine, EngineLimits, EngineRefusal, Ids, StepError};
-use fedrun::history::snapshot::SnapshotRecord;
-use fedrun::history::storage::RecordIter;
-use fedrun::history::{Head, History, MemoryStorage, Storage, StorageError};
-use fedrun::job::meta::{AppTargets, JobMeta};
-use fedrun::lifecycle::{AdminRequest, Answer, BlobHash, Event, Identity, Origin, Role, RunStatus};
+use fedrun::history::{History, MemoryStorage};
+use fedrun::lifecycle::{Answer, Event, RunStatus};
 use fedrun::settings::Settings;
 use fedrun::site::protocol::SiteReport;
-
-/// A memory store that counts batch writes and can be told to fail them.
-struct Counting {
-    inner: MemoryStorage,
-    writes: Arc<AtomicUsize>,
-    fail: Arc<AtomicBool>,
-}
-
-impl Storage for Counting {
-    fn write_batch(&mut self, records: &[(u64, Vec<u8>)]) -> Result<(), StorageError> {
-        if self.fail.load(Ordering::SeqCst) {
-            return Err(StorageError::Corrupt {
-                detail: "disk full (test)".into(),
-            });
-        }
-        self.writes.fetch_add(1, Ordering::SeqCst);
-        self.inner.write_batch(records)
-    }
-    fn read(&self, seq: u64) -> Result<Option<Vec<u8>>, StorageError> {
-        self.inner.read(seq)
-    }
-    fn read_from(&self, from: u64) -> RecordIter<'_> {
-        self.inner.read_from(from)
-    }
-    fn last(&self) -> Result<Option<(u64, Vec<u8>)>, StorageError> {
-        self.inner.last()
-    }
-    fn save_snapshot(
-        &mut self,
-        record: &SnapshotRecord,
-        state: &[u8],
-        head: Head,
-    ) -> Result<(), StorageError> {
-        self.inner.save_snapshot(record, state, head)
-    }
-    fn load_snapshot(&self) -> Result<Option<(SnapshotRecord, Vec<u8>)>, StorageError> {
-        self.inner.load_snapshot()
-    }
-    fn anchor(&self) -> Result<Option<Head>, StorageError> {
-        self.inner.anchor()
-    }
-    fn write_anchor(&mut self, head: Head) -> Result<(), StorageError> {
-        self.inner.write_anchor(head)
-    }
-}
 
 struct Rig {
     memory: MemoryStorage,
@@ -80,10 +35,11 @@ impl Rig {
     }
 
     fn start(&self, limits: EngineLimits) -> Engine {
-        let storage = Counting {
+        let storage = TestStorage {
             inner: self.memory.clone(),
             writes: self.writes.clone(),
             fail: self.fail.clone(),
+            ..TestStorage::default()
         };
         let history = History::<Event>::from_storage(Box::new(storage), Path::new("test"))
             .expect("history opens");
@@ -96,34 +52,6 @@ impl Rig {
         )
         .expect("engine starts");
         engine
-    }
-}
-
-fn submit(n: usize) -> Input {
-    Input::Admin {
-        token: ReplyToken(n as u64),
-        origin: Origin {
-            identity: Identity {
-                name: "alice".into(),
-                org: "org".into(),
-                role: Role::ProjectAdmin,
-            },
-            request_id: Some(format!("submit-{n}")),
-        },
-        request: AdminRequest::SubmitJob {
-            meta: JobMeta {
-                name: format!("job-{n}"),
-                deploy_map: vec![AppTargets {
-                    app: "app".into(),
-                    targets: vec!["server".into(), "site-1".into()],
-                }],
-                min_clients: 1,
-                mandatory_clients: vec![],
-                resource_spec: Default::default(),
-            },
-            package: BlobHash([7; 32]),
-            signer: None,
-        },
     }
 }
 

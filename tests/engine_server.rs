@@ -12,30 +12,18 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod engine_support;
+
+use engine_support::{identity, settled, submit_ok, wait_for, TestStorage, BOUND};
 use fedrun::blobs::BlobStore;
 use fedrun::engine::archive::{archive_folder, ArchiveError};
 use fedrun::engine::clock::{Clock, ServerClock, WallClock, WallSource};
 use fedrun::engine::server::{deploy_permits, AdminError, Server, ServerConfig, SubmitError};
-use fedrun::history::snapshot::SnapshotRecord;
-use fedrun::history::storage::RecordIter;
-use fedrun::history::{Head, History, MemoryStorage, Storage, StorageError};
+use fedrun::history::History;
 use fedrun::job::JobId;
-use fedrun::lifecycle::{
-    AdminRequest, Answer, Event, Identity, Origin, Rejection, Role, RunPhase, RunStatus, State,
-    Timestamp,
-};
+use fedrun::lifecycle::{AdminRequest, Event, Origin, Rejection, Role, RunStatus, Timestamp};
 use fedrun::site::local::{LocalSite, LocalSiteConfig, SiteHandle};
 use fedrun::trust::{sign_job_folder, RootCa, Signer, TrustPolicy};
-
-const BOUND: Duration = Duration::from_secs(30);
-
-fn identity(role: Role) -> Identity {
-    Identity {
-        name: "alice".into(),
-        org: "org".into(),
-        role,
-    }
-}
 
 fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")
@@ -58,102 +46,15 @@ async fn attach(server: &Server, config: LocalSiteConfig) -> SiteHandle {
     handle
 }
 
-/// Submits the job folder at `path` as a project admin and returns the accepted job.
-async fn submit_ok(server: &Server, path: &Path) -> JobId {
-    let answer = server
-        .submit_path(path, identity(Role::ProjectAdmin), None)
-        .await
-        .expect("package accepted");
-    match answer {
-        Ok(Ok(Answer::Submitted { job_id })) => job_id,
-        other => panic!("submit failed: {other:?}"),
-    }
-}
-
-async fn wait_for(server: &Server, what: &str, pred: impl Fn(&State) -> bool) -> Arc<State> {
-    let mut watch = server.watch();
-    let found = tokio::time::timeout(BOUND, async {
-        loop {
-            let state = watch.borrow_and_update().clone();
-            if pred(&state) || watch.changed().await.is_err() {
-                return state;
-            }
-        }
-    })
-    .await;
-    match found {
-        Ok(state) if pred(&state) => state,
-        _ => panic!("timed out waiting for {what}"),
-    }
-}
-
-fn settled(state: &State, id: &JobId) -> bool {
-    state.jobs.get(id).is_some_and(|j| {
-        j.status.is_terminal()
-            && matches!(j.run.phase, RunPhase::NotStarted | RunPhase::Stopped)
-            && j.archive.is_settled()
-    })
-}
-
-/// A memory store whose batch writes fail once `fail` is set, and which notes the thread
-/// each batch is written on.
-struct Failing {
-    inner: MemoryStorage,
-    fail: Arc<AtomicBool>,
-    threads: Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-impl Storage for Failing {
-    fn write_batch(&mut self, records: &[(u64, Vec<u8>)]) -> Result<(), StorageError> {
-        let thread = std::thread::current()
-            .name()
-            .unwrap_or("unnamed")
-            .to_string();
-        self.threads.lock().expect("not poisoned").push(thread);
-        if self.fail.load(Ordering::SeqCst) {
-            return Err(StorageError::Corrupt {
-                detail: "disk full (test)".into(),
-            });
-        }
-        self.inner.write_batch(records)
-    }
-    fn read(&self, seq: u64) -> Result<Option<Vec<u8>>, StorageError> {
-        self.inner.read(seq)
-    }
-    fn read_from(&self, from: u64) -> RecordIter<'_> {
-        self.inner.read_from(from)
-    }
-    fn last(&self) -> Result<Option<(u64, Vec<u8>)>, StorageError> {
-        self.inner.last()
-    }
-    fn save_snapshot(
-        &mut self,
-        record: &SnapshotRecord,
-        state: &[u8],
-        head: Head,
-    ) -> Result<(), StorageError> {
-        self.inner.save_snapshot(record, state, head)
-    }
-    fn load_snapshot(&self) -> Result<Option<(SnapshotRecord, Vec<u8>)>, StorageError> {
-        self.inner.load_snapshot()
-    }
-    fn anchor(&self) -> Result<Option<Head>, StorageError> {
-        self.inner.anchor()
-    }
-    fn write_anchor(&mut self, head: Head) -> Result<(), StorageError> {
-        self.inner.write_anchor(head)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_append_stops_the_server_for_good() {
     let dir = tempfile::tempdir().expect("temp dir");
     let fail = Arc::new(AtomicBool::new(false));
     let threads = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let storage = Failing {
-        inner: MemoryStorage::new(),
+    let storage = TestStorage {
         fail: fail.clone(),
         threads: threads.clone(),
+        ..TestStorage::default()
     };
     let history =
         History::<Event>::from_storage(Box::new(storage), dir.path()).expect("history opens");
