@@ -190,6 +190,18 @@ async fn a_signed_job_is_verified_at_submit_and_its_signer_recorded() {
         matches!(&refused, Err(SubmitError::Signature(_))),
         "{refused:?}"
     );
+    // Signed by a member, whose role may not submit: refused at submit, typed and named.
+    let by_member = server
+        .submit_path(
+            &signed_copy(dir.path(), "bare.pem"),
+            identity(Role::ProjectAdmin),
+            None,
+        )
+        .await;
+    assert!(
+        matches!(&by_member, Err(SubmitError::Signature(m)) if m.contains("may not submit")),
+        "{by_member:?}"
+    );
     assert!(server.state().jobs.is_empty(), "nothing was queued");
     assert!(server.blobs().list().expect("lists").is_empty());
     // Signed: queued, with the signer from the certificate.
