@@ -112,6 +112,7 @@ impl Run {
                 job_id,
                 app_name: "app".into(),
                 package,
+                verify_at: None,
             })
             .await
             .expect("site alive");

@@ -132,6 +132,7 @@ impl Site {
             job_id,
             app_name: "app".into(),
             package,
+            verify_at: None,
         })
         .await;
         match self.next().await {
@@ -320,6 +321,7 @@ async fn unsafe_or_incomplete_packages_are_refused_and_write_nothing_outside() {
         job_id: j,
         app_name: "other".into(),
         package: package("exit 0\n"),
+        verify_at: None,
     })
     .await;
     match site.next().await {

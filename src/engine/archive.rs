@@ -193,21 +193,6 @@ pub fn remove_run_folder(run_dir: &Path) -> Result<(), ArchiveError> {
     }
 }
 
-/// Archives `run_dir`, then removes it at once.
-///
-/// **Not crash-safe:** the folder is gone before the caller has recorded
-/// `WorkspaceArchived`, so a crash in between leaves a history that asks for an archive
-/// of a folder that no longer exists. Kept only for the current tokio server; the node
-/// uses [`archive_folder`], records the event, then calls [`remove_run_folder`].
-pub fn archive_and_remove(run_dir: &Path, blobs: &BlobStore) -> Result<BlobHash, ArchiveError> {
-    let hash = archive_folder(run_dir, blobs)?;
-    if let Err(e) = remove_run_folder(run_dir) {
-        // The archive is safe; a folder left behind only costs disk space.
-        tracing::warn!(error = %e, "run folder not removed");
-    }
-    Ok(hash)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,9 +206,18 @@ mod tests {
         std::fs::write(run.join("app/sub/model.bin"), b"weights").expect("file");
         std::fs::write(run.join("stdout.log"), b"round 1\n").expect("file");
         let first = archive_folder(&run, &blobs).expect("archive");
-        let second = archive_and_remove(&run, &blobs).expect("archive");
+        let second = archive_folder(&run, &blobs).expect("archive");
         assert_eq!(first, second, "the same folder must give the same archive");
-        assert!(!run.exists(), "the folder is removed after archiving");
+        assert!(
+            run.join("stdout.log").is_file(),
+            "archiving removes nothing"
+        );
+        remove_run_folder(&run).expect("removed");
+        assert!(
+            !run.exists(),
+            "the folder goes when asked, after the archive"
+        );
+        remove_run_folder(&run).expect("removing a folder already gone is fine");
         let bytes = blobs.get(&first).expect("blob is stored");
         let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).expect("a zip");
         let names: Vec<String> = (0..zip.len())

@@ -72,6 +72,40 @@ impl TimeSource for SystemTimeSource {
     }
 }
 
+/// A given wall clock beside the system's monotonic clock: how a server started on an
+/// injected wall clock (a test's fixed or jumping one) builds its [`ServerClock`].
+#[derive(Debug)]
+pub struct WallSource<C: Clock> {
+    wall: C,
+    origin: Instant,
+}
+
+impl<C: Clock> WallSource<C> {
+    /// Reads `wall` for the wall time; the monotonic clock is counted from now.
+    pub fn new(wall: C) -> Self {
+        WallSource {
+            wall,
+            origin: Instant::now(),
+        }
+    }
+}
+
+impl<C: Clock> TimeSource for WallSource<C> {
+    fn wall(&self) -> Timestamp {
+        self.wall.now()
+    }
+
+    fn monotonic(&self) -> Duration {
+        self.origin.elapsed()
+    }
+}
+
+impl<C: Clock + ?Sized> Clock for Arc<C> {
+    fn now(&self) -> Timestamp {
+        (**self).now()
+    }
+}
+
 /// The server's clock (SPEC section 3, Changed): the wall clock is read once, at start,
 /// and never taken earlier than `floor` (the last recorded event's `at`); from there the
 /// time advances with the monotonic clock only. So a wall clock that jumps while the

@@ -15,12 +15,12 @@ use std::time::Duration;
 
 use crate::engine::clock::{Clock, VirtualClock, SIM_EPOCH};
 use crate::engine::ids::SeededIds;
-use crate::engine::owner::{Engine, EngineLimits, Ids, Released, StartError, StepError};
+use crate::engine::node::{Input, Output, Participant, ReplyToken, Request};
+use crate::engine::owner::{Engine, EngineLimits, Ids, StartError, StepError};
 use crate::history::{History, MemoryStorage};
 use crate::job::JobId;
 use crate::lifecycle::{
-    AdminRequest, Answer, BlobHash, Command, Effect, Event, Identity, Origin, Role, State,
-    Timestamp,
+    AdminRequest, Answer, BlobHash, Event, Identity, Origin, Role, State, Timestamp,
 };
 use crate::settings::Settings;
 use crate::sim::scenario::{Action, AppEnd, Behaviour, Checked, JobSpec};
@@ -139,7 +139,7 @@ enum Item {
         site: usize,
         report: SiteReport,
     },
-    ToEngine(Command),
+    ToNode(Input),
     SiteAppEnd {
         site: usize,
         job_id: JobId,
@@ -181,7 +181,8 @@ struct Sim<'a> {
     name_of: BTreeMap<JobId, String>,
     clone_counts: BTreeMap<String, u32>,
     server_apps: BTreeMap<JobId, ServerApp>,
-    server_outbox: Vec<Command>,
+    server_outbox: Vec<Input>,
+    next_token: u64,
     postponed: Vec<Item>,
     next_generation: u64,
     notes: Vec<(Duration, String)>,
@@ -243,6 +244,7 @@ pub fn run_observed<'a>(
         clone_counts: BTreeMap::new(),
         server_apps: BTreeMap::new(),
         server_outbox: Vec::new(),
+        next_token: 0,
         postponed: Vec::new(),
         next_generation: 0,
         notes: Vec::new(),
@@ -296,7 +298,7 @@ impl<'a> Sim<'a> {
                 .engine
                 .as_ref()
                 .and_then(|e| e.next_deadline())
-                .map(|(t, _)| offset(t).max(self.now()));
+                .map(|t| offset(t).max(self.now()));
             let next = match (next_item, next_timer) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -333,7 +335,7 @@ impl<'a> Sim<'a> {
             if steps > STEPS_PER_INSTANT_MAX {
                 return Err(SimError::Stuck { at: self.at_text() });
             }
-            let mut batch: Vec<(Command, Tag)> = Vec::new();
+            let mut batch: Vec<(Input, Tag)> = Vec::new();
             while let Some(entry) = self.agenda.first_entry() {
                 if entry.key().0 != t {
                     break;
@@ -370,14 +372,16 @@ impl<'a> Sim<'a> {
                 }
                 self.collect(item, &mut batch);
             }
-            if let Some(engine) = &self.engine {
-                if let Some((due, timer)) = engine.next_deadline() {
+            let mut timer_due = false;
+            if let Some(engine) = &mut self.engine {
+                if let Some(due) = engine.next_deadline() {
                     if offset(due) <= t {
-                        batch.push((Command::TimerFired(timer), Tag::None));
+                        engine.fire_timers(timestamp(t));
+                        timer_due = true;
                     }
                 }
             }
-            if batch.is_empty() {
+            if batch.is_empty() && !timer_due {
                 return Ok(());
             }
             self.feed(batch)?;
@@ -402,7 +406,7 @@ impl<'a> Sim<'a> {
         BlobHash::from(blake3::hash(format!("sim package {name}").as_bytes()))
     }
 
-    fn collect(&mut self, item: Item, batch: &mut Vec<(Command, Tag)>) {
+    fn collect(&mut self, item: Item, batch: &mut Vec<(Input, Tag)>) {
         let up = self.engine.is_some();
         match item {
             Item::Submit(i) => {
@@ -415,7 +419,8 @@ impl<'a> Sim<'a> {
                     return;
                 }
                 let name = self.checked.scenario.jobs[i].name.clone();
-                let command = Command::Admin {
+                let command = Input::Admin {
+                    token: self.token(),
                     origin: self.origin(&format!("submit-{name}")),
                     request: AdminRequest::SubmitJob {
                         meta: self.checked.metas[i].clone(),
@@ -430,18 +435,30 @@ impl<'a> Sim<'a> {
             Item::Report { site, report } => {
                 if up && self.sites[site].online {
                     let name = self.sites[site].name().to_string();
-                    batch.push((Command::Site { site: name, report }, Tag::None));
+                    batch.push((
+                        Input::Report {
+                            from: Participant::Site(name),
+                            report,
+                        },
+                        Tag::None,
+                    ));
                 } else if matches!(report, SiteReport::AppExited { .. }) {
                     self.sites[site].keep(report);
                 }
             }
-            Item::ToEngine(command) => {
+            Item::ToNode(input) => {
                 if up {
-                    batch.push((command, Tag::None));
-                } else if matches!(command, Command::ServerAppExited { .. }) {
+                    batch.push((input, Tag::None));
+                } else if matches!(
+                    input,
+                    Input::Report {
+                        from: Participant::Local,
+                        report: SiteReport::AppExited { .. },
+                    }
+                ) {
                     // The server app's exit is recorded in its workspace and found again
                     // when the server restarts.
-                    self.server_outbox.push(command);
+                    self.server_outbox.push(input);
                 }
             }
             Item::SiteAppEnd {
@@ -464,17 +481,14 @@ impl<'a> Sim<'a> {
                             AppEnd::Code(c) => ExitOutcome::Code(c),
                             AppEnd::Killed => ExitOutcome::Signal(KILL_SIGNAL),
                         };
-                        self.collect(
-                            Item::ToEngine(Command::ServerAppExited { job_id, outcome }),
-                            batch,
-                        );
+                        self.collect(Item::ToNode(local_exit(job_id, outcome)), batch);
                     }
                 }
             }
         }
     }
 
-    fn collect_action(&mut self, i: usize, batch: &mut Vec<(Command, Tag)>) {
+    fn collect_action(&mut self, i: usize, batch: &mut Vec<(Input, Tag)>) {
         let action = self.checked.actions[i].clone();
         let what = self.checked.scenario.actions[i].what.clone();
         let admin = matches!(
@@ -505,7 +519,8 @@ impl<'a> Sim<'a> {
                         (AdminRequest::CloneJob { job_id }, Tag::NewJob(name))
                     }
                 };
-                let command = Command::Admin {
+                let command = Input::Admin {
+                    token: self.token(),
                     origin: self.origin(&format!("action-{}", i + 1)),
                     request,
                 };
@@ -517,8 +532,8 @@ impl<'a> Sim<'a> {
                         self.sites[s].online = false;
                         if self.engine.is_some() {
                             batch.push((
-                                Command::Site {
-                                    site,
+                                Input::Report {
+                                    from: Participant::Site(site),
                                     report: SiteReport::Disconnected,
                                 },
                                 Tag::None,
@@ -542,7 +557,7 @@ impl<'a> Sim<'a> {
         self.sites.iter().position(|s| s.name() == name)
     }
 
-    fn site_online(&mut self, s: usize, batch: &mut Vec<(Command, Tag)>) {
+    fn site_online(&mut self, s: usize, batch: &mut Vec<(Input, Tag)>) {
         if self.sites[s].online {
             return;
         }
@@ -553,19 +568,19 @@ impl<'a> Sim<'a> {
     }
 
     /// A site (re)connects: its connect report, then the exit reports it kept.
-    fn connect(&mut self, s: usize, batch: &mut Vec<(Command, Tag)>) {
+    fn connect(&mut self, s: usize, batch: &mut Vec<(Input, Tag)>) {
         let name = self.sites[s].name().to_string();
         batch.push((
-            Command::Site {
-                site: name.clone(),
+            Input::Report {
+                from: Participant::Site(name.clone()),
                 report: self.sites[s].connected_report(),
             },
             Tag::None,
         ));
         for report in self.sites[s].take_outbox() {
             batch.push((
-                Command::Site {
-                    site: name.clone(),
+                Input::Report {
+                    from: Participant::Site(name.clone()),
                     report,
                 },
                 Tag::None,
@@ -583,14 +598,22 @@ impl<'a> Sim<'a> {
             self.start_engine()?;
             let mut batch = Vec::new();
             if self.settings.resume_runs {
+                // The server's local participant reconnects with the apps still running.
                 let mut alive: Vec<JobId> = self.server_apps.keys().copied().collect();
                 alive.sort_by_key(|id| self.order_of(id));
-                for job_id in alive {
-                    batch.push((Command::RunReattached { job_id }, Tag::None));
-                }
+                batch.push((
+                    Input::Report {
+                        from: Participant::Local,
+                        report: SiteReport::Connected {
+                            resources: BTreeMap::new(),
+                            running: alive,
+                        },
+                    },
+                    Tag::None,
+                ));
             }
-            for command in std::mem::take(&mut self.server_outbox) {
-                batch.push((command, Tag::None));
+            for input in std::mem::take(&mut self.server_outbox) {
+                batch.push((input, Tag::None));
             }
             for s in 0..self.sites.len() {
                 if self.sites[s].online {
@@ -640,42 +663,58 @@ impl<'a> Sim<'a> {
         Ok(())
     }
 
-    fn feed(&mut self, batch: Vec<(Command, Tag)>) -> Result<(), SimError> {
-        if batch.is_empty() {
-            return Ok(());
-        }
+    fn token(&mut self) -> ReplyToken {
+        self.next_token += 1;
+        ReplyToken(self.next_token)
+    }
+
+    fn feed(&mut self, batch: Vec<(Input, Tag)>) -> Result<(), SimError> {
         let Some(engine) = self.engine.as_mut() else {
             return Ok(());
         };
-        let (commands, tags): (Vec<Command>, Vec<Tag>) = batch.into_iter().unzip();
-        let released =
-            engine
-                .step(commands, self.clock.now())
-                .map_err(|source| SimError::Step {
-                    at: format!(
-                        "+{}",
-                        crate::settings::format_duration(self.clock.elapsed())
-                    ),
-                    source: Box::new(source),
-                })?;
-        for (outcome, tag) in released.outcomes.iter().zip(tags) {
-            let Tag::NewJob(name) = tag else { continue };
-            match &outcome.reply {
-                Some(Ok(Ok(Answer::Submitted { job_id }))) => {
+        if batch.is_empty() && engine.node().queued_inputs() == 0 {
+            return Ok(());
+        }
+        let mut tags: BTreeMap<ReplyToken, String> = BTreeMap::new();
+        let mut inputs = Vec::with_capacity(batch.len());
+        for (input, tag) in batch {
+            if let (Input::Admin { token, .. }, Tag::NewJob(name)) = (&input, tag) {
+                tags.insert(*token, name);
+            }
+            inputs.push(input);
+        }
+        let outputs = engine
+            .step(inputs, self.clock.now())
+            .map_err(|source| SimError::Step {
+                at: format!(
+                    "+{}",
+                    crate::settings::format_duration(self.clock.elapsed())
+                ),
+                source: Box::new(source),
+            })?;
+        for output in &outputs {
+            let Output::Reply { token, answer } = output else {
+                continue;
+            };
+            let Some(name) = tags.remove(token) else {
+                continue;
+            };
+            match answer {
+                Ok(Ok(Answer::Submitted { job_id })) => {
                     self.name_of.insert(*job_id, name.clone());
                     if let Some(slot) = self.names.iter_mut().find(|(n, _)| *n == name) {
                         slot.1 = Some(*job_id);
                     }
                 }
-                Some(Ok(Err(rejection))) => {
+                Ok(Err(rejection)) => {
                     self.note(format!("{name} refused: {rejection}"));
                 }
-                Some(Err(refusal)) => self.note(format!("{name} refused: {refusal}")),
+                Err(refusal) => self.note(format!("{name} refused: {refusal}")),
                 _ => {}
             }
         }
         self.notify_observer()?;
-        self.dispatch(released);
+        self.dispatch(outputs);
         Ok(())
     }
 
@@ -749,103 +788,94 @@ impl<'a> Sim<'a> {
         }
     }
 
-    fn dispatch(&mut self, released: Released) {
+    /// Carries out the node's outputs as the outside world would: site requests go to
+    /// the simulated sites, the local participant's requests to the simulated server apps,
+    /// archives succeed at once. The routing itself is the node's.
+    fn dispatch(&mut self, outputs: Vec<Output>) {
         let now = self.now();
-        for effect in released.effects {
-            match effect {
-                Effect::CheckResources {
-                    site,
-                    try_id,
-                    job_id,
-                    resources,
-                } => self.send_to_site(
-                    &site,
-                    SiteRequest::CheckResources {
-                        try_id,
-                        job_id,
-                        resources,
-                    },
-                    job_id,
-                ),
-                Effect::CancelReservation {
-                    site,
-                    job_id,
-                    token,
-                } => self.send_to_site(
-                    &site,
-                    SiteRequest::CancelReservation { job_id, token },
-                    job_id,
-                ),
-                Effect::DeploySiteApp {
-                    site, job_id, app, ..
-                } => self.send_to_site(
-                    &site,
-                    SiteRequest::Deploy {
-                        job_id,
-                        app_name: app,
-                        package: Arc::new(Vec::new()),
-                    },
-                    job_id,
-                ),
-                Effect::StartSiteApp { site, job_id } => {
-                    self.send_to_site(&site, SiteRequest::Start { job_id }, job_id)
-                }
-                Effect::StopSiteApp { site, job_id } => {
-                    self.send_to_site(&site, SiteRequest::Stop { job_id }, job_id)
-                }
-                Effect::DeleteSiteDeployment { site, job_id } => {
-                    self.send_to_site(&site, SiteRequest::Delete { job_id }, job_id)
-                }
-                Effect::DeployServerApp { job_id, .. } => self.schedule(
-                    now,
-                    Item::ToEngine(Command::ServerDeployFinished {
-                        job_id,
-                        result: Ok(()),
-                    }),
-                ),
-                Effect::StartServerApp { job_id } => {
-                    let name = self.name_of.get(&job_id).cloned().unwrap_or_default();
-                    let (end, run_for) = self
-                        .job_spec(&name)
-                        .map(|j| (j.server_exit_code, j.run_for()))
-                        .unwrap_or_default();
-                    self.next_generation += 1;
-                    let generation = self.next_generation;
-                    self.server_apps
-                        .insert(job_id, ServerApp { generation, end });
-                    self.schedule(
-                        now,
-                        Item::ToEngine(Command::ServerAppStarted {
-                            job_id,
-                            result: Ok(()),
-                        }),
-                    );
-                    self.schedule(now + run_for, Item::ServerAppEnd { job_id, generation });
-                }
-                Effect::StopServerApp { job_id } => {
-                    if self.server_apps.remove(&job_id).is_some() {
-                        self.schedule(
-                            now,
-                            Item::ToEngine(Command::ServerAppExited {
-                                job_id,
-                                outcome: ExitOutcome::Signal(STOP_SIGNAL),
-                            }),
-                        );
+        for output in outputs {
+            match output {
+                Output::Send {
+                    to: Participant::Site(site),
+                    request,
+                } => {
+                    let (request, job_id) = site_request(request);
+                    if let Some(job_id) = job_id {
+                        self.send_to_site(&site, request, job_id);
                     }
                 }
-                Effect::DeleteServerDeployment { .. } | Effect::FreeBlob { .. } => {}
-                Effect::ArchiveWorkspace { job_id } => {
+                Output::Send {
+                    to: Participant::Local,
+                    request,
+                } => self.local_request(request),
+                Output::Archive { job_id } => {
                     let hash =
                         BlobHash::from(blake3::hash(format!("sim archive {job_id}").as_bytes()));
                     self.schedule(
                         now,
-                        Item::ToEngine(Command::ArchiveFinished {
+                        Item::ToNode(Input::ArchiveFinished {
                             job_id,
                             result: Ok(hash),
                         }),
                     );
                 }
+                Output::Reply { .. }
+                | Output::RemoveRunFolder { .. }
+                | Output::FreeBlob { .. }
+                | Output::TakeSnapshot { .. } => {}
             }
+        }
+    }
+
+    /// The server's local participant, simulated: deploys work at once, a started app ends
+    /// after its scenario's run time, a stop ends it with the stop signal.
+    fn local_request(&mut self, request: Request) {
+        let now = self.now();
+        let report = |report| {
+            Item::ToNode(Input::Report {
+                from: Participant::Local,
+                report,
+            })
+        };
+        match request {
+            Request::Deploy { job_id, .. } => self.schedule(
+                now,
+                report(SiteReport::DeployAnswer {
+                    job_id,
+                    result: Ok(()),
+                }),
+            ),
+            Request::Start { job_id } => {
+                let name = self.name_of.get(&job_id).cloned().unwrap_or_default();
+                let (end, run_for) = self
+                    .job_spec(&name)
+                    .map(|j| (j.server_exit_code, j.run_for()))
+                    .unwrap_or_default();
+                self.next_generation += 1;
+                let generation = self.next_generation;
+                self.server_apps
+                    .insert(job_id, ServerApp { generation, end });
+                self.schedule(
+                    now,
+                    report(SiteReport::StartAnswer {
+                        job_id,
+                        result: Ok(()),
+                    }),
+                );
+                self.schedule(now + run_for, Item::ServerAppEnd { job_id, generation });
+            }
+            Request::Stop { job_id } => {
+                if self.server_apps.remove(&job_id).is_some() {
+                    self.schedule(
+                        now,
+                        Item::ToNode(local_exit(job_id, ExitOutcome::Signal(STOP_SIGNAL))),
+                    );
+                }
+            }
+            Request::Delete { .. }
+            | Request::Acknowledge { .. }
+            | Request::CheckResources { .. }
+            | Request::CancelReservation { .. } => {}
         }
     }
 
@@ -891,5 +921,59 @@ impl<'a> Sim<'a> {
             state,
             notes: self.notes,
         })
+    }
+}
+
+/// The exit report of a server app, as the server's local participant sends it.
+fn local_exit(job_id: JobId, outcome: ExitOutcome) -> Input {
+    Input::Report {
+        from: Participant::Local,
+        report: SiteReport::AppExited {
+            job_id,
+            report_id: crate::engine::local::exit_report_id(job_id),
+            outcome,
+        },
+    }
+}
+
+/// A node request as a simulated site takes it (a simulated deploy carries no bytes), with
+/// the job it concerns (an acknowledgement concerns none: the simulated site forgets a
+/// report once it is delivered).
+fn site_request(request: Request) -> (SiteRequest, Option<JobId>) {
+    match request {
+        Request::CheckResources {
+            try_id,
+            job_id,
+            resources,
+        } => (
+            SiteRequest::CheckResources {
+                try_id,
+                job_id,
+                resources,
+            },
+            Some(job_id),
+        ),
+        Request::CancelReservation { job_id, token } => (
+            SiteRequest::CancelReservation { job_id, token },
+            Some(job_id),
+        ),
+        Request::Deploy {
+            job_id,
+            app_name,
+            verify_at,
+            ..
+        } => (
+            SiteRequest::Deploy {
+                job_id,
+                app_name,
+                package: Arc::new(Vec::new()),
+                verify_at: Some(verify_at),
+            },
+            Some(job_id),
+        ),
+        Request::Start { job_id } => (SiteRequest::Start { job_id }, Some(job_id)),
+        Request::Stop { job_id } => (SiteRequest::Stop { job_id }, Some(job_id)),
+        Request::Delete { job_id } => (SiteRequest::Delete { job_id }, Some(job_id)),
+        Request::Acknowledge { report_id } => (SiteRequest::Acknowledge { report_id }, None),
     }
 }

@@ -346,6 +346,7 @@ mod tests {
                 job_id: job(1),
                 app_name: "app".into(),
                 package: Default::default(),
+                verify_at: None,
             },
             Duration::ZERO,
             ok(),
@@ -386,6 +387,7 @@ mod tests {
                 job_id: job(1),
                 app_name: "app".into(),
                 package: Default::default(),
+                verify_at: None,
             },
             Duration::ZERO,
             ok(),
@@ -413,6 +415,7 @@ mod tests {
             job_id: job(1),
             app_name: "app".into(),
             package: Default::default(),
+            verify_at: None,
         };
         assert!(s.handle(deploy, Duration::ZERO, silent).is_empty());
         let out = s.handle(SiteRequest::Start { job_id: job(1) }, Duration::ZERO, ok());

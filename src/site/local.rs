@@ -347,8 +347,9 @@ impl LocalSite {
                 job_id,
                 app_name,
                 package,
+                verify_at,
             } => {
-                let result = self.deploy(job_id, app_name, package).await;
+                let result = self.deploy(job_id, app_name, package, verify_at).await;
                 self.send(SiteReport::DeployAnswer { job_id, result }).await
             }
             SiteRequest::Start { job_id } => {
@@ -390,6 +391,7 @@ impl LocalSite {
         job_id: JobId,
         app_name: String,
         package: Arc<Vec<u8>>,
+        verify_at: Option<crate::lifecycle::Timestamp>,
     ) -> Result<(), String> {
         if self.running.contains_key(&job_id) {
             return Err(format!("job {job_id} is running at this site"));
@@ -397,9 +399,10 @@ impl LocalSite {
         let root = self.config.workspace.clone();
         let limits = self.config.unpack_limits.clone();
         let policy = self.config.trust.clone();
-        let at = self
-            .config
-            .verify_at
+        // The server's time (the job's submit) first, then the site's configured one.
+        let at = verify_at
+            .map(crate::trust::submit::timestamp_to_system_time)
+            .or(self.config.verify_at)
             .unwrap_or_else(std::time::SystemTime::now);
         let unpack = tokio::task::spawn_blocking(move || {
             let deployed =
