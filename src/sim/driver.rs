@@ -25,7 +25,7 @@ use crate::lifecycle::{
 use crate::settings::Settings;
 use crate::sim::scenario::{Action, AppEnd, Behaviour, Checked, JobSpec};
 use crate::sim::faults::{CrashPoint, Delivery, Direction, Faults, Lie, TickFault};
-use crate::sim::invariants::{Checker, Limits, SiteNow, World};
+use crate::sim::invariants::{Checker, KnownBug, Limits, SiteNow, World};
 use crate::sim::model::Fact;
 use crate::sim::site::{SimSite, SiteOutput, KILL_SIGNAL, STOP_SIGNAL};
 use crate::sim::storage::FaultyStorage;
@@ -96,6 +96,9 @@ pub enum SimError {
         at: String,
         /// What was broken.
         what: String,
+        /// The stored history and the driver's notes up to the failure, one line each,
+        /// for a person replaying the seed (not part of the message).
+        trail: Vec<String>,
     },
     /// The same instant kept producing work without time moving.
     #[error("the simulation made no progress at {at}: over {STEPS_PER_INSTANT_MAX} steps at one instant")]
@@ -131,6 +134,18 @@ pub struct SimResult {
     pub state: State,
     /// Things the driver itself noted (postponed or skipped actions), with virtual times.
     pub notes: Vec<(Duration, String)>,
+    /// How many faults of each kind the run had (all zero without a `[faults]` table).
+    pub faults: crate::sim::faults::FaultCounts,
+    /// How often each tolerated known defect of the core showed (empty unless
+    /// [`RunOptions::tolerate`] named one).
+    pub known_hits: BTreeMap<KnownBug, u32>,
+}
+
+/// How to run a simulation beyond its scenario and seed.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Known defects of the core to count instead of failing on (the campaign's only).
+    pub tolerate: Vec<KnownBug>,
 }
 
 /// The virtual time of a timestamp, as an offset from virtual time 0.
@@ -252,6 +267,10 @@ struct Sim<'a> {
     /// Lies told: (report id, outcome).
     lies: std::collections::BTreeSet<(String, ExitOutcome)>,
     lies_told: u64,
+    /// A violation found in the middle of a batch, reported after it.
+    violation: Option<String>,
+    /// Per site: when it came back after staying away past its grace, and its apps then.
+    returned: Vec<Option<(Duration, Vec<JobId>)>>,
     /// An IO point decided to crash the server; the crash happens once the effect loop
     /// returns.
     crash_requested: bool,
@@ -271,11 +290,29 @@ pub fn run(checked: &Checked, seed: u64) -> Result<SimResult, SimError> {
     run_observed(checked, seed, None)
 }
 
+/// Runs a checked scenario with a seed and options.
+pub fn run_with(
+    checked: &Checked,
+    seed: u64,
+    options: &RunOptions,
+) -> Result<SimResult, SimError> {
+    run_full(checked, seed, None, options)
+}
+
 /// Runs a checked scenario with a seed, calling `observer` after every durable event.
 pub fn run_observed<'a>(
     checked: &'a Checked,
     seed: u64,
     observer: Option<Observer<'a>>,
+) -> Result<SimResult, SimError> {
+    run_full(checked, seed, observer, &RunOptions::default())
+}
+
+fn run_full<'a>(
+    checked: &'a Checked,
+    seed: u64,
+    observer: Option<Observer<'a>>,
+    options: &RunOptions,
 ) -> Result<SimResult, SimError> {
     let settings: Settings = checked
         .scenario
@@ -323,7 +360,13 @@ pub fn run_observed<'a>(
             checked.scenario.faults.as_ref(),
             seed ^ 0x5eed_fa17_5eed_fa17,
         ),
-        checker: Checker::new(),
+        checker: {
+            let mut checker = Checker::new();
+            for bug in &options.tolerate {
+                checker.tolerate(*bug);
+            }
+            checker
+        },
         epochs: vec![0; site_count],
         site_since: vec![Duration::ZERO; site_count],
         held_offline: vec![false; site_count],
@@ -337,6 +380,8 @@ pub fn run_observed<'a>(
         lies: Default::default(),
         lies_told: 0,
         crash_requested: false,
+        violation: None,
+        returned: vec![None; site_count],
     };
     sim.run()
 }
@@ -696,7 +741,14 @@ impl<'a> Sim<'a> {
         }
         self.sites[s].online = true;
         self.epochs[s] += 1;
-        self.site_since[s] = self.now();
+        // FAULTS: a site back after its grace ran out brings apps the server counts as ended.
+        let now = self.now();
+        if let Some(up) = self.server_up_since {
+            if now >= self.site_since[s].max(up) + self.settings.site_reconnect_grace {
+                self.returned[s] = Some((now, self.sites[s].running()));
+            }
+        }
+        self.site_since[s] = now;
         if self.engine.is_some() {
             self.connect(s, batch);
         }
@@ -823,6 +875,7 @@ impl<'a> Sim<'a> {
         self.checker
             .on_records(&stored, true, self.now())
             .map_err(|what| self.broken(what))?;
+        self.checker.after_start();
         self.notify_observer()?;
         if self.boots > 1 {
             self.note("server restarted from its stored history".to_string());
@@ -1024,6 +1077,15 @@ impl<'a> Sim<'a> {
     /// The site takes a request that reached it.
     fn handle_at_site(&mut self, s: usize, request: SiteRequest, job_id: JobId) {
         let now = self.now();
+        if let SiteRequest::Stop { job_id: stopped } = &request {
+            // FAULTS: the server must not stop a participant of a live run.
+            if self.sites[s].is_running(*stopped) && self.violation.is_none() {
+                let site = self.sites[s].name().to_string();
+                if let Err(what) = self.checker.stop_arrives(&site, stopped) {
+                    self.violation = Some(what);
+                }
+            }
+        }
         let behaviour = self.behaviour(s, job_id);
         for output in self.sites[s].handle(request, now, behaviour) {
             match output {
@@ -1181,9 +1243,22 @@ impl<'a> Sim<'a> {
 
     /// An invariant violation at the current virtual time.
     fn broken(&self, what: String) -> SimError {
+        let mut trail: Vec<String> = self
+            .storage
+            .all_records()
+            .iter()
+            .filter_map(|(_, bytes)| crate::history::record::decode::<Event>(bytes).ok())
+            .map(|r| crate::history::event_text(&r.event))
+            .collect();
+        trail.extend(
+            self.notes
+                .iter()
+                .map(|(at, note)| format!("note at +{}: {note}", crate::settings::format_duration(*at))),
+        );
         SimError::Invariant {
             at: self.at_text(),
             what,
+            trail,
         }
     }
 
@@ -1512,6 +1587,7 @@ impl<'a> Sim<'a> {
                         _ => self.site_since[i],
                     },
                     apps: site.running(),
+                    returned: self.returned[i].clone(),
                 })
                 .collect(),
         }
@@ -1526,7 +1602,10 @@ impl<'a> Sim<'a> {
     }
 
     /// Checks the invariants of [`crate::sim::invariants`] against the world now.
-    fn check_world(&self) -> Result<(), SimError> {
+    fn check_world(&mut self) -> Result<(), SimError> {
+        if let Some(what) = self.violation.take() {
+            return Err(self.broken(what));
+        }
         let sites = &self.sites;
         let ran = |site: &str, job: &JobId| {
             sites
@@ -1534,15 +1613,16 @@ impl<'a> Sim<'a> {
                 .find(|s| s.name() == site)
                 .is_some_and(|s| s.ever_ran(job))
         };
-        self.checker
-            .after_step(
-                self.engine.as_ref().map(|e| e.state()),
-                &self.world(),
-                self.limits(),
-                &self.archives,
-                &ran,
-            )
-            .map_err(|what| self.broken(what))
+        let world = self.world();
+        let limits = self.limits();
+        let checked = self.checker.after_step(
+            self.engine.as_ref().map(|e| e.state()),
+            &world,
+            limits,
+            &self.archives,
+            &ran,
+        );
+        checked.map_err(|what| self.broken(what))
     }
 
     /// The reference model's verdict on every job that ran without a restart in its life.
@@ -1664,6 +1744,8 @@ impl<'a> Sim<'a> {
             events,
             state,
             notes: self.notes,
+            faults: self.faults.counts.clone(),
+            known_hits: self.checker.known_hits.clone(),
         })
     }
 }

@@ -74,6 +74,10 @@ pub struct FaultsSpec {
     /// Per tick: a site lies.
     #[serde(default)]
     pub lie: f64,
+    /// Which lies sites tell (default all): `"never_ran"`, `"repeated_id"`,
+    /// `"oversized_id"`.
+    #[serde(default = "default_lies")]
+    pub lies: Vec<Lie>,
     /// Per IO point: the server crashes there.
     #[serde(default)]
     pub crash: f64,
@@ -108,6 +112,9 @@ pub struct FaultsSpec {
 
 fn default_until() -> Duration {
     Duration::from_secs(600)
+}
+fn default_lies() -> Vec<Lie> {
+    vec![Lie::NeverRan, Lie::RepeatedId, Lie::OversizedId]
 }
 fn default_delay_max() -> Duration {
     Duration::from_secs(2)
@@ -155,6 +162,9 @@ impl FaultsSpec {
                     "[faults] {name} must be a probability from 0 to 1, not {rate}"
                 ));
             }
+        }
+        if self.lie > 0.0 && self.lies.is_empty() {
+            return Err("[faults] lies must name at least one lie when lie > 0".to_string());
         }
         if self.tick_every.is_zero() {
             return Err("[faults] tick_every must be longer than 0s".to_string());
@@ -268,7 +278,8 @@ pub enum Direction {
 }
 
 /// A lie a site tells.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Lie {
     /// The exit of an app of a job it never ran.
     NeverRan,
@@ -521,11 +532,7 @@ impl Faults {
             }
             if self.rng.chance(spec.lie) {
                 self.counts.lies += 1;
-                let lie = match self.rng.below(3) {
-                    0 => Lie::NeverRan,
-                    1 => Lie::RepeatedId,
-                    _ => Lie::OversizedId,
-                };
+                let lie = spec.lies[self.rng.below(spec.lies.len() as u64) as usize];
                 out.push(TickFault::Lie {
                     site: self.rng.below(sites as u64) as usize,
                     lie,
