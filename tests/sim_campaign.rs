@@ -22,6 +22,7 @@ use fedrun::sim::invariants::KnownBug;
 const TOLERATED: &[KnownBug] = &[
     KnownBug::StartReplyLostOrphan,
     KnownBug::RepeatedAnswerStopsApp,
+    KnownBug::StopEndsEarly,
 ];
 
 /// Seeds per scenario by default. Measured in the test profile (dependencies at opt-level

@@ -213,6 +213,8 @@ enum Tag {
 struct ServerApp {
     generation: u64,
     end: AppEnd,
+    /// The server run that started it.
+    boot: u64,
 }
 
 /// Hook called after every event the engine makes durable, with the state after it; the
@@ -269,6 +271,8 @@ struct Sim<'a> {
     lies_told: u64,
     /// A violation found in the middle of a batch, reported after it.
     violation: Option<String>,
+    /// Per site: its current disconnect was recorded by a running server.
+    away_recorded: Vec<bool>,
     /// Per site: when it came back after staying away past its grace, and its apps then.
     returned: Vec<Option<(Duration, Vec<JobId>)>>,
     /// An IO point decided to crash the server; the crash happens once the effect loop
@@ -308,7 +312,9 @@ pub fn run_observed<'a>(
     run_full(checked, seed, observer, &RunOptions::default())
 }
 
-fn run_full<'a>(
+/// Runs a checked scenario with a seed and options, calling `observer` after every
+/// durable event.
+pub fn run_full<'a>(
     checked: &'a Checked,
     seed: u64,
     observer: Option<Observer<'a>>,
@@ -381,6 +387,7 @@ fn run_full<'a>(
         lies_told: 0,
         crash_requested: false,
         violation: None,
+        away_recorded: vec![false; site_count],
         returned: vec![None; site_count],
     };
     sim.run()
@@ -707,6 +714,7 @@ impl<'a> Sim<'a> {
                         self.sites[s].online = false;
                         self.epochs[s] += 1;
                         self.site_since[s] = self.now();
+                        self.away_recorded[s] = self.engine.is_some();
                         if self.engine.is_some() {
                             batch.push((
                                 Command::Site {
@@ -744,7 +752,12 @@ impl<'a> Sim<'a> {
         // FAULTS: a site back after its grace ran out brings apps the server counts as ended.
         let now = self.now();
         if let Some(up) = self.server_up_since {
-            if now >= self.site_since[s].max(up) + self.settings.site_reconnect_grace {
+            let away_from = if self.away_recorded[s] {
+                self.site_since[s]
+            } else {
+                self.site_since[s].max(up)
+            };
+            if now >= away_from + self.settings.site_reconnect_grace {
                 self.returned[s] = Some((now, self.sites[s].running()));
             }
         }
@@ -1077,11 +1090,18 @@ impl<'a> Sim<'a> {
     /// The site takes a request that reached it.
     fn handle_at_site(&mut self, s: usize, request: SiteRequest, job_id: JobId) {
         let now = self.now();
-        if let SiteRequest::Stop { job_id: stopped } = &request {
-            // FAULTS: the server must not stop a participant of a live run.
-            if self.sites[s].is_running(*stopped) && self.violation.is_none() {
+        let undone = match &request {
+            SiteRequest::Stop { job_id } if self.sites[s].is_running(*job_id) => {
+                Some((*job_id, false))
+            }
+            SiteRequest::Delete { job_id } => Some((*job_id, true)),
+            _ => None,
+        };
+        if let Some((undone, delete)) = undone {
+            // FAULTS: the server must not stop or undeploy a participant of a live run.
+            if self.violation.is_none() {
                 let site = self.sites[s].name().to_string();
-                if let Err(what) = self.checker.stop_arrives(&site, stopped) {
+                if let Err(what) = self.checker.stop_arrives(&site, &undone, delete) {
                     self.violation = Some(what);
                 }
             }
@@ -1178,7 +1198,11 @@ impl<'a> Sim<'a> {
                     self.next_generation += 1;
                     let generation = self.next_generation;
                     self.server_apps
-                        .insert(job_id, ServerApp { generation, end });
+                        .insert(job_id, ServerApp {
+                            generation,
+                            end,
+                            boot,
+                        });
                     self.schedule(now + run_for, Item::ServerAppEnd { job_id, generation });
                     if self.faults.crash_at(CrashPoint::AfterSpawn, now) {
                         // FAULTS: the process runs, but its start was never recorded.
@@ -1385,6 +1409,7 @@ impl<'a> Sim<'a> {
         self.sites[s].online = false;
         self.epochs[s] += 1;
         self.site_since[s] = now;
+        self.away_recorded[s] = self.engine.is_some();
         let site = self.sites[s].name().to_string();
         self.schedule(
             now,
@@ -1574,7 +1599,15 @@ impl<'a> Sim<'a> {
         World {
             now: self.now(),
             server_up_since: up,
-            server_apps: self.server_apps.keys().copied().collect(),
+            // With `resume_runs = false` a server app of an earlier server run is out of
+            // the server's reach by the scenario's definition (SPEC 10): it neither
+            // re-attaches nor can be stopped, so the invariants do not hold it to account.
+            server_apps: self
+                .server_apps
+                .iter()
+                .filter(|(_, app)| self.settings.resume_runs || app.boot == self.boots)
+                .map(|(job, _)| *job)
+                .collect(),
             sites: self
                 .sites
                 .iter()
@@ -1584,6 +1617,9 @@ impl<'a> Sim<'a> {
                     connected: site.online && up.is_some(),
                     since: match up {
                         Some(up) if site.online => self.site_since[i].max(up),
+                        // A disconnect the server could not record (it was down) counts
+                        // from its start.
+                        Some(up) if self.site_since[i] < up && !self.away_recorded[i] => up,
                         _ => self.site_since[i],
                     },
                     apps: site.running(),
