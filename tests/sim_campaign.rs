@@ -28,7 +28,7 @@ const TOLERATED: &[KnownBug] = &[
 /// Seeds per scenario by default. Measured in the test profile (dependencies at opt-level
 /// 3, fedrun itself unoptimised), on the 2-core machine the campaign was sized on; see
 /// the report in the commit that set it.
-const DEFAULT_SEEDS: u64 = 1000;
+const DEFAULT_SEEDS: u64 = 2500;
 
 fn seeds() -> u64 {
     match std::env::var("FEDRUN_CAMPAIGN_SEEDS") {
@@ -71,10 +71,12 @@ fn campaign(name: &str) -> FaultCounts {
         tolerate: TOLERATED.to_vec(),
     };
     let mut known: BTreeMap<KnownBug, u32> = BTreeMap::new();
+    let mut modelled = 0u64;
     for seed in 0..n {
         match fedrun::sim::driver::run_with(&checked, seed, &options) {
             Ok(result) => {
                 add(&mut total, &result.faults);
+                modelled += u64::from(result.model_checked);
                 for bug in result.known_hits.keys() {
                     *known.entry(*bug).or_default() += 1;
                 }
@@ -87,7 +89,8 @@ fn campaign(name: &str) -> FaultCounts {
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
         "campaign {name}: {n} seeds in {secs:.1}s ({:.0} seeds/s), {} failed; seeds hitting \
-         known core defects: {known:?}; faults: {total:?}",
+         known core defects: {known:?}; jobs agreeing with the reference model: {modelled}; \
+         faults: {total:?}",
         n as f64 / secs.max(1e-9),
         failures.len()
     );
@@ -102,6 +105,12 @@ fn campaign(name: &str) -> FaultCounts {
             .collect::<Vec<_>>()
             .join("\n")
     );
+    if n >= 100 {
+        assert!(
+            modelled > n,
+            "{name}: the reference model judged only {modelled} jobs"
+        );
+    }
     total
 }
 
@@ -119,7 +128,10 @@ fn campaign_storage() {
     let faults = campaign("storage");
     if seeds() >= 100 {
         assert!(faults.crashes > 0 && faults.power_losses > 0, "{faults:?}");
-        assert!(faults.storage_failures > 0 && faults.clock_steps > 0, "{faults:?}");
+        assert!(
+            faults.storage_failures > 0 && faults.clock_steps > 0,
+            "{faults:?}"
+        );
         assert!(faults.archive_failures > 0, "{faults:?}");
     }
 }
@@ -128,7 +140,10 @@ fn campaign_storage() {
 fn campaign_everything() {
     let faults = campaign("everything");
     if seeds() >= 100 {
-        assert!(faults.crashes > 0 && faults.lost > 0 && faults.lies > 0, "{faults:?}");
+        assert!(
+            faults.crashes > 0 && faults.lost > 0 && faults.lies > 0,
+            "{faults:?}"
+        );
     }
 }
 

@@ -28,8 +28,9 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                     eprintln!("{line}");
                 }
             }
-            return Err(anyhow::Error::new(err)
-                .context(format!("scenario {}", args.scenario.display())));
+            return Err(
+                anyhow::Error::new(err).context(format!("scenario {}", args.scenario.display()))
+            );
         }
     };
     if args.json {

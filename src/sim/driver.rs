@@ -23,10 +23,10 @@ use crate::lifecycle::{
     State, Timestamp,
 };
 use crate::settings::Settings;
-use crate::sim::scenario::{Action, AppEnd, Behaviour, Checked, JobSpec};
 use crate::sim::faults::{CrashPoint, Delivery, Direction, Faults, Lie, TickFault};
 use crate::sim::invariants::{Checker, KnownBug, Limits, SiteNow, World};
 use crate::sim::model::Fact;
+use crate::sim::scenario::{Action, AppEnd, Behaviour, Checked, JobSpec};
 use crate::sim::site::{SimSite, SiteOutput, KILL_SIGNAL, STOP_SIGNAL};
 use crate::sim::storage::FaultyStorage;
 use crate::site::protocol::{ExitOutcome, SiteReport, SiteRequest};
@@ -139,6 +139,8 @@ pub struct SimResult {
     /// How often each tolerated known defect of the core showed (empty unless
     /// [`RunOptions::tolerate`] named one).
     pub known_hits: BTreeMap<KnownBug, u32>,
+    /// How many jobs the reference model predicted (and agreed with).
+    pub model_checked: u32,
 }
 
 /// How to run a simulation beyond its scenario and seed.
@@ -295,11 +297,7 @@ pub fn run(checked: &Checked, seed: u64) -> Result<SimResult, SimError> {
 }
 
 /// Runs a checked scenario with a seed and options.
-pub fn run_with(
-    checked: &Checked,
-    seed: u64,
-    options: &RunOptions,
-) -> Result<SimResult, SimError> {
+pub fn run_with(checked: &Checked, seed: u64, options: &RunOptions) -> Result<SimResult, SimError> {
     run_full(checked, seed, None, options)
 }
 
@@ -632,7 +630,10 @@ impl<'a> Sim<'a> {
                             AppEnd::Killed => ExitOutcome::Signal(KILL_SIGNAL),
                         };
                         self.collect(
-                            Item::ToEngine(Command::ServerAppExited { job_id, outcome }, self.boots),
+                            Item::ToEngine(
+                                Command::ServerAppExited { job_id, outcome },
+                                self.boots,
+                            ),
                             batch,
                         );
                     }
@@ -845,7 +846,9 @@ impl<'a> Sim<'a> {
         let at = self.at_text();
         // FAULTS: what survived on disk must hold every acknowledged record.
         let stored = self.storage.all_records();
-        self.checker.on_start(&stored).map_err(|what| self.broken(what))?;
+        self.checker
+            .on_start(&stored)
+            .map_err(|what| self.broken(what))?;
         self.start_clock(&stored);
         let history = History::from_storage(
             Box::new(self.storage.clone()),
@@ -941,8 +944,8 @@ impl<'a> Sim<'a> {
         let released = match stepped {
             Ok(released) => released,
             Err(source) => {
-                let injected = self.faults.spec().is_some()
-                    && matches!(source, StepError::Append { .. });
+                let injected =
+                    self.faults.spec().is_some() && matches!(source, StepError::Append { .. });
                 if injected {
                     // FAULTS: the append failed: the node stops (or died in the write).
                     self.after_failed_append();
@@ -1197,12 +1200,14 @@ impl<'a> Sim<'a> {
                         .unwrap_or_default();
                     self.next_generation += 1;
                     let generation = self.next_generation;
-                    self.server_apps
-                        .insert(job_id, ServerApp {
+                    self.server_apps.insert(
+                        job_id,
+                        ServerApp {
                             generation,
                             end,
                             boot,
-                        });
+                        },
+                    );
                     self.schedule(now + run_for, Item::ServerAppEnd { job_id, generation });
                     if self.faults.crash_at(CrashPoint::AfterSpawn, now) {
                         // FAULTS: the process runs, but its start was never recorded.
@@ -1274,11 +1279,9 @@ impl<'a> Sim<'a> {
             .filter_map(|(_, bytes)| crate::history::record::decode::<Event>(bytes).ok())
             .map(|r| crate::history::event_text(&r.event))
             .collect();
-        trail.extend(
-            self.notes
-                .iter()
-                .map(|(at, note)| format!("note at +{}: {note}", crate::settings::format_duration(*at))),
-        );
+        trail.extend(self.notes.iter().map(|(at, note)| {
+            format!("note at +{}: {note}", crate::settings::format_duration(*at))
+        }));
         SimError::Invariant {
             at: self.at_text(),
             what,
@@ -1348,7 +1351,11 @@ impl<'a> Sim<'a> {
     /// first-out unless the fault model lets this message overtake.
     fn arrival(&mut self, s: usize, to_server: bool, delay: Duration) -> Duration {
         let now = self.now();
-        let last = self.link_last.get(&(s, to_server)).copied().unwrap_or_default();
+        let last = self
+            .link_last
+            .get(&(s, to_server))
+            .copied()
+            .unwrap_or_default();
         let mut at = now + delay;
         if at < last && !self.faults.may_overtake(now) {
             at = last;
@@ -1492,7 +1499,8 @@ impl<'a> Sim<'a> {
                 if done.is_empty() {
                     return;
                 }
-                let (job_id, report_id, outcome) = done[(pick % done.len() as u64) as usize].clone();
+                let (job_id, report_id, outcome) =
+                    done[(pick % done.len() as u64) as usize].clone();
                 let outcome = if outcome == ExitOutcome::Code(104) {
                     ExitOutcome::Code(0)
                 } else {
@@ -1507,7 +1515,9 @@ impl<'a> Sim<'a> {
             Lie::OversizedId => {
                 let running = self.sites[s].running();
                 let pool = if running.is_empty() { &known } else { &running };
-                let Some(job_id) = pool.get((pick % pool.len().max(1) as u64) as usize).copied()
+                let Some(job_id) = pool
+                    .get((pick % pool.len().max(1) as u64) as usize)
+                    .copied()
                 else {
                     return;
                 };
@@ -1662,7 +1672,8 @@ impl<'a> Sim<'a> {
     }
 
     /// The reference model's verdict on every job that ran without a restart in its life.
-    fn check_model(&self, state: &State, events: &[Event]) -> Result<(), SimError> {
+    fn check_model(&self, state: &State, events: &[Event]) -> Result<u32, SimError> {
+        let mut checked = 0;
         for job in state.jobs.values() {
             let id = job.id;
             let of_job = |e: &&Event| e.kind.job_id() == Some(id);
@@ -1716,8 +1727,9 @@ impl<'a> Sim<'a> {
                     job.status
                 )));
             }
+            checked += 1;
         }
-        Ok(())
+        Ok(checked)
     }
 
     fn finish(mut self, ended: Ended) -> Result<SimResult, SimError> {
@@ -1751,7 +1763,7 @@ impl<'a> Sim<'a> {
         // FAULTS: the end-of-run invariants and the reference model. A run that ended on
         // its own (every job settled) must have left nothing running; one cut short by
         // `until` or the cap is checked only where its faults had stopped.
-        self.check_model(&state, &events)?;
+        let model_checked = self.check_model(&state, &events)?;
         let faults_over = self.faults.until().map_or(true, |u| ended_at >= u);
         if ended == Ended::AllTerminal && faults_over {
             self.checker
@@ -1782,6 +1794,7 @@ impl<'a> Sim<'a> {
             notes: self.notes,
             faults: self.faults.counts.clone(),
             known_hits: self.checker.known_hits.clone(),
+            model_checked,
         })
     }
 }

@@ -594,8 +594,8 @@ mod tests {
 
     #[test]
     fn faults_stop_at_the_end_of_the_window() {
-        let spec: FaultsSpec = toml::from_str("until = \"10s\"\ndrop = 1.0\ncrash = 1.0")
-            .expect("a valid table");
+        let spec: FaultsSpec =
+            toml::from_str("until = \"10s\"\ndrop = 1.0\ncrash = 1.0").expect("a valid table");
         let mut f = Faults::new(Some(&spec), 1);
         assert!(matches!(
             f.deliver(Duration::from_secs(9), Direction::ToSite),
@@ -611,7 +611,10 @@ mod tests {
     #[test]
     fn unknown_keys_and_bad_rates_are_refused() {
         let unknown = toml::from_str::<FaultsSpec>("dorp = 0.1");
-        assert!(unknown.expect_err("unknown key").to_string().contains("dorp"));
+        assert!(unknown
+            .expect_err("unknown key")
+            .to_string()
+            .contains("dorp"));
         let spec: FaultsSpec = toml::from_str("drop = 1.5").expect("parses");
         assert!(spec.check().expect_err("out of range").contains("drop"));
     }

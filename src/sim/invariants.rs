@@ -169,12 +169,7 @@ impl Checker {
     /// server: that is wrong while the job is live, not being stopped, and the site takes
     /// part in its run.
     /// With `delete`, it is the site's deployment that is about to be deleted.
-    pub fn stop_arrives(
-        &mut self,
-        site: &str,
-        job_id: &JobId,
-        delete: bool,
-    ) -> Result<(), String> {
+    pub fn stop_arrives(&mut self, site: &str, job_id: &JobId, delete: bool) -> Result<(), String> {
         let Some(job) = self.replayed.job(job_id) else {
             return Ok(());
         };
@@ -309,14 +304,13 @@ impl Checker {
             }
             EventKind::WorkspaceArchiveFailed { job_id, .. }
             | EventKind::WorkspaceArchiveAttemptFailed { job_id, .. }
-            | EventKind::WorkspaceArchiveStarted { job_id } => {
-                if self.archived.contains_key(job_id) {
-                    return Err(format!(
-                        "event {seq}: job {job_id} was archived, and then archiving went on \
-                         ({})",
-                        crate::history::event_text(event)
-                    ));
-                }
+            | EventKind::WorkspaceArchiveStarted { job_id }
+                if self.archived.contains_key(job_id) =>
+            {
+                return Err(format!(
+                    "event {seq}: job {job_id} was archived, and then archiving went on ({})",
+                    crate::history::event_text(event)
+                ));
             }
             EventKind::SiteOutcomeReported {
                 job_id, report_id, ..
@@ -387,8 +381,8 @@ impl Checker {
         let mut without_orphans = alive.clone();
         let mut without_abandoned = alive.clone();
         for site in &world.sites {
-            let counted = site.connected
-                || world.now < grace_end(site.since, world.server_up_since, limits);
+            let counted =
+                site.connected || world.now < grace_end(site.since, world.server_up_since, limits);
             if counted {
                 let returning = |job: &JobId| {
                     site.returned.as_ref().is_some_and(|(at, apps)| {

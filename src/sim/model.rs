@@ -126,12 +126,18 @@ mod tests {
         let clients = vec!["a".to_string(), "b".to_string()];
         let ok = ExitOutcome::Code(0);
         assert_eq!(
-            predict(&clients, &[site("a", 0), site("b", 0), Fact::ServerExit(ok)]),
+            predict(
+                &clients,
+                &[site("a", 0), site("b", 0), Fact::ServerExit(ok)]
+            ),
             RunStatus::Completed
         );
         // 1 is recorded without stopping; a later 101 replaces it.
         assert_eq!(
-            predict(&clients, &[site("a", 1), site("b", 0), Fact::ServerExit(ok)]),
+            predict(
+                &clients,
+                &[site("a", 1), site("b", 0), Fact::ServerExit(ok)]
+            ),
             RunStatus::ExecutionException
         );
         // 9 first, then nothing replaces... a later failure would, but the run stopped.
@@ -146,7 +152,10 @@ mod tests {
         );
         // A lapse counts as 104, which is sticky.
         assert_eq!(
-            predict(&clients, &[Fact::Lapse { site: "a".into() }, site("b", 101)]),
+            predict(
+                &clients,
+                &[Fact::Lapse { site: "a".into() }, site("b", 101)]
+            ),
             RunStatus::Abnormal
         );
         // A site outside the run and a second report do not count.

@@ -283,8 +283,7 @@ impl SimSite {
             },
             // The server has recorded the report: the site forgets it.
             SiteRequest::Acknowledge { report_id } => {
-                self.unacked
-                    .retain(|r| !report_id_is(r, &report_id));
+                self.unacked.retain(|r| !report_id_is(r, &report_id));
                 Vec::new()
             }
             SiteRequest::Delete { job_id } => {

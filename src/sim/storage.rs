@@ -119,7 +119,8 @@ impl Storage for FaultyStorage {
             disk.plan = None;
             return Err(io_error(
                 "write of the history",
-                std::io::ErrorKind::StorageFull,
+                // `ErrorKind::StorageFull` is newer than the crate's minimum Rust version.
+                std::io::ErrorKind::Other,
                 "no space left on device (simulated)",
             ));
         }
@@ -217,7 +218,8 @@ impl Storage for FaultyStorage {
         if disk.full {
             return Err(io_error(
                 "write of a snapshot",
-                std::io::ErrorKind::StorageFull,
+                // `ErrorKind::StorageFull` is newer than the crate's minimum Rust version.
+                std::io::ErrorKind::Other,
                 "no space left on device (simulated)",
             ));
         }
@@ -272,7 +274,11 @@ mod tests {
         assert_eq!(seqs, vec![1]);
         s.write_batch(&[rec(2)]).expect("clean write");
         s.crash(true);
-        assert_eq!(s.synced(1), Some(rec(1).1), "the fsync of 2 made 1 durable too");
+        assert_eq!(
+            s.synced(1),
+            Some(rec(1).1),
+            "the fsync of 2 made 1 durable too"
+        );
     }
 
     #[test]
