@@ -645,7 +645,9 @@ fn restart_in_each_non_terminal_status() {
         .iter()
         .any(|e| *e == Effect::ArchiveWorkspace { job_id: lost }));
     let d = w.site_exit("site-3", lost, "r3", ExitOutcome::Signal(15));
-    assert!(d.effects.contains(&Effect::ArchiveWorkspace { job_id: lost }));
+    assert!(d
+        .effects
+        .contains(&Effect::ArchiveWorkspace { job_id: lost }));
     assert_eq!(w.job(lost).run.phase, RunPhase::Stopped);
     // A job abandoned at restart can be deleted once its archive settles (peer defect: a
     // job RUNNING forever after a restart could be neither aborted nor deleted).

@@ -2,8 +2,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context as _;
-
 /// Arguments of `fedrun sim`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -20,8 +18,21 @@ pub struct Args {
 /// Runs the command; the returned code is the process exit code.
 pub fn run(args: Args) -> anyhow::Result<i32> {
     let checked = fedrun::sim::scenario::load(&args.scenario)?;
-    let result = fedrun::sim::driver::run(&checked, args.seed)
-        .with_context(|| format!("scenario {}", args.scenario.display()))?;
+    let result = match fedrun::sim::driver::run(&checked, args.seed) {
+        Ok(result) => result,
+        Err(err) => {
+            // A broken invariant comes with the history that led to it, so the replayed
+            // seed shows how it happened.
+            if let fedrun::sim::driver::SimError::Invariant { trail, .. } = &err {
+                for line in trail {
+                    eprintln!("{line}");
+                }
+            }
+            return Err(
+                anyhow::Error::new(err).context(format!("scenario {}", args.scenario.display()))
+            );
+        }
+    };
     if args.json {
         println!("{}", fedrun::sim::output::to_json(&result)?);
     } else {

@@ -85,7 +85,7 @@ impl LocalParticipant {
                     running.push(job_id);
                     self.watch(job_id, app);
                 }
-                Ok(Reattached::Ended(end)) => ended.push((job_id, end.outcome)),
+                Ok(Reattached::Ended(end)) => ended.push((job_id, end)),
                 Ok(Reattached::NotFound) => {}
                 Err(e) => tracing::warn!(%job_id, error = %e, "server app not re-attached"),
             }
@@ -94,8 +94,8 @@ impl LocalParticipant {
             resources: BTreeMap::new(),
             running,
         });
-        for (job_id, outcome) in ended {
-            self.exited(job_id, outcome);
+        for (job_id, end) in ended {
+            self.exited(job_id, end);
         }
     }
 
@@ -104,11 +104,12 @@ impl LocalParticipant {
         let _ = self.inner.reports.send(report);
     }
 
-    fn exited(&self, job_id: JobId, outcome: ExitOutcome) {
+    fn exited(&self, job_id: JobId, end: process::ProcessEnd) {
         self.report(SiteReport::AppExited {
             job_id,
             report_id: exit_report_id(job_id),
-            outcome,
+            outcome: end.outcome,
+            stop_requested: end.stop_requested,
         });
     }
 
@@ -122,7 +123,13 @@ impl LocalParticipant {
         tokio::spawn(async move {
             let end = process::wait_end(ended).await;
             lock(&me.inner.apps).remove(&job_id);
-            me.exited(job_id, end.map_or(ExitOutcome::Signal(9), |e| e.outcome));
+            // A watcher gone without an end lost the process: it counts as killed, and
+            // as no stop of fedrun's.
+            let end = end.unwrap_or(process::ProcessEnd {
+                outcome: ExitOutcome::Signal(9),
+                stop_requested: false,
+            });
+            me.exited(job_id, end);
         });
     }
 

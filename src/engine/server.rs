@@ -322,7 +322,9 @@ impl Server {
             }
         });
         remove_archived_run_folders(&server.workspace(), node.state());
-        local.connect(server_apps_in_flight(node.state()));
+        let claimed = server_apps_in_flight(node.state());
+        kill_unclaimed_server_apps(&server.workspace(), node.state(), &claimed);
+        local.connect(claimed);
         let task = EngineTask {
             node,
             server: server.clone(),
@@ -669,6 +671,29 @@ fn server_apps_in_flight(state: &State) -> Vec<JobId> {
         .collect()
 }
 
+/// Kills the server app of every known job that is not re-attached: an app started just
+/// before a crash, whose start never became durable (or whose run is no longer in flight),
+/// is waited for by nobody and must not run on.
+fn kill_unclaimed_server_apps(root: &Path, state: &State, claimed: &[JobId]) {
+    for job in state.jobs.values() {
+        if !claimed.contains(&job.id) {
+            crate::site::process::kill_unclaimed(&workspace::job_dir(root, job.id));
+        }
+    }
+}
+
+/// Removes an archived run folder and then its supervision records, so they do not pile
+/// up beside the run folders.
+fn remove_archived_run_folder(run_dir: &Path) -> Result<(), String> {
+    archive::remove_run_folder(run_dir).map_err(|e| e.to_string())?;
+    crate::site::process::forget(run_dir).map_err(|e| {
+        format!(
+            "supervision records of {} not removed: {e}",
+            run_dir.display()
+        )
+    })
+}
+
 /// A crash between a durable `WorkspaceArchived` and the removal of the run folder leaves
 /// the folder behind; the archive is safe, so the folder goes now.
 fn remove_archived_run_folders(root: &Path, state: &State) {
@@ -678,7 +703,7 @@ fn remove_archived_run_folders(root: &Path, state: &State) {
             .get(&job_id)
             .is_some_and(|j| matches!(j.archive, crate::lifecycle::Archive::Archived { .. }));
         if archived {
-            if let Err(e) = archive::remove_run_folder(&workspace::job_dir(root, job_id)) {
+            if let Err(e) = remove_archived_run_folder(&workspace::job_dir(root, job_id)) {
                 tracing::warn!(%job_id, error = %e, "archived run folder not removed");
             }
         }
@@ -924,7 +949,7 @@ impl EngineTask {
                         // The archive is durable; a folder left behind only costs space
                         // and is removed at the next start.
                         let run_dir = workspace::job_dir(&root, job_id);
-                        if let Err(e) = archive::remove_run_folder(&run_dir) {
+                        if let Err(e) = remove_archived_run_folder(&run_dir) {
                             tracing::warn!(%job_id, error = %e, "run folder not removed");
                         }
                     });
