@@ -258,6 +258,7 @@ fn run_to_archive(node: &mut Node, history: &mut History<Event>) -> JobId {
             job_id,
             report_id: "site-1/exit".into(),
             outcome: ExitOutcome::Code(0),
+            stop_requested: false,
         }),
     );
     node.handle(
@@ -266,6 +267,7 @@ fn run_to_archive(node: &mut Node, history: &mut History<Event>) -> JobId {
             job_id,
             report_id: "server/exit".into(),
             outcome: ExitOutcome::Code(0),
+            stop_requested: false,
         }),
     );
     let out = settle(node, history);

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use fedrun::engine::clock::SIM_EPOCH;
 use fedrun::engine::ids::SeededIds;
+use fedrun::engine::node::{Input, Output, Participant, ReplyToken, Request};
 use fedrun::engine::owner::{Engine, EngineLimits, Ids};
 use fedrun::history::{History, MemoryStorage, Storage, MAX_VALUE_BYTES};
 use fedrun::job::meta::{AppTargets, JobMeta, MetaError, RESOURCE_KEYS_MAX};
@@ -274,47 +275,39 @@ fn a_command_whose_event_would_not_fit_is_refused_before_anything_is_written() {
     assert_all_fit(&d.events);
 }
 
-/// Answers every effect as a healthy federation would; returns the commands.
-fn answer(effects: &[Effect]) -> Vec<Command> {
+/// Answers every output of the node as a healthy federation would; returns the inputs.
+fn answer(outputs: &[Output]) -> Vec<Input> {
     let mut out = Vec::new();
-    for effect in effects {
-        match effect {
-            Effect::CheckResources {
-                site,
-                try_id,
-                job_id,
-                ..
-            } => out.push(Command::Site {
-                site: site.clone(),
-                report: SiteReport::ResourceAnswer {
-                    try_id: *try_id,
-                    job_id: *job_id,
-                    answer: Ok(format!("token-{site}")),
-                },
-            }),
-            Effect::DeployServerApp { job_id, .. } => out.push(Command::ServerDeployFinished {
-                job_id: *job_id,
-                result: Ok(()),
-            }),
-            Effect::DeploySiteApp { site, job_id, .. } => out.push(Command::Site {
-                site: site.clone(),
-                report: SiteReport::DeployAnswer {
-                    job_id: *job_id,
-                    result: Ok(()),
-                },
-            }),
-            Effect::StartServerApp { job_id } => out.push(Command::ServerAppStarted {
-                job_id: *job_id,
-                result: Ok(()),
-            }),
-            Effect::StartSiteApp { site, job_id } => out.push(Command::Site {
-                site: site.clone(),
-                report: SiteReport::StartAnswer {
-                    job_id: *job_id,
-                    result: Ok(()),
-                },
-            }),
-            Effect::ArchiveWorkspace { job_id } => out.push(Command::ArchiveFinished {
+    for output in outputs {
+        match output {
+            Output::Send { to, request } => {
+                let report = match request {
+                    Request::CheckResources { try_id, job_id, .. } => {
+                        let Participant::Site(site) = to else {
+                            continue;
+                        };
+                        SiteReport::ResourceAnswer {
+                            try_id: *try_id,
+                            job_id: *job_id,
+                            answer: Ok(format!("token-{site}")),
+                        }
+                    }
+                    Request::Deploy { job_id, .. } => SiteReport::DeployAnswer {
+                        job_id: *job_id,
+                        result: Ok(()),
+                    },
+                    Request::Start { job_id } => SiteReport::StartAnswer {
+                        job_id: *job_id,
+                        result: Ok(()),
+                    },
+                    _ => continue,
+                };
+                out.push(Input::Report {
+                    from: to.clone(),
+                    report,
+                });
+            }
+            Output::Archive { job_id } => out.push(Input::ArchiveFinished {
                 job_id: *job_id,
                 result: Ok(BlobHash([9; 32])),
             }),
@@ -341,15 +334,15 @@ fn all_sites_on_a_thousand_sites_runs_to_completion_on_the_engine() {
     )
     .expect("engine starts");
     let mut now = SIM_EPOCH;
-    let mut tick = |now: &mut Timestamp| {
+    let tick = |now: &mut Timestamp| {
         *now = now.plus(Duration::from_millis(10));
         *now
     };
     let sites: Vec<String> = (0..SITES).map(|n| format!("site-{n:05}")).collect();
-    let connects: Vec<Command> = sites
+    let connects: Vec<Input> = sites
         .iter()
-        .map(|site| Command::Site {
-            site: site.clone(),
+        .map(|site| Input::Report {
+            from: Participant::Site(site.clone()),
             report: SiteReport::Connected {
                 resources: BTreeMap::new(),
                 running: Vec::new(),
@@ -357,7 +350,8 @@ fn all_sites_on_a_thousand_sites_runs_to_completion_on_the_engine() {
         })
         .collect();
     engine.step(connects, tick(&mut now)).expect("connects");
-    let submit = Command::Admin {
+    let submit = Input::Admin {
+        token: ReplyToken(1),
         origin: Origin {
             identity: boss(),
             request_id: Some("all-10k".into()),
@@ -372,16 +366,21 @@ fn all_sites_on_a_thousand_sites_runs_to_completion_on_the_engine() {
     let job_id = *engine.state().jobs.keys().next().expect("the job exists");
     let mut exits_sent = false;
     for _ in 0..20 {
-        let mut commands = answer(&released.effects);
+        let mut commands = answer(&released);
         let job = engine.state().job(&job_id).expect("job");
         if job.status == RunStatus::Running && !exits_sent {
             exits_sent = true;
-            commands.push(Command::ServerAppExited {
-                job_id,
-                outcome: ExitOutcome::Code(0),
+            commands.push(Input::Report {
+                from: Participant::Local,
+                report: SiteReport::AppExited {
+                    job_id,
+                    report_id: format!("server/{job_id}"),
+                    outcome: ExitOutcome::Code(0),
+                    stop_requested: false,
+                },
             });
-            commands.extend(sites.iter().map(|site| Command::Site {
-                site: site.clone(),
+            commands.extend(sites.iter().map(|site| Input::Report {
+                from: Participant::Site(site.clone()),
                 report: SiteReport::AppExited {
                     job_id,
                     report_id: format!("{site}:exit"),

@@ -13,7 +13,7 @@ use fedrun::engine::node::{Input, ReplyToken};
 use fedrun::engine::server::Server;
 use fedrun::history::snapshot::SnapshotRecord;
 use fedrun::history::storage::RecordIter;
-use fedrun::history::{Head, MemoryStorage, Storage, StorageError};
+use fedrun::history::{Anchor, Head, MemoryStorage, Storage, StorageError};
 use fedrun::job::meta::{AppTargets, JobMeta};
 use fedrun::job::JobId;
 use fedrun::lifecycle::{AdminRequest, Answer, BlobHash, Identity, Origin, Role, RunPhase, State};
@@ -32,7 +32,7 @@ pub struct TestStorage {
 }
 
 impl Storage for TestStorage {
-    fn write_batch(&mut self, records: &[(u64, Vec<u8>)]) -> Result<(), StorageError> {
+    fn append(&mut self, expected: Head, records: &[(u64, Vec<u8>)]) -> Result<Head, StorageError> {
         let thread = std::thread::current()
             .name()
             .unwrap_or("unnamed")
@@ -44,7 +44,7 @@ impl Storage for TestStorage {
             });
         }
         self.writes.fetch_add(1, Ordering::SeqCst);
-        self.inner.write_batch(records)
+        self.inner.append(expected, records)
     }
     fn read(&self, seq: u64) -> Result<Option<Vec<u8>>, StorageError> {
         self.inner.read(seq)
@@ -55,22 +55,17 @@ impl Storage for TestStorage {
     fn last(&self) -> Result<Option<(u64, Vec<u8>)>, StorageError> {
         self.inner.last()
     }
-    fn save_snapshot(
-        &mut self,
-        record: &SnapshotRecord,
-        state: &[u8],
-        head: Head,
-    ) -> Result<(), StorageError> {
-        self.inner.save_snapshot(record, state, head)
+    fn save_snapshot(&mut self, record: &SnapshotRecord, state: &[u8]) -> Result<(), StorageError> {
+        self.inner.save_snapshot(record, state)
     }
     fn load_snapshot(&self) -> Result<Option<(SnapshotRecord, Vec<u8>)>, StorageError> {
         self.inner.load_snapshot()
     }
-    fn anchor(&self) -> Result<Option<Head>, StorageError> {
+    fn anchor(&self) -> Result<Option<Anchor>, StorageError> {
         self.inner.anchor()
     }
-    fn write_anchor(&mut self, head: Head) -> Result<(), StorageError> {
-        self.inner.write_anchor(head)
+    fn settle_anchor(&mut self, head: Head) -> Result<(), StorageError> {
+        self.inner.settle_anchor(head)
     }
 }
 
