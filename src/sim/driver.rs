@@ -973,8 +973,6 @@ impl<'a> Sim<'a> {
         let Some(engine) = self.engine.as_mut() else {
             return Ok(());
         };
-        // The node decides a whole batch before one append: every fact of the batch counts
-        // as fed at the batch's first sequence number (their order kept).
         let first_new = engine.state().last_seq + 1;
         let stepped = engine.step(inputs, server_now);
         self.storage.unplan();
@@ -1014,14 +1012,42 @@ impl<'a> Sim<'a> {
                 _ => None,
             })
             .collect();
+        // The node decides the whole batch before one append, so the sequence number a
+        // fact came at is that of the event recording it; a fact the core did not record
+        // (a resent report, one after the job ended) counts as after the batch.
+        let new_events: Vec<Event> = stored
+            .iter()
+            .filter_map(|(_, bytes)| crate::history::record::decode::<Event>(bytes).ok())
+            .map(|r| r.event)
+            .collect();
+        let after_batch = new_events.last().map_or(first_new, |e| e.seq + 1);
+        let mut claimed: std::collections::BTreeSet<u64> = Default::default();
         for (job_id, fact, token) in fed {
             if token.is_some_and(|t| !accepted.contains(&t)) {
                 continue;
             }
+            let records = |kind: &EventKind| match (&fact, kind) {
+                (
+                    Fact::SiteExit { site, .. },
+                    EventKind::SiteOutcomeReported {
+                        job_id: j, site: s, ..
+                    },
+                ) => *j == job_id && s == site,
+                (Fact::ServerExit(_), EventKind::ServerAppExited { job_id: j, .. }) => *j == job_id,
+                (Fact::Abort, EventKind::JobFinished { job_id: j, .. }) => *j == job_id,
+                _ => false,
+            };
+            let at = new_events
+                .iter()
+                .find(|e| !claimed.contains(&e.seq) && records(&e.kind))
+                .map(|e| e.seq);
+            if let Some(at) = at {
+                claimed.insert(at);
+            }
             self.facts
                 .entry(job_id)
                 .or_default()
-                .push((first_new, fact));
+                .push((at.unwrap_or(after_batch), fact));
         }
         for output in &outputs {
             let Output::Reply { token, answer } = output else {
