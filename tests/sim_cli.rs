@@ -135,11 +135,19 @@ fn a_fault_seed_replays_byte_for_byte_and_a_broken_invariant_prints_its_history(
     assert_eq!(a.stdout, b.stdout, "a seed replays its faults exactly");
     // A committed regression case of a core defect: the replay command exits non-zero,
     // names the invariant, and prints the stored history that led to it.
-    let bad = fedrun(&["sim", &scenario("regressions/lie_never_ran.toml"), "--seed", "0"]);
+    let bad = fedrun(&[
+        "sim",
+        &scenario("regressions/lie_never_ran.toml"),
+        "--seed",
+        "0",
+    ]);
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("invariant broken"), "{err}");
-    assert!(err.contains("job_dispatched"), "the history is printed: {err}");
+    assert!(
+        err.contains("job_dispatched"),
+        "the history is printed: {err}"
+    );
 }
 
 #[test]
