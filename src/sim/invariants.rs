@@ -596,4 +596,26 @@ mod tests {
         assert!(!legal_transition(Some(Completed), Running));
         assert!(!legal_transition(None, Running));
     }
+
+    #[test]
+    fn an_acknowledged_record_lost_or_changed_after_a_crash_is_caught() {
+        let mut checker = Checker::new();
+        checker.acked.push(ChainHash::of(b"one"));
+        checker.acked.push(ChainHash::of(b"two"));
+        let kept = vec![
+            (1, b"one".to_vec()),
+            (2, b"two".to_vec()),
+            (3, b"new".to_vec()),
+        ];
+        assert!(
+            checker.on_start(&kept).is_ok(),
+            "more than acknowledged is fine"
+        );
+        let lost = vec![(1, b"one".to_vec())];
+        let err = checker.on_start(&lost).expect_err("record 2 is gone");
+        assert!(err.contains("acknowledged record 2 was lost"), "{err}");
+        let changed = vec![(1, b"one".to_vec()), (2, b"TWO".to_vec())];
+        let err = checker.on_start(&changed).expect_err("record 2 differs");
+        assert!(err.contains("changed"), "{err}");
+    }
 }
