@@ -15,11 +15,7 @@ fn campaign(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     // The campaign tolerates the known core defects it reports; the bench runs what it runs.
     let options = RunOptions {
-        tolerate: vec![
-            KnownBug::StartReplyLostOrphan,
-            KnownBug::RepeatedAnswerStopsApp,
-            KnownBug::StopEndsEarly,
-        ],
+        tolerate: KnownBug::ALL.to_vec(),
     };
     for name in ["network", "storage", "everything"] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))

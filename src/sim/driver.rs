@@ -275,6 +275,8 @@ struct Sim<'a> {
     lies_told: u64,
     /// A violation found in the middle of a batch, reported after it.
     violation: Option<String>,
+    /// Records that a start found although no append acknowledged them.
+    unacked_survivors: std::collections::BTreeSet<u64>,
     /// Per site: its current disconnect was recorded by a running server.
     away_recorded: Vec<bool>,
     /// Per site: when it came back after staying away past its grace, and its apps then.
@@ -389,6 +391,7 @@ pub fn run_full<'a>(
         crash_requested: false,
         violation: None,
         away_recorded: vec![false; site_count],
+        unacked_survivors: Default::default(),
         returned: vec![None; site_count],
     };
     sim.run()
@@ -878,6 +881,15 @@ impl<'a> Sim<'a> {
         self.checker
             .on_start(&stored)
             .map_err(|what| self.broken(what))?;
+        // Records that survived a failed append were never acknowledged: the reference
+        // model does not know what was fed in them, so it leaves their jobs alone.
+        let acked = self.checker.acked_len();
+        self.unacked_survivors.extend(
+            stored
+                .iter()
+                .map(|(seq, _)| *seq)
+                .filter(|seq| *seq > acked),
+        );
         self.start_clock(&stored);
         let history = History::from_storage(
             Box::new(self.storage.clone()),
@@ -1637,8 +1649,8 @@ impl<'a> Sim<'a> {
     }
 
     /// An append failed. If the fault was a crash in the middle of the write, the server
-    /// died; otherwise the node stops (`StepError::Append`, exit code 3 of `fedrun
-    /// serve`) and its supervisor restarts it once the fault window is over.
+    /// died; otherwise the node stops (the engine refuses every later step after
+    /// `StepError::Append`) and its supervisor restarts it once the fault window is over.
     fn after_failed_append(&mut self) {
         if self.storage.take_crash() {
             if self.engine.is_none() {
@@ -1681,6 +1693,12 @@ impl<'a> Sim<'a> {
                 .server_apps
                 .iter()
                 .filter(|(_, app)| self.settings.resume_runs || app.boot == self.boots)
+                .map(|(job, _)| *job)
+                .collect(),
+            earlier_server_apps: self
+                .server_apps
+                .iter()
+                .filter(|(_, app)| app.boot < self.boots)
                 .map(|(job, _)| *job)
                 .collect(),
             sites: self
@@ -1767,7 +1785,11 @@ impl<'a> Sim<'a> {
                     && e.seq < finished
                     && matches!(e.kind, EventKind::ServerStarted { .. })
             });
-            if !ran || restarted {
+            let unknown = events
+                .iter()
+                .filter(of_job)
+                .any(|e| self.unacked_survivors.contains(&e.seq));
+            if !ran || restarted || unknown {
                 continue;
             }
             let mut facts: Vec<(u64, Fact)> = self
