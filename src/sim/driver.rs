@@ -1396,7 +1396,7 @@ impl<'a> Sim<'a> {
                         job_id,
                         report_id,
                         outcome,
-                        ..
+                        stop_requested,
                     },
             } => {
                 if self.lies.contains(&(report_id.clone(), *outcome)) {
@@ -1407,6 +1407,7 @@ impl<'a> Sim<'a> {
                     Fact::SiteExit {
                         site: site.clone(),
                         outcome: *outcome,
+                        stop_requested: *stop_requested,
                     },
                 ))
             }

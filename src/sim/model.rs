@@ -18,6 +18,9 @@ pub enum Fact {
         site: String,
         /// How.
         outcome: ExitOutcome,
+        /// The site says the app ended because fedrun asked it to stop: not a failure
+        /// (SPEC section 8).
+        stop_requested: bool,
     },
     /// The server app ended.
     ServerExit(ExitOutcome),
@@ -65,14 +68,19 @@ pub fn predict(job_clients: &[String], facts: &[Fact]) -> RunStatus {
     for fact in facts {
         match fact {
             Fact::Abort => return RunStatus::Aborted,
-            Fact::SiteExit { site, outcome } => {
+            Fact::SiteExit {
+                site,
+                outcome,
+                stop_requested,
+            } => {
                 // Only the sites that took part count, each once.
                 if !job_clients.iter().any(|s| s == site) || heard.contains(&site.as_str()) {
                     continue;
                 }
                 heard.push(site);
-                // An exit after fedrun asked the run to stop is the stop, not a failure.
-                if stopping {
+                // An exit after fedrun asked the run (or this app) to stop is the stop, not
+                // a failure.
+                if stopping || *stop_requested {
                     continue;
                 }
                 if let Some(bad) = Bad::of(*outcome) {
@@ -118,6 +126,7 @@ mod tests {
         Fact::SiteExit {
             site: name.into(),
             outcome: ExitOutcome::Code(code),
+            stop_requested: false,
         }
     }
 
@@ -166,6 +175,29 @@ mod tests {
         assert_eq!(
             predict(&clients, &[site("a", 1), Fact::Abort]),
             RunStatus::Aborted
+        );
+    }
+
+    #[test]
+    fn an_exit_fedrun_asked_for_is_not_a_failure() {
+        let clients = vec!["a".to_string(), "b".to_string()];
+        let stopped = Fact::SiteExit {
+            site: "a".into(),
+            outcome: ExitOutcome::Signal(15),
+            stop_requested: true,
+        };
+        assert_eq!(
+            predict(&clients, &[stopped.clone(), site("b", 0)]),
+            RunStatus::Completed
+        );
+        // The same signal without fedrun's stop is a failure, and a sticky one.
+        let killed = Fact::SiteExit {
+            stop_requested: false,
+            ..stopped
+        };
+        assert_eq!(
+            predict(&clients, &[killed, site("b", 0)]),
+            RunStatus::Abnormal
         );
     }
 }
