@@ -519,8 +519,8 @@ impl<E: Serialize + DeserializeOwned + Sequenced> History<E> {
                 Err(AppendError::HeadMoved {
                     first_seq,
                     last_seq,
-                    expected,
-                    found,
+                    expected: *expected,
+                    found: *found,
                 })
             }
             Err(source) => {
