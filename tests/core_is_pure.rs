@@ -200,9 +200,7 @@ fn allowed(module: &str) -> bool {
 
 /// Walks the import graph from the core roots. Returns every module reached (with the
 /// module that first reached it) and the edges that leave the allow-list.
-fn reach(
-    modules: &BTreeMap<String, PathBuf>,
-) -> (BTreeMap<String, String>, Vec<(String, String)>) {
+fn reach(modules: &BTreeMap<String, PathBuf>) -> (BTreeMap<String, String>, Vec<(String, String)>) {
     let mut reached: BTreeMap<String, String> = BTreeMap::new();
     let mut queue: Vec<String> = modules
         .keys()

@@ -35,7 +35,12 @@ fn long_name(n: usize, len: usize) -> String {
 fn meta_with_resources(sites: &[String], keys: usize, key_len: usize) -> JobMeta {
     let mut spec = BTreeMap::new();
     let default: BTreeMap<String, f64> = (0..keys)
-        .map(|k| (format!("{k:04}{}", "r".repeat(key_len.saturating_sub(4))), 1.0))
+        .map(|k| {
+            (
+                format!("{k:04}{}", "r".repeat(key_len.saturating_sub(4))),
+                1.0,
+            )
+        })
         .collect();
     spec.insert("@default".to_string(), default);
     let mut targets = vec!["server".to_string()];
@@ -165,12 +170,18 @@ fn a_meta_with_too_many_resource_keys_is_refused_by_name() {
         keys.join(", ")
     );
     let err = JobMeta::parse(json.as_bytes(), "job").expect_err("too many keys");
-    assert!(matches!(err, MetaError::TooManyResourceKeys { .. }), "{err}");
+    assert!(
+        matches!(err, MetaError::TooManyResourceKeys { .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("@default"), "{err}");
     let long_site = "s".repeat(200);
     let json = format!(r#"{{"deploy_map": {{"app": ["server", "{long_site}"]}}}}"#);
     let err = JobMeta::parse(json.as_bytes(), "job").expect_err("long site name");
-    assert!(matches!(err, MetaError::NameTooLong { what: "site", .. }), "{err}");
+    assert!(
+        matches!(err, MetaError::NameTooLong { what: "site", .. }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -253,7 +264,11 @@ fn a_command_whose_event_would_not_fit_is_refused_before_anything_is_written() {
         "{:?}",
         d.reply
     );
-    assert_eq!(kinds(&d), ["request_refused"], "only the refusal is recorded");
+    assert_eq!(
+        kinds(&d),
+        ["request_refused"],
+        "only the refusal is recorded"
+    );
     assert_eq!(w.state.last_seq, before + 1);
     assert!(w.state.jobs.is_empty());
     assert_all_fit(&d.events);
@@ -326,7 +341,7 @@ fn all_sites_on_a_thousand_sites_runs_to_completion_on_the_engine() {
     )
     .expect("engine starts");
     let mut now = SIM_EPOCH;
-    let mut tick = |now: &mut Timestamp| {
+    let tick = |now: &mut Timestamp| {
         *now = now.plus(Duration::from_millis(10));
         *now
     };
@@ -378,7 +393,9 @@ fn all_sites_on_a_thousand_sites_runs_to_completion_on_the_engine() {
         if commands.is_empty() {
             break;
         }
-        released = engine.step(commands, tick(&mut now)).expect("the engine never stops");
+        released = engine
+            .step(commands, tick(&mut now))
+            .expect("the engine never stops");
     }
     let job = engine.state().job(&job_id).expect("job");
     assert_eq!(job.status, RunStatus::Completed, "{:?}", job.finish_reason);
@@ -422,7 +439,10 @@ fn all_sites_on_ten_thousand_sites_runs_to_completion() {
     );
     let job_id = w.submit(meta_all(1));
     let try_id = w.state.schedule_try.as_ref().expect("a try").try_id;
-    assert_eq!(w.state.schedule_try.as_ref().map(|t| t.asked.len()), Some(SITES));
+    assert_eq!(
+        w.state.schedule_try.as_ref().map(|t| t.asked.len()),
+        Some(SITES)
+    );
     let site_actor = |site: &String| Actor::Site { name: site.clone() };
     w.given(
         sites[..SITES - 1]

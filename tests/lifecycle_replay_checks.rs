@@ -8,8 +8,7 @@ use std::collections::BTreeMap;
 
 use fedrun::job::JobId;
 use fedrun::lifecycle::{
-    Actor, BlobHash, BootId, Event, EventKind, ReplayError, RunStatus, State, StepResult,
-    Timestamp,
+    Actor, BlobHash, BootId, Event, EventKind, ReplayError, RunStatus, State, StepResult, Timestamp,
 };
 use fedrun::site::protocol::ExitOutcome;
 use lifecycle_support::*;
@@ -300,6 +299,10 @@ fn an_ending_with_an_overlong_reason_is_refused() {
 fn a_lost_server_app_outside_a_recovery_window_is_refused() {
     let mut w = World::default();
     let job_id = w.running(&["site-1"], 1);
-    refused(&w.state, Actor::Recovery, EventKind::ServerAppLost { job_id });
+    refused(
+        &w.state,
+        Actor::Recovery,
+        EventKind::ServerAppLost { job_id },
+    );
     let _ = BlobHash([0; 32]);
 }

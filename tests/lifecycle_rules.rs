@@ -8,14 +8,19 @@ mod lifecycle_support;
 use std::time::Duration;
 
 use fedrun::lifecycle::{
-    AdminRequest, Answer, BlobHash, Command, Effect, EventKind, Origin, Rejection, Role,
-    RunPhase, RunStatus, Timer,
+    AdminRequest, Answer, BlobHash, Command, Effect, EventKind, Origin, Rejection, Role, RunPhase,
+    RunStatus, Timer,
 };
 use fedrun::settings::Settings;
 use fedrun::site::protocol::{ExitOutcome, SiteReport};
 use lifecycle_support::*;
 
-fn with_key(w: &mut World, who: fedrun::lifecycle::Identity, key: &str, request: AdminRequest) -> fedrun::lifecycle::Decision {
+fn with_key(
+    w: &mut World,
+    who: fedrun::lifecycle::Identity,
+    key: &str,
+    request: AdminRequest,
+) -> fedrun::lifecycle::Decision {
     w.when(Command::Admin {
         origin: Origin {
             identity: who,
@@ -39,9 +44,16 @@ fn submit_request(package: u8) -> AdminRequest {
 fn the_same_key_from_two_admins_is_two_requests() {
     let mut w = World::default();
     let a = with_key(&mut w, boss(), "k", submit_request(1));
-    let b = with_key(&mut w, admin("lee", "acme", Role::Lead), "k", submit_request(1));
-    let (Some(Ok(Answer::Submitted { job_id: first })), Some(Ok(Answer::Submitted { job_id: second }))) =
-        (a.reply, b.reply)
+    let b = with_key(
+        &mut w,
+        admin("lee", "acme", Role::Lead),
+        "k",
+        submit_request(1),
+    );
+    let (
+        Some(Ok(Answer::Submitted { job_id: first })),
+        Some(Ok(Answer::Submitted { job_id: second })),
+    ) = (a.reply, b.reply)
     else {
         panic!("both submits are accepted");
     };
@@ -69,7 +81,11 @@ fn the_same_key_for_another_request_is_refused_and_a_repeat_gets_the_first_answe
         );
         assert_eq!(kinds(&d), ["request_refused"]);
     }
-    assert_eq!(w.status(job_id), RunStatus::Submitted, "the abort did not happen");
+    assert_eq!(
+        w.status(job_id),
+        RunStatus::Submitted,
+        "the abort did not happen"
+    );
     // The first answer is still the one a repeat gets.
     let again = with_key(&mut w, boss(), "k", submit_request(1));
     assert_eq!(again.reply, Some(Ok(Answer::Submitted { job_id })));
@@ -149,7 +165,11 @@ fn a_run_being_stopped_stays_stopping_after_a_restart_and_holds_its_slot() {
     );
     let (_, d) = w.run_to_next_deadline().expect("reattach grace");
     assert!(w.state.recovery.is_none());
-    assert_eq!(w.job(job_id).run.phase, RunPhase::Stopping, "still stopping");
+    assert_eq!(
+        w.job(job_id).run.phase,
+        RunPhase::Stopping,
+        "still stopping"
+    );
     assert!(d.effects.contains(&Effect::StopSiteApp {
         site: "site-2".into(),
         job_id
@@ -181,8 +201,14 @@ fn a_disconnected_site_ends_the_stop_after_its_reconnect_grace() {
     // site-2 never comes back: counted from its recorded disconnect (at the restart).
     let started = w.state.sites.get("site-2").expect("known").since;
     let (timer, _) = w.run_to_next_deadline().expect("reconnect grace");
-    assert!(matches!(timer, Timer::SiteReconnectGraceOver { .. }), "{timer:?}");
-    assert_eq!(w.now, started.plus(Settings::default().site_reconnect_grace));
+    assert!(
+        matches!(timer, Timer::SiteReconnectGraceOver { .. }),
+        "{timer:?}"
+    );
+    assert_eq!(
+        w.now,
+        started.plus(Settings::default().site_reconnect_grace)
+    );
     assert_eq!(w.job(job_id).run.phase, RunPhase::Stopped);
 }
 
@@ -247,7 +273,11 @@ fn an_exit_the_site_says_fedrun_stopped_is_not_a_failure() {
     // site-1 was told to stop (a late start elsewhere, an old request): its kill is not a
     // failure, and does not stop the run.
     let d = w.site_exit_flagged("site-1", job_id, "r1", ExitOutcome::Signal(9), true);
-    assert!(!kinds(&d).contains(&"run_stop_requested"), "{:?}", kinds(&d));
+    assert!(
+        !kinds(&d).contains(&"run_stop_requested"),
+        "{:?}",
+        kinds(&d)
+    );
     w.site_exit("site-2", job_id, "r2", ExitOutcome::Code(0));
     w.server_exit(job_id, ExitOutcome::Code(0));
     assert_eq!(w.status(job_id), RunStatus::Completed);
@@ -299,7 +329,11 @@ fn the_signer_is_recorded_and_a_clone_keeps_submitter_and_signer() {
         .iter()
         .find(|e| e.kind.name() == "job_submitted")
         .expect("recorded");
-    assert_eq!(submitted.actor.identity(), Some(boss()), "the cloner is the actor");
+    assert_eq!(
+        submitted.actor.identity(),
+        Some(boss()),
+        "the cloner is the actor"
+    );
 }
 
 #[test]
@@ -333,7 +367,13 @@ fn exit_reports_are_recorded_once_per_site_the_job_was_sent_to() {
     w.site_exit_flagged("site-9", job_id, "x1", ExitOutcome::Code(1), false);
     let unknown = fedrun::job::JobId(uuid::Uuid::from_u128(99));
     w.site_exit_flagged("site-1", unknown, "x2", ExitOutcome::Code(1), false);
-    w.site_exit_flagged("site-1", job_id, &"r".repeat(300), ExitOutcome::Code(1), false);
+    w.site_exit_flagged(
+        "site-1",
+        job_id,
+        &"r".repeat(300),
+        ExitOutcome::Code(1),
+        false,
+    );
     w.site_exit_flagged(&"s".repeat(300), job_id, "x3", ExitOutcome::Code(1), false);
     assert_eq!(w.state.last_seq, before, "nothing was recorded");
     // The real site: one exit recorded, then no more under new report ids.
@@ -341,7 +381,13 @@ fn exit_reports_are_recorded_once_per_site_the_job_was_sent_to() {
     assert!(kinds(&d).contains(&"site_outcome_reported"));
     let after = w.state.last_seq;
     for n in 0..50 {
-        let d = w.site_exit_flagged("site-1", job_id, &format!("again-{n}"), ExitOutcome::Code(1), false);
+        let d = w.site_exit_flagged(
+            "site-1",
+            job_id,
+            &format!("again-{n}"),
+            ExitOutcome::Code(1),
+            false,
+        );
         assert!(d.events.is_empty());
     }
     assert_eq!(w.state.last_seq, after);

@@ -640,12 +640,11 @@ fn restart_in_each_non_terminal_status() {
     // site-3 still runs the abandoned job's app: the run stays stopping, holds its
     // max_jobs slot, and its workspace is not archived yet (SPEC section 4).
     assert_eq!(w.job(lost).run.phase, RunPhase::Stopping);
-    assert!(!d
-        .effects
-        .iter()
-        .any(|e| *e == Effect::ArchiveWorkspace { job_id: lost }));
+    assert!(!d.effects.contains(&Effect::ArchiveWorkspace { job_id: lost }));
     let d = w.site_exit("site-3", lost, "r3", ExitOutcome::Signal(15));
-    assert!(d.effects.contains(&Effect::ArchiveWorkspace { job_id: lost }));
+    assert!(d
+        .effects
+        .contains(&Effect::ArchiveWorkspace { job_id: lost }));
     assert_eq!(w.job(lost).run.phase, RunPhase::Stopped);
     // A job abandoned at restart can be deleted once its archive settles (peer defect: a
     // job RUNNING forever after a restart could be neither aborted nor deleted).

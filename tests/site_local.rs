@@ -154,6 +154,7 @@ impl Site {
                 job_id: j,
                 report_id,
                 outcome,
+                ..
             } if j == job_id => {
                 assert_eq!(report_id, exit_report_id(SITE, job_id));
                 outcome

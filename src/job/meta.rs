@@ -205,7 +205,9 @@ pub enum MetaError {
     #[error("meta.json: `resource_spec` must map each site (or \"@default\") to an object of resource -> number")]
     BadResourceSpec,
     /// A name over its length limit.
-    #[error("meta.json: {what} {name:?}... is {bytes} bytes long, over the limit of {limit} bytes")]
+    #[error(
+        "meta.json: {what} {name:?}... is {bytes} bytes long, over the limit of {limit} bytes"
+    )]
     NameTooLong {
         /// What kind of name (`name`, `app`, `site`, `resource`).
         what: &'static str,
@@ -225,7 +227,9 @@ pub enum MetaError {
         limit: usize,
     },
     /// A `resource_spec` entry with more than [`RESOURCE_KEYS_MAX`] resources.
-    #[error("meta.json: resource_spec[{site:?}] holds {count} resources, over the limit of {limit}")]
+    #[error(
+        "meta.json: resource_spec[{site:?}] holds {count} resources, over the limit of {limit}"
+    )]
     TooManyResourceKeys {
         /// The site (or `@default`).
         site: String,

@@ -113,7 +113,12 @@ pub fn decide(
         .find(|e| encoded_len(e) > MAX_EVENT_BYTES)
     {
         let bytes = encoded_len(event);
-        tracing::error!(seq = event.seq, kind = event.kind.name(), bytes, "refusing a command whose event would not fit in the history");
+        tracing::error!(
+            seq = event.seq,
+            kind = event.kind.name(),
+            bytes,
+            "refusing a command whose event would not fit in the history"
+        );
         return Err(Rejection::TooLarge {
             bytes,
             limit: MAX_EVENT_BYTES,
@@ -648,7 +653,9 @@ impl Ctx<'_> {
                     .iter()
                     .map(|s| (s.clone(), reservations.get(s).cloned()))
                     .collect();
-                let weigh = |(s, t): &(String, Option<String>)| s.len() * 2 + t.as_ref().map_or(0, String::len);
+                let weigh = |(s, t): &(String, Option<String>)| {
+                    s.len() * 2 + t.as_ref().map_or(0, String::len)
+                };
                 let mut chunks = chunk_by_bytes(&pairs, weigh).into_iter();
                 let split = |chunk: Vec<(String, Option<String>)>| {
                     let sites: Vec<String> = chunk.iter().map(|(s, _)| s.clone()).collect();
@@ -966,7 +973,8 @@ fn chunk_groups(groups: Vec<ResourceGroup>) -> Vec<Vec<ResourceGroup>> {
     let mut chunks: Vec<Vec<ResourceGroup>> = vec![Vec::new()];
     let mut bytes = 0usize;
     for group in groups {
-        let resource_bytes: usize = group.resources.keys().map(|k| k.len() + 12).sum::<usize>() + 16;
+        let resource_bytes: usize =
+            group.resources.keys().map(|k| k.len() + 12).sum::<usize>() + 16;
         let mut part: Vec<String> = Vec::new();
         let mut part_bytes = resource_bytes;
         for site in group.sites {
@@ -982,7 +990,9 @@ fn chunk_groups(groups: Vec<ResourceGroup>) -> Vec<Vec<ResourceGroup>> {
                 chunks.push(Vec::new());
                 bytes = 0;
                 part_bytes = resource_bytes;
-            } else if part.is_empty() && bytes > 0 && bytes + part_bytes + weight > GROUP_CHUNK_BYTES
+            } else if part.is_empty()
+                && bytes > 0
+                && bytes + part_bytes + weight > GROUP_CHUNK_BYTES
             {
                 chunks.push(Vec::new());
                 bytes = 0;

@@ -222,9 +222,9 @@ impl Run {
         if self.started_at.is_some() {
             return self.job_clients.iter().any(pending);
         }
-        self.start.iter().any(|(who, r)| {
-            who.as_str() != crate::job::meta::SERVER && r.is_ok() && pending(who)
-        })
+        self.start
+            .iter()
+            .any(|(who, r)| who.as_str() != crate::job::meta::SERVER && r.is_ok() && pending(who))
     }
 
     /// The sites whose app process may run: `job_clients` once the job went `RUNNING`,
@@ -743,7 +743,10 @@ impl State {
                 || site.len() > crate::lifecycle::event::MAX_ID_BYTES
                 || site == crate::job::meta::SERVER
             {
-                Err(format!("{:?} is not a valid site name", site.chars().take(40).collect::<String>()))
+                Err(format!(
+                    "{:?} is not a valid site name",
+                    site.chars().take(40).collect::<String>()
+                ))
             } else {
                 Ok(())
             }
@@ -830,7 +833,10 @@ impl State {
                 }
             }
             ResourceAnswered { job_id, .. }
-                if self.schedule_try.as_ref().is_some_and(|t| t.job_id != *job_id) =>
+                if self
+                    .schedule_try
+                    .as_ref()
+                    .is_some_and(|t| t.job_id != *job_id) =>
             {
                 Err(format!("the try in flight is not job {job_id}'s"))
             }
@@ -862,7 +868,10 @@ impl State {
                 }
                 Ok(())
             }
-            RunClientsAdded { job_id, job_clients } => {
+            RunClientsAdded {
+                job_id,
+                job_clients,
+            } => {
                 let job = self.job_in(job_id, &[Running], "add run clients")?;
                 let in_order = match (job.run.job_clients.last(), job_clients.first()) {
                     (Some(last), Some(first)) => last < first,
@@ -891,10 +900,7 @@ impl State {
             },
             ScheduleAttempted { job_id, outcome } => {
                 self.job_in(job_id, &[Submitted], "be tried")?;
-                let try_of_job = self
-                    .schedule_try
-                    .as_ref()
-                    .filter(|t| t.job_id == *job_id);
+                let try_of_job = self.schedule_try.as_ref().filter(|t| t.job_id == *job_id);
                 match (outcome, &self.schedule_try, try_of_job) {
                     (crate::lifecycle::event::ScheduleOutcome::Dispatched { .. }, _, Some(t))
                         if t.complete() =>
@@ -973,7 +979,8 @@ impl State {
                         "job {job_id} is not waiting for {participant}'s answer to this step"
                     ));
                 }
-                let known = participant == crate::job::meta::SERVER || job.run.was_sent(participant);
+                let known =
+                    participant == crate::job::meta::SERVER || job.run.was_sent(participant);
                 if known {
                     Ok(())
                 } else {
@@ -1395,7 +1402,8 @@ impl State {
                     // Once every site has answered (at once, for a run without sites) the
                     // server app starts next. Only the server and the run's sites answer
                     // (the fold checks it), so counting is enough.
-                    let site_answers = job.run.deploy.len() - usize::from(job.run.deploy.contains_key(server));
+                    let site_answers =
+                        job.run.deploy.len() - usize::from(job.run.deploy.contains_key(server));
                     let all_answered = site_answers >= job.run.sites.len();
                     if matches!(job.run.step, Some((StartStep::DeployingSites, _))) && all_answered
                     {

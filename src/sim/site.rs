@@ -237,9 +237,11 @@ impl SimSite {
                 }
             }
             SiteRequest::Stop { job_id } => match self.apps.remove(&job_id) {
-                Some(_) => vec![SiteOutput::Report(
-                    self.exited(job_id, ExitOutcome::Signal(STOP_SIGNAL), true),
-                )],
+                Some(_) => vec![SiteOutput::Report(self.exited(
+                    job_id,
+                    ExitOutcome::Signal(STOP_SIGNAL),
+                    true,
+                ))],
                 None => Vec::new(),
             },
             // Simulated reports are kept only while undeliverable (see `keep`), so a

@@ -361,10 +361,7 @@ impl World {
         report: &str,
         outcome: ExitOutcome,
     ) -> Decision {
-        let stop_requested = self
-            .state
-            .job(&job_id)
-            .is_some_and(|j| j.run.stopping());
+        let stop_requested = self.state.job(&job_id).is_some_and(|j| j.run.stopping());
         self.site_exit_flagged(site, job_id, report, outcome, stop_requested)
     }
 
