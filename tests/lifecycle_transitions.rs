@@ -640,7 +640,9 @@ fn restart_in_each_non_terminal_status() {
     // site-3 still runs the abandoned job's app: the run stays stopping, holds its
     // max_jobs slot, and its workspace is not archived yet (SPEC section 4).
     assert_eq!(w.job(lost).run.phase, RunPhase::Stopping);
-    assert!(!d.effects.contains(&Effect::ArchiveWorkspace { job_id: lost }));
+    assert!(!d
+        .effects
+        .contains(&Effect::ArchiveWorkspace { job_id: lost }));
     let d = w.site_exit("site-3", lost, "r3", ExitOutcome::Signal(15));
     assert!(d
         .effects
