@@ -31,7 +31,7 @@ fn event_at(seq: u64) -> Step {
 }
 
 /// The child: append batches of random size until killed, printing each acknowledged
-/// head, and now and then take a snapshot (which also rewrites the anchor).
+/// head, and now and then take a snapshot (every batch also rewrites the anchor).
 fn child(dir: &Path) -> ! {
     let mut history = History::<Step>::open(dir).expect("child opens the history");
     let mut state = history

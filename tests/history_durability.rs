@@ -460,8 +460,8 @@ fn both_stores_refuse_an_append_on_another_head() {
         // Building on the empty head again: refused, nothing written.
         let err = store.append(Head::EMPTY, &[(1, one.clone())]).unwrap_err();
         assert!(
-            matches!(err, StorageError::HeadMoved { expected, found }
-                if expected == Head::EMPTY && found == head),
+            matches!(&err, StorageError::HeadMoved { expected, found }
+                if **expected == Head::EMPTY && **found == head),
             "{err}"
         );
         let two = record::encode(2, head.hash, &steps(2, 1)[0]).unwrap();

@@ -393,3 +393,31 @@ fn exit_reports_are_recorded_once_per_site_the_job_was_sent_to() {
     assert_eq!(w.state.last_seq, after);
     assert_eq!(w.job(job_id).run.report_ids.len(), 1);
 }
+
+#[test]
+fn a_connect_records_only_jobs_the_site_was_sent() {
+    let mut w = World::default();
+    let job_id = w.running(&["site-1"], 1);
+    let strangers: Vec<fedrun::job::JobId> = (100..1100)
+        .map(|n| fedrun::job::JobId(uuid::Uuid::from_u128(n)))
+        .collect();
+    let mut running = strangers.clone();
+    running.push(job_id);
+    let d = w.site(
+        "site-1",
+        SiteReport::Connected {
+            resources: Default::default(),
+            running,
+        },
+    );
+    let recorded = d.events.iter().find_map(|e| match &e.kind {
+        EventKind::SiteConnected { running, .. } => Some(running.clone()),
+        _ => None,
+    });
+    assert_eq!(recorded, Some(vec![job_id]));
+    // The unknown jobs are still told to stop.
+    assert!(d.effects.contains(&Effect::StopSiteApp {
+        site: "site-1".into(),
+        job_id: strangers[0]
+    }));
+}

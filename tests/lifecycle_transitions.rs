@@ -642,8 +642,7 @@ fn restart_in_each_non_terminal_status() {
     assert_eq!(w.job(lost).run.phase, RunPhase::Stopping);
     assert!(!d
         .effects
-        .iter()
-        .any(|e| *e == Effect::ArchiveWorkspace { job_id: lost }));
+        .contains(&Effect::ArchiveWorkspace { job_id: lost }));
     let d = w.site_exit("site-3", lost, "r3", ExitOutcome::Signal(15));
     assert!(d
         .effects

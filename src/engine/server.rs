@@ -13,6 +13,12 @@
 //! frees. The rules (the durability barrier, routing, acknowledgements, timers) are the
 //! node's; this file only moves bytes.
 //!
+//! Blob frees run on the history thread, in order with the appends, and a submit holds a
+//! pin on its package blob until its answer (which follows the durable `JobSubmitted`):
+//! so a free decided before a submit of the same bytes either runs before the put (which
+//! then writes the blob again) or finds it pinned, and never removes the package of an
+//! accepted job (SPEC section 3, Changed).
+//!
 //! When the node stops (a failed append, an illegal decision) the task ends: requests are
 //! answered [`AdminError::Stopped`], [`Server::wait_stopped`] returns the cause, and the
 //! `fedrun` process exits with [`EXIT_ENGINE_STOPPED`].

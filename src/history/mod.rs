@@ -375,7 +375,8 @@ impl<E: Serialize + DeserializeOwned + Sequenced> History<E> {
     /// Opens the history in `dir` for the audit, on a private copy like
     /// [`History::open_read_only`]: neither the anchor nor the last record is checked
     /// here, since the audit reports on them itself ([`History::verify`]) instead of
-    /// refusing to look. The store is returned too, for its blobs.
+    /// refusing to look. (`fedrun audit verify` opens the copy itself with
+    /// [`SledStorage::open_copy`], to keep its blob store.)
     pub fn open_for_audit(dir: &Path) -> Result<History<E>, OpenError> {
         let storage = SledStorage::open_copy(dir, READER_LOCK_WAIT)?;
         History::for_audit(Box::new(storage)).map_err(|source| OpenError::Storage {
@@ -518,8 +519,8 @@ impl<E: Serialize + DeserializeOwned + Sequenced> History<E> {
                 Err(AppendError::HeadMoved {
                     first_seq,
                     last_seq,
-                    expected,
-                    found,
+                    expected: *expected,
+                    found: *found,
                 })
             }
             Err(source) => {

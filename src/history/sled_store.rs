@@ -646,7 +646,10 @@ impl Storage for SledStorage {
         let new_head = head_after(expected, records)?;
         let found = head_of(self.last()?);
         if found != expected {
-            return Err(StorageError::HeadMoved { expected, found });
+            return Err(StorageError::HeadMoved {
+                expected: Box::new(expected),
+                found: Box::new(found),
+            });
         }
         if records.is_empty() {
             return Ok(expected);

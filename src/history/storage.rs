@@ -55,10 +55,10 @@ pub enum StorageError {
     /// since this writer last looked. Nothing was written.
     #[error("the history's head is record {} ({}), not record {} ({}) as this writer expected: another writer changed it", found.seq, found.hash, expected.seq, expected.hash)]
     HeadMoved {
-        /// The head the writer expected.
-        expected: Head,
+        /// The head the writer expected (boxed: errors stay small).
+        expected: Box<Head>,
         /// The head the store holds.
-        found: Head,
+        found: Box<Head>,
     },
     /// An earlier write failed, so the store refuses every later one: what is on disk
     /// may differ from what the process believes, and going on would diverge.
@@ -228,7 +228,10 @@ impl Storage for MemoryStorage {
                 .map(|(seq, bytes)| (*seq, bytes.clone())),
         );
         if found != expected {
-            return Err(StorageError::HeadMoved { expected, found });
+            return Err(StorageError::HeadMoved {
+                expected: Box::new(expected),
+                found: Box::new(found),
+            });
         }
         for (seq, bytes) in records {
             inner.records.insert(*seq, bytes.clone());

@@ -1380,6 +1380,12 @@ fn site_report(ctx: &mut Ctx<'_>, site: String, report: SiteReport) {
                     });
                 }
             }
+            // Only jobs the site was sent are recorded: ids of unknown jobs (answered with
+            // a stop above) would only grow the history.
+            let running: Vec<JobId> = running
+                .into_iter()
+                .filter(|id| ctx.job(id).is_some_and(|j| j.run.was_sent(&site)))
+                .collect();
             ctx.emit(
                 actor,
                 EventKind::SiteConnected {
