@@ -187,13 +187,14 @@ mod tests {
             stop_requested: true,
         };
         assert_eq!(
-            predict(&clients, &[stopped.clone(), site("b", 0)]),
+            predict(&clients, &[stopped, site("b", 0)]),
             RunStatus::Completed
         );
         // The same signal without fedrun's stop is a failure, and a sticky one.
         let killed = Fact::SiteExit {
+            site: "a".into(),
+            outcome: ExitOutcome::Signal(15),
             stop_requested: false,
-            ..stopped
         };
         assert_eq!(
             predict(&clients, &[killed, site("b", 0)]),

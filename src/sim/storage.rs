@@ -142,7 +142,10 @@ impl Storage for FaultyStorage {
         let found = Self::head(&disk);
         if found != expected {
             disk.plan = None;
-            return Err(StorageError::HeadMoved { expected, found });
+            return Err(StorageError::HeadMoved {
+                expected: Box::new(expected),
+                found: Box::new(found),
+            });
         }
         if disk.full {
             disk.plan = None;
