@@ -31,7 +31,7 @@ type Case = (
 const OPEN_CORE_DEFECTS: &[Case] = &[
     (
         "reattach_ended_run",
-        1641,
+        1640,
         KnownBug::ReattachedEndedRunNotStopped,
         "still runs",
         &[KnownBug::RepeatedAnswerStopsApp],
