@@ -90,7 +90,7 @@ fn attempted(seq: u64, n: u64) -> Event {
 /// The event at `seq` of a legal history: each job is submitted, then tried three times.
 fn event_at(seq: u64) -> Event {
     let n = (seq - 1) / 4;
-    if (seq - 1) % 4 == 0 {
+    if (seq - 1).is_multiple_of(4) {
         submitted(seq, n)
     } else {
         attempted(seq, n)

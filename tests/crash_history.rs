@@ -54,7 +54,7 @@ fn child(dir: &Path) -> ! {
         writeln!(out, "ACK {}", head.seq).expect("child writes to its pipe");
         out.flush().expect("child flushes its pipe");
         batches += 1;
-        if batches % 7 == 0 {
+        if batches.is_multiple_of(7) {
             history
                 .take_snapshot(&state)
                 .expect("child takes a snapshot");

@@ -396,7 +396,7 @@ impl Harness {
             }
         };
         if let Some(t) = &state.schedule_try {
-            if index % 3 == 0 {
+            if index.is_multiple_of(3) {
                 let site = t
                     .asked
                     .iter()
@@ -469,7 +469,7 @@ impl Harness {
                     OUTCOMES[index % OUTCOMES.len()]
                 };
                 match run.outstanding_sites().first() {
-                    Some(site) if index % 2 == 0 || !run.server_outstanding() => {
+                    Some(site) if index.is_multiple_of(2) || !run.server_outstanding() => {
                         Some(Command::Site {
                             site: site.clone(),
                             report: SiteReport::AppExited {

@@ -1369,7 +1369,7 @@ fn site_report(ctx: &mut Ctx<'_>, site: String, report: SiteReport) {
                 // A site still running an app of a job that has ended, or of a run that
                 // fedrun is stopping (the stop request may have been lost with the
                 // connection), is told to stop it.
-                let stop = ctx.scratch.jobs.get(job_id).map_or(true, |j| {
+                let stop = ctx.scratch.jobs.get(job_id).is_none_or(|j| {
                     (j.status.is_terminal() && j.run.phase == RunPhase::Stopped)
                         || j.run.phase == RunPhase::Stopping
                 });

@@ -1852,7 +1852,7 @@ impl<'a> Sim<'a> {
         // its own (every job settled) must have left nothing running; one cut short by
         // `until` or the cap is checked only where its faults had stopped.
         let model_checked = self.check_model(&state, &events)?;
-        let faults_over = self.faults.until().map_or(true, |u| ended_at >= u);
+        let faults_over = self.faults.until().is_none_or(|u| ended_at >= u);
         if ended == Ended::AllTerminal && faults_over {
             self.checker
                 .at_end(&self.world())

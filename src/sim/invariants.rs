@@ -204,7 +204,7 @@ impl Checker {
         let live = !job.status.is_terminal() && !job.run.stopping();
         let answered = if delete {
             job.run.deploy.get(site).is_some_and(|r| r.is_ok())
-                && !job.run.start.get(site).is_some_and(|r| !r.is_ok())
+                && job.run.start.get(site).is_none_or(|r| r.is_ok())
         } else {
             job.run.start.get(site).is_some_and(|r| r.is_ok())
         };
