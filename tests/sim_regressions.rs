@@ -121,3 +121,18 @@ fn a_lie_about_a_job_never_run_is_recorded() {
         ),
     }
 }
+
+/// Seed 607 of the campaign's `everything`: site s2's grace runs out while the server is
+/// up, the server crashes, s2 comes back while it is down. Its apps belong to jobs the
+/// server counts as ended, and it can stop them only once it runs again: the invariants
+/// give them `abort_grace` from the restart, not from the return (a false alarm before).
+#[test]
+fn a_site_back_while_the_server_is_down_gets_its_abort_grace_from_the_restart() {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios/campaign/everything.toml");
+    let checked = fedrun::sim::scenario::load(&path).expect("valid scenario");
+    let tolerant = RunOptions {
+        tolerate: KnownBug::ALL.to_vec(),
+    };
+    fedrun::sim::driver::run_with(&checked, 607, &tolerant).expect("seed 607 passes");
+}

@@ -279,6 +279,9 @@ struct Sim<'a> {
     unacked_survivors: std::collections::BTreeSet<u64>,
     /// Per site: its current disconnect was recorded by a running server.
     away_recorded: Vec<bool>,
+    /// Per site: it came back past its grace while the server was down (its return then
+    /// counts from the restart).
+    returned_while_down: Vec<bool>,
     /// Per site: when it came back after staying away past its grace, and its apps then.
     returned: Vec<Option<(Duration, Vec<JobId>)>>,
     /// An IO point decided to crash the server; the crash happens once the effect loop
@@ -393,6 +396,7 @@ pub fn run_full<'a>(
         away_recorded: vec![false; site_count],
         unacked_survivors: Default::default(),
         returned: vec![None; site_count],
+        returned_while_down: vec![false; site_count],
     };
     sim.run()
 }
@@ -785,6 +789,14 @@ impl<'a> Sim<'a> {
             if now >= away_from + self.settings.site_reconnect_grace {
                 self.returned[s] = Some((now, self.sites[s].running()));
             }
+        } else if self.away_recorded[s]
+            && now >= self.site_since[s] + self.settings.site_reconnect_grace
+        {
+            // The grace ran out while a server counted it, and the site came back while
+            // the server was down: the server can stop its apps only once it runs again,
+            // so the return counts from the restart (see `start_engine`).
+            self.returned[s] = Some((now, self.sites[s].running()));
+            self.returned_while_down[s] = true;
         }
         self.site_since[s] = now;
         if self.engine.is_some() {
@@ -924,6 +936,14 @@ impl<'a> Sim<'a> {
         };
         self.engine = Some(engine);
         self.server_up_since = Some(self.now());
+        let now = self.now();
+        for (s, returned) in self.returned.iter_mut().enumerate() {
+            if std::mem::take(&mut self.returned_while_down[s]) {
+                if let Some((at, _)) = returned {
+                    *at = now;
+                }
+            }
+        }
         if self.faults.spec().is_some() {
             self.observed = State::new();
         }
