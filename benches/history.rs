@@ -2,7 +2,9 @@
 //! of the same size on the same disk, batches of 64, replay of a million events, and
 //! start-up from a snapshot plus a tail.
 //!
-//! Run: `cargo bench --bench history`. Sizes are kept small enough that the whole run
+//! Run: `cargo bench --bench history`; only the append groups, briefly:
+//! `cargo bench --bench history -- 'durable_append_one|batch_of_64' --warm-up-time 1
+//! --measurement-time 3`. Sizes are kept small enough that the whole run
 //! takes a few minutes; set `FEDRUN_BENCH_REPLAY_EVENTS` to change the replay size.
 
 use std::collections::BTreeMap;
@@ -88,7 +90,7 @@ fn attempted(seq: u64, n: u64) -> Event {
 /// The event at `seq` of a legal history: each job is submitted, then tried three times.
 fn event_at(seq: u64) -> Event {
     let n = (seq - 1) / 4;
-    if (seq - 1) % 4 == 0 {
+    if (seq - 1).is_multiple_of(4) {
         submitted(seq, n)
     } else {
         attempted(seq, n)
@@ -108,8 +110,10 @@ fn durable_append(c: &mut Criterion) {
         .sample_size(30)
         .measurement_time(Duration::from_secs(6));
 
+    // Includes the per-batch anchor: sled's flush, then the anchor's overwrite, then the
+    // data file's and the anchor's fdatasyncs at once.
     let mut history = EventHistory::open(&dir.path().join("h")).expect("open");
-    group.bench_function("history_append_batch_of_1", |b| {
+    group.bench_function("history_append_batch_of_1_with_anchor", |b| {
         b.iter(|| {
             let seq = history.next_seq();
             history.append_batch(&[event_at(seq)]).expect("append");
@@ -156,6 +160,52 @@ fn durable_append(c: &mut Criterion) {
             slot += 1;
         })
     });
+
+    // The like-for-like floor of a durable append with its anchor: the same-size
+    // overwrite of the data file and a 512-byte overwrite of a 4 KiB anchor file, their
+    // two fdatasyncs on two threads at once, as `append_batch` does.
+    let anchor_path = dir.path().join("raw-anchor");
+    let anchor = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&anchor_path)
+        .expect("raw anchor");
+    anchor.set_len(0).expect("truncate");
+    {
+        use std::os::unix::fs::FileExt;
+        anchor.write_all_at(&[0u8; 4096], 0).expect("fill");
+    }
+    anchor.sync_all().expect("fsync");
+    let data = file.try_clone().expect("clone");
+    let (request, requests) = std::sync::mpsc::channel::<()>();
+    let (done_tx, done) = std::sync::mpsc::channel::<()>();
+    let syncer = std::thread::spawn(move || {
+        for () in requests {
+            data.sync_data().expect("fdatasync");
+            done_tx.send(()).expect("bench waits");
+        }
+    });
+    group.bench_function(
+        "raw_overwrite_plus_anchor_overwrite_two_fdatasyncs_overlapped",
+        |b| {
+            b.iter(|| {
+                use std::os::unix::fs::FileExt;
+                file.write_all_at(&payload, (slot % slots) * size as u64)
+                    .expect("write");
+                anchor
+                    .write_all_at(&[slot as u8; 512], (slot % 2) * 512)
+                    .expect("write anchor");
+                request.send(()).expect("sync thread runs");
+                anchor.sync_data().expect("fdatasync anchor");
+                done.recv().expect("sync thread answers");
+                slot += 1;
+            })
+        },
+    );
+    drop(request);
+    syncer.join().expect("sync thread ends");
     group.finish();
 }
 
@@ -208,6 +258,7 @@ fn batches_of_64(c: &mut Criterion) {
     let options = SledOptions {
         create: true,
         sync: Box::new(NoSync),
+        ..SledOptions::default()
     };
     let mut history = EventHistory::open_with(dir.path(), options).expect("open");
     bench_batches(

@@ -94,6 +94,7 @@ async fn bench() {
                 job_id,
                 app_name: "app".into(),
                 package: package.clone(),
+                verify_at: None,
             },
             SiteRequest::Start { job_id },
         ];

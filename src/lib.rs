@@ -15,8 +15,10 @@
 //! - [`blobs`]: content-addressed files named by their BLAKE3 hash.
 //! - [`job`]: what a job is: id, `meta.json`, run file, package ingest, limits, unpack.
 //! - [`trust`]: provisioning, certificates, NVFlare-compatible job signing and verifying.
-//! - [`engine`]: the single task that owns state and history, its clock and ids, and the
-//!   server that hands effects to workers.
+//! - [`engine`]: the sans-IO [`engine::node::Node`] (inputs in; the batch to append, then
+//!   replies, participant requests, archive and blob work, and the next deadline out), its
+//!   drivers (the synchronous `Engine` of the simulator and tests, the tokio `Server` with
+//!   its history thread), the server's local participant, clock and ids.
 //! - [`site`]: the engine <-> site protocol, the local site, and the app process runner.
 //! - [`sim`]: scenario files, simulated sites and the deterministic driver of `fedrun sim`.
 

@@ -7,7 +7,14 @@ use clap::{Parser, Subcommand};
 /// fedrun runs federated jobs across many remote sites and keeps every step in a
 /// replayable, hash-chained history.
 #[derive(Parser, Debug)]
-#[command(name = "fedrun", version, about, long_about = None)]
+#[command(
+    name = "fedrun",
+    version,
+    about,
+    long_about = None,
+    after_help = "Exit codes: 0 success; 1 error; 70 the server's engine stopped for good \
+                  (a write to its history failed); a supervisor restarts it."
+)]
 struct Cli {
     /// Log filter (tracing's env-filter syntax); the FEDRUN_LOG variable is read too.
     #[arg(long, global = true, default_value = "warn")]

@@ -31,7 +31,7 @@ fn event_at(seq: u64) -> Step {
 }
 
 /// The child: append batches of random size until killed, printing each acknowledged
-/// head, and now and then take a snapshot (which also rewrites the anchor).
+/// head, and now and then take a snapshot (every batch also rewrites the anchor).
 fn child(dir: &Path) -> ! {
     let mut history = History::<Step>::open(dir).expect("child opens the history");
     let mut state = history
@@ -54,7 +54,7 @@ fn child(dir: &Path) -> ! {
         writeln!(out, "ACK {}", head.seq).expect("child writes to its pipe");
         out.flush().expect("child flushes its pipe");
         batches += 1;
-        if batches % 7 == 0 {
+        if batches.is_multiple_of(7) {
             history
                 .take_snapshot(&state)
                 .expect("child takes a snapshot");

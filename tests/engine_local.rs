@@ -8,12 +8,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod engine_support;
+
+use engine_support::{settled, wait_for};
 use fedrun::engine::clock::WallClock;
 use fedrun::engine::server::{AdminError, Server, ServerConfig};
 use fedrun::job::JobId;
-use fedrun::lifecycle::{
-    AdminRequest, Answer, Archive, Identity, Origin, Role, RunPhase, RunStatus, State,
-};
+use fedrun::lifecycle::{AdminRequest, Answer, Archive, Identity, Origin, Role, RunStatus};
 use fedrun::site::local::{LocalSite, LocalSiteConfig, SiteHandle};
 
 fn admin() -> Identity {
@@ -63,26 +64,6 @@ async fn start(dir: &Path, sites: &[&str]) -> (Server, Vec<SiteHandle>) {
     (server, handles)
 }
 
-async fn wait_for(server: &Server, what: &str, pred: impl Fn(&State) -> bool) -> Arc<State> {
-    let mut watch = server.watch();
-    let found = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            let state = watch.borrow_and_update().clone();
-            if pred(&state) {
-                return state;
-            }
-            if watch.changed().await.is_err() {
-                return state;
-            }
-        }
-    })
-    .await;
-    match found {
-        Ok(state) if pred(&state) => state,
-        _ => panic!("timed out waiting for {what}"),
-    }
-}
-
 async fn submit(server: &Server, path: &Path) -> JobId {
     match server
         .submit_path(path, admin(), None)
@@ -94,14 +75,6 @@ async fn submit(server: &Server, path: &Path) -> JobId {
     }
 }
 
-fn settled(state: &State, id: &JobId) -> bool {
-    state.jobs.get(id).is_some_and(|j| {
-        j.status.is_terminal()
-            && matches!(j.run.phase, RunPhase::NotStarted | RunPhase::Stopped)
-            && j.archive.is_settled()
-    })
-}
-
 /// True while a process of the group runs (zombies awaiting their reaper do not count:
 /// they run nothing).
 fn group_alive(pgid: i32) -> bool {
@@ -109,7 +82,8 @@ fn group_alive(pgid: i32) -> bool {
 }
 
 fn pgid_in(run_dir: &Path) -> i32 {
-    let text = std::fs::read_to_string(run_dir.join("process.json")).expect("process record");
+    let text = std::fs::read_to_string(fedrun::site::process::record_path(run_dir))
+        .expect("process record");
     let value: serde_json::Value = serde_json::from_str(&text).expect("json");
     value["pgid"].as_i64().expect("pgid") as i32
 }

@@ -7,63 +7,17 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod engine_support;
+
+use engine_support::{submit, TestStorage};
 use fedrun::engine::clock::SIM_EPOCH;
 use fedrun::engine::ids::SeededIds;
+use fedrun::engine::node::{Input, NodeError, Output, Participant, ReplyToken, Request};
 use fedrun::engine::owner::{Engine, EngineLimits, EngineRefusal, Ids, StepError};
-use fedrun::history::snapshot::SnapshotRecord;
-use fedrun::history::storage::RecordIter;
-use fedrun::history::{Head, History, MemoryStorage, Storage, StorageError};
-use fedrun::job::meta::{AppTargets, JobMeta};
-use fedrun::lifecycle::{
-    AdminRequest, Answer, BlobHash, Command, Effect, Event, Identity, Origin, Role, RunStatus,
-};
+use fedrun::history::{History, MemoryStorage};
+use fedrun::lifecycle::{Answer, Event, RunStatus};
 use fedrun::settings::Settings;
 use fedrun::site::protocol::SiteReport;
-
-/// A memory store that counts batch writes and can be told to fail them.
-struct Counting {
-    inner: MemoryStorage,
-    writes: Arc<AtomicUsize>,
-    fail: Arc<AtomicBool>,
-}
-
-impl Storage for Counting {
-    fn write_batch(&mut self, records: &[(u64, Vec<u8>)]) -> Result<(), StorageError> {
-        if self.fail.load(Ordering::SeqCst) {
-            return Err(StorageError::Corrupt {
-                detail: "disk full (test)".into(),
-            });
-        }
-        self.writes.fetch_add(1, Ordering::SeqCst);
-        self.inner.write_batch(records)
-    }
-    fn read(&self, seq: u64) -> Result<Option<Vec<u8>>, StorageError> {
-        self.inner.read(seq)
-    }
-    fn read_from(&self, from: u64) -> RecordIter<'_> {
-        self.inner.read_from(from)
-    }
-    fn last(&self) -> Result<Option<(u64, Vec<u8>)>, StorageError> {
-        self.inner.last()
-    }
-    fn save_snapshot(
-        &mut self,
-        record: &SnapshotRecord,
-        state: &[u8],
-        head: Head,
-    ) -> Result<(), StorageError> {
-        self.inner.save_snapshot(record, state, head)
-    }
-    fn load_snapshot(&self) -> Result<Option<(SnapshotRecord, Vec<u8>)>, StorageError> {
-        self.inner.load_snapshot()
-    }
-    fn anchor(&self) -> Result<Option<Head>, StorageError> {
-        self.inner.anchor()
-    }
-    fn write_anchor(&mut self, head: Head) -> Result<(), StorageError> {
-        self.inner.write_anchor(head)
-    }
-}
 
 struct Rig {
     memory: MemoryStorage,
@@ -81,10 +35,11 @@ impl Rig {
     }
 
     fn start(&self, limits: EngineLimits) -> Engine {
-        let storage = Counting {
+        let storage = TestStorage {
             inner: self.memory.clone(),
             writes: self.writes.clone(),
             fail: self.fail.clone(),
+            ..TestStorage::default()
         };
         let history = History::<Event>::from_storage(Box::new(storage), Path::new("test"))
             .expect("history opens");
@@ -100,36 +55,9 @@ impl Rig {
     }
 }
 
-fn submit(n: usize) -> Command {
-    Command::Admin {
-        origin: Origin {
-            identity: Identity {
-                name: "alice".into(),
-                org: "org".into(),
-                role: Role::ProjectAdmin,
-            },
-            request_id: Some(format!("submit-{n}")),
-        },
-        request: AdminRequest::SubmitJob {
-            meta: JobMeta {
-                name: format!("job-{n}"),
-                deploy_map: vec![AppTargets {
-                    app: "app".into(),
-                    targets: vec!["server".into(), "site-1".into()],
-                }],
-                min_clients: 1,
-                mandatory_clients: vec![],
-                resource_spec: Default::default(),
-            },
-            package: BlobHash([7; 32]),
-            signer: None,
-        },
-    }
-}
-
-fn connect(site: &str) -> Command {
-    Command::Site {
-        site: site.into(),
+fn connect(site: &str) -> Input {
+    Input::Report {
+        from: Participant::Site(site.into()),
         report: SiteReport::Connected {
             resources: Default::default(),
             running: vec![],
@@ -151,18 +79,29 @@ fn a_batch_is_one_write_and_its_effects_follow_it() {
         before + 1,
         "four inputs, one append"
     );
-    assert_eq!(released.outcomes.len(), 4);
-    for outcome in &released.outcomes[1..] {
+    let replies: Vec<&Output> = released
+        .iter()
+        .filter(|o| matches!(o, Output::Reply { .. }))
+        .collect();
+    assert_eq!(replies.len(), 3);
+    for reply in replies {
         assert!(
-            matches!(outcome.reply, Some(Ok(Ok(Answer::Submitted { .. })))),
-            "{outcome:?}"
+            matches!(
+                reply,
+                Output::Reply {
+                    answer: Ok(Ok(Answer::Submitted { .. })),
+                    ..
+                }
+            ),
+            "{reply:?}"
         );
     }
-    // The scheduler's first try asks site-1 for resources: an effect of the same batch.
-    assert!(released
-        .effects
-        .iter()
-        .any(|e| matches!(e, Effect::CheckResources { site, .. } if site == "site-1")));
+    // The scheduler's first try asks site-1 for resources: an output of the same batch.
+    assert!(released.iter().any(|o| matches!(
+        o,
+        Output::Send { to: Participant::Site(site), request: Request::CheckResources { .. } }
+            if site == "site-1"
+    )));
     // Every event of the batch is durable: a history reopened on the same records holds it.
     let reopened = History::<Event>::in_memory(rig.memory.clone()).expect("reopens");
     assert_eq!(reopened.head().seq, engine.state().last_seq);
@@ -204,12 +143,18 @@ fn the_queued_jobs_limit_refuses_before_the_core() {
     let released = engine
         .step(vec![submit(1), submit(2), submit(3)], SIM_EPOCH)
         .expect("step");
-    assert!(matches!(
-        released.outcomes[2].reply,
-        Some(Err(EngineRefusal::TooManyQueuedJobs { queued: 2 }))
-    ));
-    assert!(
-        released.outcomes[2].events.is_empty(),
+    let seq_before = engine.state().last_seq;
+    assert!(released.contains(&Output::Reply {
+        token: ReplyToken(3),
+        answer: Err(NodeError::Refused(EngineRefusal::TooManyQueuedJobs {
+            queued: 2
+        })),
+    }));
+    // A refusal writes nothing: a second one leaves the history as it was.
+    engine.step(vec![submit(4)], SIM_EPOCH).expect("step");
+    assert_eq!(
+        engine.state().last_seq,
+        seq_before,
         "a refusal writes nothing"
     );
     assert_eq!(engine.state().queue.len(), 2);

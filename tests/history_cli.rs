@@ -212,3 +212,55 @@ fn audit_verify_names_a_damaged_package_blob() {
         "{stdout}"
     );
 }
+
+/// A data folder with two events (a server start and a site connecting): no job, so no
+/// blob, and no snapshot.
+fn folder_without_snapshot_or_blobs(dir: &Path) {
+    let events = sample_history(0);
+    let mut history = EventHistory::open(dir).unwrap();
+    history.append_batch(&events[..2]).unwrap();
+    history.close().unwrap();
+}
+
+#[test]
+fn audit_verify_claims_only_the_checks_it_made() {
+    let dir = tempfile::tempdir().unwrap();
+    folder_without_snapshot_or_blobs(dir.path());
+    let out = audit_verify(dir.path(), false);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    let result = stdout
+        .lines()
+        .find(|line| line.starts_with("result:"))
+        .unwrap_or_else(|| panic!("a result line: {stdout}"));
+    assert!(result.contains("chain intact"), "{result}");
+    assert!(result.contains("anchor matches record 2"), "{result}");
+    assert!(
+        !result.contains("snapshot"),
+        "no snapshot was compared: {result}"
+    );
+    assert!(!result.contains("blob"), "no blob was checked: {result}");
+
+    // Without its anchor, the audit claims no anchor check: it reports data loss.
+    std::fs::remove_file(dir.path().join("anchor")).unwrap();
+    let out = audit_verify(dir.path(), false);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(!stdout.contains("anchor matches"), "{stdout}");
+    assert!(stdout.contains("the anchor is missing"), "{stdout}");
+}
+
+#[test]
+fn audit_verify_names_the_snapshot_and_blob_checks_it_made() {
+    let dir = tempfile::tempdir().unwrap();
+    data_folder(dir.path());
+    let out = audit_verify(dir.path(), false);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("replay equals the snapshot at record 5"),
+        "{stdout}"
+    );
+    // Three packages and the snapshot's state.
+    assert!(stdout.contains("4 blobs intact"), "{stdout}");
+}

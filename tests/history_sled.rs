@@ -52,6 +52,7 @@ fn open_recording(
             calls: 0,
             fail_from,
         }),
+        ..SledOptions::default()
     };
     (History::open_with(dir, options).unwrap(), log)
 }
@@ -79,8 +80,9 @@ fn every_acknowledgement_follows_an_fsync_of_sleds_data_file() {
 #[test]
 fn a_failed_fsync_poisons_the_history() {
     let dir = tempfile::tempdir().unwrap();
-    // Call 1 is the sync at creation, call 2 the first append; call 3 fails.
-    let (mut history, _log) = open_recording(dir.path(), Some(3));
+    // Call 1 is the sync at creation, call 2 the one that settles the anchor at open,
+    // call 3 the first append; call 4 fails.
+    let (mut history, _log) = open_recording(dir.path(), Some(4));
     history.append_batch(&steps(1, 3)).unwrap();
     let err = history.append_batch(&steps(4, 3)).unwrap_err();
     assert!(
@@ -130,6 +132,7 @@ fn a_second_opener_is_told_a_server_is_running() {
     let _server = History::<Step>::open(dir.path()).unwrap();
     let options = SledOptions {
         create: false,
+        lock_wait: std::time::Duration::from_millis(100),
         ..SledOptions::default()
     };
     let err = History::<Step>::open_with(dir.path(), options).unwrap_err();

@@ -44,7 +44,7 @@ proptest! {
         let head = history.head();
         history.close().unwrap();
         let mut handle = storage.clone();
-        handle.write_anchor(head).unwrap();
+        handle.settle_anchor(head).unwrap();
 
         // Swapping needs a next record; the others may hit any record.
         let last = match how {

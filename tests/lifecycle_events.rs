@@ -43,6 +43,18 @@ fn every_kind() -> Vec<EventKind> {
                 site: site(),
                 resources: BTreeMap::new(),
             }],
+            requests: vec![fedrun::lifecycle::event::ResourceGroup {
+                resources: BTreeMap::from([("num_of_gpus".to_string(), 1.0)]),
+                sites: vec![site()],
+            }],
+        },
+        EventKind::ScheduleTryExtended {
+            job_id,
+            try_id: 7,
+            requests: vec![fedrun::lifecycle::event::ResourceGroup {
+                resources: BTreeMap::new(),
+                sites: vec!["site-9".into()],
+            }],
         },
         EventKind::ResourceAnswered {
             job_id,
@@ -67,6 +79,7 @@ fn every_kind() -> Vec<EventKind> {
             job_id,
             outcome: ScheduleOutcome::Dispatched {
                 sites: vec![site()],
+                more: 3,
             },
         },
         EventKind::ScheduleAttempted {
@@ -77,6 +90,11 @@ fn every_kind() -> Vec<EventKind> {
             job_id,
             sites: vec![site()],
             reservations: BTreeMap::from([(site(), "t".into())]),
+        },
+        EventKind::JobDispatchExtended {
+            job_id,
+            sites: vec!["site-9".into()],
+            reservations: BTreeMap::from([("site-9".into(), "u".into())]),
         },
         EventKind::DeployFinished {
             job_id,
@@ -97,6 +115,11 @@ fn every_kind() -> Vec<EventKind> {
             job_id,
             job_clients: vec![site()],
         },
+        EventKind::RunClientsAdded {
+            job_id,
+            job_clients: vec!["site-9".into()],
+        },
+        EventKind::ServerAppLost { job_id },
         EventKind::ServerAppExited {
             job_id,
             outcome: ExitOutcome::Signal(9),
@@ -106,6 +129,7 @@ fn every_kind() -> Vec<EventKind> {
             site: site(),
             report_id: "r1".into(),
             outcome: ExitOutcome::Code(101),
+            stop_requested: Some(true),
         },
         EventKind::SiteReportLapsed {
             job_id,

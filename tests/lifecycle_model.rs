@@ -328,6 +328,11 @@ impl Harness {
                             job_id,
                             report_id: format!("{site}-{report}"),
                             outcome: OUTCOMES[outcome],
+                            stop_requested: self
+                                .world
+                                .state
+                                .job(&job_id)
+                                .is_some_and(|j| j.run.stopping()),
                         },
                         site,
                     });
@@ -391,7 +396,7 @@ impl Harness {
             }
         };
         if let Some(t) = &state.schedule_try {
-            if index % 3 == 0 {
+            if index.is_multiple_of(3) {
                 let site = t
                     .asked
                     .iter()
@@ -464,13 +469,14 @@ impl Harness {
                     OUTCOMES[index % OUTCOMES.len()]
                 };
                 match run.outstanding_sites().first() {
-                    Some(site) if index % 2 == 0 || !run.server_outstanding() => {
+                    Some(site) if index.is_multiple_of(2) || !run.server_outstanding() => {
                         Some(Command::Site {
                             site: site.clone(),
                             report: SiteReport::AppExited {
                                 job_id,
                                 report_id: format!("{site}-p{n}"),
                                 outcome,
+                                stop_requested: run.stopping(),
                             },
                         })
                     }

@@ -472,7 +472,17 @@ fn clone_is_a_new_submitted_job_from_the_same_package() {
     let job = w.job(clone);
     assert_eq!(job.cloned_from, Some(job_id));
     assert_eq!(job.package, package());
-    assert_eq!(job.submitter.name, "lee");
+    // A clone keeps the original submitter (SPEC section 6); the cloner is the actor.
+    assert_eq!(job.submitter.name, "boss");
+    let submitted = d
+        .events
+        .iter()
+        .find(|e| e.kind.name() == "job_submitted")
+        .expect("the clone is recorded");
+    assert_eq!(
+        submitted.actor.to_string(),
+        "admin lee (acme, project_admin)"
+    );
     assert_eq!(job.status, RunStatus::Submitted);
 }
 
@@ -627,6 +637,17 @@ fn restart_in_each_non_terminal_status() {
         job_id: lost
     }));
     assert!(w.state.recovery.is_none());
+    // site-3 still runs the abandoned job's app: the run stays stopping, holds its
+    // max_jobs slot, and its workspace is not archived yet (SPEC section 4).
+    assert_eq!(w.job(lost).run.phase, RunPhase::Stopping);
+    assert!(!d
+        .effects
+        .contains(&Effect::ArchiveWorkspace { job_id: lost }));
+    let d = w.site_exit("site-3", lost, "r3", ExitOutcome::Signal(15));
+    assert!(d
+        .effects
+        .contains(&Effect::ArchiveWorkspace { job_id: lost }));
+    assert_eq!(w.job(lost).run.phase, RunPhase::Stopped);
     // A job abandoned at restart can be deleted once its archive settles (peer defect: a
     // job RUNNING forever after a restart could be neither aborted nor deleted).
     w.when(Command::ArchiveFinished {
@@ -719,6 +740,7 @@ fn terminal_statuses_are_absorbing_for_every_late_input() {
                 job_id,
                 report_id: "x".into(),
                 outcome: ExitOutcome::Code(101),
+                stop_requested: false,
             },
         },
         Command::TimerFired(Timer::OutcomeWaitOver { job_id }),

@@ -112,6 +112,7 @@ impl Run {
                 job_id,
                 app_name: "app".into(),
                 package,
+                verify_at: None,
             })
             .await
             .expect("site alive");
@@ -226,12 +227,8 @@ async fn long_running_runs_until_stopped_and_exits_on_term() {
     line_containing(&mut log, "site-1: round 2").await;
     let pgid = {
         let record: process::ProcessRecord = serde_json::from_slice(
-            &std::fs::read(
-                run.site_root
-                    .join(j.to_string())
-                    .join(process::PROCESS_FILE),
-            )
-            .expect("record"),
+            &std::fs::read(process::record_path(&run.site_root.join(j.to_string())))
+                .expect("record"),
         )
         .expect("valid record");
         record.pgid

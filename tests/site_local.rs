@@ -132,6 +132,7 @@ impl Site {
             job_id,
             app_name: "app".into(),
             package,
+            verify_at: None,
         })
         .await;
         match self.next().await {
@@ -154,6 +155,7 @@ impl Site {
                 job_id: j,
                 report_id,
                 outcome,
+                ..
             } if j == job_id => {
                 assert_eq!(report_id, exit_report_id(SITE, job_id));
                 outcome
@@ -168,7 +170,7 @@ impl Site {
 
     fn pgid(&self, job_id: JobId) -> i32 {
         let record: process::ProcessRecord = serde_json::from_slice(
-            &std::fs::read(self.run_dir(job_id).join(process::PROCESS_FILE)).expect("record"),
+            &std::fs::read(process::record_path(&self.run_dir(job_id))).expect("record"),
         )
         .expect("valid record");
         record.pgid
@@ -320,6 +322,7 @@ async fn unsafe_or_incomplete_packages_are_refused_and_write_nothing_outside() {
         job_id: j,
         app_name: "other".into(),
         package: package("exit 0\n"),
+        verify_at: None,
     })
     .await;
     match site.next().await {
@@ -576,4 +579,86 @@ async fn an_orderly_shutdown_stops_running_apps_and_reports_them() {
         reports.recv().await.is_none(),
         "the site ended and dropped its sender"
     );
+}
+
+/// Shuts the site down as a crash would (apps keep running) and spawns a new one on the
+/// same workspace with `config`; returns it after its `Connected`, and what it runs.
+async fn restart(site: Site, config: LocalSiteConfig) -> (Site, Vec<JobId>) {
+    let Site {
+        _root,
+        workspace,
+        handle,
+        reports,
+    } = site;
+    handle.shutdown().await;
+    drop(reports);
+    let (tx, mut rx) = mpsc::channel(64);
+    let handle = LocalSite::spawn(config, tx);
+    let running = match next(&mut rx).await {
+        SiteReport::Connected { running, .. } => running,
+        other => panic!("expected Connected, got {other:?}"),
+    };
+    let site = Site {
+        _root,
+        workspace,
+        handle,
+        reports: rx,
+    };
+    (site, running)
+}
+
+#[tokio::test]
+async fn an_app_that_rewrites_its_run_folder_cannot_free_its_resources_at_a_restart() {
+    let mut site = site().await;
+    let j = job(1);
+    site.check(j, 2.0).await.expect("free");
+    let script = format!(
+        "for f in \"$FEDRUN_WORKSPACE\"/*.json; do printf '{{}}' > \"$f\"; done\n\
+         printf '{{}}' > \"$FEDRUN_WORKSPACE/resources.json\"\n{WAITS_AFTER_READY}"
+    );
+    site.deploy(j, package(&script)).await.expect("deploys");
+    let ready = ready_pipe(&site, j).await;
+    site.start(j).await.expect("starts");
+    assert_eq!(bounded(ready).await, "ready\n");
+    let workspace = site.workspace.clone();
+    let (mut site, running) = restart(site, config(&workspace)).await;
+    assert_eq!(running, vec![j]);
+    site.check(job(2), 1.0)
+        .await
+        .expect_err("the running job still holds both GPUs");
+    site.send(SiteRequest::Stop { job_id: j }).await;
+    assert_eq!(site.exited(j).await, ExitOutcome::Code(0));
+}
+
+#[tokio::test]
+async fn apps_see_the_names_in_app_env_pass_and_no_other_variable_of_the_site() {
+    // Names no other test uses, so setting them here races with nothing.
+    std::env::set_var("SITE_LOCAL_TEST_SECRET", "hunter2");
+    std::env::set_var("SITE_LOCAL_TEST_PASSED", "visible");
+    let root = tempfile::tempdir().expect("temp dir");
+    let workspace = root.path().join("ws");
+    let mut config = config(&workspace);
+    config.app_env_pass = vec!["SITE_LOCAL_TEST_PASSED".to_string()];
+    let (tx, reports) = mpsc::channel(64);
+    let handle = LocalSite::spawn(config, tx);
+    let mut site = Site {
+        _root: root,
+        workspace,
+        handle,
+        reports,
+    };
+    assert!(matches!(site.next().await, SiteReport::Connected { .. }));
+    let j = job(1);
+    site.deploy(j, package("env > \"$FEDRUN_WORKSPACE/env\"\n"))
+        .await
+        .expect("deploys");
+    site.start(j).await.expect("starts");
+    assert_eq!(site.exited(j).await, ExitOutcome::Code(0));
+    let env = std::fs::read_to_string(site.run_dir(j).join("env")).expect("env dump");
+    assert!(env.lines().any(|l| l == "SITE_LOCAL_TEST_PASSED=visible"));
+    assert!(
+        !env.contains("SITE_LOCAL_TEST_SECRET"),
+        "the secret reached the app"
+    );
+    assert!(env.lines().any(|l| l.starts_with("PATH=")));
 }

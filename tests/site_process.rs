@@ -118,8 +118,15 @@ fn assert_dead(pid: i32) {
 }
 
 fn read_record(run_dir: &Path) -> ProcessRecord {
-    let text = std::fs::read(run_dir.join(process::PROCESS_FILE)).expect("process record");
+    let text = std::fs::read(process::record_path(run_dir)).expect("process record");
     serde_json::from_slice(&text).expect("valid process record")
+}
+
+/// Writes `record` where fedrun keeps the record of the app of `run_dir`.
+fn write_record(run_dir: &Path, record: &ProcessRecord) {
+    let path = process::record_path(run_dir);
+    std::fs::create_dir_all(path.parent().expect("a folder")).expect("supervision folder");
+    std::fs::write(&path, serde_json::to_vec(record).expect("json")).expect("write record");
 }
 
 #[tokio::test]
@@ -314,8 +321,9 @@ async fn reattached_group_can_be_stopped() {
 #[tokio::test]
 async fn reattach_without_record_or_with_dead_pid() {
     let root = tempfile::tempdir().expect("temp dir");
+    let run_dir = root.path().join("job");
     assert!(matches!(
-        process::reattach(root.path()).expect("reattach"),
+        process::reattach(&run_dir).expect("reattach"),
         Reattached::NotFound
     ));
     // A record whose process is long gone and left no exit file: killed with its wrapper.
@@ -327,18 +335,15 @@ async fn reattach_without_record_or_with_dead_pid() {
             .parse()
             .expect("valid uuid"),
         site: "site-1".to_string(),
+        released: true,
     };
-    std::fs::write(
-        root.path().join(process::PROCESS_FILE),
-        serde_json::to_vec(&record).expect("json"),
-    )
-    .expect("write record");
-    match process::reattach(root.path()).expect("reattach") {
+    write_record(&run_dir, &record);
+    match process::reattach(&run_dir).expect("reattach") {
         Reattached::Ended(end) => assert_eq!(end.outcome, ExitOutcome::Signal(libc::SIGKILL)),
         other => panic!("expected an ended app, found {other:?}"),
     }
-    std::fs::write(root.path().join(process::PROCESS_FILE), b"{not json").expect("write");
-    assert!(process::reattach(root.path()).is_err());
+    std::fs::write(process::record_path(&run_dir), b"{not json").expect("write");
+    assert!(process::reattach(&run_dir).is_err());
 }
 
 #[tokio::test]
@@ -376,6 +381,7 @@ async fn processes_an_app_leaves_behind_are_killed_when_it_exits() {
 #[tokio::test]
 async fn a_record_that_cannot_be_an_apps_group_is_refused() {
     let root = tempfile::tempdir().expect("temp dir");
+    let run_dir = root.path().join("job");
     // SAFETY: getpgrp has no preconditions.
     let own_group = unsafe { libc::getpgrp() };
     for (pid, pgid) in [
@@ -393,13 +399,10 @@ async fn a_record_that_cannot_be_an_apps_group_is_refused() {
                 .parse()
                 .expect("valid uuid"),
             site: "site-1".to_string(),
+            released: true,
         };
-        std::fs::write(
-            root.path().join(process::PROCESS_FILE),
-            serde_json::to_vec(&record).expect("json"),
-        )
-        .expect("write record");
-        let err = process::reattach(root.path()).expect_err("refused");
+        write_record(&run_dir, &record);
+        let err = process::reattach(&run_dir).expect_err("refused");
         assert!(
             err.to_string().contains("cannot be an app's group leader"),
             "{err}"

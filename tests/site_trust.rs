@@ -127,6 +127,7 @@ async fn deploy(
             job_id,
             app_name: "app".into(),
             package,
+            verify_at: None,
         })
         .await
         .expect("site alive");

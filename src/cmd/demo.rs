@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use fedrun::engine::clock::WallClock;
-use fedrun::engine::server::{Server, ServerConfig};
+use fedrun::engine::server::{Server, ServerConfig, EXIT_ENGINE_STOPPED};
 use fedrun::history::History;
 use fedrun::job::JobId;
 use fedrun::lifecycle::{
@@ -41,7 +41,11 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(demo(args))
+    let result = runtime.block_on(demo(args));
+    // Blocking work still under way (a site's deploy, an archive) must not keep a process
+    // whose engine has stopped alive: give it a moment, then go.
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    result
 }
 
 fn examples_dir(arg: Option<PathBuf>) -> anyhow::Result<PathBuf> {
@@ -86,6 +90,14 @@ fn settled(state: &State, ids: &[JobId]) -> bool {
     })
 }
 
+/// The exit code when the server's engine has stopped for good (it never comes back
+/// without a restart, so the demo ends instead of waiting for jobs that cannot move).
+fn engine_stopped(server: &Server) -> Option<i32> {
+    let cause = server.stopped()?;
+    eprintln!("error: the server's engine stopped for good: {cause}");
+    Some(EXIT_ENGINE_STOPPED)
+}
+
 async fn demo(args: Args) -> anyhow::Result<i32> {
     let examples = examples_dir(args.examples)?;
     let data_dir = match args.data_dir {
@@ -124,6 +136,9 @@ async fn demo(args: Args) -> anyhow::Result<i32> {
     .map(|r| r.map(|_| ()));
     let all_connected = matches!(connected, Ok(Ok(_)));
     if !all_connected {
+        if let Some(code) = engine_stopped(&server) {
+            return Ok(code);
+        }
         bail!("the sites did not connect within 30 s");
     }
     println!("server started; sites {} connected", SITES.join(", "));
@@ -148,7 +163,12 @@ async fn demo(args: Args) -> anyhow::Result<i32> {
                 names.insert(job_id, job);
                 ids.push(job_id);
             }
-            other => bail!("submitting {job} failed: {other:?}"),
+            other => {
+                if let Some(code) = engine_stopped(&server) {
+                    return Ok(code);
+                }
+                bail!("submitting {job} failed: {other:?}")
+            }
         }
     }
 
@@ -211,12 +231,18 @@ async fn demo(args: Args) -> anyhow::Result<i32> {
                 )
                 .await;
             if !matches!(answer, Ok(Ok(_))) {
+                if let Some(code) = engine_stopped(&server) {
+                    return Ok(code);
+                }
                 bail!("aborting long-running failed: {answer:?}");
             }
             abort_sent = true;
         }
         if settled(&state, &ids) {
             break;
+        }
+        if let Some(code) = engine_stopped(&server) {
+            return Ok(code);
         }
         let wait = if !abort_sent && running_since.is_some() {
             // Wake up to send the abort even if nothing changes meanwhile.

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use fedrun::engine::clock::{Clock, WallClock};
 use fedrun::history::events::EventHistory;
-use fedrun::history::SledOptions;
 use fedrun::lifecycle::view::{list_jobs, JobSummary, ListFilter, StatusFilter};
 use fedrun::lifecycle::State;
 
@@ -31,14 +30,11 @@ pub struct Args {
     pub json: bool,
 }
 
-/// Opens the history in `data_dir` for reading, never creating it: the one way the
-/// read-only commands (`list`, `show`, `history`) open a data folder.
+/// Opens the history in `data_dir` for reading: the one way the read-only commands
+/// (`list`, `show`, `history`) open a data folder. It opens a private copy, so the
+/// folder is never changed (not even created), and it works on a read-only folder.
 pub fn open_history(data_dir: &Path) -> anyhow::Result<EventHistory> {
-    let options = SledOptions {
-        create: false,
-        ..SledOptions::default()
-    };
-    EventHistory::open_with(data_dir, options)
+    EventHistory::open_read_only(data_dir)
         .with_context(|| format!("cannot read the history in {}", data_dir.display()))
 }
 

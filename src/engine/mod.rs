@@ -3,5 +3,7 @@
 pub mod archive;
 pub mod clock;
 pub mod ids;
+pub mod local;
+pub mod node;
 pub mod owner;
 pub mod server;

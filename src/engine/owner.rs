@@ -1,20 +1,19 @@
-//! [`Engine`]: the single owner of the state and the history.
+//! [`Engine`]: the [`Node`] driven synchronously on a [`History`] it owns.
 //!
-//! Everything that changes a job passes through [`Engine::step`]: a batch of commands is
-//! decided and applied one by one in memory, the batch's events are appended to the history
-//! with one flush, and only then are the effects and answers handed back to the caller. The
-//! caller (the tokio task of a server, or the simulator's loop) carries the effects out and
-//! feeds their results back as new commands. The engine itself does no IO besides the
-//! history, reads no clock (`now` comes in), and never waits for a worker.
+//! Every rule (deciding, the durability barrier, effect routing, acknowledgements, timers)
+//! is the node's; the engine only moves batches between the node and the history in the
+//! calling thread: [`Engine::step`] feeds inputs, appends each batch the node hands out
+//! with one flush, and returns the outputs the node then releases. The simulator and the
+//! tests drive it; the tokio server drives the node itself, with the history on its own
+//! thread. The engine does no IO but the history and reads no clock (`now` comes in).
 
 use std::collections::BTreeSet;
 
 use crate::engine::ids::{RandomIds, SeededIds};
+use crate::engine::node::{Input, Node, Output};
 use crate::history::{self, History};
 use crate::job::JobId;
-use crate::lifecycle::{
-    self, BootId, Command, Decision, Effect, Event, IdSource, Reply, State, Timer, Timestamp,
-};
+use crate::lifecycle::{Event, IdSource, State, Timestamp};
 use crate::settings::Settings;
 
 /// Where the engine draws new ids: random on a server, from the seed in a simulation.
@@ -27,7 +26,8 @@ pub enum Ids {
 }
 
 impl Ids {
-    fn next_uuid(&mut self) -> uuid::Uuid {
+    /// The next id of the source.
+    pub(crate) fn next_uuid(&mut self) -> uuid::Uuid {
         match self {
             Ids::Random(r) => r.next_uuid(),
             Ids::Seeded(s) => s.next_uuid(),
@@ -112,57 +112,28 @@ pub enum EngineRefusal {
     },
 }
 
-/// What one command of a batch led to.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Outcome {
-    /// The sequence numbers of the events it wrote (empty range when none).
-    pub events: std::ops::Range<u64>,
-    /// The answer to an admin request (`None` for other commands).
-    pub reply: Option<Result<Reply, EngineRefusal>>,
-}
-
-/// What a step hands back once its events are durable.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Released {
-    /// The effects to carry out, in decision order.
-    pub effects: Vec<Effect>,
-    /// One outcome per command, in the batch's order.
-    pub outcomes: Vec<Outcome>,
-}
-
-/// The engine: the state, the settings, the history and the id source, owned by one
-/// caller at a time.
+/// The node and the history, owned by one caller at a time.
 pub struct Engine {
-    state: State,
-    settings: Settings,
+    node: Node,
     history: History<Event>,
-    ids: Ids,
-    limits: EngineLimits,
-    boot_id: BootId,
-    stopped: Option<String>,
-    last_snapshot_seq: u64,
 }
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine")
-            .field("boot_id", &self.boot_id)
-            .field("last_seq", &self.state.last_seq)
-            .field("stopped", &self.stopped)
-            .finish()
+        f.debug_struct("Engine").field("node", &self.node).finish()
     }
 }
 
 impl Engine {
     /// Starts an engine on `history`: rebuilds the state (snapshot plus tail), then records
-    /// `ServerStarted` with a new boot id. Returns the engine and the effects of that start.
+    /// `ServerStarted` with a new boot id. Returns the engine and the outputs of that start.
     pub fn start(
         history: History<Event>,
         settings: Settings,
-        mut ids: Ids,
+        ids: Ids,
         limits: EngineLimits,
         now: Timestamp,
-    ) -> Result<(Engine, Released), StartError> {
+    ) -> Result<(Engine, Vec<Output>), StartError> {
         let recovered = history.recover(State::new())?;
         tracing::info!(
             seq = recovered.state.last_seq,
@@ -170,38 +141,37 @@ impl Engine {
             replayed = recovered.replayed,
             "state rebuilt from the history"
         );
-        if let Ids::Seeded(seeded) = &mut ids {
-            seeded.restream(recovered.state.last_seq);
-        }
-        let boot_id = BootId(ids.next_uuid());
-        let last_snapshot_seq = recovered.snapshot_seq.unwrap_or(0);
-        let mut engine = Engine {
-            state: recovered.state,
+        let node = Node::start(
+            recovered.state,
+            recovered.snapshot_seq,
             settings,
-            history,
             ids,
             limits,
-            boot_id,
-            stopped: None,
-            last_snapshot_seq,
-        };
-        let released = engine.step(vec![Command::StartServer { boot_id }], now)?;
-        Ok((engine, released))
+            now,
+        );
+        let mut engine = Engine { node, history };
+        let outputs = engine.step(Vec::new(), now)?;
+        Ok((engine, outputs))
+    }
+
+    /// The node, for reads.
+    pub fn node(&self) -> &Node {
+        &self.node
     }
 
     /// The state after every durable event.
     pub fn state(&self) -> &State {
-        &self.state
+        self.node.state()
     }
 
     /// The settings the engine decides with.
     pub fn settings(&self) -> &Settings {
-        &self.settings
+        self.node.settings()
     }
 
     /// This server run's boot id.
-    pub fn boot_id(&self) -> BootId {
-        self.boot_id
+    pub fn boot_id(&self) -> crate::lifecycle::BootId {
+        self.node.boot_id()
     }
 
     /// The history, for reads (verify, listing events).
@@ -209,113 +179,79 @@ impl Engine {
         &self.history
     }
 
-    /// The earliest deadline of the state: the caller feeds `Command::TimerFired` when its
-    /// clock reaches it. No deadline means nothing happens until the next input.
-    pub fn next_deadline(&self) -> Option<(Timestamp, Timer)> {
-        lifecycle::next_deadline(&self.state, &self.settings)
+    /// The node's next deadline: the caller calls [`Engine::fire_timers`] when its clock
+    /// reaches it.
+    pub fn next_deadline(&self) -> Option<Timestamp> {
+        self.node.poll_timeout()
     }
 
-    /// Decides and applies every command in memory, appends all their events with one
-    /// flush, and only then returns their effects and answers.
-    pub fn step(&mut self, commands: Vec<Command>, now: Timestamp) -> Result<Released, StepError> {
-        if let Some(cause) = &self.stopped {
+    /// The clock reached `now`: the due timer is decided with the next [`Engine::step`].
+    pub fn fire_timers(&mut self, now: Timestamp) {
+        self.node.handle_timeout(now);
+    }
+
+    /// Feeds every input, appends each batch the node hands out with one flush, and
+    /// returns the outputs released once the batch is durable.
+    pub fn step(&mut self, inputs: Vec<Input>, now: Timestamp) -> Result<Vec<Output>, StepError> {
+        if let Some(cause) = self.node.stopped() {
             return Err(StepError::Stopped {
-                cause: cause.clone(),
+                cause: cause.to_string(),
             });
         }
-        let first_seq = self.state.last_seq + 1;
-        let mut events: Vec<Event> = Vec::new();
-        let mut released = Released::default();
-        for command in commands {
-            let before = self.state.last_seq + 1;
-            if let Some(refusal) = self.refuse(&command) {
-                released.outcomes.push(Outcome {
-                    events: before..before,
-                    reply: Some(Err(refusal)),
-                });
-                continue;
-            }
-            let is_admin = matches!(command, Command::Admin { .. });
-            let decision =
-                lifecycle::decide(&self.state, &self.settings, command, now, &mut self.ids);
-            let Decision {
-                events: new_events,
-                effects,
-                reply,
-            } = match decision {
-                Ok(decision) => decision,
-                Err(rejection) => Decision {
-                    reply: Some(Err(rejection)),
-                    ..Decision::default()
-                },
-            };
-            for event in &new_events {
-                // `decide` must only make legal events; if it ever does not, the engine
-                // stops (nothing of the batch is written) instead of panicking mid-way.
-                if let Err(err) = self.state.apply_checked(event) {
-                    let cause = format!("the core decided an illegal event: {err}");
-                    tracing::error!(%cause, "the engine stops");
-                    self.stopped = Some(cause.clone());
-                    return Err(StepError::IllegalDecision { cause });
+        for input in inputs {
+            self.node.handle(now, input);
+        }
+        let mut outputs = Vec::new();
+        while let Some(append) = self.node.poll_append() {
+            let seqs = append.seqs();
+            match self.history.append_batch(&append.events) {
+                Ok(_) => self.node.append_done(append.id, Ok(())),
+                Err(source) => {
+                    self.node.append_done(append.id, Err(source.to_string()));
+                    let err = StepError::Append {
+                        first_seq: *seqs.start(),
+                        last_seq: *seqs.end(),
+                        source,
+                    };
+                    tracing::error!(%err, "the engine stops: its history refused a write");
+                    return Err(err);
                 }
             }
-            events.extend(new_events);
-            released.effects.extend(effects);
-            released.outcomes.push(Outcome {
-                events: before..self.state.last_seq + 1,
-                reply: if is_admin { reply.map(Ok) } else { None },
+            self.drain(&mut outputs);
+        }
+        self.drain(&mut outputs);
+        if let Some(cause) = self.node.stopped() {
+            return Err(StepError::IllegalDecision {
+                cause: cause.to_string(),
             });
         }
-        if events.is_empty() {
-            return Ok(released);
-        }
-        let last_seq = self.state.last_seq;
-        if let Err(source) = self.history.append_batch(&events) {
-            let err = StepError::Append {
-                first_seq,
-                last_seq,
-                source,
-            };
-            tracing::error!(%err, "the engine stops: its history refused a write");
-            self.stopped = Some(err.to_string());
-            return Err(err);
-        }
-        if last_seq - self.last_snapshot_seq >= self.limits.snapshot_every_events {
-            // A failed snapshot loses nothing (the events are durable); start-up then
-            // replays a longer tail, so it is logged and not fatal.
-            match self.history.take_snapshot(&self.state) {
-                Ok(_) => self.last_snapshot_seq = last_seq,
-                Err(err) => tracing::warn!(%err, "snapshot failed"),
-            }
-        }
-        Ok(released)
+        Ok(outputs)
     }
 
-    fn refuse(&self, command: &Command) -> Option<EngineRefusal> {
-        let Command::Admin { request, .. } = command else {
-            return None;
-        };
-        let adds_job = matches!(
-            request,
-            lifecycle::AdminRequest::SubmitJob { .. } | lifecycle::AdminRequest::CloneJob { .. }
-        );
-        if !adds_job {
-            return None;
+    fn drain(&mut self, outputs: &mut Vec<Output>) {
+        while let Some(output) = self.node.poll_output() {
+            match output {
+                Output::TakeSnapshot { state } => {
+                    // A failed snapshot loses nothing (the events are durable); start-up
+                    // then replays a longer tail, so it is logged and not fatal.
+                    if let Err(err) = self.history.take_snapshot(&*state) {
+                        tracing::warn!(%err, "snapshot failed");
+                    }
+                }
+                other => outputs.push(other),
+            }
         }
-        let queued = self.state.queue.len();
-        (queued >= self.limits.queued_jobs_max)
-            .then_some(EngineRefusal::TooManyQueuedJobs { queued })
     }
 
     /// True when every job is terminal, no run is in flight or stopping, and every archive
     /// has settled: nothing more will happen without a new input.
     pub fn is_settled(&self) -> bool {
-        self.state.all_settled()
+        self.node.is_settled()
     }
 
     /// Jobs not yet terminal.
     pub fn jobs_in_flight(&self) -> BTreeSet<JobId> {
-        self.state
+        self.state()
             .jobs
             .values()
             .filter(|j| !j.status.is_terminal())
@@ -326,8 +262,8 @@ impl Engine {
     /// Ends the engine cleanly: a snapshot and the anchor, so the next start-up is quick
     /// and can tell a shorter history from data loss.
     pub fn shut_down(mut self) -> Result<(), history::StorageError> {
-        if self.stopped.is_none() {
-            if let Err(err) = self.history.take_snapshot(&self.state) {
+        if self.node.stopped().is_none() {
+            if let Err(err) = self.history.take_snapshot(self.node.state()) {
                 tracing::warn!(%err, "snapshot at shutdown failed");
             }
         }

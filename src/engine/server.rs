@@ -1,12 +1,27 @@
-//! The engine as a server: one tokio task owns the [`Engine`]; everything else talks to it
-//! through a bounded queue of [`Input`]s and reads a published copy of the state.
+//! The tokio driver of the [`Node`]: one task feeds the node and carries out what it hands
+//! out; everything else talks to it through a bounded queue and reads a published copy of
+//! the state.
 //!
-//! The task waits for the first input or the engine's next deadline, whichever comes first
-//! (no polling tick), then takes every input already waiting, steps the engine with the
-//! whole batch (one flush), publishes the new state, answers the admin requests,
-//! acknowledges recorded site reports, and hands the effects to workers. Workers (site
-//! senders, the server app runner, the archiver) never block the task: each runs on its
-//! own task or blocking thread and reports back as a new input.
+//! The task waits for the first input or the node's next deadline (no polling tick), takes
+//! every input already waiting, and hands the node's batch to the **history thread**, a
+//! dedicated OS thread that owns the [`History`] and does the append, flush and fsync (never
+//! a tokio worker). While a batch is out the task waits only for its completion. Then it
+//! publishes the new state and carries out the node's outputs: replies, site requests
+//! (each site has its own sender task; deploys read the package blob there, shared between
+//! sites and within a bytes-in-flight budget), requests to the server's local participant
+//! (which runs the server apps off the workers), archives, run folder removals and blob
+//! frees. The rules (the durability barrier, routing, acknowledgements, timers) are the
+//! node's; this file only moves bytes.
+//!
+//! Blob frees run on the history thread, in order with the appends, and a submit holds a
+//! pin on its package blob until its answer (which follows the durable `JobSubmitted`):
+//! so a free decided before a submit of the same bytes either runs before the put (which
+//! then writes the blob again) or finds it pinned, and never removes the package of an
+//! accepted job (SPEC section 3, Changed).
+//!
+//! When the node stops (a failed append, an illegal decision) the task ends: requests are
+//! answered [`AdminError::Stopped`], [`Server::wait_stopped`] returns the cause, and the
+//! `fedrun` process exits with [`EXIT_ENGINE_STOPPED`].
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,19 +32,24 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use crate::blobs::BlobStore;
 use crate::engine::archive;
-use crate::engine::clock::Clock;
+use crate::engine::clock::{Clock, ServerClock, WallSource};
 use crate::engine::ids::RandomIds;
-use crate::engine::owner::{Engine, EngineLimits, EngineRefusal, Ids, StartError};
+use crate::engine::local::LocalParticipant;
+use crate::engine::node::{self, Node, NodeError, Output, Participant, ReplyToken, Request};
+use crate::engine::owner::{EngineLimits, EngineRefusal, Ids, StartError};
 use crate::history::{DataPaths, History};
 use crate::job::JobId;
-use crate::lifecycle::{
-    AdminRequest, BlobHash, Command, Effect, Event, Identity, Origin, Reply, State, Timer,
-};
+use crate::lifecycle::{AdminRequest, BlobHash, Event, Identity, Origin, Reply, State, Timestamp};
 use crate::settings::Settings;
-use crate::site::process::{self, AppLaunch, AppProcess, Reattached};
-use crate::site::protocol::{ExitOutcome, SiteReport, SiteRequest};
+use crate::site::protocol::{SiteReport, SiteRequest};
 use crate::site::workspace;
-use crate::trust::policy::TrustPolicy;
+use crate::trust::policy::{JobTrust, TrustPolicy};
+use crate::trust::submit::{check_package_zip, timestamp_to_system_time, SubmitRefusal};
+
+/// The exit code of a `fedrun` process whose engine stopped for good (a failed append to
+/// the history, or an event the core's own fold refused): `EX_SOFTWARE` of sysexits.h. A
+/// supervisor restarts the server, which rebuilds its state from the durable history.
+pub const EXIT_ENGINE_STOPPED: i32 = 70;
 
 /// How a server is set up.
 #[derive(Clone, Debug)]
@@ -42,9 +62,10 @@ pub struct ServerConfig {
     pub limits: EngineLimits,
     /// Inputs that may wait for the engine; admin requests beyond it are answered "busy".
     pub queue_capacity: usize,
-    /// Package bytes that may be in flight to sites at once (deploys wait beyond it).
+    /// Package bytes that may be in flight to sites at once. A deploy of a package larger
+    /// than this takes the whole budget (it waits for the others, never forever).
     pub package_bytes_in_flight_max: usize,
-    /// Signature policy for what the server deploys (SPEC section 6).
+    /// Signature policy for what the server accepts and deploys (SPEC section 6).
     pub trust: TrustPolicy,
 }
 
@@ -79,31 +100,30 @@ pub enum AdminError {
     Stopped,
 }
 
+impl From<NodeError> for AdminError {
+    fn from(err: NodeError) -> Self {
+        match err {
+            NodeError::Refused(refusal) => AdminError::Refused(refusal),
+            NodeError::Stopped { .. } => AdminError::Stopped,
+        }
+    }
+}
+
 /// The answer to an admin request: the core's reply (accepted, or a typed rejection).
 pub type AdminAnswer = Result<Reply, AdminError>;
 
-/// One input of the engine task. Closed: everything the engine reacts to is one of these.
-#[derive(Debug)]
-pub enum Input {
-    /// An admin request, answered on `reply` once its events are durable.
+/// One message to the engine task.
+enum Message {
     Admin {
-        /// Who asked, with the idempotency key.
         origin: Origin,
-        /// What.
         request: AdminRequest,
-        /// Where the answer goes.
         reply: oneshot::Sender<AdminAnswer>,
     },
-    /// A site's report.
-    Site {
-        /// The site.
-        site: String,
-        /// What it said.
-        report: SiteReport,
+    Report(Participant, SiteReport),
+    Archived {
+        job_id: JobId,
+        result: Result<BlobHash, String>,
     },
-    /// A worker's result (server app deploy/start/exit, archive, re-attach).
-    Worker(Command),
-    /// Stop the task after the inputs before this one.
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -111,19 +131,23 @@ pub enum Input {
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// The history could not be opened.
-    #[error("cannot open the history in {dir}: {source}")]
+    #[error("cannot open the history in {dir}")]
     Open {
         /// The data folder.
         dir: PathBuf,
         /// The cause.
+        #[source]
         source: crate::history::OpenError,
     },
     /// The blob store could not be opened.
-    #[error("cannot open the blob store: {0}")]
+    #[error("cannot open the blob store")]
     Blobs(#[from] crate::blobs::BlobError),
     /// The engine could not start on the history.
     #[error(transparent)]
     Start(#[from] StartError),
+    /// The history thread could not be started.
+    #[error("cannot start the history thread")]
+    Thread(#[source] std::io::Error),
 }
 
 enum Outgoing {
@@ -132,24 +156,72 @@ enum Outgoing {
         job_id: JobId,
         app: String,
         package: BlobHash,
+        verify_at: Timestamp,
     },
+}
+
+/// Package blobs read for deploys, shared while any deploy still holds them: a package
+/// deployed to many sites at once is read once, not once per site (the reads of one batch's
+/// deploys start together, so the first read is shared while it is still under way).
+#[derive(Clone, Default)]
+struct Packages {
+    open: Arc<Mutex<BTreeMap<BlobHash, Arc<PackageRead>>>>,
+}
+
+/// One package's bytes, read by the first deploy that needs them.
+type PackageRead = tokio::sync::OnceCell<Arc<Vec<u8>>>;
+
+impl Packages {
+    async fn get(&self, blobs: &BlobStore, hash: BlobHash) -> Result<Arc<Vec<u8>>, String> {
+        let cell = lock(&self.open).entry(hash).or_default().clone();
+        let bytes = cell
+            .get_or_try_init(|| async {
+                let blobs = blobs.clone();
+                let bytes = tokio::task::spawn_blocking(move || blobs.get(&hash))
+                    .await
+                    .map_err(|e| format!("package read failed: {e}"))?
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>(Arc::new(bytes))
+            })
+            .await?
+            .clone();
+        Ok(bytes)
+    }
+
+    /// Forgets every package no deploy holds any more, so its bytes are freed.
+    fn trim(&self) {
+        lock(&self.open).retain(|_, cell| {
+            Arc::strong_count(cell) > 1 || cell.get().is_some_and(|b| Arc::strong_count(b) > 1)
+        });
+    }
+}
+
+/// The permits a deploy of `len` bytes takes from a budget of `budget` bytes: its size,
+/// but never more than the whole budget, so a package larger than the budget waits for the
+/// others to finish instead of waiting forever.
+pub fn deploy_permits(len: usize, budget: usize) -> u32 {
+    let budget = budget.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+    u32::try_from(len.clamp(1, budget)).unwrap_or(u32::MAX)
 }
 
 struct Shared {
     sites: Mutex<BTreeMap<String, mpsc::UnboundedSender<Outgoing>>>,
-    apps: Mutex<BTreeMap<JobId, AppProcess>>,
 }
 
 /// The handle of a running server: send requests, read the state, attach sites.
 #[derive(Clone)]
 pub struct Server {
-    inputs: mpsc::Sender<Input>,
+    inputs: mpsc::Sender<Message>,
     state: watch::Receiver<Arc<State>>,
+    stopped: watch::Receiver<Option<String>>,
     shared: Arc<Shared>,
     blobs: BlobStore,
+    packages: Packages,
     package_budget: Arc<Semaphore>,
+    package_budget_bytes: usize,
     data_dir: PathBuf,
     trust: TrustPolicy,
+    clock: Arc<dyn Clock + Send + Sync>,
 }
 
 impl std::fmt::Debug for Server {
@@ -167,46 +239,112 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Server {
-    /// Opens the history in the data folder, starts the engine task (with the wall clock
-    /// passed in) and re-attaches to server apps still running from an earlier run. Must be
-    /// called inside a tokio runtime.
-    pub fn start(config: ServerConfig, clock: Arc<dyn Clock>) -> Result<Server, ServeError> {
-        let paths = DataPaths::new(&config.data_dir);
+    /// Opens the history in the data folder and starts the server on it (see
+    /// [`Server::start_on`]). Must be called inside a tokio runtime.
+    pub fn start(config: ServerConfig, wall: Arc<dyn Clock>) -> Result<Server, ServeError> {
         let history =
             History::<Event>::open(&config.data_dir).map_err(|source| ServeError::Open {
                 dir: config.data_dir.clone(),
                 source,
             })?;
+        Server::start_on(config, history, wall)
+    }
+
+    /// Starts the server on an open history: rebuilds the state, sweeps blobs no event
+    /// refers to, starts the history thread and the node's task, and re-attaches to server
+    /// apps still running from an earlier run. `wall` is read once; the server's time then
+    /// advances with the monotonic clock ([`ServerClock`]). Must be called inside a
+    /// tokio runtime.
+    pub fn start_on(
+        config: ServerConfig,
+        history: History<Event>,
+        wall: Arc<dyn Clock>,
+    ) -> Result<Server, ServeError> {
+        let paths = DataPaths::new(&config.data_dir);
         let blobs = BlobStore::open(paths.blobs.clone())?;
-        let (engine, released) = Engine::start(
-            history,
+        let recovered = history
+            .recover(State::new())
+            .map_err(|e| ServeError::Start(StartError::Replay(e)))?;
+        tracing::info!(
+            seq = recovered.state.last_seq,
+            snapshot = ?recovered.snapshot_seq,
+            replayed = recovered.replayed,
+            "state rebuilt from the history"
+        );
+        sweep_blobs(&history, &recovered.state, &blobs);
+        let clock = Arc::new(ServerClock::start_with(
+            WallSource::new(wall),
+            Some(recovered.state.last_at),
+        ));
+        let node = Node::start(
+            recovered.state,
+            recovered.snapshot_seq,
             config.settings.clone(),
             Ids::Random(RandomIds),
             config.limits.clone(),
             clock.now(),
-        )?;
+        );
+        let (appended_tx, appended_rx) = mpsc::unbounded_channel();
+        let history_jobs = spawn_history(history, appended_tx).map_err(ServeError::Thread)?;
         let (inputs_tx, inputs_rx) = mpsc::channel(config.queue_capacity.max(1));
-        let (state_tx, state_rx) = watch::channel(Arc::new(engine.state().clone()));
+        let (state_tx, state_rx) = watch::channel(Arc::new(node.state().clone()));
+        let (stopped_tx, stopped_rx) = watch::channel(None);
+        let budget = config.package_bytes_in_flight_max.max(1);
         let server = Server {
             inputs: inputs_tx,
             state: state_rx,
+            stopped: stopped_rx,
             shared: Arc::new(Shared {
                 sites: Mutex::new(BTreeMap::new()),
-                apps: Mutex::new(BTreeMap::new()),
             }),
-            blobs,
-            package_budget: Arc::new(Semaphore::new(config.package_bytes_in_flight_max.max(1))),
+            blobs: blobs.clone(),
+            packages: Packages::default(),
+            package_budget: Arc::new(Semaphore::new(
+                budget.min(Semaphore::MAX_PERMITS).min(u32::MAX as usize),
+            )),
+            package_budget_bytes: budget,
             data_dir: config.data_dir.clone(),
             trust: config.trust.clone(),
+            clock: clock.clone(),
         };
-        server.reattach_server_apps(engine.state());
+        let (local_tx, mut local_rx) = mpsc::unbounded_channel();
+        let local = LocalParticipant::new(
+            server.workspace(),
+            blobs,
+            config.trust.clone(),
+            config.settings.abort_grace,
+            local_tx,
+        );
+        let inputs = server.inputs.clone();
+        tokio::spawn(async move {
+            while let Some(report) = local_rx.recv().await {
+                if inputs
+                    .send(Message::Report(Participant::Local, report))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        remove_archived_run_folders(&server.workspace(), node.state());
+        let claimed = server_apps_in_flight(node.state());
+        kill_unclaimed_server_apps(&server.workspace(), node.state(), &claimed);
+        local.connect(claimed);
         let task = EngineTask {
-            engine: Some(engine),
+            node,
             server: server.clone(),
             clock,
             state_tx,
+            stopped_tx,
+            history: history_jobs,
+            appended: appended_rx,
+            in_flight: None,
+            replies: BTreeMap::new(),
+            next_token: 0,
+            local,
+            published_seq: None,
         };
-        task.dispatch(released.effects);
         tokio::spawn(task.run(inputs_rx));
         Ok(server)
     }
@@ -236,6 +374,26 @@ impl Server {
         self.state.clone()
     }
 
+    /// Why the engine stopped for good, if it did.
+    pub fn stopped(&self) -> Option<String> {
+        self.stopped.borrow().clone()
+    }
+
+    /// Waits until the engine stops for good and returns why (a clean shutdown is not a
+    /// stop). The process should then exit with [`EXIT_ENGINE_STOPPED`].
+    pub async fn wait_stopped(&self) -> String {
+        let mut stopped = self.stopped.clone();
+        let cause = match stopped.wait_for(Option::is_some).await {
+            Ok(cause) => cause.clone(),
+            Err(_) => None,
+        };
+        match cause {
+            Some(cause) => cause,
+            // The task ended without a stop being published: it was shut down.
+            None => std::future::pending().await,
+        }
+    }
+
     /// Connects a site: `requests` is where the engine sends its requests, `reports`
     /// where the site sends its reports. The site's link exists before its first report
     /// is forwarded, so the engine can always answer it.
@@ -247,48 +405,48 @@ impl Server {
     ) {
         let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Outgoing>();
         lock(&self.shared.sites).insert(name.to_string(), out_tx);
-        let blobs = self.blobs.clone();
-        let budget = self.package_budget.clone();
+        let server = self.clone();
         let site = name.to_string();
         // One sender task per site keeps its requests in order without ever blocking the
-        // engine: deploys read the package blob here, within the bytes-in-flight budget.
+        // engine: deploys get the package bytes here (shared with other sites' deploys of
+        // the same package), within the bytes-in-flight budget.
         tokio::spawn(async move {
             while let Some(out) = out_rx.recv().await {
-                let request = match out {
-                    Outgoing::Request(r) => r,
+                let (request, permit) = match out {
+                    Outgoing::Request(r) => (r, None),
                     Outgoing::Deploy {
                         job_id,
                         app,
                         package,
+                        verify_at,
                     } => {
-                        let blobs = blobs.clone();
-                        let read = tokio::task::spawn_blocking(move || blobs.get(&package)).await;
-                        let bytes = match read {
-                            Ok(Ok(bytes)) => bytes,
-                            Ok(Err(e)) => {
-                                tracing::error!(%site, %job_id, error = %e, "package unreadable; deploy not sent");
-                                continue;
-                            }
-                            Err(e) => {
-                                tracing::error!(%site, %job_id, error = %e, "package read failed");
+                        let bytes = match server.packages.get(&server.blobs, package).await {
+                            Ok(bytes) => bytes,
+                            Err(error) => {
+                                // The site's deploy timeout decides; nothing else can.
+                                tracing::error!(%site, %job_id, %error, "package unreadable; deploy not sent");
                                 continue;
                             }
                         };
-                        let permits = u32::try_from(bytes.len().max(1)).unwrap_or(u32::MAX);
-                        let permit = budget.clone().acquire_many_owned(permits).await;
+                        let permits = deploy_permits(bytes.len(), server.package_budget_bytes);
+                        let permit = server
+                            .package_budget
+                            .clone()
+                            .acquire_many_owned(permits)
+                            .await;
                         let request = SiteRequest::Deploy {
                             job_id,
                             app_name: app,
-                            package: Arc::new(bytes),
+                            package: bytes,
+                            verify_at: Some(verify_at),
                         };
-                        if requests.send(request).await.is_err() {
-                            break;
-                        }
-                        drop(permit);
-                        continue;
+                        (request, permit.ok())
                     }
                 };
-                if requests.send(request).await.is_err() {
+                let sent = requests.send(request).await;
+                drop(permit);
+                server.packages.trim();
+                if sent.is_err() {
                     break;
                 }
             }
@@ -296,7 +454,8 @@ impl Server {
         let inputs = self.inputs.clone();
         tokio::spawn(async move {
             while let Some((site, report)) = reports.recv().await {
-                if inputs.send(Input::Site { site, report }).await.is_err() {
+                let message = Message::Report(Participant::Site(site), report);
+                if inputs.send(message).await.is_err() {
                     break;
                 }
             }
@@ -310,7 +469,7 @@ impl Server {
         request: AdminRequest,
     ) -> Result<oneshot::Receiver<AdminAnswer>, AdminError> {
         let (tx, rx) = oneshot::channel();
-        match self.inputs.try_send(Input::Admin {
+        match self.inputs.try_send(Message::Admin {
             origin,
             request,
             reply: tx,
@@ -327,7 +486,11 @@ impl Server {
         rx.await.unwrap_or(Err(AdminError::Stopped))
     }
 
-    /// Ingests the job folder (or zip) at `path`, stores its package blob, and submits it.
+    /// Ingests the job folder (or zip) at `path` and submits it: the submitter's role is
+    /// checked first (a refused submit stores nothing; the core records the refusal), then
+    /// the signature (SPEC section 6, at the server's time: an unsigned job under the
+    /// policy or a bad signature is refused, never queued), then the package blob is
+    /// stored and the submit carries the signer.
     pub async fn submit_path(
         &self,
         path: &Path,
@@ -335,19 +498,36 @@ impl Server {
         request_id: Option<String>,
     ) -> Result<AdminAnswer, SubmitError> {
         let blobs = self.blobs.clone();
+        let trust = self.trust.clone();
         let owned = path.to_path_buf();
-        let (meta, hash) = tokio::task::spawn_blocking(move || {
+        let at = self.clock.now();
+        let may_submit = identity.role.may_submit();
+        let (meta, hash, signer, pin) = tokio::task::spawn_blocking(move || {
             let package =
                 crate::job::package::ingest(&owned, &crate::job::limits::Limits::default())
                     .map_err(|e| SubmitError::Package(e.to_string()))?;
-            let hash = blobs
-                .put_bytes(&package.zip)
+            let hash = BlobHash::from(package.hash);
+            if !may_submit {
+                // The core refuses it and records the refusal; nothing is stored for it.
+                return Ok::<_, SubmitError>((package.meta, hash, None, None));
+            }
+            let signer = verify_package(&package.zip, &trust, at)?;
+            // Pinned until the answer below, which comes only once the `JobSubmitted` (or
+            // the recorded refusal) is durable: a free or sweep of the same bytes decided
+            // before then can never remove the blob the new job refers to (SPEC section 3).
+            let pin = blobs
+                .put_bytes_pinned(&package.zip)
                 .map_err(|e| SubmitError::Blob(e.to_string()))?;
-            Ok::<_, SubmitError>((package.meta, hash))
+            debug_assert_eq!(
+                pin.hash(),
+                hash,
+                "the blob store names a blob by its BLAKE3"
+            );
+            Ok((package.meta, pin.hash(), signer, Some(pin)))
         })
         .await
         .map_err(|e| SubmitError::Package(e.to_string()))??;
-        Ok(self
+        let answer = self
             .request(
                 Origin {
                     identity,
@@ -356,10 +536,12 @@ impl Server {
                 AdminRequest::SubmitJob {
                     meta,
                     package: hash,
-                    signer: None,
+                    signer,
                 },
             )
-            .await)
+            .await;
+        drop(pin);
+        Ok(answer)
     }
 
     /// Downloads a finished job (SPEC section 9): records the download (the core refuses a
@@ -405,70 +587,428 @@ impl Server {
         .map_err(|e| DownloadError::Blob(e.to_string()))?
     }
 
-    /// Stops the engine task after the inputs already queued, and waits for it.
+    /// Stops the engine task after the inputs already queued, and waits for it (the history
+    /// gets a snapshot and the anchor).
     pub async fn shutdown(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.inputs.send(Input::Shutdown(tx)).await.is_ok() {
+        if self.inputs.send(Message::Shutdown(tx)).await.is_ok() {
             let _ = rx.await;
         }
     }
 
-    fn send_input(&self, input: Input) {
+    fn send_input(&self, message: Message) {
         let inputs = self.inputs.clone();
         // Workers wait for room in the queue on their own task; the engine never waits.
         tokio::spawn(async move {
-            let _ = inputs.send(input).await;
+            let _ = inputs.send(message).await;
         });
     }
+}
 
-    fn reattach_server_apps(&self, state: &State) {
-        for job in state.jobs.values() {
-            let in_flight = !matches!(
+/// Verifies the canonical package `zip` by the trust policy at `at` (SPEC section 6, with
+/// [`check_package_zip`], the same rules a deploy uses) and returns its signer (`None` for
+/// an unsigned job the policy allows). An unsigned job under the policy, a bad signature
+/// and a signer whose role may not submit are [`SubmitError::Signature`] with the reason;
+/// a package that cannot even be unpacked is [`SubmitError::Package`]. Blocking.
+pub fn verify_package(
+    zip: &[u8],
+    trust: &TrustPolicy,
+    at: Timestamp,
+) -> Result<Option<Identity>, SubmitError> {
+    if trust.root_ca.is_none() && !trust.requires_signature() {
+        // Nothing can be checked and nothing is required: the package is not unpacked.
+        return Ok(None);
+    }
+    let limits = crate::job::limits::Limits::default();
+    match check_package_zip(zip, trust, timestamp_to_system_time(at), &limits, None) {
+        Ok(JobTrust::Signed(signer)) => Ok(Some(Identity {
+            name: signer.name,
+            org: signer.org,
+            // `check_package_zip` refused every role that may not submit, so the role
+            // parses; a role it does not know stays one that may not submit.
+            role: signer
+                .role
+                .as_deref()
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(crate::lifecycle::Role::Member),
+        })),
+        Ok(JobTrust::Unsigned) => Ok(None),
+        Err(
+            refusal @ (SubmitRefusal::Unsigned(_)
+            | SubmitRefusal::BadSignature(_)
+            | SubmitRefusal::SignerMayNotSubmit { .. }),
+        ) => Err(SubmitError::Signature(refusal.to_string())),
+        Err(refusal @ SubmitRefusal::Unpack(_)) => Err(SubmitError::Package(refusal.to_string())),
+        Err(refusal @ (SubmitRefusal::Blob(_) | SubmitRefusal::Scratch { .. })) => {
+            Err(SubmitError::Check(refusal.to_string()))
+        }
+    }
+}
+
+/// Removes every stored blob the history does not refer to (interrupted puts, blobs of
+/// deleted jobs whose free was lost in a crash). A failed sweep only costs disk space.
+fn sweep_blobs(history: &History<Event>, state: &State, blobs: &BlobStore) {
+    let snapshot = match history.snapshot_record() {
+        Ok(snapshot) => snapshot,
+        Err(err) => {
+            tracing::warn!(%err, "blob sweep skipped: the snapshot record is unreadable");
+            return;
+        }
+    };
+    let referenced = crate::history::events::referenced_blobs(state, snapshot.as_ref());
+    let keep = referenced.into_keys().collect();
+    if let Err(err) = blobs.sweep(&keep) {
+        tracing::warn!(%err, "blob sweep failed");
+    }
+}
+
+/// Jobs whose server app may still run from an earlier server run.
+fn server_apps_in_flight(state: &State) -> Vec<JobId> {
+    state
+        .jobs
+        .values()
+        .filter(|job| {
+            !matches!(
                 job.run.phase,
                 crate::lifecycle::RunPhase::NotStarted | crate::lifecycle::RunPhase::Stopped
-            );
-            if !in_flight || !job.run.server_started() {
+            ) && job.run.server_started()
+        })
+        .map(|job| job.id)
+        .collect()
+}
+
+/// Kills the server app of every known job that is not re-attached: an app started just
+/// before a crash, whose start never became durable (or whose run is no longer in flight),
+/// is waited for by nobody and must not run on.
+fn kill_unclaimed_server_apps(root: &Path, state: &State, claimed: &[JobId]) {
+    for job in state.jobs.values() {
+        if !claimed.contains(&job.id) {
+            crate::site::process::kill_unclaimed(&workspace::job_dir(root, job.id));
+        }
+    }
+}
+
+/// Removes an archived run folder and then its supervision records, so they do not pile
+/// up beside the run folders.
+fn remove_archived_run_folder(run_dir: &Path) -> Result<(), String> {
+    archive::remove_run_folder(run_dir).map_err(|e| e.to_string())?;
+    crate::site::process::forget(run_dir).map_err(|e| {
+        format!(
+            "supervision records of {} not removed: {e}",
+            run_dir.display()
+        )
+    })
+}
+
+/// A crash between a durable `WorkspaceArchived` and the removal of the run folder leaves
+/// the folder behind; the archive is safe, so the folder goes now.
+fn remove_archived_run_folders(root: &Path, state: &State) {
+    for job_id in workspace::job_ids(root) {
+        let archived = state
+            .jobs
+            .get(&job_id)
+            .is_some_and(|j| matches!(j.archive, crate::lifecycle::Archive::Archived { .. }));
+        if archived {
+            if let Err(e) = remove_archived_run_folder(&workspace::job_dir(root, job_id)) {
+                tracing::warn!(%job_id, error = %e, "archived run folder not removed");
+            }
+        }
+    }
+}
+
+enum HistoryJob {
+    Append(node::Append),
+    Snapshot(Arc<State>),
+    /// Remove a blob no live job refers to (a pinned one is kept).
+    FreeBlob(BlobStore, BlobHash),
+    /// A clean shutdown: a snapshot of the final state, then the anchor.
+    Close(Arc<State>, oneshot::Sender<()>),
+}
+
+/// Starts the history thread: it owns the history and does every append (flush and
+/// fsync), snapshot and the close, so no tokio worker ever blocks on the disk.
+fn spawn_history(
+    mut history: History<Event>,
+    done: mpsc::UnboundedSender<(u64, Result<(), String>)>,
+) -> std::io::Result<std::sync::mpsc::Sender<HistoryJob>> {
+    let (tx, rx) = std::sync::mpsc::channel::<HistoryJob>();
+    std::thread::Builder::new()
+        .name("fedrun-history".into())
+        .spawn(move || {
+            for job in rx {
+                match job {
+                    HistoryJob::Append(append) => {
+                        let result = history
+                            .append_batch(&append.events)
+                            .map(|_| ())
+                            .map_err(|e| e.to_string());
+                        if done.send((append.id, result)).is_err() {
+                            break;
+                        }
+                    }
+                    HistoryJob::Snapshot(state) => {
+                        // A failed snapshot loses nothing (the events are durable);
+                        // start-up then replays a longer tail.
+                        if let Err(err) = history.take_snapshot(&*state) {
+                            tracing::warn!(%err, "snapshot failed");
+                        }
+                    }
+                    HistoryJob::FreeBlob(blobs, hash) => {
+                        if let Err(e) = blobs.remove(&hash) {
+                            tracing::warn!(%hash, error = %e, "blob not freed");
+                        }
+                    }
+                    HistoryJob::Close(state, closed) => {
+                        // The snapshot makes the next start-up quick; the anchor lets it
+                        // tell a shorter history from data loss.
+                        if let Err(err) = history.take_snapshot(&*state) {
+                            tracing::warn!(%err, "snapshot at shutdown failed");
+                        }
+                        if let Err(err) = history.close() {
+                            tracing::warn!(%err, "clean shutdown of the history failed");
+                        }
+                        let _ = closed.send(());
+                        return;
+                    }
+                }
+            }
+        })?;
+    Ok(tx)
+}
+
+struct EngineTask {
+    node: Node,
+    server: Server,
+    clock: Arc<ServerClock<WallSource<Arc<dyn Clock>>>>,
+    state_tx: watch::Sender<Arc<State>>,
+    stopped_tx: watch::Sender<Option<String>>,
+    history: std::sync::mpsc::Sender<HistoryJob>,
+    appended: mpsc::UnboundedReceiver<(u64, Result<(), String>)>,
+    in_flight: Option<u64>,
+    replies: BTreeMap<u64, oneshot::Sender<AdminAnswer>>,
+    next_token: u64,
+    local: LocalParticipant,
+    published_seq: Option<u64>,
+}
+
+/// Inputs taken in one batch at most: bounds the latency of the batch's first answer.
+const BATCH_MAX: usize = 512;
+
+impl EngineTask {
+    async fn run(mut self, mut inputs: mpsc::Receiver<Message>) {
+        let mut shutdown: Option<oneshot::Sender<()>> = None;
+        loop {
+            if !self.node.is_appending() {
+                // No batch is out, so the state is durable: it is published before any
+                // answer leaves, so a requester that reads after its answer sees it.
+                self.publish();
+            }
+            self.carry_out();
+            if let Some(append) = self.node.poll_append() {
+                self.in_flight = Some(append.id);
+                let id = append.id;
+                if self.history.send(HistoryJob::Append(append)).is_err() {
+                    self.node
+                        .append_done(id, Err("the history thread has ended".into()));
+                    self.in_flight = None;
+                }
+            }
+            // Inputs that wrote nothing (a refusal before the core) are answered at once.
+            self.carry_out();
+            if let Some(cause) = self.node.stopped() {
+                tracing::error!(%cause, "the engine stopped for good; the server ends");
+                let _ = self.stopped_tx.send(Some(cause.to_string()));
+                // Requests still queued are dropped with the queue: they get `Stopped`.
+                return;
+            }
+            if let Some(id) = self.in_flight {
+                // The only thing the task waits on while a batch is out is its append.
+                let (done, result) = self
+                    .appended
+                    .recv()
+                    .await
+                    .unwrap_or((id, Err("the history thread has ended".into())));
+                self.in_flight = None;
+                self.node.append_done(done, result);
                 continue;
             }
-            let run_dir = workspace::job_dir(&self.workspace(), job.id);
-            match process::reattach(&run_dir) {
-                Ok(Reattached::Running(app)) => {
-                    let job_id = job.id;
-                    self.watch_app(job_id, app, Some(Command::RunReattached { job_id }));
+            if let Some(done) = shutdown.take() {
+                let (closed_tx, closed_rx) = oneshot::channel();
+                let state = Arc::new(self.node.state().clone());
+                if self
+                    .history
+                    .send(HistoryJob::Close(state, closed_tx))
+                    .is_ok()
+                {
+                    let _ = closed_rx.await;
                 }
-                Ok(Reattached::Ended(end)) => {
-                    self.send_input(Input::Worker(Command::ServerAppExited {
-                        job_id: job.id,
-                        outcome: end.outcome,
-                    }));
-                }
-                Ok(Reattached::NotFound) => {}
-                Err(e) => {
-                    tracing::warn!(job_id = %job.id, error = %e, "server app not re-attached")
+                let _ = done.send(());
+                return;
+            }
+            let deadline = self.node.poll_timeout();
+            let sleep = deadline.map(|due| {
+                // One extra millisecond: the clock must have reached `due` on waking.
+                let wait_ms = due.as_millis() - self.clock.now().as_millis() + 1;
+                Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0))
+            });
+            tokio::select! {
+                first = inputs.recv() => match first {
+                    Some(message) => self.take(message, &mut shutdown),
+                    None => return,
+                },
+                _ = async {
+                    match sleep {
+                        Some(d) => tokio::time::sleep(d).await,
+                        None => std::future::pending::<()>().await,
+                    }
+                } => self.node.handle_timeout(self.clock.now()),
+            }
+            while shutdown.is_none() && self.node.queued_inputs() < BATCH_MAX {
+                match inputs.try_recv() {
+                    Ok(message) => self.take(message, &mut shutdown),
+                    Err(_) => break,
                 }
             }
         }
     }
 
-    fn watch_app(&self, job_id: JobId, app: AppProcess, first: Option<Command>) {
-        let ended = app.ended();
-        lock(&self.shared.apps).insert(job_id, app);
-        let server = self.clone();
-        tokio::spawn(async move {
-            if let Some(command) = first {
-                if server.inputs.send(Input::Worker(command)).await.is_err() {
-                    return;
+    fn take(&mut self, message: Message, shutdown: &mut Option<oneshot::Sender<()>>) {
+        let now = self.clock.now();
+        let input = match message {
+            Message::Admin {
+                origin,
+                request,
+                reply,
+            } => {
+                self.next_token += 1;
+                let token = ReplyToken(self.next_token);
+                self.replies.insert(token.0, reply);
+                node::Input::Admin {
+                    token,
+                    origin,
+                    request,
                 }
             }
-            let end = process::wait_end(ended).await;
-            lock(&server.shared.apps).remove(&job_id);
-            let outcome = end.map_or(ExitOutcome::Signal(9), |e| e.outcome);
-            let _ = server
-                .inputs
-                .send(Input::Worker(Command::ServerAppExited { job_id, outcome }))
-                .await;
-        });
+            Message::Report(from, report) => node::Input::Report { from, report },
+            Message::Archived { job_id, result } => node::Input::ArchiveFinished { job_id, result },
+            Message::Shutdown(done) => {
+                *shutdown = Some(done);
+                return;
+            }
+        };
+        self.node.handle(now, input);
     }
+
+    fn publish(&mut self) {
+        let seq = self.node.state().last_seq;
+        if self.published_seq != Some(seq) {
+            self.published_seq = Some(seq);
+            let _ = self.state_tx.send(Arc::new(self.node.state().clone()));
+        }
+    }
+
+    fn to_site(&self, site: &str, out: Outgoing) {
+        match lock(&self.server.shared.sites).get(site) {
+            Some(link) => {
+                // A closed link means the site is gone; the engine's timeouts decide.
+                let _ = link.send(out);
+            }
+            None => tracing::debug!(%site, "request for a site that is not attached"),
+        }
+    }
+
+    /// Carries out every output the node has released. No rule lives here: each output
+    /// is moved to where it is done.
+    fn carry_out(&mut self) {
+        while let Some(output) = self.node.poll_output() {
+            match output {
+                Output::Reply { token, answer } => {
+                    if let Some(reply) = self.replies.remove(&token.0) {
+                        let _ = reply.send(answer.map_err(AdminError::from));
+                    }
+                }
+                Output::Send {
+                    to: Participant::Local,
+                    request,
+                } => self.local.request(request),
+                Output::Send {
+                    to: Participant::Site(site),
+                    request,
+                } => self.to_site(&site, outgoing(request)),
+                Output::Archive { job_id } => {
+                    let blobs = self.server.blobs.clone();
+                    let root = self.server.workspace();
+                    let server = self.server.clone();
+                    tokio::spawn(async move {
+                        let result = tokio::task::spawn_blocking(move || {
+                            let run_dir = workspace::job_dir(&root, job_id);
+                            archive::archive_folder(&run_dir, &blobs).map_err(|e| e.to_string())
+                        })
+                        .await
+                        .unwrap_or_else(|e| Err(format!("archive task failed: {e}")));
+                        server.send_input(Message::Archived { job_id, result });
+                    });
+                }
+                Output::RemoveRunFolder { job_id } => {
+                    let root = self.server.workspace();
+                    tokio::task::spawn_blocking(move || {
+                        // The archive is durable; a folder left behind only costs space
+                        // and is removed at the next start.
+                        let run_dir = workspace::job_dir(&root, job_id);
+                        if let Err(e) = remove_archived_run_folder(&run_dir) {
+                            tracing::warn!(%job_id, error = %e, "run folder not removed");
+                        }
+                    });
+                }
+                Output::FreeBlob { hash } => {
+                    // On the history thread, in order: the removal is done before the
+                    // next batch is durable, so before any submit of the same bytes that
+                    // that batch accepts is answered and drops its pin.
+                    let blobs = self.server.blobs.clone();
+                    let _ = self.history.send(HistoryJob::FreeBlob(blobs, hash));
+                }
+                Output::TakeSnapshot { state } => {
+                    let _ = self.history.send(HistoryJob::Snapshot(state));
+                }
+            }
+        }
+    }
+}
+
+/// A node request as a site's link carries it (deploys get their bytes in the sender).
+fn outgoing(request: Request) -> Outgoing {
+    let request = match request {
+        Request::Deploy {
+            job_id,
+            app_name,
+            package,
+            verify_at,
+        } => {
+            return Outgoing::Deploy {
+                job_id,
+                app: app_name,
+                package,
+                verify_at,
+            }
+        }
+        Request::CheckResources {
+            try_id,
+            job_id,
+            resources,
+        } => SiteRequest::CheckResources {
+            try_id,
+            job_id,
+            resources,
+        },
+        Request::CancelReservation { job_id, token } => {
+            SiteRequest::CancelReservation { job_id, token }
+        }
+        Request::Start { job_id } => SiteRequest::Start { job_id },
+        Request::Stop { job_id } => SiteRequest::Stop { job_id },
+        Request::Delete { job_id } => SiteRequest::Delete { job_id },
+        Request::Acknowledge { report_id } => SiteRequest::Acknowledge { report_id },
+    };
+    Outgoing::Request(request)
 }
 
 /// What a download hands out.
@@ -505,327 +1045,30 @@ pub enum SubmitError {
     /// The package could not be stored.
     #[error("storing the package failed: {0}")]
     Blob(String),
+    /// The package's signature is missing under the policy, does not verify, or its
+    /// signer's role may not submit.
+    #[error("job refused at submit: {0}")]
+    Signature(String),
+    /// The server could not check the package (no temporary folder to unpack it in).
+    #[error("checking the package failed: {0}")]
+    Check(String),
 }
 
-struct EngineTask {
-    engine: Option<Engine>,
-    server: Server,
-    clock: Arc<dyn Clock>,
-    state_tx: watch::Sender<Arc<State>>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Inputs taken in one batch at most: bounds the latency of the batch's first answer.
-const BATCH_MAX: usize = 512;
-
-impl EngineTask {
-    async fn run(mut self, mut inputs: mpsc::Receiver<Input>) {
-        let mut fired: Option<(crate::lifecycle::Timestamp, Timer)> = None;
-        loop {
-            let deadline = self.engine.as_ref().and_then(|e| e.next_deadline());
-            // A timer that fired and changed nothing would fire again at once; wait for an
-            // input instead (the core recomputes deadlines from the state it changes).
-            let deadline = deadline.filter(|d| Some(d) != fired.as_ref());
-            let mut batch: Vec<Input> = Vec::new();
-            let mut timer: Option<(crate::lifecycle::Timestamp, Timer)> = None;
-            let sleep = deadline.as_ref().map(|(due, _)| {
-                // One extra millisecond: the wall clock must have reached `due` on waking.
-                let wait_ms = due.as_millis() - self.clock.now().as_millis() + 1;
-                Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0))
-            });
-            tokio::select! {
-                first = inputs.recv() => match first {
-                    Some(input) => batch.push(input),
-                    None => break,
-                },
-                _ = async {
-                    match sleep {
-                        Some(d) => tokio::time::sleep(d).await,
-                        None => std::future::pending::<()>().await,
-                    }
-                } => timer = deadline.clone(),
-            }
-            while batch.len() < BATCH_MAX {
-                match inputs.try_recv() {
-                    Ok(input) => batch.push(input),
-                    Err(_) => break,
-                }
-            }
-            let mut commands = Vec::new();
-            let mut replies = Vec::new();
-            let mut acks: Vec<(String, String)> = Vec::new();
-            let mut shutdown = None;
-            for input in batch {
-                match input {
-                    Input::Admin {
-                        origin,
-                        request,
-                        reply,
-                    } => {
-                        replies.push((commands.len(), reply));
-                        commands.push(Command::Admin { origin, request });
-                    }
-                    Input::Site { site, report } => {
-                        if let SiteReport::AppExited { report_id, .. } = &report {
-                            acks.push((site.clone(), report_id.clone()));
-                        }
-                        commands.push(Command::Site { site, report });
-                    }
-                    Input::Worker(command) => commands.push(command),
-                    Input::Shutdown(done) => {
-                        shutdown = Some(done);
-                        break;
-                    }
-                }
-            }
-            if let Some((_, t)) = &timer {
-                commands.push(Command::TimerFired(t.clone()));
-            }
-            let Some(engine) = self.engine.as_mut() else {
-                break;
-            };
-            let before = engine.state().last_seq;
-            let now = self.clock.now();
-            match engine.step(commands, now) {
-                Ok(released) => {
-                    let after = engine.state().last_seq;
-                    // A timer woken a little early (the sleep and the wall clock are
-                    // different clocks) is simply slept for again; only one that was due
-                    // and still changed nothing is held back until the next input.
-                    fired = match timer {
-                        Some((due, t)) if after == before && due <= now => Some((due, t)),
-                        _ => None,
-                    };
-                    if after != before {
-                        let _ = self.state_tx.send(Arc::new(engine.state().clone()));
-                    }
-                    for (index, reply) in replies {
-                        let answer =
-                            match released.outcomes.get(index).and_then(|o| o.reply.clone()) {
-                                Some(Ok(reply)) => Ok(reply),
-                                Some(Err(refusal)) => Err(AdminError::Refused(refusal)),
-                                None => Err(AdminError::Stopped),
-                            };
-                        let _ = reply.send(answer);
-                    }
-                    // Reports are acknowledged only now that they are durable.
-                    for (site, report_id) in acks {
-                        self.to_site(
-                            &site,
-                            Outgoing::Request(SiteRequest::Acknowledge { report_id }),
-                        );
-                    }
-                    self.dispatch(released.effects);
-                }
-                Err(err) => {
-                    tracing::error!(%err, "engine stopped");
-                    for (_, reply) in replies {
-                        let _ = reply.send(Err(AdminError::Stopped));
-                    }
-                    self.engine = None;
-                    break;
-                }
-            }
-            if let Some(done) = shutdown {
-                if let Some(engine) = self.engine.take() {
-                    if let Err(err) = engine.shut_down() {
-                        tracing::warn!(%err, "clean shutdown of the history failed");
-                    }
-                }
-                let _ = done.send(());
-                break;
-            }
-        }
-    }
-
-    fn to_site(&self, site: &str, out: Outgoing) {
-        match lock(&self.server.shared.sites).get(site) {
-            Some(link) => {
-                // A closed link means the site is gone; the engine's timeouts decide.
-                let _ = link.send(out);
-            }
-            None => tracing::debug!(%site, "request for a site that is not attached"),
-        }
-    }
-
-    fn settings(&self) -> Settings {
-        self.engine
-            .as_ref()
-            .map(|e| e.settings().clone())
-            .unwrap_or_default()
-    }
-
-    fn app_for_server(&self, job_id: JobId) -> Option<String> {
-        let state = self.server.state.borrow().clone();
-        state
-            .jobs
-            .get(&job_id)
-            .and_then(|j| j.meta.app_for(crate::job::meta::SERVER).map(str::to_string))
-            .or_else(|| {
-                self.engine.as_ref().and_then(|e| {
-                    e.state()
-                        .jobs
-                        .get(&job_id)
-                        .and_then(|j| j.meta.app_for(crate::job::meta::SERVER).map(str::to_string))
-                })
-            })
-    }
-
-    fn dispatch(&self, effects: Vec<Effect>) {
-        let server = &self.server;
-        for effect in effects {
-            match effect {
-                Effect::CheckResources {
-                    site,
-                    try_id,
-                    job_id,
-                    resources,
-                } => self.to_site(
-                    &site,
-                    Outgoing::Request(SiteRequest::CheckResources {
-                        try_id,
-                        job_id,
-                        resources,
-                    }),
-                ),
-                Effect::CancelReservation {
-                    site,
-                    job_id,
-                    token,
-                } => self.to_site(
-                    &site,
-                    Outgoing::Request(SiteRequest::CancelReservation { job_id, token }),
-                ),
-                Effect::DeploySiteApp {
-                    site,
-                    job_id,
-                    app,
-                    package,
-                } => self.to_site(
-                    &site,
-                    Outgoing::Deploy {
-                        job_id,
-                        app,
-                        package,
-                    },
-                ),
-                Effect::StartSiteApp { site, job_id } => {
-                    self.to_site(&site, Outgoing::Request(SiteRequest::Start { job_id }))
-                }
-                Effect::StopSiteApp { site, job_id } => {
-                    self.to_site(&site, Outgoing::Request(SiteRequest::Stop { job_id }))
-                }
-                Effect::DeleteSiteDeployment { site, job_id } => {
-                    self.to_site(&site, Outgoing::Request(SiteRequest::Delete { job_id }))
-                }
-                Effect::DeployServerApp {
-                    job_id,
-                    app,
-                    package,
-                } => {
-                    let blobs = server.blobs.clone();
-                    let root = server.workspace();
-                    let inputs = server.clone();
-                    let trust = server.trust.clone();
-                    // Certificates are checked at the engine's time, from the injected clock.
-                    let at = std::time::UNIX_EPOCH
-                        + Duration::from_millis(
-                            u64::try_from(self.clock.now().as_millis()).unwrap_or(0),
-                        );
-                    tokio::spawn(async move {
-                        let result = tokio::task::spawn_blocking(move || {
-                            let bytes = blobs.get(&package).map_err(|e| e.to_string())?;
-                            workspace::deploy_app(
-                                &root,
-                                job_id,
-                                &app,
-                                &bytes,
-                                &crate::job::limits::Limits::default(),
-                                &trust,
-                                at,
-                            )
-                            .map(|_| ())
-                            .map_err(|e| e.to_string())
-                        })
-                        .await
-                        .unwrap_or_else(|e| Err(format!("deploy task failed: {e}")));
-                        inputs.send_input(Input::Worker(Command::ServerDeployFinished {
-                            job_id,
-                            result,
-                        }));
-                    });
-                }
-                Effect::StartServerApp { job_id } => {
-                    let root = server.workspace();
-                    let Some(app) = self.app_for_server(job_id) else {
-                        server.send_input(Input::Worker(Command::ServerAppStarted {
-                            job_id,
-                            result: Err("the deploy map has no app for the server".into()),
-                        }));
-                        continue;
-                    };
-                    let launch = AppLaunch {
-                        job_id,
-                        site: crate::job::meta::SERVER.to_string(),
-                        run_dir: workspace::job_dir(&root, job_id),
-                        app_dir: workspace::app_dir(&root, job_id, &app),
-                    };
-                    match process::start(&launch) {
-                        Ok(process) => {
-                            // The start is reported before the exit, on the same task:
-                            // an app that exits at once must not have its exit overtake
-                            // its start.
-                            server.watch_app(
-                                job_id,
-                                process,
-                                Some(Command::ServerAppStarted {
-                                    job_id,
-                                    result: Ok(()),
-                                }),
-                            );
-                        }
-                        Err(e) => server.send_input(Input::Worker(Command::ServerAppStarted {
-                            job_id,
-                            result: Err(e.to_string()),
-                        })),
-                    }
-                }
-                Effect::StopServerApp { job_id } => {
-                    let grace = self.settings().abort_grace;
-                    if let Some(app) = lock(&server.shared.apps).get(&job_id) {
-                        app.stop(grace);
-                    }
-                }
-                Effect::DeleteServerDeployment { job_id } => {
-                    let root = server.workspace();
-                    tokio::task::spawn_blocking(move || {
-                        if let Err(e) = workspace::remove_job(&root, job_id) {
-                            tracing::warn!(%job_id, error = %e, "server deployment not removed");
-                        }
-                    });
-                }
-                Effect::ArchiveWorkspace { job_id } => {
-                    let blobs = server.blobs.clone();
-                    let run_dir = workspace::job_dir(&server.workspace(), job_id);
-                    let inputs = server.clone();
-                    tokio::spawn(async move {
-                        let result = tokio::task::spawn_blocking(move || {
-                            archive::archive_and_remove(&run_dir, &blobs).map_err(|e| e.to_string())
-                        })
-                        .await
-                        .unwrap_or_else(|e| Err(format!("archive task failed: {e}")));
-                        inputs
-                            .send_input(Input::Worker(Command::ArchiveFinished { job_id, result }));
-                    });
-                }
-                Effect::FreeBlob { hash } => {
-                    let blobs = server.blobs.clone();
-                    tokio::task::spawn_blocking(move || {
-                        if let Err(e) = blobs.remove(&hash) {
-                            tracing::warn!(%hash, error = %e, "blob not freed");
-                        }
-                    });
-                }
-            }
-        }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deploys_of_one_package_share_one_read_and_free_it_after() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let blobs = BlobStore::open(dir.path().join("blobs")).expect("blob store");
+        let hash = blobs.put_bytes(b"a package").expect("put");
+        let packages = Packages::default();
+        let (first, second) = tokio::join!(packages.get(&blobs, hash), packages.get(&blobs, hash));
+        let (first, second) = (first.expect("read"), second.expect("read"));
+        assert!(Arc::ptr_eq(&first, &second), "one read, shared");
+        drop((first, second));
+        packages.trim();
+        assert!(lock(&packages.open).is_empty(), "no deploy holds it: freed");
     }
 }

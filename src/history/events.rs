@@ -147,11 +147,12 @@ pub fn audit(history: &EventHistory, blobs: &crate::blobs::BlobStore) -> super::
         }
     };
     for hash in referenced_blobs(&state, snapshot.as_ref()).keys() {
-        if let Err(err) = blobs.get(hash) {
-            report.problems.push(super::Problem {
+        match blobs.get(hash) {
+            Ok(_) => report.blobs_checked += 1,
+            Err(err) => report.problems.push(super::Problem {
                 seq: None,
                 message: err.to_string(),
-            });
+            }),
         }
     }
     report

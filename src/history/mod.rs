@@ -15,6 +15,7 @@
 
 pub mod anchor;
 pub mod events;
+pub mod private;
 pub mod record;
 pub mod sled_store;
 pub mod snapshot;
@@ -27,9 +28,13 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+pub use anchor::Anchor;
 pub use events::{event_json_line, event_text, EventHistory};
 pub use record::{ChainHash, Record, GENESIS_HASH, MAX_VALUE_BYTES};
-pub use sled_store::{DataFileSync, DataPaths, FsyncDataFile, SledOptions, SledStorage};
+pub use sled_store::{
+    DataFileSync, DataPaths, FsyncDataFile, SledOptions, SledStorage, READER_LOCK_WAIT,
+    SLED_SEGMENT_SIZE,
+};
 pub use snapshot::SnapshotRecord;
 pub use storage::{Head, MemoryStorage, Storage, StorageError};
 pub use verify::{Problem, VerifyReport};
@@ -64,6 +69,13 @@ pub enum OpenError {
         /// The data folder.
         dir: PathBuf,
     },
+    /// Offline readers (`fedrun list`, `audit verify`, ...) kept the data folder's lock
+    /// for longer than a server waits.
+    #[error("offline commands are still reading {dir} (they hold its lock); try again when they are done")]
+    ReadersHoldLock {
+        /// The data folder.
+        dir: PathBuf,
+    },
     /// The database needs a newer reader than this build.
     #[error("the history in {dir} has format version {format} and needs a reader of version {min_reader} or newer; this fedrun reads version {reader}: upgrade fedrun")]
     TooNew {
@@ -84,6 +96,29 @@ pub enum OpenError {
         /// The store's error.
         #[source]
         source: StorageError,
+    },
+    /// The database was made by an older fedrun, with another sled segment size; sled
+    /// cannot reopen it with this one, and there is no migration.
+    #[error("the history in {dir} was made by an older fedrun (sled segment size {found} bytes; this fedrun needs {needed}, so that sled never keeps a log item in a file it does not fsync); it cannot be opened by this version: keep using the older fedrun for it, or start a new data folder")]
+    OldLayout {
+        /// The data folder.
+        dir: PathBuf,
+        /// The segment size recorded in the database.
+        found: usize,
+        /// The segment size this build uses.
+        needed: usize,
+    },
+    /// The anchor is missing or unreadable (or older than the snapshot) while the
+    /// history holds records or a snapshot: what was acknowledged can no longer be
+    /// checked, which is data loss too.
+    #[error("data loss: the anchor {detail}, but the history holds records up to {found_seq}{}", snapshot_seq.map(|seq| format!(" and a snapshot at record {seq}")).unwrap_or_default())]
+    AnchorLost {
+        /// What is wrong with the anchor.
+        detail: String,
+        /// The last sequence number found.
+        found_seq: u64,
+        /// The snapshot's sequence number, if there is one.
+        snapshot_seq: Option<u64>,
     },
     /// The history is shorter than its anchor: records that were durable are gone.
     #[error("data loss: the anchor says records up to {anchor_seq} were durable, but the history ends at {found_seq}")]
@@ -135,6 +170,19 @@ pub enum AppendError {
     /// An event does not encode, or is too large.
     #[error(transparent)]
     Encode(#[from] record::EncodeError),
+    /// The store's head is not this history's: another writer appended. Nothing of the
+    /// batch was written; the history refuses further writes.
+    #[error("appending records {first_seq}..={last_seq} was refused: the stored head is record {} ({}), not record {} as this history expected: another writer appended", found.seq, found.hash, expected.seq)]
+    HeadMoved {
+        /// The first sequence number of the batch.
+        first_seq: u64,
+        /// The last.
+        last_seq: u64,
+        /// The head this history expected.
+        expected: Head,
+        /// The head the store holds.
+        found: Head,
+    },
     /// The store failed: the batch may be partly on disk, so the history is poisoned.
     #[error("appending records {first_seq}..={last_seq} failed: {source}")]
     Storage {
@@ -303,11 +351,19 @@ impl<E: Serialize + DeserializeOwned + Sequenced> History<E> {
         History::open_with(dir, SledOptions::default())
     }
 
-    /// Opens the durable history in `dir` with explicit options (offline commands pass
-    /// `create: false`; tests pass a sync seam).
+    /// Opens the durable history in `dir` for writing, with explicit options (tests pass
+    /// a sync seam or a shorter lock wait).
     pub fn open_with(dir: &Path, options: SledOptions) -> Result<History<E>, OpenError> {
         let storage = SledStorage::open(dir, options)?;
         History::from_storage(Box::new(storage), dir)
+    }
+
+    /// Opens the history in `dir` for reading only (`fedrun list`, `show`, `history`):
+    /// a private copy is opened (see [`SledStorage::open_copy`]), so the data folder is
+    /// never changed, and the anchor is checked as at a server's start.
+    pub fn open_read_only(dir: &Path) -> Result<History<E>, OpenError> {
+        let storage = SledStorage::open_copy(dir, READER_LOCK_WAIT)?;
+        History::checked(Box::new(storage), dir, false)
     }
 
     /// A history over `storage` kept in memory (for the simulator). Open it again on a
@@ -316,15 +372,13 @@ impl<E: Serialize + DeserializeOwned + Sequenced> History<E> {
         History::from_storage(Box::new(storage), Path::new("memory"))
     }
 
-    /// Opens the history in `dir` for the audit: no folder is created, and neither the
-    /// anchor nor the last record is checked here, since the audit reports on them
-    /// itself ([`History::verify`]) instead of refusing to look.
+    /// Opens the history in `dir` for the audit, on a private copy like
+    /// [`History::open_read_only`]: neither the anchor nor the last record is checked
+    /// here, since the audit reports on them itself ([`History::verify`]) instead of
+    /// refusing to look. (`fedrun audit verify` opens the copy itself with
+    /// [`SledStorage::open_copy`], to keep its blob store.)
     pub fn open_for_audit(dir: &Path) -> Result<History<E>, OpenError> {
-        let options = SledOptions {
-            create: false,
-            ..SledOptions::default()
-        };
-        let storage = SledStorage::open(dir, options)?;
+        let storage = SledStorage::open_copy(dir, READER_LOCK_WAIT)?;
         History::for_audit(Box::new(storage)).map_err(|source| OpenError::Storage {
             dir: dir.to_path_buf(),
             source,
@@ -334,13 +388,7 @@ impl<E: Serialize + DeserializeOwned + Sequenced> History<E> {
     /// A read-only history over any store for the audit: neither the anchor nor the last
     /// record is checked, since [`History::verify`] reports on them instead.
     pub fn for_audit(storage: Box<dyn Storage>) -> Result<History<E>, StorageError> {
-        let head = match storage.last()? {
-            Some((seq, bytes)) => Head {
-                seq,
-                hash: ChainHash::of(&bytes),
-            },
-            None => Head::EMPTY,
-        };
+        let head = storage::head_of(storage.last()?);
         Ok(History {
             storage,
             head,
@@ -350,9 +398,19 @@ impl<E: Serialize + DeserializeOwned + Sequenced> History<E> {
         })
     }
 
-    /// A history over any store: finds the head, and checks it against the anchor.
-    /// `dir` names the store in errors.
+    /// A history over any store, for writing: finds the head, checks it against the
+    /// anchor (see [`judge_anchor`]), and then records it as the anchor, durably, so the
+    /// anchor of every later batch builds on what was found. `dir` names the store in
+    /// errors.
     pub fn from_storage(storage: Box<dyn Storage>, dir: &Path) -> Result<History<E>, OpenError> {
+        History::checked(storage, dir, true)
+    }
+
+    fn checked(
+        mut storage: Box<dyn Storage>,
+        dir: &Path,
+        writable: bool,
+    ) -> Result<History<E>, OpenError> {
         let storage_err = |source| OpenError::Storage {
             dir: dir.to_path_buf(),
             source,
@@ -376,42 +434,27 @@ impl<E: Serialize + DeserializeOwned + Sequenced> History<E> {
                 }
             }
         };
-        if let Some(anchor) = storage.anchor().map_err(storage_err)? {
-            if anchor.seq > head.seq {
-                tracing::error!(
-                    anchor_seq = anchor.seq,
-                    found_seq = head.seq,
-                    "history shorter than its anchor"
-                );
-                return Err(OpenError::DataLoss {
-                    anchor_seq: anchor.seq,
-                    found_seq: head.seq,
-                });
+        match judge_anchor(storage.as_ref(), head, dir) {
+            AnchorVerdict::Refused(err) => {
+                tracing::error!(error = %err, "the history does not match its anchor");
+                return Err(err);
             }
-            if anchor.seq > 0 {
-                let found_hash = match storage.read(anchor.seq).map_err(storage_err)? {
-                    Some(bytes) => ChainHash::of(&bytes),
-                    None => {
-                        return Err(OpenError::DataLoss {
-                            anchor_seq: anchor.seq,
-                            found_seq: head.seq,
-                        })
-                    }
-                };
-                if found_hash != anchor.hash {
-                    return Err(OpenError::AnchorMismatch {
-                        seq: anchor.seq,
-                        anchor_hash: anchor.hash,
-                        found_hash,
-                    });
-                }
-            }
+            AnchorVerdict::Unacknowledged { first, last } => tracing::warn!(
+                first,
+                last,
+                "records {first}..={last} were being written when the machine stopped and \
+                 were never acknowledged; they are not in the history"
+            ),
+            AnchorVerdict::Fresh | AnchorVerdict::Matches(_) => {}
+        }
+        if writable {
+            storage.settle_anchor(head).map_err(storage_err)?;
         }
         tracing::debug!(seq = head.seq, "history opened");
         Ok(History {
             storage,
             head,
-            poisoned: None,
+            poisoned: (!writable).then(|| "opened read-only".to_string()),
             _event: PhantomData,
         })
     }
@@ -460,22 +503,38 @@ impl<E: Serialize + DeserializeOwned + Sequenced> History<E> {
         }
         let first_seq = self.head.seq + 1;
         let last_seq = expected - 1;
-        if let Err(source) = self.storage.write_batch(&records) {
-            tracing::error!(first_seq, last_seq, error = %source, "append failed; history poisoned");
-            self.poisoned.get_or_insert_with(|| {
-                format!("appending records {first_seq}..={last_seq}: {source}")
-            });
-            return Err(AppendError::Storage {
-                first_seq,
-                last_seq,
-                source,
-            });
+        match self.storage.append(self.head, &records) {
+            Ok(head) => {
+                self.head = head;
+                Ok(head)
+            }
+            Err(StorageError::HeadMoved { expected, found }) => {
+                tracing::error!(first_seq, last_seq, %found.seq, "another writer appended; history poisoned");
+                self.poisoned.get_or_insert_with(|| {
+                    format!(
+                        "another writer appended (the stored head is record {})",
+                        found.seq
+                    )
+                });
+                Err(AppendError::HeadMoved {
+                    first_seq,
+                    last_seq,
+                    expected: *expected,
+                    found: *found,
+                })
+            }
+            Err(source) => {
+                tracing::error!(first_seq, last_seq, error = %source, "append failed; history poisoned");
+                self.poisoned.get_or_insert_with(|| {
+                    format!("appending records {first_seq}..={last_seq}: {source}")
+                });
+                Err(AppendError::Storage {
+                    first_seq,
+                    last_seq,
+                    source,
+                })
+            }
         }
-        self.head = Head {
-            seq: last_seq,
-            hash: prev,
-        };
-        Ok(self.head)
     }
 
     /// The checked records from `from` on, in order: each is checked for its place, its
@@ -595,7 +654,8 @@ impl<E: Serialize + DeserializeOwned + Sequenced> History<E> {
     }
 
     /// Takes a snapshot of `state`, which must be the state after the current head:
-    /// stores it as a blob, names it by a small record, and writes the anchor.
+    /// stores it as a blob and names it by a small record. A failure leaves the history
+    /// writable.
     pub fn take_snapshot<S: Serialize>(
         &mut self,
         state: &S,
@@ -614,9 +674,12 @@ impl<E: Serialize + DeserializeOwned + Sequenced> History<E> {
             chain: self.head.hash,
             state: crate::blobs::hash_of(&bytes),
         };
-        if let Err(source) = self.storage.save_snapshot(&record, &bytes, self.head) {
-            self.poisoned
-                .get_or_insert_with(|| format!("snapshot at record {seq}: {source}"));
+        // A failed snapshot loses nothing: the records are durable and start-up replays
+        // a longer tail. So it does not poison the history; the caller logs it and tries
+        // again later. (A failure of the database file itself poisons inside the store,
+        // and every later write then says so.)
+        if let Err(source) = self.storage.save_snapshot(&record, &bytes) {
+            tracing::warn!(seq, error = %source, "snapshot failed; the history goes on without it");
             return Err(SnapshotError::Storage { seq, source });
         }
         tracing::info!(seq, state = %record.state, bytes = bytes.len(), "snapshot taken");
@@ -641,13 +704,132 @@ impl<E: Serialize + DeserializeOwned + Sequenced> History<E> {
         self.storage.as_ref()
     }
 
-    /// Clean shutdown: records the head as the anchor.
+    /// Clean shutdown: records the head as the anchor, with nothing pending.
     pub fn close(mut self) -> Result<(), StorageError> {
         if let Some(cause) = self.poisoned.take() {
             return Err(StorageError::Poisoned { cause });
         }
-        self.storage.write_anchor(self.head)
+        self.storage.settle_anchor(self.head)
     }
+}
+
+/// What the anchor says about the records a store holds.
+#[derive(Debug)]
+pub enum AnchorVerdict {
+    /// No anchor, and nothing it would have to protect (no record, no snapshot).
+    Fresh,
+    /// The anchor's head is there with its hash (the records may go further: a batch
+    /// handed to the disk whose anchor was not yet written when the process stopped).
+    Matches(Anchor),
+    /// The last batch the anchor names is missing, but the machine has restarted since
+    /// the anchor was written and the records end exactly where the batch began: the
+    /// machine stopped between the anchor's fsync and the database's, so the batch was
+    /// never acknowledged. Not data loss.
+    Unacknowledged {
+        /// The batch's first sequence number.
+        first: u64,
+        /// Its last.
+        last: u64,
+    },
+    /// Data loss, or an anchor that no longer matches.
+    Refused(OpenError),
+}
+
+/// Judges the records `storage` holds (ending at `head`) against its anchor.
+///
+/// Each batch's anchor records the head before it (`acked`) and after it (`head`), and
+/// is written only after sled's flush handed the batch to the kernel; both fsyncs then
+/// run at once and the batch is acknowledged when both are done. So:
+/// - after a process crash (same machine boot: the page cache survived), the records
+///   always reach the anchor's head; anything shorter is data loss;
+/// - after a machine stop (another boot id), the database may lack exactly the last
+///   batch, if the stop fell between the two fsyncs; that batch was not acknowledged.
+///   Records ending exactly at `acked` are accepted then, anything shorter is data loss.
+///
+/// The residual window: after a machine stop, a damaged database that lost exactly the
+/// last batch, and nothing before it, is taken for that unacknowledged batch. A missing
+/// or unreadable anchor beside records or a snapshot, or an anchor older than the
+/// snapshot (a reset one), is data loss.
+pub fn judge_anchor(storage: &dyn Storage, head: Head, dir: &Path) -> AnchorVerdict {
+    let snapshot_seq = storage
+        .snapshot_record()
+        .map(|record| record.map(|record| record.seq))
+        // A snapshot record that cannot be read still says a snapshot was taken.
+        .unwrap_or(Some(0));
+    let anchor = match storage.anchor() {
+        Ok(Some(anchor)) => anchor,
+        Ok(None) | Err(_) if head.seq == 0 && snapshot_seq.is_none() => {
+            return AnchorVerdict::Fresh
+        }
+        Ok(None) => {
+            return AnchorVerdict::Refused(OpenError::AnchorLost {
+                detail: "is missing".to_string(),
+                found_seq: head.seq,
+                snapshot_seq,
+            })
+        }
+        Err(err) => {
+            return AnchorVerdict::Refused(OpenError::AnchorLost {
+                detail: format!("cannot be used ({err})"),
+                found_seq: head.seq,
+                snapshot_seq,
+            })
+        }
+    };
+    if let Some(snapshot) = snapshot_seq {
+        if anchor.head.seq < snapshot {
+            return AnchorVerdict::Refused(OpenError::AnchorLost {
+                detail: format!(
+                    "names record {}, older than the snapshot (it was reset)",
+                    anchor.head.seq
+                ),
+                found_seq: head.seq,
+                snapshot_seq,
+            });
+        }
+    }
+    let hash_at = |seq: u64| -> Result<Option<ChainHash>, OpenError> {
+        if seq == 0 {
+            return Ok(Some(GENESIS_HASH));
+        }
+        storage
+            .read(seq)
+            .map(|bytes| bytes.as_deref().map(ChainHash::of))
+            .map_err(|source| OpenError::Storage {
+                dir: dir.to_path_buf(),
+                source,
+            })
+    };
+    if anchor.head.seq <= head.seq {
+        return match hash_at(anchor.head.seq) {
+            Err(err) => AnchorVerdict::Refused(err),
+            Ok(Some(found_hash)) if found_hash == anchor.head.hash => {
+                AnchorVerdict::Matches(anchor)
+            }
+            Ok(Some(found_hash)) => AnchorVerdict::Refused(OpenError::AnchorMismatch {
+                seq: anchor.head.seq,
+                anchor_hash: anchor.head.hash,
+                found_hash,
+            }),
+            Ok(None) => AnchorVerdict::Refused(OpenError::DataLoss {
+                anchor_seq: anchor.head.seq,
+                found_seq: head.seq,
+            }),
+        };
+    }
+    let now = anchor::current_boot_id();
+    let unknown = [0u8; 16];
+    let restarted = now != unknown && anchor.boot != unknown && anchor.boot != now;
+    if restarted && head == anchor.acked {
+        return AnchorVerdict::Unacknowledged {
+            first: anchor.acked.seq + 1,
+            last: anchor.head.seq,
+        };
+    }
+    AnchorVerdict::Refused(OpenError::DataLoss {
+        anchor_seq: anchor.head.seq,
+        found_seq: head.seq,
+    })
 }
 
 /// Folds the stored records from `from` on (the first linking to `prev`) into `state`,

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use super::anchor::Anchor;
 use super::record::ChainHash;
 use super::snapshot::SnapshotRecord;
 
@@ -42,14 +43,22 @@ pub enum StorageError {
         #[source]
         source: std::io::Error,
     },
-    /// sled reported an error.
-    #[error("sled {what}: {source}")]
-    Sled {
+    /// The database underneath reported an error.
+    #[error("database {what}: {detail}")]
+    Database {
         /// What was being done.
         what: &'static str,
-        /// sled's error.
-        #[source]
-        source: sled::Error,
+        /// The database's own words.
+        detail: String,
+    },
+    /// The append expected another head: someone else appended (or removed records)
+    /// since this writer last looked. Nothing was written.
+    #[error("the history's head is record {} ({}), not record {} ({}) as this writer expected: another writer changed it", found.seq, found.hash, expected.seq, expected.hash)]
+    HeadMoved {
+        /// The head the writer expected (boxed: errors stay small).
+        expected: Box<Head>,
+        /// The head the store holds.
+        found: Box<Head>,
     },
     /// An earlier write failed, so the store refuses every later one: what is on disk
     /// may differ from what the process believes, and going on would diverge.
@@ -73,13 +82,52 @@ pub enum StorageError {
 /// An iterator over `(seq, record bytes)` in sequence order.
 pub type RecordIter<'a> = Box<dyn Iterator<Item = Result<(u64, Vec<u8>), StorageError>> + 'a>;
 
+/// The head a store holds: its last record's number and the hash of its bytes.
+pub fn head_of(last: Option<(u64, Vec<u8>)>) -> Head {
+    match last {
+        Some((seq, bytes)) => Head {
+            seq,
+            hash: ChainHash::of(&bytes),
+        },
+        None => Head::EMPTY,
+    }
+}
+
+/// Checks that `records` are numbered one after another from `expected.seq + 1`, and
+/// returns the head they make. Every store calls this before writing anything.
+pub fn head_after(expected: Head, records: &[(u64, Vec<u8>)]) -> Result<Head, StorageError> {
+    let mut head = expected;
+    for (seq, bytes) in records {
+        if Some(*seq) != head.seq.checked_add(1) {
+            return Err(StorageError::Corrupt {
+                detail: format!(
+                    "a batch after record {} holds record {seq} out of order",
+                    head.seq
+                ),
+            });
+        }
+        head = Head {
+            seq: *seq,
+            hash: ChainHash::of(bytes),
+        };
+    }
+    Ok(head)
+}
+
 /// Where record bytes live. Object safe, so the engine holds a `History` without
-/// knowing whether it is on disk or in memory.
+/// knowing whether it is on disk or in memory, and it names no type of the database
+/// underneath.
+///
+/// Appends are compare-and-append: the writer names the head it builds on, and a store
+/// whose head is another one refuses with [`StorageError::HeadMoved`] before writing
+/// anything, so a second writer (a stale handle, a second `History` on a shared memory
+/// store) can never append.
 pub trait Storage: Send {
-    /// Stores every record (key = sequence number) and returns only once all of them
-    /// are durable. If this fails, the store may hold some of them; the caller must
-    /// stop writing.
-    fn write_batch(&mut self, records: &[(u64, Vec<u8>)]) -> Result<(), StorageError>;
+    /// Stores `records` (key = sequence number, numbered from `expected.seq + 1`) after
+    /// `expected`, which must be the store's current head, and returns the new head only
+    /// once the records and the anchor naming them are durable. If this fails after
+    /// writing began, the store may hold some of them; the caller must stop writing.
+    fn append(&mut self, expected: Head, records: &[(u64, Vec<u8>)]) -> Result<Head, StorageError>;
 
     /// The bytes of record `seq`, if present.
     fn read(&self, seq: u64) -> Result<Option<Vec<u8>>, StorageError>;
@@ -90,23 +138,26 @@ pub trait Storage: Send {
     /// The record with the highest sequence number.
     fn last(&self) -> Result<Option<(u64, Vec<u8>)>, StorageError>;
 
-    /// Stores a snapshot's state bytes and the small record naming them, durably, then
-    /// records `head` as the anchor.
-    fn save_snapshot(
-        &mut self,
-        record: &SnapshotRecord,
-        state: &[u8],
-        head: Head,
-    ) -> Result<(), StorageError>;
+    /// Stores a snapshot's state bytes and the small record naming them, durably.
+    /// A failure here leaves the records as they were.
+    fn save_snapshot(&mut self, record: &SnapshotRecord, state: &[u8]) -> Result<(), StorageError>;
 
     /// The latest snapshot record and its state bytes (verified against their hash).
     fn load_snapshot(&self) -> Result<Option<(SnapshotRecord, Vec<u8>)>, StorageError>;
 
-    /// The anchor: the last head known durable, kept outside the record store.
-    fn anchor(&self) -> Result<Option<Head>, StorageError>;
+    /// The latest snapshot record alone (its state is not read).
+    fn snapshot_record(&self) -> Result<Option<SnapshotRecord>, StorageError> {
+        Ok(self.load_snapshot()?.map(|(record, _)| record))
+    }
 
-    /// Records `head` as the anchor on a clean shutdown.
-    fn write_anchor(&mut self, head: Head) -> Result<(), StorageError>;
+    /// The anchor: the head known outside the record store, written with every batch.
+    /// `Ok(None)` when there is none; an error when it exists but cannot be read.
+    fn anchor(&self) -> Result<Option<Anchor>, StorageError>;
+
+    /// Makes everything stored durable and records `head` (the store's current head) as
+    /// the anchor, with nothing pending: at open, once the records found are accepted,
+    /// and at a clean shutdown.
+    fn settle_anchor(&mut self, head: Head) -> Result<(), StorageError>;
 }
 
 /// The in-memory store the simulator uses. Clones share the same records, so a
@@ -120,7 +171,7 @@ pub struct MemoryStorage {
 struct MemoryInner {
     records: BTreeMap<u64, Vec<u8>>,
     snapshot: Option<(SnapshotRecord, Vec<u8>)>,
-    anchor: Option<Head>,
+    anchor: Option<Anchor>,
 }
 
 impl MemoryStorage {
@@ -146,6 +197,12 @@ impl MemoryStorage {
             None => inner.records.remove(&seq),
         };
     }
+
+    /// Replaces the anchor (or removes it with `None`) without any check: for tests that
+    /// show a lost or reset anchor is found.
+    pub fn tamper_anchor(&self, anchor: Option<Anchor>) {
+        self.lock().anchor = anchor;
+    }
 }
 
 impl std::fmt::Debug for MemoryStorage {
@@ -158,12 +215,33 @@ impl std::fmt::Debug for MemoryStorage {
 }
 
 impl Storage for MemoryStorage {
-    fn write_batch(&mut self, records: &[(u64, Vec<u8>)]) -> Result<(), StorageError> {
+    fn append(&mut self, expected: Head, records: &[(u64, Vec<u8>)]) -> Result<Head, StorageError> {
+        let new_head = head_after(expected, records)?;
+        // The check and the write happen under one lock, so two writers on clones of
+        // one store cannot both pass the check.
         let mut inner = self.lock();
+        let found = head_of(
+            inner
+                .records
+                .iter()
+                .next_back()
+                .map(|(seq, bytes)| (*seq, bytes.clone())),
+        );
+        if found != expected {
+            return Err(StorageError::HeadMoved {
+                expected: Box::new(expected),
+                found: Box::new(found),
+            });
+        }
         for (seq, bytes) in records {
             inner.records.insert(*seq, bytes.clone());
         }
-        Ok(())
+        inner.anchor = Some(Anchor {
+            acked: expected,
+            head: new_head,
+            boot: super::anchor::current_boot_id(),
+        });
+        Ok(new_head)
     }
 
     fn read(&self, seq: u64) -> Result<Option<Vec<u8>>, StorageError> {
@@ -204,15 +282,8 @@ impl Storage for MemoryStorage {
             .map(|(seq, bytes)| (*seq, bytes.clone())))
     }
 
-    fn save_snapshot(
-        &mut self,
-        record: &SnapshotRecord,
-        state: &[u8],
-        head: Head,
-    ) -> Result<(), StorageError> {
-        let mut inner = self.lock();
-        inner.snapshot = Some((record.clone(), state.to_vec()));
-        inner.anchor = Some(head);
+    fn save_snapshot(&mut self, record: &SnapshotRecord, state: &[u8]) -> Result<(), StorageError> {
+        self.lock().snapshot = Some((record.clone(), state.to_vec()));
         Ok(())
     }
 
@@ -220,12 +291,12 @@ impl Storage for MemoryStorage {
         Ok(self.lock().snapshot.clone())
     }
 
-    fn anchor(&self) -> Result<Option<Head>, StorageError> {
+    fn anchor(&self) -> Result<Option<Anchor>, StorageError> {
         Ok(self.lock().anchor)
     }
 
-    fn write_anchor(&mut self, head: Head) -> Result<(), StorageError> {
-        self.lock().anchor = Some(head);
+    fn settle_anchor(&mut self, head: Head) -> Result<(), StorageError> {
+        self.lock().anchor = Some(Anchor::settled(head));
         Ok(())
     }
 }

@@ -21,6 +21,15 @@ pub const FORMAT_ENTRY_COUNT_MAX: u64 = u16::MAX as u64;
 /// The largest canonical zip: it is written without zip64, whose offsets are 32 bits wide.
 pub const FORMAT_PACKAGE_BYTES_MAX: u64 = u32::MAX as u64;
 
+/// The longest entry path in a package, in bytes (Linux's `PATH_MAX`: a longer relative
+/// path cannot be opened in one call anyway). Checked on each name as it is read, before
+/// any tree is built: building the folders a name implies costs memory that grows with
+/// the square of its depth, so a 0.5 MB zip of 65 KB names once took gigabytes.
+pub const ENTRY_NAME_BYTES_MAX: usize = 4096;
+
+/// The most components (folders and the file) an entry path may have.
+pub const ENTRY_DEPTH_MAX: usize = 64;
+
 /// How big a job package may be. The defaults suit a typical federated-learning job
 /// (code, configs, a starting model); a user with bigger jobs raises them (the CLI has
 /// one flag per field).
@@ -232,12 +241,52 @@ pub enum NameError {
     /// NUL and other control characters cannot be file names everywhere.
     #[error("control characters are not allowed")]
     ControlCharacter,
+    /// A path longer than [`ENTRY_NAME_BYTES_MAX`].
+    #[error("the path is {bytes} bytes long, over the limit of {limit} bytes")]
+    TooLong {
+        /// Its length in bytes.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A path with more components than [`ENTRY_DEPTH_MAX`].
+    #[error("the path is {depth} levels deep, over the limit of {limit} levels")]
+    TooDeep {
+        /// Its number of components.
+        depth: usize,
+        /// The limit.
+        limit: usize,
+    },
 }
 
-/// Checks a package-relative entry path (no trailing `/`).
+/// At most the first 120 characters of an entry name, marked when cut: what error
+/// messages show of a name, which may be up to 64 KiB long.
+pub fn shorten_name(name: &str) -> String {
+    const SHOWN: usize = 120;
+    match name.char_indices().nth(SHOWN) {
+        Some((cut, _)) => format!("{}... ({} bytes)", &name[..cut], name.len()),
+        None => name.to_owned(),
+    }
+}
+
+/// Checks a package-relative entry path (no trailing `/`). Length and depth come first,
+/// so a hostile name costs no more than one pass over its bytes.
 pub fn check_entry_name(name: &str) -> Result<(), NameError> {
     if name.is_empty() {
         return Err(NameError::Empty);
+    }
+    if name.len() > ENTRY_NAME_BYTES_MAX {
+        return Err(NameError::TooLong {
+            bytes: name.len(),
+            limit: ENTRY_NAME_BYTES_MAX,
+        });
+    }
+    let depth = name.bytes().filter(|&b| b == b'/').count() + 1;
+    if depth > ENTRY_DEPTH_MAX {
+        return Err(NameError::TooDeep {
+            depth,
+            limit: ENTRY_DEPTH_MAX,
+        });
     }
     if name.starts_with('/') || name.as_bytes().get(1) == Some(&b':') {
         return Err(NameError::Absolute);

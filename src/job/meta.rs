@@ -18,6 +18,20 @@ pub const DEFAULT_RESOURCES: &str = "@default";
 /// The largest `meta.json` accepted: the meta travels in the `JobSubmitted` event, and a
 /// history record must stay small.
 pub const META_JSON_BYTES_MAX: u64 = 32 * 1024;
+/// The longest job `name`, in bytes.
+pub const JOB_NAME_BYTES_MAX: usize = 256;
+/// The longest app name, site name or resource name in `meta.json`, in bytes. Site names
+/// travel in every event about a site, so they stay short.
+pub const NAME_BYTES_MAX: usize = 128;
+/// The most distinct site names a `meta.json` may name (deploy map, mandatory clients and
+/// resource_spec together). `@ALL` names none, whatever the number of sites it reaches.
+pub const SITES_NAMED_MAX: usize = 1024;
+/// The most resource names one `resource_spec` entry may hold. A merged request (a
+/// site's own entry over `@default`) then stays a few kilobytes, so it fits in one event.
+pub const RESOURCE_KEYS_MAX: usize = 64;
+/// The most amounts a whole `resource_spec` may hold; with [`META_JSON_BYTES_MAX`] it
+/// bounds the encoded meta, which the `JobSubmitted` event carries.
+pub const RESOURCE_AMOUNTS_MAX: usize = 1024;
 
 /// Where one app goes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,6 +204,48 @@ pub enum MetaError {
     /// `resource_spec` is not an object of objects.
     #[error("meta.json: `resource_spec` must map each site (or \"@default\") to an object of resource -> number")]
     BadResourceSpec,
+    /// A name over its length limit.
+    #[error(
+        "meta.json: {what} {name:?}... is {bytes} bytes long, over the limit of {limit} bytes"
+    )]
+    NameTooLong {
+        /// What kind of name (`name`, `app`, `site`, `resource`).
+        what: &'static str,
+        /// Its first characters.
+        name: String,
+        /// Its length.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// More distinct sites named than [`SITES_NAMED_MAX`].
+    #[error("meta.json names {count} sites, over the limit of {limit} (use \"@ALL\" to reach every site)")]
+    TooManySites {
+        /// Distinct sites named.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A `resource_spec` entry with more than [`RESOURCE_KEYS_MAX`] resources.
+    #[error(
+        "meta.json: resource_spec[{site:?}] holds {count} resources, over the limit of {limit}"
+    )]
+    TooManyResourceKeys {
+        /// The site (or `@default`).
+        site: String,
+        /// Its resources.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A `resource_spec` with more than [`RESOURCE_AMOUNTS_MAX`] amounts in all.
+    #[error("meta.json: resource_spec holds {count} amounts in all, over the limit of {limit}")]
+    TooManyResourceAmounts {
+        /// Amounts in all.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// A resource amount that is not a non-negative number.
     #[error("meta.json: resource_spec[{site:?}][{resource:?}] must be a non-negative number, not {value}")]
     BadResourceAmount {
@@ -233,6 +289,7 @@ impl JobMeta {
             Some(Value::String(name)) if !name.is_empty() => name.clone(),
             Some(_) => return Err(MetaError::BadName),
         };
+        check_length("name", &name, JOB_NAME_BYTES_MAX)?;
         let deploy_map = parse_deploy_map(object.get("deploy_map"))?;
         let all_sites = deploy_map
             .iter()
@@ -257,6 +314,12 @@ impl JobMeta {
             resource_spec: BTreeMap::new(),
         };
         let listed = meta.listed_sites();
+        for app in &meta.deploy_map {
+            check_length("app", &app.app, NAME_BYTES_MAX)?;
+            for target in &app.targets {
+                check_length("site", target, NAME_BYTES_MAX)?;
+            }
+        }
 
         let min_clients = match object.get("min_clients") {
             None => 1,
@@ -291,6 +354,7 @@ impl JobMeta {
                         site: site.to_owned(),
                     });
                 }
+                check_length("site", site, NAME_BYTES_MAX)?;
                 if mandatory_clients.iter().any(|m| m == site) {
                     return Err(MetaError::MandatoryRepeated {
                         site: site.to_owned(),
@@ -301,12 +365,29 @@ impl JobMeta {
         }
 
         let mut resource_spec = BTreeMap::new();
+        let mut amounts_total = 0usize;
         if let Some(value) = object.get("resource_spec") {
             let sites = value.as_object().ok_or(MetaError::BadResourceSpec)?;
             for (site, resources) in sites {
                 let resources = resources.as_object().ok_or(MetaError::BadResourceSpec)?;
+                check_length("site", site, NAME_BYTES_MAX)?;
+                if resources.len() > RESOURCE_KEYS_MAX {
+                    return Err(MetaError::TooManyResourceKeys {
+                        site: site.chars().take(NAME_BYTES_MAX).collect(),
+                        count: resources.len(),
+                        limit: RESOURCE_KEYS_MAX,
+                    });
+                }
+                amounts_total += resources.len();
+                if amounts_total > RESOURCE_AMOUNTS_MAX {
+                    return Err(MetaError::TooManyResourceAmounts {
+                        count: amounts_total,
+                        limit: RESOURCE_AMOUNTS_MAX,
+                    });
+                }
                 let mut amounts = BTreeMap::new();
                 for (resource, amount) in resources {
+                    check_length("resource", resource, NAME_BYTES_MAX)?;
                     let number = amount.as_f64().filter(|n| n.is_finite() && *n >= 0.0);
                     let number = number.ok_or_else(|| MetaError::BadResourceAmount {
                         site: site.clone(),
@@ -318,6 +399,21 @@ impl JobMeta {
                 resource_spec.insert(site.clone(), amounts);
             }
         }
+        let mut named: std::collections::BTreeSet<&str> =
+            listed.iter().map(String::as_str).collect();
+        named.extend(mandatory_clients.iter().map(String::as_str));
+        named.extend(
+            resource_spec
+                .keys()
+                .map(String::as_str)
+                .filter(|s| *s != DEFAULT_RESOURCES),
+        );
+        if named.len() > SITES_NAMED_MAX {
+            return Err(MetaError::TooManySites {
+                count: named.len(),
+                limit: SITES_NAMED_MAX,
+            });
+        }
         Ok(JobMeta {
             min_clients,
             mandatory_clients,
@@ -325,6 +421,19 @@ impl JobMeta {
             ..meta
         })
     }
+}
+
+/// Refuses a name over `limit` bytes, quoting its start.
+fn check_length(what: &'static str, name: &str, limit: usize) -> Result<(), MetaError> {
+    if name.len() <= limit {
+        return Ok(());
+    }
+    Err(MetaError::NameTooLong {
+        what,
+        name: name.chars().take(40).collect(),
+        bytes: name.len(),
+        limit,
+    })
 }
 
 /// Parses `deploy_map` into its normalised form (apps sorted by name, targets in order).

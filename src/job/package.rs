@@ -24,7 +24,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::job::limits::{check_entry_name, LimitError, Limits, NameError};
+use crate::job::limits::{check_entry_name, shorten_name, LimitError, Limits, NameError};
 use crate::job::meta::{JobMeta, MetaError, META_JSON_BYTES_MAX};
 use crate::job::runfile::{RunFile, RunFileError, RUN_FILE, RUN_FILE_BYTES_MAX};
 use crate::job::zipread::{
@@ -259,33 +259,67 @@ impl<'a> Node<'a> {
 
 /// A package's entries by path; `BTreeMap` order is the canonical order, and puts every
 /// folder before what it holds (a prefix sorts first).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Tree<'a> {
     nodes: BTreeMap<String, Node<'a>>,
+    /// The most nodes the tree may hold (`entry_count_max`), folders implied by names
+    /// included: checked as each node is made, so names cannot make the tree grow past
+    /// what the limits allow before the count is checked.
+    max_nodes: u64,
+}
+
+/// Why [`Tree::insert`] refused an entry.
+enum InsertError {
+    /// This path would be both a file and a folder.
+    Conflict(String),
+    /// The tree would hold more than `entry_count_max` nodes.
+    TooMany(LimitError),
 }
 
 impl<'a> Tree<'a> {
-    /// Adds an entry and every folder above it. Returns the conflicting path when a path
-    /// would be both a file and a folder.
-    fn insert(&mut self, name: String, node: Node<'a>) -> Result<(), String> {
+    /// An empty tree bounded by `limits.entry_count_max`.
+    fn new(limits: &Limits) -> Self {
+        Tree {
+            nodes: BTreeMap::new(),
+            max_nodes: limits.entry_count_max,
+        }
+    }
+
+    /// Adds an entry and every folder above it. Refuses a path that would be both a file
+    /// and a folder, and a node past the limit.
+    fn insert(&mut self, name: String, node: Node<'a>) -> Result<(), InsertError> {
         for (at, _) in name.match_indices('/') {
             let parent = &name[..at];
             match self.nodes.get(parent) {
-                Some(Node::File { .. }) => return Err(parent.to_owned()),
+                Some(Node::File { .. }) => return Err(InsertError::Conflict(parent.to_owned())),
                 Some(Node::Folder) => {}
                 None => {
+                    self.make_room()?;
                     self.nodes.insert(parent.to_owned(), Node::Folder);
                 }
             }
         }
         match (self.nodes.get(&name), &node) {
             (None, _) => {
+                self.make_room()?;
                 self.nodes.insert(name, node);
                 Ok(())
             }
             (Some(Node::Folder), Node::Folder) => Ok(()),
-            _ => Err(name),
+            _ => Err(InsertError::Conflict(name)),
         }
+    }
+
+    /// Checks that one more node stays within the limit.
+    fn make_room(&self) -> Result<(), InsertError> {
+        let count = self.nodes.len() as u64 + 1;
+        if count > self.max_nodes {
+            return Err(InsertError::TooMany(LimitError::TooManyEntries {
+                count,
+                limit: self.max_nodes,
+            }));
+        }
+        Ok(())
     }
 
     fn file_bytes(&self, name: &str, max: u64) -> Result<Option<Vec<u8>>, IngestError> {
@@ -312,6 +346,28 @@ impl<'a> Tree<'a> {
 
     fn is_folder(&self, name: &str) -> bool {
         matches!(self.nodes.get(name), Some(Node::Folder))
+    }
+}
+
+impl From<InsertError> for IngestError {
+    fn from(error: InsertError) -> Self {
+        match error {
+            InsertError::Conflict(entry) => IngestError::PathConflict {
+                entry: shorten_name(&entry),
+            },
+            InsertError::TooMany(limit) => IngestError::Limit(limit),
+        }
+    }
+}
+
+impl From<InsertError> for UnpackError {
+    fn from(error: InsertError) -> Self {
+        match error {
+            InsertError::Conflict(entry) => UnpackError::PathConflict {
+                entry: shorten_name(&entry),
+            },
+            InsertError::TooMany(limit) => UnpackError::Zip(ZipReadError::Limit(limit)),
+        }
     }
 }
 
@@ -375,7 +431,7 @@ pub fn ingest_zip_bytes(
         name = top;
         strip = Some(prefix);
     }
-    let mut tree = Tree::default();
+    let mut tree = Tree::new(limits);
     for entry in entries {
         let path = match &strip {
             Some(prefix) => match entry.name.strip_prefix(prefix.as_str()) {
@@ -384,8 +440,7 @@ pub fn ingest_zip_bytes(
             },
             None => entry.name,
         };
-        tree.insert(path, Node::from_zip(entry.kind, entry.data))
-            .map_err(|entry| IngestError::PathConflict { entry })?;
+        tree.insert(path, Node::from_zip(entry.kind, entry.data))?;
     }
     build(tree, &name, limits)
 }
@@ -405,7 +460,7 @@ fn folder_name(path: &Path) -> String {
 
 /// Lists a job folder without following symlinks or reading file contents.
 fn walk_folder(root: &Path, limits: &Limits) -> Result<Tree<'static>, IngestError> {
-    let mut tree = Tree::default();
+    let mut tree = Tree::new(limits);
     let mut total = 0u64;
     let mut count = 0u64;
     let mut pending = vec![(root.to_path_buf(), String::new())];
@@ -431,7 +486,7 @@ fn walk_folder(root: &Path, limits: &Limits) -> Result<Tree<'static>, IngestErro
             };
             let entry = join(name);
             check_entry_name(&entry).map_err(|rule| IngestError::BadName {
-                entry: entry.clone(),
+                entry: shorten_name(&entry),
                 rule,
             })?;
             count += 1;
@@ -455,8 +510,7 @@ fn walk_folder(root: &Path, limits: &Limits) -> Result<Tree<'static>, IngestErro
             } else {
                 return Err(IngestError::SpecialFile { entry });
             };
-            tree.insert(entry, node)
-                .map_err(|entry| IngestError::PathConflict { entry })?;
+            tree.insert(entry, node)?;
         }
     }
     Ok(tree)
@@ -571,10 +625,9 @@ pub fn unpack(
     limits: &Limits,
 ) -> Result<Unpacked, UnpackError> {
     let entries = read_zip(canonical_zip, limits)?;
-    let mut tree = Tree::default();
+    let mut tree = Tree::new(limits);
     for entry in entries {
-        tree.insert(entry.name, Node::from_zip(entry.kind, entry.data))
-            .map_err(|entry| UnpackError::PathConflict { entry })?;
+        tree.insert(entry.name, Node::from_zip(entry.kind, entry.data))?;
     }
     if let Some(app) = only_app {
         if check_entry_name(app).is_err() || app.contains('/') {

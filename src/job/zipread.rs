@@ -20,7 +20,7 @@ use std::collections::BTreeSet;
 use std::io::Read;
 
 use crate::job::limits::{
-    check_entry_name, LimitError, Limits, NameError, FORMAT_ENTRY_COUNT_MAX,
+    check_entry_name, shorten_name, LimitError, Limits, NameError, FORMAT_ENTRY_COUNT_MAX,
     FORMAT_PACKAGE_BYTES_MAX,
 };
 
@@ -371,7 +371,7 @@ fn read_central_record<'a>(
         None => (raw, false),
     };
     check_entry_name(name).map_err(|rule| ZipReadError::BadName {
-        entry: raw.to_owned(),
+        entry: shorten_name(raw),
         rule,
     })?;
     let host = (version_made_by >> 8) as u8;

@@ -76,14 +76,14 @@ fn next_command(bytes: &mut Bytes<'_>, state: &State, jobs: &[JobId]) -> (Comman
     };
     let outcome = |bytes: &mut Bytes<'_>| -> ExitOutcome {
         let code = i32::from(*bytes.pick(&[0u8, 1, 9, 101, 102, 103, 104, 2, 137]));
-        if bytes.byte() % 5 == 0 {
+        if bytes.byte().is_multiple_of(5) {
             ExitOutcome::Signal(code)
         } else {
             ExitOutcome::Code(code)
         }
     };
     let result = |bytes: &mut Bytes<'_>| -> Result<(), String> {
-        if bytes.byte() % 4 == 0 {
+        if bytes.byte().is_multiple_of(4) {
             Err(bytes.text())
         } else {
             Ok(())
@@ -94,10 +94,10 @@ fn next_command(bytes: &mut Bytes<'_>, state: &State, jobs: &[JobId]) -> (Comman
         0 | 1 => {
             let listed: Vec<String> = SITES[..3]
                 .iter()
-                .filter(|_| bytes.byte() % 2 == 0)
+                .filter(|_| bytes.byte().is_multiple_of(2))
                 .map(|s| s.to_string())
                 .collect();
-            let all = bytes.byte() % 5 == 0;
+            let all = bytes.byte().is_multiple_of(5);
             let mut targets = vec!["server".to_string()];
             targets.extend(listed.iter().cloned());
             let meta = JobMeta {
@@ -107,7 +107,7 @@ fn next_command(bytes: &mut Bytes<'_>, state: &State, jobs: &[JobId]) -> (Comman
                     targets: if all { vec!["@ALL".into()] } else { targets },
                 }],
                 min_clients: u32::from(bytes.byte() % 3),
-                mandatory_clients: if bytes.byte() % 4 == 0 {
+                mandatory_clients: if bytes.byte().is_multiple_of(4) {
                     vec![site(bytes)]
                 } else {
                     Vec::new()
@@ -189,6 +189,7 @@ fn next_command(bytes: &mut Bytes<'_>, state: &State, jobs: &[JobId]) -> (Comman
                     job_id,
                     report_id: bytes.text(),
                     outcome: outcome(bytes),
+                    stop_requested: bytes.byte().is_multiple_of(2),
                 },
             };
             Command::Site { site, report }
@@ -261,7 +262,7 @@ pub fn check_decide_apply(data: &[u8]) {
     let settings = Settings {
         max_jobs: 1 + u32::from(bytes.byte() % 3),
         max_schedule_count: 1 + u32::from(bytes.byte() % 4),
-        resume_runs: bytes.byte() % 2 == 0,
+        resume_runs: bytes.byte().is_multiple_of(2),
         ..Settings::default()
     };
     let mut driver = Driver {

@@ -17,15 +17,16 @@ use crate::lifecycle::actor::{Actor, Identity, Role};
 use crate::lifecycle::command::{AdminRequest, Command, Origin, Timer};
 use crate::lifecycle::effect::Effect;
 use crate::lifecycle::event::{
-    cap_reason, Event, EventKind, ResourceAnswer, ScheduleOutcome, StepResult, MAX_EVENT_BYTES,
-    MAX_ID_BYTES,
+    cap_reason, capped_list, chunk_by_bytes, encoded_len, group_requests, Event, EventKind,
+    ResourceAnswer, ResourceGroup, ScheduleOutcome, StepResult, DISPATCHED_SITES_NAMED,
+    MAX_EVENT_BYTES, MAX_ID_BYTES, MAX_REASON_BYTES,
 };
 use crate::lifecycle::participant::{ExitOutcome, SiteReport};
 use crate::lifecycle::recovery;
 use crate::lifecycle::rejection::Rejection;
 use crate::lifecycle::state::{
-    describe_outcome, final_status, stops_run, Answer, Archive, Job, Reply, RunPhase, StartStep,
-    State,
+    describe_outcome, final_status, stops_run, Answer, Archive, Job, Reply, RequestFingerprint,
+    RequestKey, RunPhase, StartStep, State,
 };
 use crate::lifecycle::status::RunStatus;
 use crate::lifecycle::time::Timestamp;
@@ -66,7 +67,18 @@ pub fn decide(
     now: Timestamp,
     ids: &mut impl IdSource,
 ) -> Result<Decision, Rejection> {
-    if let Command::Admin { origin, .. } = &command {
+    let mut reused_key = false;
+    if let Command::Admin { origin, request } = &command {
+        let identity = &origin.identity;
+        if identity.name.len() > MAX_ID_BYTES || identity.org.len() > MAX_ID_BYTES {
+            return Err(Rejection::BadIdentity {
+                reason: format!(
+                    "an admin's name and org may have at most {MAX_ID_BYTES} bytes, these have {} and {}",
+                    identity.name.len(),
+                    identity.org.len()
+                ),
+            });
+        }
         if let Some(key) = &origin.request_id {
             if key.is_empty() || key.len() > MAX_ID_BYTES {
                 return Err(Rejection::BadRequestId {
@@ -76,14 +88,65 @@ pub fn decide(
                     ),
                 });
             }
-            if let Some(first) = state.requests.get(key) {
-                return Ok(Decision {
-                    reply: Some(first.clone()),
-                    ..Decision::default()
-                });
+            let request_key = RequestKey {
+                identity: identity.clone(),
+                key: key.clone(),
+            };
+            if let Some(first) = state.requests.get(&request_key, now.max(state.last_at)) {
+                if first.fingerprint.same_request(&fingerprint(request)) {
+                    return Ok(Decision {
+                        reply: Some(first.reply.clone()),
+                        ..Decision::default()
+                    });
+                }
+                reused_key = true;
             }
         }
     }
+    let decision = decide_inner(state, settings, command, now, ids, reused_key)?;
+    // Last line of defence: the bounds on what comes in (meta, names, ids, reasons) and
+    // the splitting of long lists keep every event small; should one still not fit, the
+    // command is refused here, before anything is written, so no event can stop the engine.
+    if let Some(event) = decision
+        .events
+        .iter()
+        .find(|e| encoded_len(e) > MAX_EVENT_BYTES)
+    {
+        let bytes = encoded_len(event);
+        tracing::error!(
+            seq = event.seq,
+            kind = event.kind.name(),
+            bytes,
+            "refusing a command whose event would not fit in the history"
+        );
+        return Err(Rejection::TooLarge {
+            bytes,
+            limit: MAX_EVENT_BYTES,
+        });
+    }
+    Ok(decision)
+}
+
+/// What identifies an admin request under its idempotency key.
+fn fingerprint(request: &AdminRequest) -> RequestFingerprint {
+    RequestFingerprint {
+        operation: request.operation().to_string(),
+        job_id: request.job_id(),
+        package: match request {
+            AdminRequest::SubmitJob { package, .. } => Some(*package),
+            _ => None,
+        },
+    }
+}
+
+fn decide_inner(
+    state: &State,
+    settings: &Settings,
+    command: Command,
+    now: Timestamp,
+    ids: &mut impl IdSource,
+    reused_key: bool,
+) -> Result<Decision, Rejection> {
     let mut ctx = Ctx {
         scratch: Cow::Borrowed(state),
         settings,
@@ -106,7 +169,9 @@ pub fn decide(
             }
             None
         }
-        Command::Admin { origin, request } => Some(admin(&mut ctx, origin, request, ids)),
+        Command::Admin { origin, request } => {
+            Some(admin(&mut ctx, origin, request, ids, reused_key))
+        }
         Command::Site { site, report } => {
             site_report(&mut ctx, site, report);
             None
@@ -126,6 +191,7 @@ pub fn decide(
             // the job RUNNING with no exit ever to come.
             if ctx.scratch.jobs.get(&job_id).is_some_and(|j| {
                 j.run.server_exit.is_none()
+                    && !j.run.server_lost
                     && (j.run.server_started()
                         || matches!(j.run.step, Some((StartStep::StartingServer, _))))
             }) {
@@ -384,10 +450,11 @@ impl Ctx<'_> {
                 };
                 if !outstanding.is_empty() {
                     reason.push_str(&format!(
-                        "; no report within client_outcome_wait ({}) from {}",
+                        "; no report within client_outcome_wait ({}) from ",
                         crate::settings::format_duration(self.settings.client_outcome_wait),
-                        outstanding.join(", ")
                     ));
+                    let budget = MAX_REASON_BYTES.saturating_sub(reason.len());
+                    reason.push_str(&capped_list(&outstanding, ", ", budget));
                 }
                 self.emit(
                     Actor::System,
@@ -478,14 +545,29 @@ impl Ctx<'_> {
                             resources: request.resources.clone(),
                         });
                     }
+                    // One request per distinct resource map, and a long list of sites split
+                    // over several events, so every event stays small (SPEC section 3).
+                    let mut chunks = chunk_groups(group_requests(&asked)).into_iter();
+                    let first = chunks.next().unwrap_or_default();
                     self.emit(
                         Actor::Scheduler,
                         EventKind::ScheduleTryStarted {
                             job_id,
                             try_id,
-                            asked,
+                            asked: Vec::new(),
+                            requests: first,
                         },
                     );
+                    for requests in chunks {
+                        self.emit(
+                            Actor::Scheduler,
+                            EventKind::ScheduleTryExtended {
+                                job_id,
+                                try_id,
+                                requests,
+                            },
+                        );
+                    }
                     // One try in flight at a time: the pass resumes when it ends.
                     return;
                 }
@@ -522,12 +604,19 @@ impl Ctx<'_> {
 
     /// Ends the try in flight once every asked site has answered (or timed out).
     fn finish_try_if_complete(&mut self) {
+        // Checked before anything is copied: a try over many sites is asked this after
+        // every answer.
+        if !self
+            .scratch
+            .schedule_try
+            .as_ref()
+            .is_some_and(|t| t.complete())
+        {
+            return;
+        }
         let Some(schedule_try) = self.scratch.schedule_try.clone() else {
             return;
         };
-        if !schedule_try.complete() {
-            return;
-        }
         let Some(job) = self.job(&schedule_try.job_id).cloned() else {
             return;
         };
@@ -548,15 +637,35 @@ impl Ctx<'_> {
                 sites,
                 reservations,
             } => {
+                let named: Vec<String> =
+                    sites.iter().take(DISPATCHED_SITES_NAMED).cloned().collect();
                 self.emit(
                     Actor::Scheduler,
                     EventKind::ScheduleAttempted {
                         job_id,
                         outcome: ScheduleOutcome::Dispatched {
-                            sites: sites.clone(),
+                            more: sites.len() - named.len(),
+                            sites: named,
                         },
                     },
                 );
+                let pairs: Vec<(String, Option<String>)> = sites
+                    .iter()
+                    .map(|s| (s.clone(), reservations.get(s).cloned()))
+                    .collect();
+                let weigh = |(s, t): &(String, Option<String>)| {
+                    s.len() * 2 + t.as_ref().map_or(0, String::len)
+                };
+                let mut chunks = chunk_by_bytes(&pairs, weigh).into_iter();
+                let split = |chunk: Vec<(String, Option<String>)>| {
+                    let sites: Vec<String> = chunk.iter().map(|(s, _)| s.clone()).collect();
+                    let reservations: BTreeMap<String, String> = chunk
+                        .into_iter()
+                        .filter_map(|(s, t)| t.map(|t| (s, t)))
+                        .collect();
+                    (sites, reservations)
+                };
+                let (sites, reservations) = split(chunks.next().unwrap_or_default());
                 self.emit(
                     Actor::Scheduler,
                     EventKind::JobDispatched {
@@ -565,6 +674,17 @@ impl Ctx<'_> {
                         reservations,
                     },
                 );
+                for chunk in chunks {
+                    let (sites, reservations) = split(chunk);
+                    self.emit(
+                        Actor::Scheduler,
+                        EventKind::JobDispatchExtended {
+                            job_id,
+                            sites,
+                            reservations,
+                        },
+                    );
+                }
                 self.deploy_server(job_id);
             }
         }
@@ -651,6 +771,14 @@ impl Ctx<'_> {
 
     /// After the last site's deploy answer: start, or fail to run (SPEC section 8).
     fn evaluate_site_deploys(&mut self, job_id: JobId) {
+        // Nothing is copied until every site has answered (this runs after each answer).
+        let all_answered = self.job(&job_id).is_some_and(|j| {
+            let server = usize::from(j.run.deploy.contains_key(SERVER));
+            j.status == RunStatus::Dispatched && j.run.deploy.len() - server >= j.run.sites.len()
+        });
+        if !all_answered {
+            return;
+        }
         let Some(job) = self.job(&job_id).cloned() else {
             return;
         };
@@ -682,12 +810,14 @@ impl Ctx<'_> {
         match problem {
             Some(problem) => {
                 let job = self.job(&job_id).expect("the job was read above");
-                let detail = job.run.deploy_detail().join("; ");
+                let head = format!("deploy failed: {problem}; ");
+                let budget = MAX_REASON_BYTES.saturating_sub(head.len());
+                let detail = capped_list(&job.run.deploy_detail(), "; ", budget);
                 for site in ok {
                     self.effect(Effect::DeleteSiteDeployment { site, job_id });
                 }
                 self.cancel_reservations(job_id);
-                self.fail_to_run(job_id, format!("deploy failed: {problem}; {detail}"));
+                self.fail_to_run(job_id, format!("{head}{detail}"));
             }
             None => self.effect(Effect::StartServerApp { job_id }),
         }
@@ -695,6 +825,20 @@ impl Ctx<'_> {
 
     /// After the last site's start answer: `RUNNING`, or fail to run and stop.
     fn evaluate_site_starts(&mut self, job_id: JobId) {
+        // Nothing is copied until every deployed site has answered its start.
+        let all_answered = self.job(&job_id).is_some_and(|j| {
+            let deployed = j
+                .run
+                .deploy
+                .iter()
+                .filter(|(who, r)| who.as_str() != SERVER && r.is_ok())
+                .count();
+            let server = usize::from(j.run.start.contains_key(SERVER));
+            j.run.start.len() - server >= deployed
+        });
+        if !all_answered {
+            return;
+        }
         let Some(job) = self.job(&job_id).cloned() else {
             return;
         };
@@ -746,7 +890,8 @@ impl Ctx<'_> {
             Some(problem) => {
                 let mut reason = format!("start failed: {problem}");
                 if !lines.is_empty() {
-                    reason.push_str(&format!("; {}", lines.join("; ")));
+                    let budget = MAX_REASON_BYTES.saturating_sub(reason.len() + 2);
+                    reason.push_str(&format!("; {}", capped_list(&lines, "; ", budget)));
                 }
                 self.cancel_reservations(job_id);
                 self.fail_to_run(job_id, reason.clone());
@@ -766,13 +911,23 @@ impl Ctx<'_> {
                         });
                     }
                 }
+                let mut chunks = chunk_by_bytes(&started, String::len).into_iter();
                 self.emit(
                     Actor::System,
                     EventKind::RunStarted {
                         job_id,
-                        job_clients: started,
+                        job_clients: chunks.next().unwrap_or_default(),
                     },
                 );
+                for job_clients in chunks {
+                    self.emit(
+                        Actor::System,
+                        EventKind::RunClientsAdded {
+                            job_id,
+                            job_clients,
+                        },
+                    );
+                }
             }
         }
     }
@@ -791,6 +946,10 @@ fn stop_reason(job: &Job) -> Option<String> {
         }
     }
     for (site, outcome) in &run.site_exits {
+        // An exit fedrun's own stop caused is not a failure and stops nothing.
+        if run.stopped_exits.contains(site) {
+            continue;
+        }
         if run.counts_site(site) && stops_run(*outcome) && !run.all_ended() {
             return Some(format!(
                 "site {site} reported {}",
@@ -806,6 +965,55 @@ fn stop_reason(job: &Job) -> Option<String> {
     None
 }
 
+/// Splits grouped requests so that each part's names and resources stay within
+/// [`GROUP_CHUNK_BYTES`]: a group whose sites do not fit goes on in the next part (with
+/// its resources once more; validation keeps a request to a few kilobytes).
+fn chunk_groups(groups: Vec<ResourceGroup>) -> Vec<Vec<ResourceGroup>> {
+    const GROUP_CHUNK_BYTES: usize = MAX_EVENT_BYTES - 12 * 1024;
+    let mut chunks: Vec<Vec<ResourceGroup>> = vec![Vec::new()];
+    let mut bytes = 0usize;
+    for group in groups {
+        let resource_bytes: usize =
+            group.resources.keys().map(|k| k.len() + 12).sum::<usize>() + 16;
+        let mut part: Vec<String> = Vec::new();
+        let mut part_bytes = resource_bytes;
+        for site in group.sites {
+            let weight = site.len() + 4;
+            if !part.is_empty() && bytes + part_bytes + weight > GROUP_CHUNK_BYTES {
+                chunks
+                    .last_mut()
+                    .expect("there is always a chunk")
+                    .push(ResourceGroup {
+                        resources: group.resources.clone(),
+                        sites: std::mem::take(&mut part),
+                    });
+                chunks.push(Vec::new());
+                bytes = 0;
+                part_bytes = resource_bytes;
+            } else if part.is_empty()
+                && bytes > 0
+                && bytes + part_bytes + weight > GROUP_CHUNK_BYTES
+            {
+                chunks.push(Vec::new());
+                bytes = 0;
+            }
+            part_bytes += weight;
+            part.push(site);
+        }
+        if !part.is_empty() {
+            bytes += part_bytes;
+            chunks
+                .last_mut()
+                .expect("there is always a chunk")
+                .push(ResourceGroup {
+                    resources: group.resources,
+                    sites: part,
+                });
+        }
+    }
+    chunks
+}
+
 /// `None` when `ok` satisfies `min_clients` and `mandatory_clients`, else the problem.
 fn enough_sites(job: &Job, ok: &[String], verb: &str) -> Option<String> {
     let missing: Vec<&str> = job
@@ -816,9 +1024,10 @@ fn enough_sites(job: &Job, ok: &[String], verb: &str) -> Option<String> {
         .map(String::as_str)
         .collect();
     if !missing.is_empty() {
+        let missing: Vec<String> = missing.into_iter().map(str::to_string).collect();
         return Some(format!(
             "mandatory sites not {verb}: {}",
-            missing.join(", ")
+            capped_list(&missing, ", ", MAX_REASON_BYTES / 2)
         ));
     }
     if ok.len() < job.meta.min_clients as usize {
@@ -876,17 +1085,41 @@ fn permit(identity: &Identity, operation: &str, job: Option<&Job>) -> Result<(),
     }
 }
 
+/// The signer of a package must hold a role that may submit (SPEC section 6), and its
+/// names must be small enough to record.
+fn check_signer(signer: &Identity) -> Result<(), Rejection> {
+    if !signer.role.may_submit() {
+        return Err(Rejection::SignerNotAllowed {
+            name: signer.name.chars().take(MAX_ID_BYTES).collect(),
+            role: signer.role,
+        });
+    }
+    if signer.name.len() > MAX_ID_BYTES || signer.org.len() > MAX_ID_BYTES {
+        return Err(Rejection::BadIdentity {
+            reason: format!("the signer's name and org may have at most {MAX_ID_BYTES} bytes"),
+        });
+    }
+    Ok(())
+}
+
 fn admin(
     ctx: &mut Ctx<'_>,
     origin: Origin,
     request: AdminRequest,
     ids: &mut impl IdSource,
+    reused_key: bool,
 ) -> Reply {
     ctx.request_id = origin.request_id.clone();
     let actor = Actor::admin(&origin.identity);
     let job_id = request.job_id();
     let operation = request.operation();
-    let result = admin_inner(ctx, &origin.identity, &actor, request, ids);
+    let result = if reused_key {
+        Err(Rejection::IdempotencyKeyReused {
+            key: origin.request_id.clone().unwrap_or_default(),
+        })
+    } else {
+        admin_inner(ctx, &origin.identity, &actor, request, ids)
+    };
     if let Err(rejection) = &result {
         ctx.emit(
             actor,
@@ -923,12 +1156,7 @@ fn admin_inner(
         } => {
             permit(identity, "submit", None)?;
             if let Some(signer) = &signer {
-                if !signer.role.may_submit() {
-                    return Err(Rejection::SignerNotAllowed {
-                        name: signer.name.clone(),
-                        role: signer.role,
-                    });
-                }
+                check_signer(signer)?;
             }
             submit(
                 ctx,
@@ -944,10 +1172,15 @@ fn admin_inner(
         AdminRequest::CloneJob { job_id } => {
             let source = live(ctx, job_id)?;
             permit(identity, "clone", Some(&source))?;
+            if let Some(signer) = &source.signer {
+                check_signer(signer)?;
+            }
+            // A clone keeps the original submitter and signer (SPEC section 6); the cloner
+            // is the event's actor.
             submit(
                 ctx,
                 actor,
-                identity.clone(),
+                source.submitter,
                 source.meta,
                 source.package,
                 source.signer,
@@ -1032,6 +1265,13 @@ fn submit(
     cloned_from: Option<JobId>,
     ids: &mut impl IdSource,
 ) -> Result<Answer, Rejection> {
+    // Validation at the edge guarantees a server app; a meta without one (a hostile or
+    // buggy caller) is refused here, since replay refuses such a record.
+    if meta.app_for(SERVER).is_none() {
+        return Err(Rejection::BadMeta {
+            reason: "the deploy map names no app for the server".to_string(),
+        });
+    }
     let mut job_id = ids.new_job_id();
     // An id source promises fresh ids; a repeat would overwrite a job, so draw again.
     while ctx.scratch.jobs.contains_key(&job_id) {
@@ -1129,7 +1369,7 @@ fn site_report(ctx: &mut Ctx<'_>, site: String, report: SiteReport) {
                 // A site still running an app of a job that has ended, or of a run that
                 // fedrun is stopping (the stop request may have been lost with the
                 // connection), is told to stop it.
-                let stop = ctx.scratch.jobs.get(job_id).map_or(true, |j| {
+                let stop = ctx.scratch.jobs.get(job_id).is_none_or(|j| {
                     (j.status.is_terminal() && j.run.phase == RunPhase::Stopped)
                         || j.run.phase == RunPhase::Stopping
                 });
@@ -1140,6 +1380,12 @@ fn site_report(ctx: &mut Ctx<'_>, site: String, report: SiteReport) {
                     });
                 }
             }
+            // Only jobs the site was sent are recorded: ids of unknown jobs (answered with
+            // a stop above) would only grow the history.
+            let running: Vec<JobId> = running
+                .into_iter()
+                .filter(|id| ctx.job(id).is_some_and(|j| j.run.was_sent(&site)))
+                .collect();
             ctx.emit(
                 actor,
                 EventKind::SiteConnected {
@@ -1159,7 +1405,7 @@ fn site_report(ctx: &mut Ctx<'_>, site: String, report: SiteReport) {
             );
             // The try in flight stops waiting for a site that is gone.
             if let Some(t) = &ctx.scratch.schedule_try {
-                if t.asked.iter().any(|r| r.site == site) && !t.answers.contains_key(&site) {
+                if t.asks(&site) && !t.answers.contains_key(&site) {
                     let (job_id, try_id) = (t.job_id, t.try_id);
                     ctx.emit(
                         actor,
@@ -1182,7 +1428,7 @@ fn site_report(ctx: &mut Ctx<'_>, site: String, report: SiteReport) {
             let awaited = ctx.scratch.schedule_try.as_ref().is_some_and(|t| {
                 t.try_id == try_id
                     && t.job_id == job_id
-                    && t.asked.iter().any(|r| r.site == site)
+                    && t.asks(&site)
                     && !t.answers.contains_key(&site)
             });
             let answer = match answer {
@@ -1223,7 +1469,7 @@ fn site_report(ctx: &mut Ctx<'_>, site: String, report: SiteReport) {
                 && ctx.job(&job_id).is_some_and(|j| {
                     j.status == RunStatus::Dispatched
                         && matches!(j.run.step, Some((StartStep::DeployingSites, _)))
-                        && j.run.sites.contains(&site)
+                        && j.run.was_sent(&site)
                         && !j.run.deploy.contains_key(&site)
                 });
             if awaited {
@@ -1263,14 +1509,21 @@ fn site_report(ctx: &mut Ctx<'_>, site: String, report: SiteReport) {
             job_id,
             report_id,
             outcome,
+            stop_requested,
         } => {
             if report_id.is_empty() || report_id.len() > MAX_ID_BYTES {
                 tracing::warn!(%job_id, %site, "ignoring an exit report with an invalid report id");
                 return;
             }
-            let fresh = ctx
-                .job(&job_id)
-                .is_some_and(|j| !j.run.report_ids.contains(&report_id));
+            // Recorded once per site and run, and only from a site the job was sent to:
+            // a site reporting for other jobs, for unknown jobs, or again under new
+            // report ids cannot grow the history or the state (each job holds at most
+            // one exit per site it was dispatched to).
+            let fresh = ctx.job(&job_id).is_some_and(|j| {
+                j.run.was_sent(&site)
+                    && !j.run.site_exits.contains_key(&site)
+                    && !j.run.report_ids.contains(&report_id)
+            });
             if fresh {
                 ctx.emit(
                     actor,
@@ -1279,8 +1532,11 @@ fn site_report(ctx: &mut Ctx<'_>, site: String, report: SiteReport) {
                         site,
                         report_id,
                         outcome,
+                        stop_requested: Some(stop_requested),
                     },
                 );
+            } else {
+                tracing::debug!(%job_id, %site, "an exit report that changes nothing is not recorded");
             }
         }
     }
@@ -1416,7 +1672,7 @@ fn timer_fired(ctx: &mut Ctx<'_>, timer: Timer) {
             if t.try_id != try_id || now < t.started_at.plus(settings.resource_check_timeout) {
                 return;
             }
-            for request in &t.asked {
+            for request in t.asked.iter() {
                 if !t.answers.contains_key(&request.site) {
                     ctx.emit(
                         Actor::System,

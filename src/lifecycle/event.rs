@@ -27,6 +27,74 @@ pub const MAX_REASON_BYTES: usize = 2048;
 /// Site-given identifiers (tokens, report ids, request ids) longer than this are refused.
 pub const MAX_ID_BYTES: usize = 256;
 
+/// The most bytes of site names (with their tokens) one event carries; a longer list is
+/// split over continuation events ([`EventKind::ScheduleTryExtended`],
+/// [`EventKind::JobDispatchExtended`], [`EventKind::RunClientsAdded`]).
+pub const MAX_LIST_BYTES: usize = 32 * 1024;
+
+/// Joins `items` with `separator` into at most `budget` bytes; when they do not all fit,
+/// the text ends with `... and K more`, so a reader knows how many were left out.
+pub fn capped_list(items: &[String], separator: &str, budget: usize) -> String {
+    let mut out = String::new();
+    for (index, item) in items.iter().enumerate() {
+        let left = items.len() - index;
+        // Room for the item itself and, should a later item not fit, the tail.
+        let tail = format!(" ... and {left} more");
+        let add = if out.is_empty() { 0 } else { separator.len() } + item.len();
+        let room_for_tail = if left > 1 { tail.len() + 16 } else { 0 };
+        if out.len() + add + room_for_tail > budget {
+            out.push_str(&tail);
+            return out;
+        }
+        if !out.is_empty() {
+            out.push_str(separator);
+        }
+        out.push_str(item);
+    }
+    out
+}
+
+/// The encoded size of an event as the history stores it (named-field MessagePack),
+/// counted without keeping the bytes. `usize::MAX` when it does not encode at all.
+pub fn encoded_len(event: &Event) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    match rmp_serde::encode::write_named(&mut counter, event) {
+        Ok(()) => counter.0,
+        Err(_) => usize::MAX,
+    }
+}
+
+/// Splits `items` into runs whose [`weigh`]ed bytes stay within [`MAX_LIST_BYTES`]; never
+/// returns an empty run, and returns one empty run for no items.
+pub fn chunk_by_bytes<T: Clone>(items: &[T], weigh: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
+    let mut chunks: Vec<Vec<T>> = vec![Vec::new()];
+    let mut bytes = 0;
+    for item in items {
+        let weight = weigh(item) + 8;
+        let last = chunks.last_mut().expect("there is always a chunk");
+        if !last.is_empty() && bytes + weight > MAX_LIST_BYTES {
+            chunks.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += weight;
+        chunks
+            .last_mut()
+            .expect("there is always a chunk")
+            .push(item.clone());
+    }
+    chunks
+}
+
 /// Cuts a reason to [`MAX_REASON_BYTES`] on a character boundary, marking the cut.
 pub fn cap_reason(reason: &str) -> String {
     if reason.len() <= MAX_REASON_BYTES {
@@ -163,14 +231,50 @@ pub enum ResourceAnswer {
 pub enum ScheduleOutcome {
     /// The job is dispatched to the server and these sites.
     Dispatched {
-        /// The chosen sites, sorted.
+        /// The chosen sites, sorted; at most [`DISPATCHED_SITES_NAMED`] of them (the
+        /// whole list is in `JobDispatched`).
         sites: Vec<String>,
+        /// How many chosen sites `sites` leaves out.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        more: usize,
     },
     /// Not enough sites or resources this time; the reason carries the numbers.
     NoResources {
         /// E.g. `connected sites (3) < min_clients (4)`.
         reason: String,
     },
+}
+
+/// How many chosen sites a `ScheduleAttempted` names; the rest are counted.
+pub const DISPATCHED_SITES_NAMED: usize = 16;
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// One resource request in a schedule try, shared by every site it names: a request that
+/// is the same for many sites is stored once.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResourceGroup {
+    /// What each of the sites is asked to hold (merged and filtered, see SPEC section 7).
+    pub resources: BTreeMap<String, f64>,
+    /// The sites asked for it, sorted.
+    pub sites: Vec<String>,
+}
+
+/// Groups per-site requests by identical resources, keeping the sites' order.
+pub fn group_requests(asked: &[ResourceRequest]) -> Vec<ResourceGroup> {
+    let mut groups: Vec<ResourceGroup> = Vec::new();
+    for request in asked {
+        match groups.iter_mut().find(|g| g.resources == request.resources) {
+            Some(group) => group.sites.push(request.site.clone()),
+            None => groups.push(ResourceGroup {
+                resources: request.resources.clone(),
+                sites: vec![request.site.clone()],
+            }),
+        }
+    }
+    groups
 }
 
 /// One site's resource request in a schedule try.
@@ -224,14 +328,30 @@ pub enum EventKind {
         /// The job this one was cloned from.
         cloned_from: Option<JobId>,
     },
-    /// A schedule try started: these sites were asked to reserve resources.
+    /// A schedule try started: these sites were asked to reserve resources. A try that
+    /// asks many sites lists the rest in `ScheduleTryExtended` events that follow at once.
     ScheduleTryStarted {
         /// The job tried.
         job_id: JobId,
         /// The try's id (the sequence number of this event).
         try_id: u64,
-        /// Who was asked for what.
+        /// Who was asked for what, one entry per site (version-1 records only; later
+        /// records leave it empty and use `requests`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
         asked: Vec<ResourceRequest>,
+        /// Who was asked for what, one entry per distinct request.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        requests: Vec<ResourceGroup>,
+    },
+    /// More sites asked by the try that the previous event started (a long list of sites
+    /// is split so that every event stays small).
+    ScheduleTryExtended {
+        /// The job tried.
+        job_id: JobId,
+        /// The try.
+        try_id: u64,
+        /// Who else was asked for what.
+        requests: Vec<ResourceGroup>,
     },
     /// A site answered (or failed to answer) the resource check of the try in flight.
     ResourceAnswered {
@@ -267,6 +387,16 @@ pub enum EventKind {
         /// Each site's reservation token (sites chosen without a resource check have none).
         reservations: BTreeMap<String, String>,
     },
+    /// More sites of the dispatch that the previous event recorded (a long list of sites
+    /// is split so that every event stays small).
+    JobDispatchExtended {
+        /// The job.
+        job_id: JobId,
+        /// More participating sites, sorted, after those recorded so far.
+        sites: Vec<String>,
+        /// Their reservation tokens.
+        reservations: BTreeMap<String, String>,
+    },
     /// The server's app was deployed (or not); sites are asked next.
     DeployFinished {
         /// The job.
@@ -292,6 +422,21 @@ pub enum EventKind {
         /// The sites that took part (`job_clients`).
         job_clients: Vec<String>,
     },
+    /// More sites that took part in the run the previous `RunStarted` recorded (a long
+    /// list of sites is split so that every event stays small).
+    RunClientsAdded {
+        /// The job.
+        job_id: JobId,
+        /// More sites that took part, sorted, after those recorded so far.
+        job_clients: Vec<String>,
+    },
+    /// After a restart, the run's server app process was not found when `reattach_grace`
+    /// ended. fedrun records an app process before it can run, so a process that did not
+    /// re-attach does not exist: it has ended, with an unknown outcome.
+    ServerAppLost {
+        /// The job.
+        job_id: JobId,
+    },
     /// The server app process of the job ended.
     ServerAppExited {
         /// The job.
@@ -309,6 +454,11 @@ pub enum EventKind {
         report_id: String,
         /// How the app ended.
         outcome: ExitOutcome,
+        /// Whether the site says the app ended because fedrun asked it to stop (then the
+        /// exit is not a failure). Absent in version-1 records, where an exit after
+        /// fedrun's stop request counted as caused by it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stop_requested: Option<bool>,
     },
     /// A site stayed disconnected past `site_reconnect_grace` with its report outstanding:
     /// its report counts as `104`.
@@ -408,6 +558,10 @@ impl EventKind {
             RequestRefused { job_id, .. } => *job_id,
             JobSubmitted { job_id, .. }
             | ScheduleTryStarted { job_id, .. }
+            | ScheduleTryExtended { job_id, .. }
+            | JobDispatchExtended { job_id, .. }
+            | RunClientsAdded { job_id, .. }
+            | ServerAppLost { job_id }
             | ResourceAnswered { job_id, .. }
             | ScheduleTryCancelled { job_id, .. }
             | ScheduleAttempted { job_id, .. }
@@ -442,6 +596,10 @@ impl EventKind {
             SiteDisconnected { .. } => "site_disconnected",
             JobSubmitted { .. } => "job_submitted",
             ScheduleTryStarted { .. } => "schedule_try_started",
+            ScheduleTryExtended { .. } => "schedule_try_extended",
+            JobDispatchExtended { .. } => "job_dispatch_extended",
+            RunClientsAdded { .. } => "run_clients_added",
+            ServerAppLost { .. } => "server_app_lost",
             ResourceAnswered { .. } => "resource_answered",
             ScheduleTryCancelled { .. } => "schedule_try_cancelled",
             ScheduleAttempted { .. } => "schedule_attempted",

@@ -49,5 +49,8 @@ pub enum SiteReport {
         job_id: JobId,
         report_id: String,
         outcome: ExitOutcome,
+        /// Whether the app ended after the site was asked to stop it (abort, or stopping a
+        /// run after a failure): such an exit is not a failure (SPEC section 8).
+        stop_requested: bool,
     },
 }

@@ -17,10 +17,16 @@ use crate::settings::{format_duration, Settings};
 ///
 /// - `SUBMITTED`: stays queued with its counters;
 /// - `DISPATCHED`: `FINISHED:ABANDONED`, deployments deleted, reservations given back;
-/// - `RUNNING`: `RunRestored` if `resume_runs` is on and its server app re-attached (or had
-///   already ended), else `FINISHED:ABANDONED` and its processes told to stop;
-/// - a terminal job whose run was still stopping: the stops are sent again and the run is
-///   recorded as stopped; a pending archive is started again;
+/// - `RUNNING`: `RunRestored` if its server app's exit is known (the run is then decided
+///   from its exits, SPEC section 8), or if `resume_runs` is on and its server app
+///   re-attached; else `FINISHED:ABANDONED` and its processes told to stop;
+/// - a server app that was started (or starting) and did not re-attach is recorded as
+///   lost (`ServerAppLost`): fedrun records a process before it runs, so one that did not
+///   re-attach does not exist;
+/// - a run that is not settled stays stopping until its processes are known to have ended
+///   (SPEC section 4, "a stop is over"): it keeps its `max_jobs` slot and its workspace
+///   is not archived meanwhile; a run with nothing left that may run is recorded as
+///   stopped, and its pending archive starts;
 /// - finally `RecoveryFinished`.
 pub fn decide_restart(
     state: &State,
@@ -36,18 +42,47 @@ pub fn decide_restart(
     for job in state.jobs.values() {
         let job_id = job.id;
         let server_alive = reattached.contains(&job_id);
+        let run = &job.run;
+        let server_may_run = run.server_outstanding() || run.server_step_in_flight();
+        let lost = server_may_run && !server_alive;
         match job.status {
-            RunStatus::Submitted => {}
+            RunStatus::Submitted => continue,
+            RunStatus::Running => {
+                let exits_known = run.server_exit.is_some();
+                if exits_known || (settings.resume_runs && server_alive) {
+                    if run.stopping() {
+                        // The stop asked before the restart may have been lost with the
+                        // connections: it is asked again.
+                        stop_everything(state, job, server_alive, &mut effects);
+                    }
+                    events.push((Actor::Recovery, EventKind::RunRestored { job_id }));
+                    continue;
+                }
+            }
+            _ => {}
+        }
+        let unsettled = matches!(
+            run.phase,
+            RunPhase::Starting | RunPhase::Running | RunPhase::Stopping
+        );
+        if unsettled || !job.status.is_terminal() {
+            stop_everything(state, job, server_alive, &mut effects);
+        } else {
+            stop_reported(state, job.id, &mut effects);
+        }
+        if lost {
+            events.push((Actor::Recovery, EventKind::ServerAppLost { job_id }));
+        }
+        match job.status {
             RunStatus::Dispatched => {
-                for (site, token) in &job.run.reservations {
+                for (site, token) in &run.reservations {
                     effects.push(Effect::CancelReservation {
                         site: site.clone(),
                         job_id,
                         token: token.clone(),
                     });
                 }
-                stop_everything(state, job, server_alive, &mut effects);
-                for site in &job.run.sites {
+                for site in &run.sites {
                     effects.push(Effect::DeleteSiteDeployment {
                         site: site.clone(),
                         job_id,
@@ -62,14 +97,8 @@ pub fn decide_restart(
                             .to_string(),
                     },
                 ));
-                events.push((Actor::Recovery, EventKind::RunStopped { job_id }));
             }
             RunStatus::Running => {
-                let resumable = server_alive || job.run.server_exit.is_some();
-                if settings.resume_runs && resumable {
-                    events.push((Actor::Recovery, EventKind::RunRestored { job_id }));
-                    continue;
-                }
                 let reason = if settings.resume_runs {
                     format!(
                         "the server restarted and the run's server app did not re-attach within reattach_grace ({})",
@@ -78,7 +107,6 @@ pub fn decide_restart(
                 } else {
                     "the server restarted and resume_runs is off".to_string()
                 };
-                stop_everything(state, job, server_alive, &mut effects);
                 events.push((
                     Actor::Recovery,
                     EventKind::JobFinished {
@@ -87,43 +115,59 @@ pub fn decide_restart(
                         reason,
                     },
                 ));
-                events.push((Actor::Recovery, EventKind::RunStopped { job_id }));
             }
-            _ => {
-                // Terminal: whatever may still run of it is told to stop (again), an
-                // unsettled run is recorded as stopped, and a pending archive starts.
-                let unsettled = matches!(
-                    job.run.phase,
-                    RunPhase::Starting | RunPhase::Running | RunPhase::Stopping
-                );
-                if unsettled {
-                    stop_everything(state, job, server_alive, &mut effects);
-                } else {
-                    stop_reported(state, job.id, &mut effects);
-                }
-                if unsettled {
-                    events.push((Actor::Recovery, EventKind::RunStopped { job_id }));
-                }
-                let archive_waits = matches!(
-                    job.archive,
-                    Archive::Pending {
-                        in_flight: false,
-                        failures: 0,
-                        ..
-                    }
-                );
-                if archive_waits {
-                    effects.push(Effect::ArchiveWorkspace { job_id });
-                    events.push((
-                        Actor::Recovery,
-                        EventKind::WorkspaceArchiveStarted { job_id },
-                    ));
-                }
-            }
+            _ => {}
         }
+        if !unsettled {
+            if archive_waits(job) {
+                effects.push(Effect::ArchiveWorkspace { job_id });
+                events.push((
+                    Actor::Recovery,
+                    EventKind::WorkspaceArchiveStarted { job_id },
+                ));
+            }
+            continue;
+        }
+        // What may still run once the lost server app is accounted for: a re-attached
+        // server app that has not ended, and sites that took part and have not reported.
+        let may_still_run = (server_alive && server_may_run) || run.any_site_outstanding();
+        if !may_still_run {
+            events.push((Actor::Recovery, EventKind::RunStopped { job_id }));
+            if archive_waits(job) {
+                effects.push(Effect::ArchiveWorkspace { job_id });
+                events.push((
+                    Actor::Recovery,
+                    EventKind::WorkspaceArchiveStarted { job_id },
+                ));
+            }
+        } else if !run.stopping() {
+            events.push((
+                Actor::Recovery,
+                EventKind::RunStopRequested {
+                    job_id,
+                    reason: "the server restarted; the run's processes are asked to stop"
+                        .to_string(),
+                },
+            ));
+        }
+        // A run already stopping keeps its stop time: it is over when its processes are
+        // known to have ended, when its sites' reconnect grace runs out, or at
+        // abort_grace + client_outcome_wait after the stop was asked.
     }
     events.push((Actor::Recovery, EventKind::RecoveryFinished));
     (events, effects)
+}
+
+/// Whether the job's workspace archive waits for its first try.
+fn archive_waits(job: &Job) -> bool {
+    matches!(
+        job.archive,
+        Archive::Pending {
+            in_flight: false,
+            failures: 0,
+            ..
+        }
+    )
 }
 
 /// Whether the restart decision must wait `reattach_grace` to observe something: a job

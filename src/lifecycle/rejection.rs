@@ -81,6 +81,24 @@ pub enum Rejection {
         /// Why.
         reason: String,
     },
+    /// The idempotency key was already used by this admin for another request.
+    #[error("idempotency key {key:?} was already used for another request; use a new key")]
+    IdempotencyKeyReused {
+        /// The key.
+        key: String,
+    },
+    /// The admin's (or signer's) names are too long to record.
+    #[error("invalid identity: {reason}")]
+    BadIdentity {
+        /// Why.
+        reason: String,
+    },
+    /// The job's meta breaks a rule the core relies on.
+    #[error("invalid meta: {reason}")]
+    BadMeta {
+        /// Why.
+        reason: String,
+    },
     /// The server is still deciding what became of jobs after a restart.
     #[error("the server is recovering after a restart; {operation} of job {job_id} waits until it is done")]
     Recovering {

@@ -161,6 +161,12 @@ pub struct Run {
     pub stop_requested_at: Option<Timestamp>,
     /// Report ids already recorded, so a resent report is not counted twice.
     pub report_ids: BTreeSet<String>,
+    /// Sites whose app ended because fedrun asked it to stop (their exit is not a failure).
+    #[serde(default)]
+    pub stopped_exits: BTreeSet<String>,
+    /// After a restart, the server app did not re-attach: it has ended, outcome unknown.
+    #[serde(default)]
+    pub server_lost: bool,
 }
 
 impl Run {
@@ -195,9 +201,30 @@ impl Run {
         )
     }
 
-    /// Whether the server app was started and has not yet ended.
+    /// Whether the server app was started and has not yet ended (nor been lost in a
+    /// restart).
     pub fn server_outstanding(&self) -> bool {
-        self.server_started() && self.server_exit.is_none()
+        self.server_started() && self.server_exit.is_none() && !self.server_lost
+    }
+
+    /// Whether the site is one the job was dispatched to (`sites` is sorted).
+    pub fn was_sent(&self, site: &str) -> bool {
+        self.sites
+            .binary_search_by(|s| s.as_str().cmp(site))
+            .is_ok()
+    }
+
+    /// True when some expected site has neither reported nor lapsed. Unlike
+    /// [`Run::outstanding_sites`] it copies nothing, so it is cheap for a run of many
+    /// sites.
+    pub fn any_site_outstanding(&self) -> bool {
+        let pending = |s: &String| !self.site_exits.contains_key(s) && !self.lapsed.contains(s);
+        if self.started_at.is_some() {
+            return self.job_clients.iter().any(pending);
+        }
+        self.start
+            .iter()
+            .any(|(who, r)| who.as_str() != crate::job::meta::SERVER && r.is_ok() && pending(who))
     }
 
     /// The sites whose app process may run: `job_clients` once the job went `RUNNING`,
@@ -232,18 +259,19 @@ impl Run {
 
     /// True when no process of the run can still be running.
     pub fn all_ended(&self) -> bool {
-        !self.server_outstanding()
-            && !self.server_step_in_flight()
-            && self.outstanding_sites().is_empty()
+        !self.server_outstanding() && !self.server_step_in_flight() && !self.any_site_outstanding()
     }
 
     /// Whether a site's outcome counts for the run: it is one of `job_clients` once the job
     /// is `RUNNING`, else one of the sites it was dispatched to.
     pub fn counts_site(&self, site: &str) -> bool {
+        // Both lists are sorted.
         if self.started_at.is_some() {
-            self.job_clients.iter().any(|s| s == site)
+            self.job_clients
+                .binary_search_by(|s| s.as_str().cmp(site))
+                .is_ok()
         } else {
-            self.sites.iter().any(|s| s == site)
+            self.was_sent(site)
         }
     }
 
@@ -367,18 +395,26 @@ pub struct ScheduleTry {
     pub job_id: JobId,
     /// When it started.
     pub started_at: Timestamp,
-    /// Who was asked for what.
-    pub asked: Vec<ResourceRequest>,
+    /// Who was asked for what, sorted by site (shared: it does not change once the try
+    /// has started, and a try may ask ten thousand sites).
+    #[serde(with = "shared_value")]
+    pub asked: Arc<Vec<ResourceRequest>>,
     /// The answers so far.
     pub answers: BTreeMap<String, ResourceAnswer>,
 }
 
 impl ScheduleTry {
-    /// True when every site asked has answered (or was marked as not replying).
+    /// True when every site asked has answered (or was marked as not replying). Only
+    /// sites asked may answer (the fold checks it), so counting is enough.
     pub fn complete(&self) -> bool {
+        self.answers.len() >= self.asked.len()
+    }
+
+    /// Whether the try asked this site (`asked` is sorted by site).
+    pub fn asks(&self, site: &str) -> bool {
         self.asked
-            .iter()
-            .all(|r| self.answers.contains_key(&r.site))
+            .binary_search_by(|r| r.site.as_str().cmp(site))
+            .is_ok()
     }
 }
 
@@ -389,6 +425,19 @@ pub struct RecoveryWindow {
     pub started_at: Timestamp,
     /// Runs whose server app process re-attached in the window.
     pub reattached: BTreeSet<JobId>,
+}
+
+/// One request per site from the grouped form the events store.
+fn flatten(groups: &[crate::lifecycle::event::ResourceGroup]) -> Vec<ResourceRequest> {
+    groups
+        .iter()
+        .flat_map(|g| {
+            g.sites.iter().map(|site| ResourceRequest {
+                site: site.clone(),
+                resources: g.resources.clone(),
+            })
+        })
+        .collect()
 }
 
 /// The whole projection. Ordered maps only, so iteration (and every output) is
@@ -410,14 +459,83 @@ pub struct State {
     pub jobs: BTreeMap<JobId, Arc<Job>>,
     /// `SUBMITTED` jobs in queue order: oldest `submit_time` first, ties in history order.
     pub queue: BTreeSet<QueueKey>,
-    /// The sites, by name (shared like the jobs).
-    #[serde(with = "shared_values")]
-    pub sites: BTreeMap<String, Arc<SiteFacts>>,
+    /// The sites, by name. The map and each site are shared, so the scratch copy a
+    /// decision works on copies nothing of them until a site connects or leaves (a
+    /// federation may have ten thousand sites).
+    #[serde(with = "shared_sites")]
+    pub sites: Arc<BTreeMap<String, Arc<SiteFacts>>>,
     /// The schedule try in flight (at most one).
     pub schedule_try: Option<ScheduleTry>,
-    /// First answers by idempotency key (shared; copied only when a request is recorded).
+    /// First answers by identity and idempotency key, for 24 hours of event time
+    /// (shared; copied only when a request is recorded).
     #[serde(with = "shared_value")]
-    pub requests: Arc<BTreeMap<String, Reply>>,
+    pub requests: Arc<KeptRequests>,
+}
+
+/// How long an idempotency key is kept, in event time (SPEC section 9).
+pub const REQUEST_KEY_KEPT_FOR: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// An idempotency key belongs to the identity that sent it: the same key from two admins
+/// is two requests.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RequestKey {
+    /// Who sent it.
+    pub identity: Identity,
+    /// The key.
+    pub key: String,
+}
+
+/// What one admin request was: its operation, the job it was about, and the package it
+/// carried. A key sent again with another request is refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestFingerprint {
+    /// `submit`, `abort`, `delete`, `clone` or `download`.
+    pub operation: String,
+    /// The job it was about (the source job for a clone; none for a submit).
+    pub job_id: Option<JobId>,
+    /// The package of a submit; `None` when the record does not tell (a refused submit).
+    pub package: Option<BlobHash>,
+}
+
+impl RequestFingerprint {
+    /// Whether `new` is the same request as the one kept (`self`). A kept fingerprint
+    /// without a package matches any package.
+    pub fn same_request(&self, new: &RequestFingerprint) -> bool {
+        self.operation == new.operation
+            && self.job_id == new.job_id
+            && (self.package.is_none() || self.package == new.package)
+    }
+}
+
+/// The first answer to one admin request, with what the request was.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KeptRequest {
+    /// The first answer.
+    pub reply: Reply,
+    /// When the request was recorded.
+    pub at: Timestamp,
+    /// What the request was.
+    pub fingerprint: RequestFingerprint,
+    /// The sequence number of the request's last event so far.
+    pub last_seq: u64,
+}
+
+/// The kept requests, by key and by time (so expired keys are dropped in order).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct KeptRequests {
+    /// By identity and key.
+    pub by_key: BTreeMap<RequestKey, KeptRequest>,
+    /// The same keys by the time they were recorded.
+    pub by_time: BTreeSet<(Timestamp, RequestKey)>,
+}
+
+impl KeptRequests {
+    /// The kept request under this key, unless it has expired by `at`.
+    pub fn get(&self, key: &RequestKey, at: Timestamp) -> Option<&KeptRequest> {
+        self.by_key
+            .get(key)
+            .filter(|kept| at < kept.at.plus(REQUEST_KEY_KEPT_FOR))
+    }
 }
 
 /// A job's place in the queue: its `submit_time`, then its submit record's sequence
@@ -448,6 +566,31 @@ mod shared_values {
     {
         let plain = BTreeMap::<K, V>::deserialize(deserializer)?;
         Ok(plain.into_iter().map(|(k, v)| (k, Arc::new(v))).collect())
+    }
+}
+
+/// Serde glue: the shared map of shared sites, written as the plain map.
+mod shared_sites {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use serde::{Deserializer, Serializer};
+
+    use super::SiteFacts;
+
+    /// Writes the map with its values unwrapped.
+    pub fn serialize<S: Serializer>(
+        map: &Arc<BTreeMap<String, Arc<SiteFacts>>>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        super::shared_values::serialize(map, serializer)
+    }
+
+    /// Reads a plain map and wraps it.
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Arc<BTreeMap<String, Arc<SiteFacts>>>, D::Error> {
+        super::shared_values::deserialize(deserializer).map(Arc::new)
     }
 }
 
@@ -557,7 +700,7 @@ impl State {
                 previous_ms: self.last_at.as_millis(),
             });
         }
-        self.check(&event.kind)
+        self.check(event)
             .map_err(|reason| ReplayError::IllegalTransition {
                 seq: event.seq,
                 kind: event.kind.name(),
@@ -584,53 +727,218 @@ impl State {
             .ok_or_else(|| format!("job {job_id} does not exist"))
     }
 
-    /// The legality of a record against the state so far; no mutation.
-    fn check(&self, kind: &EventKind) -> Result<(), String> {
+    /// The legality of a record against the state so far, as `decide` would make it; no
+    /// mutation. Besides the transition itself it checks what `decide` always fills in
+    /// (actors, ids, bounds), so a record `decide` could never have made is refused.
+    fn check(&self, event: &Event) -> Result<(), String> {
         use EventKind::*;
         use RunStatus::*;
+        let kind = &event.kind;
+        let admin_actor = || match &event.actor {
+            crate::lifecycle::actor::Actor::Admin { .. } => Ok(()),
+            other => Err(format!("an admin request recorded with actor {other}")),
+        };
+        let site_name = |site: &str| {
+            if site.is_empty()
+                || site.len() > crate::lifecycle::event::MAX_ID_BYTES
+                || site == crate::job::meta::SERVER
+            {
+                Err(format!(
+                    "{:?} is not a valid site name",
+                    site.chars().take(40).collect::<String>()
+                ))
+            } else {
+                Ok(())
+            }
+        };
         match kind {
-            ServerStarted { .. } | SiteConnected { .. } | SiteDisconnected { .. } => Ok(()),
+            ServerStarted { boot_id } => {
+                if *boot_id != event.boot_id {
+                    return Err(format!(
+                        "boot id {boot_id} differs from the envelope's {}",
+                        event.boot_id
+                    ));
+                }
+                Ok(())
+            }
+            SiteConnected { site, .. } => site_name(site),
+            SiteDisconnected { site } => {
+                site_name(site)?;
+                match self.sites.get(site) {
+                    Some(facts) if facts.connected => Ok(()),
+                    _ => Err(format!("site {site} is not connected")),
+                }
+            }
             RecoveryFinished => match self.recovery {
                 Some(_) => Ok(()),
                 None => Err("no recovery window is open".into()),
             },
-            RequestRefused { .. } => Ok(()),
+            RequestRefused { .. } => admin_actor(),
             JobSubmitted {
                 job_id,
                 cloned_from,
+                meta,
+                package,
+                submitter,
+                submit_time,
                 ..
             } => {
+                admin_actor()?;
                 if self.jobs.contains_key(job_id) {
                     return Err(format!("job {job_id} already exists"));
                 }
-                if let Some(source) = cloned_from {
-                    self.job_exists(source)?;
+                if *submit_time != event.at {
+                    return Err(format!(
+                        "submit time {submit_time} is not the event's time {}",
+                        event.at
+                    ));
+                }
+                if meta.app_for(crate::job::meta::SERVER).is_none() {
+                    return Err(format!("job {job_id}'s meta has no app for the server"));
+                }
+                let actor = event.actor.identity();
+                match cloned_from {
+                    Some(source) => {
+                        let source = self.job_exists(source)?;
+                        if source.package != *package {
+                            return Err(format!(
+                                "clone {job_id} has another package than its source"
+                            ));
+                        }
+                        // A clone keeps its source's submitter (version-1 records named
+                        // the cloner instead).
+                        if *submitter != source.submitter && actor.as_ref() != Some(submitter) {
+                            return Err(format!("clone {job_id} names another submitter"));
+                        }
+                    }
+                    None if actor.as_ref() != Some(submitter) => {
+                        return Err(format!(
+                            "job {job_id}'s submitter is not the admin who submitted it"
+                        ));
+                    }
+                    None => {}
                 }
                 Ok(())
             }
-            ScheduleTryStarted { job_id, .. } => {
+            ScheduleTryStarted { job_id, try_id, .. } => {
                 self.job_in(job_id, &[Submitted], "be tried")?;
+                if *try_id != event.seq {
+                    return Err(format!(
+                        "try id {try_id} is not the event's sequence number"
+                    ));
+                }
                 match &self.schedule_try {
                     Some(t) => Err(format!("try {} is still in flight", t.try_id)),
                     None => Ok(()),
                 }
             }
+            ResourceAnswered { job_id, .. }
+                if self
+                    .schedule_try
+                    .as_ref()
+                    .is_some_and(|t| t.job_id != *job_id) =>
+            {
+                Err(format!("the try in flight is not job {job_id}'s"))
+            }
             ResourceAnswered { try_id, site, .. } => match &self.schedule_try {
-                Some(t) if t.try_id == *try_id && t.asked.iter().any(|r| &r.site == site) => Ok(()),
+                Some(t) if t.try_id == *try_id && t.asks(site) && !t.answers.contains_key(site) => {
+                    Ok(())
+                }
                 _ => Err(format!(
                     "try {try_id} is not in flight or did not ask {site}"
                 )),
             },
-            ScheduleTryCancelled { try_id, .. } => match &self.schedule_try {
-                Some(t) if t.try_id == *try_id => Ok(()),
+            ScheduleTryExtended { job_id, try_id, .. } => match &self.schedule_try {
+                Some(t) if t.try_id == *try_id && t.job_id == *job_id && t.answers.is_empty() => {
+                    Ok(())
+                }
+                _ => Err(format!("try {try_id} of job {job_id} is not just started")),
+            },
+            JobDispatchExtended { job_id, sites, .. } => {
+                let job = self.job_in(job_id, &[Dispatched], "extend its dispatch")?;
+                let in_order = match (job.run.sites.last(), sites.first()) {
+                    (Some(last), Some(first)) => last < first,
+                    _ => true,
+                };
+                if !matches!(job.run.step, Some((StartStep::DeployingServer, _)))
+                    || !job.run.deploy.is_empty()
+                    || !in_order
+                {
+                    return Err(format!("job {job_id}'s dispatch cannot be extended now"));
+                }
+                Ok(())
+            }
+            RunClientsAdded {
+                job_id,
+                job_clients,
+            } => {
+                let job = self.job_in(job_id, &[Running], "add run clients")?;
+                let in_order = match (job.run.job_clients.last(), job_clients.first()) {
+                    (Some(last), Some(first)) => last < first,
+                    _ => true,
+                };
+                if !in_order || job_clients.iter().any(|s| !job.run.was_sent(s)) {
+                    return Err(format!(
+                        "job {job_id}'s added clients are not new sites of its run"
+                    ));
+                }
+                Ok(())
+            }
+            ServerAppLost { job_id } => {
+                let job = self.job_exists(job_id)?;
+                if self.recovery.is_none() {
+                    return Err("no recovery window is open".into());
+                }
+                if !(job.run.server_outstanding() || job.run.server_step_in_flight()) {
+                    return Err(format!("job {job_id} has no server app that may run"));
+                }
+                Ok(())
+            }
+            ScheduleTryCancelled { try_id, job_id } => match &self.schedule_try {
+                Some(t) if t.try_id == *try_id && t.job_id == *job_id => Ok(()),
                 _ => Err(format!("try {try_id} is not in flight")),
             },
-            ScheduleAttempted { job_id, .. } => {
-                self.job_in(job_id, &[Submitted], "be tried").map(|_| ())
+            ScheduleAttempted { job_id, outcome } => {
+                self.job_in(job_id, &[Submitted], "be tried")?;
+                let try_of_job = self.schedule_try.as_ref().filter(|t| t.job_id == *job_id);
+                match (outcome, &self.schedule_try, try_of_job) {
+                    (crate::lifecycle::event::ScheduleOutcome::Dispatched { .. }, _, Some(t))
+                        if t.complete() =>
+                    {
+                        Ok(())
+                    }
+                    (crate::lifecycle::event::ScheduleOutcome::Dispatched { .. }, _, _) => Err(
+                        format!("job {job_id} has no completed try to be dispatched from"),
+                    ),
+                    (_, None, _) => Ok(()),
+                    (_, Some(_), Some(t)) if t.complete() => Ok(()),
+                    (_, Some(t), _) => Err(format!(
+                        "try {} is in flight; no other try can end now",
+                        t.try_id
+                    )),
+                }
             }
-            JobDispatched { job_id, .. } => self
-                .job_in(job_id, &[Submitted], "be dispatched")
-                .map(|_| ()),
+            JobDispatched {
+                job_id,
+                sites,
+                reservations,
+            } => {
+                self.job_in(job_id, &[Submitted], "be dispatched")?;
+                let job = self.job_exists(job_id)?;
+                if job.schedule_count == 0 || job.last_schedule_time != Some(event.at) {
+                    return Err(format!(
+                        "job {job_id} is dispatched without a try that just ended"
+                    ));
+                }
+                if sites.windows(2).any(|w| w[0] >= w[1])
+                    || reservations.keys().any(|s| !sites.contains(s))
+                {
+                    return Err(format!(
+                        "job {job_id}'s dispatch lists unsorted sites, or tokens of other sites"
+                    ));
+                }
+                Ok(())
+            }
             DeployFinished {
                 job_id,
                 participant,
@@ -652,8 +960,27 @@ impl State {
                         job.status
                     ));
                 }
+                let is_server = participant == crate::job::meta::SERVER;
+                let (answers, expected) = match kind {
+                    DeployFinished { .. } if is_server => {
+                        (&job.run.deploy, StartStep::DeployingServer)
+                    }
+                    DeployFinished { .. } => (&job.run.deploy, StartStep::DeployingSites),
+                    _ if is_server => (&job.run.start, StartStep::StartingServer),
+                    _ => (&job.run.start, StartStep::StartingSites),
+                };
+                if answers.contains_key(participant) {
+                    return Err(format!(
+                        "{participant} already answered this step of job {job_id}"
+                    ));
+                }
+                if !matches!(job.run.step, Some((step, _)) if step == expected) {
+                    return Err(format!(
+                        "job {job_id} is not waiting for {participant}'s answer to this step"
+                    ));
+                }
                 let known =
-                    participant == crate::job::meta::SERVER || job.run.sites.contains(participant);
+                    participant == crate::job::meta::SERVER || job.run.was_sent(participant);
                 if known {
                     Ok(())
                 } else {
@@ -662,38 +989,124 @@ impl State {
                     ))
                 }
             }
-            RunStarted { job_id, .. } => self
-                .job_in(job_id, &[Dispatched], "start running")
-                .map(|_| ()),
+            RunStarted {
+                job_id,
+                job_clients,
+            } => {
+                let job = self.job_in(job_id, &[Dispatched], "start running")?;
+                if !matches!(job.run.step, Some((StartStep::StartingSites, _)))
+                    || !job.run.server_started()
+                {
+                    return Err(format!("job {job_id}'s apps have not been started"));
+                }
+                let started = |s: &String| job.run.start.get(s).is_some_and(StepResult::is_ok);
+                if !job_clients.iter().all(started) {
+                    return Err(format!(
+                        "job {job_id}'s clients include a site whose app did not start"
+                    ));
+                }
+                Ok(())
+            }
             ServerAppExited { job_id, .. } => {
                 let job = self.job_exists(job_id)?;
                 if job.run.server_exit.is_some() {
                     return Err(format!("job {job_id}'s server app already exited"));
                 }
+                let may_exit = job.run.server_started()
+                    || matches!(job.run.step, Some((StartStep::StartingServer, _)));
+                if !may_exit || job.run.server_lost {
+                    return Err(format!("job {job_id}'s server app was not running"));
+                }
                 Ok(())
             }
             SiteOutcomeReported {
-                job_id, report_id, ..
+                job_id,
+                report_id,
+                site,
+                stop_requested,
+                ..
             } => {
                 let job = self.job_exists(job_id)?;
                 if job.run.report_ids.contains(report_id) {
                     return Err(format!("report {report_id} is already recorded"));
                 }
-                Ok(())
-            }
-            SiteReportLapsed { job_id, .. }
-            | RunStopRequested { job_id, .. }
-            | JobDownloaded { job_id }
-            | RunReattached { job_id } => self.job_exists(job_id).map(|_| ()),
-            RunStopped { job_id } => {
-                let job = self.job_exists(job_id)?;
-                if job.run.phase == RunPhase::Stopped {
-                    return Err(format!("job {job_id}'s run is already stopped"));
+                if report_id.is_empty() || report_id.len() > crate::lifecycle::event::MAX_ID_BYTES {
+                    return Err("the report id is empty or too long".into());
+                }
+                // Records that carry the stop flag come from a decide that records one
+                // exit per site the job was sent to; version-1 records did not check.
+                if stop_requested.is_some()
+                    && (!job.run.was_sent(site) || job.run.site_exits.contains_key(site))
+                {
+                    return Err(format!(
+                        "site {site} was not sent job {job_id} or already reported its exit"
+                    ));
                 }
                 Ok(())
             }
-            JobFinished { job_id, status, .. } => {
+            SiteReportLapsed { job_id, site } => {
                 let job = self.job_exists(job_id)?;
+                let expected = if job.run.started_at.is_some() {
+                    job.run.job_clients.binary_search(site).is_ok()
+                } else {
+                    job.run.start.get(site).is_some_and(StepResult::is_ok)
+                };
+                if !expected
+                    || job.run.site_exits.contains_key(site)
+                    || job.run.lapsed.contains(site)
+                {
+                    return Err(format!(
+                        "site {site}'s report for job {job_id} is not outstanding"
+                    ));
+                }
+                Ok(())
+            }
+            RunStopRequested { job_id, reason } => {
+                let job = self.job_exists(job_id)?;
+                if !matches!(
+                    job.run.phase,
+                    RunPhase::Starting | RunPhase::Running | RunPhase::Stopping
+                ) {
+                    return Err(format!("job {job_id} has no run to stop"));
+                }
+                if reason.len() > crate::lifecycle::event::MAX_REASON_BYTES + 3 {
+                    return Err("the reason is longer than a reason may be".into());
+                }
+                Ok(())
+            }
+            JobDownloaded { job_id } => {
+                admin_actor()?;
+                let job = self.job_exists(job_id)?;
+                if !job.status.is_terminal() || !job.archive.is_settled() || job.deleted {
+                    return Err(format!("job {job_id} cannot be downloaded now"));
+                }
+                Ok(())
+            }
+            RunReattached { job_id } => {
+                self.job_exists(job_id)?;
+                match &self.recovery {
+                    Some(w) if !w.reattached.contains(job_id) => Ok(()),
+                    _ => Err(format!(
+                        "no recovery window is open, or job {job_id} already re-attached"
+                    )),
+                }
+            }
+            RunStopped { job_id } => {
+                let job = self.job_exists(job_id)?;
+                if matches!(job.run.phase, RunPhase::Stopped | RunPhase::NotStarted) {
+                    return Err(format!("job {job_id} has no run to be stopped"));
+                }
+                Ok(())
+            }
+            JobFinished {
+                job_id,
+                status,
+                reason,
+            } => {
+                let job = self.job_exists(job_id)?;
+                if reason.len() > crate::lifecycle::event::MAX_REASON_BYTES + 3 {
+                    return Err("the reason is longer than a reason may be".into());
+                }
                 if !status.is_terminal() || !job.status.can_move_to(*status) {
                     return Err(format!(
                         "job {job_id} cannot move from {} to {status}",
@@ -703,6 +1116,7 @@ impl State {
                 Ok(())
             }
             JobDeleted { job_id } => {
+                admin_actor()?;
                 let job = self.job_exists(job_id)?;
                 if !job.status.is_terminal() || job.deleted {
                     return Err(format!(
@@ -714,10 +1128,13 @@ impl State {
             }
             WorkspaceArchiveStarted { job_id } => {
                 let job = self.job_exists(job_id)?;
+                // A workspace is archived only once nothing of the run may still write
+                // to it (SPEC section 8).
+                let settled = matches!(job.run.phase, RunPhase::NotStarted | RunPhase::Stopped);
                 match job.archive {
                     Archive::Pending {
                         in_flight: false, ..
-                    } if job.status.is_terminal() => Ok(()),
+                    } if job.status.is_terminal() && settled => Ok(()),
                     _ => Err(format!("job {job_id}'s archive cannot start now")),
                 }
             }
@@ -725,7 +1142,7 @@ impl State {
             | WorkspaceArchived { job_id, .. }
             | WorkspaceArchiveFailed { job_id, .. } => {
                 let job = self.job_exists(job_id)?;
-                if !matches!(job.archive, Archive::Pending { .. }) {
+                if !matches!(job.archive, Archive::Pending { .. }) || !job.status.is_terminal() {
                     return Err(format!("job {job_id}'s archive is not pending"));
                 }
                 Ok(())
@@ -771,7 +1188,16 @@ impl State {
                     reattached: BTreeSet::new(),
                 });
                 // Connections belong to the previous server run; sites reconnect.
-                for shared in self.sites.values_mut() {
+                let any_to_reset = self
+                    .sites
+                    .values()
+                    .any(|s| s.connected || !s.running.is_empty());
+                let sites = if any_to_reset {
+                    Arc::make_mut(&mut self.sites).values_mut().collect()
+                } else {
+                    Vec::new()
+                };
+                for shared in sites {
                     if shared.connected || !shared.running.is_empty() {
                         let site = Arc::make_mut(shared);
                         if site.connected {
@@ -806,7 +1232,7 @@ impl State {
                 resources,
                 running,
             } => {
-                self.sites.insert(
+                Arc::make_mut(&mut self.sites).insert(
                     site.clone(),
                     Arc::new(SiteFacts {
                         connected: true,
@@ -817,7 +1243,7 @@ impl State {
                 );
             }
             SiteDisconnected { site } => {
-                if let Some(shared) = self.sites.get_mut(site) {
+                if let Some(shared) = Arc::make_mut(&mut self.sites).get_mut(site) {
                     let facts = Arc::make_mut(shared);
                     facts.connected = false;
                     facts.since = at;
@@ -861,14 +1287,25 @@ impl State {
                 job_id,
                 try_id,
                 asked,
+                requests,
             } => {
+                let mut asked = asked.clone();
+                asked.extend(flatten(requests));
+                asked.sort_by(|a, b| a.site.cmp(&b.site));
                 self.schedule_try = Some(ScheduleTry {
                     try_id: *try_id,
                     job_id: *job_id,
                     started_at: at,
-                    asked: asked.clone(),
+                    asked: Arc::new(asked),
                     answers: BTreeMap::new(),
                 });
+            }
+            ScheduleTryExtended { requests, .. } => {
+                if let Some(t) = &mut self.schedule_try {
+                    let asked = Arc::make_mut(&mut t.asked);
+                    asked.extend(flatten(requests));
+                    asked.sort_by(|a, b| a.site.cmp(&b.site));
+                }
             }
             ResourceAnswered { site, answer, .. } => {
                 if let Some(t) = &mut self.schedule_try {
@@ -882,9 +1319,14 @@ impl State {
                 job.schedule_count += 1;
                 job.last_schedule_time = Some(at);
                 let line = match outcome {
-                    crate::lifecycle::event::ScheduleOutcome::Dispatched { sites } => {
+                    crate::lifecycle::event::ScheduleOutcome::Dispatched { sites, more } => {
+                        let tail = if *more > 0 {
+                            format!(" ... and {more} more")
+                        } else {
+                            String::new()
+                        };
                         format!(
-                            "{} try {}: dispatched to {}",
+                            "{} try {}: dispatched to {}{tail}",
                             at,
                             job.schedule_count,
                             sites.join(", ")
@@ -918,6 +1360,31 @@ impl State {
                     last_reason: None,
                 };
             }
+            JobDispatchExtended {
+                job_id,
+                sites,
+                reservations,
+            } => {
+                let job = self.job_mut(job_id);
+                job.run.sites.extend(sites.iter().cloned());
+                job.run
+                    .reservations
+                    .extend(reservations.iter().map(|(s, t)| (s.clone(), t.clone())));
+            }
+            RunClientsAdded {
+                job_id,
+                job_clients,
+            } => {
+                let job = self.job_mut(job_id);
+                job.run.job_clients.extend(job_clients.iter().cloned());
+            }
+            ServerAppLost { job_id } => {
+                let job = self.job_mut(job_id);
+                job.run.server_lost = true;
+                if job.run.server_step_in_flight() {
+                    job.run.step = None;
+                }
+            }
             DeployFinished {
                 job_id,
                 participant,
@@ -933,8 +1400,11 @@ impl State {
                         job.run.step = Some((StartStep::DeployingSites, at));
                     }
                     // Once every site has answered (at once, for a run without sites) the
-                    // server app starts next.
-                    let all_answered = job.run.sites.iter().all(|s| job.run.deploy.contains_key(s));
+                    // server app starts next. Only the server and the run's sites answer
+                    // (the fold checks it), so counting is enough.
+                    let site_answers =
+                        job.run.deploy.len() - usize::from(job.run.deploy.contains_key(server));
+                    let all_answered = site_answers >= job.run.sites.len();
                     if matches!(job.run.step, Some((StartStep::DeployingSites, _))) && all_answered
                     {
                         job.run.step = Some((StartStep::StartingServer, at));
@@ -988,12 +1458,24 @@ impl State {
                 site,
                 report_id,
                 outcome,
+                stop_requested,
             } => {
                 let job = self.job_mut(job_id);
                 job.run.report_ids.insert(report_id.clone());
                 job.run.site_exits.insert(site.clone(), *outcome);
+                // An exit that fedrun's own stop caused is not a failure (SPEC section 8).
+                // A site that says so is believed; a site that says it was not stopped
+                // reports a failure even while the run is stopping; a version-1 record
+                // (no flag) counts an exit after the stop request as caused by it.
+                let caused_by_stop = match stop_requested {
+                    Some(flag) => *flag,
+                    None => job.run.stopping(),
+                };
+                if caused_by_stop {
+                    job.run.stopped_exits.insert(site.clone());
+                }
                 if !job.status.is_terminal()
-                    && !job.run.stopping()
+                    && !caused_by_stop
                     && job.run.counts_site(site)
                     && is_failure(*outcome)
                 {
@@ -1091,23 +1573,112 @@ impl State {
         }
     }
 
-    /// Keeps the first answer given under an idempotency key: a refusal, the submitted job,
-    /// or "accepted" for the job the request was about.
+    /// Keeps the first answer given under an identity's idempotency key, with what the
+    /// request was, and forgets keys older than [`REQUEST_KEY_KEPT_FOR`].
     fn remember_reply(&mut self, event: &Event) {
-        let Some(key) = &event.request_id else {
+        let expired = self
+            .requests
+            .by_time
+            .first()
+            .is_some_and(|(at, _)| event.at >= at.plus(REQUEST_KEY_KEPT_FOR));
+        if expired {
+            let kept = Arc::make_mut(&mut self.requests);
+            while let Some((at, key)) = kept.by_time.first().cloned() {
+                if event.at < at.plus(REQUEST_KEY_KEPT_FOR) {
+                    break;
+                }
+                kept.by_time.pop_first();
+                if kept.by_key.get(&key).is_some_and(|k| k.at == at) {
+                    kept.by_key.remove(&key);
+                }
+            }
+        }
+        let (Some(key), Some(identity)) = (&event.request_id, event.actor.identity()) else {
             return;
         };
-        if self.requests.contains_key(key) {
+        let key = RequestKey {
+            identity,
+            key: key.clone(),
+        };
+        if let Some(kept) = self.requests.get(&key, event.at) {
+            // The events of one request are consecutive; a delete of a queued job records
+            // its abort first, so its deletion tells what the request was.
+            let same_request = kept.last_seq + 1 == event.seq;
+            if same_request {
+                let kept = Arc::make_mut(&mut self.requests)
+                    .by_key
+                    .get_mut(&key)
+                    .expect("the key was just found");
+                kept.last_seq = event.seq;
+                if matches!(event.kind, EventKind::JobDeleted { .. }) {
+                    kept.fingerprint.operation = "delete".to_string();
+                }
+            }
             return;
         }
-        let reply = match &event.kind {
-            EventKind::RequestRefused { rejection, .. } => Err(rejection.clone()),
-            EventKind::JobSubmitted { job_id, .. } => Ok(Answer::Submitted { job_id: *job_id }),
+        let (reply, fingerprint) = match &event.kind {
+            EventKind::RequestRefused {
+                rejection,
+                job_id,
+                operation,
+            } => (
+                Err(rejection.clone()),
+                RequestFingerprint {
+                    operation: operation.clone(),
+                    job_id: *job_id,
+                    package: None,
+                },
+            ),
+            EventKind::JobSubmitted {
+                job_id,
+                package,
+                cloned_from,
+                ..
+            } => (
+                Ok(Answer::Submitted { job_id: *job_id }),
+                match cloned_from {
+                    Some(source) => RequestFingerprint {
+                        operation: "clone".to_string(),
+                        job_id: Some(*source),
+                        package: None,
+                    },
+                    None => RequestFingerprint {
+                        operation: "submit".to_string(),
+                        job_id: None,
+                        package: Some(*package),
+                    },
+                },
+            ),
             other => match other.job_id() {
-                Some(job_id) => Ok(Answer::Accepted { job_id }),
+                Some(job_id) => (
+                    Ok(Answer::Accepted { job_id }),
+                    RequestFingerprint {
+                        operation: match other {
+                            EventKind::JobDeleted { .. } => "delete",
+                            EventKind::JobDownloaded { .. } => "download",
+                            _ => "abort",
+                        }
+                        .to_string(),
+                        job_id: Some(job_id),
+                        package: None,
+                    },
+                ),
                 None => return,
             },
         };
-        Arc::make_mut(&mut self.requests).insert(key.clone(), reply);
+        let kept = Arc::make_mut(&mut self.requests);
+        if let Some(old) = kept.by_key.get(&key) {
+            kept.by_time.remove(&(old.at, key.clone()));
+        }
+        kept.by_time.insert((event.at, key.clone()));
+        kept.by_key.insert(
+            key,
+            KeptRequest {
+                reply,
+                at: event.at,
+                fingerprint,
+                last_seq: event.seq,
+            },
+        );
     }
 }

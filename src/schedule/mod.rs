@@ -237,7 +237,7 @@ pub enum TryVerdict {
 pub fn evaluate_try(meta: &JobMeta, schedule_try: &ScheduleTry) -> TryVerdict {
     let mut reserved: BTreeMap<String, String> = BTreeMap::new();
     let mut lines = Vec::new();
-    for request in &schedule_try.asked {
+    for request in schedule_try.asked.iter() {
         let answer = schedule_try
             .answers
             .get(&request.site)

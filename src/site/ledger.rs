@@ -2,7 +2,10 @@
 //! what running jobs hold.
 //!
 //! Pure bookkeeping: time comes in as a `now` argument, so lapses are tested by passing a
-//! later instant, never by waiting. Every resource key is a plain pool: a site can hold a
+//! later instant, never by waiting. The time type is a parameter ([`LedgerTime`]): a local
+//! site uses `std::time::Instant` (the default), a simulated site its virtual clock (a
+//! `Duration` since the start of the simulation, or a core `Timestamp`), so both keep
+//! their books with the same code. Every resource key is a plain pool: a site can hold a
 //! job when, for every key the job asks for, the amount is at most what is free (declared
 //! minus reserved minus in use). A key the site does not declare has nothing free.
 //!
@@ -12,20 +15,48 @@
 //! never oversubscribed).
 
 use std::collections::BTreeMap;
+use std::fmt::Debug;
 use std::time::{Duration, Instant};
 
 use crate::job::JobId;
+use crate::lifecycle::Timestamp;
+
+/// A point in time the ledger can compare and move forward: a wall-clock `Instant`, or a
+/// virtual time.
+pub trait LedgerTime: Copy + Ord + Debug {
+    /// This time plus `duration`.
+    fn plus(self, duration: Duration) -> Self;
+}
+
+impl LedgerTime for Instant {
+    fn plus(self, duration: Duration) -> Self {
+        self + duration
+    }
+}
+
+/// A virtual clock: the time since the start of a simulation.
+impl LedgerTime for Duration {
+    fn plus(self, duration: Duration) -> Self {
+        self.saturating_add(duration)
+    }
+}
+
+impl LedgerTime for Timestamp {
+    fn plus(self, duration: Duration) -> Self {
+        Timestamp::plus(self, duration)
+    }
+}
 
 /// Amounts closer than this count as equal, so `0.1 + 0.2` of a pool of `0.3` fits.
 const EPSILON: f64 = 1e-9;
 
 /// Where a job's resources stand at this site.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Holding {
+pub enum Holding<T = Instant> {
     /// Reserved for a schedule try; held until `expires_at` unless the job starts.
     Reserved {
         /// When the reservation lapses.
-        expires_at: Instant,
+        expires_at: T,
     },
     /// The job's app is running and holds the resources until it exits.
     InUse,
@@ -33,17 +64,17 @@ pub enum Holding {
 
 /// One job's reservation.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Reservation {
+pub struct Reservation<T = Instant> {
     /// The token handed to the engine.
     pub token: String,
     /// The amounts, by resource name.
     pub resources: BTreeMap<String, f64>,
     /// Reserved or in use.
-    pub holding: Holding,
+    pub holding: Holding<T>,
 }
 
-impl Reservation {
-    fn holds_at(&self, now: Instant) -> bool {
+impl<T: LedgerTime> Reservation<T> {
+    fn holds_at(&self, now: T) -> bool {
         match self.holding {
             Holding::Reserved { expires_at } => now < expires_at,
             Holding::InUse => true,
@@ -76,18 +107,18 @@ pub enum ReserveError {
     },
 }
 
-/// The ledger of one site.
+/// The ledger of one site, on the clock `T`.
 #[derive(Clone, Debug)]
-pub struct Ledger {
+pub struct Ledger<T = Instant> {
     site: String,
     declared: BTreeMap<String, f64>,
-    by_job: BTreeMap<JobId, Reservation>,
+    by_job: BTreeMap<JobId, Reservation<T>>,
     next_token: u64,
     /// Distinguishes this ledger's tokens from those of an earlier run of the same site.
     incarnation: String,
 }
 
-impl Ledger {
+impl<T: LedgerTime> Ledger<T> {
     /// A ledger for `site` with the resources it declares. `incarnation` goes into every
     /// token so a token of an earlier run of the site never matches one of this run.
     pub fn new(site: &str, declared: BTreeMap<String, f64>, incarnation: &str) -> Self {
@@ -106,16 +137,16 @@ impl Ledger {
     }
 
     /// The reservation of `job_id`, if any (held, lapsed or in use).
-    pub fn reservation(&self, job_id: JobId) -> Option<&Reservation> {
+    pub fn reservation(&self, job_id: JobId) -> Option<&Reservation<T>> {
         self.by_job.get(&job_id)
     }
 
     /// What is free of each declared resource at `now`.
-    pub fn free(&self, now: Instant) -> BTreeMap<String, f64> {
+    pub fn free(&self, now: T) -> BTreeMap<String, f64> {
         self.free_except(now, None)
     }
 
-    fn free_except(&self, now: Instant, except: Option<JobId>) -> BTreeMap<String, f64> {
+    fn free_except(&self, now: T, except: Option<JobId>) -> BTreeMap<String, f64> {
         let mut free = self.declared.clone();
         for (job_id, reservation) in &self.by_job {
             if Some(*job_id) == except || !reservation.holds_at(now) {
@@ -134,7 +165,7 @@ impl Ledger {
         &mut self,
         job_id: JobId,
         resources: &BTreeMap<String, f64>,
-        now: Instant,
+        now: T,
         timeout: Duration,
     ) -> Result<String, ReserveError> {
         if matches!(
@@ -152,7 +183,7 @@ impl Ledger {
                 token: token.clone(),
                 resources: resources.clone(),
                 holding: Holding::Reserved {
-                    expires_at: now + timeout,
+                    expires_at: now.plus(timeout),
                 },
             },
         );
@@ -162,7 +193,7 @@ impl Ledger {
     fn check_fits(
         &self,
         resources: &BTreeMap<String, f64>,
-        now: Instant,
+        now: T,
         except: Option<JobId>,
     ) -> Result<(), ReserveError> {
         for (name, amount) in resources {
@@ -206,7 +237,7 @@ impl Ledger {
     /// The job starts: its reservation becomes in use. A lapsed reservation is taken again
     /// if its amounts are still free, else the start is refused. A job with no
     /// reservation holds nothing.
-    pub fn start(&mut self, job_id: JobId, now: Instant) -> Result<(), ReserveError> {
+    pub fn start(&mut self, job_id: JobId, now: T) -> Result<(), ReserveError> {
         let Some(reservation) = self.by_job.get(&job_id) else {
             return Ok(());
         };
@@ -382,6 +413,42 @@ mod tests {
             .expect("fits");
         ledger.start(job(1), now).expect("reserved");
         assert!(!ledger.cancel(job(1), &token));
+    }
+
+    /// The same rules on a virtual clock, as a simulated site keeps its books: no clock is
+    /// read, and the lapse happens exactly at the virtual instant.
+    #[test]
+    fn a_virtual_clock_keeps_the_same_books() {
+        let mut ledger: Ledger<Duration> = Ledger::new("site-1", gpus(2.0), "sim");
+        let start = Duration::ZERO;
+        let token = ledger
+            .reserve(job(1), &gpus(2.0), start, TIMEOUT)
+            .expect("fits");
+        assert!(token.starts_with("site-1-sim-"));
+        assert_eq!(
+            ledger.reservation(job(1)).map(|r| r.holding),
+            Some(Holding::Reserved {
+                expires_at: TIMEOUT
+            })
+        );
+        let just_before = TIMEOUT - Duration::from_millis(1);
+        assert!(ledger
+            .reserve(job(2), &gpus(1.0), just_before, TIMEOUT)
+            .is_err());
+        assert_eq!(ledger.free(TIMEOUT).get("num_of_gpus"), Some(&2.0));
+        ledger.start(job(1), just_before).expect("still reserved");
+        assert_eq!(
+            ledger.free(TIMEOUT * 100).get("num_of_gpus"),
+            Some(&0.0),
+            "a running job holds whatever the virtual time"
+        );
+
+        let mut core: Ledger<Timestamp> = Ledger::new("site-1", gpus(1.0), "core");
+        let t0 = Timestamp::from_millis(1_000);
+        core.reserve(job(1), &gpus(1.0), t0, TIMEOUT).expect("fits");
+        assert!(core.reserve(job(2), &gpus(1.0), t0, TIMEOUT).is_err());
+        core.reserve(job(2), &gpus(1.0), t0.plus(TIMEOUT), TIMEOUT)
+            .expect("lapsed at exactly t0 + timeout");
     }
 
     #[test]

@@ -39,8 +39,8 @@ use crate::trust::TrustPolicy;
 
 /// The marker file written in a job's run folder once its exit report was acknowledged.
 pub const ACKNOWLEDGED_FILE: &str = "exit_acknowledged";
-/// The resources a started job holds, in its run folder, so a restarted site can restore
-/// them in its ledger.
+/// The resources a started job holds, in the job's supervision folder (out of the app's
+/// reach, beside its process record), so a restarted site can restore them in its ledger.
 pub const RESOURCES_FILE: &str = "resources.json";
 /// The name of the deployed app, in the job's run folder.
 const APP_NAME_FILE: &str = "app_name";
@@ -69,12 +69,16 @@ pub struct LocalSiteConfig {
     /// The time certificates are checked at; `None` means the wall clock at each deploy.
     /// Set it to replay a verification as it was at a given time.
     pub verify_at: Option<std::time::SystemTime>,
+    /// Names of variables of the site's own environment that apps may see, besides the
+    /// allow-list of [`crate::site::process::INHERITED_ENV`] and `LC_*` (the site setting
+    /// `app_env_pass`). Nothing else of the site's environment reaches an app.
+    pub app_env_pass: Vec<String>,
 }
 
 impl LocalSiteConfig {
     /// A site with the default settings of SPEC section 7 (`abort_grace` 10 s,
     /// `reservation_timeout` 30 s), no root CA and `require_signed_jobs` unset (so unsigned
-    /// jobs are accepted), and the default package limits.
+    /// jobs are accepted), the default package limits, and no `app_env_pass` names.
     pub fn new(name: &str, workspace: PathBuf, resources: BTreeMap<String, f64>) -> Self {
         LocalSiteConfig {
             name: name.to_string(),
@@ -88,6 +92,7 @@ impl LocalSiteConfig {
             },
             unpack_limits: Limits::default(),
             verify_at: None,
+            app_env_pass: Vec::new(),
         }
     }
 }
@@ -342,8 +347,9 @@ impl LocalSite {
                 job_id,
                 app_name,
                 package,
+                verify_at,
             } => {
-                let result = self.deploy(job_id, app_name, package).await;
+                let result = self.deploy(job_id, app_name, package, verify_at).await;
                 self.send(SiteReport::DeployAnswer { job_id, result }).await
             }
             SiteRequest::Start { job_id } => {
@@ -385,6 +391,7 @@ impl LocalSite {
         job_id: JobId,
         app_name: String,
         package: Arc<Vec<u8>>,
+        verify_at: Option<crate::lifecycle::Timestamp>,
     ) -> Result<(), String> {
         if self.running.contains_key(&job_id) {
             return Err(format!("job {job_id} is running at this site"));
@@ -392,9 +399,10 @@ impl LocalSite {
         let root = self.config.workspace.clone();
         let limits = self.config.unpack_limits.clone();
         let policy = self.config.trust.clone();
-        let at = self
-            .config
-            .verify_at
+        // The server's time (the job's submit) first, then the site's configured one.
+        let at = verify_at
+            .map(crate::trust::submit::timestamp_to_system_time)
+            .or(self.config.verify_at)
             .unwrap_or_else(std::time::SystemTime::now);
         let unpack = tokio::task::spawn_blocking(move || {
             let deployed =
@@ -448,7 +456,7 @@ impl LocalSite {
             run_dir,
             app_dir,
         };
-        match process::start(&launch) {
+        match process::start_with(&launch, &self.config.app_env_pass) {
             Ok(app) => {
                 self.watch(job_id, &app);
                 self.running.insert(job_id, app);
@@ -507,6 +515,7 @@ impl LocalSite {
             job_id,
             report_id: report_id.clone(),
             outcome: end.outcome,
+            stop_requested: end.stop_requested,
         };
         self.unacknowledged
             .insert(report_id, (job_id, report.clone()));
@@ -525,13 +534,15 @@ fn now() -> std::time::Instant {
 }
 
 fn write_resources(run_dir: &Path, resources: &BTreeMap<String, f64>) -> Result<(), String> {
-    let path = run_dir.join(RESOURCES_FILE);
+    let dir = workspace::supervision_dir(run_dir);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let path = dir.join(RESOURCES_FILE);
     let bytes = serde_json::to_vec(resources).map_err(|e| e.to_string())?;
     std::fs::write(&path, bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 fn read_resources(run_dir: &Path) -> BTreeMap<String, f64> {
-    std::fs::read(run_dir.join(RESOURCES_FILE))
+    std::fs::read(workspace::supervision_dir(run_dir).join(RESOURCES_FILE))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default()

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::job::JobId;
+use crate::lifecycle::Timestamp;
 
 // The reports and exit outcomes are the core's vocabulary (the node decides on them), so
 // they live in `lifecycle::participant`; every participant, local, simulated or remote,
@@ -36,6 +37,10 @@ pub enum SiteRequest {
         job_id: JobId,
         app_name: String,
         package: Arc<Vec<u8>>,
+        /// The time the package's signature is checked at: the job's `JobSubmitted` time
+        /// (SPEC section 6), so a certificate that expired since the submit does not stop
+        /// an accepted job. `None`: the site's own time.
+        verify_at: Option<Timestamp>,
     },
     /// Start the deployed app as a process.
     Start { job_id: JobId },

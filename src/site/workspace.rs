@@ -5,7 +5,14 @@
 //! ```text
 //! <root>/<job_id>/            the job's run folder (FEDRUN_WORKSPACE): logs, process records
 //! <root>/<job_id>/<app>/      the unpacked app (FEDRUN_APP_DIR), the app's working directory
+//! <root>/.fedrun-supervision/<job_id>/
+//!                             fedrun's supervision records of the job's app (process
+//!                             record, exit status); outside the run folder, mode 0700,
+//!                             and never named to the app
 //! ```
+//!
+//! The supervision folder starts with a dot, so it never parses as a job id and
+//! [`job_ids`] does not list it.
 //!
 //! Deploy unpacks the whole canonical job zip into a staging folder beside its
 //! destination (with [`crate::job::package::unpack`], which treats the zip as hostile and
@@ -77,6 +84,22 @@ pub fn job_dir(root: &Path, job_id: JobId) -> PathBuf {
 /// The app folder of `app` for `job_id` under `root`.
 pub fn app_dir(root: &Path, job_id: JobId, app: &str) -> PathBuf {
     job_dir(root, job_id).join(app)
+}
+
+/// The name of the folder, beside the run folders, that holds fedrun's supervision records.
+pub const SUPERVISION_DIR: &str = ".fedrun-supervision";
+
+/// The folder of fedrun's supervision records for the app whose run folder is `run_dir`:
+/// `<run_dir>/../.fedrun-supervision/<run folder name>`. It is outside the run folder (the
+/// app's `FEDRUN_WORKSPACE`), so nothing the app writes there can change what fedrun
+/// believes about its processes.
+pub fn supervision_dir(run_dir: &Path) -> PathBuf {
+    let parent = run_dir.parent().unwrap_or_else(|| Path::new("/"));
+    let name = run_dir
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_else(|| "root".into());
+    parent.join(SUPERVISION_DIR).join(name)
 }
 
 /// The job ids that have a run folder under `root`, in order.
@@ -163,9 +186,19 @@ fn stage(
     Ok(trust)
 }
 
-/// Removes the job's run folder and everything in it. Missing is fine.
+/// Removes the job's run folder and everything in it, and the job's supervision records
+/// unless they still name a live app (a restart must be able to find a running app even if
+/// its folder is gone). Missing is fine.
 pub fn remove_job(root: &Path, job_id: JobId) -> Result<(), DeployError> {
-    remove_if_present(&job_dir(root, job_id))
+    let run_dir = job_dir(root, job_id);
+    remove_if_present(&run_dir)?;
+    if let Err(source) = crate::site::process::forget(&run_dir) {
+        return Err(DeployError::Io {
+            path: supervision_dir(&run_dir),
+            source,
+        });
+    }
+    Ok(())
 }
 
 fn remove_if_present(path: &Path) -> Result<(), DeployError> {

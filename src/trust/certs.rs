@@ -80,6 +80,9 @@ pub enum CertError {
         /// The certificate's subject.
         subject: String,
     },
+    /// A certificate file could not be read, or is too large to be one.
+    #[error(transparent)]
+    File(#[from] super::files::ReadFileError),
 }
 
 impl ParsedCert {
@@ -328,10 +331,8 @@ impl RootCa {
 
     /// Reads the root CA from a PEM file such as a startup kit's `rootCA.pem`.
     pub fn load(path: &Path) -> Result<Self, CertError> {
-        let pem = std::fs::read(path).map_err(|source| CertError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let pem =
+            super::files::read_bounded(path, super::files::PEM_FILE_MAX_BYTES, "certificate")?;
         Self::from_pem(&pem)
     }
 

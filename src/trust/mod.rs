@@ -7,14 +7,17 @@
 //! use SHA-256, MGF1-SHA-256 and the maximum salt length, as NVFlare's signer does.
 //!
 //! Entry points: [`verify::verify_job_folder`] (what the server and sites call before
-//! deploying, through [`policy::check_job`]), [`sign::sign_job_folder`], and
+//! deploying, through [`policy::check_job`]), [`submit::check_package_zip`] (the same
+//! check on a stored package, at submit and at deploy), [`sign::sign_job_folder`], and
 //! [`provision::provision`].
 
 pub mod certs;
+pub mod files;
 pub mod policy;
 pub mod provision;
 pub mod sigfile;
 pub mod sign;
+pub mod submit;
 pub mod verify;
 
 use serde::Serialize;
@@ -22,6 +25,9 @@ use serde::Serialize;
 pub use certs::RootCa;
 pub use policy::{check_job, require_signed_jobs, JobTrust, PolicyError, TrustPolicy};
 pub use sign::{sign_job_folder, SignError, Signer};
+pub use submit::{
+    check_package_blob, check_package_zip, verify_job_zip, SubmitRefusal, ZipVerifyError,
+};
 pub use verify::{verify_job_folder, VerifyError};
 
 /// The signature file name NVFlare uses in every directory of a signed job.

@@ -14,7 +14,6 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{Duration, SystemTime};
@@ -40,6 +39,7 @@ use x509_cert::serial_number::SerialNumber;
 use x509_cert::time::{Time, Validity};
 
 use super::certs::{parse_pem_chain, RootCa, UNSTRUCTURED_NAME};
+use super::files::{read_bounded, PEM_FILE_MAX_BYTES, PROJECT_FILE_MAX_BYTES};
 
 /// RSA key size of every key provisioning makes.
 pub const KEY_BITS: usize = 2048;
@@ -152,6 +152,22 @@ pub enum ProvisionError {
         /// What is wrong.
         reason: String,
     },
+    /// A project, key or certificate file could not be read, or is too large to be one.
+    #[error(transparent)]
+    File(#[from] super::files::ReadFileError),
+    /// Something in the output folder is a symbolic link where provisioning writes: keys
+    /// are never written through a link, which could point anywhere.
+    #[error("{path} is a symbolic link; provisioning does not write through symbolic links")]
+    Symlink {
+        /// The link.
+        path: PathBuf,
+    },
+    /// Something in the output folder is not a folder where provisioning needs one.
+    #[error("{path} exists and is not a folder")]
+    NotAFolder {
+        /// The path.
+        path: PathBuf,
+    },
     /// Generating a key or building a certificate failed.
     #[error("cannot create {what}: {reason}")]
     Crypto {
@@ -185,9 +201,10 @@ pub struct ProvisionOptions {
 impl Project {
     /// Reads and checks a project file.
     pub fn load(path: &Path) -> Result<Self, ProvisionError> {
-        let text = fs::read_to_string(path).map_err(|source| ProvisionError::Io {
+        let bytes = read_bounded(path, PROJECT_FILE_MAX_BYTES, "project file")?;
+        let text = String::from_utf8(bytes).map_err(|_| ProvisionError::Invalid {
             path: path.to_path_buf(),
-            source,
+            reason: "the file is not UTF-8 text".into(),
         })?;
         Self::parse(&text, path)
     }
@@ -266,15 +283,14 @@ pub fn provision(
     options: ProvisionOptions,
 ) -> Result<ProvisionReport, ProvisionError> {
     let mut report = ProvisionReport::default();
-    let ca_dir = out.join("ca");
-    create_dir(&ca_dir)?;
+    let ca_dir = private_dir(out, &["ca"])?;
     let (ca_key, ca_pem) = match load_existing_ca(&ca_dir)? {
         Some(existing) if !options.force => existing,
         _ => {
             report.new_ca = true;
             let created = create_ca(project, options.now)?;
-            write_file(&ca_dir.join("rootCA.key"), created.0.as_bytes(), true)?;
-            write_file(&ca_dir.join("rootCA.pem"), created.1.as_bytes(), false)?;
+            write_file(&ca_dir.join("rootCA.key"), created.0.as_bytes())?;
+            write_file(&ca_dir.join("rootCA.pem"), created.1.as_bytes())?;
             created
         }
     };
@@ -310,16 +326,16 @@ pub fn provision(
         kits.push(Kit::client(&admin.name, name));
     }
     for kit in kits {
-        let startup = out.join(&kit.name).join("startup");
-        if startup.join(kit.cert_file).exists() && !options.force && !report.new_ca {
-            report.kits_kept.push(startup);
+        let existing = out.join(&kit.name).join("startup");
+        if existing.join(kit.cert_file).exists() && !options.force && !report.new_ca {
+            report.kits_kept.push(existing);
             continue;
         }
-        create_dir(&startup)?;
+        let startup = private_dir(out, &[&kit.name, "startup"])?;
         let (key_pem, cert_pem) = issue(&kit, &issuer, &ca_signer, options.now, valid_for)?;
-        write_file(&startup.join(kit.key_file), key_pem.as_bytes(), true)?;
-        write_file(&startup.join(kit.cert_file), cert_pem.as_bytes(), false)?;
-        write_file(&startup.join("rootCA.pem"), ca_pem.as_bytes(), false)?;
+        write_file(&startup.join(kit.key_file), key_pem.as_bytes())?;
+        write_file(&startup.join(kit.cert_file), cert_pem.as_bytes())?;
+        write_file(&startup.join("rootCA.pem"), ca_pem.as_bytes())?;
         tracing::info!(kit = %startup.display(), "startup kit written");
         report.kits_written.push(startup);
     }
@@ -361,9 +377,10 @@ fn load_existing_ca(dir: &Path) -> Result<Option<(String, String)>, ProvisionErr
         (false, false) => Ok(None),
         (true, true) => {
             let read = |path: &Path| {
-                fs::read_to_string(path).map_err(|source| ProvisionError::Io {
-                    path: path.to_path_buf(),
-                    source,
+                let bytes = read_bounded(path, PEM_FILE_MAX_BYTES, "PEM file")?;
+                String::from_utf8(bytes).map_err(|_| ProvisionError::BrokenCa {
+                    dir: dir.to_path_buf(),
+                    reason: format!("{} is not PEM text", path.display()),
                 })
             };
             let key = read(&key_path)?;
@@ -557,34 +574,82 @@ fn validity(now: SystemTime, valid_for: Duration, what: &str) -> Result<Validity
     })
 }
 
-fn create_dir(path: &Path) -> Result<(), ProvisionError> {
-    fs::create_dir_all(path).map_err(|source| ProvisionError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+/// Mode of every folder provisioning makes: kits hold private keys.
+pub const KIT_FOLDER_MODE: u32 = 0o700;
+/// Mode of every file provisioning writes.
+pub const KIT_FILE_MODE: u32 = 0o600;
+
+/// Makes (or checks) the folder `out/<parts...>` and returns its path. Each part is
+/// created `0700` (existing ones are made `0700`), and a part that is a symbolic link or
+/// not a folder is refused, so nothing is ever written through a link planted in the
+/// output folder. `out` itself is the user's choice and is created if missing.
+fn private_dir(out: &Path, parts: &[&str]) -> Result<PathBuf, ProvisionError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ProvisionError::Io { path, source }
+    };
+    if fs::metadata(out).is_err() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(KIT_FOLDER_MODE)
+            .create(out)
+            .map_err(io(out))?;
+    }
+    let mut dir = out.to_path_buf();
+    for part in parts {
+        dir.push(part);
+        match fs::symlink_metadata(&dir) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(ProvisionError::Symlink { path: dir })
+            }
+            Ok(meta) if !meta.is_dir() => return Err(ProvisionError::NotAFolder { path: dir }),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Not recursive: an existing path (a link planted since the check
+                // included) makes this fail instead of being followed.
+                fs::DirBuilder::new()
+                    .mode(KIT_FOLDER_MODE)
+                    .create(&dir)
+                    .map_err(io(&dir))?;
+            }
+            Err(source) => return Err(ProvisionError::Io { path: dir, source }),
+        }
+        // The umask may have taken bits from the mode, and an older kit may be open.
+        fs::set_permissions(&dir, fs::Permissions::from_mode(KIT_FOLDER_MODE)).map_err(io(&dir))?;
+    }
+    Ok(dir)
 }
 
-/// Writes a file; private keys are created readable by the owner only.
-fn write_file(path: &Path, bytes: &[u8], private: bool) -> Result<(), ProvisionError> {
+/// Writes a file `0600` through a new temporary file in the same folder and a rename, so
+/// a symbolic link planted at `path` is refused (and would be replaced, never followed,
+/// by the rename), and a reader never sees half a key. Every kit file is private,
+/// certificates included: a kit is handed to one participant.
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ProvisionError> {
+    use std::os::unix::fs::PermissionsExt;
     let io = |source| ProvisionError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    if private {
-        options.mode(0o600);
+    if fs::symlink_metadata(path).is_ok_and(|meta| meta.file_type().is_symlink()) {
+        return Err(ProvisionError::Symlink {
+            path: path.to_path_buf(),
+        });
     }
-    let mut file = options.open(path).map_err(io)?;
-    if private {
-        // `mode` only applies when the file is created; an old key file keeps its
-        // permissions unless they are set again.
-        use std::os::unix::fs::PermissionsExt;
-        file.set_permissions(fs::Permissions::from_mode(0o600))
-            .map_err(io)?;
-    }
-    file.write_all(bytes).map_err(io)?;
-    file.sync_all().map_err(io)
+    let folder = path.parent().unwrap_or(Path::new("."));
+    // `tempfile` creates with O_CREAT|O_EXCL and mode 0600: never an existing file or link.
+    let mut temp = tempfile::Builder::new()
+        .prefix(".fedrun-provision-")
+        .permissions(fs::Permissions::from_mode(KIT_FILE_MODE))
+        .tempfile_in(folder)
+        .map_err(io)?;
+    temp.write_all(bytes).map_err(io)?;
+    temp.as_file()
+        .set_permissions(fs::Permissions::from_mode(KIT_FILE_MODE))
+        .map_err(io)?;
+    temp.as_file().sync_all().map_err(io)?;
+    temp.persist(path).map_err(|e| io(e.error))?;
+    Ok(())
 }
 
 impl FromStr for Project {

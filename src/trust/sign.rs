@@ -35,6 +35,9 @@ pub enum SignError {
         #[source]
         source: std::io::Error,
     },
+    /// A certificate or key file could not be read, or is too large to be one.
+    #[error(transparent)]
+    File(#[from] super::files::ReadFileError),
     /// The certificate file is malformed.
     #[error("{path}: {source}")]
     BadCertificate {
@@ -88,13 +91,10 @@ impl Signer {
 
     /// Reads a signer from a certificate file and a key file.
     pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self, SignError> {
-        let read = |path: &Path| {
-            fs::read(path).map_err(|source| SignError::Read {
-                path: path.to_path_buf(),
-                source,
-            })
-        };
-        Self::from_pem_named(&read(cert_path)?, &read(key_path)?, cert_path, key_path)
+        use super::files::{read_bounded, PEM_FILE_MAX_BYTES};
+        let chain = read_bounded(cert_path, PEM_FILE_MAX_BYTES, "certificate chain")?;
+        let key = read_bounded(key_path, PEM_FILE_MAX_BYTES, "private key")?;
+        Self::from_pem_named(&chain, &key, cert_path, key_path)
     }
 
     fn from_pem_named(

@@ -203,6 +203,7 @@ pub mod lifecycle {
 pub fn raw_sled(dir: &std::path::Path) -> sled::Db {
     sled::Config::new()
         .path(dir.join("history"))
+        .segment_size(fedrun::history::SLED_SEGMENT_SIZE)
         .flush_every_ms(None)
         .open()
         .expect("the raw sled database opens")

@@ -352,6 +352,8 @@ impl World {
         job_id
     }
 
+    /// A site reports its app's exit. Like a real site, it says the exit followed a stop
+    /// request when fedrun was stopping the run (the site was sent the stop).
     pub fn site_exit(
         &mut self,
         site: &str,
@@ -359,12 +361,26 @@ impl World {
         report: &str,
         outcome: ExitOutcome,
     ) -> Decision {
+        let stop_requested = self.state.job(&job_id).is_some_and(|j| j.run.stopping());
+        self.site_exit_flagged(site, job_id, report, outcome, stop_requested)
+    }
+
+    /// A site reports its app's exit, saying whether it followed a stop request.
+    pub fn site_exit_flagged(
+        &mut self,
+        site: &str,
+        job_id: JobId,
+        report: &str,
+        outcome: ExitOutcome,
+        stop_requested: bool,
+    ) -> Decision {
         self.site(
             site,
             SiteReport::AppExited {
                 job_id,
                 report_id: report.to_string(),
                 outcome,
+                stop_requested,
             },
         )
     }

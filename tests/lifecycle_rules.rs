@@ -1,0 +1,423 @@
+//! Given/when/then for the rules of SPEC sections 4, 6, 8 and 9 that the core enforces:
+//! idempotency keys per identity, a stop that outlives a restart, exits fedrun's stop
+//! caused, the signer of a job and of its clones, and reports a site cannot make grow the
+//! history.
+
+mod lifecycle_support;
+
+use std::time::Duration;
+
+use fedrun::lifecycle::{
+    AdminRequest, Answer, BlobHash, Command, Effect, EventKind, Origin, Rejection, Role, RunPhase,
+    RunStatus, Timer,
+};
+use fedrun::settings::Settings;
+use fedrun::site::protocol::{ExitOutcome, SiteReport};
+use lifecycle_support::*;
+
+fn with_key(
+    w: &mut World,
+    who: fedrun::lifecycle::Identity,
+    key: &str,
+    request: AdminRequest,
+) -> fedrun::lifecycle::Decision {
+    w.when(Command::Admin {
+        origin: Origin {
+            identity: who,
+            request_id: Some(key.to_string()),
+        },
+        request,
+    })
+}
+
+fn submit_request(package: u8) -> AdminRequest {
+    AdminRequest::SubmitJob {
+        meta: meta(&["site-1"], 1),
+        package: BlobHash([package; 32]),
+        signer: None,
+    }
+}
+
+// ---- SPEC section 9: idempotency keys ----
+
+#[test]
+fn the_same_key_from_two_admins_is_two_requests() {
+    let mut w = World::default();
+    let a = with_key(&mut w, boss(), "k", submit_request(1));
+    let b = with_key(
+        &mut w,
+        admin("lee", "acme", Role::Lead),
+        "k",
+        submit_request(1),
+    );
+    let (
+        Some(Ok(Answer::Submitted { job_id: first })),
+        Some(Ok(Answer::Submitted { job_id: second })),
+    ) = (a.reply, b.reply)
+    else {
+        panic!("both submits are accepted");
+    };
+    assert_ne!(first, second, "two jobs");
+}
+
+#[test]
+fn the_same_key_for_another_request_is_refused_and_a_repeat_gets_the_first_answer() {
+    let mut w = World::default();
+    let first = with_key(&mut w, boss(), "k", submit_request(1));
+    let Some(Ok(Answer::Submitted { job_id })) = first.reply else {
+        panic!("accepted")
+    };
+    // A repeat: the first answer, nothing recorded.
+    let repeat = with_key(&mut w, boss(), "k", submit_request(1));
+    assert_eq!(repeat.reply, Some(Ok(Answer::Submitted { job_id })));
+    assert!(repeat.events.is_empty());
+    // The same key with another package, or another operation: refused and recorded.
+    for request in [submit_request(2), AdminRequest::AbortJob { job_id }] {
+        let d = with_key(&mut w, boss(), "k", request);
+        assert!(
+            matches!(d.reply, Some(Err(Rejection::IdempotencyKeyReused { .. }))),
+            "{:?}",
+            d.reply
+        );
+        assert_eq!(kinds(&d), ["request_refused"]);
+    }
+    assert_eq!(
+        w.status(job_id),
+        RunStatus::Submitted,
+        "the abort did not happen"
+    );
+    // The first answer is still the one a repeat gets.
+    let again = with_key(&mut w, boss(), "k", submit_request(1));
+    assert_eq!(again.reply, Some(Ok(Answer::Submitted { job_id })));
+}
+
+#[test]
+fn a_delete_under_a_key_is_remembered_as_a_delete() {
+    let mut w = World::default();
+    let job_id = w.submit(meta(&["site-1"], 1));
+    let d = with_key(&mut w, boss(), "del", AdminRequest::DeleteJob { job_id });
+    assert_eq!(d.reply, Some(Ok(Answer::Accepted { job_id })));
+    let repeat = with_key(&mut w, boss(), "del", AdminRequest::DeleteJob { job_id });
+    assert_eq!(repeat.reply, Some(Ok(Answer::Accepted { job_id })));
+    assert!(repeat.events.is_empty());
+    let other = with_key(&mut w, boss(), "del", AdminRequest::AbortJob { job_id });
+    assert!(matches!(
+        other.reply,
+        Some(Err(Rejection::IdempotencyKeyReused { .. }))
+    ));
+}
+
+#[test]
+fn keys_are_forgotten_after_twenty_four_hours_of_event_time() {
+    let mut w = World::default();
+    let first = with_key(&mut w, boss(), "k", submit_request(1));
+    let Some(Ok(Answer::Submitted { job_id: a })) = first.reply else {
+        panic!("accepted")
+    };
+    w.advance_ms(24 * 3600 * 1000 - 1);
+    let repeat = with_key(&mut w, boss(), "k", submit_request(1));
+    assert_eq!(repeat.reply, Some(Ok(Answer::Submitted { job_id: a })));
+    w.advance_ms(1);
+    let later = with_key(&mut w, boss(), "k", submit_request(2));
+    let Some(Ok(Answer::Submitted { job_id: b })) = later.reply else {
+        panic!("a new request after 24 h: {:?}", later.reply)
+    };
+    assert_ne!(a, b);
+    // Only the new request is kept: the state does not grow with old keys.
+    assert_eq!(w.state.requests.by_key.len(), 1);
+    assert_eq!(w.state.requests.by_time.len(), 1);
+    // Replay keeps and forgets the same keys.
+    let mut replayed = fedrun::lifecycle::State::new();
+    for event in &w.log {
+        replayed.apply_checked(event).expect("replays");
+    }
+    assert_eq!(replayed.requests, w.state.requests);
+}
+
+// ---- SPEC sections 4 and 8: a stop is over ----
+
+/// A running job on two sites whose run fedrun is stopping (site-1 reported 101), then a
+/// restart: the returned job id.
+fn stopping_then_restart(w: &mut World) -> fedrun::job::JobId {
+    let job_id = w.running(&["site-1", "site-2"], 1);
+    w.site_exit("site-1", job_id, "r1", ExitOutcome::Code(101));
+    assert_eq!(w.job(job_id).run.phase, RunPhase::Stopping);
+    w.server_exit(job_id, ExitOutcome::Signal(15));
+    w.advance_ms(1000);
+    w.restart(2);
+    job_id
+}
+
+#[test]
+fn a_run_being_stopped_stays_stopping_after_a_restart_and_holds_its_slot() {
+    let mut w = World::new(Settings {
+        max_jobs: 1,
+        ..Settings::default()
+    });
+    let job_id = stopping_then_restart(&mut w);
+    // site-2 comes back and says it still runs the job; the grace ends.
+    w.site(
+        "site-2",
+        SiteReport::Connected {
+            resources: Default::default(),
+            running: vec![job_id],
+        },
+    );
+    let (_, d) = w.run_to_next_deadline().expect("reattach grace");
+    assert!(w.state.recovery.is_none());
+    assert_eq!(
+        w.job(job_id).run.phase,
+        RunPhase::Stopping,
+        "still stopping"
+    );
+    assert!(d.effects.contains(&Effect::StopSiteApp {
+        site: "site-2".into(),
+        job_id
+    }));
+    assert!(!d
+        .effects
+        .iter()
+        .any(|e| matches!(e, Effect::ArchiveWorkspace { .. })));
+    assert_eq!(w.state.active_job_count(), 1, "it holds its max_jobs slot");
+    // A queued job waits for the slot.
+    w.connect("site-3");
+    let queued = w.submit(meta(&["site-3"], 1));
+    assert_eq!(w.status(queued), RunStatus::Submitted);
+    assert!(w.state.schedule_try.is_none());
+    // site-2's app ends after the stop: the run is stopped, then archived, and the
+    // queued job gets the slot.
+    let d = w.site_exit("site-2", job_id, "r2", ExitOutcome::Signal(15));
+    assert_eq!(w.job(job_id).run.phase, RunPhase::Stopped);
+    assert!(d.effects.contains(&Effect::ArchiveWorkspace { job_id }));
+    assert!(w.state.schedule_try.is_some(), "the queued job is tried");
+}
+
+#[test]
+fn a_disconnected_site_ends_the_stop_after_its_reconnect_grace() {
+    let mut w = World::default();
+    let job_id = stopping_then_restart(&mut w);
+    let (_, _) = w.run_to_next_deadline().expect("reattach grace");
+    assert_eq!(w.job(job_id).run.phase, RunPhase::Stopping);
+    // site-2 never comes back: counted from its recorded disconnect (at the restart).
+    let started = w.state.sites.get("site-2").expect("known").since;
+    let (timer, _) = w.run_to_next_deadline().expect("reconnect grace");
+    assert!(
+        matches!(timer, Timer::SiteReconnectGraceOver { .. }),
+        "{timer:?}"
+    );
+    assert_eq!(
+        w.now,
+        started.plus(Settings::default().site_reconnect_grace)
+    );
+    assert_eq!(w.job(job_id).run.phase, RunPhase::Stopped);
+}
+
+#[test]
+fn a_connected_site_that_never_answers_ends_the_stop_after_abort_grace_and_outcome_wait() {
+    let mut w = World::new(Settings {
+        site_reconnect_grace: Duration::from_secs(24 * 3600),
+        ..Settings::default()
+    });
+    let job_id = w.running(&["site-1", "site-2"], 1);
+    w.abort(job_id);
+    let asked = w.job(job_id).run.stop_requested_at.expect("stop asked");
+    w.server_exit(job_id, ExitOutcome::Signal(15));
+    w.site_exit("site-1", job_id, "r1", ExitOutcome::Signal(15));
+    w.advance_ms(1000);
+    w.restart(2);
+    w.connect("site-2");
+    w.run_to_next_deadline().expect("reattach grace");
+    assert_eq!(w.job(job_id).run.phase, RunPhase::Stopping);
+    let (timer, _) = w.run_to_next_deadline().expect("stop wait");
+    assert_eq!(timer, Timer::StopWaitOver { job_id });
+    let settings = Settings::default();
+    assert_eq!(
+        w.now,
+        asked.plus(settings.abort_grace + settings.client_outcome_wait)
+    );
+    assert_eq!(w.job(job_id).run.phase, RunPhase::Stopped);
+}
+
+#[test]
+fn a_run_whose_exits_are_known_is_decided_from_them_not_abandoned() {
+    let mut w = World::new(Settings {
+        resume_runs: false,
+        ..Settings::default()
+    });
+    let job_id = w.running(&["site-1"], 1);
+    w.server_exit(job_id, ExitOutcome::Code(0));
+    w.restart(2);
+    w.site_exit("site-1", job_id, "r1", ExitOutcome::Code(0));
+    w.run_to_next_deadline().expect("reattach grace");
+    assert_eq!(w.status(job_id), RunStatus::Completed);
+}
+
+#[test]
+fn a_server_app_that_did_not_reattach_is_recorded_as_lost() {
+    let mut w = World::default();
+    let job_id = w.running(&["site-1"], 1);
+    w.restart(2);
+    let (_, d) = w.run_to_next_deadline().expect("reattach grace");
+    let names = kinds(&d);
+    assert!(names.contains(&"server_app_lost"), "{names:?}");
+    assert_eq!(w.status(job_id), RunStatus::Abandoned);
+    assert!(!w.job(job_id).run.server_outstanding());
+}
+
+// ---- SPEC section 8: an exit fedrun's stop caused is not a failure ----
+
+#[test]
+fn an_exit_the_site_says_fedrun_stopped_is_not_a_failure() {
+    let mut w = World::default();
+    let job_id = w.running(&["site-1", "site-2"], 1);
+    // site-1 was told to stop (a late start elsewhere, an old request): its kill is not a
+    // failure, and does not stop the run.
+    let d = w.site_exit_flagged("site-1", job_id, "r1", ExitOutcome::Signal(9), true);
+    assert!(
+        !kinds(&d).contains(&"run_stop_requested"),
+        "{:?}",
+        kinds(&d)
+    );
+    w.site_exit("site-2", job_id, "r2", ExitOutcome::Code(0));
+    w.server_exit(job_id, ExitOutcome::Code(0));
+    assert_eq!(w.status(job_id), RunStatus::Completed);
+}
+
+#[test]
+fn an_exit_the_site_says_was_its_own_counts_even_while_stopping() {
+    let mut w = World::default();
+    let job_id = w.running(&["site-1", "site-2"], 1);
+    w.site_exit("site-1", job_id, "r1", ExitOutcome::Code(101));
+    assert_eq!(w.job(job_id).run.phase, RunPhase::Stopping);
+    // site-2 crashed on its own (104, sticky) before its stop arrived.
+    w.site_exit_flagged("site-2", job_id, "r2", ExitOutcome::Code(104), false);
+    w.server_exit(job_id, ExitOutcome::Signal(15));
+    assert_eq!(w.status(job_id), RunStatus::Abnormal);
+}
+
+// ---- SPEC section 6: the signer ----
+
+#[test]
+fn the_signer_is_recorded_and_a_clone_keeps_submitter_and_signer() {
+    let mut w = World::default();
+    let signer = admin("sam", "acme", Role::Lead);
+    let lee = admin("lee", "acme", Role::Lead);
+    let d = w.admin_as(
+        lee.clone(),
+        AdminRequest::SubmitJob {
+            meta: meta(&["site-1"], 1),
+            package: package(),
+            signer: Some(signer.clone()),
+        },
+    );
+    let Some(Ok(Answer::Submitted { job_id })) = d.reply else {
+        panic!("{:?}", d.reply)
+    };
+    assert!(d.events.iter().any(|e| matches!(
+        &e.kind,
+        EventKind::JobSubmitted { signer: Some(s), .. } if *s == signer
+    )));
+    assert_eq!(w.job(job_id).signer.as_ref(), Some(&signer));
+    let d = w.admin_as(boss(), AdminRequest::CloneJob { job_id });
+    let Some(Ok(Answer::Submitted { job_id: clone })) = d.reply else {
+        panic!("{:?}", d.reply)
+    };
+    assert_eq!(w.job(clone).submitter, lee);
+    assert_eq!(w.job(clone).signer.as_ref(), Some(&signer));
+    let submitted = d
+        .events
+        .iter()
+        .find(|e| e.kind.name() == "job_submitted")
+        .expect("recorded");
+    assert_eq!(
+        submitted.actor.identity(),
+        Some(boss()),
+        "the cloner is the actor"
+    );
+}
+
+#[test]
+fn a_signer_whose_role_may_not_submit_is_refused() {
+    let mut w = World::default();
+    let d = w.admin_as(
+        boss(),
+        AdminRequest::SubmitJob {
+            meta: meta(&["site-1"], 1),
+            package: package(),
+            signer: Some(admin("mo", "acme", Role::Member)),
+        },
+    );
+    assert!(
+        matches!(d.reply, Some(Err(Rejection::SignerNotAllowed { .. }))),
+        "{:?}",
+        d.reply
+    );
+    assert!(w.state.jobs.is_empty());
+}
+
+// ---- a site cannot grow the history without bound ----
+
+#[test]
+fn exit_reports_are_recorded_once_per_site_the_job_was_sent_to() {
+    let mut w = World::default();
+    let job_id = w.running(&["site-1"], 1);
+    w.connect("site-9");
+    let before = w.state.last_seq;
+    // A site the job was never sent to, an unknown job, oversized ids: nothing recorded.
+    w.site_exit_flagged("site-9", job_id, "x1", ExitOutcome::Code(1), false);
+    let unknown = fedrun::job::JobId(uuid::Uuid::from_u128(99));
+    w.site_exit_flagged("site-1", unknown, "x2", ExitOutcome::Code(1), false);
+    w.site_exit_flagged(
+        "site-1",
+        job_id,
+        &"r".repeat(300),
+        ExitOutcome::Code(1),
+        false,
+    );
+    w.site_exit_flagged(&"s".repeat(300), job_id, "x3", ExitOutcome::Code(1), false);
+    assert_eq!(w.state.last_seq, before, "nothing was recorded");
+    // The real site: one exit recorded, then no more under new report ids.
+    let d = w.site_exit_flagged("site-1", job_id, "r1", ExitOutcome::Code(1), false);
+    assert!(kinds(&d).contains(&"site_outcome_reported"));
+    let after = w.state.last_seq;
+    for n in 0..50 {
+        let d = w.site_exit_flagged(
+            "site-1",
+            job_id,
+            &format!("again-{n}"),
+            ExitOutcome::Code(1),
+            false,
+        );
+        assert!(d.events.is_empty());
+    }
+    assert_eq!(w.state.last_seq, after);
+    assert_eq!(w.job(job_id).run.report_ids.len(), 1);
+}
+
+#[test]
+fn a_connect_records_only_jobs_the_site_was_sent() {
+    let mut w = World::default();
+    let job_id = w.running(&["site-1"], 1);
+    let strangers: Vec<fedrun::job::JobId> = (100..1100)
+        .map(|n| fedrun::job::JobId(uuid::Uuid::from_u128(n)))
+        .collect();
+    let mut running = strangers.clone();
+    running.push(job_id);
+    let d = w.site(
+        "site-1",
+        SiteReport::Connected {
+            resources: Default::default(),
+            running,
+        },
+    );
+    let recorded = d.events.iter().find_map(|e| match &e.kind {
+        EventKind::SiteConnected { running, .. } => Some(running.clone()),
+        _ => None,
+    });
+    assert_eq!(recorded, Some(vec![job_id]));
+    // The unknown jobs are still told to stop.
+    assert!(d.effects.contains(&Effect::StopSiteApp {
+        site: "site-1".into(),
+        job_id: strangers[0]
+    }));
+}
