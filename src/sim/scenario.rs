@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
-use crate::job::meta::{AppTargets, JobMeta, ALL_SITES, SERVER};
+use crate::job::meta::{JobMeta, SERVER};
 
 /// Why a scenario cannot be run.
 #[derive(Debug, thiserror::Error)]
@@ -296,87 +296,53 @@ pub struct MetaSpec {
 }
 
 impl MetaSpec {
-    /// Validates the meta by the rules of SPEC section 5 (every app of the deploy map exists
-    /// in a simulated package by construction) and returns the model the engine stores.
+    /// Builds the `meta.json` this table stands for and validates it with the package's own
+    /// parser ([`JobMeta::parse`], SPEC section 5), so a scenario accepts exactly the metas a
+    /// package would. Every app of the deploy map exists in a simulated package by
+    /// construction, so the one rule that needs the package holds.
     pub fn to_job_meta(&self, name: &str) -> Result<JobMeta, String> {
-        if self.deploy_map.is_empty() {
-            return Err("deploy_map is empty".into());
-        }
-        let deploy_map: Vec<AppTargets> = self
+        let deploy_map: serde_json::Map<String, serde_json::Value> = self
             .deploy_map
             .iter()
-            .map(|(app, t)| AppTargets {
-                app: app.clone(),
-                targets: t.targets().to_vec(),
+            .map(|(app, t)| (app.clone(), serde_json::json!(t.targets())))
+            .collect();
+        let resource_spec: serde_json::Map<String, serde_json::Value> = self
+            .resource_spec
+            .iter()
+            .map(|(site, amounts)| {
+                let amounts: serde_json::Map<String, serde_json::Value> = amounts
+                    .iter()
+                    .map(|(key, amount)| (key.clone(), json_amount(*amount)))
+                    .collect();
+                (site.clone(), serde_json::Value::Object(amounts))
             })
             .collect();
-        let uses_all = deploy_map
-            .iter()
-            .any(|a| a.targets.iter().any(|t| t == ALL_SITES));
-        let mut listed: BTreeSet<&str> = BTreeSet::new();
-        if uses_all {
-            if deploy_map.len() != 1 || deploy_map[0].targets != [ALL_SITES] {
-                return Err(
-                    "@ALL must be the only target of the only app in deploy_map".to_string()
-                );
-            }
-        } else {
-            let mut server_count = 0;
-            for app in &deploy_map {
-                if app.targets.is_empty() {
-                    return Err(format!("deploy_map app {} has no targets", app.app));
-                }
-                for t in &app.targets {
-                    if t == SERVER {
-                        server_count += 1;
-                    } else if !listed.insert(t.as_str()) {
-                        return Err(format!("site {t} appears in more than one app"));
-                    }
-                }
-            }
-            if server_count != 1 {
-                return Err(format!(
-                    "\"server\" must appear exactly once in deploy_map, found {server_count}"
-                ));
-            }
+        let mut meta = serde_json::Map::new();
+        meta.insert("name".into(), name.into());
+        meta.insert("deploy_map".into(), deploy_map.into());
+        if let Some(min_clients) = self.min_clients {
+            meta.insert("min_clients".into(), min_clients.into());
         }
-        let min_clients = self.min_clients.unwrap_or(1);
-        if min_clients < 1 {
-            return Err(format!(
-                "min_clients must be a positive integer, not {min_clients}"
-            ));
-        }
-        let min_clients = u32::try_from(min_clients)
-            .map_err(|_| format!("min_clients {min_clients} is too large"))?;
-        if !uses_all && min_clients as usize > listed.len() {
-            return Err(format!(
-                "min_clients ({min_clients}) is larger than the listed sites ({})",
-                listed.len()
-            ));
-        }
-        if !uses_all {
-            for m in &self.mandatory_clients {
-                if !listed.contains(m.as_str()) {
-                    return Err(format!("mandatory client {m} is not listed in deploy_map"));
-                }
-            }
-        }
-        for (site, amounts) in &self.resource_spec {
-            for (key, amount) in amounts {
-                if !amount.is_finite() || *amount < 0.0 {
-                    return Err(format!(
-                        "resource_spec {site}.{key} must be a non-negative number, not {amount}"
-                    ));
-                }
-            }
-        }
-        Ok(JobMeta {
-            name: name.to_string(),
-            deploy_map,
-            min_clients,
-            mandatory_clients: self.mandatory_clients.clone(),
-            resource_spec: self.resource_spec.clone(),
-        })
+        meta.insert(
+            "mandatory_clients".into(),
+            serde_json::json!(self.mandatory_clients),
+        );
+        meta.insert("resource_spec".into(), resource_spec.into());
+        let bytes = serde_json::to_vec(&serde_json::Value::Object(meta))
+            .map_err(|e| format!("cannot encode the meta as JSON: {e}"))?;
+        // The folder name only stands in for a missing `name`, and the name is always given.
+        JobMeta::parse(&bytes, name).map_err(|e| e.to_string())
+    }
+}
+
+/// A resource amount as JSON. JSON has no NaN or infinity (serde_json would turn them into
+/// `null`), so those are passed as their TOML spelling in a string: the parser refuses it
+/// and its message names the value the scenario wrote.
+fn json_amount(amount: f64) -> serde_json::Value {
+    if amount.is_finite() {
+        amount.into()
+    } else {
+        amount.to_string().into()
     }
 }
 
@@ -709,7 +675,11 @@ do = "clone a"
         assert!(err(&job(
             "{ deploy_map = { a = [\"server\", \"s1\"], b = [\"s1\"] } }"
         ))
-        .contains("more than one app"));
+        .contains("listed more than once"));
+        assert!(err(&job(
+            "{ deploy_map = { a = [\"server\"], b = [\"server\", \"s1\"] } }"
+        ))
+        .contains("\"server\" is listed more than once"));
         assert!(err(&job(
             "{ deploy_map = { a = [\"server\", \"s1\"] }, min_clients = 2 }"
         ))
@@ -721,7 +691,25 @@ do = "clone a"
         assert!(err(&job(
             "{ deploy_map = { a = [\"server\", \"s1\"] }, mandatory_clients = [\"s2\"] }"
         ))
-        .contains("s2"));
+        .contains("mandatory client \"s2\""));
+        let spec = |amount: &str| {
+            job(&format!(
+                "{{ deploy_map = {{ a = [\"server\", \"s1\"] }}, resource_spec = {{ s1 = {{ gpu = {amount} }} }} }}"
+            ))
+        };
+        assert!(err(&spec("-1.0")).contains("non-negative number, not -1"));
+        // NaN and infinity have no JSON form; the message still names what was written.
+        assert!(
+            err(&spec("nan")).contains("not \"NaN\""),
+            "{}",
+            err(&spec("nan"))
+        );
+        assert!(
+            err(&spec("inf")).contains("not \"inf\""),
+            "{}",
+            err(&spec("inf"))
+        );
+        assert!(parse(&spec("1.5")).is_ok());
         let ok = job("{ deploy_map = { a = { sites = [\"server\", \"s1\"] } } }");
         assert!(parse(&ok).is_ok());
     }

@@ -1,5 +1,6 @@
-//! A simulated site: answers the engine's [`SiteRequest`]s by the scenario's rules, keeps a
-//! resource ledger, and runs pretend app processes that end at a virtual time.
+//! A simulated site: answers the engine's [`SiteRequest`]s by the scenario's rules, keeps its
+//! resources in the production [`Ledger`] on the virtual clock, and runs pretend app
+//! processes that end at a virtual time.
 //!
 //! It speaks exactly the messages of [`crate::site::protocol`], like the local and remote
 //! sites, so the engine cannot tell it apart from a real one. It owns no clock: the driver
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use crate::job::JobId;
 use crate::sim::scenario::{Answer, AppEnd, Behaviour, SiteSpec};
+use crate::site::ledger::{Holding, Ledger, ReserveError};
 use crate::site::protocol::{ExitOutcome, SiteReport, SiteRequest};
 
 /// The signal a simulated app dies of when fedrun stops it (SIGTERM, honoured at once).
@@ -34,12 +36,9 @@ pub enum SiteOutput {
     },
 }
 
-#[derive(Clone, Debug)]
-struct Reservation {
-    job_id: JobId,
-    amounts: BTreeMap<String, f64>,
-    expires_at: Duration,
-}
+/// The incarnation in the simulated sites' reservation tokens. A simulated site never
+/// restarts (only the server does), so one incarnation serves the whole run.
+const INCARNATION: &str = "sim";
 
 #[derive(Clone, Debug)]
 struct App {
@@ -54,8 +53,9 @@ pub struct SimSite {
     reservation_timeout: Duration,
     /// Whether the site is connected to the server now.
     pub online: bool,
-    reservations: BTreeMap<String, Reservation>,
-    in_use: BTreeMap<JobId, BTreeMap<String, f64>>,
+    /// Reservations and resources in use, kept by the same code as a local site's, so the
+    /// simulator checks the real bookkeeping rather than a copy of it.
+    ledger: Ledger<Duration>,
     deployed: BTreeSet<JobId>,
     apps: BTreeMap<JobId, App>,
     /// App exit reports not yet acknowledged, oldest first; a site keeps them and resends
@@ -66,7 +66,6 @@ pub struct SimSite {
     ever_ran: BTreeSet<JobId>,
     /// Every exit report this site made (job, id, outcome), for lies that repeat an id.
     made: Vec<(JobId, String, ExitOutcome)>,
-    next_token: u64,
     next_report: u64,
     next_generation: u64,
 }
@@ -74,18 +73,17 @@ pub struct SimSite {
 impl SimSite {
     /// A site following `spec`, offline until the driver connects it.
     pub fn new(spec: SiteSpec, reservation_timeout: Duration) -> Self {
+        let ledger = Ledger::new(&spec.name, spec.resources.clone(), INCARNATION);
         SimSite {
             spec,
             reservation_timeout,
             online: false,
-            reservations: BTreeMap::new(),
-            in_use: BTreeMap::new(),
+            ledger,
             deployed: BTreeSet::new(),
             apps: BTreeMap::new(),
             unacked: Vec::new(),
             ever_ran: BTreeSet::new(),
             made: Vec::new(),
-            next_token: 0,
             next_report: 0,
             next_generation: 0,
         }
@@ -156,18 +154,6 @@ impl SimSite {
         &self.made
     }
 
-    fn free(&self, key: &str, now: Duration) -> f64 {
-        let declared = self.spec.resources.get(key).copied().unwrap_or(0.0);
-        let reserved: f64 = self
-            .reservations
-            .values()
-            .filter(|r| r.expires_at > now)
-            .filter_map(|r| r.amounts.get(key))
-            .sum();
-        let used: f64 = self.in_use.values().filter_map(|u| u.get(key)).sum();
-        declared - reserved - used
-    }
-
     /// Answers one request at virtual time `now`; `behaviour` is this site's behaviour for
     /// the request's job.
     pub fn handle(
@@ -176,42 +162,26 @@ impl SimSite {
         now: Duration,
         behaviour: Behaviour,
     ) -> Vec<SiteOutput> {
-        // Lapsed reservations are dropped lazily: nothing observes them between requests.
-        self.reservations.retain(|_, r| r.expires_at > now);
         match request {
             SiteRequest::CheckResources {
                 try_id,
                 job_id,
                 resources,
             } => {
-                let short: Vec<String> = resources
-                    .iter()
-                    .filter(|(k, asked)| **asked > self.free(k, now))
-                    .map(|(k, asked)| format!("{k}: asked {asked}, free {}", self.free(k, now)))
-                    .collect();
-                let answer = if short.is_empty() {
-                    self.next_token += 1;
-                    let token = format!("{}/r{}", self.spec.name, self.next_token);
-                    self.reservations.insert(
-                        token.clone(),
-                        Reservation {
-                            job_id,
-                            amounts: resources,
-                            expires_at: now + self.reservation_timeout,
-                        },
-                    );
-                    Ok(token)
-                } else {
-                    Err(format!("not enough resources ({})", short.join(", ")))
-                };
+                let answer = self
+                    .ledger
+                    .reserve(job_id, &resources, now, self.reservation_timeout)
+                    .map_err(|e| e.to_string());
                 vec![SiteOutput::Report(SiteReport::ResourceAnswer {
                     try_id,
                     job_id,
                     answer,
                 })]
             }
-            SiteRequest::CancelReservation { token, .. } => {
-                self.reservations.remove(&token);
+            SiteRequest::CancelReservation { job_id, token } => {
+                // A stale token (replaced, lapsed and started, already cancelled) holds
+                // nothing to give back, so there is nothing to answer either way.
+                self.ledger.cancel(job_id, &token);
                 Vec::new()
             }
             SiteRequest::Deploy { job_id, .. } => match behaviour.deploy {
@@ -237,14 +207,17 @@ impl SimSite {
                 }
                 match behaviour.start {
                     Answer::Ok => {
-                        // The reservation turns into resources in use for the run.
-                        let token = self
-                            .reservations
-                            .iter()
-                            .find(|(_, r)| r.job_id == job_id)
-                            .map(|(t, _)| t.clone());
-                        if let Some(r) = token.and_then(|t| self.reservations.remove(&t)) {
-                            self.in_use.insert(job_id, r.amounts);
+                        // The reservation turns into resources in use for the run. A start
+                        // of an app that already runs restarts it (the simulated app has no
+                        // process to refuse it), and its resources stay held as they are.
+                        match self.ledger.start(job_id, now) {
+                            Ok(()) | Err(ReserveError::AlreadyRunning { .. }) => {}
+                            Err(e) => {
+                                return vec![SiteOutput::Report(SiteReport::StartAnswer {
+                                    job_id,
+                                    result: Err(format!("cannot hold the job's resources: {e}")),
+                                })];
+                            }
                         }
                         self.next_generation += 1;
                         let generation = self.next_generation;
@@ -290,14 +263,21 @@ impl SimSite {
             }
             SiteRequest::Delete { job_id } => {
                 self.deployed.remove(&job_id);
-                self.reservations.retain(|_, r| r.job_id != job_id);
+                // Only a reservation goes: a running app keeps its resources until it
+                // exits, as it keeps running here.
+                if matches!(
+                    self.ledger.reservation(job_id).map(|r| r.holding),
+                    Some(Holding::Reserved { .. })
+                ) {
+                    self.ledger.release(job_id);
+                }
                 Vec::new()
             }
         }
     }
 
     fn exited(&mut self, job_id: JobId, outcome: ExitOutcome, stop_requested: bool) -> SiteReport {
-        self.in_use.remove(&job_id);
+        self.ledger.release(job_id);
         self.next_report += 1;
         let report = SiteReport::AppExited {
             job_id,
@@ -391,7 +371,7 @@ mod tests {
         assert!(check(&mut s, job(1), 2.0, 0).is_ok());
         // Both GPUs are reserved, so a second job cannot have one...
         let err = check(&mut s, job(2), 1.0, 29).expect_err("no GPU is free at 29 s");
-        assert!(err.contains("asked 1, free 0"), "{err}");
+        assert!(err.contains("asked 1, free 0 of 2"), "{err}");
         // ...until the first reservation lapses at 0 s + reservation_timeout (30 s).
         assert!(check(&mut s, job(2), 1.0, 30).is_ok());
     }
@@ -436,6 +416,38 @@ mod tests {
             other => panic!("expected an exit report, got {other:?}"),
         }
         assert!(check(&mut s, job(2), 1.0, 31).is_ok());
+    }
+
+    /// The ledger's rule, now the simulated site's too: a start after the reservation
+    /// lapsed takes the amounts again only when they are still free, so a site is never
+    /// oversubscribed.
+    #[test]
+    fn a_late_start_is_refused_when_its_lapsed_resources_were_taken() {
+        let mut s = site(&[("num_of_gpus", 1.0)]);
+        check(&mut s, job(1), 1.0, 0).expect("free GPU");
+        check(&mut s, job(2), 1.0, 30).expect("job 1's reservation lapsed at 30 s");
+        s.handle(
+            SiteRequest::Deploy {
+                job_id: job(1),
+                app_name: "app".into(),
+                package: Default::default(),
+                verify_at: None,
+            },
+            Duration::from_secs(31),
+            ok(),
+        );
+        let out = s.handle(
+            SiteRequest::Start { job_id: job(1) },
+            Duration::from_secs(31),
+            ok(),
+        );
+        match &out[..] {
+            [SiteOutput::Report(SiteReport::StartAnswer {
+                result: Err(err), ..
+            })] => assert!(err.contains("num_of_gpus: asked 1, free 0 of 1"), "{err}"),
+            other => panic!("expected a refused start, got {other:?}"),
+        }
+        assert!(!s.is_running(job(1)));
     }
 
     #[test]
