@@ -125,3 +125,41 @@ fn an_invalid_scenario_exits_non_zero_with_a_clear_message() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/scenario.toml"));
 }
+
+#[test]
+fn a_fault_seed_replays_byte_for_byte_and_a_broken_invariant_prints_its_history() {
+    let path = scenario("campaign/storage.toml");
+    let a = fedrun(&["sim", &path, "--seed", "3", "--json"]);
+    let b = fedrun(&["sim", &path, "--seed", "3", "--json"]);
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    assert_eq!(a.stdout, b.stdout, "a seed replays its faults exactly");
+    // A committed regression case of a core defect: the replay command exits non-zero,
+    // names the invariant, and prints the stored history that led to it.
+    let bad = fedrun(&[
+        "sim",
+        &scenario("regressions/lie_never_ran.toml"),
+        "--seed",
+        "0",
+    ]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("invariant broken"), "{err}");
+    assert!(
+        err.contains("job_dispatched"),
+        "the history is printed: {err}"
+    );
+}
+
+#[test]
+fn unknown_fault_keys_and_bad_rates_are_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("s.toml");
+    std::fs::write(&file, "[faults]\ndrop = 0.1\ncrash_rate = 0.1\n").expect("write");
+    let out = fedrun(&["sim", &file.display().to_string()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("crash_rate"));
+    std::fs::write(&file, "[faults]\ndrop = 2\n").expect("write");
+    let out = fedrun(&["sim", &file.display().to_string()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("probability"));
+}

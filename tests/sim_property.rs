@@ -261,7 +261,12 @@ fn check(text: &str, seed: u64) -> Result<(), TestCaseError> {
             ));
         }
     };
-    let result = fedrun::sim::driver::run_observed(&checked, seed, Some(&mut observer))
+    // The simulator's own invariants run too; a known defect of the core (routed for a
+    // fix, see `KnownBug::StopEndsEarly` and its regression case) is counted, not failed.
+    let options = fedrun::sim::driver::RunOptions {
+        tolerate: vec![fedrun::sim::invariants::KnownBug::StopEndsEarly],
+    };
+    let result = fedrun::sim::driver::run_full(&checked, seed, Some(&mut observer), &options)
         .map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
     prop_assert!(violations.is_empty(), "{violations:#?}\n{text}");
     prop_assert_eq!(observed, result.events.len(), "every event was checked");
@@ -315,7 +320,10 @@ fn generated_scenarios_reach_every_kind_of_ending() {
             .expect("a scenario")
             .current();
         let checked = fedrun::sim::scenario::parse(&text).expect("valid");
-        let result = fedrun::sim::driver::run(&checked, 1).expect("runs");
+        let options = fedrun::sim::driver::RunOptions {
+            tolerate: vec![fedrun::sim::invariants::KnownBug::StopEndsEarly],
+        };
+        let result = fedrun::sim::driver::run_with(&checked, 1, &options).expect("runs");
         restarts += result
             .events
             .iter()

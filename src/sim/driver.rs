@@ -13,22 +13,30 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::engine::clock::{Clock, VirtualClock, SIM_EPOCH};
+use crate::engine::clock::{VirtualClock, SIM_EPOCH};
 use crate::engine::ids::SeededIds;
 use crate::engine::owner::{Engine, EngineLimits, Ids, Released, StartError, StepError};
-use crate::history::{History, MemoryStorage};
+use crate::history::History;
 use crate::job::JobId;
 use crate::lifecycle::{
-    AdminRequest, Answer, BlobHash, Command, Effect, Event, Identity, Origin, Role, State,
-    Timestamp,
+    AdminRequest, Answer, BlobHash, Command, Effect, Event, EventKind, Identity, Origin, Role,
+    State, Timestamp,
 };
 use crate::settings::Settings;
+use crate::sim::faults::{CrashPoint, Delivery, Direction, Faults, Lie, TickFault};
+use crate::sim::invariants::{Checker, KnownBug, Limits, SiteNow, World};
+use crate::sim::model::Fact;
 use crate::sim::scenario::{Action, AppEnd, Behaviour, Checked, JobSpec};
 use crate::sim::site::{SimSite, SiteOutput, KILL_SIGNAL, STOP_SIGNAL};
+use crate::sim::storage::FaultyStorage;
 use crate::site::protocol::{ExitOutcome, SiteReport, SiteRequest};
 
 /// A run ends at the latest after this much virtual time.
 pub const CAP: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// How often a site resends the exit reports the server has not acknowledged (under
+/// faults; without them every report is acknowledged at once).
+const RESEND_EVERY: Duration = Duration::from_secs(5);
 
 /// Steps allowed at one instant before the run is declared stuck (a rule that keeps
 /// answering itself without time passing).
@@ -81,6 +89,17 @@ pub enum SimError {
     /// The stored history could not be read back.
     #[error("reading the stored history back failed: {0}")]
     Replay(String),
+    /// An invariant of [`crate::sim::invariants`] or the reference model was broken.
+    #[error("at {at}: invariant broken: {what}")]
+    Invariant {
+        /// Virtual time.
+        at: String,
+        /// What was broken.
+        what: String,
+        /// The stored history and the driver's notes up to the failure, one line each,
+        /// for a person replaying the seed (not part of the message).
+        trail: Vec<String>,
+    },
     /// The same instant kept producing work without time moving.
     #[error("the simulation made no progress at {at}: over {STEPS_PER_INSTANT_MAX} steps at one instant")]
     Stuck {
@@ -115,6 +134,20 @@ pub struct SimResult {
     pub state: State,
     /// Things the driver itself noted (postponed or skipped actions), with virtual times.
     pub notes: Vec<(Duration, String)>,
+    /// How many faults of each kind the run had (all zero without a `[faults]` table).
+    pub faults: crate::sim::faults::FaultCounts,
+    /// How often each tolerated known defect of the core showed (empty unless
+    /// [`RunOptions::tolerate`] named one).
+    pub known_hits: BTreeMap<KnownBug, u32>,
+    /// How many jobs the reference model predicted (and agreed with).
+    pub model_checked: u32,
+}
+
+/// How to run a simulation beyond its scenario and seed.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Known defects of the core to count instead of failing on (the campaign's only).
+    pub tolerate: Vec<KnownBug>,
 }
 
 /// The virtual time of a timestamp, as an offset from virtual time 0.
@@ -138,8 +171,30 @@ enum Item {
     Report {
         site: usize,
         report: SiteReport,
+        /// The server boot and the site's connection it was sent on: a report in flight
+        /// is lost with its connection.
+        conn: (u64, u64),
     },
-    ToEngine(Command),
+    /// A command from the server's own workers, for the server process of this boot.
+    ToEngine(Command, u64),
+    // FAULTS: items that only runs with a `[faults]` table schedule.
+    /// A request on its way to a site (delayed), sent on this connection.
+    Request {
+        site: usize,
+        request: SiteRequest,
+        job_id: JobId,
+        epoch: u64,
+    },
+    /// The next fault tick.
+    FaultTick,
+    /// A site that a fault disconnected comes back.
+    SiteBack(usize),
+    /// A site resends the exit reports not yet acknowledged.
+    Resend(usize),
+    /// The server starts again after a crash or a stop.
+    Restart,
+    /// The fault window ends: the disk has room again.
+    FaultsEnd,
     SiteAppEnd {
         site: usize,
         job_id: JobId,
@@ -160,6 +215,8 @@ enum Tag {
 struct ServerApp {
     generation: u64,
     end: AppEnd,
+    /// The server run that started it.
+    boot: u64,
 }
 
 /// Hook called after every event the engine makes durable, with the state after it; the
@@ -171,7 +228,7 @@ struct Sim<'a> {
     seed: u64,
     settings: Settings,
     clock: VirtualClock,
-    storage: MemoryStorage,
+    storage: FaultyStorage,
     engine: Option<Engine>,
     boots: u64,
     sites: Vec<SimSite>,
@@ -188,6 +245,43 @@ struct Sim<'a> {
     observer: Option<Observer<'a>>,
     observed: State,
     scenario_items_pending: usize,
+    // FAULTS: the fault decisions, the invariant checker and the physical facts they use.
+    faults: Faults,
+    checker: Checker,
+    /// Per site: its connection number (a new one at every connect or loss).
+    epochs: Vec<u64>,
+    /// Per site: since when (virtual) it is connected or disconnected.
+    site_since: Vec<Duration>,
+    /// Per site: the scenario took it offline (a fault must not bring it back).
+    held_offline: Vec<bool>,
+    /// Per site: a resend of unacknowledged reports is scheduled.
+    resend_pending: Vec<bool>,
+    /// Per link (site, towards the server): when its last message arrives.
+    link_last: BTreeMap<(usize, bool), Duration>,
+    /// The wall clock minus virtual time, in milliseconds (clock steps move it).
+    wall_offset_ms: i64,
+    /// The server clock's origin: its time and the virtual time it started at.
+    server_base: (Timestamp, Duration),
+    /// When the running server started (virtual), `None` while it is down.
+    server_up_since: Option<Duration>,
+    /// Archives written to the simulated blob store.
+    archives: BTreeMap<JobId, BlobHash>,
+    /// Facts fed to the engine, by job, with the sequence number they came at.
+    facts: BTreeMap<JobId, Vec<(u64, Fact)>>,
+    /// Lies told: (report id, outcome).
+    lies: std::collections::BTreeSet<(String, ExitOutcome)>,
+    lies_told: u64,
+    /// A violation found in the middle of a batch, reported after it.
+    violation: Option<String>,
+    /// Records that a start found although no append acknowledged them.
+    unacked_survivors: std::collections::BTreeSet<u64>,
+    /// Per site: its current disconnect was recorded by a running server.
+    away_recorded: Vec<bool>,
+    /// Per site: when it came back after staying away past its grace, and its apps then.
+    returned: Vec<Option<(Duration, Vec<JobId>)>>,
+    /// An IO point decided to crash the server; the crash happens once the effect loop
+    /// returns.
+    crash_requested: bool,
 }
 
 /// The identity every scenario action acts as.
@@ -204,11 +298,27 @@ pub fn run(checked: &Checked, seed: u64) -> Result<SimResult, SimError> {
     run_observed(checked, seed, None)
 }
 
+/// Runs a checked scenario with a seed and options.
+pub fn run_with(checked: &Checked, seed: u64, options: &RunOptions) -> Result<SimResult, SimError> {
+    run_full(checked, seed, None, options)
+}
+
 /// Runs a checked scenario with a seed, calling `observer` after every durable event.
 pub fn run_observed<'a>(
     checked: &'a Checked,
     seed: u64,
     observer: Option<Observer<'a>>,
+) -> Result<SimResult, SimError> {
+    run_full(checked, seed, observer, &RunOptions::default())
+}
+
+/// Runs a checked scenario with a seed and options, calling `observer` after every
+/// durable event.
+pub fn run_full<'a>(
+    checked: &'a Checked,
+    seed: u64,
+    observer: Option<Observer<'a>>,
+    options: &RunOptions,
 ) -> Result<SimResult, SimError> {
     let settings: Settings = checked
         .scenario
@@ -222,12 +332,13 @@ pub fn run_observed<'a>(
         .iter()
         .map(|s| SimSite::new(s.clone(), settings.reservation_timeout))
         .collect();
+    let site_count = checked.scenario.sites.len();
     let sim = Sim {
         checked,
         seed,
         settings,
         clock: VirtualClock::new(),
-        storage: MemoryStorage::new(),
+        storage: FaultyStorage::new(),
         engine: None,
         boots: 0,
         sites,
@@ -249,6 +360,36 @@ pub fn run_observed<'a>(
         observer,
         observed: State::new(),
         scenario_items_pending: 0,
+        // The fault stream is seeded apart from the job ids, so adding a fault to a
+        // scenario does not change the ids of its jobs.
+        faults: Faults::new(
+            checked.scenario.faults.as_ref(),
+            seed ^ 0x5eed_fa17_5eed_fa17,
+        ),
+        checker: {
+            let mut checker = Checker::new();
+            for bug in &options.tolerate {
+                checker.tolerate(*bug);
+            }
+            checker
+        },
+        epochs: vec![0; site_count],
+        site_since: vec![Duration::ZERO; site_count],
+        held_offline: vec![false; site_count],
+        resend_pending: vec![false; site_count],
+        link_last: BTreeMap::new(),
+        wall_offset_ms: 0,
+        server_base: (SIM_EPOCH, Duration::ZERO),
+        server_up_since: None,
+        archives: BTreeMap::new(),
+        facts: BTreeMap::new(),
+        lies: Default::default(),
+        lies_told: 0,
+        crash_requested: false,
+        violation: None,
+        away_recorded: vec![false; site_count],
+        unacked_survivors: Default::default(),
+        returned: vec![None; site_count],
     };
     sim.run()
 }
@@ -285,6 +426,13 @@ impl<'a> Sim<'a> {
         for (i, a) in self.checked.scenario.actions.iter().enumerate() {
             self.schedule(a.at, Item::Action(i));
         }
+        // FAULTS: the end of the fault window comes first at its instant, then the ticks.
+        if let Some(until) = self.faults.until() {
+            self.schedule(until, Item::FaultsEnd);
+        }
+        if let Some(at) = self.faults.next_tick(Duration::ZERO) {
+            self.schedule(at, Item::FaultTick);
+        }
         self.start_engine()?;
         let until = self.checked.scenario.sim.until;
         let ended = loop {
@@ -296,7 +444,7 @@ impl<'a> Sim<'a> {
                 .engine
                 .as_ref()
                 .and_then(|e| e.next_deadline())
-                .map(|(t, _)| offset(t).max(self.now()));
+                .map(|(t, _)| self.virtual_of(t).max(self.now()));
             let next = match (next_item, next_timer) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -320,6 +468,16 @@ impl<'a> Sim<'a> {
     fn settled(&self) -> bool {
         // Cheap checks first: the state's own check walks every job.
         if self.scenario_items_pending > 0 || !self.postponed.is_empty() {
+            return false;
+        }
+        // FAULTS: a run with faults is over only when nothing is on its way either: no
+        // message in flight, no site or server waiting to come back.
+        if self.faults.spec().is_some()
+            && !self
+                .agenda
+                .values()
+                .all(|i| matches!(i, Item::FaultTick | Item::Resend(_) | Item::FaultsEnd))
+        {
             return false;
         }
         self.engine.as_ref().is_some_and(|e| e.is_settled())
@@ -368,11 +526,20 @@ impl<'a> Sim<'a> {
                         continue;
                     }
                 }
+                if let Item::Restart = item {
+                    // FAULTS: a supervisor restarts the server (after a crash, or once the
+                    // faults stopped after its append failed).
+                    self.feed(std::mem::take(&mut batch))?;
+                    if self.engine.is_none() {
+                        self.restart()?;
+                    }
+                    continue;
+                }
                 self.collect(item, &mut batch);
             }
             if let Some(engine) = &self.engine {
                 if let Some((due, timer)) = engine.next_deadline() {
-                    if offset(due) <= t {
+                    if self.virtual_of(due) <= t {
                         batch.push((Command::TimerFired(timer), Tag::None));
                     }
                 }
@@ -427,16 +594,17 @@ impl<'a> Sim<'a> {
             }
             Item::Action(i) => self.collect_action(i, batch),
             Item::SiteOnline(s) => self.site_online(s, batch),
-            Item::Report { site, report } => {
-                if up && self.sites[site].online {
+            Item::Report { site, report, conn } => {
+                let live = conn == (self.boots, self.epochs[site]);
+                if up && self.sites[site].online && live {
                     let name = self.sites[site].name().to_string();
                     batch.push((Command::Site { site: name, report }, Tag::None));
                 } else if matches!(report, SiteReport::AppExited { .. }) {
                     self.sites[site].keep(report);
                 }
             }
-            Item::ToEngine(command) => {
-                if up {
+            Item::ToEngine(command, boot) => {
+                if up && boot == self.boots {
                     batch.push((command, Tag::None));
                 } else if matches!(command, Command::ServerAppExited { .. }) {
                     // The server app's exit is recorded in its workspace and found again
@@ -450,7 +618,7 @@ impl<'a> Sim<'a> {
                 generation,
             } => {
                 if let Some(report) = self.sites[site].app_due(job_id, generation) {
-                    self.collect(Item::Report { site, report }, batch);
+                    self.send_report(site, report);
                 }
             }
             Item::ServerAppEnd { job_id, generation } => {
@@ -465,12 +633,44 @@ impl<'a> Sim<'a> {
                             AppEnd::Killed => ExitOutcome::Signal(KILL_SIGNAL),
                         };
                         self.collect(
-                            Item::ToEngine(Command::ServerAppExited { job_id, outcome }),
+                            Item::ToEngine(
+                                Command::ServerAppExited { job_id, outcome },
+                                self.boots,
+                            ),
                             batch,
                         );
                     }
                 }
             }
+            // FAULTS: the items of the fault model.
+            Item::Request {
+                site,
+                request,
+                job_id,
+                epoch,
+            } => {
+                // A request sent on a connection that is gone is lost with it.
+                if self.sites[site].online && epoch == self.epochs[site] {
+                    self.handle_at_site(site, request, job_id);
+                }
+            }
+            Item::FaultTick => self.fault_tick(batch),
+            Item::SiteBack(s) => {
+                if !self.held_offline[s] {
+                    self.site_online(s, batch);
+                }
+            }
+            Item::Resend(s) => {
+                self.resend_pending[s] = false;
+                if self.sites[s].online && self.engine.is_some() {
+                    for report in self.sites[s].take_outbox() {
+                        self.send_report(s, report);
+                    }
+                }
+            }
+            Item::FaultsEnd => self.storage.set_full(false),
+            // Handled by run_instant, which splits the batch around it.
+            Item::Restart => {}
         }
     }
 
@@ -513,8 +713,12 @@ impl<'a> Sim<'a> {
             }
             Action::SiteOffline(site) => {
                 if let Some(s) = self.site_index(&site) {
+                    self.held_offline[s] = true;
                     if self.sites[s].online {
                         self.sites[s].online = false;
+                        self.epochs[s] += 1;
+                        self.site_since[s] = self.now();
+                        self.away_recorded[s] = self.engine.is_some();
                         if self.engine.is_some() {
                             batch.push((
                                 Command::Site {
@@ -529,6 +733,7 @@ impl<'a> Sim<'a> {
             }
             Action::SiteOnline(site) => {
                 if let Some(s) = self.site_index(&site) {
+                    self.held_offline[s] = false;
                     self.site_online(s, batch);
                 }
             }
@@ -547,6 +752,20 @@ impl<'a> Sim<'a> {
             return;
         }
         self.sites[s].online = true;
+        self.epochs[s] += 1;
+        // FAULTS: a site back after its grace ran out brings apps the server counts as ended.
+        let now = self.now();
+        if let Some(up) = self.server_up_since {
+            let away_from = if self.away_recorded[s] {
+                self.site_since[s]
+            } else {
+                self.site_since[s].max(up)
+            };
+            if now >= away_from + self.settings.site_reconnect_grace {
+                self.returned[s] = Some((now, self.sites[s].running()));
+            }
+        }
+        self.site_since[s] = now;
         if self.engine.is_some() {
             self.connect(s, batch);
         }
@@ -577,10 +796,24 @@ impl<'a> Sim<'a> {
         if let Some(engine) = self.engine.take() {
             // A crash: the in-memory state is gone; only the stored history remains.
             drop(engine);
+            self.server_up_since = None;
             self.note("server crashed".to_string());
         }
         if self.checked.actions[i] == Action::RestartServer {
+            self.restart()?;
+        }
+        Ok(())
+    }
+
+    /// Starts the server on its stored history and lets everything that waited for it in:
+    /// re-attaching runs, its workers' kept results, the sites, postponed actions.
+    fn restart(&mut self) -> Result<(), SimError> {
+        {
             self.start_engine()?;
+            if self.engine.is_none() {
+                // FAULTS: the start itself failed to append; the supervisor tries again.
+                return Ok(());
+            }
             let mut batch = Vec::new();
             if self.settings.resume_runs {
                 let mut alive: Vec<JobId> = self.server_apps.keys().copied().collect();
@@ -614,50 +847,154 @@ impl<'a> Sim<'a> {
 
     fn start_engine(&mut self) -> Result<(), SimError> {
         let at = self.at_text();
-        let history = History::in_memory(self.storage.clone()).map_err(|e| SimError::Start {
+        // FAULTS: what survived on disk must hold every acknowledged record.
+        let stored = self.storage.all_records();
+        self.checker
+            .on_start(&stored)
+            .map_err(|what| self.broken(what))?;
+        // Records that survived a failed append were never acknowledged: the reference
+        // model does not know what was fed in them, so it leaves their jobs alone.
+        let acked = self.checker.acked_len();
+        self.unacked_survivors.extend(
+            stored
+                .iter()
+                .map(|(seq, _)| *seq)
+                .filter(|seq| *seq > acked),
+        );
+        self.start_clock(&stored);
+        let history = History::from_storage(
+            Box::new(self.storage.clone()),
+            std::path::Path::new("memory"),
+        )
+        .map_err(|e| SimError::Start {
             at: at.clone(),
             source: Box::new(StartError::Open(e)),
         })?;
         self.boots += 1;
         let ids = Ids::Seeded(SeededIds::stream(self.seed, self.boots));
-        let (engine, released) = Engine::start(
+        let started = Engine::start(
             history,
             self.settings.clone(),
             ids,
             EngineLimits::default(),
-            self.clock.now(),
-        )
-        .map_err(|source| SimError::Start {
-            at,
-            source: Box::new(source),
-        })?;
+            self.server_now(),
+        );
+        let (engine, released) = match started {
+            Ok(started) => started,
+            Err(StartError::Step(StepError::Append { .. })) if self.faults.spec().is_some() => {
+                // FAULTS: the storage refused `ServerStarted`: this start failed too.
+                self.after_failed_append();
+                return Ok(());
+            }
+            Err(source) => {
+                return Err(SimError::Start {
+                    at,
+                    source: Box::new(source),
+                })
+            }
+        };
         self.engine = Some(engine);
+        self.server_up_since = Some(self.now());
+        if self.faults.spec().is_some() {
+            self.observed = State::new();
+        }
+        // FAULTS: replay everything stored into a fresh state; the start made it durable.
+        let stored = self.storage.all_records();
+        self.checker
+            .on_records(&stored, true, self.now())
+            .map_err(|what| self.broken(what))?;
+        self.checker.after_start();
         self.notify_observer()?;
         if self.boots > 1 {
             self.note("server restarted from its stored history".to_string());
         }
         self.dispatch(released);
-        Ok(())
+        self.after_dispatch()
     }
 
     fn feed(&mut self, batch: Vec<(Command, Tag)>) -> Result<(), SimError> {
         if batch.is_empty() {
             return Ok(());
         }
+        if self.engine.is_none() {
+            return Ok(());
+        }
+        let (commands, tags): (Vec<Command>, Vec<Tag>) = batch.into_iter().unzip();
+        // FAULTS: what the reference model and the acknowledgements need from the batch.
+        let fed: Vec<Option<(JobId, Fact)>> = commands.iter().map(|c| self.fact_of(c)).collect();
+        let to_ack: Vec<(String, String)> = commands
+            .iter()
+            .filter_map(|c| match c {
+                Command::Site {
+                    site,
+                    report: SiteReport::AppExited { report_id, .. },
+                } => Some((site.clone(), report_id.clone())),
+                _ => None,
+            })
+            .collect();
+        let aborts: Vec<Option<JobId>> = commands
+            .iter()
+            .map(|c| match c {
+                Command::Admin {
+                    request: AdminRequest::AbortJob { job_id },
+                    ..
+                } => Some(*job_id),
+                _ => None,
+            })
+            .collect();
+        let now = self.now();
+        if let Some(fault) = self.faults.write_fault(now, commands.len()) {
+            self.storage.plan(fault);
+        }
+        let server_now = self.server_now();
         let Some(engine) = self.engine.as_mut() else {
             return Ok(());
         };
-        let (commands, tags): (Vec<Command>, Vec<Tag>) = batch.into_iter().unzip();
-        let released =
-            engine
-                .step(commands, self.clock.now())
-                .map_err(|source| SimError::Step {
-                    at: format!(
-                        "+{}",
-                        crate::settings::format_duration(self.clock.elapsed())
-                    ),
+        let first_new = engine.state().last_seq + 1;
+        let stepped = engine.step(commands, server_now);
+        self.storage.unplan();
+        let released = match stepped {
+            Ok(released) => released,
+            Err(source) => {
+                let injected =
+                    self.faults.spec().is_some() && matches!(source, StepError::Append { .. });
+                if injected {
+                    // FAULTS: the append failed: the node stops (or died in the write).
+                    self.after_failed_append();
+                    return Ok(());
+                }
+                return Err(SimError::Step {
+                    at: self.at_text(),
                     source: Box::new(source),
-                })?;
+                });
+            }
+        };
+        // FAULTS: the step returned, so its records are acknowledged: check and keep them.
+        let stored: Vec<(u64, Vec<u8>)> = self
+            .storage
+            .all_records()
+            .into_iter()
+            .filter(|(seq, _)| *seq >= first_new)
+            .collect();
+        self.checker
+            .on_records(&stored, true, now)
+            .map_err(|what| self.broken(what))?;
+        for (i, outcome) in released.outcomes.iter().enumerate() {
+            if let Some((job_id, fact)) = fed[i].clone() {
+                self.facts
+                    .entry(job_id)
+                    .or_default()
+                    .push((outcome.events.start, fact));
+            }
+            if let Some(job_id) = aborts[i] {
+                if matches!(outcome.reply, Some(Ok(Ok(Answer::Accepted { .. })))) {
+                    self.facts
+                        .entry(job_id)
+                        .or_default()
+                        .push((outcome.events.start, Fact::Abort));
+                }
+            }
+        }
         for (outcome, tag) in released.outcomes.iter().zip(tags) {
             let Tag::NewJob(name) = tag else { continue };
             match &outcome.reply {
@@ -675,8 +1012,18 @@ impl<'a> Sim<'a> {
             }
         }
         self.notify_observer()?;
+        if self.faults.crash_at(CrashPoint::AfterAppend, now) {
+            // FAULTS: the batch is durable, but none of its effects or answers left.
+            self.crash("after an append, before its effects");
+            return self.check_world();
+        }
+        for (site, report_id) in to_ack {
+            // Reports are acknowledged only once they are durable.
+            let job_id = JobId(uuid::Uuid::nil());
+            self.send_to_site(&site, SiteRequest::Acknowledge { report_id }, job_id);
+        }
         self.dispatch(released);
-        Ok(())
+        self.after_dispatch()
     }
 
     /// Feeds every event made durable since the last call to the observer, folded with the
@@ -728,11 +1075,56 @@ impl<'a> Sim<'a> {
             // The request is lost with the connection; the engine's timeout decides.
             return;
         }
+        // FAULTS: the network may lose the request with its connection, or delay it.
         let now = self.now();
+        match self.faults.deliver(now, Direction::ToSite) {
+            Delivery::LostWithConnection { reconnect_after } => {
+                self.connection_lost(s, reconnect_after);
+                return;
+            }
+            Delivery::Arrives(delays) => {
+                let at = self.arrival(s, false, delays[0]);
+                if at > now {
+                    let epoch = self.epochs[s];
+                    self.schedule(
+                        at,
+                        Item::Request {
+                            site: s,
+                            request,
+                            job_id,
+                            epoch,
+                        },
+                    );
+                    return;
+                }
+            }
+        }
+        self.handle_at_site(s, request, job_id);
+    }
+
+    /// The site takes a request that reached it.
+    fn handle_at_site(&mut self, s: usize, request: SiteRequest, job_id: JobId) {
+        let now = self.now();
+        let undone = match &request {
+            SiteRequest::Stop { job_id } if self.sites[s].is_running(*job_id) => {
+                Some((*job_id, false))
+            }
+            SiteRequest::Delete { job_id } => Some((*job_id, true)),
+            _ => None,
+        };
+        if let Some((undone, delete)) = undone {
+            // FAULTS: the server must not stop or undeploy a participant of a live run.
+            if self.violation.is_none() {
+                let site = self.sites[s].name().to_string();
+                if let Err(what) = self.checker.stop_arrives(&site, &undone, delete) {
+                    self.violation = Some(what);
+                }
+            }
+        }
         let behaviour = self.behaviour(s, job_id);
         for output in self.sites[s].handle(request, now, behaviour) {
             match output {
-                SiteOutput::Report(report) => self.schedule(now, Item::Report { site: s, report }),
+                SiteOutput::Report(report) => self.send_report(s, report),
                 SiteOutput::AppEndsAt {
                     at,
                     job_id,
@@ -751,7 +1143,13 @@ impl<'a> Sim<'a> {
 
     fn dispatch(&mut self, released: Released) {
         let now = self.now();
+        let boot = self.boots;
         for effect in released.effects {
+            if self.crash_requested {
+                // FAULTS: the server died at an IO point; the rest of the batch's effects
+                // never leave.
+                break;
+            }
             match effect {
                 Effect::CheckResources {
                     site,
@@ -798,10 +1196,13 @@ impl<'a> Sim<'a> {
                 }
                 Effect::DeployServerApp { job_id, .. } => self.schedule(
                     now,
-                    Item::ToEngine(Command::ServerDeployFinished {
-                        job_id,
-                        result: Ok(()),
-                    }),
+                    Item::ToEngine(
+                        Command::ServerDeployFinished {
+                            job_id,
+                            result: Ok(()),
+                        },
+                        boot,
+                    ),
                 ),
                 Effect::StartServerApp { job_id } => {
                     let name = self.name_of.get(&job_id).cloned().unwrap_or_default();
@@ -811,25 +1212,42 @@ impl<'a> Sim<'a> {
                         .unwrap_or_default();
                     self.next_generation += 1;
                     let generation = self.next_generation;
-                    self.server_apps
-                        .insert(job_id, ServerApp { generation, end });
-                    self.schedule(
-                        now,
-                        Item::ToEngine(Command::ServerAppStarted {
-                            job_id,
-                            result: Ok(()),
-                        }),
+                    self.server_apps.insert(
+                        job_id,
+                        ServerApp {
+                            generation,
+                            end,
+                            boot,
+                        },
                     );
                     self.schedule(now + run_for, Item::ServerAppEnd { job_id, generation });
+                    if self.faults.crash_at(CrashPoint::AfterSpawn, now) {
+                        // FAULTS: the process runs, but its start was never recorded.
+                        self.crash_requested = true;
+                        continue;
+                    }
+                    self.schedule(
+                        now,
+                        Item::ToEngine(
+                            Command::ServerAppStarted {
+                                job_id,
+                                result: Ok(()),
+                            },
+                            boot,
+                        ),
+                    );
                 }
                 Effect::StopServerApp { job_id } => {
                     if self.server_apps.remove(&job_id).is_some() {
                         self.schedule(
                             now,
-                            Item::ToEngine(Command::ServerAppExited {
-                                job_id,
-                                outcome: ExitOutcome::Signal(STOP_SIGNAL),
-                            }),
+                            Item::ToEngine(
+                                Command::ServerAppExited {
+                                    job_id,
+                                    outcome: ExitOutcome::Signal(STOP_SIGNAL),
+                                },
+                                boot,
+                            ),
                         );
                     }
                 }
@@ -837,16 +1255,503 @@ impl<'a> Sim<'a> {
                 Effect::ArchiveWorkspace { job_id } => {
                     let hash =
                         BlobHash::from(blake3::hash(format!("sim archive {job_id}").as_bytes()));
+                    if self.faults.crash_at(CrashPoint::DuringArchive, now) {
+                        // FAULTS: the server dies while zipping: the blob may or may not
+                        // have been stored, and nothing was recorded.
+                        if self.faults.coin() {
+                            self.archives.insert(job_id, hash);
+                        }
+                        self.crash_requested = true;
+                        continue;
+                    }
+                    let result = if self.faults.archive_fails(now) {
+                        Err("zipping the workspace failed (simulated)".to_string())
+                    } else {
+                        self.archives.insert(job_id, hash);
+                        Ok(hash)
+                    };
                     self.schedule(
                         now,
-                        Item::ToEngine(Command::ArchiveFinished {
-                            job_id,
-                            result: Ok(hash),
-                        }),
+                        Item::ToEngine(Command::ArchiveFinished { job_id, result }, boot),
                     );
                 }
             }
         }
+    }
+
+    // FAULTS: the fault model's helpers. Everything below only acts when the scenario
+    // has a `[faults]` table, except the clock and invariant checks, which hold always.
+
+    /// An invariant violation at the current virtual time.
+    fn broken(&self, what: String) -> SimError {
+        let mut trail: Vec<String> = self
+            .storage
+            .all_records()
+            .iter()
+            .filter_map(|(_, bytes)| crate::history::record::decode::<Event>(bytes).ok())
+            .map(|r| crate::history::event_text(&r.event))
+            .collect();
+        trail.extend(self.notes.iter().map(|(at, note)| {
+            format!("note at +{}: {note}", crate::settings::format_duration(*at))
+        }));
+        SimError::Invariant {
+            at: self.at_text(),
+            what,
+            trail,
+        }
+    }
+
+    /// The server's clock: read from the wall clock when it started (never earlier than
+    /// the last stored event), then advancing with virtual time (SPEC section 3).
+    fn server_now(&self) -> Timestamp {
+        let (base, since) = self.server_base;
+        base.plus(self.now().saturating_sub(since))
+    }
+
+    /// The virtual time at which the server's clock shows `at`.
+    fn virtual_of(&self, at: Timestamp) -> Duration {
+        let (base, since) = self.server_base;
+        since + at.since(base)
+    }
+
+    /// Sets the server clock's origin for a start on `stored`.
+    fn start_clock(&mut self, stored: &[(u64, Vec<u8>)]) {
+        let wall = Timestamp::from_millis(
+            timestamp(self.now())
+                .as_millis()
+                .saturating_add(self.wall_offset_ms),
+        );
+        let last_at = stored
+            .last()
+            .and_then(|(_, bytes)| crate::history::record::decode::<Event>(bytes).ok())
+            .map(|r| r.event.at)
+            .unwrap_or(wall);
+        self.server_base = (wall.max(last_at), self.now());
+    }
+
+    /// What a command tells the reference model, if anything. Lies are not facts.
+    fn fact_of(&self, command: &Command) -> Option<(JobId, Fact)> {
+        match command {
+            Command::Site {
+                site,
+                report:
+                    SiteReport::AppExited {
+                        job_id,
+                        report_id,
+                        outcome,
+                    },
+            } => {
+                if self.lies.contains(&(report_id.clone(), *outcome)) {
+                    return None;
+                }
+                Some((
+                    *job_id,
+                    Fact::SiteExit {
+                        site: site.clone(),
+                        outcome: *outcome,
+                    },
+                ))
+            }
+            Command::ServerAppExited { job_id, outcome } => {
+                Some((*job_id, Fact::ServerExit(*outcome)))
+            }
+            _ => None,
+        }
+    }
+
+    /// When a message sent now on a link arrives after `delay`: links are first-in
+    /// first-out unless the fault model lets this message overtake.
+    fn arrival(&mut self, s: usize, to_server: bool, delay: Duration) -> Duration {
+        let now = self.now();
+        let last = self
+            .link_last
+            .get(&(s, to_server))
+            .copied()
+            .unwrap_or_default();
+        let mut at = now + delay;
+        if at < last && !self.faults.may_overtake(now) {
+            at = last;
+        }
+        self.link_last.insert((s, to_server), at.max(last));
+        at
+    }
+
+    /// A site sends a report to the server, through the (faulty) network.
+    fn send_report(&mut self, s: usize, report: SiteReport) {
+        let now = self.now();
+        if self.faults.spec().is_some() && matches!(report, SiteReport::AppExited { .. }) {
+            self.schedule_resend(s);
+        }
+        if !self.sites[s].online {
+            if matches!(report, SiteReport::AppExited { .. }) {
+                self.sites[s].keep(report);
+            }
+            return;
+        }
+        match self.faults.deliver(now, Direction::ToServer) {
+            Delivery::LostWithConnection { reconnect_after } => {
+                // An exit report stays kept by the site; an answer is gone.
+                self.connection_lost(s, reconnect_after);
+            }
+            Delivery::Arrives(delays) => {
+                let conn = (self.boots, self.epochs[s]);
+                for delay in delays {
+                    let at = self.arrival(s, true, delay);
+                    self.schedule(
+                        at,
+                        Item::Report {
+                            site: s,
+                            report: report.clone(),
+                            conn,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// A site resends its unacknowledged reports a while from now, as a real site does
+    /// until they are acknowledged.
+    fn schedule_resend(&mut self, s: usize) {
+        if !self.resend_pending[s] {
+            self.resend_pending[s] = true;
+            self.schedule(self.now() + RESEND_EVERY, Item::Resend(s));
+        }
+    }
+
+    /// A site's connection breaks now; the site dials again after `after`.
+    fn connection_lost(&mut self, s: usize, after: Duration) {
+        if !self.sites[s].online {
+            return;
+        }
+        let now = self.now();
+        self.sites[s].online = false;
+        self.epochs[s] += 1;
+        self.site_since[s] = now;
+        self.away_recorded[s] = self.engine.is_some();
+        let site = self.sites[s].name().to_string();
+        self.schedule(
+            now,
+            Item::ToEngine(
+                Command::Site {
+                    site,
+                    report: SiteReport::Disconnected,
+                },
+                self.boots,
+            ),
+        );
+        self.schedule(now + after, Item::SiteBack(s));
+    }
+
+    /// A fault tick: the site, disk and clock faults it starts; then the next tick.
+    fn fault_tick(&mut self, batch: &mut Vec<(Command, Tag)>) {
+        let now = self.now();
+        for fault in self.faults.tick(now, self.sites.len()) {
+            match fault {
+                TickFault::Disconnect { site, for_ } => {
+                    if !self.held_offline[site] {
+                        self.connection_lost(site, for_);
+                    }
+                }
+                TickFault::SiteRestart { site } => {
+                    if self.sites[site].online {
+                        // The agent's new connection replaces the old one; whatever was
+                        // in flight on the old one is lost.
+                        self.epochs[site] += 1;
+                        self.site_since[site] = now;
+                        if self.engine.is_some() {
+                            self.connect(site, batch);
+                        }
+                    }
+                }
+                TickFault::Lie { site, lie, pick } => self.lie(site, lie, pick),
+                TickFault::DiskFull => self.storage.set_full(true),
+                TickFault::ClockStep(ms) => {
+                    self.wall_offset_ms = self.wall_offset_ms.saturating_add(ms);
+                }
+            }
+        }
+        if let Some(at) = self.faults.next_tick(now) {
+            self.schedule(at, Item::FaultTick);
+        }
+    }
+
+    /// Site `s` tells a lie.
+    fn lie(&mut self, s: usize, lie: Lie, pick: u64) {
+        self.lies_told += 1;
+        let name = self.sites[s].name().to_string();
+        let known: Vec<JobId> = self.name_of.keys().copied().collect();
+        let report = match lie {
+            Lie::NeverRan => {
+                let never: Vec<JobId> = known
+                    .iter()
+                    .copied()
+                    .filter(|j| !self.sites[s].ever_ran(j))
+                    .collect();
+                let job_id = if never.is_empty() {
+                    JobId(uuid::Uuid::from_u64_pair(pick, self.lies_told))
+                } else {
+                    never[(pick % never.len() as u64) as usize]
+                };
+                let report_id = format!("{name}/lie-{}", self.lies_told);
+                self.checker.lie_told(&report_id);
+                SiteReport::AppExited {
+                    job_id,
+                    report_id,
+                    outcome: ExitOutcome::Code(101),
+                }
+            }
+            Lie::RepeatedId => {
+                let done: Vec<(JobId, String, ExitOutcome)> = self.sites[s]
+                    .reports_made()
+                    .iter()
+                    .filter(|(_, id, _)| !self.sites[s].is_unacked(id))
+                    .cloned()
+                    .collect();
+                if done.is_empty() {
+                    return;
+                }
+                let (job_id, report_id, outcome) =
+                    done[(pick % done.len() as u64) as usize].clone();
+                let outcome = if outcome == ExitOutcome::Code(104) {
+                    ExitOutcome::Code(0)
+                } else {
+                    ExitOutcome::Code(104)
+                };
+                SiteReport::AppExited {
+                    job_id,
+                    report_id,
+                    outcome,
+                }
+            }
+            Lie::OversizedId => {
+                let running = self.sites[s].running();
+                let pool = if running.is_empty() { &known } else { &running };
+                let Some(job_id) = pool
+                    .get((pick % pool.len().max(1) as u64) as usize)
+                    .copied()
+                else {
+                    return;
+                };
+                let report_id = format!("{name}/{}", "x".repeat(100_000));
+                self.checker.lie_told(&report_id);
+                SiteReport::AppExited {
+                    job_id,
+                    report_id,
+                    outcome: ExitOutcome::Code(101),
+                }
+            }
+        };
+        if let SiteReport::AppExited {
+            report_id, outcome, ..
+        } = &report
+        {
+            self.lies.insert((report_id.clone(), *outcome));
+        }
+        // A lie goes out like any report, but the site does not keep it for resending.
+        let now = self.now();
+        if self.sites[s].online {
+            if let Delivery::Arrives(delays) = self.faults.deliver(now, Direction::ToServer) {
+                let conn = (self.boots, self.epochs[s]);
+                let at = self.arrival(s, true, delays[0]);
+                self.schedule(
+                    at,
+                    Item::Report {
+                        site: s,
+                        report,
+                        conn,
+                    },
+                );
+            }
+        }
+    }
+
+    /// The server dies now: its memory is gone, and with a power loss so is everything
+    /// its storage had not synced. A supervisor starts it again a little later.
+    fn crash(&mut self, why: &str) {
+        if self.engine.take().is_none() {
+            return;
+        }
+        let power_loss = self.faults.power_loss();
+        self.storage.crash(power_loss);
+        self.server_up_since = None;
+        self.note(format!(
+            "server crashed {why}{}",
+            if power_loss { " (power loss)" } else { "" }
+        ));
+        let after = self.faults.restart_after();
+        self.schedule(self.now() + after, Item::Restart);
+    }
+
+    /// An append failed. If the fault was a crash in the middle of the write, the server
+    /// died; otherwise the node stops (the engine refuses every later step after
+    /// `StepError::Append`) and its supervisor restarts it once the fault window is over.
+    fn after_failed_append(&mut self) {
+        if self.storage.take_crash() {
+            if self.engine.is_none() {
+                // The start itself died: the restart is tried again later.
+                let after = self.faults.restart_after();
+                self.storage.crash(self.faults.power_loss());
+                self.schedule(self.now() + after, Item::Restart);
+                return;
+            }
+            self.crash("in the middle of an append");
+            return;
+        }
+        self.engine = None;
+        self.server_up_since = None;
+        // The process exits; what it wrote stays in the page cache.
+        self.storage.crash(false);
+        self.note("server stopped: its history refused a write".to_string());
+        let at = self.faults.until().unwrap_or_default().max(self.now());
+        self.schedule(at, Item::Restart);
+    }
+
+    /// After a batch's effects left: a crash an IO point asked for, then the checks.
+    fn after_dispatch(&mut self) -> Result<(), SimError> {
+        if std::mem::take(&mut self.crash_requested) {
+            self.crash("at an IO point");
+        }
+        self.check_world()
+    }
+
+    /// The physical world now.
+    fn world(&self) -> World {
+        let up = self.server_up_since;
+        World {
+            now: self.now(),
+            server_up_since: up,
+            // With `resume_runs = false` a server app of an earlier server run is out of
+            // the server's reach by the scenario's definition (SPEC 10): it neither
+            // re-attaches nor can be stopped, so the invariants do not hold it to account.
+            server_apps: self
+                .server_apps
+                .iter()
+                .filter(|(_, app)| self.settings.resume_runs || app.boot == self.boots)
+                .map(|(job, _)| *job)
+                .collect(),
+            earlier_server_apps: self
+                .server_apps
+                .iter()
+                .filter(|(_, app)| app.boot < self.boots)
+                .map(|(job, _)| *job)
+                .collect(),
+            sites: self
+                .sites
+                .iter()
+                .enumerate()
+                .map(|(i, site)| SiteNow {
+                    name: site.name().to_string(),
+                    connected: site.online && up.is_some(),
+                    since: match up {
+                        Some(up) if site.online => self.site_since[i].max(up),
+                        // A disconnect the server could not record (it was down) counts
+                        // from its start.
+                        Some(up) if self.site_since[i] < up && !self.away_recorded[i] => up,
+                        _ => self.site_since[i],
+                    },
+                    apps: site.running(),
+                    returned: self.returned[i].clone(),
+                })
+                .collect(),
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_jobs: self.settings.max_jobs as usize,
+            abort_grace: self.settings.abort_grace,
+            site_reconnect_grace: self.settings.site_reconnect_grace,
+        }
+    }
+
+    /// Checks the invariants of [`crate::sim::invariants`] against the world now.
+    fn check_world(&mut self) -> Result<(), SimError> {
+        if let Some(what) = self.violation.take() {
+            return Err(self.broken(what));
+        }
+        let sites = &self.sites;
+        let ran = |site: &str, job: &JobId| {
+            sites
+                .iter()
+                .find(|s| s.name() == site)
+                .is_some_and(|s| s.ever_ran(job))
+        };
+        let world = self.world();
+        let limits = self.limits();
+        let checked = self.checker.after_step(
+            self.engine.as_ref().map(|e| e.state()),
+            &world,
+            limits,
+            &self.archives,
+            &ran,
+        );
+        checked.map_err(|what| self.broken(what))
+    }
+
+    /// The reference model's verdict on every job that ran without a restart in its life.
+    fn check_model(&self, state: &State, events: &[Event]) -> Result<u32, SimError> {
+        let mut checked = 0;
+        for job in state.jobs.values() {
+            let id = job.id;
+            let of_job = |e: &&Event| e.kind.job_id() == Some(id);
+            let Some(dispatched) = events
+                .iter()
+                .filter(of_job)
+                .find(|e| matches!(e.kind, EventKind::JobDispatched { .. }))
+                .map(|e| e.seq)
+            else {
+                continue;
+            };
+            let Some(finished) = events
+                .iter()
+                .filter(of_job)
+                .find(|e| matches!(e.kind, EventKind::JobFinished { .. }))
+                .map(|e| e.seq)
+            else {
+                continue;
+            };
+            let ran = events
+                .iter()
+                .filter(of_job)
+                .any(|e| matches!(e.kind, EventKind::RunStarted { .. }));
+            let restarted = events.iter().any(|e| {
+                e.seq > dispatched
+                    && e.seq < finished
+                    && matches!(e.kind, EventKind::ServerStarted { .. })
+            });
+            let unknown = events
+                .iter()
+                .filter(of_job)
+                .any(|e| self.unacked_survivors.contains(&e.seq));
+            if !ran || restarted || unknown {
+                continue;
+            }
+            let mut facts: Vec<(u64, Fact)> = self
+                .facts
+                .get(&id)
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|(at, _)| *at <= finished)
+                .collect();
+            for e in events.iter().filter(of_job).filter(|e| e.seq <= finished) {
+                if let EventKind::SiteReportLapsed { site, .. } = &e.kind {
+                    facts.push((e.seq, Fact::Lapse { site: site.clone() }));
+                }
+            }
+            facts.sort_by_key(|(at, _)| *at);
+            let facts: Vec<Fact> = facts.into_iter().map(|(_, f)| f).collect();
+            let predicted = crate::sim::model::predict(&job.run.job_clients, &facts);
+            if predicted != job.status {
+                return Err(self.broken(format!(
+                    "job {id} ended {} but the reference model predicts {predicted} from {facts:?}",
+                    job.status
+                )));
+            }
+            checked += 1;
+        }
+        Ok(checked)
     }
 
     fn finish(mut self, ended: Ended) -> Result<SimResult, SimError> {
@@ -854,8 +1759,11 @@ impl<'a> Sim<'a> {
         // The result is read back from the stored history, not from the live engine: what
         // the output shows is exactly what a restart would rebuild.
         let live = self.engine.take().map(|e| e.state().clone());
-        let history = History::<Event>::in_memory(self.storage.clone())
-            .map_err(|e| SimError::Replay(e.to_string()))?;
+        let history = History::<Event>::from_storage(
+            Box::new(self.storage.clone()),
+            std::path::Path::new("memory"),
+        )
+        .map_err(|e| SimError::Replay(e.to_string()))?;
         // One pass over the stored records: each is checked (chain, order, transition)
         // and folded, exactly as a restart would rebuild the state.
         let mut events = Vec::new();
@@ -874,6 +1782,22 @@ impl<'a> Sim<'a> {
                 ));
             }
         }
+        // FAULTS: the end-of-run invariants and the reference model. A run that ended on
+        // its own (every job settled) must have left nothing running; one cut short by
+        // `until` or the cap is checked only where its faults had stopped.
+        let model_checked = self.check_model(&state, &events)?;
+        let faults_over = self.faults.until().map_or(true, |u| ended_at >= u);
+        if ended == Ended::AllTerminal && faults_over {
+            self.checker
+                .at_end(&self.world())
+                .map_err(|what| self.broken(what))?;
+        }
+        if ended == Ended::Cap && self.faults.spec().is_some() {
+            return Err(self.broken(
+                "30 virtual days passed after the faults stopped without every job settling"
+                    .to_string(),
+            ));
+        }
         let jobs = self
             .names
             .iter()
@@ -890,6 +1814,9 @@ impl<'a> Sim<'a> {
             events,
             state,
             notes: self.notes,
+            faults: self.faults.counts.clone(),
+            known_hits: self.checker.known_hits.clone(),
+            model_checked,
         })
     }
 }

@@ -2,6 +2,10 @@
 //! deterministic driver that runs the real engine on a virtual clock.
 
 pub mod driver;
+pub mod faults;
+pub mod invariants;
+pub mod model;
 pub mod output;
 pub mod scenario;
 pub mod site;
+pub mod storage;

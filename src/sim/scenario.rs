@@ -53,6 +53,9 @@ pub struct Scenario {
     /// The `[[action]]` tables, in file order.
     #[serde(default, rename = "action")]
     pub actions: Vec<ActionSpec>,
+    /// The optional `[faults]` table: seeded faults (see [`crate::sim::faults`]).
+    #[serde(default)]
+    pub faults: Option<crate::sim::faults::FaultsSpec>,
 }
 
 /// The `[sim]` table.
@@ -484,6 +487,9 @@ pub fn parse(text: &str) -> Result<Checked, ScenarioError> {
 
 fn check(scenario: Scenario) -> Result<Checked, ScenarioError> {
     let invalid = ScenarioError::Invalid;
+    if let Some(faults) = &scenario.faults {
+        faults.check().map_err(invalid)?;
+    }
     let mut site_names = BTreeSet::new();
     for s in &scenario.sites {
         if s.name.is_empty() || s.name == SERVER || s.name.starts_with('@') {

@@ -58,9 +58,14 @@ pub struct SimSite {
     in_use: BTreeMap<JobId, BTreeMap<String, f64>>,
     deployed: BTreeSet<JobId>,
     apps: BTreeMap<JobId, App>,
-    /// App exit reports not yet delivered, oldest first; a site keeps them and resends them
-    /// when it reconnects or the server comes back.
-    outbox: Vec<SiteReport>,
+    /// App exit reports not yet acknowledged, oldest first; a site keeps them and resends
+    /// them when it reconnects, when the server comes back, and (under faults) now and then.
+    unacked: Vec<SiteReport>,
+    /// Every job whose app this site ever started, for the invariant that no report is
+    /// accepted for a job a site never ran.
+    ever_ran: BTreeSet<JobId>,
+    /// Every exit report this site made (job, id, outcome), for lies that repeat an id.
+    made: Vec<(JobId, String, ExitOutcome)>,
     next_token: u64,
     next_report: u64,
     next_generation: u64,
@@ -77,7 +82,9 @@ impl SimSite {
             in_use: BTreeMap::new(),
             deployed: BTreeSet::new(),
             apps: BTreeMap::new(),
-            outbox: Vec::new(),
+            unacked: Vec::new(),
+            ever_ran: BTreeSet::new(),
+            made: Vec::new(),
             next_token: 0,
             next_report: 0,
             next_generation: 0,
@@ -108,14 +115,45 @@ impl SimSite {
         self.apps.contains_key(&job_id)
     }
 
-    /// Keeps an app exit report that could not be delivered.
+    /// Keeps an app exit report that could not be delivered (a site keeps every report
+    /// until it is acknowledged, so this only adds one it does not hold yet).
     pub fn keep(&mut self, report: SiteReport) {
-        self.outbox.push(report);
+        let id = report_id(&report);
+        if id.is_some() && self.unacked.iter().any(|r| report_id(r) == id) {
+            return;
+        }
+        self.unacked.push(report);
     }
 
-    /// Takes the kept reports, oldest first, to resend them.
+    /// The reports not yet acknowledged, oldest first, to resend them. They stay kept
+    /// until the server acknowledges them.
     pub fn take_outbox(&mut self) -> Vec<SiteReport> {
-        std::mem::take(&mut self.outbox)
+        self.unacked.clone()
+    }
+
+    /// Whether a report waits for its acknowledgement.
+    pub fn has_unacked(&self) -> bool {
+        !self.unacked.is_empty()
+    }
+
+    /// Whether the report with this id still waits for its acknowledgement.
+    pub fn is_unacked(&self, id: &str) -> bool {
+        self.unacked.iter().any(|r| report_id_is(r, id))
+    }
+
+    /// The jobs whose apps run here now.
+    pub fn running(&self) -> Vec<JobId> {
+        self.apps.keys().copied().collect()
+    }
+
+    /// Whether this site ever started an app of `job_id`.
+    pub fn ever_ran(&self, job_id: &JobId) -> bool {
+        self.ever_ran.contains(job_id)
+    }
+
+    /// The exit reports this site made, oldest first: (job, report id, outcome).
+    pub fn reports_made(&self) -> &[(JobId, String, ExitOutcome)] {
+        &self.made
     }
 
     fn free(&self, key: &str, now: Duration) -> f64 {
@@ -210,6 +248,7 @@ impl SimSite {
                         }
                         self.next_generation += 1;
                         let generation = self.next_generation;
+                        self.ever_ran.insert(job_id);
                         self.apps.insert(
                             job_id,
                             App {
@@ -244,9 +283,11 @@ impl SimSite {
                 ))],
                 None => Vec::new(),
             },
-            // Simulated reports are kept only while undeliverable (see `keep`), so a
-            // delivered one needs no acknowledgement to be forgotten.
-            SiteRequest::Acknowledge { .. } => Vec::new(),
+            // The server has recorded the report: the site forgets it.
+            SiteRequest::Acknowledge { report_id } => {
+                self.unacked.retain(|r| !report_id_is(r, &report_id));
+                Vec::new()
+            }
             SiteRequest::Delete { job_id } => {
                 self.deployed.remove(&job_id);
                 self.reservations.retain(|_, r| r.job_id != job_id);
@@ -258,12 +299,17 @@ impl SimSite {
     fn exited(&mut self, job_id: JobId, outcome: ExitOutcome, stop_requested: bool) -> SiteReport {
         self.in_use.remove(&job_id);
         self.next_report += 1;
-        SiteReport::AppExited {
+        let report = SiteReport::AppExited {
             job_id,
             report_id: format!("{}/{}", self.spec.name, self.next_report),
             outcome,
             stop_requested,
+        };
+        if let Some(id) = report_id(&report) {
+            self.made.push((job_id, id.to_string(), outcome));
         }
+        self.unacked.push(report.clone());
+        report
     }
 
     /// The app end scheduled by [`SiteOutput::AppEndsAt`] is due: returns its exit report,
@@ -282,6 +328,17 @@ impl SimSite {
             _ => None,
         }
     }
+}
+
+fn report_id(report: &SiteReport) -> Option<&str> {
+    match report {
+        SiteReport::AppExited { report_id, .. } => Some(report_id),
+        _ => None,
+    }
+}
+
+fn report_id_is(report: &SiteReport, id: &str) -> bool {
+    report_id(report) == Some(id)
 }
 
 #[cfg(test)]

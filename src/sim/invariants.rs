@@ -1,0 +1,621 @@
+//! The invariants the simulator checks after every step of the engine and at the end of a
+//! run, against what physically exists: the bytes in the simulated storage, the simulated
+//! app processes, the archives written. Never against the engine's own counters.
+//!
+//! - Every stored record replays (checked like a restart does) into a state equal to the
+//!   engine's live state, and every status change follows SPEC section 2's table, written
+//!   out here independently of the core.
+//! - Every event the engine acknowledged (its append returned) is still stored, byte for
+//!   byte, after any crash and power loss.
+//! - Jobs with a simulated process alive (a server app, or a site app on a connected site,
+//!   or on a disconnected site within `site_reconnect_grace`) never exceed `max_jobs`.
+//! - An archive, once recorded, is never replaced (by a failure, or another archive), and
+//!   its blob exists.
+//! - No app process on a connected site (or the server) outlives its job's terminal status
+//!   by more than `abort_grace` of connected time.
+//! - No site report is recorded for a job that site never ran, and no report id is
+//!   recorded twice for a job.
+//! - At the end of a run whose faults stopped: every job is terminal, its run stopped and
+//!   its archive settled, and no simulated process is left.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use crate::history::ChainHash;
+use crate::job::JobId;
+use crate::lifecycle::{
+    Archive, BlobHash, Event, EventKind, RunPhase, RunStatus, State, StepResult,
+};
+
+/// A defect of the core that the fault campaign found and that is routed for a fix. The
+/// campaign may tolerate a known defect, precisely scoped, so that it keeps checking every
+/// other invariant; `fedrun sim` and the regression tests never tolerate one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum KnownBug {
+    /// A site whose start answer was lost (recorded as no reply, or left out of
+    /// `job_clients`) may have started its app, but the core treats it as never started:
+    /// the app is not counted against `max_jobs`, not stopped when the job ends, and not
+    /// stopped when the site reconnects listing it as running. Regression cases:
+    /// `tests/scenarios/regressions/start_reply_lost_*.toml`.
+    StartReplyLostOrphan,
+    /// A repeated (resent or duplicated) deploy or start answer from a site that is part
+    /// of a live run makes the core delete that site's deployment and stop its app: the
+    /// run then fails with the stop's signal. Regression case:
+    /// `tests/scenarios/regressions/duplicate_start_answer.toml`.
+    RepeatedAnswerStopsApp,
+    /// The core records a run stopped while a site that runs its app (it said so when it
+    /// connected) is disconnected and still within `site_reconnect_grace` counted from its
+    /// recorded disconnect (SPEC 4 and 8: the run stays stopping, and holds its `max_jobs`
+    /// slot, until then). Seen when recovery ends: a run abandoned with `resume_runs =
+    /// false`, or a run already stopping before the crash. Its slot goes to another job
+    /// while the app may still run. Regression cases:
+    /// `tests/scenarios/regressions/abandon_away_site.toml` and `stopping_away_site.toml`.
+    StopEndsEarly,
+    /// The server crashes after the append that ended a job and before that batch's
+    /// effects (the stop of its server app) left. At the restart the app is found alive
+    /// and `RunReattached` is recorded, but nothing stops it although its job is terminal
+    /// and its run stopped. Regression case: `tests/scenarios/regressions/reattach_ended_run.toml`.
+    ReattachedEndedRunNotStopped,
+}
+
+impl KnownBug {
+    /// Every known defect.
+    pub const ALL: [KnownBug; 4] = [
+        KnownBug::StartReplyLostOrphan,
+        KnownBug::RepeatedAnswerStopsApp,
+        KnownBug::StopEndsEarly,
+        KnownBug::ReattachedEndedRunNotStopped,
+    ];
+}
+
+/// SPEC section 2's legal status changes, with `None` for a job that did not exist yet.
+/// Written from the SPEC's table, not from the core's code.
+pub fn legal_transition(from: Option<RunStatus>, to: RunStatus) -> bool {
+    use RunStatus::*;
+    matches!(
+        (from, to),
+        (None, Submitted)
+            | (Some(Submitted), Dispatched)
+            | (Some(Submitted), CanNotSchedule)
+            | (Some(Submitted), Aborted)
+            | (Some(Dispatched), Running)
+            | (Some(Dispatched), FailedToRun)
+            | (Some(Dispatched), Aborted)
+            | (Some(Dispatched), Abandoned)
+            | (Some(Running), Completed)
+            | (Some(Running), ExecutionException)
+            | (Some(Running), Abnormal)
+            | (Some(Running), Aborted)
+            | (Some(Running), Abandoned)
+            | (Some(Running), Running)
+    )
+}
+
+/// A simulated site as it physically is.
+#[derive(Clone, Debug)]
+pub struct SiteNow {
+    /// Its name.
+    pub name: String,
+    /// Whether it is connected to a running server.
+    pub connected: bool,
+    /// Since when (virtual time) it is connected, or since when the server knows it is
+    /// disconnected (its recorded disconnect, from which SPEC 8 counts the grace).
+    pub since: Duration,
+    /// The jobs whose app processes run there.
+    pub apps: Vec<JobId>,
+    /// When the site last came back after staying away past `site_reconnect_grace`, and
+    /// the apps it still ran then. SPEC 8 counts such a site's processes as ended when its
+    /// grace ran out, so the server can only stop them once it is back: they do not count
+    /// against `max_jobs` for `abort_grace` after its return.
+    pub returned: Option<(Duration, Vec<JobId>)>,
+}
+
+/// The physical world at one instant.
+#[derive(Clone, Debug)]
+pub struct World {
+    /// Virtual time.
+    pub now: Duration,
+    /// When the running server started (`None` while it is down).
+    pub server_up_since: Option<Duration>,
+    /// The jobs whose server app process runs.
+    pub server_apps: Vec<JobId>,
+    /// Of those, the ones started by an earlier server run (found again at a restart).
+    pub earlier_server_apps: Vec<JobId>,
+    /// The sites.
+    pub sites: Vec<SiteNow>,
+}
+
+/// The settings the invariants are measured with.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// `max_jobs`.
+    pub max_jobs: usize,
+    /// `abort_grace`.
+    pub abort_grace: Duration,
+    /// `site_reconnect_grace`.
+    pub site_reconnect_grace: Duration,
+}
+
+/// The checker: what it has seen so far.
+#[derive(Debug, Default)]
+pub struct Checker {
+    replayed: State,
+    statuses: BTreeMap<JobId, RunStatus>,
+    finished_at: BTreeMap<JobId, Duration>,
+    archived: BTreeMap<JobId, BlobHash>,
+    report_ids: BTreeSet<(JobId, String)>,
+    acked: Vec<ChainHash>,
+    lie_ids: BTreeSet<String>,
+    tolerated: BTreeSet<KnownBug>,
+    /// How often a tolerated known defect showed (each would have been a violation).
+    pub known_hits: BTreeMap<KnownBug, u32>,
+}
+
+impl Checker {
+    /// A checker for a run that has not started.
+    pub fn new() -> Checker {
+        Checker::default()
+    }
+
+    /// Tolerates a known defect of the core (for the campaign only).
+    pub fn tolerate(&mut self, bug: KnownBug) {
+        self.tolerated.insert(bug);
+    }
+
+    /// Whether site `site`'s app of `job` is an orphan of [`KnownBug::StartReplyLostOrphan`]:
+    /// the site ran it, but its start answer was lost.
+    fn orphan(&self, site: &str, job: &JobId) -> bool {
+        let Some(job) = self.replayed.job(job) else {
+            return false;
+        };
+        matches!(job.run.start.get(site), Some(StepResult::NoReply))
+            || (job.run.started_at.is_some() && !job.run.job_clients.iter().any(|s| s == site))
+    }
+
+    /// Whether the server app of `job` is an orphan of
+    /// [`KnownBug::ReattachedEndedRunNotStopped`]: found again after a restart, while its
+    /// job is terminal and its run stopped.
+    fn ended_but_reattached(&self, world: &World, job: &JobId) -> bool {
+        world.earlier_server_apps.contains(job)
+            && self
+                .replayed
+                .job(job)
+                .is_some_and(|j| j.status.is_terminal() && j.run.phase == RunPhase::Stopped)
+    }
+
+    /// Counts a hit of a tolerated defect, or turns it into the violation `what`.
+    fn known(&self, bug: KnownBug, hits: &mut Vec<KnownBug>, what: String) -> Result<(), String> {
+        if self.tolerated.contains(&bug) {
+            hits.push(bug);
+            Ok(())
+        } else {
+            Err(what)
+        }
+    }
+
+    /// A site's app of `job` is about to be stopped (or its deployment deleted) by the
+    /// server: that is wrong while the job is live, not being stopped, and the site takes
+    /// part in its run.
+    /// With `delete`, it is the site's deployment that is about to be deleted.
+    pub fn stop_arrives(&mut self, site: &str, job_id: &JobId, delete: bool) -> Result<(), String> {
+        let Some(job) = self.replayed.job(job_id) else {
+            return Ok(());
+        };
+        let live = !job.status.is_terminal() && !job.run.stopping();
+        let answered = if delete {
+            job.run.deploy.get(site).is_some_and(|r| r.is_ok())
+                && !job.run.start.get(site).is_some_and(|r| !r.is_ok())
+        } else {
+            job.run.start.get(site).is_some_and(|r| r.is_ok())
+        };
+        let takes_part = answered
+            && (job.run.started_at.is_none() || job.run.job_clients.iter().any(|s| s == site));
+        if live && takes_part {
+            let what = format!(
+                "the server {} of job {job_id} on site {site}, a participant of its live run \
+                 ({}, not stopping)",
+                if delete {
+                    "deleted the deployment"
+                } else {
+                    "stopped the app"
+                },
+                job.status
+            );
+            let mut hits = Vec::new();
+            self.known(KnownBug::RepeatedAnswerStopsApp, &mut hits, what)?;
+            for bug in hits {
+                *self.known_hits.entry(bug).or_default() += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Remembers the id of a report that was a lie: recording it is a violation.
+    pub fn lie_told(&mut self, report_id: &str) {
+        self.lie_ids.insert(report_id.to_string());
+    }
+
+    /// How many records were acknowledged so far.
+    pub fn acked_len(&self) -> u64 {
+        self.acked.len() as u64
+    }
+
+    /// The state replayed from the stored records so far.
+    pub fn replayed(&self) -> &State {
+        &self.replayed
+    }
+
+    /// The server (re)started on `records` (everything stored, oldest first): every
+    /// acknowledged record must still be there, byte for byte, and the state is replayed
+    /// from scratch.
+    pub fn on_start(&mut self, records: &[(u64, Vec<u8>)]) -> Result<(), String> {
+        for (i, hash) in self.acked.iter().enumerate() {
+            let seq = i as u64 + 1;
+            match records.get(i) {
+                Some((s, bytes)) if *s == seq && ChainHash::of(bytes) == *hash => {}
+                Some((s, _)) if *s == seq => {
+                    return Err(format!("acknowledged record {seq} changed after a crash"))
+                }
+                _ => return Err(format!("acknowledged record {seq} was lost after a crash")),
+            }
+        }
+        // The whole stored history is replayed and checked again from the start; what the
+        // earlier run saw of records that did not survive does not count.
+        self.replayed = State::new();
+        self.statuses.clear();
+        self.archived.clear();
+        self.report_ids.clear();
+        Ok(())
+    }
+
+    /// After a start replayed everything: forget end times of jobs whose end did not
+    /// survive the crash.
+    pub fn after_start(&mut self) {
+        let replayed = &self.replayed;
+        self.finished_at
+            .retain(|job, _| replayed.job(job).is_some_and(|j| j.status.is_terminal()));
+    }
+
+    /// The engine made `records` durable (its step returned): fold them into the replayed
+    /// state, check every change they make, and remember them as acknowledged.
+    pub fn on_records(
+        &mut self,
+        records: &[(u64, Vec<u8>)],
+        acked: bool,
+        now: Duration,
+    ) -> Result<Vec<Event>, String> {
+        let mut events = Vec::new();
+        for (seq, bytes) in records {
+            let record = crate::history::record::decode::<Event>(bytes)
+                .map_err(|e| format!("stored record {seq} does not decode: {e}"))?;
+            let event = record.event;
+            self.replayed
+                .apply_checked(&event)
+                .map_err(|e| format!("stored record {seq} does not replay: {e}"))?;
+            if acked {
+                let index = *seq as usize - 1;
+                if self.acked.len() == index {
+                    self.acked.push(ChainHash::of(bytes));
+                }
+            }
+            self.check_event(&event, now)?;
+            events.push(event);
+        }
+        Ok(events)
+    }
+
+    fn check_event(&mut self, event: &Event, now: Duration) -> Result<(), String> {
+        let seq = event.seq;
+        if let Some(job_id) = event.kind.job_id() {
+            if let Some(job) = self.replayed.job(&job_id) {
+                let before = self.statuses.get(&job_id).copied();
+                let restored = matches!(event.kind, EventKind::RunRestored { .. });
+                if before != Some(job.status) || restored {
+                    if !legal_transition(before, job.status) {
+                        return Err(format!(
+                            "event {seq}: job {job_id} went {before:?} -> {} (illegal)",
+                            job.status
+                        ));
+                    }
+                    self.statuses.insert(job_id, job.status);
+                }
+            }
+        }
+        match &event.kind {
+            EventKind::JobFinished { job_id, .. } => {
+                self.finished_at.entry(*job_id).or_insert(now);
+            }
+            EventKind::WorkspaceArchived { job_id, hash } => {
+                if let Some(old) = self.archived.get(job_id) {
+                    if old != hash {
+                        return Err(format!(
+                            "event {seq}: the archive of job {job_id} was replaced"
+                        ));
+                    }
+                }
+                self.archived.insert(*job_id, *hash);
+            }
+            EventKind::WorkspaceArchiveFailed { job_id, .. }
+            | EventKind::WorkspaceArchiveAttemptFailed { job_id, .. }
+            | EventKind::WorkspaceArchiveStarted { job_id }
+                if self.archived.contains_key(job_id) =>
+            {
+                return Err(format!(
+                    "event {seq}: job {job_id} was archived, and then archiving went on ({})",
+                    crate::history::event_text(event)
+                ));
+            }
+            EventKind::SiteOutcomeReported {
+                job_id, report_id, ..
+            } => {
+                if self.lie_ids.contains(report_id) {
+                    let job = self.replayed.job(job_id);
+                    return Err(format!(
+                        "event {seq}: a site's lie was recorded as the outcome of job {job_id} \
+                         (report id {}; the job is {:?}, run {:?}, dispatched to {:?}, \
+                         job_clients {:?}, start answers {:?})",
+                        report_id.chars().take(40).collect::<String>(),
+                        job.map(|j| j.status),
+                        job.map(|j| j.run.phase),
+                        job.map(|j| &j.run.sites),
+                        job.map(|j| &j.run.job_clients),
+                        job.map(|j| &j.run.start),
+                    ));
+                }
+                if !self.report_ids.insert((*job_id, report_id.clone())) {
+                    return Err(format!(
+                        "event {seq}: report {report_id} of job {job_id} was recorded twice"
+                    ));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// After a step: the live state equals the replayed one, and the physical world keeps
+    /// the limits. `ran` says whether a site ever ran a job's app.
+    pub fn after_step(
+        &mut self,
+        live: Option<&State>,
+        world: &World,
+        limits: Limits,
+        archives: &BTreeMap<JobId, BlobHash>,
+        ran: &dyn Fn(&str, &JobId) -> bool,
+    ) -> Result<(), String> {
+        let mut hits = Vec::new();
+        let result = self.check_world(live, world, limits, archives, ran, &mut hits);
+        for bug in hits {
+            *self.known_hits.entry(bug).or_default() += 1;
+        }
+        result
+    }
+
+    fn check_world(
+        &self,
+        live: Option<&State>,
+        world: &World,
+        limits: Limits,
+        archives: &BTreeMap<JobId, BlobHash>,
+        ran: &dyn Fn(&str, &JobId) -> bool,
+        hits: &mut Vec<KnownBug>,
+    ) -> Result<(), String> {
+        if let Some(live) = live {
+            if live != &self.replayed {
+                return Err(format!(
+                    "after event {}, the state replayed from the stored history differs from \
+                     the live state",
+                    self.replayed.last_seq
+                ));
+            }
+        }
+        // Jobs with a process alive.
+        let mut alive: BTreeSet<JobId> = world.server_apps.iter().copied().collect();
+        let mut without_orphans = alive.clone();
+        let mut without_abandoned = alive.clone();
+        for site in &world.sites {
+            let counted =
+                site.connected || world.now < grace_end(site.since, world.server_up_since, limits);
+            if counted {
+                let returning = |job: &JobId| {
+                    site.returned.as_ref().is_some_and(|(at, apps)| {
+                        world.now <= *at + limits.abort_grace && apps.contains(job)
+                    })
+                };
+                alive.extend(site.apps.iter().filter(|j| !returning(j)).copied());
+                without_orphans.extend(
+                    site.apps
+                        .iter()
+                        .filter(|job| !returning(job) && !self.orphan(&site.name, job))
+                        .copied(),
+                );
+                let abandoned_away = |job: &JobId| {
+                    !site.connected
+                        && self.replayed.job(job).is_some_and(|j| {
+                            j.status.is_terminal() && j.run.phase == RunPhase::Stopped
+                        })
+                };
+                without_abandoned.extend(
+                    site.apps
+                        .iter()
+                        .filter(|job| !returning(job) && !abandoned_away(job))
+                        .copied(),
+                );
+            }
+        }
+        let reattached: BTreeSet<JobId> = world
+            .server_apps
+            .iter()
+            .filter(|job| self.ended_but_reattached(world, job))
+            .copied()
+            .collect();
+        if alive.len() > limits.max_jobs {
+            let what = format!(
+                "{} jobs have app processes alive, over max_jobs = {}: {alive:?}",
+                alive.len(),
+                limits.max_jobs
+            );
+            if without_orphans.len() <= limits.max_jobs {
+                self.known(KnownBug::StartReplyLostOrphan, hits, what)?;
+            } else if without_abandoned.len() <= limits.max_jobs {
+                self.known(KnownBug::StopEndsEarly, hits, what)?;
+            } else if without_orphans.difference(&reattached).count() <= limits.max_jobs {
+                self.known(KnownBug::ReattachedEndedRunNotStopped, hits, what)?;
+            } else {
+                return Err(what);
+            }
+        }
+        // Apps outliving their job's end on a connected site or the server.
+        let over = |started: Duration, job: &JobId| -> Option<Duration> {
+            let finished = *self.finished_at.get(job)?;
+            let from = finished.max(started);
+            let lived = world.now.checked_sub(from)?;
+            (lived > limits.abort_grace).then_some(lived)
+        };
+        if let Some(up) = world.server_up_since {
+            for job in &world.server_apps {
+                if let Some(lived) = over(up, job) {
+                    let what = format!(
+                        "the server app of job {job} still runs {}s after the job ended \
+                         (abort_grace {}s)",
+                        lived.as_secs_f64(),
+                        limits.abort_grace.as_secs_f64()
+                    );
+                    if !self.ended_but_reattached(world, job) {
+                        return Err(what);
+                    }
+                    self.known(KnownBug::ReattachedEndedRunNotStopped, hits, what)?;
+                }
+            }
+        }
+        for site in world.sites.iter().filter(|s| s.connected) {
+            for job in &site.apps {
+                if let Some(lived) = over(site.since, job) {
+                    let what = format!(
+                        "the app of job {job} on connected site {} still runs {}s after the \
+                         job ended (abort_grace {}s)",
+                        site.name,
+                        lived.as_secs_f64(),
+                        limits.abort_grace.as_secs_f64()
+                    );
+                    if !self.orphan(&site.name, job) {
+                        return Err(what);
+                    }
+                    self.known(KnownBug::StartReplyLostOrphan, hits, what)?;
+                }
+            }
+        }
+        for job in self.replayed.jobs.values() {
+            if let Archive::Archived { hash } = &job.archive {
+                if archives.get(&job.id) != Some(hash) {
+                    return Err(format!(
+                        "job {} is recorded as archived, but no such archive was written",
+                        job.id
+                    ));
+                }
+            }
+            for (site, _) in job.run.site_exits.iter() {
+                if !ran(site, &job.id) {
+                    return Err(format!(
+                        "job {} has an outcome recorded for site {site}, which never ran it",
+                        job.id
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// At the end of a run whose faults stopped: everything settled, nothing left running.
+    pub fn at_end(&mut self, world: &World) -> Result<(), String> {
+        for job in self.replayed.jobs.values() {
+            if !job.status.is_terminal() {
+                return Err(format!(
+                    "job {} is still {} after the faults stopped",
+                    job.id, job.status
+                ));
+            }
+            if !matches!(job.run.phase, RunPhase::NotStarted | RunPhase::Stopped) {
+                return Err(format!(
+                    "job {} ended {} but its run is {:?}",
+                    job.id, job.status, job.run.phase
+                ));
+            }
+            if !job.archive.is_settled() {
+                return Err(format!("job {} ended but its archive is pending", job.id));
+            }
+        }
+        let mut hits = Vec::new();
+        for job in &world.server_apps {
+            let what = format!("the server app of job {job} still runs at the end");
+            if !self.ended_but_reattached(world, job) {
+                return Err(what);
+            }
+            self.known(KnownBug::ReattachedEndedRunNotStopped, &mut hits, what)?;
+        }
+        for site in world.sites.iter().filter(|s| s.connected) {
+            for job in &site.apps {
+                let what = format!(
+                    "the app of job {job} still runs on site {} at the end",
+                    site.name
+                );
+                if !self.orphan(&site.name, job) {
+                    return Err(what);
+                }
+                self.known(KnownBug::StartReplyLostOrphan, &mut hits, what)?;
+            }
+        }
+        for bug in hits {
+            *self.known_hits.entry(bug).or_default() += 1;
+        }
+        Ok(())
+    }
+}
+
+/// When a disconnected site's processes stop counting: `site_reconnect_grace` after the
+/// server knew it went away.
+fn grace_end(since: Duration, server_up_since: Option<Duration>, limits: Limits) -> Duration {
+    let from = match server_up_since {
+        Some(_) => since,
+        // While the server is down nobody counts the grace: the processes count.
+        None => Duration::MAX - limits.site_reconnect_grace,
+    };
+    from + limits.site_reconnect_grace
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_allows_exactly_the_spec_transitions() {
+        use RunStatus::*;
+        assert!(legal_transition(None, Submitted));
+        assert!(legal_transition(Some(Running), Running));
+        assert!(!legal_transition(Some(Dispatched), Completed));
+        assert!(!legal_transition(Some(Completed), Running));
+        assert!(!legal_transition(None, Running));
+    }
+
+    #[test]
+    fn an_acknowledged_record_lost_or_changed_after_a_crash_is_caught() {
+        let mut checker = Checker::new();
+        checker.acked.push(ChainHash::of(b"one"));
+        checker.acked.push(ChainHash::of(b"two"));
+        let kept = vec![
+            (1, b"one".to_vec()),
+            (2, b"two".to_vec()),
+            (3, b"new".to_vec()),
+        ];
+        assert!(
+            checker.on_start(&kept).is_ok(),
+            "more than acknowledged is fine"
+        );
+        let lost = vec![(1, b"one".to_vec())];
+        let err = checker.on_start(&lost).expect_err("record 2 is gone");
+        assert!(err.contains("acknowledged record 2 was lost"), "{err}");
+        let changed = vec![(1, b"one".to_vec()), (2, b"TWO".to_vec())];
+        let err = checker.on_start(&changed).expect_err("record 2 differs");
+        assert!(err.contains("changed"), "{err}");
+    }
+}
