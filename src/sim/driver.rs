@@ -1339,6 +1339,7 @@ impl<'a> Sim<'a> {
                         job_id,
                         report_id,
                         outcome,
+                        ..
                     },
             } => {
                 if self.lies.contains(&(report_id.clone(), *outcome)) {
@@ -1499,6 +1500,7 @@ impl<'a> Sim<'a> {
                     job_id,
                     report_id,
                     outcome: ExitOutcome::Code(101),
+                    stop_requested: false,
                 }
             }
             Lie::RepeatedId => {
@@ -1522,6 +1524,7 @@ impl<'a> Sim<'a> {
                     job_id,
                     report_id,
                     outcome,
+                    stop_requested: false,
                 }
             }
             Lie::OversizedId => {
@@ -1539,6 +1542,7 @@ impl<'a> Sim<'a> {
                     job_id,
                     report_id,
                     outcome: ExitOutcome::Code(101),
+                    stop_requested: false,
                 }
             }
         };
