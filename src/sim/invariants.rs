@@ -38,34 +38,11 @@ pub enum KnownBug {
     /// stopped when the site reconnects listing it as running. Regression cases:
     /// `tests/scenarios/regressions/start_reply_lost_*.toml`.
     StartReplyLostOrphan,
-    /// A repeated (resent or duplicated) deploy or start answer from a site that is part
-    /// of a live run makes the core delete that site's deployment and stop its app: the
-    /// run then fails with the stop's signal. Regression case:
-    /// `tests/scenarios/regressions/duplicate_start_answer.toml`.
-    RepeatedAnswerStopsApp,
-    /// The core records a run stopped while a site that runs its app (it said so when it
-    /// connected) is disconnected and still within `site_reconnect_grace` counted from its
-    /// recorded disconnect (SPEC 4 and 8: the run stays stopping, and holds its `max_jobs`
-    /// slot, until then). Seen when recovery ends: a run abandoned with `resume_runs =
-    /// false`, or a run already stopping before the crash. Its slot goes to another job
-    /// while the app may still run. Regression cases:
-    /// `tests/scenarios/regressions/abandon_away_site.toml` and `stopping_away_site.toml`.
-    StopEndsEarly,
-    /// The server crashes after the append that ended a job and before that batch's
-    /// effects (the stop of its server app) left. At the restart the app is found alive
-    /// and `RunReattached` is recorded, but nothing stops it although its job is terminal
-    /// and its run stopped. Regression case: `tests/scenarios/regressions/reattach_ended_run.toml`.
-    ReattachedEndedRunNotStopped,
 }
 
 impl KnownBug {
     /// Every known defect.
-    pub const ALL: [KnownBug; 4] = [
-        KnownBug::StartReplyLostOrphan,
-        KnownBug::RepeatedAnswerStopsApp,
-        KnownBug::StopEndsEarly,
-        KnownBug::ReattachedEndedRunNotStopped,
-    ];
+    pub const ALL: [KnownBug; 1] = [KnownBug::StartReplyLostOrphan];
 }
 
 /// SPEC section 2's legal status changes, with `None` for a job that did not exist yet.
@@ -172,17 +149,6 @@ impl Checker {
             || (job.run.started_at.is_some() && !job.run.job_clients.iter().any(|s| s == site))
     }
 
-    /// Whether the server app of `job` is an orphan of
-    /// [`KnownBug::ReattachedEndedRunNotStopped`]: found again after a restart, while its
-    /// job is terminal and its run stopped.
-    fn ended_but_reattached(&self, world: &World, job: &JobId) -> bool {
-        world.earlier_server_apps.contains(job)
-            && self
-                .replayed
-                .job(job)
-                .is_some_and(|j| j.status.is_terminal() && j.run.phase == RunPhase::Stopped)
-    }
-
     /// Counts a hit of a tolerated defect, or turns it into the violation `what`.
     fn known(&self, bug: KnownBug, hits: &mut Vec<KnownBug>, what: String) -> Result<(), String> {
         if self.tolerated.contains(&bug) {
@@ -221,11 +187,7 @@ impl Checker {
                 },
                 job.status
             );
-            let mut hits = Vec::new();
-            self.known(KnownBug::RepeatedAnswerStopsApp, &mut hits, what)?;
-            for bug in hits {
-                *self.known_hits.entry(bug).or_default() += 1;
-            }
+            return Err(what);
         }
         Ok(())
     }
@@ -412,7 +374,6 @@ impl Checker {
         // Jobs with a process alive.
         let mut alive: BTreeSet<JobId> = world.server_apps.iter().copied().collect();
         let mut without_orphans = alive.clone();
-        let mut without_abandoned = alive.clone();
         for site in &world.sites {
             let counted =
                 site.connected || world.now < grace_end(site.since, world.server_up_since, limits);
@@ -429,26 +390,8 @@ impl Checker {
                         .filter(|job| !returning(job) && !self.orphan(&site.name, job))
                         .copied(),
                 );
-                let abandoned_away = |job: &JobId| {
-                    !site.connected
-                        && self.replayed.job(job).is_some_and(|j| {
-                            j.status.is_terminal() && j.run.phase == RunPhase::Stopped
-                        })
-                };
-                without_abandoned.extend(
-                    site.apps
-                        .iter()
-                        .filter(|job| !returning(job) && !abandoned_away(job))
-                        .copied(),
-                );
             }
         }
-        let reattached: BTreeSet<JobId> = world
-            .server_apps
-            .iter()
-            .filter(|job| self.ended_but_reattached(world, job))
-            .copied()
-            .collect();
         if alive.len() > limits.max_jobs {
             let what = format!(
                 "{} jobs have app processes alive, over max_jobs = {}: {alive:?}",
@@ -457,10 +400,6 @@ impl Checker {
             );
             if without_orphans.len() <= limits.max_jobs {
                 self.known(KnownBug::StartReplyLostOrphan, hits, what)?;
-            } else if without_abandoned.len() <= limits.max_jobs {
-                self.known(KnownBug::StopEndsEarly, hits, what)?;
-            } else if without_orphans.difference(&reattached).count() <= limits.max_jobs {
-                self.known(KnownBug::ReattachedEndedRunNotStopped, hits, what)?;
             } else {
                 return Err(what);
             }
@@ -481,10 +420,7 @@ impl Checker {
                         lived.as_secs_f64(),
                         limits.abort_grace.as_secs_f64()
                     );
-                    if !self.ended_but_reattached(world, job) {
-                        return Err(what);
-                    }
-                    self.known(KnownBug::ReattachedEndedRunNotStopped, hits, what)?;
+                    return Err(what);
                 }
             }
         }
@@ -548,10 +484,7 @@ impl Checker {
         let mut hits = Vec::new();
         for job in &world.server_apps {
             let what = format!("the server app of job {job} still runs at the end");
-            if !self.ended_but_reattached(world, job) {
-                return Err(what);
-            }
-            self.known(KnownBug::ReattachedEndedRunNotStopped, &mut hits, what)?;
+            return Err(what);
         }
         for site in world.sites.iter().filter(|s| s.connected) {
             for job in &site.apps {
