@@ -1535,14 +1535,14 @@ fn site_report(ctx: &mut Ctx<'_>, site: String, report: SiteReport) {
             // a site reporting for other jobs, for unknown jobs, or again under new
             // report ids cannot grow the history or the state (each job holds at most
             // one exit per site it was dispatched to).
-            // A site can only report the exit of an app it was asked to start: its start
-            // is recorded as OK, or as no reply (the answer was lost, the app may run),
-            // or it deployed and its start answer is awaited (the exit may overtake it).
-            // An exit of a job the site never started is a lie or a confusion, and is
-            // not the job's outcome.
+            // A site can only report the exit of an app it started: its start is
+            // recorded as OK, or it deployed and its start answer is awaited (the exit
+            // may overtake it). An exit of a job the site is not known to have started
+            // (a lie, a confused site, or a site left out after no reply) is not the
+            // job's outcome.
             let fresh = ctx.job(&job_id).is_some_and(|j| {
                 let asked_to_start = match j.run.start.get(&site) {
-                    Some(result) => matches!(result, StepResult::Ok | StepResult::NoReply),
+                    Some(result) => result.is_ok(),
                     None => {
                         matches!(j.run.step, Some((StartStep::StartingSites, _)))
                             && j.run.deploy.get(&site).is_some_and(StepResult::is_ok)
