@@ -1582,10 +1582,11 @@ fn repeats_recorded(
     answers: impl Fn(&crate::lifecycle::state::Run) -> &BTreeMap<String, StepResult>,
 ) -> bool {
     job.and_then(|j| answers(&j.run).get(site))
-        .is_some_and(|recorded| match (recorded, result) {
-            (StepResult::Ok, Ok(())) => true,
-            (StepResult::Error(_), Err(_)) => true,
-            _ => false,
+        .is_some_and(|recorded| {
+            matches!(
+                (recorded, result),
+                (StepResult::Ok, Ok(())) | (StepResult::Error(_), Err(_))
+            )
         })
 }
 
