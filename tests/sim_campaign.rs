@@ -21,9 +21,8 @@ use fedrun::sim::invariants::KnownBug;
 /// runs without any tolerance. Remove an entry once its fix lands.
 const TOLERATED: &[KnownBug] = &[
     KnownBug::StartReplyLostOrphan,
-    KnownBug::RepeatedAnswerStopsApp,
     KnownBug::StopEndsEarly,
-    KnownBug::ReattachedEndedRunNotStopped,
+    KnownBug::AnswerInRecoveryCleansUp,
 ];
 
 /// Seeds per scenario by default. Measured in the test profile (dependencies at opt-level

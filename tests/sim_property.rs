@@ -261,11 +261,8 @@ fn check(text: &str, seed: u64) -> Result<(), TestCaseError> {
             ));
         }
     };
-    // The simulator's own invariants run too; a known defect of the core (routed for a
-    // fix, see `KnownBug::StopEndsEarly` and its regression case) is counted, not failed.
-    let options = fedrun::sim::driver::RunOptions {
-        tolerate: vec![fedrun::sim::invariants::KnownBug::StopEndsEarly],
-    };
+    // The simulator's own invariants run too, strictly.
+    let options = fedrun::sim::driver::RunOptions::default();
     let result = fedrun::sim::driver::run_full(&checked, seed, Some(&mut observer), &options)
         .map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
     prop_assert!(violations.is_empty(), "{violations:#?}\n{text}");
@@ -320,9 +317,7 @@ fn generated_scenarios_reach_every_kind_of_ending() {
             .expect("a scenario")
             .current();
         let checked = fedrun::sim::scenario::parse(&text).expect("valid");
-        let options = fedrun::sim::driver::RunOptions {
-            tolerate: vec![fedrun::sim::invariants::KnownBug::StopEndsEarly],
-        };
+        let options = fedrun::sim::driver::RunOptions::default();
         let result = fedrun::sim::driver::run_with(&checked, 1, &options).expect("runs");
         restarts += result
             .events

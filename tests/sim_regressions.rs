@@ -1,11 +1,11 @@
 //! Regression cases the fault campaign found: each is a scenario file and a seed under
 //! `tests/scenarios/regressions/`.
 //!
-//! Cases whose defect is in the core (routed for a fix) are run strictly and must still
-//! fail with exactly their violation, and, run with only that defect tolerated, must pass:
-//! so each case shows its defect and nothing else. When a fix lands, the strict run passes,
-//! this test fails: the case then becomes a strict must-pass test, and the defect
-//! leaves `KnownBug` and the campaign's tolerated list.
+//! Cases whose defect is in the core and still open are run strictly and must still fail
+//! with exactly their violation, and, run with only that defect tolerated, must pass: so
+//! each case shows its defect and nothing else. When a fix lands, the strict run passes,
+//! this test fails: the case then moves to `FIXED_CORE_DEFECTS`, a strict must-pass test,
+//! and the defect leaves `KnownBug` and the campaign's tolerated list.
 
 use std::path::{Path, PathBuf};
 
@@ -30,20 +30,6 @@ type Case = (
 
 const OPEN_CORE_DEFECTS: &[Case] = &[
     (
-        "reattach_ended_run",
-        1640,
-        KnownBug::ReattachedEndedRunNotStopped,
-        "still runs",
-        &[KnownBug::RepeatedAnswerStopsApp],
-    ),
-    (
-        "duplicate_start_answer",
-        0,
-        KnownBug::RepeatedAnswerStopsApp,
-        "a participant of its live run",
-        &[],
-    ),
-    (
         "start_reply_lost",
         57,
         KnownBug::StartReplyLostOrphan,
@@ -59,18 +45,43 @@ const OPEN_CORE_DEFECTS: &[Case] = &[
     ),
 ];
 
-/// Cases whose core defect was fixed (w-core: recovery waits for the stops of a run it
-/// abandons, so the slot is not given away while a site within its grace still runs the
-/// app): they must pass strictly, with nothing tolerated.
-const FIXED_CORE_DEFECTS: &[(&str, u64)] = &[("abandon_away_site", 0), ("stopping_away_site", 0)];
+/// Cases whose core defect is fixed: each runs strictly, with every invariant, and must
+/// pass. (scenario, seed, the rule it checks.)
+const FIXED_CORE_DEFECTS: &[(&str, u64, &str)] = &[
+    (
+        "duplicate_start_answer",
+        0,
+        "SPEC 11: a repeated answer of a recorded participant changes nothing",
+    ),
+    (
+        "lie_never_ran",
+        0,
+        "SPEC 8: an exit from a site never asked to start is not the job's outcome",
+    ),
+    (
+        "stopping_away_site",
+        0,
+        "SPEC 8: a stop is over only when an away site's reconnect grace ran out",
+    ),
+    (
+        "abandon_away_site",
+        0,
+        "SPEC 4 and 8: an abandoned run stays stopping while an away site may run it",
+    ),
+    (
+        "reattach_ended_run",
+        1640,
+        "SPEC 4: a server app re-attached to an ended run is stopped",
+    ),
+];
 
 #[test]
 fn fixed_core_defects_pass_strictly() {
-    for (name, seed) in FIXED_CORE_DEFECTS {
+    for (name, seed, rule) in FIXED_CORE_DEFECTS {
         let checked = fedrun::sim::scenario::load(&path(name)).expect("valid scenario");
-        let result = fedrun::sim::driver::run(&checked, *seed)
-            .unwrap_or_else(|e| panic!("{name} seed {seed} fails again: {e}"));
-        assert!(result.known_hits.is_empty(), "{name} seed {seed}");
+        if let Err(e) = fedrun::sim::driver::run(&checked, *seed) {
+            panic!("{name} seed {seed} ({rule}): {e}");
+        }
     }
 }
 
@@ -101,24 +112,6 @@ fn open_core_defects_still_show_exactly_their_violation() {
             result.known_hits.contains_key(bug),
             "{name} seed {seed}: {bug:?} did not show"
         );
-    }
-}
-
-/// A site's lie about a job it never ran is recorded by the core as that job's outcome
-/// (a core defect, see the scenario's comment). The lie kind is left out of the campaign
-/// until the fix lands, so it cannot be tolerated there; this case shows it strictly.
-#[test]
-fn a_lie_about_a_job_never_run_is_recorded() {
-    let checked = fedrun::sim::scenario::load(&path("lie_never_ran")).expect("valid scenario");
-    match fedrun::sim::driver::run(&checked, 0) {
-        Err(SimError::Invariant { what, .. }) => {
-            assert!(what.contains("a site's lie was recorded"), "{what}")
-        }
-        Err(other) => panic!("failed otherwise: {other}"),
-        Ok(_) => panic!(
-            "lie_never_ran passes: the core now ignores the lie; add \"never_ran\" back to \
-             the campaign's lies and make this case a strict must-pass test"
-        ),
     }
 }
 

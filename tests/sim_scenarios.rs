@@ -135,12 +135,8 @@ fn check_job(scenario: &str, name: &str, want: &JobExpect, job: &Job, result: &S
 fn run_scenario(name: &str) {
     let path = dir().join(format!("{name}.toml"));
     let checked = fedrun::sim::scenario::load(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
-    // The simulator's invariants run on every scenario; one known defect of the core
-    // (routed for a fix, with its own regression cases in sim_regressions) shows in
-    // crash_while_stopping and is counted there instead of failing it.
-    let options = fedrun::sim::driver::RunOptions {
-        tolerate: vec![fedrun::sim::invariants::KnownBug::StopEndsEarly],
-    };
+    // The simulator's invariants run strictly on every scenario.
+    let options = fedrun::sim::driver::RunOptions::default();
     let result = fedrun::sim::driver::run_with(&checked, 0, &options)
         .unwrap_or_else(|e| panic!("{name}: {e}"));
     let expect_text = std::fs::read_to_string(dir().join(format!("{name}.expect.toml")))

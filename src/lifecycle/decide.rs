@@ -208,7 +208,17 @@ fn decide_inner(
                 .recovery
                 .as_ref()
                 .is_some_and(|w| !w.reattached.contains(&job_id));
-            if open && ctx.scratch.jobs.contains_key(&job_id) {
+            // A server app found alive for a job that has ended and whose run is over
+            // (a crash lost the stop that followed the append that ended it) must not
+            // outlive its job: it is stopped, and nothing is recorded, since no run is
+            // there to re-attach to (SPEC 4, "a stop is over" in SPEC 8).
+            let ended = ctx.scratch.jobs.get(&job_id).is_some_and(|j| {
+                j.status.is_terminal()
+                    && matches!(j.run.phase, RunPhase::Stopped | RunPhase::NotStarted)
+            });
+            if ended {
+                ctx.effect(Effect::StopServerApp { job_id });
+            } else if open && ctx.scratch.jobs.contains_key(&job_id) {
                 ctx.emit(Actor::System, EventKind::RunReattached { job_id });
             }
             None
@@ -1475,6 +1485,9 @@ fn site_report(ctx: &mut Ctx<'_>, site: String, report: SiteReport) {
             if awaited {
                 ctx.record_site_deploy(actor, job_id, site, step_result(result));
                 ctx.evaluate_site_deploys(job_id);
+            } else if repeats_recorded(ctx.job(&job_id), &site, &result, |run| &run.deploy) {
+                // Sites resend an answer whose acknowledgement they did not see (SPEC 11):
+                // a repeat of the answer already recorded changes nothing.
             } else if result.is_ok() {
                 ctx.effect(Effect::DeleteSiteDeployment { site, job_id });
             }
@@ -1497,6 +1510,9 @@ fn site_report(ctx: &mut Ctx<'_>, site: String, report: SiteReport) {
                     },
                 );
                 ctx.evaluate_site_starts(job_id);
+            } else if repeats_recorded(ctx.job(&job_id), &site, &result, |run| &run.start) {
+                // A resent start answer (SPEC 11) of a site recorded as started must not
+                // stop the app of a participant: it changes nothing.
             } else if result.is_ok() {
                 ctx.effect(Effect::StopSiteApp {
                     site: site.clone(),
@@ -1519,8 +1535,21 @@ fn site_report(ctx: &mut Ctx<'_>, site: String, report: SiteReport) {
             // a site reporting for other jobs, for unknown jobs, or again under new
             // report ids cannot grow the history or the state (each job holds at most
             // one exit per site it was dispatched to).
+            // A site can only report the exit of an app it started: its start is
+            // recorded as OK, or it deployed and its start answer is awaited (the exit
+            // may overtake it). An exit of a job the site is not known to have started
+            // (a lie, a confused site, or a site left out after no reply) is not the
+            // job's outcome.
             let fresh = ctx.job(&job_id).is_some_and(|j| {
+                let asked_to_start = match j.run.start.get(&site) {
+                    Some(result) => result.is_ok(),
+                    None => {
+                        matches!(j.run.step, Some((StartStep::StartingSites, _)))
+                            && j.run.deploy.get(&site).is_some_and(StepResult::is_ok)
+                    }
+                };
                 j.run.was_sent(&site)
+                    && asked_to_start
                     && !j.run.site_exits.contains_key(&site)
                     && !j.run.report_ids.contains(&report_id)
             });
@@ -1540,6 +1569,25 @@ fn site_report(ctx: &mut Ctx<'_>, site: String, report: SiteReport) {
             }
         }
     }
+}
+
+/// Whether `result` repeats the answer already recorded for `site` in the answers that
+/// `answers` picks from the job's run: an OK after an OK, an error after an error. A late
+/// OK after a recorded timeout is not a repeat: that app or deployment was left out and
+/// is cleaned up.
+fn repeats_recorded(
+    job: Option<&Job>,
+    site: &str,
+    result: &Result<(), String>,
+    answers: impl Fn(&crate::lifecycle::state::Run) -> &BTreeMap<String, StepResult>,
+) -> bool {
+    job.and_then(|j| answers(&j.run).get(site))
+        .is_some_and(|recorded| {
+            matches!(
+                (recorded, result),
+                (StepResult::Ok, Ok(())) | (StepResult::Error(_), Err(_))
+            )
+        })
 }
 
 fn server_deploy_finished(ctx: &mut Ctx<'_>, job_id: JobId, result: Result<(), String>) {

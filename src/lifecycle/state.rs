@@ -263,7 +263,7 @@ impl Run {
     }
 
     /// Whether a site's outcome counts for the run: it is one of `job_clients` once the job
-    /// is `RUNNING`, else one of the sites it was dispatched to.
+    /// is `RUNNING`, else a site that started or whose start answer is awaited.
     pub fn counts_site(&self, site: &str) -> bool {
         // Both lists are sorted.
         if self.started_at.is_some() {
@@ -271,7 +271,14 @@ impl Run {
                 .binary_search_by(|s| s.as_str().cmp(site))
                 .is_ok()
         } else {
-            self.was_sent(site)
+            // Before the run is RUNNING, a site takes part if it started, or if it
+            // deployed and its start answer is still awaited (its exit may arrive before
+            // that answer). A site that failed its deploy or its start, or was left out
+            // after no reply, has no app whose exit could decide the run.
+            match self.start.get(site) {
+                Some(result) => result.is_ok(),
+                None => self.deploy.get(site).is_some_and(StepResult::is_ok),
+            }
         }
     }
 

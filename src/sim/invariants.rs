@@ -38,33 +38,29 @@ pub enum KnownBug {
     /// stopped when the site reconnects listing it as running. Regression cases:
     /// `tests/scenarios/regressions/start_reply_lost_*.toml`.
     StartReplyLostOrphan,
-    /// A repeated (resent or duplicated) deploy or start answer from a site that is part
-    /// of a live run makes the core delete that site's deployment and stop its app: the
-    /// run then fails with the stop's signal. Regression case:
-    /// `tests/scenarios/regressions/duplicate_start_answer.toml`.
-    RepeatedAnswerStopsApp,
-    /// The core records a run stopped while a site that runs its app (it said so when it
-    /// connected) is disconnected and still within `site_reconnect_grace` counted from its
-    /// recorded disconnect (SPEC 4 and 8: the run stays stopping, and holds its `max_jobs`
-    /// slot, until then). Seen when recovery ends: a run abandoned with `resume_runs =
-    /// false`, or a run already stopping before the crash. Its slot goes to another job
-    /// while the app may still run. Regression cases:
-    /// `tests/scenarios/regressions/abandon_away_site.toml` and `stopping_away_site.toml`.
+    /// A site that came back after its `site_reconnect_grace` ran out, saying it still
+    /// runs the app of a job whose run is recorded stopped, is sent a stop, but the run is
+    /// not counted again: when the site goes away again before the stop is known to have
+    /// worked, the app may run for another grace while its slot is given to another job
+    /// (SPEC 8 "a stop is over"). The regression cases of the stop ending early at a
+    /// restart (`abandon_away_site`, `stopping_away_site`) are fixed; the campaign still
+    /// finds this variant (network.toml seed 259).
     StopEndsEarly,
-    /// The server crashes after the append that ended a job and before that batch's
-    /// effects (the stop of its server app) left. At the restart the app is found alive
-    /// and `RunReattached` is recorded, but nothing stops it although its job is terminal
-    /// and its run stopped. Regression case: `tests/scenarios/regressions/reattach_ended_run.toml`.
-    ReattachedEndedRunNotStopped,
+    /// While the recovery window is open, a start (or deploy) answer for a `DISPATCHED` job
+    /// that is not yet recorded is answered with a stop and a delete at once, although
+    /// the job is still live; recovery then abandons it anyway (SPEC 4: a `DISPATCHED` job
+    /// is abandoned and its deployments deleted). Repeats of recorded answers no longer
+    /// do this (fixed); this narrower case remains (everything.toml seeds 857, 929, 1323,
+    /// 1500).
+    AnswerInRecoveryCleansUp,
 }
 
 impl KnownBug {
     /// Every known defect.
-    pub const ALL: [KnownBug; 4] = [
+    pub const ALL: [KnownBug; 3] = [
         KnownBug::StartReplyLostOrphan,
-        KnownBug::RepeatedAnswerStopsApp,
         KnownBug::StopEndsEarly,
-        KnownBug::ReattachedEndedRunNotStopped,
+        KnownBug::AnswerInRecoveryCleansUp,
     ];
 }
 
@@ -172,17 +168,6 @@ impl Checker {
             || (job.run.started_at.is_some() && !job.run.job_clients.iter().any(|s| s == site))
     }
 
-    /// Whether the server app of `job` is an orphan of
-    /// [`KnownBug::ReattachedEndedRunNotStopped`]: found again after a restart, while its
-    /// job is terminal and its run stopped.
-    fn ended_but_reattached(&self, world: &World, job: &JobId) -> bool {
-        world.earlier_server_apps.contains(job)
-            && self
-                .replayed
-                .job(job)
-                .is_some_and(|j| j.status.is_terminal() && j.run.phase == RunPhase::Stopped)
-    }
-
     /// Counts a hit of a tolerated defect, or turns it into the violation `what`.
     fn known(&self, bug: KnownBug, hits: &mut Vec<KnownBug>, what: String) -> Result<(), String> {
         if self.tolerated.contains(&bug) {
@@ -221,8 +206,11 @@ impl Checker {
                 },
                 job.status
             );
+            if !(self.replayed.recovery.is_some() && job.status == RunStatus::Dispatched) {
+                return Err(what);
+            }
             let mut hits = Vec::new();
-            self.known(KnownBug::RepeatedAnswerStopsApp, &mut hits, what)?;
+            self.known(KnownBug::AnswerInRecoveryCleansUp, &mut hits, what)?;
             for bug in hits {
                 *self.known_hits.entry(bug).or_default() += 1;
             }
@@ -443,12 +431,6 @@ impl Checker {
                 );
             }
         }
-        let reattached: BTreeSet<JobId> = world
-            .server_apps
-            .iter()
-            .filter(|job| self.ended_but_reattached(world, job))
-            .copied()
-            .collect();
         if alive.len() > limits.max_jobs {
             let what = format!(
                 "{} jobs have app processes alive, over max_jobs = {}: {alive:?}",
@@ -459,8 +441,6 @@ impl Checker {
                 self.known(KnownBug::StartReplyLostOrphan, hits, what)?;
             } else if without_abandoned.len() <= limits.max_jobs {
                 self.known(KnownBug::StopEndsEarly, hits, what)?;
-            } else if without_orphans.difference(&reattached).count() <= limits.max_jobs {
-                self.known(KnownBug::ReattachedEndedRunNotStopped, hits, what)?;
             } else {
                 return Err(what);
             }
@@ -481,10 +461,7 @@ impl Checker {
                         lived.as_secs_f64(),
                         limits.abort_grace.as_secs_f64()
                     );
-                    if !self.ended_but_reattached(world, job) {
-                        return Err(what);
-                    }
-                    self.known(KnownBug::ReattachedEndedRunNotStopped, hits, what)?;
+                    return Err(what);
                 }
             }
         }
@@ -546,12 +523,8 @@ impl Checker {
             }
         }
         let mut hits = Vec::new();
-        for job in &world.server_apps {
-            let what = format!("the server app of job {job} still runs at the end");
-            if !self.ended_but_reattached(world, job) {
-                return Err(what);
-            }
-            self.known(KnownBug::ReattachedEndedRunNotStopped, &mut hits, what)?;
+        if let Some(job) = world.server_apps.first() {
+            return Err(format!("the server app of job {job} still runs at the end"));
         }
         for site in world.sites.iter().filter(|s| s.connected) {
             for job in &site.apps {

@@ -78,9 +78,10 @@ pub fn predict(job_clients: &[String], facts: &[Fact]) -> RunStatus {
                     continue;
                 }
                 heard.push(site);
-                // An exit after fedrun asked the run (or this app) to stop is the stop, not
-                // a failure.
-                if stopping || *stop_requested {
+                // An exit fedrun's own stop caused is not a failure (SPEC 8); the site says
+                // so. An exit the site says was the app's own still counts while the run is
+                // stopping: the app failed before the stop reached it.
+                if *stop_requested {
                     continue;
                 }
                 if let Some(bad) = Bad::of(*outcome) {
@@ -200,5 +201,19 @@ mod tests {
             predict(&clients, &[killed, site("b", 0)]),
             RunStatus::Abnormal
         );
+    }
+
+    #[test]
+    fn an_own_failure_after_the_stop_was_asked_still_counts() {
+        // Found by the simulator's property test: the server app failed with 1 (the run is
+        // stopping), then a site's app ended with its own 104 before the stop reached it.
+        // 104 is sticky and replaces the earlier failure (SPEC 8).
+        let clients = vec!["a".to_string(), "b".to_string()];
+        let facts = [
+            site("a", 0),
+            Fact::ServerExit(ExitOutcome::Code(1)),
+            site("b", 104),
+        ];
+        assert_eq!(predict(&clients, &facts), RunStatus::Abnormal);
     }
 }
