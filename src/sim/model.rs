@@ -150,10 +150,21 @@ mod tests {
             ),
             RunStatus::ExecutionException
         );
-        // 9 first, then nothing replaces... a later failure would, but the run stopped.
+        // 9 first stops the run; b's exit that fedrun's stop caused is not a failure...
+        let stopped_b = Fact::SiteExit {
+            site: "b".into(),
+            outcome: ExitOutcome::Code(101),
+            stop_requested: true,
+        };
+        assert_eq!(
+            predict(&clients, &[site("a", 9), stopped_b]),
+            RunStatus::Aborted
+        );
+        // ...but a 101 the site says was the app's own is a later failure, and replaces
+        // the 9 (9 is not sticky).
         assert_eq!(
             predict(&clients, &[site("a", 9), site("b", 101)]),
-            RunStatus::Aborted
+            RunStatus::ExecutionException
         );
         // 1 then 9: 9 never replaces an earlier failure.
         assert_eq!(
