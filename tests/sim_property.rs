@@ -15,29 +15,10 @@ use std::collections::BTreeMap;
 
 use fedrun::job::JobId;
 use fedrun::lifecycle::{Event, EventKind, RunStatus, State};
+// SPEC section 2's table, written from the SPEC apart from the core; the simulator's
+// invariants check the same table.
+use fedrun::sim::invariants::legal_transition;
 use proptest::prelude::*;
-
-/// SPEC section 2's legal transitions, with `None` for "(new)".
-fn legal(from: Option<RunStatus>, to: RunStatus) -> bool {
-    use RunStatus::*;
-    matches!(
-        (from, to),
-        (None, Submitted)
-            | (Some(Submitted), Dispatched)
-            | (Some(Submitted), CanNotSchedule)
-            | (Some(Submitted), Aborted)
-            | (Some(Dispatched), Running)
-            | (Some(Dispatched), FailedToRun)
-            | (Some(Dispatched), Aborted)
-            | (Some(Dispatched), Abandoned)
-            | (Some(Running), Completed)
-            | (Some(Running), ExecutionException)
-            | (Some(Running), Abnormal)
-            | (Some(Running), Aborted)
-            | (Some(Running), Abandoned)
-            | (Some(Running), Running)
-    )
-}
 
 #[derive(Clone, Debug)]
 struct SiteGen {
@@ -238,7 +219,7 @@ fn check(text: &str, seed: u64) -> Result<(), TestCaseError> {
                 let before = statuses.get(&job_id).copied();
                 let restored = matches!(event.kind, EventKind::RunRestored { .. });
                 if before != Some(job.status) || restored {
-                    if !legal(before, job.status) {
+                    if !legal_transition(before, job.status) {
                         violations.push(format!(
                             "event {}: job {job_id} went {before:?} -> {}",
                             event.seq, job.status

@@ -80,20 +80,10 @@ pub fn check_package_zip(
     limits: &Limits,
     scratch: Option<&Path>,
 ) -> Result<JobTrust, SubmitRefusal> {
-    let scratch_dir = scratch
-        .map(Path::to_path_buf)
-        .unwrap_or_else(std::env::temp_dir);
-    // `tempdir` makes the folder 0700, so no other user can swap files in it while they
-    // are being checked.
-    let temp = tempfile::Builder::new()
-        .prefix(".fedrun-verify-")
-        .tempdir_in(&scratch_dir)
-        .map_err(|source| SubmitRefusal::Scratch {
-            path: scratch_dir.clone(),
-            source,
-        })?;
-    let job = temp.path().join("job");
-    unpack(zip, None, &job, limits).map_err(SubmitRefusal::Unpack)?;
+    let (_temp, job) = unpack_to_scratch(zip, limits, scratch).map_err(|e| match e {
+        ScratchError::Scratch { path, source } => SubmitRefusal::Scratch { path, source },
+        ScratchError::Unpack(e) => SubmitRefusal::Unpack(e),
+    })?;
     let trust = check_job(&job, policy, at)?;
     if let JobTrust::Signed(signer) = &trust {
         if !signer.may_submit() {
@@ -166,18 +156,10 @@ pub fn verify_job_zip(
     limits: &Limits,
     scratch: Option<&Path>,
 ) -> Result<SignerIdentity, ZipVerifyError> {
-    let scratch_dir = scratch
-        .map(Path::to_path_buf)
-        .unwrap_or_else(std::env::temp_dir);
-    let temp = tempfile::Builder::new()
-        .prefix(".fedrun-verify-")
-        .tempdir_in(&scratch_dir)
-        .map_err(|source| ZipVerifyError::Scratch {
-            path: scratch_dir.clone(),
-            source,
-        })?;
-    let unpacked = temp.path().join("job");
-    unpack(zip, None, &unpacked, limits).map_err(ZipVerifyError::Unpack)?;
+    let (_temp, unpacked) = unpack_to_scratch(zip, limits, scratch).map_err(|e| match e {
+        ScratchError::Scratch { path, source } => ZipVerifyError::Scratch { path, source },
+        ScratchError::Unpack(e) => ZipVerifyError::Unpack(e),
+    })?;
     let job = job_root(&unpacked);
     verify_job_folder(&job, root, at).map_err(|reason| {
         let prefix = format!("{}/", job.display());
@@ -187,6 +169,39 @@ pub fn verify_job_zip(
             reason: Box::new(reason),
         }
     })
+}
+
+/// Why a zip could not be unpacked into a scratch folder.
+enum ScratchError {
+    Scratch {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    Unpack(UnpackError),
+}
+
+/// Unpacks `zip` into `job` inside a new private temporary folder under `scratch` (the
+/// system's temporary folder when `None`). The folder lives as long as the returned
+/// guard. `tempdir` makes it 0700, so no other user can swap files in it while they are
+/// being checked.
+fn unpack_to_scratch(
+    zip: &[u8],
+    limits: &Limits,
+    scratch: Option<&Path>,
+) -> Result<(tempfile::TempDir, PathBuf), ScratchError> {
+    let scratch_dir = scratch
+        .map(Path::to_path_buf)
+        .unwrap_or_else(std::env::temp_dir);
+    let temp = tempfile::Builder::new()
+        .prefix(".fedrun-verify-")
+        .tempdir_in(&scratch_dir)
+        .map_err(|source| ScratchError::Scratch {
+            path: scratch_dir,
+            source,
+        })?;
+    let job = temp.path().join("job");
+    unpack(zip, None, &job, limits).map_err(ScratchError::Unpack)?;
+    Ok((temp, job))
 }
 
 /// The folder of an unpacked zip that holds the job: the top, or its only folder when the
