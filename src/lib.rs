@@ -27,6 +27,7 @@ pub mod engine;
 pub mod history;
 pub mod job;
 pub mod lifecycle;
+pub mod net;
 pub mod schedule;
 pub mod settings;
 pub mod sim;

@@ -1,0 +1,4 @@
+//! fedrun on the network (SPEC section 11): startup kits, mutual TLS, the site protocol,
+//! the server's accept loop, the site agent, and the admin API.
+
+pub mod admin;
