@@ -13,7 +13,7 @@ use fedrun::job::JobId;
 use fedrun::lifecycle::{
     AdminRequest, Answer, Event, Identity, Origin, RunPhase, RunStatus, State,
 };
-use fedrun::site::local::{LocalSite, LocalSiteConfig};
+use fedrun::site::local::{LocalSite, LocalSiteConfig, SiteHandle};
 
 /// Arguments of `fedrun demo`.
 #[derive(clap::Args, Debug)]
@@ -98,6 +98,130 @@ fn engine_stopped(server: &Server) -> Option<i32> {
     Some(EXIT_ENGINE_STOPPED)
 }
 
+/// Where the demo's lines go: stdout, until it is closed (`fedrun demo | head`). A closed
+/// stdout is not a crash: the demo then stops its jobs as an interrupt would.
+struct Out {
+    closed: bool,
+}
+
+/// Why the demo ended early: an interrupt (SIGINT, SIGTERM) or a closed stdout.
+#[derive(Debug)]
+enum Interrupt {
+    Signal(&'static str),
+    StdoutClosed,
+}
+
+/// The exit code of a demo stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
+const EXIT_INTERRUPTED: i32 = 130;
+
+impl Out {
+    fn line(&mut self, text: std::fmt::Arguments<'_>) -> Result<(), Interrupt> {
+        use std::io::Write as _;
+        if self.closed {
+            return Err(Interrupt::StdoutClosed);
+        }
+        let mut stdout = std::io::stdout().lock();
+        match writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                self.closed = true;
+                Err(Interrupt::StdoutClosed)
+            }
+        }
+    }
+}
+
+/// Writes one line to the demo's [`Out`]; `?` ends the demo's run on a closed stdout.
+macro_rules! say {
+    ($out:expr, $($arg:tt)*) => {
+        $out.line(format_args!($($arg)*))
+    };
+}
+
+/// Waits for SIGINT or SIGTERM.
+async fn interrupted() -> Interrupt {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::warn!("cannot listen for SIGINT/SIGTERM; the demo cannot be interrupted cleanly");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => Interrupt::Signal("SIGINT"),
+        _ = term.recv() => Interrupt::Signal("SIGTERM"),
+    }
+}
+
+/// Stops an interrupted demo without leaving anything behind: every unfinished job is
+/// aborted (SPEC section 9, recorded like any abort), the jobs get `abort_grace` and a
+/// margin to settle, then each site stops whatever app still runs (SIGTERM, grace,
+/// SIGKILL) and the server shuts down with its history anchored.
+async fn stop_interrupted(server: &Server, sites: Vec<SiteHandle>, abort_grace: Duration) {
+    let state = server.state();
+    let open: Vec<JobId> = state
+        .jobs
+        .iter()
+        .filter(|(_, job)| !job.status.is_terminal())
+        .map(|(id, _)| *id)
+        .collect();
+    for job_id in &open {
+        let answer = server
+            .request(
+                Origin {
+                    identity: admin(),
+                    request_id: Some(format!("demo-interrupt-abort-{job_id}")),
+                },
+                AdminRequest::AbortJob { job_id: *job_id },
+            )
+            .await;
+        if !matches!(answer, Ok(Ok(_))) {
+            tracing::warn!(%job_id, ?answer, "abort of an unfinished job refused");
+        }
+    }
+    let all: Vec<JobId> = state.jobs.keys().copied().collect();
+    let bound = abort_grace + Duration::from_secs(15);
+    let mut watch = server.watch();
+    if tokio::time::timeout(bound, watch.wait_for(|s| settled(s, &all)))
+        .await
+        .is_err()
+    {
+        eprintln!(
+            "warning: the jobs did not settle within {} s; their apps are stopped now",
+            bound.as_secs()
+        );
+    }
+    for site in sites {
+        site.stop_apps_and_shutdown().await;
+    }
+    server.shutdown().await;
+}
+
+/// How the demo's run of the jobs ended, when it did not end with every job settled.
+enum Stop {
+    /// Ctrl-C, SIGTERM or a closed stdout: abort what is unfinished and clean up.
+    Interrupted(Interrupt),
+    /// The engine stopped for good: exit with this code.
+    Engine(i32),
+    /// Anything else.
+    Failed(anyhow::Error),
+}
+
+impl From<Interrupt> for Stop {
+    fn from(interrupt: Interrupt) -> Self {
+        Stop::Interrupted(interrupt)
+    }
+}
+
+/// The end of an engine that stopped for good, or `failed` when it still runs.
+fn stop_or(server: &Server, failed: anyhow::Error) -> Stop {
+    match engine_stopped(server) {
+        Some(code) => Stop::Engine(code),
+        None => Stop::Failed(failed),
+    }
+}
+
 async fn demo(args: Args) -> anyhow::Result<i32> {
     let examples = examples_dir(args.examples)?;
     let data_dir = match args.data_dir {
@@ -110,7 +234,8 @@ async fn demo(args: Args) -> anyhow::Result<i32> {
     };
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
-    println!("fedrun demo: data folder {}", data_dir.display());
+    let mut out = Out { closed: false };
+    let _ = say!(out, "fedrun demo: data folder {}", data_dir.display());
     let config = ServerConfig::new(&data_dir);
     let abort_grace = config.settings.abort_grace;
     let server = Server::start(config, Arc::new(WallClock))
@@ -125,6 +250,62 @@ async fn demo(args: Args) -> anyhow::Result<i32> {
         server.attach_site(name, handle.requests.clone(), reports_rx);
         sites.push(handle);
     }
+    let run = tokio::select! {
+        run = run_jobs(&server, &examples, args.timeout_secs, &data_dir, &mut out) => run,
+        interrupt = interrupted() => Err(Stop::Interrupted(interrupt)),
+    };
+    let (ids, names, elapsed) = match run {
+        Ok(done) => done,
+        Err(Stop::Interrupted(interrupt)) => {
+            match interrupt {
+                Interrupt::Signal(signal) => {
+                    eprintln!("{signal}: aborting the unfinished jobs and stopping their apps")
+                }
+                Interrupt::StdoutClosed => {
+                    eprintln!("stdout closed: aborting the unfinished jobs and stopping their apps")
+                }
+            }
+            stop_interrupted(&server, sites, abort_grace).await;
+            eprintln!(
+                "stopped; data folder {} (fedrun history --data-dir {0})",
+                data_dir.display()
+            );
+            return Ok(EXIT_INTERRUPTED);
+        }
+        Err(Stop::Engine(code)) => return Ok(code),
+        Err(Stop::Failed(error)) => {
+            // Nothing is left running behind a failed demo either.
+            stop_interrupted(&server, sites, abort_grace).await;
+            return Err(error);
+        }
+    };
+    let state = server.state();
+    server.shutdown().await;
+    for site in sites {
+        site.shutdown().await;
+    }
+    match report(&state, &ids, &names, elapsed, &data_dir, &mut out) {
+        Ok(code) => Ok(code),
+        Err(Stop::Failed(error)) => Err(error),
+        Err(Stop::Engine(code)) => Ok(code),
+        // The jobs are settled and everything is stopped: a closed stdout only cuts the
+        // report short.
+        Err(Stop::Interrupted(_)) => Ok(EXIT_INTERRUPTED),
+    }
+}
+
+/// The three jobs, their ids in submit order and names, and the time until all settled.
+type Ran = (Vec<JobId>, BTreeMap<JobId, &'static str>, Duration);
+
+/// Submits the example jobs once the sites are connected, follows them live, aborts the
+/// long-running one, and returns once all three have settled.
+async fn run_jobs(
+    server: &Server,
+    examples: &Path,
+    timeout_secs: u64,
+    data_dir: &Path,
+    out: &mut Out,
+) -> Result<Ran, Stop> {
     // Submit once every site is connected, as an operator would: a job tried before its
     // sites are there waits out a back-off (10 s by default).
     let mut watch = server.watch();
@@ -134,17 +315,16 @@ async fn demo(args: Args) -> anyhow::Result<i32> {
     )
     .await
     .map(|r| r.map(|_| ()));
-    let all_connected = matches!(connected, Ok(Ok(_)));
-    if !all_connected {
-        if let Some(code) = engine_stopped(&server) {
-            return Ok(code);
-        }
-        bail!("the sites did not connect within 30 s");
+    if !matches!(connected, Ok(Ok(_))) {
+        return Err(stop_or(
+            server,
+            anyhow::anyhow!("the sites did not connect within 30 s"),
+        ));
     }
-    println!("server started; sites {} connected", SITES.join(", "));
+    say!(out, "server started; sites {} connected", SITES.join(", "))?;
 
     let started = Instant::now();
-    let mut names: BTreeMap<JobId, &str> = BTreeMap::new();
+    let mut names: BTreeMap<JobId, &'static str> = BTreeMap::new();
     let mut ids = Vec::new();
     for job in JOBS {
         let answer = server
@@ -153,21 +333,23 @@ async fn demo(args: Args) -> anyhow::Result<i32> {
                 admin(),
                 Some(format!("demo-submit-{job}")),
             )
-            .await?;
+            .await
+            .map_err(|e| Stop::Failed(e.into()))?;
         match answer {
             Ok(Ok(Answer::Submitted { job_id })) => {
-                println!(
+                say!(
+                    out,
                     "[{:>6.2}s] submitted {job} as {job_id}",
                     started.elapsed().as_secs_f64()
-                );
+                )?;
                 names.insert(job_id, job);
                 ids.push(job_id);
             }
             other => {
-                if let Some(code) = engine_stopped(&server) {
-                    return Ok(code);
-                }
-                bail!("submitting {job} failed: {other:?}")
+                return Err(stop_or(
+                    server,
+                    anyhow::anyhow!("submitting {job} failed: {other:?}"),
+                ))
             }
         }
     }
@@ -175,7 +357,7 @@ async fn demo(args: Args) -> anyhow::Result<i32> {
     let long_running = ids[2];
     let mut seen: BTreeMap<JobId, RunStatus> = BTreeMap::new();
     let mut abort_sent = false;
-    let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
+    let deadline = Instant::now() + Duration::from_secs(timeout_secs);
     let mut running_since: Option<Instant> = None;
     loop {
         let state = watch.borrow_and_update().clone();
@@ -192,12 +374,13 @@ async fn demo(args: Args) -> anyhow::Result<i32> {
                         .filter(|_| job.status.is_terminal())
                         .map(|r| format!(" ({r})"))
                         .unwrap_or_default();
-                    println!(
+                    say!(
+                        out,
                         "[{:>6.2}s] {:<15} {from} -> {}{reason}",
                         started.elapsed().as_secs_f64(),
                         names[id],
                         job.status
-                    );
+                    )?;
                     seen.insert(*id, job.status);
                 }
             }
@@ -215,10 +398,11 @@ async fn demo(args: Args) -> anyhow::Result<i32> {
             && others_done
             && running_since.is_some_and(|t| t.elapsed() >= Duration::from_secs(2))
         {
-            println!(
+            say!(
+                out,
                 "[{:>6.2}s] aborting long-running",
                 started.elapsed().as_secs_f64()
-            );
+            )?;
             let answer = server
                 .request(
                     Origin {
@@ -231,18 +415,18 @@ async fn demo(args: Args) -> anyhow::Result<i32> {
                 )
                 .await;
             if !matches!(answer, Ok(Ok(_))) {
-                if let Some(code) = engine_stopped(&server) {
-                    return Ok(code);
-                }
-                bail!("aborting long-running failed: {answer:?}");
+                return Err(stop_or(
+                    server,
+                    anyhow::anyhow!("aborting long-running failed: {answer:?}"),
+                ));
             }
             abort_sent = true;
         }
         if settled(&state, &ids) {
             break;
         }
-        if let Some(code) = engine_stopped(&server) {
-            return Ok(code);
+        if let Some(code) = engine_stopped(server) {
+            return Err(Stop::Engine(code));
         }
         let wait = if !abort_sent && running_since.is_some() {
             // Wake up to send the abort even if nothing changes meanwhile.
@@ -251,67 +435,87 @@ async fn demo(args: Args) -> anyhow::Result<i32> {
             deadline.saturating_duration_since(Instant::now())
         };
         if Instant::now() >= deadline {
-            bail!(
+            return Err(Stop::Failed(anyhow::anyhow!(
                 "the jobs did not finish within {} s; data folder {}",
-                args.timeout_secs,
+                timeout_secs,
                 data_dir.display()
-            );
+            )));
         }
         let _ = tokio::time::timeout(wait, watch.changed()).await;
     }
-    let elapsed = started.elapsed();
-    let state = server.state();
-    server.shutdown().await;
-    for site in sites {
-        site.shutdown().await;
-    }
+    Ok((ids, names, started.elapsed()))
+}
 
-    println!();
-    println!(
+/// Prints the settled jobs, one job's history and the audit; the exit code.
+fn report(
+    state: &State,
+    ids: &[JobId],
+    names: &BTreeMap<JobId, &'static str>,
+    elapsed: Duration,
+    data_dir: &Path,
+    out: &mut Out,
+) -> Result<i32, Stop> {
+    say!(out, "")?;
+    say!(
+        out,
         "{:<15}  {:<36}  {:<30}  {:<22}  ARCHIVE",
-        "JOB", "JOB ID", "STATUS", "CLIENTS"
-    );
-    for id in &ids {
+        "JOB",
+        "JOB ID",
+        "STATUS",
+        "CLIENTS"
+    )?;
+    for id in ids {
         let job = &state.jobs[id];
         let archive = match &job.archive {
             fedrun::lifecycle::Archive::Archived { hash } => format!("{}…", &hash.to_hex()[..12]),
             other => format!("{other:?}"),
         };
-        println!(
+        say!(
+            out,
             "{:<15}  {:<36}  {:<30}  {:<22}  {archive}",
             names[id],
             id.to_string(),
             job.status.as_str(),
             job.run.job_clients.join(",")
-        );
+        )?;
     }
-    println!("all jobs settled in {:.2} s", elapsed.as_secs_f64());
+    say!(out, "all jobs settled in {:.2} s", elapsed.as_secs_f64())?;
 
-    let history = History::<Event>::open(&data_dir)
-        .with_context(|| format!("reopening the history in {}", data_dir.display()))?;
+    let history = History::<Event>::open(data_dir)
+        .with_context(|| format!("reopening the history in {}", data_dir.display()))
+        .map_err(Stop::Failed)?;
     let failed = ids[1];
-    println!();
-    println!("history of hello-fail ({failed}):");
+    say!(out, "")?;
+    say!(out, "history of hello-fail ({failed}):")?;
     for record in history.records_from(1) {
-        let record = record.context("reading the history back")?;
+        let record = record
+            .context("reading the history back")
+            .map_err(Stop::Failed)?;
         if record.event.kind.job_id() == Some(failed) {
-            println!("  {}", fedrun::history::events::event_text(&record.event));
+            say!(
+                out,
+                "  {}",
+                fedrun::history::events::event_text(&record.event)
+            )?;
         }
     }
     let report = history.verify(State::new());
-    println!();
+    say!(out, "")?;
     if report.is_ok() {
-        println!(
+        say!(
+            out,
             "audit: OK: {} records, hash chain intact, head seq {}, replay matches",
-            report.records_ok, report.head.seq
-        );
+            report.records_ok,
+            report.head.seq
+        )?;
     } else {
-        println!("audit: FAILED: {:?}", report.problems);
+        say!(out, "audit: FAILED: {:?}", report.problems)?;
     }
-    println!();
-    println!(
+    say!(out, "")?;
+    say!(
+        out,
         "inspect it: fedrun history --data-dir {0} ; fedrun audit verify --data-dir {0}",
         data_dir.display()
-    );
+    )?;
     Ok(if report.is_ok() { 0 } else { 1 })
 }
