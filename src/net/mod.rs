@@ -2,3 +2,4 @@
 //! the server's accept loop, the site agent, and the admin API.
 
 pub mod admin;
+pub mod client;
