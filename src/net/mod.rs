@@ -2,3 +2,8 @@
 //! the server's accept loop, the site agent, and the admin API.
 
 pub mod admin;
+pub mod agent;
+pub mod kit;
+pub mod serve;
+pub mod tls;
+pub mod wire;
