@@ -46,6 +46,10 @@ enum Command {
     Sign(cmd::sign::Args),
     /// Verify a signed job folder against a root CA.
     Verify(cmd::verify::Args),
+    /// Run the server of a federation on its mutual-TLS port.
+    Serve(cmd::serve::Args),
+    /// Run a site agent that dials the server.
+    Site(cmd::site::Args),
 }
 
 fn main() {
@@ -66,6 +70,8 @@ fn main() {
         Command::Provision(a) => cmd::provision::run(a),
         Command::Sign(a) => cmd::sign::run(a),
         Command::Verify(a) => cmd::verify::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
+        Command::Site(a) => cmd::site::run(a),
     };
     match result {
         Ok(code) => std::process::exit(code),
