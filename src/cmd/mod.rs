@@ -5,6 +5,7 @@ pub mod history;
 pub mod list;
 pub mod package;
 pub mod provision;
+pub mod remote;
 pub mod serve;
 pub mod show;
 pub mod sign;

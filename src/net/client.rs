@@ -80,6 +80,20 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// Why a client could not be made from a kit.
+#[derive(Debug, thiserror::Error)]
+pub enum KitClientError {
+    /// The kit is incomplete or unreadable.
+    #[error(transparent)]
+    Kit(#[from] crate::net::kit::KitError),
+    /// Its TLS files are unusable.
+    #[error(transparent)]
+    Tls(#[from] crate::net::tls::TlsError),
+    /// The kit is not an admin's.
+    #[error("the kit {0} is not an admin's kit; the admin commands need one")]
+    NotAdmin(std::path::PathBuf),
+}
+
 impl Client {
     /// A client that opens each connection with `connector`; `addr` names the server in
     /// messages.
@@ -89,6 +103,35 @@ impl Client {
             addr: addr.into(),
             connected_once: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// A client over mutual TLS with the admin kit in `kit_dir`, dialling `server` (or the
+    /// kit's server address); the server's certificate is checked against the kit's host
+    /// name either way.
+    pub fn from_kit(
+        kit_dir: &std::path::Path,
+        server: Option<&str>,
+    ) -> Result<Client, KitClientError> {
+        let kit = crate::net::kit::Kit::load(kit_dir)?;
+        if !matches!(kit.kind, crate::net::kit::KitKind::Admin { .. }) {
+            return Err(KitClientError::NotAdmin(kit_dir.to_path_buf()));
+        }
+        let config = crate::net::tls::client_config(&kit, crate::net::tls::ALPN_HTTP)?;
+        let name = crate::net::tls::server_name(&kit)?;
+        let addr = server.map_or_else(|| kit.server_address(), str::to_string);
+        let dial = addr.clone();
+        let connector: Connector = Arc::new(move || {
+            let connector = tokio_rustls::TlsConnector::from(config.clone());
+            let name = name.clone();
+            let dial = dial.clone();
+            Box::pin(async move {
+                let tcp = tokio::net::TcpStream::connect(&dial).await?;
+                tcp.set_nodelay(true)?;
+                let tls = connector.connect(name, tcp).await?;
+                Ok(Box::new(tls) as Box<dyn Stream>)
+            })
+        });
+        Ok(Client::new(addr, connector))
     }
 
     /// The address the client dials.
