@@ -835,10 +835,7 @@ fn unzip_download(zip: &[u8]) -> Result<Files, String> {
 
 /// A download read from a stopped server's data folder: the same files, the same rules
 /// (a finished job whose archive has settled), nothing recorded.
-fn local_download(
-    data_dir: &Path,
-    given: &str,
-) -> anyhow::Result<(String, Files)> {
+fn local_download(data_dir: &Path, given: &str) -> anyhow::Result<(String, Files)> {
     let state = super::list::load_state(data_dir)?;
     let job = find_job(&state, given)?;
     if !job.status.is_terminal() {
