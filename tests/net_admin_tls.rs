@@ -227,4 +227,20 @@ fn submit_wait_and_download_over_tls() {
     drop(serve);
     let gone = admin(&lead, &["list"]);
     assert_eq!(gone.status.code(), Some(3), "{}", text(&gone));
+
+    // The stopped server's folder gives the same download, read-only.
+    let offline = root.join("offline");
+    let local = run(fedrun()
+        .args(["download", &job_id, "-o"])
+        .arg(&offline)
+        .arg("--data-dir")
+        .arg(root.join("data")));
+    assert!(local.status.success(), "{}", text(&local));
+    for name in ["meta.json", "package.zip", "workspace.zip"] {
+        assert_eq!(
+            std::fs::read(offline.join(&job_id).join(name)).expect("offline file"),
+            std::fs::read(folder.join(name)).expect("live file"),
+            "{name} is the same from the folder as from the live server"
+        );
+    }
 }
