@@ -599,3 +599,28 @@ async fn the_client_speaks_to_serve_connection() {
         .expect_err("no connection");
     assert!(err.is_connection(), "{err:?}");
 }
+
+/// A connection that never sends a request head is closed after the header timeout, and
+/// the API goes on serving others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let api =
+        Api::start_with(|ctx| ctx.header_read_timeout = std::time::Duration::from_millis(200))
+            .await;
+    let (mut silent, server_end) = tokio::io::duplex(1024);
+    let served = tokio::spawn(serve_connection(api.ctx.clone(), lead_a(), server_end));
+    // Half a request head, then nothing.
+    silent
+        .write_all(b"GET /v1/jobs HTTP/1.1\r\n")
+        .await
+        .expect("write");
+    tokio::time::timeout(BOUND, served)
+        .await
+        .expect("the connection is dropped within the bound")
+        .expect("the connection task ends cleanly");
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(BOUND, silent.read_to_end(&mut rest)).await;
+    let (status, _) = api.json(&lead_a(), Method::GET, "/v1/jobs").await;
+    assert_eq!(status, StatusCode::OK, "others are still served");
+}

@@ -39,6 +39,9 @@ pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
 /// How long a client is asked to wait after a 503 (`Retry-After`, seconds).
 pub const RETRY_AFTER_SECS: u64 = 1;
 
+/// How long a connection may take to send a request's head, by default.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Events read from the history per round trip to the history thread.
 const HISTORY_CHUNK: usize = 256;
 
@@ -48,6 +51,8 @@ pub struct AdminContext {
     pub server: Server,
     /// The largest job upload accepted (bytes); a larger body is answered 413.
     pub upload_bytes_max: u64,
+    /// How long a connection may take to send a request's head before it is closed.
+    pub header_read_timeout: Duration,
 }
 
 impl AdminContext {
@@ -56,6 +61,7 @@ impl AdminContext {
         AdminContext {
             server,
             upload_bytes_max: crate::job::limits::Limits::default().package_bytes_max,
+            header_read_timeout: HEADER_READ_TIMEOUT,
         }
     }
 }
@@ -67,9 +73,14 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let name = identity.name.clone();
+    let timeout = ctx.header_read_timeout;
     let service = hyper_util::service::TowerToHyperService::new(router_for(ctx, identity));
     let io = hyper_util::rt::TokioIo::new(stream);
+    // A client that opens a connection and sends no complete request head in time (a
+    // half-open or trickling peer) is dropped, so it holds no task for long.
     if let Err(err) = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(timeout)
         .serve_connection(io, service)
         .await
     {
