@@ -624,3 +624,58 @@ async fn a_silent_connection_is_closed() {
     let (status, _) = api.json(&lead_a(), Method::GET, "/v1/jobs").await;
     assert_eq!(status, StatusCode::OK, "others are still served");
 }
+
+/// A connection lost after the client has reached the server is tried again (with the same
+/// request) until it comes back; a server never reached fails at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_retries_a_lost_connection() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let api = Api::start().await;
+    let ctx = api.ctx.clone();
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let counted = attempts.clone();
+    // Attempts 2 and 3 fail as if the server were restarting; the others reach it.
+    let connector: Connector = Arc::new(move || {
+        let ctx = ctx.clone();
+        let attempt = counted.fetch_add(1, Ordering::SeqCst) + 1;
+        Box::pin(async move {
+            if attempt == 2 || attempt == 3 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionRefused,
+                    "restarting",
+                ));
+            }
+            let (client_end, server_end) = tokio::io::duplex(64 * 1024);
+            tokio::spawn(serve_connection(ctx, lead_a(), server_end));
+            Ok(Box::new(client_end) as Box<dyn Stream>)
+        })
+    });
+    let client = Client::new("flaky", connector.clone());
+    client
+        .json(Method::GET, "/v1/jobs", &[], Bytes::new())
+        .await
+        .expect("the first attempt reaches the server");
+    let list = tokio::time::timeout(
+        BOUND,
+        client.retrying(|| client.json(Method::GET, "/v1/jobs", &[], Bytes::new())),
+    )
+    .await
+    .expect("in time")
+    .expect("reached again");
+    assert_eq!(list, serde_json::json!([]));
+    assert_eq!(
+        attempts.load(Ordering::SeqCst),
+        4,
+        "two lost attempts, then one that worked"
+    );
+
+    // A client that never reached its server does not wait.
+    attempts.store(1, Ordering::SeqCst);
+    let fresh = Client::new("flaky", connector);
+    let err = fresh
+        .retrying(|| fresh.json(Method::GET, "/v1/jobs", &[], Bytes::new()))
+        .await
+        .expect_err("never reached");
+    assert!(err.is_connection());
+    assert_eq!(attempts.load(Ordering::SeqCst), 2, "one attempt only");
+}
