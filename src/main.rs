@@ -46,6 +46,22 @@ enum Command {
     Sign(cmd::sign::Args),
     /// Verify a signed job folder against a root CA.
     Verify(cmd::verify::Args),
+    /// Run the server of a federation on its mutual-TLS port.
+    Serve(cmd::serve::Args),
+    /// Run a site agent that dials the server.
+    Site(cmd::site::Args),
+    /// Submit a job folder or zip to the live server.
+    Submit(cmd::remote::SubmitArgs),
+    /// Abort a job on the live server.
+    Abort(cmd::remote::JobArgs),
+    /// Delete a job on the live server (a SUBMITTED or finished one).
+    Delete(cmd::remote::JobArgs),
+    /// Submit a new job from the package of an existing one.
+    Clone(cmd::remote::JobArgs),
+    /// Download a finished job: its meta, package and workspace archive.
+    Download(cmd::remote::DownloadArgs),
+    /// The sites connected to the live server, with their resources and running jobs.
+    Sites(cmd::remote::SitesArgs),
 }
 
 fn main() {
@@ -66,6 +82,14 @@ fn main() {
         Command::Provision(a) => cmd::provision::run(a),
         Command::Sign(a) => cmd::sign::run(a),
         Command::Verify(a) => cmd::verify::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
+        Command::Site(a) => cmd::site::run(a),
+        Command::Submit(a) => cmd::remote::submit(a),
+        Command::Abort(a) => cmd::remote::change(a, "abort"),
+        Command::Delete(a) => cmd::remote::change(a, "delete"),
+        Command::Clone(a) => cmd::remote::change(a, "clone"),
+        Command::Download(a) => cmd::remote::download(a),
+        Command::Sites(a) => cmd::remote::sites(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -17,9 +17,12 @@ pub enum Command {
 /// Arguments of `fedrun audit verify`.
 #[derive(clap::Args, Debug)]
 pub struct VerifyArgs {
-    /// The server's data folder (holding `history/`, `blobs/` and `anchor`).
+    /// A stopped server's data folder (holding `history/`, `blobs/` and `anchor`),
+    /// instead of the live server through `--kit`.
     #[arg(long, value_name = "DIR")]
-    pub data_dir: PathBuf,
+    pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub target: super::remote::Target,
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -52,10 +55,15 @@ fn checks_made(report: &fedrun::history::VerifyReport) -> String {
 /// 1 when a problem was found (or the history could not be read).
 pub fn run(command: Command) -> anyhow::Result<i32> {
     let Command::Verify(args) = command;
+    let data_dir = match args.target.source(args.data_dir.as_deref()) {
+        Ok(super::remote::Source::Folder(dir)) => dir,
+        Ok(super::remote::Source::Live(client)) => return super::remote::audit(client, args.json),
+        Err(code) => return Ok(code),
+    };
     // A private copy of the history is audited (the data folder is never changed);
     // blobs are read in place.
-    let cannot = || format!("cannot audit the history in {}", args.data_dir.display());
-    let storage = SledStorage::open_copy(&args.data_dir, READER_LOCK_WAIT).with_context(cannot)?;
+    let cannot = || format!("cannot audit the history in {}", data_dir.display());
+    let storage = SledStorage::open_copy(&data_dir, READER_LOCK_WAIT).with_context(cannot)?;
     let blobs = storage.blobs().clone();
     let history = EventHistory::for_audit(Box::new(storage)).with_context(cannot)?;
     let report = audit(&history, &blobs);
@@ -67,7 +75,7 @@ pub fn run(command: Command) -> anyhow::Result<i32> {
         }
         println!("{value}");
     } else {
-        let dir = args.data_dir.display();
+        let dir = data_dir.display();
         println!("history:  {dir}");
         println!(
             "records:  {} checked and good, last stored is {}",

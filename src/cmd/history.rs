@@ -12,12 +12,18 @@ use super::list::open_history;
 /// Arguments of `fedrun history`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The server's data folder (holding `history/`, `blobs/` and `anchor`).
+    /// A stopped server's data folder (holding `history/`, `blobs/` and `anchor`),
+    /// instead of the live server through `--kit`.
     #[arg(long, value_name = "DIR")]
-    pub data_dir: PathBuf,
+    pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub target: super::remote::Target,
     /// Only the events of this job (its UUID).
     #[arg(long, value_name = "JOB_ID")]
     pub job: Option<JobId>,
+    /// Keep following the live server's new events (with `--kit` only).
+    #[arg(long, conflicts_with = "data_dir")]
+    pub follow: bool,
     /// Print one JSON object per line instead of text.
     #[arg(long)]
     pub json: bool,
@@ -25,7 +31,15 @@ pub struct Args {
 
 /// Runs the command; the returned code is the process exit code.
 pub fn run(args: Args) -> anyhow::Result<i32> {
-    let history = open_history(&args.data_dir)?;
+    let data_dir = match args.target.source(args.data_dir.as_deref()) {
+        Ok(super::remote::Source::Folder(dir)) => dir,
+        Ok(super::remote::Source::Live(client)) => {
+            let job = args.job.map(|j| j.to_string());
+            return super::remote::history(client, job.as_deref(), args.follow, args.json);
+        }
+        Err(code) => return Ok(code),
+    };
+    let history = open_history(&data_dir)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     for record in history.records_from(1) {

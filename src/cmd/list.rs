@@ -12,9 +12,12 @@ use fedrun::lifecycle::State;
 /// Arguments of `fedrun list`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The server's data folder (holding `history/`, `blobs/` and `anchor`).
+    /// A stopped server's data folder (holding `history/`, `blobs/` and `anchor`),
+    /// instead of the live server through `--kit`.
     #[arg(long, value_name = "DIR")]
-    pub data_dir: PathBuf,
+    pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub target: super::remote::Target,
     /// Only jobs with this status (`SUBMITTED`, `RUNNING`, `FINISHED:COMPLETED`, ...), or
     /// `FINISHED` for any terminal one.
     #[arg(long, value_name = "STATUS")]
@@ -61,7 +64,7 @@ pub fn print(text: &str) -> anyhow::Result<i32> {
 }
 
 /// The aligned table: one header line, one line per job.
-fn table(rows: &[JobSummary]) -> String {
+pub fn table(rows: &[JobSummary]) -> String {
     let header = [
         "JOB_ID",
         "NAME",
@@ -123,7 +126,15 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         name_contains: args.name,
         include_deleted: args.all,
     };
-    let state = load_state(&args.data_dir)?;
+    let data_dir = match args.target.source(args.data_dir.as_deref()) {
+        Ok(super::remote::Source::Folder(dir)) => dir,
+        Ok(super::remote::Source::Live(client)) => {
+            let (status, name) = (args.status.as_deref(), filter.name_contains.as_deref());
+            return super::remote::list(client, status, name, args.all, args.json);
+        }
+        Err(code) => return Ok(code),
+    };
+    let state = load_state(&data_dir)?;
     let rows = list_jobs(&state, &filter, WallClock.now());
     let text = if args.json {
         let mut text = String::new();

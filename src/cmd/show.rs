@@ -14,9 +14,12 @@ use super::list::{load_state, print};
 /// Arguments of `fedrun show`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The server's data folder (holding `history/`, `blobs/` and `anchor`).
+    /// A stopped server's data folder (holding `history/`, `blobs/` and `anchor`),
+    /// instead of the live server through `--kit`.
     #[arg(long, value_name = "DIR")]
-    pub data_dir: PathBuf,
+    pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub target: super::remote::Target,
     /// The job's id, or a prefix of it that names one job only.
     #[arg(value_name = "JOB_ID")]
     pub job_id: String,
@@ -36,7 +39,7 @@ fn items(values: &[String]) -> String {
 
 /// The readable form: `key: value` lines in the vocabulary of SPEC section 5, the
 /// multi-line values indented below their key.
-fn text(view: &JobView) -> anyhow::Result<String> {
+pub fn text(view: &JobView) -> anyhow::Result<String> {
     let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_string());
     let mut out = String::new();
     let meta = &view.meta;
@@ -100,7 +103,14 @@ fn text(view: &JobView) -> anyhow::Result<String> {
 
 /// Runs the command; the returned code is the process exit code.
 pub fn run(args: Args) -> anyhow::Result<i32> {
-    let state = load_state(&args.data_dir)?;
+    let data_dir = match args.target.source(args.data_dir.as_deref()) {
+        Ok(super::remote::Source::Folder(dir)) => dir,
+        Ok(super::remote::Source::Live(client)) => {
+            return super::remote::show(client, &args.job_id, args.json)
+        }
+        Err(code) => return Ok(code),
+    };
+    let state = load_state(&data_dir)?;
     let job = find_job(&state, &args.job_id)?;
     let view = job_view(job, WallClock.now());
     let out = if args.json {

@@ -125,6 +125,9 @@ enum Message {
         result: Result<BlobHash, String>,
     },
     Shutdown(oneshot::Sender<()>),
+    /// A read of the durable history, answered by the history thread in order with the
+    /// appends (the engine task only forwards it).
+    History(HistoryJob),
 }
 
 /// Why the server could not start.
@@ -544,6 +547,39 @@ impl Server {
         Ok(answer)
     }
 
+    /// Up to `max` durable events from sequence number `from` on, oldest first (fewer, or
+    /// none, at the end of the history). Read by the history thread in order with the
+    /// appends, so every event of a state already published is there.
+    pub async fn read_events(&self, from: u64, max: usize) -> Result<Vec<Event>, HistoryReadError> {
+        let (reply, rx) = oneshot::channel();
+        self.query(HistoryJob::Read {
+            from,
+            max: max.max(1),
+            reply,
+        })
+        .map_err(HistoryReadError::Admin)?;
+        rx.await
+            .map_err(|_| HistoryReadError::Admin(AdminError::Stopped))?
+            .map_err(HistoryReadError::Damaged)
+    }
+
+    /// The audit of the live history (chain, transitions, anchor, snapshot) and of the
+    /// blobs its jobs still need, as `fedrun audit verify` makes it on a stopped server's
+    /// folder. Appends wait while it runs.
+    pub async fn audit(&self) -> Result<crate::history::VerifyReport, AdminError> {
+        let (reply, rx) = oneshot::channel();
+        self.query(HistoryJob::Audit(self.blobs.clone(), reply))?;
+        rx.await.map_err(|_| AdminError::Stopped)
+    }
+
+    fn query(&self, job: HistoryJob) -> Result<(), AdminError> {
+        match self.inputs.try_send(Message::History(job)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(AdminError::Busy),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(AdminError::Stopped),
+        }
+    }
+
     /// Downloads a finished job (SPEC section 9): records the download (the core refuses a
     /// job that is not terminal or whose archive has not settled), then reads the package
     /// and the workspace archive from the blob store, each checked against its hash.
@@ -723,6 +759,14 @@ enum HistoryJob {
     FreeBlob(BlobStore, BlobHash),
     /// A clean shutdown: a snapshot of the final state, then the anchor.
     Close(Arc<State>, oneshot::Sender<()>),
+    /// Read up to `max` durable events from sequence number `from` on.
+    Read {
+        from: u64,
+        max: usize,
+        reply: oneshot::Sender<Result<Vec<Event>, String>>,
+    },
+    /// The full audit of the live history and its blobs.
+    Audit(BlobStore, oneshot::Sender<crate::history::VerifyReport>),
 }
 
 /// Starts the history thread: it owns the history and does every append (flush and
@@ -757,6 +801,17 @@ fn spawn_history(
                         if let Err(e) = blobs.remove(&hash) {
                             tracing::warn!(%hash, error = %e, "blob not freed");
                         }
+                    }
+                    HistoryJob::Read { from, max, reply } => {
+                        let events = history
+                            .records_from(from)
+                            .take(max)
+                            .map(|record| record.map(|r| r.event).map_err(|e| e.to_string()))
+                            .collect();
+                        let _ = reply.send(events);
+                    }
+                    HistoryJob::Audit(blobs, reply) => {
+                        let _ = reply.send(crate::history::events::audit(&history, &blobs));
                     }
                     HistoryJob::Close(state, closed) => {
                         // The snapshot makes the next start-up quick; the anchor lets it
@@ -893,6 +948,11 @@ impl EngineTask {
             Message::Archived { job_id, result } => node::Input::ArchiveFinished { job_id, result },
             Message::Shutdown(done) => {
                 *shutdown = Some(done);
+                return;
+            }
+            Message::History(job) => {
+                // A dropped reply is answered `Stopped` to the reader.
+                let _ = self.history.send(job);
                 return;
             }
         };
@@ -1034,6 +1094,17 @@ pub enum DownloadError {
     /// A blob is missing or corrupt.
     #[error("reading the job's blobs failed: {0}")]
     Blob(String),
+}
+
+/// Why the live history could not be read.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum HistoryReadError {
+    /// The request did not reach the history (busy, or stopped).
+    #[error(transparent)]
+    Admin(AdminError),
+    /// A record failed its checks.
+    #[error("the history is damaged: {0}")]
+    Damaged(String),
 }
 
 /// Why a submission did not reach the engine.

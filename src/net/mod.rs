@@ -2,3 +2,9 @@
 //! the server's accept loop, the site agent, and the admin API.
 
 pub mod admin;
+pub mod agent;
+pub mod client;
+pub mod kit;
+pub mod serve;
+pub mod tls;
+pub mod wire;

@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime};
 use const_oid::db::rfc4519::{COMMON_NAME, ORGANIZATION_NAME};
 use const_oid::db::rfc5280::{ID_KP_CLIENT_AUTH, ID_KP_SERVER_AUTH};
 use const_oid::ObjectIdentifier;
-use der::asn1::{Any, Ia5String, SetOfVec};
+use der::asn1::{Any, Ia5String, OctetString, SetOfVec};
 use der::{EncodePem, Tag};
 use rsa::pkcs1::{DecodeRsaPrivateKey, EncodeRsaPrivateKey};
 use rsa::pkcs1v15::SigningKey;
@@ -56,6 +56,7 @@ pub const ROLES: [&str; 4] = ["project_admin", "org_admin", "lead", "member"];
 /// [server]
 /// host = "server.example.org"
 /// org = "example"
+/// port = 8443                 # optional
 /// [[site]]
 /// name = "site-1"
 /// org = "hospital-a"
@@ -86,10 +87,14 @@ pub struct Project {
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ServerEntry {
-    /// The host name sites connect to: the certificate's CN and DNS subject alt name.
+    /// The host name sites and admins dial: the certificate's CN, and its subject alt
+    /// name (a DNS name, or an IP address when `host` is an IP literal).
     pub host: String,
     /// The server's organization.
     pub org: String,
+    /// The port the server listens on (default [`crate::net::kit::DEFAULT_PORT`]).
+    #[serde(default)]
+    pub port: Option<u16>,
 }
 
 /// A site of a project.
@@ -228,6 +233,9 @@ impl Project {
         if self.name.trim().is_empty() {
             return Err("the project name is empty".into());
         }
+        if self.server.port == Some(0) {
+            return Err("server port must be between 1 and 65535".into());
+        }
         if self.valid_days == Some(0) {
             return Err("valid_days must be at least 1".into());
         }
@@ -313,7 +321,7 @@ pub fn provision(
         cert_file: "server.crt",
         key_file: "server.key",
         usage: ID_KP_SERVER_AUTH,
-        dns_name: Some(project.server.host.clone()),
+        host_name: Some(project.server.host.clone()),
     }];
     for site in &project.sites {
         kits.push(Kit::client(
@@ -339,7 +347,70 @@ pub fn provision(
         tracing::info!(kit = %startup.display(), "startup kit written");
         report.kits_written.push(startup);
     }
+    write_kit_files(project, out)?;
     Ok(report)
+}
+
+/// Writes (or updates) every kit's `fedrun.toml` (SPEC section 11): the keys provisioning
+/// owns are set, the server's lists of sites and admins rewritten, every other key kept.
+fn write_kit_files(project: &Project, out: &Path) -> Result<(), ProvisionError> {
+    use crate::net::kit::{merge_kit_file, KitAdmin, KitKind, DEFAULT_PORT, KIT_FILE};
+    let host = &project.server.host;
+    let port = project.server.port.unwrap_or(DEFAULT_PORT);
+    let sites: Vec<String> = project.sites.iter().map(|s| s.name.clone()).collect();
+    let admins: Vec<KitAdmin> = project
+        .admins
+        .iter()
+        .filter_map(|a| {
+            Some(KitAdmin {
+                name: a.name.clone(),
+                org: a.org.clone(),
+                // `validate` accepted only the four roles.
+                role: a.role.parse().ok()?,
+            })
+        })
+        .collect();
+    let mut entries = vec![(host.clone(), project.server.org.clone(), KitKind::Server)];
+    entries.extend(
+        project
+            .sites
+            .iter()
+            .map(|s| (s.name.clone(), s.org.clone(), KitKind::Site)),
+    );
+    entries.extend(admins.iter().map(|a| {
+        (
+            a.name.clone(),
+            a.org.clone(),
+            KitKind::Admin { role: a.role },
+        )
+    }));
+    for (name, org, kind) in entries {
+        let dir = private_dir(out, &[&name])?;
+        let path = dir.join(KIT_FILE);
+        let existing = match fs::symlink_metadata(&path) {
+            Ok(_) => {
+                let bytes = read_bounded(&path, PROJECT_FILE_MAX_BYTES, "kit file")?;
+                let text = String::from_utf8(bytes).map_err(|_| ProvisionError::Invalid {
+                    path: path.clone(),
+                    reason: "the existing kit file is not UTF-8 text".into(),
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ProvisionError::Invalid {
+                        path: path.clone(),
+                        reason: format!("the existing kit file is not TOML: {e}"),
+                    })?
+            }
+            Err(_) => toml::Table::new(),
+        };
+        let lists = (kind == KitKind::Server).then_some((sites.as_slice(), admins.as_slice()));
+        let merged = merge_kit_file(existing, &name, &org, &kind, host, port, lists);
+        let text = toml::to_string(&merged).map_err(|e| ProvisionError::Invalid {
+            path: path.clone(),
+            reason: format!("cannot write the kit file: {e}"),
+        })?;
+        write_file(&path, text.as_bytes())?;
+    }
+    Ok(())
 }
 
 struct Kit {
@@ -348,7 +419,8 @@ struct Kit {
     cert_file: &'static str,
     key_file: &'static str,
     usage: ObjectIdentifier,
-    dns_name: Option<String>,
+    /// The server's host: its subject alt name.
+    host_name: Option<String>,
 }
 
 impl Kit {
@@ -359,7 +431,7 @@ impl Kit {
             cert_file: "client.crt",
             key_file: "client.key",
             usage: ID_KP_CLIENT_AUTH,
-            dns_name: None,
+            host_name: None,
         }
     }
 }
@@ -461,10 +533,23 @@ fn issue(
     builder
         .add_extension(&ExtendedKeyUsage(vec![kit.usage]))
         .map_err(|e| crypto(e.to_string()))?;
-    if let Some(dns) = &kit.dns_name {
-        let name = Ia5String::new(dns).map_err(|e| crypto(format!("DNS name {dns:?}: {e}")))?;
+    if let Some(host) = &kit.host_name {
+        let name = match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => {
+                let octets = match ip {
+                    std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+                    std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
+                };
+                GeneralName::IpAddress(
+                    OctetString::new(octets).map_err(|e| crypto(format!("IP {host}: {e}")))?,
+                )
+            }
+            Err(_) => GeneralName::DnsName(
+                Ia5String::new(host).map_err(|e| crypto(format!("DNS name {host:?}: {e}")))?,
+            ),
+        };
         builder
-            .add_extension(&SubjectAltName(vec![GeneralName::DnsName(name)]))
+            .add_extension(&SubjectAltName(vec![name]))
             .map_err(|e| crypto(e.to_string()))?;
     }
     sign_to_pem(builder, &private, &what())

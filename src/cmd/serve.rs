@@ -1,0 +1,111 @@
+//! `fedrun serve`: the server of a federation, on one mutual-TLS port (SPEC section 11).
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use fedrun::engine::clock::WallClock;
+use fedrun::engine::server::{Server, ServerConfig, EXIT_ENGINE_STOPPED};
+use fedrun::net::kit::{Kit, KitKind};
+use fedrun::net::serve::{load_server_settings, start, ServeOptions};
+use fedrun::trust::certs::RootCa;
+use fedrun::trust::TrustPolicy;
+
+/// Arguments of `fedrun serve`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The server's startup kit folder (`fedrun.toml` and `startup/`).
+    #[arg(long, value_name = "DIR")]
+    pub kit: PathBuf,
+    /// The data folder: history, blobs, the server's workspace.
+    #[arg(long, value_name = "D", default_value = "fedrun-data")]
+    pub data_dir: PathBuf,
+    /// A settings file whose `[server]` table holds the settings (as in a scenario).
+    /// `FEDRUN_SETTING_<NAME>` variables override it.
+    #[arg(long, value_name = "SETTINGS.toml")]
+    pub config: Option<PathBuf>,
+    /// Listen here instead of on all interfaces at the kit's port; port 0 picks a free one.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<SocketAddr>,
+}
+
+/// Runs the command; the returned code is the process exit code.
+pub fn run(args: Args) -> anyhow::Result<i32> {
+    let kit = Kit::load(&args.kit)?;
+    if kit.kind != KitKind::Server {
+        bail!(
+            "{} is a {} kit; `fedrun serve` needs the server's kit",
+            args.kit.display(),
+            kit.kind.as_str()
+        );
+    }
+    let (settings, wire) = load_server_settings(args.config.as_deref(), std::env::vars())
+        .map_err(anyhow::Error::msg)?;
+    let root_ca = RootCa::load(&kit.root_ca)
+        .with_context(|| format!("reading the root CA {}", kit.root_ca.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(serve(args, kit, settings, wire, root_ca));
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    result
+}
+
+async fn serve(
+    args: Args,
+    kit: Kit,
+    settings: fedrun::settings::Settings,
+    wire: fedrun::net::wire::WireConfig,
+    root_ca: RootCa,
+) -> anyhow::Result<i32> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let mut config = ServerConfig::new(&args.data_dir);
+    config.trust = TrustPolicy {
+        root_ca: Some(root_ca),
+        require_signed_jobs: settings.require_signed_jobs,
+    };
+    config.settings = settings;
+    let server = Server::start(config, Arc::new(WallClock))
+        .with_context(|| format!("starting the server on {}", args.data_dir.display()))?;
+    let listen = args
+        .listen
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], kit.server_port)));
+    let serving = match start(&kit, server.clone(), listen, ServeOptions { wire }).await {
+        Ok(serving) => serving,
+        Err(e) => {
+            server.shutdown().await;
+            return Err(e.into());
+        }
+    };
+    println!(
+        "fedrun serve: {} listening on {} (data folder {})",
+        kit.name,
+        serving.local_addr(),
+        args.data_dir.display()
+    );
+    let _ = std::io::stdout().flush();
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let code = tokio::select! {
+        _ = tokio::signal::ctrl_c() => None,
+        _ = sigterm.recv() => None,
+        cause = server.wait_stopped() => {
+            eprintln!("error: the server's engine stopped for good: {cause}");
+            Some(EXIT_ENGINE_STOPPED)
+        }
+    };
+    tracing::info!("stopping: no new connections; closing the open ones");
+    serving.stop().await;
+    if let Some(code) = code {
+        return Ok(code);
+    }
+    server.shutdown().await;
+    println!("fedrun serve: stopped");
+    Ok(0)
+}

@@ -1,0 +1,285 @@
+//! The admin API's client, as the admin CLI uses it: one HTTP/1.1 request per connection,
+//! over mutual TLS with an admin kit (or over any stream, for tests), with errors sorted
+//! the way the CLI's exit codes need them.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// How long a lost connection may stay lost before the CLI gives up (SPEC section 11).
+pub const RECONNECT_WINDOW: Duration = Duration::from_secs(30);
+
+/// A byte stream to the server.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// A boxed connection attempt.
+pub type Connecting = Pin<Box<dyn Future<Output = std::io::Result<Box<dyn Stream>>> + Send>>;
+
+/// Opens a new connection to the server.
+pub type Connector = Arc<dyn Fn() -> Connecting + Send + Sync>;
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No connection could be made (or it broke before an answer came).
+    #[error("cannot reach the server at {addr}: {reason}")]
+    Connect {
+        /// Where.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The server answered with an error.
+    #[error("the server refused ({status}, {code}): {message}")]
+    Refused {
+        /// The HTTP status.
+        status: StatusCode,
+        /// The stable code.
+        code: String,
+        /// The server's message.
+        message: String,
+    },
+    /// The answer could not be understood.
+    #[error("unexpected answer from the server: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// Whether the request never reached the server (or its answer never came back).
+    pub fn is_connection(&self) -> bool {
+        matches!(self, ClientError::Connect { .. })
+    }
+
+    /// Whether the server said it is busy or stopped (503).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, ClientError::Refused { status, .. } if *status == StatusCode::SERVICE_UNAVAILABLE)
+    }
+}
+
+/// A client of one server's admin API.
+#[derive(Clone)]
+pub struct Client {
+    connector: Connector,
+    addr: String,
+    connected_once: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("addr", &self.addr).finish()
+    }
+}
+
+/// Why a client could not be made from a kit.
+#[derive(Debug, thiserror::Error)]
+pub enum KitClientError {
+    /// The kit is incomplete or unreadable.
+    #[error(transparent)]
+    Kit(#[from] crate::net::kit::KitError),
+    /// Its TLS files are unusable.
+    #[error(transparent)]
+    Tls(#[from] crate::net::tls::TlsError),
+    /// The kit is not an admin's.
+    #[error("the kit {0} is not an admin's kit; the admin commands need one")]
+    NotAdmin(std::path::PathBuf),
+}
+
+impl Client {
+    /// A client that opens each connection with `connector`; `addr` names the server in
+    /// messages.
+    pub fn new(addr: impl Into<String>, connector: Connector) -> Client {
+        Client {
+            connector,
+            addr: addr.into(),
+            connected_once: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// A client over mutual TLS with the admin kit in `kit_dir`, dialling `server` (or the
+    /// kit's server address); the server's certificate is checked against the kit's host
+    /// name either way.
+    pub fn from_kit(
+        kit_dir: &std::path::Path,
+        server: Option<&str>,
+    ) -> Result<Client, KitClientError> {
+        let kit = crate::net::kit::Kit::load(kit_dir)?;
+        if !matches!(kit.kind, crate::net::kit::KitKind::Admin { .. }) {
+            return Err(KitClientError::NotAdmin(kit_dir.to_path_buf()));
+        }
+        let config = crate::net::tls::client_config(&kit, crate::net::tls::ALPN_HTTP)?;
+        let name = crate::net::tls::server_name(&kit)?;
+        let addr = server.map_or_else(|| kit.server_address(), str::to_string);
+        let dial = addr.clone();
+        let connector: Connector = Arc::new(move || {
+            let connector = tokio_rustls::TlsConnector::from(config.clone());
+            let name = name.clone();
+            let dial = dial.clone();
+            Box::pin(async move {
+                let tcp = tokio::net::TcpStream::connect(&dial).await?;
+                tcp.set_nodelay(true)?;
+                let tls = connector.connect(name, tcp).await?;
+                Ok(Box::new(tls) as Box<dyn Stream>)
+            })
+        });
+        Ok(Client::new(addr, connector))
+    }
+
+    /// The address the client dials.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Sends one request and returns the answer's head and streaming body. A non-2xx answer
+    /// is [`ClientError::Refused`] with the server's code and message.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Bytes,
+    ) -> Result<Response<Incoming>, ClientError> {
+        let connect_error = |reason: String| ClientError::Connect {
+            addr: self.addr.clone(),
+            reason,
+        };
+        let stream = (self.connector)()
+            .await
+            .map_err(|e| connect_error(e.to_string()))?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
+                .await
+                .map_err(|e| connect_error(e.to_string()))?;
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(error = %err, "admin API connection ended with an error");
+            }
+        });
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, self.addr.as_str());
+        for (name, value) in headers {
+            request = request.header(*name, value.as_str());
+        }
+        let request = request
+            .body(Full::new(body))
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| connect_error(e.to_string()))?;
+        self.connected_once.store(true, Ordering::Relaxed);
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| connect_error(e.to_string()))?
+            .to_bytes();
+        let (code, message) = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+            Ok(value) => (
+                value["code"].as_str().unwrap_or("unknown").to_string(),
+                value["message"]
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned()),
+            ),
+            Err(_) => (
+                "unknown".to_string(),
+                String::from_utf8_lossy(&bytes).into_owned(),
+            ),
+        };
+        Err(ClientError::Refused {
+            status,
+            code,
+            message,
+        })
+    }
+
+    /// [`Client::send`] and the whole body.
+    pub async fn send_full(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Bytes,
+    ) -> Result<Bytes, ClientError> {
+        let response = self.send(method, path, headers, body).await?;
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Connect {
+                addr: self.addr.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(body.to_bytes())
+    }
+
+    /// A request whose answer is JSON.
+    pub async fn json(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Bytes,
+    ) -> Result<serde_json::Value, ClientError> {
+        let bytes = self.send_full(method, path, headers, body).await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// Runs `attempt` again while the connection is lost (or the server is busy) and
+    /// [`RECONNECT_WINDOW`] has not passed since it was lost; a server never reached at all
+    /// fails at once. The same request (and idempotency key) is sent each time.
+    pub async fn retrying<T, F, Fut>(&self, mut attempt: F) -> Result<T, ClientError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, ClientError>>,
+    {
+        let mut lost_since: Option<Instant> = None;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match attempt().await {
+                Err(err) if err.is_connection() || err.is_unavailable() => {
+                    if err.is_connection() && !self.connected_once.load(Ordering::Relaxed) {
+                        return Err(err);
+                    }
+                    let since = *lost_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= RECONNECT_WINDOW {
+                        return Err(err);
+                    }
+                    tracing::info!(error = %err, "retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// Percent-encodes a query value.
+pub fn encode_query_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
