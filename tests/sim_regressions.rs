@@ -130,3 +130,16 @@ fn a_site_back_while_the_server_is_down_gets_its_abort_grace_from_the_restart() 
     let checked = fedrun::sim::scenario::load(&path).expect("valid scenario");
     fedrun::sim::driver::run(&checked, 607).expect("seed 607 passes");
 }
+
+/// Seed 1836 of the campaign's `everything`: site s2's grace runs out while the server is
+/// up (its reports lapse and a new job takes the freed slot), then the server crashes
+/// before s2 is back. SPEC 8 counted s2's apps as ended when its grace ran out; the crash
+/// does not make them count against `max_jobs` again (a false alarm before, hidden by the
+/// tolerance of the defect the stop_ends_early case fixed).
+#[test]
+fn a_grace_that_ran_out_before_a_crash_stays_run_out() {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios/campaign/everything.toml");
+    let checked = fedrun::sim::scenario::load(&path).expect("valid scenario");
+    fedrun::sim::driver::run(&checked, 1836).expect("seed 1836 passes");
+}

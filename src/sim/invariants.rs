@@ -9,6 +9,9 @@
 //!   byte, after any crash and power loss.
 //! - Jobs with a simulated process alive (a server app, or a site app on a connected site,
 //!   or on a disconnected site within `site_reconnect_grace`) never exceed `max_jobs`.
+//!   Apps a site brings back after staying away past its grace are not counted: SPEC 8
+//!   counted them as ended when the grace ran out, so their slots may already belong to
+//!   other jobs; they are held to the `abort_grace` rule below instead.
 //! - An archive, once recorded, is never replaced (by a failure, or another archive), and
 //!   its blob exists.
 //! - No app process on a connected site (or the server) outlives its job's terminal status
@@ -74,6 +77,10 @@ pub struct SiteNow {
     pub since: Duration,
     /// The jobs whose app processes run there.
     pub apps: Vec<JobId>,
+    /// While the server is down: the site went away while a server was up and its
+    /// `site_reconnect_grace` ran out before the server went down, so SPEC 8 counted its
+    /// processes as ended (their slots may belong to other jobs).
+    pub lapsed: bool,
     /// When the site last came back after staying away past `site_reconnect_grace`, and
     /// the apps it still ran then. SPEC 8 counts such a site's processes as ended when its
     /// grace ran out (their slots may be given to other jobs), so the server can only stop
@@ -343,8 +350,9 @@ impl Checker {
         // Jobs with a process alive.
         let mut alive: BTreeSet<JobId> = world.server_apps.iter().copied().collect();
         for site in &world.sites {
-            let counted =
-                site.connected || world.now < grace_end(site.since, world.server_up_since, limits);
+            let counted = site.connected
+                || (!site.lapsed
+                    && world.now < grace_end(site.since, world.server_up_since, limits));
             if counted {
                 // SPEC 8 counted these apps as ended when the site's grace ran out, and
                 // their slots may have gone to other jobs before the site came back: they
