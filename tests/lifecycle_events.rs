@@ -6,6 +6,7 @@ mod lifecycle_support;
 use std::collections::BTreeMap;
 
 use fedrun::job::JobId;
+use fedrun::lifecycle::event::LeftOutEnd;
 use fedrun::lifecycle::{
     Actor, AdminRequest, BlobHash, BootId, Command, Event, EventKind, Rejection, ResourceAnswer,
     Role, RunStatus, ScheduleOutcome, StepResult, Timestamp,
@@ -162,6 +163,11 @@ fn every_kind() -> Vec<EventKind> {
         },
         EventKind::RunReattached { job_id },
         EventKind::RunRestored { job_id },
+        EventKind::LeftOutSiteEnded {
+            job_id,
+            site: site(),
+            how: LeftOutEnd::NotRunning,
+        },
         EventKind::RequestRefused {
             job_id: Some(job_id),
             operation: "abort".into(),

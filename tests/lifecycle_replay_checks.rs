@@ -306,3 +306,44 @@ fn a_lost_server_app_outside_a_recovery_window_is_refused() {
     );
     let _ = BlobHash([0; 32]);
 }
+
+#[test]
+fn an_end_of_a_left_out_app_for_a_site_that_was_not_left_out_is_refused() {
+    let mut w = World::default();
+    let job_id = w.running(&["site-1", "site-2"], 1);
+    let reason = refused(
+        &w.state,
+        Actor::Site {
+            name: "site-1".into(),
+        },
+        EventKind::LeftOutSiteEnded {
+            job_id,
+            site: "site-1".into(),
+            how: fedrun::lifecycle::event::LeftOutEnd::Exited,
+        },
+    );
+    assert!(reason.contains("left-out"), "{reason}");
+}
+
+/// The set of left-out sites is rebuilt by replay: a site whose start answer was lost is
+/// in it after the records are applied again from scratch.
+#[test]
+fn replay_rebuilds_the_left_out_sites() {
+    let mut w = World::default();
+    let job_id = w.starting(&["site-1", "site-2"], 1);
+    w.site(
+        "site-1",
+        fedrun::lifecycle::SiteReport::StartAnswer {
+            job_id,
+            result: Ok(()),
+        },
+    );
+    w.run_to_next_deadline().expect("the start timeout");
+    assert_eq!(w.status(job_id), RunStatus::Running);
+    assert!(w.job(job_id).run.left_out.contains("site-2"));
+    let mut replayed = State::new();
+    for event in &w.log {
+        replayed.apply_checked(event).expect("the history replays");
+    }
+    assert_eq!(replayed, w.state);
+}

@@ -181,9 +181,25 @@ fn start_timeout_leaves_silent_sites_out_or_fails_and_stops_the_run() {
         job_id
     }));
     assert_eq!(w.job(job_id).run.phase, RunPhase::Stopping);
+    // site-2, whose start answer never came, may have started: it is told to stop too,
+    // and the run stays stopping until it is known not to run the app (SPEC 8).
+    assert!(d.effects.contains(&Effect::StopSiteApp {
+        site: "site-2".into(),
+        job_id
+    }));
     w.server_exit(job_id, ExitOutcome::Signal(15));
     let d = w.site_exit("site-1", job_id, "r1", ExitOutcome::Signal(15));
-    assert!(kinds(&d).contains(&"run_stopped"));
+    assert!(!kinds(&d).contains(&"run_stopped"), "{:?}", kinds(&d));
+    assert_eq!(w.job(job_id).run.phase, RunPhase::Stopping);
+    w.site("site-2", SiteReport::Disconnected);
+    let d = w.site(
+        "site-2",
+        SiteReport::Connected {
+            resources: Default::default(),
+            running: Vec::new(),
+        },
+    );
+    assert!(kinds(&d).contains(&"run_stopped"), "{:?}", kinds(&d));
     assert_eq!(w.status(job_id), RunStatus::FailedToRun);
 }
 

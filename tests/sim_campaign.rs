@@ -19,11 +19,7 @@ use fedrun::sim::invariants::KnownBug;
 /// on, each precisely scoped (see [`KnownBug`]) so every other invariant stays strict. Each
 /// has committed regression cases in `tests/scenarios/regressions/` that `sim_regressions`
 /// runs without any tolerance. Remove an entry once its fix lands.
-const TOLERATED: &[KnownBug] = &[
-    KnownBug::StartReplyLostOrphan,
-    KnownBug::StopEndsEarly,
-    KnownBug::AnswerInRecoveryCleansUp,
-];
+const TOLERATED: &[KnownBug] = &[];
 
 /// Seeds per scenario by default. Measured in the test profile (dependencies at opt-level
 /// 3, fedrun itself unoptimised), on the 2-core machine the campaign was sized on; see

@@ -18,7 +18,7 @@ use crate::lifecycle::command::{AdminRequest, Command, Origin, Timer};
 use crate::lifecycle::effect::Effect;
 use crate::lifecycle::event::{
     cap_reason, capped_list, chunk_by_bytes, encoded_len, group_requests, Event, EventKind,
-    ResourceAnswer, ResourceGroup, ScheduleOutcome, StepResult, DISPATCHED_SITES_NAMED,
+    LeftOutEnd, ResourceAnswer, ResourceGroup, ScheduleOutcome, StepResult, DISPATCHED_SITES_NAMED,
     MAX_EVENT_BYTES, MAX_ID_BYTES, MAX_REASON_BYTES,
 };
 use crate::lifecycle::participant::{ExitOutcome, SiteReport};
@@ -208,17 +208,24 @@ fn decide_inner(
                 .recovery
                 .as_ref()
                 .is_some_and(|w| !w.reattached.contains(&job_id));
-            // A server app found alive for a job that has ended and whose run is over
-            // (a crash lost the stop that followed the append that ended it) must not
-            // outlive its job: it is stopped, and nothing is recorded, since no run is
-            // there to re-attach to (SPEC 4, "a stop is over" in SPEC 8).
-            let ended = ctx.scratch.jobs.get(&job_id).is_some_and(|j| {
-                j.status.is_terminal()
-                    && matches!(j.run.phase, RunPhase::Stopped | RunPhase::NotStarted)
+            // A server app found alive for a job that has ended (a crash lost the stop
+            // that followed the append that ended it) must not outlive its job: it is
+            // stopped (SPEC 4, "a stop is over" in SPEC 8). The re-attach is recorded only
+            // while the run still waits for that app's exit, so the run holds its slot
+            // until it has ended; a run that records no started server app (the crash
+            // also lost its start) has no app to re-attach to, and its recovery settles
+            // it once the stop has been sent.
+            let job = ctx.scratch.jobs.get(&job_id);
+            let ended = job.is_some_and(|j| j.status.is_terminal());
+            let exit_awaited = job.is_some_and(|j| {
+                j.run.server_outstanding()
+                    && !matches!(j.run.phase, RunPhase::Stopped | RunPhase::NotStarted)
             });
+            let exists = job.is_some();
             if ended {
                 ctx.effect(Effect::StopServerApp { job_id });
-            } else if open && ctx.scratch.jobs.contains_key(&job_id) {
+            }
+            if open && exists && (!ended || exit_awaited) {
                 ctx.emit(Actor::System, EventKind::RunReattached { job_id });
             }
             None
@@ -350,7 +357,8 @@ impl Ctx<'_> {
     fn stop_run(&mut self, job_id: JobId, actor: Actor, reason: String) {
         let Some(job) = self.job(&job_id) else { return };
         let server = job.run.server_outstanding();
-        let sites = job.run.outstanding_sites();
+        let mut sites = job.run.outstanding_sites();
+        sites.extend(job.run.left_out.iter().cloned());
         if server {
             self.effect(Effect::StopServerApp { job_id });
         }
@@ -438,6 +446,8 @@ impl Ctx<'_> {
                     return;
                 };
                 let outstanding = run.outstanding_sites();
+                let left_out: Vec<String> = run.left_out.iter().cloned().collect();
+                let stopping = run.stopping();
                 let barrier_over = self.now >= exited_at.plus(self.settings.client_outcome_wait);
                 if !outstanding.is_empty() && !barrier_over {
                     return;
@@ -474,13 +484,27 @@ impl Ctx<'_> {
                         reason: cap_reason(&reason),
                     },
                 );
-                for site in outstanding {
+                for site in outstanding.into_iter().chain(left_out.iter().cloned()) {
                     self.effect(Effect::StopSiteApp { site, job_id });
                 }
                 let stopped = self
                     .job(&job_id)
                     .is_some_and(|j| j.run.phase == RunPhase::Stopped);
-                if !stopped {
+                if !left_out.is_empty() {
+                    // A left-out site may still run the app: the run holds its slot until
+                    // that app is known to have ended, or the stop wait is over.
+                    if !stopping {
+                        self.emit(
+                            Actor::System,
+                            EventKind::RunStopRequested {
+                                job_id,
+                                reason: "the job ended; sites left out of its run may still \
+                                         run its app"
+                                    .to_string(),
+                            },
+                        );
+                    }
+                } else if !stopped {
                     self.emit(Actor::System, EventKind::RunStopped { job_id });
                 }
             }
@@ -1374,16 +1398,23 @@ fn site_report(ctx: &mut Ctx<'_>, site: String, report: SiteReport) {
                 .filter(|(k, v)| k.len() <= 64 && v.is_finite())
                 .take(64)
                 .collect();
+            let listed: BTreeSet<JobId> = running.iter().copied().collect();
             let running: Vec<JobId> = running.into_iter().take(1024).collect();
             for job_id in &running {
                 // A site still running an app of a job that has ended, or of a run that
                 // fedrun is stopping (the stop request may have been lost with the
-                // connection), is told to stop it.
+                // connection), is told to stop it. So is a site left out of the run whose
+                // start answer was lost: it is no participant, whatever the job's status.
+                let left_out = ctx
+                    .scratch
+                    .jobs
+                    .get(job_id)
+                    .is_some_and(|j| j.run.left_out.contains(&site));
                 let stop = ctx.scratch.jobs.get(job_id).is_none_or(|j| {
                     (j.status.is_terminal() && j.run.phase == RunPhase::Stopped)
                         || j.run.phase == RunPhase::Stopping
                 });
-                if stop && ctx.scratch.recovery.is_none() {
+                if (stop && ctx.scratch.recovery.is_none()) || left_out {
                     ctx.effect(Effect::StopSiteApp {
                         site: site.clone(),
                         job_id: *job_id,
@@ -1396,14 +1427,32 @@ fn site_report(ctx: &mut Ctx<'_>, site: String, report: SiteReport) {
                 .into_iter()
                 .filter(|id| ctx.job(id).is_some_and(|j| j.run.was_sent(&site)))
                 .collect();
+            // A left-out site that does not list the job does not run its app.
+            let ended: Vec<JobId> = ctx
+                .scratch
+                .jobs
+                .values()
+                .filter(|j| j.run.left_out.contains(&site) && !listed.contains(&j.id))
+                .map(|j| j.id)
+                .collect();
             ctx.emit(
-                actor,
+                actor.clone(),
                 EventKind::SiteConnected {
-                    site,
+                    site: site.clone(),
                     resources,
                     running,
                 },
             );
+            for job_id in ended {
+                ctx.emit(
+                    actor.clone(),
+                    EventKind::LeftOutSiteEnded {
+                        job_id,
+                        site: site.clone(),
+                        how: LeftOutEnd::NotRunning,
+                    },
+                );
+            }
         }
         SiteReport::Disconnected => {
             if !ctx.scratch.sites.get(&site).is_some_and(|s| s.connected) {
@@ -1488,6 +1537,9 @@ fn site_report(ctx: &mut Ctx<'_>, site: String, report: SiteReport) {
             } else if repeats_recorded(ctx.job(&job_id), &site, &result, |run| &run.deploy) {
                 // Sites resend an answer whose acknowledgement they did not see (SPEC 11):
                 // a repeat of the answer already recorded changes nothing.
+            } else if dispatched_in_recovery(ctx, &job_id) {
+                // The restart decision abandons the job and deletes every deployment of
+                // its run (SPEC 4); until then the job is live and the site a participant.
             } else if result.is_ok() {
                 ctx.effect(Effect::DeleteSiteDeployment { site, job_id });
             }
@@ -1513,6 +1565,10 @@ fn site_report(ctx: &mut Ctx<'_>, site: String, report: SiteReport) {
             } else if repeats_recorded(ctx.job(&job_id), &site, &result, |run| &run.start) {
                 // A resent start answer (SPEC 11) of a site recorded as started must not
                 // stop the app of a participant: it changes nothing.
+            } else if dispatched_in_recovery(ctx, &job_id) {
+                // The restart decision abandons the job, stops every site whose start was
+                // awaited and holds the run's slot until they are known to have ended
+                // (SPEC 4 and 8); until then the job is live and the site a participant.
             } else if result.is_ok() {
                 ctx.effect(Effect::StopSiteApp {
                     site: site.clone(),
@@ -1564,11 +1620,34 @@ fn site_report(ctx: &mut Ctx<'_>, site: String, report: SiteReport) {
                         stop_requested: Some(stop_requested),
                     },
                 );
+            } else if ctx
+                .job(&job_id)
+                .is_some_and(|j| j.run.left_out.contains(&site))
+            {
+                // A left-out site's app ended: it no longer holds the run's slot, and its
+                // exit is not the job's outcome.
+                ctx.emit(
+                    actor,
+                    EventKind::LeftOutSiteEnded {
+                        job_id,
+                        site,
+                        how: LeftOutEnd::Exited,
+                    },
+                );
             } else {
                 tracing::debug!(%job_id, %site, "an exit report that changes nothing is not recorded");
             }
         }
     }
+}
+
+/// Whether the recovery window is open and the job is `DISPATCHED`: its start-up answers
+/// wait for the restart decision, which abandons it and cleans up its whole run.
+fn dispatched_in_recovery(ctx: &Ctx<'_>, job_id: &JobId) -> bool {
+    ctx.scratch.recovery.is_some()
+        && ctx
+            .job(job_id)
+            .is_some_and(|j| j.status == RunStatus::Dispatched)
 }
 
 /// Whether `result` repeats the answer already recorded for `site` in the answers that
@@ -1830,7 +1909,29 @@ fn timer_fired(ctx: &mut Ctx<'_>, timer: Timer) {
             let due = job.run.stop_requested_at.is_some_and(|at| {
                 now >= at.plus(settings.abort_grace + settings.client_outcome_wait)
             });
-            if job.run.phase == RunPhase::Stopping && due {
+            // Left-out sites count as ended only when their own wait is over (SPEC
+            // section 8): an away one when its reconnect grace runs out.
+            let left_out_over = ctx
+                .scratch
+                .left_out_wait_end(&job.run, settings)
+                .is_none_or(|end| now >= end);
+            if job.run.phase == RunPhase::Stopped && !job.run.left_out.is_empty() {
+                if left_out_over {
+                    let sites: Vec<String> = job.run.left_out.iter().cloned().collect();
+                    for site in sites {
+                        ctx.emit(
+                            Actor::System,
+                            EventKind::LeftOutSiteEnded {
+                                job_id,
+                                site,
+                                how: LeftOutEnd::StopWaitOver,
+                            },
+                        );
+                    }
+                }
+                return;
+            }
+            if job.run.phase == RunPhase::Stopping && due && left_out_over {
                 if job.status == RunStatus::Running {
                     // The processes did not end after the stop: decide from what is known,
                     // so the job never stays RUNNING with nothing left to wait for.

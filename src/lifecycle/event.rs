@@ -286,6 +286,20 @@ pub struct ResourceRequest {
     pub resources: BTreeMap<String, f64>,
 }
 
+/// How a left-out site is known not to run a job's app any more.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeftOutEnd {
+    /// It reported the app's exit.
+    Exited,
+    /// It reconnected and did not list the job among the apps it runs.
+    NotRunning,
+    /// The stop wait is over (SPEC section 8): it stayed connected and silent for
+    /// `abort_grace + client_outcome_wait` after it was told to stop, or stayed away past
+    /// its `site_reconnect_grace`.
+    StopWaitOver,
+}
+
 /// The facts of the history (SPEC section 3). Past tense; each names its job when it has one.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -535,6 +549,19 @@ pub enum EventKind {
         /// The job.
         job_id: JobId,
     },
+    /// A site left out of the run whose app may have started (its start answer was lost,
+    /// or the job ended while it was awaited, or it came back saying it runs the app of an
+    /// ended run) is known not to run the app any more, or counts as ended: it reported
+    /// the app's exit, it reconnected without listing the job, or the stop wait is over. Its exit is
+    /// never the job's outcome; it no longer holds the run's `max_jobs` slot.
+    LeftOutSiteEnded {
+        /// The job.
+        job_id: JobId,
+        /// The site.
+        site: String,
+        /// How it is known.
+        how: LeftOutEnd,
+    },
     /// An admin request was refused; recorded so audits see it.
     RequestRefused {
         /// The job it was about, if any.
@@ -582,7 +609,8 @@ impl EventKind {
             | WorkspaceArchived { job_id, .. }
             | WorkspaceArchiveFailed { job_id, .. }
             | RunReattached { job_id }
-            | RunRestored { job_id } => Some(*job_id),
+            | RunRestored { job_id }
+            | LeftOutSiteEnded { job_id, .. } => Some(*job_id),
         }
     }
 
@@ -621,6 +649,7 @@ impl EventKind {
             WorkspaceArchiveFailed { .. } => "workspace_archive_failed",
             RunReattached { .. } => "run_reattached",
             RunRestored { .. } => "run_restored",
+            LeftOutSiteEnded { .. } => "left_out_site_ended",
             RequestRefused { .. } => "request_refused",
         }
     }

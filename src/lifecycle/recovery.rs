@@ -130,7 +130,10 @@ pub fn decide_restart(
         }
         // What may still run once the lost server app is accounted for: a re-attached
         // server app that has not ended, and sites that took part and have not reported.
-        let may_still_run = (server_alive && server_may_run) || run.any_site_outstanding();
+        let may_still_run = (server_alive && server_may_run)
+            || run.any_site_outstanding()
+            || !run.left_out.is_empty()
+            || !run.start_awaited().is_empty();
         if !may_still_run {
             events.push((Actor::Recovery, EventKind::RunStopped { job_id }));
             if archive_waits(job) {
@@ -192,6 +195,9 @@ fn stop_everything(state: &State, job: &Job, server_alive: bool, effects: &mut V
     }
     let mut sites: BTreeSet<String> = job.run.outstanding_sites().into_iter().collect();
     sites.extend(sites_running(state, job_id));
+    // Sites left out of the run (or whose start answer was awaited) may run it too.
+    sites.extend(job.run.left_out.iter().cloned());
+    sites.extend(job.run.start_awaited());
     for site in sites {
         effects.push(Effect::StopSiteApp { site, job_id });
     }

@@ -167,6 +167,15 @@ pub struct Run {
     /// After a restart, the server app did not re-attach: it has ended, outcome unknown.
     #[serde(default)]
     pub server_lost: bool,
+    /// Sites left out of the run that may still run its app: their start answer was lost
+    /// (recorded as no reply), or the job ended while it was awaited. Such a site is not a
+    /// participant (its exit is never the job's outcome), but it holds the run's
+    /// `max_jobs` slot (see [`Run::all_ended`]) until it is known not to run the app: its
+    /// exit report, a reconnect that does not list the job, or the end of the stop wait
+    /// (SPEC section 8, "a stop is over"), each recorded as `LeftOutSiteEnded` or
+    /// `RunStopped`.
+    #[serde(default)]
+    pub left_out: BTreeSet<String>,
 }
 
 impl Run {
@@ -259,7 +268,38 @@ impl Run {
 
     /// True when no process of the run can still be running.
     pub fn all_ended(&self) -> bool {
-        !self.server_outstanding() && !self.server_step_in_flight() && !self.any_site_outstanding()
+        !self.server_outstanding()
+            && !self.server_step_in_flight()
+            && !self.any_site_outstanding()
+            && self.left_out.is_empty()
+    }
+
+    /// Whether the site is a participant whose exit is still awaited (it has neither
+    /// reported nor lapsed).
+    pub fn site_outstanding(&self, site: &str) -> bool {
+        let expected = if self.started_at.is_some() {
+            self.job_clients
+                .binary_search_by(|s| s.as_str().cmp(site))
+                .is_ok()
+        } else {
+            self.start.get(site).is_some_and(StepResult::is_ok)
+        };
+        expected && !self.site_exits.contains_key(site) && !self.lapsed.contains(site)
+    }
+
+    /// Sites whose start was asked and whose answer is still awaited while the run is
+    /// starting: they may have started the app. A job that ends now leaves them out of a
+    /// run that may still have their app (see [`Run::left_out`]).
+    pub fn start_awaited(&self) -> Vec<String> {
+        if !matches!(self.step, Some((StartStep::StartingSites, _))) {
+            return Vec::new();
+        }
+        self.sites
+            .iter()
+            .filter(|s| self.deploy.get(*s).is_some_and(StepResult::is_ok))
+            .filter(|s| !self.start.contains_key(*s))
+            .cloned()
+            .collect()
     }
 
     /// Whether a site's outcome counts for the run: it is one of `job_clients` once the job
@@ -639,13 +679,37 @@ impl State {
         self.jobs.get(job_id).map(|j| &**j).filter(|j| !j.deleted)
     }
 
-    /// Jobs counted against `max_jobs`: `DISPATCHED`, `RUNNING`, or with a run still stopping.
+    /// When every left-out site of the run counts as ended by SPEC section 8's rule (a
+    /// stop is over): a connected one `abort_grace + client_outcome_wait` after it was
+    /// last told to stop (its connect, or the run's stop request if later), an away one
+    /// when its `site_reconnect_grace` runs out. `None` without left-out sites.
+    pub fn left_out_wait_end(
+        &self,
+        run: &Run,
+        settings: &crate::settings::Settings,
+    ) -> Option<Timestamp> {
+        run.left_out
+            .iter()
+            .map(|site| match self.sites.get(site) {
+                Some(facts) if !facts.connected => facts.since.plus(settings.site_reconnect_grace),
+                facts => {
+                    let since = facts.map_or(self.last_at, |f| f.since);
+                    let asked = run.stop_requested_at.map_or(since, |at| at.max(since));
+                    asked.plus(settings.abort_grace + settings.client_outcome_wait)
+                }
+            })
+            .max()
+    }
+
+    /// Jobs counted against `max_jobs`: `DISPATCHED`, `RUNNING`, with a run still stopping,
+    /// or with a site left out of the run that may still run its app.
     pub fn active_job_count(&self) -> usize {
         self.jobs
             .values()
             .filter(|j| {
                 matches!(j.status, RunStatus::Dispatched | RunStatus::Running)
                     || j.run.phase == RunPhase::Stopping
+                    || !j.run.left_out.is_empty()
             })
             .count()
     }
@@ -1154,6 +1218,15 @@ impl State {
                 }
                 Ok(())
             }
+            LeftOutSiteEnded { job_id, site, .. } => {
+                let job = self.job_exists(job_id)?;
+                if !job.run.left_out.contains(site) {
+                    return Err(format!(
+                        "site {site} is not a left-out site that may run job {job_id}'s app"
+                    ));
+                }
+                Ok(())
+            }
             RunRestored { job_id } => {
                 self.job_in(job_id, &[Running], "be restored")?;
                 match self.recovery {
@@ -1239,6 +1312,22 @@ impl State {
                 resources,
                 running,
             } => {
+                // A site that says it runs the app of a job that ended, or of a run being
+                // stopped, while fedrun no longer waits for it (it reported, its report
+                // lapsed, or it was left out) holds the run's slot again until that app
+                // is known to have ended (SPEC section 8, "a stop is over").
+                for job_id in running {
+                    let returns = self.jobs.get(job_id).is_some_and(|j| {
+                        j.run.was_sent(site)
+                            && j.run.phase != RunPhase::NotStarted
+                            && (j.status.is_terminal() || j.run.phase == RunPhase::Stopping)
+                            && !j.run.site_outstanding(site)
+                            && !j.run.left_out.contains(site)
+                    });
+                    if returns {
+                        self.job_mut(job_id).run.left_out.insert(site.clone());
+                    }
+                }
                 Arc::make_mut(&mut self.sites).insert(
                     site.clone(),
                     Arc::new(SiteFacts {
@@ -1428,6 +1517,10 @@ impl State {
             } => {
                 let job = self.job_mut(job_id);
                 job.run.start.insert(participant.clone(), result.clone());
+                // A site whose start answer was lost may have started its app.
+                if *result == StepResult::NoReply && participant != crate::job::meta::SERVER {
+                    job.run.left_out.insert(participant.clone());
+                }
                 if job.status.is_terminal() {
                     job.run.step = None;
                 } else if participant == crate::job::meta::SERVER {
@@ -1520,6 +1613,8 @@ impl State {
                 job.run.phase = RunPhase::Stopped;
                 job.run.step = None;
                 job.run.reservations.clear();
+                // The stop is over: a left-out site counts as ended too (SPEC section 8).
+                job.run.left_out.clear();
             }
             JobFinished {
                 job_id,
@@ -1531,6 +1626,9 @@ impl State {
                 let job = self.job_mut(job_id);
                 job.finished_at = Some(at);
                 job.finish_reason = Some(reason.clone());
+                // Sites asked to start whose answer never came may have started the app.
+                let awaited = job.run.start_awaited();
+                job.run.left_out.extend(awaited);
                 // An abort keeps waiting for the server's own deploy or start answer; every
                 // other ending has no step left in flight.
                 if !(*status == RunStatus::Aborted && job.run.server_step_in_flight()) {
@@ -1577,6 +1675,9 @@ impl State {
                 }
             }
             RunRestored { .. } => {}
+            LeftOutSiteEnded { job_id, site, .. } => {
+                self.job_mut(job_id).run.left_out.remove(site);
+            }
         }
     }
 

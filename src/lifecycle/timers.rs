@@ -99,12 +99,19 @@ pub fn deadlines(state: &State, settings: &Settings) -> Vec<(Timestamp, Timer)> 
                 }
             }
         }
+        let left_out_end = state.left_out_wait_end(run, settings);
         if run.phase == RunPhase::Stopping {
             if let Some(at) = run.stop_requested_at {
+                // Left-out sites may count as ended later than the run's stop wait.
+                let due = at.plus(settings.abort_grace + settings.client_outcome_wait);
                 out.push((
-                    at.plus(settings.abort_grace + settings.client_outcome_wait),
+                    left_out_end.map_or(due, |end| end.max(due)),
                     Timer::StopWaitOver { job_id },
                 ));
+            }
+        } else if let Some(end) = left_out_end {
+            if run.phase == RunPhase::Stopped {
+                out.push((end, Timer::StopWaitOver { job_id }));
             }
         }
         if let Some(at) = archive_retry_at(job) {

@@ -266,6 +266,9 @@ struct Sim<'a> {
     server_base: (Timestamp, Duration),
     /// When the running server started (virtual), `None` while it is down.
     server_up_since: Option<Duration>,
+    /// When the server last went down (a crash), for the sites whose grace ran out while it
+    /// was up.
+    server_down_at: Duration,
     /// Archives written to the simulated blob store.
     archives: BTreeMap<JobId, BlobHash>,
     /// Facts fed to the engine, by job, with the sequence number they came at.
@@ -387,6 +390,7 @@ pub fn run_full<'a>(
         wall_offset_ms: 0,
         server_base: (SIM_EPOCH, Duration::ZERO),
         server_up_since: None,
+        server_down_at: Duration::ZERO,
         archives: BTreeMap::new(),
         facts: BTreeMap::new(),
         lies: Default::default(),
@@ -830,6 +834,7 @@ impl<'a> Sim<'a> {
             // A crash: the in-memory state is gone; only the stored history remains.
             drop(engine);
             self.server_up_since = None;
+            self.server_down_at = self.now();
             self.note("server crashed".to_string());
         }
         if self.checked.actions[i] == Action::RestartServer {
@@ -1661,6 +1666,7 @@ impl<'a> Sim<'a> {
         let power_loss = self.faults.power_loss();
         self.storage.crash(power_loss);
         self.server_up_since = None;
+        self.server_down_at = self.now();
         self.note(format!(
             "server crashed {why}{}",
             if power_loss { " (power loss)" } else { "" }
@@ -1686,6 +1692,7 @@ impl<'a> Sim<'a> {
         }
         self.engine = None;
         self.server_up_since = None;
+        self.server_down_at = self.now();
         // The process exits; what it wrote stays in the page cache.
         self.storage.crash(false);
         self.note("server stopped: its history refused a write".to_string());
@@ -1737,6 +1744,13 @@ impl<'a> Sim<'a> {
                         _ => self.site_since[i],
                     },
                     apps: site.running(),
+                    // SPEC 8 counted its processes as ended when its grace ran out while
+                    // a server was up; a later crash does not bring them back.
+                    lapsed: up.is_none()
+                        && !site.online
+                        && self.away_recorded[i]
+                        && self.site_since[i] + self.settings.site_reconnect_grace
+                            <= self.server_down_at,
                     returned: self.returned[i].clone(),
                 })
                 .collect(),

