@@ -145,6 +145,18 @@ fn processes_under(dir: &Path) -> Vec<u32> {
     pids
 }
 
+/// The app shells (`sh run.sh`) running under `dir`: the long-lived part of an app, unlike
+/// the short `sleep` children the example starts each round.
+fn app_shells_under(dir: &Path) -> Vec<u32> {
+    processes_under(dir)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("run.sh"))
+        })
+        .collect()
+}
+
 async fn all_connected(server: &Server) {
     wait_for(server, "three connected sites", |s| {
         s.connected_sites().count() == SITES.len()
@@ -214,6 +226,37 @@ impl Relay {
     }
 }
 
+/// hello-complete with sites that work for `rounds` rounds of 0.2 s.
+fn slow_hello(dir: &Path, rounds: u32) -> PathBuf {
+    let job = dir.join("slow-hello");
+    let from = examples().join("hello-complete");
+    std::fs::create_dir_all(job.join("app")).expect("job folder");
+    std::fs::copy(from.join("meta.json"), job.join("meta.json")).expect("meta");
+    std::fs::copy(from.join("app/run.sh"), job.join("app/run.sh")).expect("run.sh");
+    let run = std::fs::read_to_string(from.join("app/run.toml")).expect("run.toml");
+    let run = run.replace(
+        "HELLO_ROUNDS = \"2\"",
+        &format!("HELLO_ROUNDS = \"{rounds}\""),
+    );
+    assert!(run.contains(&format!("\"{rounds}\"")), "{run}");
+    std::fs::write(job.join("app/run.toml"), run).expect("run.toml");
+    job
+}
+
+/// Polls `/proc` (bounded) until none of `pids` is alive.
+async fn all_ended(pids: &[u32]) {
+    tokio::time::timeout(BOUND, async {
+        while pids
+            .iter()
+            .any(|pid| Path::new(&format!("/proc/{pid}/cmdline")).exists())
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the apps ended in time");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_site_whose_connection_is_cut_and_restored_keeps_its_app() {
     let fed = Federation::start().await;
@@ -224,8 +267,8 @@ async fn a_site_whose_connection_is_cut_and_restored_keeps_its_app() {
         fed.agent("site-3", fed.addr()),
     ];
     all_connected(&fed.server).await;
-    // long-running trains until aborted: it is still running when the cut is over.
-    let job = submit_ok(&fed.server, &examples().join("long-running")).await;
+    let job_dir = slow_hello(fed.dir.path(), 20);
+    let job = submit_ok(&fed.server, &job_dir).await;
     wait_for(&fed.server, "the job running", |s| {
         s.jobs
             .get(&job)
@@ -233,30 +276,55 @@ async fn a_site_whose_connection_is_cut_and_restored_keeps_its_app() {
     })
     .await;
     let site2 = fed.dir.path().join("sites/site-2");
-    let before = processes_under(&site2);
+    let before = app_shells_under(&site2);
     assert!(!before.is_empty(), "site-2 runs its app");
     relay.cut();
     wait_for(&fed.server, "site-2 seen disconnected", |s| {
         s.sites.get("site-2").is_some_and(|f| !f.connected)
     })
     .await;
+    let now = app_shells_under(&site2);
+    assert!(
+        before.iter().all(|pid| now.contains(pid)),
+        "the app outlives the connection: {before:?} then {now:?}"
+    );
+    // The app ends while its site is away: its exit report must survive the cut.
+    all_ended(&before).await;
     assert_eq!(
-        processes_under(&site2),
-        before,
-        "the app outlives the connection"
+        fed.server.state().jobs[&job].status,
+        RunStatus::Running,
+        "the job waits for site-2's report"
     );
     relay.restore();
-    wait_for(&fed.server, "site-2 back", |s| {
-        s.sites.get("site-2").is_some_and(|f| f.connected)
-    })
-    .await;
-    let state = fed.server.state();
+    let state = wait_for(&fed.server, "the job settled", |s| settled(s, &job)).await;
     assert_eq!(
         state.jobs[&job].status,
-        RunStatus::Running,
-        "the job kept running"
+        RunStatus::Completed,
+        "{:?}",
+        state.jobs[&job]
     );
-    assert_eq!(processes_under(&site2), before, "the same app, re-attached");
+    assert!(
+        state.sites.get("site-2").is_some_and(|f| f.connected),
+        "site-2 is back"
+    );
+    fed.stop(agents).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abort_reaches_apps_over_the_network() {
+    let fed = Federation::start().await;
+    let agents: Vec<Agent> = SITES.iter().map(|s| fed.agent(s, fed.addr())).collect();
+    all_connected(&fed.server).await;
+    // long-running trains until aborted.
+    let job = submit_ok(&fed.server, &examples().join("long-running")).await;
+    wait_for(&fed.server, "the job running", |s| {
+        s.jobs
+            .get(&job)
+            .is_some_and(|j| j.status == RunStatus::Running)
+    })
+    .await;
+    let running = app_shells_under(&fed.dir.path().join("sites"));
+    assert!(!running.is_empty(), "the sites run their apps");
     let aborted = fed
         .server
         .request(
@@ -271,7 +339,7 @@ async fn a_site_whose_connection_is_cut_and_restored_keeps_its_app() {
     assert!(aborted.is_ok(), "{aborted:?}");
     let state = wait_for(&fed.server, "the job settled", |s| settled(s, &job)).await;
     assert_eq!(state.jobs[&job].status, RunStatus::Aborted);
-    assert!(processes_under(&site2).is_empty(), "the aborted app ended");
+    all_ended(&running).await;
     fed.stop(agents).await;
 }
 
@@ -399,4 +467,131 @@ async fn a_malformed_frame_closes_that_site_connection_only() {
         "the bad connection is not a connected site"
     );
     fed.stop(agents).await;
+}
+
+/// A site connection made by hand: welcomed, it says `Connected`, then does only what the
+/// test says.
+struct HandSite {
+    frames: tokio_util::codec::FramedRead<
+        tokio::io::ReadHalf<tokio_rustls::client::TlsStream<TcpStream>>,
+        tokio_util::codec::LengthDelimitedCodec,
+    >,
+    sink: Arc<
+        tokio::sync::Mutex<
+            tokio_util::codec::FramedWrite<
+                tokio::io::WriteHalf<tokio_rustls::client::TlsStream<TcpStream>>,
+                tokio_util::codec::LengthDelimitedCodec,
+            >,
+        >,
+    >,
+}
+
+impl HandSite {
+    async fn connect(fed: &Federation, name: &str) -> HandSite {
+        use fedrun::net::wire::{decode, encode_message, Frame, FromSite, ToSite, WireReport};
+        use futures_util::{SinkExt, StreamExt};
+        let kit = fed.kit(name);
+        let connector = tokio_rustls::TlsConnector::from(
+            client_config(&kit, fedrun::net::tls::ALPN_SITE).expect("tls"),
+        );
+        let tcp = TcpStream::connect(fed.addr()).await.expect("dial");
+        let tls = connector
+            .connect(server_name(&kit).expect("name"), tcp)
+            .await
+            .expect("handshake");
+        let (read, write) = tokio::io::split(tls);
+        let mut frames = tokio_util::codec::FramedRead::new(read, wire().codec());
+        let mut sink = tokio_util::codec::FramedWrite::new(write, wire().codec());
+        let first = tokio::time::timeout(BOUND, frames.next())
+            .await
+            .expect("welcome in time")
+            .expect("a frame")
+            .expect("readable");
+        assert!(matches!(
+            decode::<ToSite>(first).expect("decodes"),
+            Frame::Message(ToSite::Welcome { .. })
+        ));
+        let hello = FromSite::Report {
+            id: 1,
+            report: WireReport::Connected {
+                resources: Default::default(),
+                running: vec![],
+            },
+        };
+        sink.send(encode_message(&hello).expect("encode"))
+            .await
+            .expect("send");
+        HandSite {
+            frames,
+            sink: Arc::new(tokio::sync::Mutex::new(sink)),
+        }
+    }
+
+    /// Sends heartbeats until the connection fails.
+    fn keep_beating(&self) {
+        use futures_util::SinkExt;
+        let sink = self.sink.clone();
+        tokio::spawn(async move {
+            let beat = fedrun::net::wire::encode_message(&fedrun::net::wire::FromSite::Heartbeat)
+                .expect("encode");
+            let mut tick = tokio::time::interval(Duration::from_millis(200));
+            loop {
+                tick.tick().await;
+                if sink.lock().await.send(beat.clone()).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+
+    /// Reads until the server closes the connection (bounded).
+    async fn closed_by_server(mut self) {
+        use futures_util::StreamExt;
+        tokio::time::timeout(BOUND, async {
+            while let Some(Ok(_)) = self.frames.next().await {}
+        })
+        .await
+        .expect("the server closes the connection in time");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_site_is_disconnected_after_the_heartbeat_timeout() {
+    let fed = Federation::start().await;
+    let hand = HandSite::connect(&fed, "site-2").await;
+    wait_for(&fed.server, "site-2 connected", |s| {
+        s.sites.get("site-2").is_some_and(|f| f.connected)
+    })
+    .await;
+    // The connection stays open but says nothing more: a half-open peer.
+    wait_for(&fed.server, "site-2 disconnected", |s| {
+        s.sites.get("site-2").is_some_and(|f| !f.connected)
+    })
+    .await;
+    hand.closed_by_server().await;
+    fed.stop(vec![]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_connection_of_a_site_replaces_the_old_one() {
+    let fed = Federation::start().await;
+    let old = HandSite::connect(&fed, "site-2").await;
+    old.keep_beating();
+    wait_for(&fed.server, "site-2 connected", |s| {
+        s.sites.get("site-2").is_some_and(|f| f.connected)
+    })
+    .await;
+    let agent = fed.agent("site-2", fed.addr());
+    // The heartbeats keep the old connection alive: only the replacement closes it.
+    old.closed_by_server().await;
+    let mut connected = agent.connected();
+    tokio::time::timeout(BOUND, connected.wait_for(|c| *c))
+        .await
+        .expect("the agent is connected in time")
+        .expect("agent alive");
+    wait_for(&fed.server, "site-2 connected again", |s| {
+        s.sites.get("site-2").is_some_and(|f| f.connected)
+    })
+    .await;
+    fed.stop(vec![agent]).await;
 }
