@@ -49,6 +49,7 @@ fn wire() -> WireConfig {
     WireConfig {
         heartbeat_interval: Duration::from_millis(200),
         heartbeat_timeout: Duration::from_secs(2),
+        chunk_size: 64 * 1024,
         ..WireConfig::default()
     }
 }
@@ -169,15 +170,19 @@ async fn a_job_completes_on_three_site_agents_over_tls() {
     let fed = Federation::start().await;
     let agents: Vec<Agent> = SITES.iter().map(|s| fed.agent(s, fed.addr())).collect();
     all_connected(&fed.server).await;
-    let job = submit_ok(&fed.server, &examples().join("hello-complete")).await;
+    // A package of many chunks: the app carries 600 KiB that do not compress.
+    let job_dir = slow_hello(fed.dir.path(), 2);
+    let data: Vec<u8> = (0..600 * 1024).map(|_| rand_byte()).collect();
+    std::fs::write(job_dir.join("app/data.bin"), &data).expect("data");
+    let job = submit_ok(&fed.server, &job_dir).await;
     let state = wait_for(&fed.server, "the job settled", |s| settled(s, &job)).await;
     let status = state.jobs[&job].status;
     assert_eq!(status, RunStatus::Completed, "{:?}", state.jobs[&job]);
     for site in SITES {
-        let log = std::fs::read_dir(fed.dir.path().join("sites").join(site))
-            .expect("site work folder")
-            .count();
-        assert!(log > 0, "{site} ran something in its work folder");
+        let root = fed.dir.path().join("sites").join(site);
+        let app = fedrun::site::workspace::app_dir(&root, job, "app");
+        let got = std::fs::read(app.join("data.bin")).expect("the app was unpacked");
+        assert!(got == data, "{site} received the package intact");
     }
     fed.stop(agents).await;
 }
@@ -224,6 +229,20 @@ impl Relay {
     fn restore(&self) {
         *self.open.lock().expect("lock") = true;
     }
+}
+
+/// A byte from a small xorshift generator (no dependency needed for test data).
+fn rand_byte() -> u8 {
+    use std::cell::Cell;
+    thread_local!(static STATE: Cell<u64> = const { Cell::new(0x9e37_79b9_7f4a_7c15) });
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        (x >> 24) as u8
+    })
 }
 
 /// hello-complete with sites that work for `rounds` rounds of 0.2 s.
