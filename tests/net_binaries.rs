@@ -132,6 +132,39 @@ fn provision_serve_and_three_sites_as_processes() {
         "{addr}"
     );
 
+    // A second server on the same data folder is refused with a clear message.
+    let second = fedrun()
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .arg("--kit")
+        .arg(kits.join("localhost"))
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .expect("second serve runs");
+    assert_eq!(second.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("server is running"), "{err}");
+    // So is a kit without its key.
+    let broken = dir.path().join("broken-kit");
+    std::fs::create_dir_all(broken.join("startup")).expect("folder");
+    for file in ["fedrun.toml", "startup/rootCA.pem", "startup/server.crt"] {
+        std::fs::copy(kits.join("localhost").join(file), broken.join(file)).expect("copy");
+    }
+    let incomplete = fedrun()
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .arg("--kit")
+        .arg(&broken)
+        .arg("--data-dir")
+        .arg(dir.path().join("other-data"))
+        .output()
+        .expect("serve runs");
+    assert_eq!(incomplete.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&incomplete.stderr);
+    assert!(
+        err.contains("incomplete") && err.contains("server.key"),
+        "{err}"
+    );
+
     let mut sites = Vec::new();
     for site in SITES {
         let mut child = fedrun()
