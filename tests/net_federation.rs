@@ -121,6 +121,23 @@ impl Federation {
     }
 }
 
+/// A failed test must not leave its apps running: every process group led by a process
+/// under the test's folder is killed when the federation is dropped (after `stop` has
+/// checked that none is left, this finds nothing).
+impl Drop for Federation {
+    fn drop(&mut self) {
+        for pid in processes_under(self.dir.path()) {
+            let pid = pid as i32;
+            // SAFETY: getpgid/kill on processes this test's federation started.
+            unsafe {
+                if libc::getpgid(pid) == pid {
+                    libc::kill(-pid, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
 fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")
 }
