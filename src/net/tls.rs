@@ -364,6 +364,39 @@ pub(crate) mod tests {
         assert!(client.is_err(), "the site is told too");
     }
 
+    #[tokio::test]
+    async fn an_ip_host_is_the_certificate_ip_and_kits_are_private_and_kept() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let text = PROJECT.replace("host = \"localhost\"", "host = \"127.0.0.1\"\nport = 9443");
+        let out = provision_at(&text, dir.path(), SystemTime::now());
+        let server = kit(&out, "127.0.0.1");
+        assert_eq!(server.server_port, 9443);
+        let (seen, client) = handshake(&server, &kit(&out, "site-1"), ALPN_SITE).await;
+        client.expect("the site accepts the server's IP address certificate");
+        seen.expect("server side");
+        let mode = |p: &Path| std::fs::metadata(p).expect("exists").permissions().mode() & 0o777;
+        assert_eq!(mode(&out.join("site-1")), 0o700);
+        assert_eq!(mode(&out.join("site-1/fedrun.toml")), 0o600);
+        assert_eq!(mode(&out.join("site-1/startup/client.key")), 0o600);
+        // An operator's own key survives the next provision; the lists follow the project.
+        let file = out.join("127.0.0.1/fedrun.toml");
+        let mut toml = std::fs::read_to_string(&file).expect("read");
+        toml.push_str("\n[operator]\nnote = \"mine\"\n");
+        std::fs::write(&file, toml).expect("write");
+        let more = text + "[[site]]\nname = \"site-2\"\norg = \"o\"\n";
+        provision_at(&more, &out, SystemTime::now());
+        let toml = std::fs::read_to_string(&file).expect("read");
+        assert!(toml.contains("note = \"mine\""), "{toml}");
+        let server = kit(&out, "127.0.0.1");
+        assert_eq!(
+            server.sites.iter().collect::<Vec<_>>(),
+            ["site-1", "site-2"]
+        );
+        assert_eq!(server.admins.len(), 1);
+        assert_eq!(server.admins[0].role, Role::Lead);
+    }
+
     #[test]
     fn kits_of_the_wrong_kind_are_refused() {
         let dir = tempfile::tempdir().expect("temp dir");
