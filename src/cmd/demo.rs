@@ -94,6 +94,7 @@ fn settled(state: &State, ids: &[JobId]) -> bool {
 /// without a restart, so the demo ends instead of waiting for jobs that cannot move).
 fn engine_stopped(server: &Server) -> Option<i32> {
     let cause = server.stopped()?;
+    let cause = super::term::clean(&cause.to_string()).into_owned();
     eprintln!("error: the server's engine stopped for good: {cause}");
     Some(EXIT_ENGINE_STOPPED)
 }
@@ -190,7 +191,7 @@ async fn demo(args: Args) -> anyhow::Result<i32> {
                         .finish_reason
                         .as_deref()
                         .filter(|_| job.status.is_terminal())
-                        .map(|r| format!(" ({r})"))
+                        .map(|r| format!(" ({})", super::term::clean(r)))
                         .unwrap_or_default();
                     println!(
                         "[{:>6.2}s] {:<15} {from} -> {}{reason}",
@@ -282,7 +283,7 @@ async fn demo(args: Args) -> anyhow::Result<i32> {
             names[id],
             id.to_string(),
             job.status.as_str(),
-            job.run.job_clients.join(",")
+            super::term::clean(&job.run.job_clients.join(","))
         );
     }
     println!("all jobs settled in {:.2} s", elapsed.as_secs_f64());
@@ -295,7 +296,8 @@ async fn demo(args: Args) -> anyhow::Result<i32> {
     for record in history.records_from(1) {
         let record = record.context("reading the history back")?;
         if record.event.kind.job_id() == Some(failed) {
-            println!("  {}", fedrun::history::events::event_text(&record.event));
+            let line = fedrun::history::events::event_text(&record.event);
+            println!("  {}", super::term::clean(&line));
         }
     }
     let report = history.verify(State::new());

@@ -5,9 +5,11 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use fedrun::history::events::{event_json_line, event_text};
-use fedrun::job::JobId;
+use fedrun::lifecycle::view::find_job;
+use fedrun::lifecycle::State;
 
 use super::list::open_history;
+use super::term::clean;
 
 /// Arguments of `fedrun history`.
 #[derive(clap::Args, Debug)]
@@ -15,9 +17,9 @@ pub struct Args {
     /// The server's data folder (holding `history/`, `blobs/` and `anchor`).
     #[arg(long, value_name = "DIR")]
     pub data_dir: PathBuf,
-    /// Only the events of this job (its UUID).
+    /// Only the events of this job: its id, or a prefix of it that names one job only.
     #[arg(long, value_name = "JOB_ID")]
-    pub job: Option<JobId>,
+    pub job: Option<String>,
     /// Print one JSON object per line instead of text.
     #[arg(long)]
     pub json: bool,
@@ -26,18 +28,30 @@ pub struct Args {
 /// Runs the command; the returned code is the process exit code.
 pub fn run(args: Args) -> anyhow::Result<i32> {
     let history = open_history(&args.data_dir)?;
+    // The job is found as `show` finds it: an unknown id or an ambiguous prefix is an
+    // error, not an empty listing.
+    let job = match &args.job {
+        Some(given) => {
+            let state = history
+                .recover(State::new())
+                .context("the history is damaged; run `fedrun audit verify`")?
+                .state;
+            Some(find_job(&state, given)?.id)
+        }
+        None => None,
+    };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     for record in history.records_from(1) {
         let record = record.context("the history is damaged; run `fedrun audit verify`")?;
         let event = record.event;
-        if args.job.is_some() && event.kind.job_id() != args.job {
+        if job.is_some() && event.kind.job_id() != job {
             continue;
         }
         let line = if args.json {
             event_json_line(&event).context("encoding an event as JSON")?
         } else {
-            event_text(&event)
+            clean(&event_text(&event)).into_owned()
         };
         if let Err(err) = writeln!(out, "{line}") {
             // A closed pipe (`fedrun history | head`) is the reader's choice, not an error.

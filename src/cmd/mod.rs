@@ -8,4 +8,5 @@ pub mod provision;
 pub mod show;
 pub mod sign;
 pub mod sim;
+pub mod term;
 pub mod verify;
