@@ -844,3 +844,22 @@ impl Storage for SledStorage {
 fn blob_err(err: BlobError) -> StorageError {
     StorageError::Blob(err)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sled_corruption_is_put_in_words_without_its_debug_text() {
+        let error = sled_error("open", sled::Error::Corruption { at: None, bt: () });
+        let text = error.to_string();
+        assert_eq!(
+            text,
+            "database open: its files hold damaged data (sled could not read them back)"
+        );
+        assert!(
+            !text.contains("backtrace") && !text.contains("None"),
+            "{text}"
+        );
+    }
+}
