@@ -16,9 +16,10 @@ use clap::{Parser, Subcommand};
                   (a write to its history failed); a supervisor restarts it."
 )]
 struct Cli {
-    /// Log filter (tracing's env-filter syntax); the FEDRUN_LOG variable is read too.
-    #[arg(long, global = true, default_value = "warn")]
-    log: String,
+    /// Log filter (tracing's env-filter syntax). Without it the FEDRUN_LOG variable is
+    /// read, and without that `warn` is used.
+    #[arg(long, global = true, value_name = "FILTER")]
+    log: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -66,10 +67,19 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    let filter = std::env::var("FEDRUN_LOG").unwrap_or(cli.log.clone());
+    // The flag wins over the variable, which wins over the default.
+    let filter = (cli.log.clone())
+        .or_else(|| {
+            std::env::var("FEDRUN_LOG")
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+        })
+        .unwrap_or_else(|| "warn".to_string());
+    let ansi = cmd::term::colour_allowed(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .init();
     let result = match cli.command {
         Command::Demo(a) => cmd::demo::run(a),
@@ -94,7 +104,7 @@ fn main() {
     match result {
         Ok(code) => std::process::exit(code),
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", cmd::term::error_chain(&err));
             std::process::exit(1);
         }
     }

@@ -255,7 +255,7 @@ fn the_package_rules_need_every_app_folder_and_run_file() {
     .unwrap();
     let err = ingest(&job, &Limits::default()).unwrap_err();
     assert!(
-        matches!(&err, IngestError::RunFile { app, source: RunFileError::Syntax { .. } } if app == "site_app"),
+        matches!(&err, IngestError::RunFile { app, cause: RunFileError::Syntax { .. } } if app == "site_app"),
         "{err}"
     );
 

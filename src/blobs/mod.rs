@@ -46,15 +46,14 @@ fn blob_name(name: &str) -> Option<BlobHash> {
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
     /// A file operation failed.
-    #[error("blob store: {what} {path}: {source}")]
+    #[error("blob store: {what} {path}: {cause}")]
     Io {
         /// What was being done.
         what: &'static str,
         /// The file or folder.
         path: PathBuf,
         /// The operating system's error.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// No blob has this hash.
     #[error("blob {hash} is not in the store")]
@@ -163,7 +162,7 @@ impl BlobStore {
         let io = |what, source| BlobError::Io {
             what,
             path: dir.clone(),
-            source,
+            cause: source,
         };
         fs::DirBuilder::new()
             .recursive(true)
@@ -441,7 +440,7 @@ impl BlobStore {
         BlobError::Io {
             what,
             path: path.to_path_buf(),
-            source,
+            cause: source,
         }
     }
 }

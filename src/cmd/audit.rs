@@ -6,6 +6,8 @@ use anyhow::Context;
 use fedrun::history::events::{audit, EventHistory};
 use fedrun::history::{SledStorage, READER_LOCK_WAIT};
 
+use super::term::clean;
+
 /// Subcommands of `fedrun audit`.
 #[derive(clap::Subcommand, Debug)]
 pub enum Command {
@@ -75,7 +77,8 @@ pub fn run(command: Command) -> anyhow::Result<i32> {
         }
         println!("{value}");
     } else {
-        let dir = data_dir.display();
+        let dir = data_dir.display().to_string();
+        let dir = clean(&dir);
         println!("history:  {dir}");
         println!(
             "records:  {} checked and good, last stored is {}",
@@ -99,8 +102,8 @@ pub fn run(command: Command) -> anyhow::Result<i32> {
             }
             for problem in &report.problems {
                 match problem.seq {
-                    Some(seq) => println!("  record {seq}: {}", problem.message),
-                    None => println!("  {}", problem.message),
+                    Some(seq) => println!("  record {seq}: {}", clean(&problem.message)),
+                    None => println!("  {}", clean(&problem.message)),
                 }
             }
         }

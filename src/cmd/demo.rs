@@ -94,6 +94,7 @@ fn settled(state: &State, ids: &[JobId]) -> bool {
 /// without a restart, so the demo ends instead of waiting for jobs that cannot move).
 fn engine_stopped(server: &Server) -> Option<i32> {
     let cause = server.stopped()?;
+    let cause = super::term::clean(&cause.to_string()).into_owned();
     eprintln!("error: the server's engine stopped for good: {cause}");
     Some(EXIT_ENGINE_STOPPED)
 }
@@ -372,7 +373,7 @@ async fn run_jobs(
                         .finish_reason
                         .as_deref()
                         .filter(|_| job.status.is_terminal())
-                        .map(|r| format!(" ({r})"))
+                        .map(|r| format!(" ({})", super::term::clean(r)))
                         .unwrap_or_default();
                     say!(
                         out,
@@ -476,7 +477,7 @@ fn report(
             names[id],
             id.to_string(),
             job.status.as_str(),
-            job.run.job_clients.join(",")
+            super::term::clean(&job.run.job_clients.join(","))
         )?;
     }
     say!(out, "all jobs settled in {:.2} s", elapsed.as_secs_f64())?;
@@ -492,11 +493,8 @@ fn report(
             .context("reading the history back")
             .map_err(Stop::Failed)?;
         if record.event.kind.job_id() == Some(failed) {
-            say!(
-                out,
-                "  {}",
-                fedrun::history::events::event_text(&record.event)
-            )?;
+            let line = fedrun::history::events::event_text(&record.event);
+            say!(out, "  {}", super::term::clean(&line))?;
         }
     }
     let report = history.verify(State::new());

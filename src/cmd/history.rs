@@ -5,9 +5,11 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use fedrun::history::events::{event_json_line, event_text};
-use fedrun::job::JobId;
+use fedrun::lifecycle::view::find_job;
+use fedrun::lifecycle::State;
 
 use super::list::open_history;
+use super::term::clean;
 
 /// Arguments of `fedrun history`.
 #[derive(clap::Args, Debug)]
@@ -18,9 +20,9 @@ pub struct Args {
     pub data_dir: Option<PathBuf>,
     #[command(flatten)]
     pub target: super::remote::Target,
-    /// Only the events of this job (its UUID).
+    /// Only the events of this job: its id, or a prefix of it that names one job only.
     #[arg(long, value_name = "JOB_ID")]
-    pub job: Option<JobId>,
+    pub job: Option<String>,
     /// Keep following the live server's new events (with `--kit` only).
     #[arg(long, conflicts_with = "data_dir")]
     pub follow: bool,
@@ -34,24 +36,35 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     let data_dir = match args.target.source(args.data_dir.as_deref()) {
         Ok(super::remote::Source::Folder(dir)) => dir,
         Ok(super::remote::Source::Live(client)) => {
-            let job = args.job.map(|j| j.to_string());
-            return super::remote::history(client, job.as_deref(), args.follow, args.json);
+            return super::remote::history(client, args.job.as_deref(), args.follow, args.json);
         }
         Err(code) => return Ok(code),
     };
     let history = open_history(&data_dir)?;
+    // The job is found as `show` finds it: an unknown id or an ambiguous prefix is an
+    // error, not an empty listing.
+    let job = match &args.job {
+        Some(given) => {
+            let state = history
+                .recover(State::new())
+                .context("the history is damaged; run `fedrun audit verify`")?
+                .state;
+            Some(find_job(&state, given)?.id)
+        }
+        None => None,
+    };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     for record in history.records_from(1) {
         let record = record.context("the history is damaged; run `fedrun audit verify`")?;
         let event = record.event;
-        if args.job.is_some() && event.kind.job_id() != args.job {
+        if job.is_some() && event.kind.job_id() != job {
             continue;
         }
         let line = if args.json {
             event_json_line(&event).context("encoding an event as JSON")?
         } else {
-            event_text(&event)
+            clean(&event_text(&event)).into_owned()
         };
         if let Err(err) = writeln!(out, "{line}") {
             // A closed pipe (`fedrun history | head`) is the reader's choice, not an error.

@@ -9,6 +9,8 @@ use fedrun::history::events::EventHistory;
 use fedrun::lifecycle::view::{list_jobs, JobSummary, ListFilter, StatusFilter};
 use fedrun::lifecycle::State;
 
+use super::term::clean;
+
 /// Arguments of `fedrun list`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -19,7 +21,7 @@ pub struct Args {
     #[command(flatten)]
     pub target: super::remote::Target,
     /// Only jobs with this status (`SUBMITTED`, `RUNNING`, `FINISHED:COMPLETED`, ...), or
-    /// `FINISHED` for any terminal one.
+    /// `FINISHED` for any terminal one; case does not matter.
     #[arg(long, value_name = "STATUS")]
     pub status: Option<String>,
     /// Only jobs whose name contains this text.
@@ -63,7 +65,8 @@ pub fn print(text: &str) -> anyhow::Result<i32> {
     }
 }
 
-/// The aligned table: one header line, one line per job.
+/// The aligned table: one header line, one line per job. Every cell is cleaned first, so
+/// a name cannot break the table or reach the terminal raw.
 pub fn table(rows: &[JobSummary]) -> String {
     let header = [
         "JOB_ID",
@@ -79,7 +82,7 @@ pub fn table(rows: &[JobSummary]) -> String {
         if row.deleted {
             status.push_str(" (deleted)");
         }
-        lines.push([
+        let cells = [
             row.job_id.clone(),
             row.name.clone(),
             status,
@@ -89,7 +92,8 @@ pub fn table(rows: &[JobSummary]) -> String {
             ),
             row.submit_time_iso.clone(),
             row.duration.clone().unwrap_or_else(|| "-".to_string()),
-        ]);
+        ];
+        lines.push(cells.map(|cell| clean(&cell).into_owned()));
     }
     let mut widths = [0usize; 6];
     for line in &lines {
@@ -113,14 +117,22 @@ pub fn table(rows: &[JobSummary]) -> String {
     out
 }
 
+/// The `--status` filter in any case (`running`, `Finished:Completed`); an unknown word
+/// is named as it was given.
+fn parse_status(given: &str) -> anyhow::Result<StatusFilter> {
+    match given.trim().to_ascii_uppercase().parse::<StatusFilter>() {
+        Ok(filter) => Ok(filter),
+        Err(mut err) => {
+            err.given = given.to_string();
+            Err(err.into())
+        }
+    }
+}
+
 /// Runs the command; the returned code is the process exit code.
 pub fn run(args: Args) -> anyhow::Result<i32> {
     // A wrong filter is the user's mistake; say so before touching the folder.
-    let status = args
-        .status
-        .as_deref()
-        .map(str::parse::<StatusFilter>)
-        .transpose()?;
+    let status = args.status.as_deref().map(parse_status).transpose()?;
     let filter = ListFilter {
         status,
         name_contains: args.name,

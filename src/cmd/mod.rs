@@ -11,4 +11,5 @@ pub mod show;
 pub mod sign;
 pub mod sim;
 pub mod site;
+pub mod term;
 pub mod verify;

@@ -9,6 +9,8 @@ use anyhow::Context;
 use fedrun::job::limits::Limits;
 use fedrun::job::package::{ingest, Package};
 
+use super::term::clean;
+
 /// Arguments of `fedrun package`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -91,7 +93,8 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 let report = serde_json::json!({ "ok": false, "input": args.input, "error": err.to_string() });
                 println!("{report}");
             } else {
-                eprintln!("{}: refused: {err}", args.input.display());
+                let text = format!("{}: refused: {err}", args.input.display());
+                eprintln!("{}", clean(&text));
             }
             return Ok(1);
         }
@@ -154,15 +157,22 @@ fn json_report(args: &Args, package: &Package) -> serde_json::Value {
     })
 }
 
+/// The text report. The job's name, its apps, targets and commands come from the
+/// package, so each is cleaned before it is printed.
 fn print_report(args: &Args, package: &Package) {
-    println!("job:      {}", package.meta.name);
+    println!("job:      {}", clean(&package.meta.name));
     for (app, targets) in apps_and_targets(package) {
         let command = package
             .apps
             .get(&app)
             .map(|run| run.command.as_str())
             .unwrap_or_default();
-        println!("app:      {app} -> {} (runs {command})", targets.join(", "));
+        println!(
+            "app:      {} -> {} (runs {})",
+            clean(&app),
+            clean(&targets.join(", ")),
+            clean(command)
+        );
     }
     println!(
         "entries:  {} ({} bytes of files)",
@@ -172,7 +182,7 @@ fn print_report(args: &Args, package: &Package) {
     match &args.output {
         Some(output) => println!(
             "wrote:    {} ({} bytes)",
-            output.display(),
+            clean(&output.display().to_string()),
             package.zip.len()
         ),
         None => println!(

@@ -5,6 +5,8 @@ use std::time::SystemTime;
 
 use fedrun::trust::provision::{provision, Project, ProvisionOptions};
 
+use super::term::clean;
+
 /// Arguments of `fedrun provision`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -27,17 +29,19 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         now: SystemTime::now(),
     };
     let report = provision(&project, &args.output, options)?;
-    let ca = args.output.join("ca");
+    // The project's and participants' names come from the project file: cleaned.
+    let shown = |path: &std::path::Path| clean(&path.display().to_string()).into_owned();
+    let ca = shown(&args.output.join("ca"));
     if report.new_ca {
-        println!("created root CA {} in {}", project.name, ca.display());
+        println!("created root CA {} in {ca}", clean(&project.name));
     } else {
-        println!("kept existing root CA in {}", ca.display());
+        println!("kept existing root CA in {ca}");
     }
     for kit in &report.kits_written {
-        println!("wrote {}", kit.display());
+        println!("wrote {}", shown(kit));
     }
     for kit in &report.kits_kept {
-        println!("kept  {} (use --force to replace it)", kit.display());
+        println!("kept  {} (use --force to replace it)", shown(kit));
     }
     Ok(0)
 }

@@ -10,6 +10,7 @@ use fedrun::lifecycle::view::{find_job, job_view, JobView};
 use fedrun::engine::clock::{Clock, WallClock};
 
 use super::list::{load_state, print};
+use super::term::clean;
 
 /// Arguments of `fedrun show`.
 #[derive(clap::Args, Debug)]
@@ -38,7 +39,8 @@ fn items(values: &[String]) -> String {
 }
 
 /// The readable form: `key: value` lines in the vocabulary of SPEC section 5, the
-/// multi-line values indented below their key.
+/// multi-line values indented below their key. Every value is cleaned, so what a
+/// meta.json or a site said cannot reach the terminal raw or forge a line.
 pub fn text(view: &JobView) -> anyhow::Result<String> {
     let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_string());
     let mut out = String::new();
@@ -78,7 +80,7 @@ pub fn text(view: &JobView) -> anyhow::Result<String> {
     // Values line up after the longest key and its colon.
     let width = "last_schedule_time".len() + 1;
     let line = |out: &mut String, key: &str, value: &str| {
-        writeln!(out, "{:<width$} {value}", format!("{key}:"))
+        writeln!(out, "{:<width$} {}", format!("{key}:"), clean(value))
     };
     for (key, value) in &pairs {
         line(&mut out, key, value)?;
@@ -94,7 +96,7 @@ pub fn text(view: &JobView) -> anyhow::Result<String> {
         } else {
             writeln!(out, "{key}:")?;
             for value in values {
-                writeln!(out, "  {value}")?;
+                writeln!(out, "  {}", clean(value))?;
             }
         }
     }

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use fedrun::trust::{sign_job_folder, Signer};
 
+use super::term::clean;
+
 /// Arguments of `fedrun sign`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -22,7 +24,7 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<i32> {
     let signer = Signer::load(&args.cert, &args.key)?;
     let report = sign_job_folder(&args.job_folder, &signer)?;
-    println!(
+    let text = format!(
         "signed {} as {}: {} files ({} bytes) in {} directories",
         args.job_folder.display(),
         signer.identity(),
@@ -30,5 +32,6 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         report.bytes,
         report.directories
     );
+    println!("{}", clean(&text));
     Ok(0)
 }

@@ -2,6 +2,16 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context;
+use fedrun::lifecycle::Event;
+use fedrun::sim::driver::SimResult;
+use fedrun::trust::files::read_bounded;
+
+use super::term::{clean, clean_lines};
+
+/// The largest scenario file read (4 MiB: a scenario of thousands of jobs is far smaller).
+const SCENARIO_FILE_MAX_BYTES: u64 = 4 * 1024 * 1024;
+
 /// Arguments of `fedrun sim`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -21,7 +31,12 @@ pub struct Args {
 
 /// Runs the command; the returned code is the process exit code.
 pub fn run(args: Args) -> anyhow::Result<i32> {
-    let checked = fedrun::sim::scenario::load(&args.scenario)?;
+    let path = args.scenario.display();
+    let bytes = read_bounded(&args.scenario, SCENARIO_FILE_MAX_BYTES, "scenario file")?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("scenario {path} is not UTF-8 text"))?;
+    let checked =
+        fedrun::sim::scenario::parse(&text).with_context(|| format!("scenario {path}"))?;
     let options = fedrun::sim::driver::RunOptions {
         tolerate: if args.tolerate_known_defects {
             fedrun::sim::invariants::KnownBug::ALL.to_vec()
@@ -36,18 +51,57 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             // seed shows how it happened.
             if let fedrun::sim::driver::SimError::Invariant { trail, .. } = &err {
                 for line in trail {
-                    eprintln!("{line}");
+                    eprintln!("{}", clean(line));
                 }
             }
-            return Err(
-                anyhow::Error::new(err).context(format!("scenario {}", args.scenario.display()))
-            );
+            return Err(anyhow::Error::new(err).context(format!("scenario {path}")));
         }
     };
     if args.json {
         println!("{}", fedrun::sim::output::to_json(&result)?);
     } else {
-        print!("{}", fedrun::sim::output::to_text(&result));
+        print!(
+            "{}",
+            clean_lines(&fedrun::sim::output::to_text(&cleaned(result)))
+        );
     }
     Ok(0)
+}
+
+/// The result with the text it holds from the scenario and the run (job names, reasons,
+/// site names, notes) cleaned, so that a line break in one cannot forge a row of the
+/// table; what is left is cleaned line by line when printed.
+fn cleaned(mut result: SimResult) -> SimResult {
+    for job in &mut result.jobs {
+        job.name = clean(&job.name).into_owned();
+    }
+    for (_, note) in &mut result.notes {
+        *note = clean(note).into_owned();
+    }
+    for event in &mut result.events {
+        if let Some(clean_event) = clean_event(event) {
+            *event = clean_event;
+        }
+    }
+    result
+}
+
+/// The event with every text in it cleaned, through its JSON form; `None` if that form
+/// does not read back, and the event is then cleaned only line by line.
+fn clean_event(event: &Event) -> Option<Event> {
+    fn walk(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::String(text) => {
+                if let std::borrow::Cow::Owned(clean_text) = clean(text) {
+                    *text = clean_text;
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            serde_json::Value::Object(fields) => fields.values_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let mut value = serde_json::to_value(event).ok()?;
+    walk(&mut value);
+    serde_json::from_value(value).ok()
 }

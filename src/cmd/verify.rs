@@ -8,6 +8,8 @@ use fedrun::job::limits::Limits;
 use fedrun::trust::files::read_bounded;
 use fedrun::trust::{verify_job_folder, verify_job_zip, RootCa};
 
+use super::term::clean;
+
 /// Arguments of `fedrun verify`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -42,12 +44,12 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             "{}",
             serde_json::json!({"verified": true, "at": at_text, "signer": signer})
         ),
-        (Ok(signer), false) => println!("verified: signed by {signer}"),
+        (Ok(signer), false) => println!("verified: signed by {}", clean(&signer.to_string())),
         (Err(reason), true) => println!(
             "{}",
             serde_json::json!({"verified": false, "at": at_text, "reason": reason.to_string()})
         ),
-        (Err(reason), false) => println!("NOT verified: {reason}"),
+        (Err(reason), false) => println!("NOT verified: {}", clean(reason)),
     }
     Ok(if result.is_ok() { 0 } else { 1 })
 }

@@ -89,13 +89,12 @@ pub enum OpenError {
         reader: u32,
     },
     /// The store failed.
-    #[error("history in {dir}: {source}")]
+    #[error("history in {dir}: {cause}")]
     Storage {
         /// The data folder (or "memory").
         dir: PathBuf,
         /// The store's error.
-        #[source]
-        source: StorageError,
+        cause: StorageError,
     },
     /// The database was made by an older fedrun, with another sled segment size; sled
     /// cannot reopen it with this one, and there is no migration.
@@ -184,15 +183,14 @@ pub enum AppendError {
         found: Head,
     },
     /// The store failed: the batch may be partly on disk, so the history is poisoned.
-    #[error("appending records {first_seq}..={last_seq} failed: {source}")]
+    #[error("appending records {first_seq}..={last_seq} failed: {cause}")]
     Storage {
         /// The first sequence number of the batch.
         first_seq: u64,
         /// The last.
         last_seq: u64,
         /// The store's error.
-        #[source]
-        source: StorageError,
+        cause: StorageError,
     },
 }
 
@@ -200,22 +198,20 @@ pub enum AppendError {
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
     /// The store failed to read.
-    #[error("reading the history failed near record {seq}: {source}")]
+    #[error("reading the history failed near record {seq}: {cause}")]
     Storage {
         /// The record being read (or the last good one).
         seq: u64,
         /// The store's error.
-        #[source]
-        source: StorageError,
+        cause: StorageError,
     },
     /// A record's bytes do not decode.
-    #[error("record {seq} does not decode: {source}")]
+    #[error("record {seq} does not decode: {cause}")]
     Decode {
         /// Its sequence number (its key).
         seq: u64,
         /// The decoder's error.
-        #[source]
-        source: record::DecodeError,
+        cause: record::DecodeError,
     },
     /// The record under key `seq` says it is another one (records were swapped or moved).
     #[error("the record stored as {seq} says it is record {found}")]
@@ -292,13 +288,12 @@ impl ReplayError {
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
     /// The state does not serialize.
-    #[error("the state at record {seq} does not serialize: {source}")]
+    #[error("the state at record {seq} does not serialize: {cause}")]
     Encode {
         /// The head it would cover.
         seq: u64,
         /// The encoder's error.
-        #[source]
-        source: rmp_serde::encode::Error,
+        cause: rmp_serde::encode::Error,
     },
     /// The history refuses writes.
     #[error("the history refuses writes after an earlier failure: {cause}")]
@@ -307,13 +302,12 @@ pub enum SnapshotError {
         cause: String,
     },
     /// The store failed.
-    #[error("storing the snapshot at record {seq} failed: {source}")]
+    #[error("storing the snapshot at record {seq} failed: {cause}")]
     Storage {
         /// The head it would cover.
         seq: u64,
         /// The store's error.
-        #[source]
-        source: StorageError,
+        cause: StorageError,
     },
 }
 
@@ -381,7 +375,7 @@ impl<E: Serialize + DeserializeOwned + Sequenced> History<E> {
         let storage = SledStorage::open_copy(dir, READER_LOCK_WAIT)?;
         History::for_audit(Box::new(storage)).map_err(|source| OpenError::Storage {
             dir: dir.to_path_buf(),
-            source,
+            cause: source,
         })
     }
 
@@ -413,7 +407,7 @@ impl<E: Serialize + DeserializeOwned + Sequenced> History<E> {
     ) -> Result<History<E>, OpenError> {
         let storage_err = |source| OpenError::Storage {
             dir: dir.to_path_buf(),
-            source,
+            cause: source,
         };
         let head = match storage.last().map_err(storage_err)? {
             None => Head::EMPTY,
@@ -531,7 +525,7 @@ impl<E: Serialize + DeserializeOwned + Sequenced> History<E> {
                 Err(AppendError::Storage {
                     first_seq,
                     last_seq,
-                    source,
+                    cause: source,
                 })
             }
         }
@@ -558,7 +552,7 @@ impl<E: Serialize + DeserializeOwned + Sequenced> History<E> {
                     GENESIS_HASH,
                     Some(ReplayError::Storage {
                         seq: from - 1,
-                        source,
+                        cause: source,
                     }),
                 ),
             }
@@ -630,7 +624,7 @@ impl<E: Serialize + DeserializeOwned + Sequenced> History<E> {
                 .read(record.seq)
                 .map_err(|source| ReplayError::Storage {
                     seq: record.seq,
-                    source,
+                    cause: source,
                 })?;
             let found = at.as_deref().map(ChainHash::of);
             if found != Some(record.chain) {
@@ -667,7 +661,7 @@ impl<E: Serialize + DeserializeOwned + Sequenced> History<E> {
         }
         let seq = self.head.seq;
         let bytes = snapshot::encode_state(state)
-            .map_err(|source| SnapshotError::Encode { seq, source })?;
+            .map_err(|source| SnapshotError::Encode { seq, cause: source })?;
         let record = SnapshotRecord {
             v: record::FORMAT_VERSION,
             seq,
@@ -680,7 +674,7 @@ impl<E: Serialize + DeserializeOwned + Sequenced> History<E> {
         // and every later write then says so.)
         if let Err(source) = self.storage.save_snapshot(&record, &bytes) {
             tracing::warn!(seq, error = %source, "snapshot failed; the history goes on without it");
-            return Err(SnapshotError::Storage { seq, source });
+            return Err(SnapshotError::Storage { seq, cause: source });
         }
         tracing::info!(seq, state = %record.state, bytes = bytes.len(), "snapshot taken");
         Ok(record)
@@ -797,7 +791,7 @@ pub fn judge_anchor(storage: &dyn Storage, head: Head, dir: &Path) -> AnchorVerd
             .map(|bytes| bytes.as_deref().map(ChainHash::of))
             .map_err(|source| OpenError::Storage {
                 dir: dir.to_path_buf(),
-                source,
+                cause: source,
             })
     };
     if anchor.head.seq <= head.seq {
@@ -866,7 +860,7 @@ where
                     let result = match item {
                         Err(source) => Err(ReplayError::Storage {
                             seq: expected_seq,
-                            source,
+                            cause: source,
                         }),
                         Ok((seq, bytes)) => check_record(expected_seq, expected_prev, seq, &bytes)
                             .map(|(record, hash)| {
@@ -968,7 +962,7 @@ impl<E: DeserializeOwned + Sequenced> Iterator for RecordReader<'_, E> {
         let result = match self.inner.next()? {
             Err(source) => Err(ReplayError::Storage {
                 seq: self.expected_seq,
-                source,
+                cause: source,
             }),
             Ok((seq, bytes)) => check_record(self.expected_seq, self.expected_prev, seq, &bytes),
         };
@@ -1012,7 +1006,7 @@ pub fn check_record<E: DeserializeOwned + Sequenced>(
             }
             return Err(ReplayError::Decode {
                 seq: key_seq,
-                source,
+                cause: source,
             });
         }
     };

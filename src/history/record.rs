@@ -120,13 +120,12 @@ pub struct RecordHeader {
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     /// The bytes are not a record of a known layout.
-    #[error("record bytes do not decode ({len} bytes): {source}")]
+    #[error("record bytes do not decode ({len} bytes): {cause}")]
     Malformed {
         /// How many bytes were offered.
         len: usize,
         /// What the decoder said.
-        #[source]
-        source: rmp_serde::decode::Error,
+        cause: rmp_serde::decode::Error,
     },
     /// The record was written by a newer format than this build reads.
     #[error("record has format version {found}, this build reads up to {READER_VERSION}")]
@@ -140,13 +139,12 @@ pub enum DecodeError {
 #[derive(Debug, thiserror::Error)]
 pub enum EncodeError {
     /// The serializer refused the event.
-    #[error("event {seq} does not encode: {source}")]
+    #[error("event {seq} does not encode: {cause}")]
     Serialize {
         /// The event's sequence number.
         seq: u64,
         /// What the encoder said.
-        #[source]
-        source: rmp_serde::encode::Error,
+        cause: rmp_serde::encode::Error,
     },
     /// The encoded record is over [`MAX_VALUE_BYTES`].
     #[error("event {seq} encodes to {len} bytes, over the {MAX_VALUE_BYTES}-byte limit of a history value")]
@@ -168,7 +166,7 @@ pub fn encode<E: Serialize>(seq: u64, prev: ChainHash, event: &E) -> Result<Vec<
         event,
     };
     let bytes = rmp_serde::to_vec_named(&record)
-        .map_err(|source| EncodeError::Serialize { seq, source })?;
+        .map_err(|source| EncodeError::Serialize { seq, cause: source })?;
     if bytes.len() > MAX_VALUE_BYTES {
         return Err(EncodeError::TooLarge {
             seq,
@@ -192,7 +190,7 @@ pub fn decode<E: DeserializeOwned>(bytes: &[u8]) -> Result<Record<E>, DecodeErro
     let record: Record<E> =
         from_slice_limited(bytes, MAX_RECORD_DEPTH).map_err(|source| DecodeError::Malformed {
             len: bytes.len(),
-            source,
+            cause: source,
         })?;
     if record.v > READER_VERSION {
         return Err(DecodeError::TooNew { found: record.v });
@@ -205,7 +203,7 @@ pub fn decode_header(bytes: &[u8]) -> Result<RecordHeader, DecodeError> {
     let header: RecordHeader =
         from_slice_limited(bytes, MAX_RECORD_DEPTH).map_err(|source| DecodeError::Malformed {
             len: bytes.len(),
-            source,
+            cause: source,
         })?;
     if header.v > READER_VERSION {
         return Err(DecodeError::TooNew { found: header.v });

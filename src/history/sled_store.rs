@@ -299,7 +299,7 @@ fn open_sled(root: &Path, path: &Path) -> Result<sled::Db, OpenError> {
             },
             source => OpenError::Storage {
                 dir: root.to_path_buf(),
-                source: sled_error("open", source),
+                cause: sled_error("open", source),
             },
         })
 }
@@ -307,7 +307,22 @@ fn open_sled(root: &Path, path: &Path) -> Result<sled::Db, OpenError> {
 fn sled_error(what: &'static str, source: sled::Error) -> StorageError {
     StorageError::Database {
         what,
-        detail: source.to_string(),
+        detail: sled_words(&source),
+    }
+}
+
+/// sled's error in words for a person. sled's own text for a damaged file is its debug
+/// output ("Read corrupted data at file offset None backtrace ()"), which says nothing
+/// to a user; the other kinds keep sled's explanation.
+fn sled_words(error: &sled::Error) -> String {
+    match error {
+        sled::Error::Corruption { .. } => {
+            "its files hold damaged data (sled could not read them back)".to_string()
+        }
+        sled::Error::Io(io) => io.to_string(),
+        sled::Error::CollectionNotFound(_) => "a tree of the database is missing".to_string(),
+        sled::Error::Unsupported(text) => format!("unsupported use: {text}"),
+        sled::Error::ReportableBug(text) => format!("sled failed unexpectedly: {text}"),
     }
 }
 
@@ -346,7 +361,7 @@ impl SledStorage {
             let path = path.to_path_buf();
             move |source| OpenError::Storage {
                 dir,
-                source: StorageError::Io { what, path, source },
+                cause: StorageError::Io { what, path, source },
             }
         };
         private::create_dir_all(root).map_err(io_err("create folder", root))?;
@@ -389,7 +404,7 @@ impl SledStorage {
             AnchorFile::open(&paths.anchor).map_err(io_err("open the anchor", &paths.anchor))?;
         let blobs = BlobStore::open(&paths.blobs).map_err(|err| OpenError::Storage {
             dir: root.to_path_buf(),
-            source: blob_err(err),
+            cause: blob_err(err),
         })?;
         let mut storage = SledStorage::assemble(root, paths, db, blobs)?;
         storage.anchor_file = anchor_file;
@@ -417,7 +432,7 @@ impl SledStorage {
             let path = path.to_path_buf();
             move |source| OpenError::Storage {
                 dir,
-                source: StorageError::Io { what, path, source },
+                cause: StorageError::Io { what, path, source },
             }
         };
         let lock = match DataLock::acquire(&paths.lock, false, false, lock_wait) {
@@ -452,7 +467,7 @@ impl SledStorage {
         };
         let blobs = BlobStore::open(&blob_dir).map_err(|err| OpenError::Storage {
             dir: root.to_path_buf(),
-            source: blob_err(err),
+            cause: blob_err(err),
         })?;
         let mut storage = SledStorage::assemble(root, paths, db, blobs)?;
         storage.anchor_path = copy_anchor;
@@ -471,7 +486,7 @@ impl SledStorage {
         let tree = |name: &'static str| {
             db.open_tree(name).map_err(|source| OpenError::Storage {
                 dir: root.to_path_buf(),
-                source: sled_error("open tree", source),
+                cause: sled_error("open tree", source),
             })
         };
         let events = tree(EVENTS_TREE)?;
@@ -504,7 +519,7 @@ impl SledStorage {
     fn check_versions(&mut self, root: &Path) -> Result<(), OpenError> {
         let storage_err = |source| OpenError::Storage {
             dir: root.to_path_buf(),
-            source,
+            cause: source,
         };
         let read_u32 = |key: &str| -> Result<Option<u32>, OpenError> {
             let value = self
@@ -828,4 +843,23 @@ impl Storage for SledStorage {
 
 fn blob_err(err: BlobError) -> StorageError {
     StorageError::Blob(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sled_corruption_is_put_in_words_without_its_debug_text() {
+        let error = sled_error("open", sled::Error::Corruption { at: None, bt: () });
+        let text = error.to_string();
+        assert_eq!(
+            text,
+            "database open: its files hold damaged data (sled could not read them back)"
+        );
+        assert!(
+            !text.contains("backtrace") && !text.contains("None"),
+            "{text}"
+        );
+    }
 }

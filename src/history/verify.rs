@@ -115,7 +115,7 @@ where
         let result = match item {
             Err(source) => Err(ReplayError::Storage {
                 seq: expected_seq,
-                source,
+                cause: source,
             }),
             Ok((seq, bytes)) => {
                 last_found = seq;

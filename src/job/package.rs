@@ -59,12 +59,12 @@ pub struct Package {
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     /// The input could not be read.
-    #[error("{path}: cannot read: {source}")]
+    #[error("{path}: cannot read: {cause}")]
     Io {
         /// The file or folder.
         path: PathBuf,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The input is neither a folder nor a regular file.
     #[error("{path}: neither a job folder nor a zip file")]
@@ -138,12 +138,12 @@ pub enum IngestError {
         app: String,
     },
     /// An app's run file is invalid.
-    #[error("app {app:?}: {source}")]
+    #[error("app {app:?}: {cause}")]
     RunFile {
         /// The app.
         app: String,
         /// What is wrong with it.
-        source: RunFileError,
+        cause: RunFileError,
     },
     /// A run file's command names a file the app does not hold.
     #[error("app {app:?}: run.toml's command {command:?} is not a file of the app")]
@@ -195,12 +195,12 @@ pub enum UnpackError {
         path: PathBuf,
     },
     /// Writing failed.
-    #[error("{path}: cannot write: {source}")]
+    #[error("{path}: cannot write: {cause}")]
     Io {
         /// The path.
         path: PathBuf,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -330,7 +330,7 @@ impl<'a> Tree<'a> {
                     let mut bytes = Vec::new();
                     let io = |source| IngestError::Io {
                         path: path.clone(),
-                        source,
+                        cause: source,
                     };
                     fs::File::open(path)
                         .map_err(io)?
@@ -375,7 +375,7 @@ impl From<InsertError> for UnpackError {
 pub fn ingest(path: &Path, limits: &Limits) -> Result<Package, IngestError> {
     let io = |source| IngestError::Io {
         path: path.to_owned(),
-        source,
+        cause: source,
     };
     let metadata = fs::metadata(path).map_err(io)?;
     if metadata.is_dir() {
@@ -467,7 +467,10 @@ fn walk_folder(root: &Path, limits: &Limits) -> Result<Tree<'static>, IngestErro
     while let Some((dir, prefix)) = pending.pop() {
         let io = |path: &Path| {
             let path = path.to_owned();
-            move |source| IngestError::Io { path, source }
+            move |source| IngestError::Io {
+                path,
+                cause: source,
+            }
         };
         for item in fs::read_dir(&dir).map_err(io(&dir))? {
             let item = item.map_err(io(&dir))?;
@@ -532,7 +535,7 @@ fn build(tree: Tree<'_>, folder_name: &str, limits: &Limits) -> Result<Package, 
             run_bytes.ok_or_else(|| IngestError::RunFileMissing { app: app.clone() })?;
         let run = RunFile::parse(&run_bytes).map_err(|source| IngestError::RunFile {
             app: app.clone(),
-            source,
+            cause: source,
         })?;
         if let Some(file) = run.app_file() {
             let present = matches!(
@@ -598,7 +601,7 @@ fn fill_content(out: &mut [u8], entry: &str, content: &Content<'_>) -> Result<()
         Content::Disk(path) => {
             let io = |source| IngestError::Io {
                 path: path.clone(),
-                source,
+                cause: source,
             };
             let mut file = fs::File::open(path).map_err(io)?;
             file.read_exact(out).map_err(|err| match err.kind() {
@@ -653,7 +656,10 @@ pub fn unpack(
 
     let io = |path: &Path| {
         let path = path.to_owned();
-        move |source| UnpackError::Io { path, source }
+        move |source| UnpackError::Io {
+            path,
+            cause: source,
+        }
     };
     if fs::metadata(dest).is_err() {
         fs::create_dir_all(dest).map_err(io(dest))?;
@@ -678,7 +684,12 @@ pub fn unpack(
                             return Err(UnpackError::AlreadyExists { path });
                         }
                     }
-                    Err(source) => return Err(UnpackError::Io { path, source }),
+                    Err(source) => {
+                        return Err(UnpackError::Io {
+                            path,
+                            cause: source,
+                        })
+                    }
                 }
                 done.folders += 1;
             }
@@ -702,7 +713,7 @@ pub fn unpack(
                         }
                         _ => UnpackError::Io {
                             path: path.clone(),
-                            source,
+                            cause: source,
                         },
                     })?;
                 file.write_all(&data).map_err(io(&path))?;

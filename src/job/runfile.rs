@@ -43,12 +43,12 @@ pub struct RunFile {
 #[derive(Debug, thiserror::Error)]
 pub enum RunFileError {
     /// The file could not be read.
-    #[error("{path}: cannot read: {source}")]
+    #[error("{path}: cannot read: {cause}")]
     Io {
         /// The run file's path.
         path: PathBuf,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The run file is a symbolic link or not a regular file.
     #[error("{path}: the run file must be a regular file")]
@@ -172,7 +172,7 @@ pub fn read_run_file(app_dir: &Path) -> Result<RunFile, RunFileError> {
     let path = app_dir.join(RUN_FILE);
     let io = |source| RunFileError::Io {
         path: path.clone(),
-        source,
+        cause: source,
     };
     let metadata = std::fs::symlink_metadata(&path).map_err(io)?;
     if !metadata.is_file() {

@@ -411,7 +411,7 @@ impl LocalSite {
             std::fs::write(&name_file, app_name.as_bytes()).map_err(|source| {
                 workspace::DeployError::Io {
                     path: name_file,
-                    source,
+                    cause: source,
                 }
             })?;
             Ok::<_, workspace::DeployError>(deployed)

@@ -120,7 +120,7 @@ pub fn exit_path(run_dir: &Path) -> PathBuf {
 pub fn load_run_file(app_dir: &Path) -> Result<RunFile, StartError> {
     runfile::read_run_file(app_dir).map_err(|source| StartError::RunFile {
         app_dir: app_dir.to_path_buf(),
-        source,
+        cause: source,
     })
 }
 
@@ -175,12 +175,12 @@ pub struct ProcessRecord {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The run file is missing or invalid.
-    #[error("app in {app_dir}: {source}")]
+    #[error("app in {app_dir}: {cause}")]
     RunFile {
         /// The app folder.
         app_dir: PathBuf,
         /// What is wrong with its run file.
-        source: RunFileError,
+        cause: RunFileError,
     },
     /// The command named by the run file does not exist.
     #[error("command {command:?} of the app in {app_dir} was not found")]
@@ -191,28 +191,28 @@ pub enum StartError {
         app_dir: PathBuf,
     },
     /// A file in the run or supervision folder could not be written.
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}: {cause}")]
     RunFolder {
         /// The file.
         path: PathBuf,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The process could not be spawned.
-    #[error("cannot spawn the app in {app_dir}: {source}")]
+    #[error("cannot spawn the app in {app_dir}: {cause}")]
     Spawn {
         /// The app folder.
         app_dir: PathBuf,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The wrapper could not be released to run the app.
-    #[error("cannot release the app in {app_dir}: {source}")]
+    #[error("cannot release the app in {app_dir}: {cause}")]
     Release {
         /// The app folder.
         app_dir: PathBuf,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -228,14 +228,14 @@ pub enum ReattachError {
         message: String,
     },
     /// The recorded process is alive but cannot be watched.
-    #[error("cannot watch process {pid} recorded in {path}: {source}")]
+    #[error("cannot watch process {pid} recorded in {path}: {cause}")]
     Watch {
         /// The pid.
         pid: i32,
         /// The record file.
         path: PathBuf,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -317,12 +317,12 @@ pub fn start_with(launch: &AppLaunch, env_pass: &[String]) -> Result<AppProcess,
     check_command(&program, &spec.command, &launch.app_dir)?;
     std::fs::create_dir_all(&launch.run_dir).map_err(|source| StartError::RunFolder {
         path: launch.run_dir.clone(),
-        source,
+        cause: source,
     })?;
     let supervision = supervision_dir(&launch.run_dir);
     create_private_dir(&supervision).map_err(|source| StartError::RunFolder {
         path: supervision.clone(),
-        source,
+        cause: source,
     })?;
     // A stale exit file from an earlier start of the same run folder would be read as this
     // start's outcome.
@@ -330,14 +330,14 @@ pub fn start_with(launch: &AppLaunch, env_pass: &[String]) -> Result<AppProcess,
     for stale in [exit_file.clone(), supervision.join(STOP_FILE)] {
         remove_file_if_present(&stale).map_err(|source| StartError::RunFolder {
             path: stale.clone(),
-            source,
+            cause: source,
         })?;
     }
     let stdout = open_log(&launch.run_dir.join(STDOUT_FILE))?;
     let stderr = open_log(&launch.run_dir.join(STDERR_FILE))?;
     let spawn_error = |source| StartError::Spawn {
         app_dir: launch.app_dir.clone(),
-        source,
+        cause: source,
     };
     let (release_read, release_write) = release_pipe().map_err(spawn_error)?;
 
@@ -416,7 +416,7 @@ pub fn start_with(launch: &AppLaunch, env_pass: &[String]) -> Result<AppProcess,
         abandon(child, pid);
         return Err(StartError::RunFolder {
             path: record_file,
-            source,
+            cause: source,
         });
     }
     let mut release = std::fs::File::from(release_write);
@@ -424,7 +424,7 @@ pub fn start_with(launch: &AppLaunch, env_pass: &[String]) -> Result<AppProcess,
         abandon(child, pid);
         return Err(StartError::Release {
             app_dir: launch.app_dir.clone(),
-            source,
+            cause: source,
         });
     }
     drop(release);
@@ -435,7 +435,7 @@ pub fn start_with(launch: &AppLaunch, env_pass: &[String]) -> Result<AppProcess,
         abandon(child, pid);
         return Err(StartError::RunFolder {
             path: record_file,
-            source,
+            cause: source,
         });
     }
     let (stop_tx, stop_rx) = mpsc::unbounded_channel();
@@ -609,7 +609,7 @@ pub fn reattach(run_dir: &Path) -> Result<Reattached, ReattachError> {
                         .map_err(|e| ReattachError::Watch {
                         pid: record.pid,
                         path: record_file.clone(),
-                        source: e.into(),
+                        cause: e.into(),
                     })?;
                 let (stop_tx, stop_rx) = mpsc::unbounded_channel();
                 let (end_tx, end_rx) = watch::channel(None);
@@ -635,7 +635,7 @@ pub fn reattach(run_dir: &Path) -> Result<Reattached, ReattachError> {
             return Err(ReattachError::Watch {
                 pid: record.pid,
                 path: record_file,
-                source,
+                cause: source,
             })
         }
     }
@@ -1032,7 +1032,7 @@ fn open_log(path: &Path) -> Result<std::fs::File, StartError> {
         .open(path)
         .map_err(|source| StartError::RunFolder {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         })
 }
 

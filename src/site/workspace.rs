@@ -42,29 +42,37 @@ pub enum DeployError {
     BadAppName(String),
     /// The package could not be unpacked (malformed, hostile, over a limit).
     #[error("cannot unpack the job package: {0}")]
-    Unpack(#[from] UnpackError),
+    Unpack(UnpackError),
     /// The app is not in the package.
     #[error("app {0:?} is not in the job package")]
     NoSuchApp(String),
     /// The app's run file is missing or invalid.
-    #[error("app {app:?}: {source}")]
+    #[error("app {app:?}: {cause}")]
     RunFile {
         /// The app.
         app: String,
         /// What is wrong with its run file.
-        source: RunFileError,
+        cause: RunFileError,
     },
     /// The signature policy refused the job.
     #[error(transparent)]
     Signature(#[from] PolicyError),
     /// Writing the workspace failed.
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}: {cause}")]
     Io {
         /// What was being written.
         path: PathBuf,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
+}
+
+// By hand, not `#[from]`: the message already holds the cause, so it is not also the
+// `source()` (an error chain would print it twice).
+impl From<UnpackError> for DeployError {
+    fn from(error: UnpackError) -> Self {
+        DeployError::Unpack(error)
+    }
 }
 
 /// A deployed app.
@@ -139,7 +147,7 @@ pub fn deploy_app(
     let run_dir = job_dir(root, job_id);
     std::fs::create_dir_all(&run_dir).map_err(|source| DeployError::Io {
         path: run_dir.clone(),
-        source,
+        cause: source,
     })?;
     let staging = run_dir.join(STAGING_DIR);
     remove_if_present(&staging)?;
@@ -149,7 +157,7 @@ pub fn deploy_app(
         remove_if_present(&dest)?;
         std::fs::rename(staging.join(app), &dest).map_err(|source| DeployError::Io {
             path: dest.clone(),
-            source,
+            cause: source,
         })?;
         Ok(Deployed {
             app_dir: dest,
@@ -181,7 +189,7 @@ fn stage(
     let trust = crate::trust::check_job(staging, policy, at)?;
     runfile::read_run_file(&app_dir).map_err(|source| DeployError::RunFile {
         app: app.to_string(),
-        source,
+        cause: source,
     })?;
     Ok(trust)
 }
@@ -195,7 +203,7 @@ pub fn remove_job(root: &Path, job_id: JobId) -> Result<(), DeployError> {
     if let Err(source) = crate::site::process::forget(&run_dir) {
         return Err(DeployError::Io {
             path: supervision_dir(&run_dir),
-            source,
+            cause: source,
         });
     }
     Ok(())
@@ -207,7 +215,7 @@ fn remove_if_present(path: &Path) -> Result<(), DeployError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(source) => Err(DeployError::Io {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         }),
     }
 }

@@ -61,18 +61,17 @@ pub struct ParsedCert {
 pub enum CertError {
     /// The PEM text or the DER inside it is malformed.
     #[error("malformed certificate PEM/DER: {0}")]
-    Malformed(#[source] der::Error),
+    Malformed(der::Error),
     /// The input holds no certificate at all.
     #[error("no certificate found")]
     Empty,
     /// A file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
     Io {
         /// The file.
         path: std::path::PathBuf,
         /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The root CA file holds a certificate that is not a CA.
     #[error("certificate {subject} is not a CA (basicConstraints cA is not true)")]

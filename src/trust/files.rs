@@ -17,13 +17,12 @@ pub const PROJECT_FILE_MAX_BYTES: u64 = 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum ReadFileError {
     /// Opening or reading failed.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The cause.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The file holds more than the limit for its kind.
     #[error("{path} is over the limit of {limit} bytes for a {what}")]
@@ -43,7 +42,7 @@ pub enum ReadFileError {
 pub fn read_bounded(path: &Path, limit: u64, what: &'static str) -> Result<Vec<u8>, ReadFileError> {
     let io = |source| ReadFileError::Io {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     };
     let file = File::open(path).map_err(io)?;
     let mut bytes = Vec::new();

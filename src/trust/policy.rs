@@ -59,7 +59,15 @@ pub enum PolicyError {
     },
     /// The job is signed and its signature does not verify.
     #[error("job signature rejected: {0}")]
-    BadSignature(#[from] VerifyError),
+    BadSignature(VerifyError),
+}
+
+// By hand, not `#[from]`: the message already holds the cause, so it is not also the
+// `source()` (an error chain would print it twice).
+impl From<VerifyError> for PolicyError {
+    fn from(error: VerifyError) -> Self {
+        PolicyError::BadSignature(error)
+    }
 }
 
 /// Decides whether the job folder at `path` may be deployed at time `at`.

@@ -123,13 +123,12 @@ pub struct AdminEntry {
 #[derive(Debug, thiserror::Error)]
 pub enum ProvisionError {
     /// The project file is not valid TOML of the expected shape.
-    #[error("project file {path}: {source}")]
+    #[error("project file {path}: {cause}")]
     Parse {
         /// The project file.
         path: PathBuf,
         /// What the parser said.
-        #[source]
-        source: Box<toml::de::Error>,
+        cause: Box<toml::de::Error>,
     },
     /// The project file is well-formed but its content is not acceptable.
     #[error("project file {path}: {reason}")]
@@ -140,13 +139,12 @@ pub enum ProvisionError {
         reason: String,
     },
     /// Reading or writing a file failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The output folder holds only half of a root CA (certificate without key or the
     /// reverse), or a CA whose key does not match its certificate.
@@ -218,7 +216,7 @@ impl Project {
     pub fn parse(text: &str, path: &Path) -> Result<Self, ProvisionError> {
         let project: Project = toml::from_str(text).map_err(|source| ProvisionError::Parse {
             path: path.to_path_buf(),
-            source: Box::new(source),
+            cause: Box::new(source),
         })?;
         project
             .validate()
@@ -672,7 +670,10 @@ fn private_dir(out: &Path, parts: &[&str]) -> Result<PathBuf, ProvisionError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let io = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| ProvisionError::Io { path, source }
+        move |source| ProvisionError::Io {
+            path,
+            cause: source,
+        }
     };
     if fs::metadata(out).is_err() {
         fs::DirBuilder::new()
@@ -698,7 +699,12 @@ fn private_dir(out: &Path, parts: &[&str]) -> Result<PathBuf, ProvisionError> {
                     .create(&dir)
                     .map_err(io(&dir))?;
             }
-            Err(source) => return Err(ProvisionError::Io { path: dir, source }),
+            Err(source) => {
+                return Err(ProvisionError::Io {
+                    path: dir,
+                    cause: source,
+                })
+            }
         }
         // The umask may have taken bits from the mode, and an older kit may be open.
         fs::set_permissions(&dir, fs::Permissions::from_mode(KIT_FOLDER_MODE)).map_err(io(&dir))?;
@@ -714,7 +720,7 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ProvisionError> {
     use std::os::unix::fs::PermissionsExt;
     let io = |source| ProvisionError::Io {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     };
     if fs::symlink_metadata(path).is_ok_and(|meta| meta.file_type().is_symlink()) {
         return Err(ProvisionError::Symlink {

@@ -29,7 +29,15 @@ pub enum SigFileError {
     },
     /// The bytes are not a JSON object of strings, or name an entry twice.
     #[error("signature file is not a JSON object of name -> base64 string: {0}")]
-    Json(#[from] serde_json::Error),
+    Json(serde_json::Error),
+}
+
+// By hand, not `#[from]`: the message already holds the cause, so it is not also the
+// `source()` (an error chain would print it twice).
+impl From<serde_json::Error> for SigFileError {
+    fn from(error: serde_json::Error) -> Self {
+        SigFileError::Json(error)
+    }
 }
 
 /// Why one signature value could not be decoded.

@@ -27,25 +27,23 @@ pub struct Signer {
 #[derive(Debug, thiserror::Error)]
 pub enum SignError {
     /// A key or certificate file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
     Read {
         /// The file.
         path: PathBuf,
         /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A certificate or key file could not be read, or is too large to be one.
     #[error(transparent)]
     File(#[from] super::files::ReadFileError),
     /// The certificate file is malformed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     BadCertificate {
         /// The file.
         path: PathBuf,
         /// What is wrong with it.
-        #[source]
-        source: CertError,
+        cause: CertError,
     },
     /// The key file is neither a PKCS #1 nor a PKCS #8 RSA private key in PEM.
     #[error("{path} is not an RSA private key in PEM (PKCS #1 or PKCS #8)")]
@@ -61,16 +59,15 @@ pub enum SignError {
     },
     /// The folder holds something that cannot be signed (symlink, special file,
     /// non-UTF-8 name), or could not be read or written.
-    #[error("{0}")]
+    #[error(transparent)]
     Folder(#[from] VerifyError),
     /// Writing a signature file failed.
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}: {cause}")]
     Write {
         /// The file.
         path: PathBuf,
         /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The RSA signing operation failed.
     #[error("signing {path} failed: {reason}")]
@@ -105,7 +102,7 @@ impl Signer {
     ) -> Result<Self, SignError> {
         let chain = parse_pem_chain(chain_pem).map_err(|source| SignError::BadCertificate {
             path: cert_path.to_path_buf(),
-            source,
+            cause: source,
         })?;
         let leaf = &chain[0]; // parse_pem_chain returns at least one certificate.
         let bad_key = || SignError::BadKey {
@@ -176,7 +173,7 @@ pub fn sign_job_folder(folder: &Path, signer: &Signer) -> Result<SignReport, Sig
             report.bytes += fs::metadata(&path)
                 .map_err(|source| SignError::Read {
                     path: path.clone(),
-                    source,
+                    cause: source,
                 })?
                 .len();
             entries.push((name.clone(), signer.sign(digest, &path)?));
@@ -209,7 +206,7 @@ struct DirToSign {
 fn collect_tree(folder: &Path) -> Result<Vec<DirToSign>, VerifyError> {
     let meta = fs::symlink_metadata(folder).map_err(|source| VerifyError::Io {
         path: folder.to_path_buf(),
-        source,
+        cause: source,
     })?;
     if !meta.is_dir() {
         return Err(VerifyError::NotADirectory {
@@ -221,7 +218,7 @@ fn collect_tree(folder: &Path) -> Result<Vec<DirToSign>, VerifyError> {
     while let Some(path) = pending.pop() {
         let io = |source| VerifyError::Io {
             path: path.clone(),
-            source,
+            cause: source,
         };
         let mut files = Vec::new();
         let mut subdirs = Vec::new();
@@ -260,6 +257,6 @@ fn collect_tree(folder: &Path) -> Result<Vec<DirToSign>, VerifyError> {
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), SignError> {
     fs::write(path, bytes).map_err(|source| SignError::Write {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     })
 }

@@ -38,18 +38,17 @@ pub enum SubmitRefusal {
     },
     /// The stored package could not be read from the blob store.
     #[error("cannot read the stored job package: {0}")]
-    Blob(#[source] BlobError),
+    Blob(BlobError),
     /// The stored package could not be unpacked to check it.
     #[error("cannot unpack the job package to check its signature: {0}")]
-    Unpack(#[source] UnpackError),
+    Unpack(UnpackError),
     /// No private temporary folder could be made to unpack it into.
-    #[error("cannot create a temporary folder in {path} to check the job's signature: {source}")]
+    #[error("cannot create a temporary folder in {path} to check the job's signature: {cause}")]
     Scratch {
         /// Where the folder was to be made.
         path: PathBuf,
         /// The cause.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -81,7 +80,10 @@ pub fn check_package_zip(
     scratch: Option<&Path>,
 ) -> Result<JobTrust, SubmitRefusal> {
     let (_temp, job) = unpack_to_scratch(zip, limits, scratch).map_err(|e| match e {
-        ScratchError::Scratch { path, source } => SubmitRefusal::Scratch { path, source },
+        ScratchError::Scratch { path, source } => SubmitRefusal::Scratch {
+            path,
+            cause: source,
+        },
         ScratchError::Unpack(e) => SubmitRefusal::Unpack(e),
     })?;
     let trust = check_job(&job, policy, at)?;
@@ -121,15 +123,14 @@ pub fn timestamp_to_system_time(at: Timestamp) -> SystemTime {
 pub enum ZipVerifyError {
     /// The zip is malformed, hostile or over the limits.
     #[error("cannot unpack the job zip: {0}")]
-    Unpack(#[source] UnpackError),
+    Unpack(UnpackError),
     /// No private temporary folder could be made to unpack it into.
-    #[error("cannot create a temporary folder in {path} to unpack the job zip: {source}")]
+    #[error("cannot create a temporary folder in {path} to unpack the job zip: {cause}")]
     Scratch {
         /// Where the folder was to be made.
         path: PathBuf,
         /// The cause.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The unpacked job does not verify. The message names files by their path inside
     /// the zip, not in the temporary folder (which is gone by the time anyone reads it).
@@ -157,7 +158,10 @@ pub fn verify_job_zip(
     scratch: Option<&Path>,
 ) -> Result<SignerIdentity, ZipVerifyError> {
     let (_temp, unpacked) = unpack_to_scratch(zip, limits, scratch).map_err(|e| match e {
-        ScratchError::Scratch { path, source } => ZipVerifyError::Scratch { path, source },
+        ScratchError::Scratch { path, source } => ZipVerifyError::Scratch {
+            path,
+            cause: source,
+        },
         ScratchError::Unpack(e) => ZipVerifyError::Unpack(e),
     })?;
     let job = job_root(&unpacked);

@@ -29,13 +29,12 @@ pub enum VerifyError {
         path: PathBuf,
     },
     /// Reading the folder failed.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
     Io {
         /// What was being read.
         path: PathBuf,
         /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A symbolic link was found; signed jobs may not contain any.
     #[error("{path} is a symbolic link; signed jobs may not contain symbolic links")]
@@ -68,22 +67,20 @@ pub enum VerifyError {
         dir: PathBuf,
     },
     /// A signature file is malformed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     BadSignatureFile {
         /// The signature file.
         path: PathBuf,
         /// What is wrong with it.
-        #[source]
-        source: SigFileError,
+        cause: SigFileError,
     },
     /// A certificate file is malformed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     BadCertificate {
         /// The certificate file.
         path: PathBuf,
         /// What is wrong with it.
-        #[source]
-        source: CertError,
+        cause: CertError,
     },
     /// A certificate file is larger than [`CERT_FILE_MAX_BYTES`].
     #[error("{path} is {size} bytes, over the limit of {CERT_FILE_MAX_BYTES}")]
@@ -121,15 +118,14 @@ pub enum VerifyError {
         sig_file: PathBuf,
     },
     /// A signature entry is not valid base64.
-    #[error("{path}: the entry in {sig_file} is garbled: {source}")]
+    #[error("{path}: the entry in {sig_file} is garbled: {cause}")]
     GarbledSignature {
         /// The file or directory the entry is for.
         path: PathBuf,
         /// The signature file.
         sig_file: PathBuf,
         /// What the decoder said.
-        #[source]
-        source: GarbledSignature,
+        cause: GarbledSignature,
     },
     /// A signature does not verify: the file was changed, or the directory renamed.
     #[error("{path}: signature does not verify (the {what} was changed after signing, or signed by another key)")]
@@ -159,7 +155,7 @@ pub fn verify_job_folder(
 ) -> Result<SignerIdentity, VerifyError> {
     let meta = fs::symlink_metadata(path).map_err(|source| VerifyError::Io {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     })?;
     if meta.file_type().is_symlink() {
         return Err(VerifyError::Symlink {
@@ -197,7 +193,7 @@ pub fn verify_job_folder(
                     return Err(VerifyError::GarbledSignature {
                         path: entry_path,
                         sig_file: sig_path,
-                        source,
+                        cause: source,
                     })
                 }
                 Some(Ok(bytes)) => bytes,
@@ -260,7 +256,7 @@ struct Listing {
 fn list_directory(dir: &Path) -> Result<Listing, VerifyError> {
     let io = |source| VerifyError::Io {
         path: dir.to_path_buf(),
-        source,
+        cause: source,
     };
     let mut entries = Vec::new();
     for item in fs::read_dir(dir).map_err(io)? {
@@ -268,7 +264,7 @@ fn list_directory(dir: &Path) -> Result<Listing, VerifyError> {
         let path = item.path();
         let file_type = item.file_type().map_err(|source| VerifyError::Io {
             path: path.clone(),
-            source,
+            cause: source,
         })?;
         if file_type.is_symlink() {
             return Err(VerifyError::Symlink { path });
@@ -327,7 +323,7 @@ fn check_directory_signer(
     let pem = read_bounded(&cert_path, CERT_FILE_MAX_BYTES).map_err(|e| match e {
         BoundedReadError::Io(source) => VerifyError::Io {
             path: cert_path.clone(),
-            source,
+            cause: source,
         },
         BoundedReadError::TooLarge(size) => VerifyError::CertificateTooLarge {
             path: cert_path.clone(),
@@ -341,7 +337,7 @@ fn check_directory_signer(
     }
     let chain = parse_pem_chain(&pem).map_err(|source| VerifyError::BadCertificate {
         path: cert_path.clone(),
-        source,
+        cause: source,
     })?;
     let identity = verify_chain(&chain, root, at).map_err(|source| VerifyError::Chain {
         path: cert_path.clone(),
@@ -379,16 +375,16 @@ fn read_signature_file(path: &Path) -> Result<SignatureFile, VerifyError> {
     let bytes = read_bounded(path, SIG_FILE_MAX_BYTES).map_err(|e| match e {
         BoundedReadError::Io(source) => VerifyError::Io {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         },
         BoundedReadError::TooLarge(size) => VerifyError::BadSignatureFile {
             path: path.to_path_buf(),
-            source: SigFileError::TooLarge { size },
+            cause: SigFileError::TooLarge { size },
         },
     })?;
     SignatureFile::parse(&bytes).map_err(|source| VerifyError::BadSignatureFile {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     })
 }
 
@@ -424,7 +420,7 @@ fn open_no_follow(path: &Path) -> std::io::Result<File> {
 pub(crate) fn hash_file(path: &Path) -> Result<Sha256, VerifyError> {
     let io = |source| VerifyError::Io {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     };
     let mut file = open_no_follow(path).map_err(io)?;
     let mut hasher = Sha256::new();
