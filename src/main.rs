@@ -20,8 +20,18 @@ struct Cli {
     /// read, and without that `warn` is used.
     #[arg(long, global = true, value_name = "FILTER")]
     log: Option<String>,
+    /// How log lines are written on stderr: human `text`, or one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The `--log-format` choices.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -76,11 +86,13 @@ fn main() {
         })
         .unwrap_or_else(|| "warn".to_string());
     let ansi = cmd::term::colour_allowed(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(ansi).init(),
+        LogFormat::Json => logs.json().with_ansi(false).init(),
+    }
     let result = match cli.command {
         Command::Demo(a) => cmd::demo::run(a),
         Command::Sim(a) => cmd::sim::run(a),

@@ -221,3 +221,62 @@ fn provision_serve_and_three_sites_as_processes() {
     let left: Vec<u32> = pids.into_iter().filter(|p| alive(*p)).collect();
     assert!(left.is_empty(), "processes left: {left:?}");
 }
+
+#[test]
+fn serve_writes_one_json_object_per_log_line_with_log_format_json() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let project = dir.path().join("project.toml");
+    std::fs::write(
+        &project,
+        "name = \"logs\"\n[server]\nhost = \"localhost\"\norg = \"ops\"\n",
+    )
+    .expect("project file");
+    let kits = dir.path().join("kits");
+    let out = fedrun()
+        .arg("provision")
+        .arg(&project)
+        .arg("-o")
+        .arg(&kits)
+        .output()
+        .expect("provision runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut server = fedrun()
+        .args(["--log", "info", "--log-format", "json"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--kit"])
+        .arg(kits.join("localhost"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("serve runs");
+    let (tx, rx) = mpsc::channel();
+    lines_of(server.stderr.take().expect("stderr"), tx);
+    let line = wait_line(
+        &rx,
+        "created a new history",
+        "the log line of a new history",
+    );
+    let value: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not one JSON object ({e}): {line}"));
+    assert_eq!(value["level"], "INFO", "{line}");
+    assert_eq!(
+        value["fields"]["message"], "created a new history",
+        "{line}"
+    );
+    assert!(value["timestamp"].is_string(), "{line}");
+    assert!(
+        !line.contains('\u{1b}'),
+        "colour codes in a JSON line: {line:?}"
+    );
+    // SIGTERM once it listens (its handlers are in place then): a clean stop.
+    let (out_tx, out_rx) = mpsc::channel();
+    lines_of(server.stdout.take().expect("stdout"), out_tx);
+    wait_line(&out_rx, "listening on", "the server's address");
+    sigterm(&server);
+    assert_eq!(wait_exit(server, "the server"), Some(0));
+}

@@ -83,6 +83,11 @@ async fn serve(
             return Err(e.into());
         }
     };
+    // The handlers are in place before the address is printed: whoever waits for it may
+    // stop the server at once, and that is a clean stop, not a kill.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     println!(
         "fedrun serve: {} listening on {} (data folder {})",
         kit.name,
@@ -90,10 +95,8 @@ async fn serve(
         args.data_dir.display()
     );
     let _ = std::io::stdout().flush();
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
     let code = tokio::select! {
-        _ = tokio::signal::ctrl_c() => None,
+        _ = sigint.recv() => None,
         _ = sigterm.recv() => None,
         cause = server.wait_stopped() => {
             eprintln!("error: the server's engine stopped for good: {cause}");

@@ -129,16 +129,21 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     let result = runtime.block_on(async move {
         let name = config.kit.name.clone();
         let server = config.server.clone();
+        // The handlers are in place before the agent starts and says so: a stop right
+        // after it is a clean stop, not a kill.
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut sigterm =
+            signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut sigint =
+            signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
         let agent = Agent::spawn(config)?;
         println!(
             "fedrun site: {name} dialling {server} (work folder {})",
             args.work_dir.display()
         );
         let _ = std::io::stdout().flush();
-        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("installing the SIGTERM handler")?;
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
+            _ = sigint.recv() => {}
             _ = sigterm.recv() => {}
         }
         agent.stop().await;
