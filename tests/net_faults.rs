@@ -588,7 +588,9 @@ fn agent_killed_and_restarted(ends_while_away: bool) {
 /// stops the run (the other participants' apps are asked to stop) and is sticky, so the
 /// job ends `FINISHED:ABNORMAL` with the lost site named. Nobody is left to stop the app
 /// of the site whose agent died: SPEC counts that site as ended when its grace runs out,
-/// and the app itself keeps running until it ends on its own.
+/// and the app runs on (observable in /proc). An agent started on that work folder after
+/// the job ended says it runs the job's app (SPEC 11), and that app of an ended run is
+/// stopped, so in the end no app is left.
 #[test]
 fn a_site_agent_killed_and_not_restarted_ends_the_job_abnormal() {
     let grace = Duration::from_secs(3);
@@ -656,10 +658,12 @@ fn a_site_agent_killed_and_not_restarted_ends_the_job_abnormal() {
         orphan.iter().all(|p| alive(*p)),
         "site-2's app runs on with its agent dead: {orphan:?}"
     );
-    fed.release();
-    wait_until("site-2's orphaned app ended on its own", || {
-        orphan.iter().all(|p| !alive(*p)).then_some(())
-    });
+    fed.start_agent("site-2");
+    fed.wait_connected(&["site-2"]);
+    wait_until(
+        "site-2's orphaned app stopped by its restarted agent",
+        || orphan.iter().all(|p| !alive(*p)).then_some(()),
+    );
     fed.stop_cleanly();
     fed.assert_no_app_left();
 }
@@ -757,6 +761,94 @@ fn server_killed_and_restarted(ends_while_away: bool) {
         serde_json::json!({"kind": "code", "value": 0})
     );
     assert_eq!(normal_exits(&events), SITES, "{events:#?}");
+    fed.stop_cleanly();
+    let audit = fedrun()
+        .args(["audit", "verify", "--data-dir"])
+        .arg(fed.data())
+        .output()
+        .expect("audit runs");
+    assert!(audit.status.success(), "{}", text(&audit));
+    fed.assert_no_app_left();
+}
+
+/// SPEC 4 and 8: an abort whose stop cannot be over yet (site-2's agent is dead, so its
+/// app cannot be stopped and its grace has not run out) survives a server killed with
+/// SIGKILL: the restarted server keeps the run stopping, site-2's restarted agent is asked
+/// to stop its app, and the job ends `FINISHED:ABORTED` with no app left. The restarted
+/// server sends that stop only once it has made its restart decisions, when
+/// `reattach_grace` is over (SPEC 4), so the test keeps that grace short.
+#[test]
+fn an_abort_still_stopping_survives_a_server_restart() {
+    let mut fed = Federation::start(
+        "site_reconnect_grace = \"20s\"\nclient_outcome_wait = \"20s\"\nabort_grace = \"2s\"\n\
+         resume_runs = true\nreattach_grace = \"5s\"\n",
+    );
+    let job = fed.submit_held_job();
+    fed.wait_running(&job);
+    let orphan = apps_under(&fed.work("site-2"));
+    assert_eq!(orphan.len(), 1, "site-2 runs one app: {orphan:?}");
+    fed.kill_agent("site-2");
+    fed.wait_disconnected("site-2");
+
+    let aborted = fed.admin(&["abort", &job]);
+    assert!(aborted.status.success(), "{}", text(&aborted));
+    for dir in [fed.work("site-1"), fed.work("site-3"), fed.data()] {
+        wait_until(&format!("the apps under {} stopped", dir.display()), || {
+            processes_under(&dir).is_empty().then_some(())
+        });
+    }
+    let view = fed.show(&job).expect("the server answers");
+    assert_eq!(view["status"], "FINISHED:ABORTED", "{view:#}");
+    assert_eq!(
+        (&view["run"], &view["archive"]["state"]),
+        (
+            &serde_json::json!("stopping"),
+            &serde_json::json!("pending")
+        ),
+        "the stop is not over, and nothing is archived, while site-2 may still run its \
+         app: {view:#}"
+    );
+    assert!(orphan.iter().all(|p| alive(*p)), "site-2's app runs on");
+
+    sigkill(fed.server.as_mut().expect("the server runs"));
+    fed.server = None;
+    let addr = fed.addr.clone();
+    fed.start_server(&addr);
+    fed.wait_connected(&["site-1", "site-3"]);
+    let view = fed.show(&job).expect("the restarted server answers");
+    assert_eq!(
+        (&view["run"], &view["archive"]["state"]),
+        (
+            &serde_json::json!("stopping"),
+            &serde_json::json!("pending")
+        ),
+        "after the restart the run is still stopping: {view:#}\n{}",
+        fed.logs()
+    );
+
+    fed.start_agent("site-2");
+    fed.wait_connected(&["site-2"]);
+    wait_until("site-2's app stopped once its agent is back", || {
+        orphan.iter().all(|p| !alive(*p)).then_some(())
+    });
+    let view = fed.wait_settled(&job);
+    assert_eq!(
+        view["status"],
+        "FINISHED:ABORTED",
+        "{view:#}\n{}",
+        fed.logs()
+    );
+    assert_eq!(view["archive"]["state"], "archived", "{view:#}");
+    assert_eq!(view["run"], "stopped", "{view:#}");
+    let events = fed.events(&job);
+    assert!(
+        of_type(&events, "site_report_lapsed").is_empty(),
+        "site-2 came back within its grace: {events:#?}"
+    );
+    assert!(
+        of_type(&events, "server_app_lost").is_empty(),
+        "{events:#?}"
+    );
     fed.stop_cleanly();
     let audit = fedrun()
         .args(["audit", "verify", "--data-dir"])
