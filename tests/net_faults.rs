@@ -647,7 +647,15 @@ fn a_site_agent_killed_and_not_restarted_ends_the_job_abnormal() {
         1,
         "the lapse stopped the run: {events:#?}"
     );
-    // The stop reached every app that still had someone to stop it.
+    // The stop reached every app that still had someone to stop it: site-1 and site-3
+    // report an exit their agent says the stop caused.
+    let mut stopped: Vec<&str> = of_type(&events, "site_outcome_reported")
+        .iter()
+        .filter(|e| e["kind"]["stop_requested"] == true)
+        .filter_map(|e| e["kind"]["site"].as_str())
+        .collect();
+    stopped.sort_unstable();
+    assert_eq!(stopped, ["site-1", "site-3"], "{events:#?}");
     let still: Vec<u32> = others.iter().copied().filter(|p| alive(*p)).collect();
     assert!(
         still.is_empty(),
