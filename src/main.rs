@@ -93,6 +93,24 @@ fn main() {
         LogFormat::Text => logs.with_ansi(ansi).init(),
         LogFormat::Json => logs.json().with_ansi(false).init(),
     }
+    if matches!(
+        cli.command,
+        Command::Sim(_)
+            | Command::History(_)
+            | Command::List(_)
+            | Command::Show(_)
+            | Command::Audit(_)
+            | Command::Package(_)
+            | Command::Verify(_)
+            | Command::Sites(_)
+    ) {
+        // Commands that only print what they read end quietly when their reader goes
+        // away (`fedrun history | head`), as Unix filters do, instead of panicking on the
+        // failed write. The demo, the server and the site agent keep SIGPIPE ignored: they
+        // must clean up (stop apps, close the history) however their output ends.
+        // SAFETY: resetting a signal's disposition to the default, before any thread runs.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let result = match cli.command {
         Command::Demo(a) => cmd::demo::run(a),
         Command::Sim(a) => cmd::sim::run(a),

@@ -139,3 +139,35 @@ fn a_closed_stdout_stops_the_demo_without_a_panic_or_a_process_left() {
     let left = processes_in(&data);
     assert!(left.is_empty(), "processes left after the demo: {left:?}");
 }
+
+#[test]
+fn reader_commands_whose_stdout_closes_end_quietly() {
+    use std::os::unix::process::ExitStatusExt as _;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("demo");
+    let demo = demo(&data).output().expect("demo runs");
+    assert!(demo.status.success(), "{demo:?}");
+    for args in [
+        &["history", "--data-dir"][..],
+        &["audit", "verify", "--data-dir"][..],
+        &["list", "--data-dir"][..],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fedrun"))
+            .args(args)
+            .arg(&data)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("fedrun runs");
+        // Close the pipe at once, as `fedrun ... | true` does.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("the command ends");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?} stderr:\n{stderr}");
+        assert!(
+            out.status.success() || out.status.signal() == Some(libc::SIGPIPE),
+            "{args:?} {:?}: {stderr}",
+            out.status
+        );
+    }
+}
