@@ -29,6 +29,11 @@ pub struct Args {
     /// Give up when the jobs have not all finished after this many seconds.
     #[arg(long, default_value_t = 120)]
     pub timeout_secs: u64,
+    /// Run the federation as separate processes on loopback: a freshly provisioned
+    /// project in the data folder, `fedrun serve`, three `fedrun site` agents, and the
+    /// jobs driven through the admin CLI over mutual TLS.
+    #[arg(long)]
+    pub net: bool,
 }
 
 const JOBS: [&str; 3] = ["hello-complete", "hello-fail", "long-running"];
@@ -36,6 +41,14 @@ const SITES: [&str; 3] = ["site-1", "site-2", "site-3"];
 
 /// Runs the command; the returned code is the process exit code.
 pub fn run(args: Args) -> anyhow::Result<i32> {
+    if args.net {
+        let examples = examples_dir(args.examples)?;
+        return super::demo_net::run(
+            args.data_dir,
+            &examples,
+            Duration::from_secs(args.timeout_secs),
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -1,6 +1,7 @@
 //! One module per subcommand: its arguments, and the glue from them to the library.
 pub mod audit;
 pub mod demo;
+pub mod demo_net;
 pub mod history;
 pub mod list;
 pub mod package;
