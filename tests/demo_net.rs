@@ -9,39 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// The live (not zombie) processes whose working folder is inside `dir`, or that run
-/// `fedrun` with `dir` on their command line.
-fn processes_in(dir: &Path) -> Vec<i32> {
-    let dir = dir.canonicalize().expect("data folder");
-    let needle = dir.to_string_lossy().into_owned();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let state = stat
-            .rfind(')')
-            .and_then(|i| stat[i + 1..].split_whitespace().next());
-        if matches!(state, Some("Z") | Some("X") | None) {
-            continue;
-        }
-        let in_dir =
-            std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|c| c.starts_with(&dir));
-        let names_dir = std::fs::read(format!("/proc/{pid}/cmdline"))
-            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle));
-        if in_dir || names_dir {
-            found.push(pid);
-        }
-    }
-    found
-}
+mod proc_support;
+use proc_support::processes_of as processes_in;
 
 /// Kills what a failed test left behind.
 struct Cleanup<'a>(&'a Path);
@@ -51,7 +20,7 @@ impl Drop for Cleanup<'_> {
         if self.0.exists() {
             for pid in processes_in(self.0) {
                 // SAFETY: a signal to a process working in this test's own temp folder.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
             }
         }
     }

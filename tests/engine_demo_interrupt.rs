@@ -7,35 +7,8 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// The live (not zombie) processes whose working folder is inside `dir`.
-fn processes_in(dir: &Path) -> Vec<i32> {
-    let dir = dir.canonicalize().expect("data folder");
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let state = stat
-            .rfind(')')
-            .and_then(|i| stat[i + 1..].split_whitespace().next());
-        if matches!(state, Some("Z") | Some("X") | None) {
-            continue;
-        }
-        if let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd")) {
-            if cwd.starts_with(&dir) {
-                found.push(pid);
-            }
-        }
-    }
-    found
-}
+mod proc_support;
+use proc_support::processes_under as processes_in;
 
 fn demo(data: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_fedrun"));

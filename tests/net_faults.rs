@@ -14,6 +14,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+mod proc_support;
+use proc_support::{alive, processes_under};
+
 /// The longest any single wait of these tests may take.
 const BOUND: Duration = Duration::from_secs(30);
 /// How often a wait looks again at what it waits for.
@@ -54,38 +57,6 @@ fn wait_until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(POLL);
     }
-}
-
-/// Is `pid` a live process (not a zombie)?
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit(')')
-            .next()
-            .and_then(|s| s.split_whitespace().next())
-            != Some("Z")
-    })
-}
-
-/// Live processes whose working folder is under `dir`: the apps fedrun started there
-/// (agents and the server run from the test's own folder, never under `dir`).
-fn processes_under(dir: &Path) -> Vec<u32> {
-    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if let Ok(cwd) = std::fs::read_link(entry.path().join("cwd")) {
-            if cwd.starts_with(&dir) && alive(pid) {
-                pids.push(pid);
-            }
-        }
-    }
-    pids
 }
 
 /// The apps under `dir`: fedrun starts each app in its own process group, so an app is

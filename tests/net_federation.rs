@@ -4,6 +4,7 @@
 
 #[path = "engine_support/mod.rs"]
 mod engine_support;
+mod proc_support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ use fedrun::net::tls::{client_config, server_name, ALPN_HTTP};
 use fedrun::net::wire::WireConfig;
 use fedrun::site::local::LocalSiteConfig;
 use fedrun::trust::provision::{provision, Project, ProvisionOptions};
+use proc_support::processes_under;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -140,27 +142,6 @@ impl Drop for Federation {
 
 fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")
-}
-
-/// Pids of processes whose working folder is under `dir`: the apps fedrun started there.
-fn processes_under(dir: &Path) -> Vec<u32> {
-    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if let Ok(cwd) = std::fs::read_link(entry.path().join("cwd")) {
-            if cwd.starts_with(&dir) {
-                pids.push(pid);
-            }
-        }
-    }
-    pids
 }
 
 /// The app shells (`sh run.sh`) running under `dir`: the long-lived part of an app, unlike
