@@ -328,11 +328,11 @@ fn wait_for_sites(federation: &Federation) -> anyhow::Result<()> {
 fn status_of(view: &serde_json::Value) -> (String, bool) {
     let status = view["status"].as_str().unwrap_or("?").to_string();
     let run_over = matches!(view["run"].as_str(), Some("not_started" | "stopped"));
-    let archive_pending = view["archive"]
-        .to_string()
-        .to_ascii_lowercase()
-        .contains("pending");
-    let settled = status.starts_with("FINISHED") && run_over && !archive_pending;
+    let archive_pending = view["archive"]["state"].as_str() == Some("pending");
+    let terminal = status
+        .parse::<fedrun::lifecycle::RunStatus>()
+        .is_ok_and(|s| s.is_terminal());
+    let settled = terminal && run_over && !archive_pending;
     (status, settled)
 }
 

@@ -94,7 +94,8 @@ impl Target {
 
 /// The exit code of a failed request, after printing why.
 fn failed(err: &ClientError) -> i32 {
-    eprintln!("error: {err}");
+    // The error may carry the server's message: escaped like any outside text.
+    eprintln!("error: {}", printable(&err.to_string()));
     if err.is_connection() {
         EXIT_NO_CONNECTION
     } else {
@@ -124,17 +125,10 @@ fn job_path(id: &str, tail: &str) -> String {
     format!("/v1/jobs/{}{tail}", encode_query_value(id))
 }
 
-/// Escapes control characters, so text a server or site chose stays one harmless line.
+/// Text a server or site chose, made harmless for a terminal by the one escaping every
+/// command uses ([`super::term::clean`]).
 fn printable(text: &str) -> String {
-    text.chars()
-        .flat_map(|c| {
-            if c.is_control() {
-                c.escape_default().collect::<Vec<_>>()
-            } else {
-                vec![c]
-            }
-        })
-        .collect()
+    super::term::clean(text).into_owned()
 }
 
 /// One JSON value per line.
@@ -370,7 +364,7 @@ pub fn history(client: Client, job: Option<&str>, follow: bool, json: bool) -> a
                                 line
                             } else {
                                 event_from_json(&value)
-                                    .map(|e| event_text(&e))
+                                    .map(|e| printable(&event_text(&e)))
                                     .unwrap_or_else(|| printable(&line))
                             };
                             let mut out = stdout.lock();
@@ -712,7 +706,7 @@ fn sites_table(rows: &[serde_json::Value]) -> String {
             if running.is_empty() {
                 "-".to_string()
             } else {
-                running.join(",")
+                printable(&running.join(","))
             },
         ]);
     }
