@@ -505,7 +505,8 @@ struct HandSite {
 
 impl HandSite {
     async fn connect(fed: &Federation, name: &str) -> HandSite {
-        use fedrun::net::wire::{decode, encode_message, Frame, FromSite, ToSite, WireReport};
+        use fedrun::net::wire::{decode, encode_message, Frame, FromSite, ToSite};
+        use fedrun::site::protocol::SiteReport;
         use futures_util::{SinkExt, StreamExt};
         let kit = fed.kit(name);
         let connector = tokio_rustls::TlsConnector::from(
@@ -530,7 +531,7 @@ impl HandSite {
         ));
         let hello = FromSite::Report {
             id: 1,
-            report: WireReport::Connected {
+            report: SiteReport::Connected {
                 resources: Default::default(),
                 running: vec![],
             },

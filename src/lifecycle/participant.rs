@@ -20,7 +20,9 @@ pub enum ExitOutcome {
 
 /// What a site tells the engine. Reports that carry a `report_id` are kept and resent by
 /// the site until the server has recorded them, so the engine ignores a repeated id.
-#[derive(Clone, Debug)]
+/// The same type travels on the network (`net::wire`), so it derives serde; a site never
+/// sends `Disconnected`, which is the server's own conclusion about a connection.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum SiteReport {
     /// The site connected (or reconnected), with the resources it declares and the jobs
     /// whose app processes it is running right now.

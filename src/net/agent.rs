@@ -21,9 +21,7 @@ use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
 use super::kit::Kit;
 use super::tls::{client_config, server_name, TlsError, ALPN_SITE};
-use super::wire::{
-    decode, encode_message, stopped, Frame, FromSite, Incoming, ToSite, WireConfig, WireReport,
-};
+use super::wire::{decode, encode_message, stopped, Frame, FromSite, Incoming, ToSite, WireConfig};
 use crate::site::local::{LocalSite, LocalSiteConfig, SiteHandle};
 use crate::site::protocol::{SiteReport, SiteRequest};
 
@@ -269,7 +267,10 @@ async fn serve_link(
             },
             report = reports.recv() => {
                 let Some((_, report)) = report else { break "the local site ended".to_string() };
-                let Some(report) = WireReport::from_report(report) else { continue };
+                if report == SiteReport::Disconnected {
+                    // The server concludes that itself; it never travels.
+                    continue;
+                }
                 next_report += 1;
                 if out_tx.send(FromSite::Report { id: next_report, report }).await.is_err() {
                     break "the connection's writer ended".to_string();
@@ -297,7 +298,7 @@ async fn serve_link(
                                 wire.max_package
                             ));
                             next_report += 1;
-                            let report = WireReport::DeployAnswer { job_id, result };
+                            let report = SiteReport::DeployAnswer { job_id, result };
                             if out_tx.send(FromSite::Report { id: next_report, report }).await.is_err() {
                                 break "the connection's writer ended".to_string();
                             }
@@ -352,7 +353,7 @@ async fn finish(
         Err((job_id, why)) => {
             tracing::warn!(%job_id, reason = %why, "package refused before unpacking");
             *next_report += 1;
-            let report = WireReport::DeployAnswer {
+            let report = SiteReport::DeployAnswer {
                 job_id,
                 result: Err(why),
             };

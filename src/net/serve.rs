@@ -406,14 +406,17 @@ where
         };
         match decode::<FromSite>(body) {
             Ok(Frame::Message(FromSite::Heartbeat)) => {}
+            Ok(Frame::Message(FromSite::Report {
+                report: SiteReport::Disconnected,
+                ..
+            })) => {
+                // Only the server concludes that a site is gone; a site cannot say it.
+                break "the site sent a Disconnected report, which only the server makes"
+                    .to_string();
+            }
             Ok(Frame::Message(FromSite::Report { id, report })) => {
                 tracing::trace!(site = %hub.name, id, ?report, "report");
-                if hub
-                    .reports
-                    .send((hub.name.clone(), report.into_report()))
-                    .await
-                    .is_err()
-                {
+                if hub.reports.send((hub.name.clone(), report)).await.is_err() {
                     break "the engine is gone".to_string();
                 }
             }

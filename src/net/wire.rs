@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::codec::LengthDelimitedCodec;
 
 use crate::job::JobId;
-use crate::lifecycle::{ExitOutcome, Timestamp};
+use crate::lifecycle::Timestamp;
 use crate::site::protocol::{SiteReport, SiteRequest};
 
 /// Settings of the site protocol.
@@ -164,55 +164,8 @@ pub enum FromSite {
     Report {
         /// The report's id on this connection.
         id: u64,
-        /// The report.
-        report: WireReport,
-    },
-}
-
-/// The reports of [`SiteReport`] a site sends (`Disconnected` is the server's own
-/// conclusion, never a site's message).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum WireReport {
-    /// [`SiteReport::Connected`].
-    Connected {
-        /// Declared resources.
-        resources: BTreeMap<String, f64>,
-        /// Jobs whose apps run now.
-        running: Vec<JobId>,
-    },
-    /// [`SiteReport::ResourceAnswer`].
-    ResourceAnswer {
-        /// The schedule try.
-        try_id: u64,
-        /// The job.
-        job_id: JobId,
-        /// The token, or why not.
-        answer: Result<String, String>,
-    },
-    /// [`SiteReport::DeployAnswer`].
-    DeployAnswer {
-        /// The job.
-        job_id: JobId,
-        /// Deployed, or why not.
-        result: Result<(), String>,
-    },
-    /// [`SiteReport::StartAnswer`].
-    StartAnswer {
-        /// The job.
-        job_id: JobId,
-        /// Started, or why not.
-        result: Result<(), String>,
-    },
-    /// [`SiteReport::AppExited`].
-    AppExited {
-        /// The job.
-        job_id: JobId,
-        /// The stable id the acknowledgement names.
-        report_id: String,
-        /// How the app ended.
-        outcome: ExitOutcome,
-        /// Whether it was asked to stop.
-        stop_requested: bool,
+        /// The report (never `Disconnected`: the server refuses it from a site).
+        report: SiteReport,
     },
 }
 
@@ -333,79 +286,6 @@ impl WireRequest {
     }
 }
 
-impl WireReport {
-    /// The report as it travels; `None` for `Disconnected`, which never does.
-    pub fn from_report(report: SiteReport) -> Option<WireReport> {
-        Some(match report {
-            SiteReport::Connected { resources, running } => {
-                WireReport::Connected { resources, running }
-            }
-            SiteReport::Disconnected => return None,
-            SiteReport::ResourceAnswer {
-                try_id,
-                job_id,
-                answer,
-            } => WireReport::ResourceAnswer {
-                try_id,
-                job_id,
-                answer,
-            },
-            SiteReport::DeployAnswer { job_id, result } => {
-                WireReport::DeployAnswer { job_id, result }
-            }
-            SiteReport::StartAnswer { job_id, result } => {
-                WireReport::StartAnswer { job_id, result }
-            }
-            SiteReport::AppExited {
-                job_id,
-                report_id,
-                outcome,
-                stop_requested,
-            } => WireReport::AppExited {
-                job_id,
-                report_id,
-                outcome,
-                stop_requested,
-            },
-        })
-    }
-
-    /// The report the engine reads.
-    pub fn into_report(self) -> SiteReport {
-        match self {
-            WireReport::Connected { resources, running } => {
-                SiteReport::Connected { resources, running }
-            }
-            WireReport::ResourceAnswer {
-                try_id,
-                job_id,
-                answer,
-            } => SiteReport::ResourceAnswer {
-                try_id,
-                job_id,
-                answer,
-            },
-            WireReport::DeployAnswer { job_id, result } => {
-                SiteReport::DeployAnswer { job_id, result }
-            }
-            WireReport::StartAnswer { job_id, result } => {
-                SiteReport::StartAnswer { job_id, result }
-            }
-            WireReport::AppExited {
-                job_id,
-                report_id,
-                outcome,
-                stop_requested,
-            } => SiteReport::AppExited {
-                job_id,
-                report_id,
-                outcome,
-                stop_requested,
-            },
-        }
-    }
-}
-
 /// A package being received in chunks by a site.
 #[derive(Debug)]
 pub struct Incoming {
@@ -462,6 +342,7 @@ impl Incoming {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lifecycle::ExitOutcome;
 
     #[test]
     fn messages_and_chunks_round_trip() {
@@ -488,7 +369,7 @@ mod tests {
         );
         let report = FromSite::Report {
             id: 1,
-            report: WireReport::AppExited {
+            report: SiteReport::AppExited {
                 job_id,
                 report_id: "s:j:exit".into(),
                 outcome: ExitOutcome::Code(0),
