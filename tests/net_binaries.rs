@@ -9,6 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+mod proc_support;
+use proc_support::alive;
+
 const BOUND: Duration = Duration::from_secs(30);
 const SITES: [&str; 3] = ["site-1", "site-2", "site-3"];
 
@@ -63,12 +66,6 @@ fn wait_exit(mut child: Child, what: &str) -> Option<i32> {
             panic!("{what} did not exit after SIGTERM");
         }
     }
-}
-
-fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .is_ok_and(|s| s.split_whitespace().nth(2) == Some("Z"))
 }
 
 #[test]

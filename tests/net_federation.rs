@@ -435,7 +435,11 @@ async fn refusals_name_their_reason_and_leave_the_server_serving() {
         .await
         .expect("write");
     let mut sink = Vec::new();
-    let _ = tokio::time::timeout(BOUND, raw.read_to_end(&mut sink)).await;
+    let closed = tokio::time::timeout(BOUND, raw.read_to_end(&mut sink)).await;
+    assert!(
+        closed.is_ok(),
+        "the server closes a garbage connection in time"
+    );
     // Everyone else is still served: the three known sites connect.
     let agents: Vec<Agent> = SITES.iter().map(|s| fed.agent(s, fed.addr())).collect();
     all_connected(&fed.server).await;

@@ -113,6 +113,29 @@ fn an_unsigned_job_is_refused_and_a_signed_one_accepted_under_require_signed_job
 
     // SAFETY: SIGTERM to the server this test started.
     unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
-    let status = server.wait().expect("the server exits");
+    let (done_tx, done_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(server.wait());
+    });
+    let status = done_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the server exits within 30 s of SIGTERM")
+        .expect("wait");
     assert_eq!(status.code(), Some(0));
+    // What is on disk, read offline: one submitted job, the signed one.
+    let offline = fedrun()
+        .args(["history", "--json", "--data-dir"])
+        .arg(&data)
+        .output()
+        .expect("fedrun history");
+    assert!(offline.status.success(), "{offline:?}");
+    let offline = String::from_utf8_lossy(&offline.stdout);
+    assert_eq!(
+        offline
+            .lines()
+            .filter(|l| l.contains("\"type\":\"job_submitted\""))
+            .count(),
+        1,
+        "{offline}"
+    );
 }
