@@ -8,6 +8,7 @@
 //!
 //! `FEDRUN_BENCH_QUICK=1` shortens it (5 jobs, 2 s idle) for a smoke run.
 
+use fedrun::lifecycle::SubmitSignature;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -237,7 +238,7 @@ fn scheduling_pass(rows: &mut Vec<(String, String)>) {
                 request: AdminRequest::SubmitJob {
                     meta: meta(chunk * 100 + k),
                     package: BlobHash([1; 32]),
-                    signer: None,
+                    signature: SubmitSignature::NoSigner,
                 },
             })
             .collect();

@@ -6,6 +6,7 @@
 
 mod lifecycle_support;
 
+use fedrun::lifecycle::SubmitSignature;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -359,7 +360,7 @@ fn all_sites_on_a_thousand_sites_runs_to_completion_on_the_engine() {
         request: AdminRequest::SubmitJob {
             meta: meta_all(SITES as u32),
             package: package(),
-            signer: None,
+            signature: SubmitSignature::NoSigner,
         },
     };
     let mut released = engine.step(vec![submit], tick(&mut now)).expect("submit");

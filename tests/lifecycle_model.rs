@@ -7,6 +7,7 @@
 
 mod lifecycle_support;
 
+use fedrun::lifecycle::SubmitSignature;
 use std::collections::BTreeMap;
 
 use fedrun::job::JobId;
@@ -206,7 +207,7 @@ impl Harness {
                     AdminRequest::SubmitJob {
                         meta: meta(&chosen, min_clients),
                         package: BlobHash([1; 32]),
-                        signer: None,
+                        signature: SubmitSignature::NoSigner,
                     },
                     n,
                 ));

@@ -5,6 +5,7 @@
 
 mod lifecycle_support;
 
+use fedrun::lifecycle::SubmitSignature;
 use std::time::Duration;
 
 use fedrun::lifecycle::{
@@ -34,7 +35,7 @@ fn submit_request(package: u8) -> AdminRequest {
     AdminRequest::SubmitJob {
         meta: meta(&["site-1"], 1),
         package: BlobHash([package; 32]),
-        signer: None,
+        signature: SubmitSignature::NoSigner,
     }
 }
 
@@ -307,7 +308,7 @@ fn the_signer_is_recorded_and_a_clone_keeps_submitter_and_signer() {
         AdminRequest::SubmitJob {
             meta: meta(&["site-1"], 1),
             package: package(),
-            signer: Some(signer.clone()),
+            signature: SubmitSignature::Signer(signer.clone()),
         },
     );
     let Some(Ok(Answer::Submitted { job_id })) = d.reply else {
@@ -344,7 +345,7 @@ fn a_signer_whose_role_may_not_submit_is_refused() {
         AdminRequest::SubmitJob {
             meta: meta(&["site-1"], 1),
             package: package(),
-            signer: Some(admin("mo", "acme", Role::Member)),
+            signature: SubmitSignature::Signer(admin("mo", "acme", Role::Member)),
         },
     );
     assert!(
@@ -353,6 +354,41 @@ fn a_signer_whose_role_may_not_submit_is_refused() {
         d.reply
     );
     assert!(w.state.jobs.is_empty());
+}
+
+#[test]
+fn a_package_refused_for_its_signature_is_recorded_and_stores_nothing() {
+    let mut w = World::default();
+    let d = w.admin_as(
+        boss(),
+        AdminRequest::SubmitJob {
+            meta: meta(&["site-1"], 1),
+            package: package(),
+            signature: SubmitSignature::Refused("job package is not signed".into()),
+        },
+    );
+    let Some(Err(Rejection::SignatureRefused { reason })) = &d.reply else {
+        panic!("{:?}", d.reply)
+    };
+    assert_eq!(reason, "job package is not signed");
+    let kinds: Vec<&str> = d.events.iter().map(|e| e.kind.name()).collect();
+    assert_eq!(kinds, ["request_refused"], "only the refusal is recorded");
+    assert_eq!(d.events[0].actor.identity(), Some(boss()), "who asked");
+    assert!(w.state.jobs.is_empty());
+    // A role that may not submit at all is refused for that first, whatever its package.
+    let d = w.admin_as(
+        admin("mo", "acme", Role::Member),
+        AdminRequest::SubmitJob {
+            meta: meta(&["site-1"], 1),
+            package: package(),
+            signature: SubmitSignature::Refused("job package is not signed".into()),
+        },
+    );
+    assert!(
+        matches!(d.reply, Some(Err(Rejection::NotAllowed { .. }))),
+        "{:?}",
+        d.reply
+    );
 }
 
 // ---- a site cannot grow the history without bound ----

@@ -3,6 +3,7 @@
 
 mod lifecycle_support;
 
+use fedrun::lifecycle::SubmitSignature;
 use fedrun::lifecycle::{
     AdminRequest, Answer, Archive, BlobHash, Command, Effect, EventKind, Rejection, Role, RunPhase,
     RunStatus, State, Timer,
@@ -316,7 +317,7 @@ fn the_same_idempotency_key_twice_gives_the_first_answer_and_writes_nothing() {
     let submit = AdminRequest::SubmitJob {
         meta: meta(&["site-1"], 1),
         package: package(),
-        signer: None,
+        signature: SubmitSignature::NoSigner,
     };
     let first = w.when(Command::Admin {
         origin: origin.clone(),
@@ -445,7 +446,7 @@ fn a_signer_whose_role_may_not_submit_is_refused() {
         AdminRequest::SubmitJob {
             meta: meta(&["site-1"], 1),
             package: package(),
-            signer: Some(admin("max", "acme", Role::Member)),
+            signature: SubmitSignature::Signer(admin("max", "acme", Role::Member)),
         },
     );
     assert!(matches!(

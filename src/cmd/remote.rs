@@ -19,7 +19,7 @@ use fedrun::lifecycle::view::{
 };
 use fedrun::lifecycle::{Actor, Archive, BootId, Event, EventKind, RunPhase, RunStatus, Timestamp};
 use fedrun::net::admin::download_entries;
-use fedrun::net::client::{encode_query_value, Client, ClientError};
+use fedrun::net::client::{encode_query_value, Client, ClientError, NoProgress, Progress};
 use hyper::Method;
 
 use super::list::print;
@@ -113,6 +113,43 @@ where
         .build()
         .context("starting the async runtime")?;
     Ok(runtime.block_on(work).unwrap_or_else(|err| failed(&err)))
+}
+
+/// A progress bar on stderr for an upload or a download (SPEC section 11). indicatif draws
+/// nothing when stderr is not a terminal, so scripts and pipes see no bar.
+struct TransferBar(indicatif::ProgressBar);
+
+impl TransferBar {
+    fn new(what: &'static str) -> std::sync::Arc<TransferBar> {
+        let bar =
+            indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+            )
+            .expect("a valid progress template")
+            .progress_chars("=> "),
+        );
+        bar.set_message(what);
+        std::sync::Arc::new(TransferBar(bar))
+    }
+
+    fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
+impl Progress for TransferBar {
+    fn start(&self, total: Option<u64>) {
+        if let Some(total) = total {
+            self.0.set_length(total);
+        }
+        self.0.set_position(0);
+    }
+
+    fn advance(&self, bytes: u64) {
+        self.0.inc(bytes);
+    }
 }
 
 fn new_key() -> String {
@@ -572,9 +609,22 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
             ("idempotency-key", key),
             ("content-type", "application/zip".to_string()),
         ];
+        let bar = TransferBar::new("uploading");
         let answer = client
-            .retrying(|| client.json(Method::POST, &path, &headers, body.clone()))
-            .await?;
+            .retrying(|| {
+                client.send_full_counted(
+                    Method::POST,
+                    &path,
+                    &headers,
+                    body.clone(),
+                    bar.clone(),
+                    std::sync::Arc::new(NoProgress),
+                )
+            })
+            .await;
+        bar.finish();
+        let answer: serde_json::Value =
+            serde_json::from_slice(&answer?).map_err(|e| ClientError::Protocol(e.to_string()))?;
         let job_id = text_field(&answer, "job_id")?;
         if json {
             println!("{answer}");
@@ -751,9 +801,21 @@ pub fn download(args: DownloadArgs) -> anyhow::Result<i32> {
                 let key = new_key();
                 let headers = [("idempotency-key", key)];
                 let path = job_path(&id, "/download");
+                let bar = TransferBar::new("downloading");
                 let zip = client
-                    .retrying(|| client.send_full(Method::GET, &path, &headers, Bytes::new()))
-                    .await?;
+                    .retrying(|| {
+                        client.send_full_counted(
+                            Method::GET,
+                            &path,
+                            &headers,
+                            Bytes::new(),
+                            std::sync::Arc::new(NoProgress),
+                            bar.clone(),
+                        )
+                    })
+                    .await;
+                bar.finish();
+                let zip = zip?;
                 let files = unzip_download(&zip).map_err(ClientError::Protocol)?;
                 let show = job_path(&id, "");
                 let view = client

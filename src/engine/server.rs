@@ -39,7 +39,9 @@ use crate::engine::node::{self, Node, NodeError, Output, Participant, ReplyToken
 use crate::engine::owner::{EngineLimits, EngineRefusal, Ids, StartError};
 use crate::history::{DataPaths, History};
 use crate::job::JobId;
-use crate::lifecycle::{AdminRequest, BlobHash, Event, Identity, Origin, Reply, State, Timestamp};
+use crate::lifecycle::{
+    AdminRequest, BlobHash, Event, Identity, Origin, Reply, State, SubmitSignature, Timestamp,
+};
 use crate::settings::Settings;
 use crate::site::protocol::{SiteReport, SiteRequest};
 use crate::site::workspace;
@@ -492,8 +494,8 @@ impl Server {
     /// Ingests the job folder (or zip) at `path` and submits it: the submitter's role is
     /// checked first (a refused submit stores nothing; the core records the refusal), then
     /// the signature (SPEC section 6, at the server's time: an unsigned job under the
-    /// policy or a bad signature is refused, never queued), then the package blob is
-    /// stored and the submit carries the signer.
+    /// policy or a bad signature is refused, never queued, and the core records that
+    /// refusal too), then the package blob is stored and the submit carries the signer.
     pub async fn submit_path(
         &self,
         path: &Path,
@@ -505,16 +507,25 @@ impl Server {
         let owned = path.to_path_buf();
         let at = self.clock.now();
         let may_submit = identity.role.may_submit();
-        let (meta, hash, signer, pin) = tokio::task::spawn_blocking(move || {
+        let (meta, hash, signature, pin) = tokio::task::spawn_blocking(move || {
             let package =
                 crate::job::package::ingest(&owned, &crate::job::limits::Limits::default())
                     .map_err(|e| SubmitError::Package(e.to_string()))?;
             let hash = BlobHash::from(package.hash);
             if !may_submit {
                 // The core refuses it and records the refusal; nothing is stored for it.
-                return Ok::<_, SubmitError>((package.meta, hash, None, None));
+                return Ok::<_, SubmitError>((package.meta, hash, SubmitSignature::NoSigner, None));
             }
-            let signer = verify_package(&package.zip, &trust, at)?;
+            let signature = match verify_package(&package.zip, &trust, at) {
+                Ok(Some(signer)) => SubmitSignature::Signer(signer),
+                Ok(None) => SubmitSignature::NoSigner,
+                // The core refuses it and records the refusal (SPEC section 9: every
+                // refusal is recorded); nothing is stored for it.
+                Err(SubmitError::Signature(reason)) => {
+                    return Ok((package.meta, hash, SubmitSignature::Refused(reason), None));
+                }
+                Err(err) => return Err(err),
+            };
             // Pinned until the answer below, which comes only once the `JobSubmitted` (or
             // the recorded refusal) is durable: a free or sweep of the same bytes decided
             // before then can never remove the blob the new job refers to (SPEC section 3).
@@ -526,7 +537,7 @@ impl Server {
                 hash,
                 "the blob store names a blob by its BLAKE3"
             );
-            Ok((package.meta, pin.hash(), signer, Some(pin)))
+            Ok((package.meta, pin.hash(), signature, Some(pin)))
         })
         .await
         .map_err(|e| SubmitError::Package(e.to_string()))??;
@@ -539,7 +550,7 @@ impl Server {
                 AdminRequest::SubmitJob {
                     meta,
                     package: hash,
-                    signer,
+                    signature,
                 },
             )
             .await;

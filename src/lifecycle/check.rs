@@ -5,6 +5,7 @@
 //! Unlike the rest of the core, this module panics on purpose: a panic is how it reports
 //! a broken invariant to the fuzzer.
 
+use crate::lifecycle::command::SubmitSignature;
 use std::collections::BTreeMap;
 
 use crate::job::meta::{AppTargets, JobMeta};
@@ -119,7 +120,11 @@ fn next_command(bytes: &mut Bytes<'_>, state: &State, jobs: &[JobId]) -> (Comman
                 request: AdminRequest::SubmitJob {
                     meta,
                     package: BlobHash([bytes.byte(); 32]),
-                    signer: None,
+                    signature: if bytes.byte().is_multiple_of(7) {
+                        SubmitSignature::Refused(bytes.text())
+                    } else {
+                        SubmitSignature::NoSigner
+                    },
                 },
             }
         }

@@ -16,6 +16,19 @@ pub struct Origin {
     pub request_id: Option<String>,
 }
 
+/// What the engine's signature check (SPEC section 6) found for a submitted package.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SubmitSignature {
+    /// No signer: an unsigned job the policy allows (or nothing to check it against).
+    NoSigner,
+    /// The package verifies; its signer.
+    Signer(Identity),
+    /// The check refused the package: unsigned under `require_signed_jobs`, a signature
+    /// that does not verify, or a signer whose role may not submit. The core records the
+    /// refusal; nothing is stored for it.
+    Refused(String),
+}
+
 /// What an admin asks for. Reads (list, show, history) do not pass through `decide`.
 #[derive(Clone, Debug, PartialEq)]
 pub enum AdminRequest {
@@ -26,8 +39,8 @@ pub enum AdminRequest {
         meta: JobMeta,
         /// The stored package blob.
         package: BlobHash,
-        /// The verified signer, for a signed package.
-        signer: Option<Identity>,
+        /// What the engine's signature check (SPEC section 6) found.
+        signature: SubmitSignature,
     },
     /// Abort the job (SPEC section 9).
     AbortJob {

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::job::meta::SERVER;
 use crate::job::JobId;
 use crate::lifecycle::actor::{Actor, Identity, Role};
-use crate::lifecycle::command::{AdminRequest, Command, Origin, Timer};
+use crate::lifecycle::command::{AdminRequest, Command, Origin, SubmitSignature, Timer};
 use crate::lifecycle::effect::Effect;
 use crate::lifecycle::event::{
     cap_reason, capped_list, chunk_by_bytes, encoded_len, group_requests, Event, EventKind,
@@ -1186,9 +1186,18 @@ fn admin_inner(
         AdminRequest::SubmitJob {
             meta,
             package,
-            signer,
+            signature,
         } => {
             permit(identity, "submit", None)?;
+            let signer = match signature {
+                SubmitSignature::NoSigner => None,
+                SubmitSignature::Signer(signer) => Some(signer),
+                SubmitSignature::Refused(reason) => {
+                    return Err(Rejection::SignatureRefused {
+                        reason: cap_reason(&reason),
+                    })
+                }
+            };
             if let Some(signer) = &signer {
                 check_signer(signer)?;
             }

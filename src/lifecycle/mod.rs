@@ -21,7 +21,7 @@ pub mod timers;
 pub mod view;
 
 pub use actor::{Actor, Identity, Role};
-pub use command::{AdminRequest, Command, Origin, Timer};
+pub use command::{AdminRequest, Command, Origin, SubmitSignature, Timer};
 pub use decide::{decide, Decision, IdSource};
 pub use effect::Effect;
 pub use event::{BlobHash, BootId, Event, EventKind, ResourceAnswer, ScheduleOutcome, StepResult};

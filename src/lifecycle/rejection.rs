@@ -67,6 +67,14 @@ pub enum Rejection {
         /// The signer's role.
         role: Role,
     },
+    /// The package's signature check refused it (SPEC section 6): unsigned under
+    /// `require_signed_jobs`, a signature that does not verify, or a signer whose role may
+    /// not submit.
+    #[error("job refused at submit: {reason}")]
+    SignatureRefused {
+        /// Why, in words (paths inside the package only).
+        reason: String,
+    },
     /// The request (its meta, in practice) would make an event over the history's limit.
     #[error("the request is too large to record ({bytes} bytes > {limit} bytes)")]
     TooLarge {

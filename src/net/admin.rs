@@ -181,6 +181,7 @@ impl From<Rejection> for ApiError {
             Rejection::ArchivePending { .. } => (StatusCode::CONFLICT, "archive_pending"),
             Rejection::NotAllowed { .. } => (StatusCode::FORBIDDEN, "not_allowed"),
             Rejection::SignerNotAllowed { .. } => (StatusCode::FORBIDDEN, "signer_not_allowed"),
+            Rejection::SignatureRefused { .. } => (StatusCode::FORBIDDEN, "signature_refused"),
             Rejection::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             Rejection::BadRequestId { .. } => (StatusCode::BAD_REQUEST, "bad_request_id"),
             Rejection::IdempotencyKeyReused { .. } => {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -27,6 +27,59 @@ pub type Connecting = Pin<Box<dyn Future<Output = std::io::Result<Box<dyn Stream
 
 /// Opens a new connection to the server.
 pub type Connector = Arc<dyn Fn() -> Connecting + Send + Sync>;
+
+/// Told how a request's body goes out (uploads) or an answer's body comes in (downloads);
+/// the CLI draws a progress bar with it on a terminal.
+pub trait Progress: Send + Sync {
+    /// The transfer starts (again, on a retry) and will move `total` bytes, when known.
+    fn start(&self, total: Option<u64>);
+    /// `bytes` more have moved.
+    fn advance(&self, bytes: u64);
+}
+
+/// No progress shown.
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn start(&self, _total: Option<u64>) {}
+    fn advance(&self, _bytes: u64) {}
+}
+
+/// Bytes per frame of an upload: the progress moves frame by frame.
+const UPLOAD_FRAME: usize = 64 * 1024;
+
+/// A request body handed to the connection in [`UPLOAD_FRAME`]-sized frames, each one told
+/// to the progress as it goes.
+struct UploadBody {
+    rest: Bytes,
+    progress: Arc<dyn Progress>,
+}
+
+impl http_body::Body for UploadBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        if self.rest.is_empty() {
+            return std::task::Poll::Ready(None);
+        }
+        let take = self.rest.len().min(UPLOAD_FRAME);
+        let frame = self.rest.split_to(take);
+        self.progress.advance(take as u64);
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(frame))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.rest.len() as u64)
+    }
+}
 
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +201,19 @@ impl Client {
         headers: &[(&str, String)],
         body: Bytes,
     ) -> Result<Response<Incoming>, ClientError> {
+        self.send_counted(method, path, headers, body, Arc::new(NoProgress))
+            .await
+    }
+
+    /// [`Client::send`], telling `upload` how the request's body goes out.
+    pub async fn send_counted(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Bytes,
+        upload: Arc<dyn Progress>,
+    ) -> Result<Response<Incoming>, ClientError> {
         let connect_error = |reason: String| ClientError::Connect {
             addr: self.addr.clone(),
             reason,
@@ -156,7 +222,7 @@ impl Client {
             .await
             .map_err(|e| connect_error(e.to_string()))?;
         let (mut sender, connection) =
-            hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
+            hyper::client::conn::http1::handshake::<_, UploadBody>(TokioIo::new(stream))
                 .await
                 .map_err(|e| connect_error(e.to_string()))?;
         tokio::spawn(async move {
@@ -171,8 +237,12 @@ impl Client {
         for (name, value) in headers {
             request = request.header(*name, value.as_str());
         }
+        upload.start(Some(body.len() as u64));
         let request = request
-            .body(Full::new(body))
+            .body(UploadBody {
+                rest: body,
+                progress: upload,
+            })
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
         let response = sender
             .send_request(request)
@@ -227,6 +297,41 @@ impl Client {
                 reason: e.to_string(),
             })?;
         Ok(body.to_bytes())
+    }
+
+    /// [`Client::send`] and the whole body, telling `upload` how the request's body goes
+    /// out and `download` how the answer's comes in.
+    pub async fn send_full_counted(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Bytes,
+        upload: Arc<dyn Progress>,
+        download: Arc<dyn Progress>,
+    ) -> Result<Bytes, ClientError> {
+        let response = self
+            .send_counted(method, path, headers, body, upload)
+            .await?;
+        let total = response
+            .headers()
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        download.start(total);
+        let mut body = response.into_body();
+        let mut received = Vec::with_capacity(total.unwrap_or(0).min(64 << 20) as usize);
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ClientError::Connect {
+                addr: self.addr.clone(),
+                reason: e.to_string(),
+            })?;
+            if let Ok(data) = frame.into_data() {
+                download.advance(data.len() as u64);
+                received.extend_from_slice(&data);
+            }
+        }
+        Ok(Bytes::from(received))
     }
 
     /// A request whose answer is JSON.

@@ -9,6 +9,7 @@
 //! engine's own deadline, so nothing polls. A crash drops the engine; a restart builds a new
 //! one from the stored history, as a real server does.
 
+use crate::lifecycle::command::SubmitSignature;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -605,7 +606,7 @@ impl<'a> Sim<'a> {
                     request: AdminRequest::SubmitJob {
                         meta: self.checked.metas[i].clone(),
                         package: Self::package_of(&name),
-                        signer: None,
+                        signature: SubmitSignature::NoSigner,
                     },
                 };
                 batch.push((command, Tag::NewJob(name)));

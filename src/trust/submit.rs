@@ -27,9 +27,10 @@ pub enum SubmitRefusal {
     /// configured to check a required signature.
     #[error(transparent)]
     Unsigned(PolicyError),
-    /// The package is signed and its signature does not verify.
-    #[error(transparent)]
-    BadSignature(PolicyError),
+    /// The package is signed and its signature does not verify (files named by their path
+    /// inside the package).
+    #[error("{0}")]
+    BadSignature(String),
     /// The package verifies, but its signer's role may not submit jobs.
     #[error("job is signed by {signer}, whose role may not submit jobs (only project_admin and lead may)")]
     SignerMayNotSubmit {
@@ -55,7 +56,7 @@ pub enum SubmitRefusal {
 impl From<PolicyError> for SubmitRefusal {
     fn from(error: PolicyError) -> Self {
         match error {
-            PolicyError::BadSignature(_) => SubmitRefusal::BadSignature(error),
+            PolicyError::BadSignature(_) => SubmitRefusal::BadSignature(error.to_string()),
             PolicyError::UnsignedJobRejected { .. } | PolicyError::NoRootCa { .. } => {
                 SubmitRefusal::Unsigned(error)
             }
@@ -86,7 +87,22 @@ pub fn check_package_zip(
         },
         ScratchError::Unpack(e) => SubmitRefusal::Unpack(e),
     })?;
-    let trust = check_job(&job, policy, at)?;
+    // Messages name files by their path inside the package, never the temporary folder
+    // (which is gone by the time anyone reads them, and is the checker's business).
+    let trust = check_job(&job, policy, at).map_err(|error| match error {
+        PolicyError::UnsignedJobRejected { .. } => {
+            SubmitRefusal::Unsigned(PolicyError::UnsignedJobRejected {
+                path: PathBuf::from("package"),
+            })
+        }
+        PolicyError::NoRootCa { .. } => SubmitRefusal::Unsigned(PolicyError::NoRootCa {
+            path: PathBuf::from("package"),
+        }),
+        PolicyError::BadSignature(_) => {
+            let prefix = format!("{}/", job.display());
+            SubmitRefusal::BadSignature(error.to_string().replace(&prefix, ""))
+        }
+    })?;
     if let JobTrust::Signed(signer) = &trust {
         if !signer.may_submit() {
             return Err(SubmitRefusal::SignerMayNotSubmit {

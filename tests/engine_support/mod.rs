@@ -4,6 +4,7 @@
 //! Each test binary uses a part of it.
 #![allow(dead_code)]
 
+use fedrun::lifecycle::SubmitSignature;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -106,7 +107,7 @@ pub fn submit(token: u64) -> Input {
                 resource_spec: Default::default(),
             },
             package: BlobHash([7; 32]),
-            signer: None,
+            signature: SubmitSignature::NoSigner,
         },
     )
 }

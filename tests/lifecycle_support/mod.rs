@@ -2,6 +2,7 @@
 //! apply what it decides, and look at the events, effects and state.
 #![allow(dead_code)]
 
+use fedrun::lifecycle::SubmitSignature;
 use std::collections::BTreeMap;
 
 use fedrun::job::meta::{AppTargets, JobMeta};
@@ -173,7 +174,7 @@ impl World {
             AdminRequest::SubmitJob {
                 meta,
                 package: package(),
-                signer: None,
+                signature: SubmitSignature::NoSigner,
             },
         )
     }
