@@ -94,6 +94,7 @@ async fn bench() {
                 job_id,
                 app_name: "app".into(),
                 package: package.clone(),
+                hash: fedrun::lifecycle::BlobHash([0; 32]),
                 verify_at: None,
             },
             SiteRequest::Start { job_id },

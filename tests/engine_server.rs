@@ -18,10 +18,12 @@ use engine_support::{identity, settled, submit_ok, wait_for, TestStorage, BOUND}
 use fedrun::blobs::BlobStore;
 use fedrun::engine::archive::{archive_folder, ArchiveError};
 use fedrun::engine::clock::{Clock, ServerClock, WallClock, WallSource};
-use fedrun::engine::server::{deploy_permits, AdminError, Server, ServerConfig, SubmitError};
+use fedrun::engine::server::{deploy_permits, AdminError, Server, ServerConfig};
 use fedrun::history::History;
 use fedrun::job::JobId;
-use fedrun::lifecycle::{AdminRequest, Event, Origin, Rejection, Role, RunStatus, Timestamp};
+use fedrun::lifecycle::{
+    AdminRequest, Event, EventKind, Origin, Rejection, Role, RunStatus, Timestamp,
+};
 use fedrun::site::local::{LocalSite, LocalSiteConfig, SiteHandle};
 use fedrun::trust::{sign_job_folder, RootCa, Signer, TrustPolicy};
 
@@ -177,7 +179,7 @@ async fn a_signed_job_is_verified_at_submit_and_its_signer_recorded() {
         )
         .await;
     assert!(
-        matches!(&unsigned, Err(SubmitError::Signature(m)) if m.contains("not signed")),
+        matches!(&unsigned, Ok(Ok(Err(Rejection::SignatureRefused { reason }))) if reason.contains("not signed")),
         "{unsigned:?}"
     );
     // Tampered after signing: refused with the reason.
@@ -187,7 +189,7 @@ async fn a_signed_job_is_verified_at_submit_and_its_signer_recorded() {
         .submit_path(&tampered, identity(Role::ProjectAdmin), None)
         .await;
     assert!(
-        matches!(&refused, Err(SubmitError::Signature(_))),
+        matches!(&refused, Ok(Ok(Err(Rejection::SignatureRefused { reason }))) if reason.contains("app/run.sh")),
         "{refused:?}"
     );
     // Signed by a member, whose role may not submit: refused at submit, typed and named.
@@ -199,10 +201,29 @@ async fn a_signed_job_is_verified_at_submit_and_its_signer_recorded() {
         )
         .await;
     assert!(
-        matches!(&by_member, Err(SubmitError::Signature(m)) if m.contains("may not submit")),
+        matches!(&by_member, Ok(Ok(Err(Rejection::SignatureRefused { reason }))) if reason.contains("may not submit")),
         "{by_member:?}"
     );
     assert!(server.state().jobs.is_empty(), "nothing was queued");
+    // Each refusal is recorded (SPEC section 9), with its reason; none names the server's
+    // temporary folder the package was checked in.
+    let recorded: Vec<Rejection> = server
+        .read_events(1, 100)
+        .await
+        .expect("history")
+        .into_iter()
+        .filter_map(|event| match event.kind {
+            EventKind::RequestRefused { rejection, .. } => Some(rejection),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(recorded.len(), 3, "{recorded:?}");
+    for rejection in &recorded {
+        let Rejection::SignatureRefused { reason } = rejection else {
+            panic!("{rejection:?}")
+        };
+        assert!(!reason.contains("fedrun-verify"), "{reason}");
+    }
     assert!(server.blobs().list().expect("lists").is_empty());
     // Signed: queued, with the signer from the certificate.
     let job_id = submit_ok(&server, &signed_copy(dir.path(), "admin.pem")).await;

@@ -112,6 +112,7 @@ impl Run {
                 job_id,
                 app_name: "app".into(),
                 package,
+                hash: fedrun::lifecycle::BlobHash([0; 32]),
                 verify_at: None,
             })
             .await

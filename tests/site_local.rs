@@ -132,6 +132,7 @@ impl Site {
             job_id,
             app_name: "app".into(),
             package,
+            hash: fedrun::lifecycle::BlobHash([0; 32]),
             verify_at: None,
         })
         .await;
@@ -322,6 +323,7 @@ async fn unsafe_or_incomplete_packages_are_refused_and_write_nothing_outside() {
         job_id: j,
         app_name: "other".into(),
         package: package("exit 0\n"),
+        hash: fedrun::lifecycle::BlobHash([0; 32]),
         verify_at: None,
     })
     .await;

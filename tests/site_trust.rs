@@ -127,6 +127,7 @@ async fn deploy(
             job_id,
             app_name: "app".into(),
             package,
+            hash: fedrun::lifecycle::BlobHash([0; 32]),
             verify_at: None,
         })
         .await

@@ -443,6 +443,7 @@ impl Server {
                             job_id,
                             app_name: app,
                             package: bytes,
+                            hash: package,
                             verify_at: Some(verify_at),
                         };
                         (request, permit.ok())

@@ -461,7 +461,7 @@ where
                         sink.send(body).await.map_err(fail)?;
                     }
                     None => {
-                        let SiteRequest::Deploy { job_id, app_name, package, verify_at } = request
+                        let SiteRequest::Deploy { job_id, app_name, package, hash, verify_at } = request
                         else {
                             continue;
                         };
@@ -470,7 +470,7 @@ where
                             job_id,
                             app_name,
                             size: package.len() as u64,
-                            blake3: blake3::hash(&package).to_hex().to_string(),
+                            blake3: hash.to_hex(),
                             verify_at,
                         };
                         sink.send(encode_message(&begin).map_err(|e| e.to_string())?)

@@ -320,7 +320,8 @@ impl Incoming {
 
     /// The complete package as a deploy request, once its hash is checked.
     pub fn finish(self) -> Result<SiteRequest, (JobId, String)> {
-        let hash = blake3::hash(&self.bytes).to_hex().to_string();
+        let computed = blake3::hash(&self.bytes);
+        let hash = computed.to_hex().to_string();
         if hash != self.blake3 {
             return Err((
                 self.job_id,
@@ -334,6 +335,7 @@ impl Incoming {
             job_id: self.job_id,
             app_name: self.app_name,
             package: std::sync::Arc::new(self.bytes),
+            hash: crate::lifecycle::BlobHash::from(computed),
             verify_at: self.verify_at,
         })
     }

@@ -1958,13 +1958,14 @@ fn site_request(request: Request) -> (SiteRequest, Option<JobId>) {
         Request::Deploy {
             job_id,
             app_name,
+            package,
             verify_at,
-            ..
         } => (
             SiteRequest::Deploy {
                 job_id,
                 app_name,
                 package: Arc::new(Vec::new()),
+                hash: package,
                 verify_at: Some(verify_at),
             },
             Some(job_id),

@@ -385,6 +385,7 @@ mod tests {
                 job_id: job(1),
                 app_name: "app".into(),
                 package: Default::default(),
+                hash: crate::lifecycle::BlobHash([0; 32]),
                 verify_at: None,
             },
             Duration::ZERO,
@@ -431,6 +432,7 @@ mod tests {
                 job_id: job(1),
                 app_name: "app".into(),
                 package: Default::default(),
+                hash: crate::lifecycle::BlobHash([0; 32]),
                 verify_at: None,
             },
             Duration::from_secs(31),
@@ -458,6 +460,7 @@ mod tests {
                 job_id: job(1),
                 app_name: "app".into(),
                 package: Default::default(),
+                hash: crate::lifecycle::BlobHash([0; 32]),
                 verify_at: None,
             },
             Duration::ZERO,
@@ -486,6 +489,7 @@ mod tests {
             job_id: job(1),
             app_name: "app".into(),
             package: Default::default(),
+            hash: crate::lifecycle::BlobHash([0; 32]),
             verify_at: None,
         };
         assert!(s.handle(deploy, Duration::ZERO, silent).is_empty());

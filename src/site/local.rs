@@ -348,6 +348,9 @@ impl LocalSite {
                 app_name,
                 package,
                 verify_at,
+                // The bytes came from the blob store (checked there) or from a link that
+                // checked them against it.
+                hash: _,
             } => {
                 let result = self.deploy(job_id, app_name, package, verify_at).await;
                 self.send(SiteReport::DeployAnswer { job_id, result }).await

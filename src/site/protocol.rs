@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::job::JobId;
-use crate::lifecycle::Timestamp;
+use crate::lifecycle::{BlobHash, Timestamp};
 
 // The reports and exit outcomes are the core's vocabulary (the node decides on them), so
 // they live in `lifecycle::participant`; every participant, local, simulated or remote,
@@ -37,6 +37,8 @@ pub enum SiteRequest {
         job_id: JobId,
         app_name: String,
         package: Arc<Vec<u8>>,
+        /// The package's BLAKE3 (its blob name), so no link on the way hashes it again.
+        hash: BlobHash,
         /// The time the package's signature is checked at: the job's `JobSubmitted` time
         /// (SPEC section 6), so a certificate that expired since the submit does not stop
         /// an accepted job. `None`: the site's own time.
