@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 mod proc_support;
-use proc_support::processes_under as processes_in;
+use proc_support::{line_within, output_within, processes_under as processes_in};
 
 fn demo(data: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_fedrun"));
@@ -98,13 +98,15 @@ fn a_closed_stdout_stops_the_demo_without_a_panic_or_a_process_left() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("fedrun runs");
-    // Read the first line, then close the pipe, as `fedrun demo | head -1` does.
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut first)
-        .expect("first line");
+    // Read the first line, then close the pipe, as `fedrun demo | head -1` does (the
+    // reading thread owns the pipe and drops it after the line).
+    let first = line_within(
+        child.stdout.take().expect("stdout"),
+        Duration::from_secs(60),
+        "the demo's first line",
+    );
     assert!(first.starts_with("fedrun demo"), "{first}");
-    let out = child.wait_with_output().expect("demo ends");
+    let out = output_within(child, Duration::from_secs(60), "the demo");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "stderr:\n{stderr}");
     assert!(stderr.contains("stdout closed"), "stderr:\n{stderr}");
@@ -118,7 +120,15 @@ fn reader_commands_whose_stdout_closes_end_quietly() {
     use std::os::unix::process::ExitStatusExt as _;
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path().join("demo");
-    let demo = demo(&data).output().expect("demo runs");
+    let demo = output_within(
+        demo(&data)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("demo runs"),
+        Duration::from_secs(60),
+        "the demo",
+    );
     assert!(demo.status.success(), "{demo:?}");
     for args in [
         &["history", "--data-dir"][..],
@@ -134,7 +144,7 @@ fn reader_commands_whose_stdout_closes_end_quietly() {
             .expect("fedrun runs");
         // Close the pipe at once, as `fedrun ... | true` does.
         drop(child.stdout.take());
-        let out = child.wait_with_output().expect("the command ends");
+        let out = output_within(child, Duration::from_secs(60), "the reader command");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!stderr.contains("panicked"), "{args:?} stderr:\n{stderr}");
         assert!(

@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 
 const BOUND: Duration = Duration::from_secs(60);
 
+mod proc_support;
+use proc_support::line_within;
+
 fn fedrun() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_fedrun"));
     command.env_remove("FEDRUN_KIT").env_remove("FEDRUN_LOG");
@@ -90,10 +93,7 @@ fn submit_wait_and_download_over_tls() {
     let stdout = serve.stdout.take().expect("stdout");
     let serve = Running(serve);
     // The server prints its bound address once it listens.
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("the server says where it listens");
+    let line = line_within(stdout, Duration::from_secs(60), "the server's address");
     let addr = line
         .split_whitespace()
         .find(|word| word.starts_with("127.0.0.1:"))

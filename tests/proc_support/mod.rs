@@ -55,3 +55,45 @@ pub fn processes_of(dir: &Path) -> Vec<u32> {
                 .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
     })
 }
+
+/// Waits for `child` to end and collects its output (with `stdout`/`stderr` piped as the
+/// caller set them), within `bound`: past it the child is killed and the test fails, so a
+/// hang is a failure with a message, never a test that runs forever.
+pub fn output_within(
+    child: std::process::Child,
+    bound: std::time::Duration,
+    what: &str,
+) -> std::process::Output {
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(bound) {
+        Ok(out) => out.expect("collecting the output"),
+        Err(_) => {
+            // SAFETY: SIGKILL to the child this test started and has not reaped yet.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            panic!("{what} did not end within {bound:?}");
+        }
+    }
+}
+
+/// Reads one line from `reader` within `bound` (the reader moves to a thread that is left
+/// behind if the bound passes, and the test fails).
+pub fn line_within<R: std::io::Read + Send + 'static>(
+    reader: R,
+    bound: std::time::Duration,
+    what: &str,
+) -> String {
+    use std::io::BufRead as _;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let read = std::io::BufReader::new(reader).read_line(&mut line);
+        let _ = tx.send(read.map(|_| line));
+    });
+    rx.recv_timeout(bound)
+        .unwrap_or_else(|_| panic!("{what}: no line within {bound:?}"))
+        .expect("reading a line")
+}
