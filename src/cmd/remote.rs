@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -377,40 +376,28 @@ pub fn history(client: Client, job: Option<&str>, follow: bool, json: bool) -> a
             let response = client
                 .retrying(|| client.send(Method::GET, &path, &[], Bytes::new()))
                 .await?;
-            let mut body = response.into_body();
-            let mut pending: Vec<u8> = Vec::new();
+            let mut lines = JsonLines::new(response.into_body());
             let broke = loop {
-                match http_body_util::BodyExt::frame(&mut body).await {
-                    None => break false,
-                    Some(Err(_)) => break true,
-                    Some(Ok(frame)) => {
-                        let Ok(data) = frame.into_data() else {
-                            continue;
-                        };
-                        pending.extend_from_slice(&data);
-                        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
-                            let line: Vec<u8> = pending.drain(..=end).collect();
-                            let line =
-                                String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
-                            let value: serde_json::Value = serde_json::from_str(&line)
-                                .map_err(|e| ClientError::Protocol(e.to_string()))?;
-                            if let Some(seq) = value["seq"].as_u64() {
-                                next = seq + 1;
-                            }
-                            let text = if json {
-                                line
-                            } else {
-                                event_from_json(&value)
-                                    .map(|e| printable(&event_text(&e)))
-                                    .unwrap_or_else(|| printable(&line))
-                            };
-                            let mut out = stdout.lock();
-                            if writeln!(out, "{text}").and_then(|()| out.flush()).is_err() {
-                                // A closed pipe is the reader's choice.
-                                return Ok(0);
-                            }
-                        }
-                    }
+                let (line, value) = match lines.next().await {
+                    Ok(Some(line)) => line,
+                    Ok(None) => break false,
+                    Err(Broke) => break true,
+                };
+                let value = value?;
+                if let Some(seq) = value["seq"].as_u64() {
+                    next = seq + 1;
+                }
+                let text = if json {
+                    line
+                } else {
+                    event_from_json(&value)
+                        .map(|e| printable(&event_text(&e)))
+                        .unwrap_or_else(|| printable(&line))
+                };
+                let mut out = stdout.lock();
+                if writeln!(out, "{text}").and_then(|()| out.flush()).is_err() {
+                    // A closed pipe is the reader's choice.
+                    return Ok(0);
                 }
             };
             if !broke || !follow {
@@ -425,6 +412,55 @@ pub fn history(client: Client, job: Option<&str>, follow: bool, json: bool) -> a
             tracing::info!(next, "history stream broke; reconnecting");
         }
     })
+}
+
+/// The connection broke in the middle of a streamed answer.
+struct Broke;
+
+/// The lines of a streamed JSON-lines answer (`/v1/history`), each with its parsed value.
+struct JsonLines {
+    body: hyper::body::Incoming,
+    pending: Vec<u8>,
+}
+
+impl JsonLines {
+    fn new(body: hyper::body::Incoming) -> JsonLines {
+        JsonLines {
+            body,
+            pending: Vec::new(),
+        }
+    }
+
+    /// A complete line already received, without waiting for more.
+    fn buffered(&mut self) -> Option<(String, Result<serde_json::Value, ClientError>)> {
+        let end = self.pending.iter().position(|b| *b == b'\n')?;
+        let line: Vec<u8> = self.pending.drain(..=end).collect();
+        let line = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+        let value = serde_json::from_str(&line).map_err(|e| ClientError::Protocol(e.to_string()));
+        Some((line, value))
+    }
+
+    /// The next complete line: `Ok(None)` at the end of the answer, `Err(Broke)` when the
+    /// connection broke first.
+    #[allow(clippy::type_complexity)]
+    async fn next(
+        &mut self,
+    ) -> Result<Option<(String, Result<serde_json::Value, ClientError>)>, Broke> {
+        loop {
+            if let Some(line) = self.buffered() {
+                return Ok(Some(line));
+            }
+            match http_body_util::BodyExt::frame(&mut self.body).await {
+                None => return Ok(None),
+                Some(Err(_)) => return Err(Broke),
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.pending.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+    }
 }
 
 // ---- audit ----
@@ -656,8 +692,13 @@ async fn wait_settled(
     quiet: bool,
 ) -> Result<serde_json::Value, ClientError> {
     let path = job_path(job_id, "");
+    let follow = format!("/v1/history?job={}&follow=true", encode_query_value(job_id));
     let mut last_status = String::new();
+    let mut next = 1u64;
+    let mut events: Option<JsonLines> = None;
     loop {
+        // The job as it is now; if it has not settled, the next of its events (followed on
+        // the history stream, not polled) is the moment to look again.
         let view = client
             .retrying(|| client.json(Method::GET, &path, &[], Bytes::new()))
             .await?;
@@ -670,7 +711,30 @@ async fn wait_settled(
         if status.is_terminal() && settled {
             return Ok(view);
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let stream = match events.as_mut() {
+            Some(stream) => stream,
+            None => {
+                let from = format!("{follow}&from={next}");
+                let response = client
+                    .retrying(|| client.send(Method::GET, &from, &[], Bytes::new()))
+                    .await?;
+                events.insert(JsonLines::new(response.into_body()))
+            }
+        };
+        match stream.next().await {
+            Ok(Some((_, value))) => {
+                let mut seq = value?["seq"].as_u64();
+                // Events that came in the same read (a backlog) need one look, not one each.
+                while let Some((_, value)) = stream.buffered() {
+                    seq = value?["seq"].as_u64().or(seq);
+                }
+                if let Some(seq) = seq {
+                    next = seq + 1;
+                }
+            }
+            // The stream ended or broke: look again, and reopen it from the next event.
+            Ok(None) | Err(Broke) => events = None,
+        }
     }
 }
 
