@@ -143,7 +143,7 @@ fn outcome_of(state: &State, id: &JobId) -> Outcome {
     let job = &state.jobs[id];
     (
         job.status.as_str().to_string(),
-        job.run.job_clients.clone(),
+        job.run.job_clients.to_vec(),
         job.run.deploy_detail(),
     )
 }

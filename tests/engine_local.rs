@@ -113,7 +113,7 @@ async fn jobs_complete_fail_and_abort_with_real_processes() {
     })
     .await;
     assert_eq!(state.jobs[&ok_id].status, RunStatus::Completed);
-    assert_eq!(state.jobs[&ok_id].run.job_clients, ["site-1", "site-2"]);
+    assert_eq!(*state.jobs[&ok_id].run.job_clients, ["site-1", "site-2"]);
     // SPEC 8: a site report of 1 is recorded and the job ends EXECUTION_EXCEPTION.
     assert_eq!(state.jobs[&fail_id].status, RunStatus::ExecutionException);
 

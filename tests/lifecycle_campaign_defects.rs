@@ -115,7 +115,7 @@ fn run_with_a_left_out_site(w: &mut World) -> fedrun::job::JobId {
     );
     w.run_to_next_deadline().expect("the start timeout");
     assert_eq!(w.status(job_id), RunStatus::Running);
-    assert_eq!(w.job(job_id).run.job_clients, vec!["site-1".to_string()]);
+    assert_eq!(*w.job(job_id).run.job_clients, vec!["site-1".to_string()]);
     job_id
 }
 

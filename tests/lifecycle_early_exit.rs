@@ -118,7 +118,7 @@ fn play(order: &[Fact]) -> (RunStatus, String) {
         job.status
     );
     assert_eq!(job.run.phase, RunPhase::Stopped, "order {order:?}");
-    assert_eq!(job.run.job_clients, SITES.to_vec(), "order {order:?}");
+    assert_eq!(*job.run.job_clients, SITES.to_vec(), "order {order:?}");
     (
         job.status,
         job.finish_reason

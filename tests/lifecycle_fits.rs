@@ -202,8 +202,8 @@ fn all_sites_on_two_thousand_long_named_sites_splits_its_lists() {
         assert!(names.contains(&continued), "{continued} splits a long list");
     }
     let job = w.job(job_id);
-    assert_eq!(job.run.sites, sites, "the split lists add up");
-    assert_eq!(job.run.job_clients, sites);
+    assert_eq!(*job.run.sites, sites, "the split lists add up");
+    assert_eq!(*job.run.job_clients, sites);
     assert_eq!(job.run.reservations.len(), 0, "consumed by the start");
     let line = job.schedule_history.last().expect("a try line");
     assert!(line.ends_with("... and 1984 more"), "{line}");

@@ -67,7 +67,7 @@ fn deploy_detail_has_one_line_per_participant_and_failed_sites_are_left_out() {
         },
     );
     assert_eq!(w.status(job_id), RunStatus::Running);
-    assert_eq!(w.job(job_id).run.job_clients, ["site-1"]);
+    assert_eq!(*w.job(job_id).run.job_clients, ["site-1"]);
 }
 
 #[test]
@@ -157,7 +157,7 @@ fn start_timeout_leaves_silent_sites_out_or_fails_and_stops_the_run() {
     assert_eq!(timer, Timer::StartTimedOut { job_id });
     assert_eq!(w.now.0 - start.0, 20_000);
     assert_eq!(w.status(job_id), RunStatus::Running);
-    assert_eq!(w.job(job_id).run.job_clients, ["site-1"]);
+    assert_eq!(*w.job(job_id).run.job_clients, ["site-1"]);
 
     let mut w = World::default();
     let job_id = w.starting(&["site-1", "site-2"], 2);

@@ -32,7 +32,7 @@ fn happy_path_goes_submitted_dispatched_running_completed_then_archives() {
     let mut w = World::default();
     let job_id = w.running(&["site-1", "site-2"], 2);
     let job = w.job(job_id);
-    assert_eq!(job.run.job_clients, ["site-1", "site-2"]);
+    assert_eq!(*job.run.job_clients, ["site-1", "site-2"]);
     assert_eq!(
         job.run.deploy_detail(),
         ["server: OK", "site-1: OK", "site-2: OK"]

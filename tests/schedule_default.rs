@@ -220,7 +220,7 @@ fn sites_without_resources_are_left_out_when_enough_remain() {
         },
     );
     assert_eq!(w.status(job_id), RunStatus::Dispatched);
-    assert_eq!(w.job(job_id).run.sites, ["site-2"]);
+    assert_eq!(*w.job(job_id).run.sites, ["site-2"]);
 }
 
 #[test]

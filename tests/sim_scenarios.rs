@@ -78,7 +78,7 @@ fn check_job(scenario: &str, name: &str, want: &JobExpect, job: &Job, result: &S
         );
     }
     if let Some(clients) = &want.job_clients {
-        assert_eq!(&job.run.job_clients, clients, "{ctx}: job_clients");
+        assert_eq!(&*job.run.job_clients, clients, "{ctx}: job_clients");
     }
     if let Some(detail) = &want.job_deploy_detail {
         assert_eq!(&job.run.deploy_detail(), detail, "{ctx}: job_deploy_detail");

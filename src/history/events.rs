@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use super::{Fold, Sequenced};
 use crate::blobs::reference_counts;
-use crate::lifecycle::{Archive, BlobHash, Event, State};
+use crate::lifecycle::{Archive, BlobHash, Event, Job, State};
 
 /// The history fedrun's server keeps.
 pub type EventHistory = super::History<Event>;
@@ -108,9 +108,14 @@ pub fn referenced_blobs(
     state: &State,
     snapshot: Option<&super::SnapshotRecord>,
 ) -> BTreeMap<BlobHash, usize> {
-    let live = state.jobs.values().filter(|job| !job.deleted);
-    let packages = live.clone().map(|job| &job.package);
-    let archives = live.filter_map(|job| match &job.archive {
+    let live: Vec<&Job> = state
+        .jobs
+        .values()
+        .filter(|job| !job.deleted)
+        .map(|job| &**job)
+        .collect();
+    let packages = live.iter().map(|job| &job.package);
+    let archives = live.iter().filter_map(|job| match &job.archive {
         Archive::Archived { hash } => Some(hash),
         _ => None,
     });

@@ -1262,7 +1262,7 @@ fn admin_inner(
                 _ => {}
             }
             ctx.emit(actor.clone(), EventKind::JobDeleted { job_id });
-            for site in &job.run.sites {
+            for site in job.run.sites.iter() {
                 ctx.effect(Effect::DeleteSiteDeployment {
                     site: site.clone(),
                     job_id,
@@ -1368,7 +1368,7 @@ fn abort(ctx: &mut Ctx<'_>, actor: &Actor, job: &Job, reason: String) {
             // Sites that were sent the app (or asked to start) clean up; a start answer
             // that arrives later is answered with a stop.
             if matches!(step, Some(StartStep::StartingSites)) {
-                for site in &job.run.sites {
+                for site in job.run.sites.iter() {
                     if job.run.deploy.get(site).is_some_and(StepResult::is_ok)
                         && !job.run.start.contains_key(site)
                     {
@@ -1380,7 +1380,7 @@ fn abort(ctx: &mut Ctx<'_>, actor: &Actor, job: &Job, reason: String) {
                 }
             }
             if !matches!(step, Some(StartStep::DeployingServer) | None) {
-                for site in &job.run.sites {
+                for site in job.run.sites.iter() {
                     ctx.effect(Effect::DeleteSiteDeployment {
                         site: site.clone(),
                         job_id,
@@ -1667,7 +1667,7 @@ fn repeats_recorded(
     job: Option<&Job>,
     site: &str,
     result: &Result<(), String>,
-    answers: impl Fn(&crate::lifecycle::state::Run) -> &BTreeMap<String, StepResult>,
+    answers: impl Fn(&crate::lifecycle::state::Run) -> &imbl::OrdMap<String, StepResult>,
 ) -> bool {
     job.and_then(|j| answers(&j.run).get(site))
         .is_some_and(|recorded| {
@@ -1723,7 +1723,7 @@ fn server_app_started(ctx: &mut Ctx<'_>, job_id: JobId, result: Result<(), Strin
     }
     if !ok {
         let job = ctx.job(&job_id).expect("the job was read above");
-        let sites: Vec<String> = job.run.sites.clone();
+        let sites: Vec<String> = job.run.sites.iter().cloned().collect();
         for site in sites {
             ctx.effect(Effect::DeleteSiteDeployment { site, job_id });
         }

@@ -82,7 +82,7 @@ pub fn decide_restart(
                         token: token.clone(),
                     });
                 }
-                for site in &run.sites {
+                for site in run.sites.iter() {
                     effects.push(Effect::DeleteSiteDeployment {
                         site: site.clone(),
                         job_id,

@@ -1,6 +1,7 @@
 //! The projection: every job's status and sub-states, the sites, the try in flight, and
 //! the answers of past requests. A pure fold of events ([`State::apply`]).
 
+use imbl::{OrdMap, OrdSet};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -138,32 +139,32 @@ pub struct Run {
     /// While `Starting`: the step and when it began.
     pub step: Option<(StartStep, Timestamp)>,
     /// The sites the job was dispatched to, sorted.
-    pub sites: Vec<String>,
+    pub sites: Arc<[String]>,
     /// Reservation tokens by site, until the run starts or they are cancelled.
-    pub reservations: BTreeMap<String, String>,
+    pub reservations: OrdMap<String, String>,
     /// Deploy answers by participant (`"server"` and sites).
-    pub deploy: BTreeMap<String, StepResult>,
+    pub deploy: OrdMap<String, StepResult>,
     /// Start answers by participant.
-    pub start: BTreeMap<String, StepResult>,
+    pub start: OrdMap<String, StepResult>,
     /// When the job went `RUNNING` (`start_time`).
     pub started_at: Option<Timestamp>,
     /// The sites that took part (`job_clients`), set when the job went `RUNNING`.
-    pub job_clients: Vec<String>,
+    pub job_clients: Arc<[String]>,
     /// How and when the server app process ended.
     pub server_exit: Option<(ExitOutcome, Timestamp)>,
     /// Site reports, by site.
-    pub site_exits: BTreeMap<String, ExitOutcome>,
+    pub site_exits: OrdMap<String, ExitOutcome>,
     /// Sites whose report lapsed after `site_reconnect_grace` (counted as `104`).
-    pub lapsed: BTreeSet<String>,
+    pub lapsed: OrdSet<String>,
     /// The failure that decides the final status, if any.
     pub failure: Option<Failure>,
     /// When fedrun asked the processes to stop; exits after it are not failures.
     pub stop_requested_at: Option<Timestamp>,
     /// Report ids already recorded, so a resent report is not counted twice.
-    pub report_ids: BTreeSet<String>,
+    pub report_ids: OrdSet<String>,
     /// Sites whose app ended because fedrun asked it to stop (their exit is not a failure).
     #[serde(default)]
-    pub stopped_exits: BTreeSet<String>,
+    pub stopped_exits: OrdSet<String>,
     /// After a restart, the server app did not re-attach: it has ended, outcome unknown.
     #[serde(default)]
     pub server_lost: bool,
@@ -175,7 +176,7 @@ pub struct Run {
     /// (SPEC section 8, "a stop is over"), each recorded as `LeftOutSiteEnded` or
     /// `RunStopped`.
     #[serde(default)]
-    pub left_out: BTreeSet<String>,
+    pub left_out: OrdSet<String>,
 }
 
 impl Run {
@@ -240,7 +241,7 @@ impl Run {
     /// else the sites that answered their start with OK.
     pub fn expected_sites(&self) -> Vec<String> {
         if self.started_at.is_some() {
-            return self.job_clients.clone();
+            return self.job_clients.iter().cloned().collect();
         }
         self.start
             .iter()
@@ -446,8 +447,8 @@ pub struct ScheduleTry {
     /// has started, and a try may ask ten thousand sites).
     #[serde(with = "shared_value")]
     pub asked: Arc<Vec<ResourceRequest>>,
-    /// The answers so far.
-    pub answers: BTreeMap<String, ResourceAnswer>,
+    /// The answers so far (a persistent map: the copy each decision makes is a pointer).
+    pub answers: OrdMap<String, ResourceAnswer>,
 }
 
 impl ScheduleTry {
@@ -503,9 +504,9 @@ pub struct State {
     /// the scratch copy `decide` works on costs a pointer per job, and only the jobs a
     /// decision changes are copied.
     #[serde(with = "shared_values")]
-    pub jobs: BTreeMap<JobId, Arc<Job>>,
+    pub jobs: OrdMap<JobId, Arc<Job>>,
     /// `SUBMITTED` jobs in queue order: oldest `submit_time` first, ties in history order.
-    pub queue: BTreeSet<QueueKey>,
+    pub queue: OrdSet<QueueKey>,
     /// The sites, by name. The map and each site are shared, so the scratch copy a
     /// decision works on copies nothing of them until a site connects or leaves (a
     /// federation may have ten thousand sites).
@@ -596,19 +597,23 @@ mod shared_values {
 
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    /// Writes the map with its values unwrapped.
-    pub fn serialize<K: Serialize + Ord, V: Serialize, S: Serializer>(
-        map: &BTreeMap<K, Arc<V>>,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
-        serializer.collect_map(map.iter().map(|(k, v)| (k, &**v)))
+    /// Writes the map (any ordered map of shared values) with its values unwrapped.
+    pub fn serialize<'a, K, V, M, S>(map: &'a M, serializer: S) -> Result<S::Ok, S::Error>
+    where
+        K: Serialize + 'a,
+        V: Serialize + 'a,
+        &'a M: IntoIterator<Item = (&'a K, &'a Arc<V>)>,
+        S: Serializer,
+    {
+        serializer.collect_map(map.into_iter().map(|(k, v)| (k, &**v)))
     }
 
     /// Reads a plain map and wraps each value.
-    pub fn deserialize<'de, K, V, D>(deserializer: D) -> Result<BTreeMap<K, Arc<V>>, D::Error>
+    pub fn deserialize<'de, K, V, M, D>(deserializer: D) -> Result<M, D::Error>
     where
         K: Deserialize<'de> + Ord,
         V: Deserialize<'de>,
+        M: FromIterator<(K, Arc<V>)>,
         D: Deserializer<'de>,
     {
         let plain = BTreeMap::<K, V>::deserialize(deserializer)?;
@@ -630,7 +635,7 @@ mod shared_sites {
         map: &Arc<BTreeMap<String, Arc<SiteFacts>>>,
         serializer: S,
     ) -> Result<S::Ok, S::Error> {
-        super::shared_values::serialize(map, serializer)
+        super::shared_values::serialize(&**map, serializer)
     }
 
     /// Reads a plain map and wraps it.
@@ -1290,19 +1295,23 @@ impl State {
                 // The try in flight died with the old run; its reservations lapse at the sites.
                 self.schedule_try = None;
                 // Archive tries in flight died too; recovery starts them again.
-                for shared in self.jobs.values_mut() {
-                    if matches!(
-                        shared.archive,
-                        Archive::Pending {
-                            in_flight: true,
-                            ..
-                        }
-                    ) {
-                        if let Archive::Pending { in_flight, .. } =
-                            &mut Arc::make_mut(shared).archive
-                        {
-                            *in_flight = false;
-                        }
+                let archiving: Vec<JobId> = self
+                    .jobs
+                    .iter()
+                    .filter(|(_, job)| {
+                        matches!(
+                            job.archive,
+                            Archive::Pending {
+                                in_flight: true,
+                                ..
+                            }
+                        )
+                    })
+                    .map(|(job_id, _)| *job_id)
+                    .collect();
+                for job_id in archiving {
+                    if let Archive::Pending { in_flight, .. } = &mut self.job_mut(&job_id).archive {
+                        *in_flight = false;
                     }
                 }
             }
@@ -1393,7 +1402,7 @@ impl State {
                     job_id: *job_id,
                     started_at: at,
                     asked: Arc::new(asked),
-                    answers: BTreeMap::new(),
+                    answers: OrdMap::new(),
                 });
             }
             ScheduleTryExtended { requests, .. } => {
@@ -1446,8 +1455,11 @@ impl State {
                 let job = self.job_mut(job_id);
                 job.run.phase = RunPhase::Starting;
                 job.run.step = Some((StartStep::DeployingServer, at));
-                job.run.sites = sites.clone();
-                job.run.reservations = reservations.clone();
+                job.run.sites = sites.iter().cloned().collect();
+                job.run.reservations = reservations
+                    .iter()
+                    .map(|(site, token)| (site.clone(), token.clone()))
+                    .collect();
                 job.archive = Archive::Pending {
                     in_flight: false,
                     failures: 0,
@@ -1462,7 +1474,9 @@ impl State {
                 reservations,
             } => {
                 let job = self.job_mut(job_id);
-                job.run.sites.extend(sites.iter().cloned());
+                // Follow-on events of a long list are few: rebuilding the shared list once
+                // each keeps every other copy of the job a pointer copy.
+                job.run.sites = job.run.sites.iter().chain(sites).cloned().collect();
                 job.run
                     .reservations
                     .extend(reservations.iter().map(|(s, t)| (s.clone(), t.clone())));
@@ -1472,7 +1486,13 @@ impl State {
                 job_clients,
             } => {
                 let job = self.job_mut(job_id);
-                job.run.job_clients.extend(job_clients.iter().cloned());
+                job.run.job_clients = job
+                    .run
+                    .job_clients
+                    .iter()
+                    .chain(job_clients)
+                    .cloned()
+                    .collect();
             }
             ServerAppLost { job_id } => {
                 let job = self.job_mut(job_id);
@@ -1536,7 +1556,7 @@ impl State {
                 job.run.phase = RunPhase::Running;
                 job.run.step = None;
                 job.run.started_at = Some(at);
-                job.run.job_clients = job_clients.clone();
+                job.run.job_clients = job_clients.iter().cloned().collect();
                 // Reservations are consumed by the start.
                 job.run.reservations.clear();
             }

@@ -183,7 +183,7 @@ pub fn job_view(job: &Job, now: Timestamp) -> JobView {
         last_schedule_time: job.last_schedule_time.map(Timestamp::to_iso8601),
         schedule_history: job.schedule_history.clone(),
         job_deploy_detail: job.run.deploy_detail(),
-        job_clients: job.run.job_clients.clone(),
+        job_clients: job.run.job_clients.iter().cloned().collect(),
         meta: MetaView {
             deploy_map: meta
                 .deploy_map

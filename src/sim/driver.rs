@@ -1843,7 +1843,8 @@ impl<'a> Sim<'a> {
             }
             facts.sort_by_key(|(at, _)| *at);
             let facts: Vec<Fact> = facts.into_iter().map(|(_, f)| f).collect();
-            let predicted = crate::sim::model::predict(&job.run.job_clients, &facts);
+            let clients: Vec<String> = job.run.job_clients.iter().cloned().collect();
+            let predicted = crate::sim::model::predict(&clients, &facts);
             if predicted != job.status {
                 return Err(self.broken(format!(
                     "job {id} ended {} but the reference model predicts {predicted} from {facts:?}",

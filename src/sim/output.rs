@@ -21,7 +21,7 @@ struct JobJson<'a> {
     schedule_count: u32,
     schedule_history: &'a [String],
     job_deploy_detail: Vec<String>,
-    job_clients: &'a [String],
+    job_clients: Vec<String>,
 }
 
 /// The `--json` output: `{"ended", "jobs", "events"}` on one line, events in the shape of
@@ -43,7 +43,7 @@ pub fn to_json(result: &SimResult) -> Result<String, serde_json::Error> {
                 schedule_count: j.schedule_count,
                 schedule_history: &j.schedule_history,
                 job_deploy_detail: j.run.deploy_detail(),
-                job_clients: &j.run.job_clients,
+                job_clients: j.run.job_clients.iter().cloned().collect(),
             },
             None => JobJson {
                 name: &job.name,
@@ -52,7 +52,7 @@ pub fn to_json(result: &SimResult) -> Result<String, serde_json::Error> {
                 schedule_count: 0,
                 schedule_history: &empty,
                 job_deploy_detail: Vec::new(),
-                job_clients: &empty,
+                job_clients: Vec::new(),
             },
         };
         out.push_str(&serde_json::to_string(&line)?);
@@ -124,7 +124,7 @@ pub fn to_text(result: &SimResult) -> String {
                     if j.run.job_clients.is_empty() {
                         "-".to_string()
                     } else {
-                        j.run.job_clients.join(",")
+                        Vec::from_iter(j.run.job_clients.iter().cloned()).join(",")
                     },
                     deleted
                 );
