@@ -195,6 +195,7 @@ impl From<Rejection> for ApiError {
 }
 
 impl From<AdminError> for ApiError {
+            Rejection::NotAParticipant { .. } => (StatusCode::NOT_FOUND, "not_a_participant"),
     fn from(err: AdminError) -> ApiError {
         let code = match &err {
             AdminError::Busy => "busy",
