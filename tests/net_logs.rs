@@ -417,6 +417,21 @@ async fn app_output_is_read_through_the_server_with_the_roles_of_spec_section_9(
         String::from_utf8_lossy(&cli.stderr)
     );
     assert_eq!(cli.stdout, followed, "raw bytes on a pipe, escape included");
+    let cli = fedrun_logs(&fed, "lead-a", &[prefix, "--site", "site-1", "--follow"]);
+    assert_eq!(cli.status.code(), Some(0), "a follow of an ended job ends");
+    assert_eq!(cli.stdout, followed);
+    let cli = fedrun_logs(&fed, "lead-a", &[prefix, "--json"]);
+    assert_eq!(cli.status.code(), Some(0));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&cli.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!(lines[2]["line"], "after the gate from server");
+    assert_eq!(
+        lines[2]["offset"],
+        server_out.len() - "after the gate from server\n".len()
+    );
     let cli = fedrun_logs(&fed, "member-a", &[prefix]);
     assert_eq!(cli.status.code(), Some(1));
     assert!(
