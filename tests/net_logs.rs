@@ -182,13 +182,17 @@ fn lead_a() -> Identity {
 }
 
 fn logs_job(dir: &Path, gate: &Path) -> PathBuf {
-    let job = dir.join("logs-job");
-    std::fs::create_dir_all(job.join("app")).expect("job folder");
-    std::fs::write(
-        job.join("meta.json"),
+    logs_job_with(
+        dir,
+        gate,
         r#"{"name": "logs-job", "deploy_map": {"app": ["@ALL"]}, "min_clients": 2}"#,
     )
-    .expect("meta");
+}
+
+fn logs_job_with(dir: &Path, gate: &Path, meta: &str) -> PathBuf {
+    let job = dir.join("logs-job");
+    std::fs::create_dir_all(job.join("app")).expect("job folder");
+    std::fs::write(job.join("meta.json"), meta).expect("meta");
     std::fs::write(job.join("app/run.sh"), RUN_SH).expect("run.sh");
     std::fs::write(
         job.join("app/run.toml"),
@@ -500,4 +504,80 @@ async fn app_output_is_read_through_the_server_with_the_roles_of_spec_section_9(
     fed.server.shutdown().await;
     let left = processes_under(fed.dir.path());
     assert!(left.is_empty(), "app processes left: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follow_whose_site_goes_offline_is_broken_off_not_ended() {
+    let mut fed = Federation::start().await;
+    let agent = fed.agent("site-1");
+    wait_for(&fed.server, "site-1 connected", |s| {
+        s.connected_sites().count() == 1
+    })
+    .await;
+    let gate = fed.dir.path().join("gate");
+    let job_dir = logs_job_with(
+        fed.dir.path(),
+        &gate,
+        r#"{"name": "logs-job", "deploy_map": {"app": ["server", "site-1"]}, "min_clients": 1}"#,
+    );
+    let answer = tokio::time::timeout(BOUND, fed.server.submit_path(&job_dir, lead_a(), None))
+        .await
+        .expect("submit answered")
+        .expect("package accepted");
+    let Ok(Ok(Answer::Submitted { job_id: job })) = answer else {
+        panic!("submit refused: {answer:?}");
+    };
+    let lead = fed.client("lead-a");
+    let site_1 = format!("/v1/jobs/{job}/logs?site=site-1");
+    read_until(&lead, &site_1, "first line from site-1").await;
+    let response = lead
+        .send(
+            Method::GET,
+            &format!("{site_1}&follow=true"),
+            &[],
+            Bytes::new(),
+        )
+        .await
+        .expect("follow starts");
+    let mut body = response.into_body();
+    let mut followed = Vec::new();
+    let deadline = Instant::now() + BOUND;
+    while !contains(&followed, "first line from site-1") {
+        let frame = tokio::time::timeout(deadline - Instant::now(), body.frame())
+            .await
+            .expect("the first line in time")
+            .expect("the answer goes on")
+            .expect("a good frame");
+        if let Ok(data) = frame.into_data() {
+            followed.extend_from_slice(&data);
+        }
+    }
+    // The job still runs (its app waits at the gate) when the site goes away.
+    agent.stop().await;
+    let end = tokio::time::timeout(BOUND, async {
+        loop {
+            match body.frame().await {
+                Some(Ok(_)) => continue,
+                other => return other.map(|frame| frame.map(|_| ())),
+            }
+        }
+    })
+    .await
+    .expect("the follow stops in time");
+    assert!(
+        matches!(end, Some(Err(_))),
+        "the answer breaks off instead of ending as if the log were whole: {end:?}"
+    );
+    assert!(!fed.server.state().jobs[&job].status.is_terminal());
+    // The apps are still running; the gate ends them.
+    std::fs::write(&gate, b"").expect("open the gate");
+    let deadline = Instant::now() + BOUND;
+    while !processes_under(fed.dir.path()).is_empty() {
+        assert!(Instant::now() < deadline, "the apps end after the gate");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if let Some(serving) = fed.serving.take() {
+        serving.stop().await;
+    }
+    fed.server.shutdown().await;
 }
