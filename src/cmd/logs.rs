@@ -14,6 +14,14 @@ use super::remote::{Target, EXIT_FAILED, EXIT_NO_CONNECTION};
 
 /// Arguments of `fedrun logs`.
 #[derive(clap::Args, Debug)]
+#[command(after_help = "\
+A job's logs may be read by a project_admin, the job's submitter and the org_admin of the \
+submitter's org; every read is recorded in the history, refusals too. A site's output is \
+read from that site through the server (refused while the site is offline); the server \
+app's from its run folder, or from its workspace archive once archived. The bytes go to a \
+pipe as the app wrote them; on a terminal, control characters are escaped line by line.
+
+Exit codes: 0 success; 1 refused by the server or failed; 2 usage; 3 no connection.")]
 pub struct Args {
     /// The job's id, or a prefix of it that names one job only.
     #[arg(value_name = "JOB_ID")]
