@@ -73,6 +73,8 @@ enum Command {
     Download(cmd::remote::DownloadArgs),
     /// The sites connected to the live server, with their resources and running jobs.
     Sites(cmd::remote::SitesArgs),
+    /// An app's output (the server app's, or a site's with --site), through the live server.
+    Logs(cmd::logs::Args),
 }
 
 fn main() {
@@ -103,6 +105,7 @@ fn main() {
             | Command::Package(_)
             | Command::Verify(_)
             | Command::Sites(_)
+            | Command::Logs(_)
     ) {
         // Commands that only print what they read end quietly when their reader goes
         // away (`fedrun history | head`), as Unix filters do, instead of panicking on the
@@ -130,6 +133,7 @@ fn main() {
         Command::Clone(a) => cmd::remote::change(a, "clone"),
         Command::Download(a) => cmd::remote::download(a),
         Command::Sites(a) => cmd::remote::sites(a),
+        Command::Logs(a) => cmd::logs::run(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -261,6 +261,27 @@ fn a_download_of_an_unfinished_job_is_refused() {
 }
 
 #[test]
+fn a_logs_read_of_a_site_the_job_was_not_sent_to_is_refused() {
+    let mut w = World::default();
+    let job_id = w.running(&["site-1"], 1);
+    refused(
+        &w.state,
+        admin_actor(),
+        EventKind::LogsRead {
+            job_id,
+            site: Some("site-9".into()),
+        },
+    );
+    refused(
+        &w.state,
+        Actor::Site {
+            name: "site-1".into(),
+        },
+        EventKind::LogsRead { job_id, site: None },
+    );
+}
+
+#[test]
 fn an_archive_while_the_run_is_still_stopping_is_refused() {
     let mut w = World::default();
     let job_id = w.running(&["site-1"], 1);

@@ -395,6 +395,7 @@ fn unknown_jobs_are_refused_and_recorded() {
         AdminRequest::DeleteJob { job_id },
         AdminRequest::CloneJob { job_id },
         AdminRequest::DownloadJob { job_id },
+        AdminRequest::ReadLogs { job_id, site: None },
     ] {
         let d = w.admin_as(boss(), request);
         assert_eq!(d.reply, Some(Err(Rejection::UnknownJob { job_id })));
@@ -485,6 +486,87 @@ fn clone_is_a_new_submitted_job_from_the_same_package() {
         "admin lee (acme, project_admin)"
     );
     assert_eq!(job.status, RunStatus::Submitted);
+}
+
+#[test]
+fn logs_are_read_by_the_roles_of_spec_section_9_and_every_read_is_recorded() {
+    let mut w = World::default();
+    let lee = admin("lee", "acme", Role::Lead);
+    let job_id = {
+        let d = w.submit_as(lee.clone(), meta(&["site-1"], 1));
+        match d.reply {
+            Some(Ok(fedrun::lifecycle::Answer::Submitted { job_id })) => job_id,
+            other => panic!("submit was not accepted: {other:?}"),
+        }
+    };
+    let read = |site: Option<&str>| AdminRequest::ReadLogs {
+        job_id,
+        site: site.map(str::to_string),
+    };
+    // Allowed: a project admin, the submitter, the org admin of the submitter's org.
+    for who in [boss(), lee.clone(), admin("ola", "acme", Role::OrgAdmin)] {
+        let d = w.admin_as(who.clone(), read(None));
+        assert_eq!(
+            d.reply,
+            Some(Ok(fedrun::lifecycle::Answer::Accepted { job_id })),
+            "{who:?}"
+        );
+        assert_eq!(kinds(&d), ["logs_read"], "{who:?}");
+    }
+    // Refused and recorded: another lead, a member, an org admin of another org.
+    for who in [
+        admin("kim", "acme", Role::Lead),
+        admin("max", "acme", Role::Member),
+        admin("fay", "globex", Role::OrgAdmin),
+        admin("lee", "globex", Role::Lead),
+    ] {
+        let d = w.admin_as(who.clone(), read(None));
+        assert!(
+            matches!(d.reply, Some(Err(Rejection::NotAllowed { .. }))),
+            "{who:?}: {:?}",
+            d.reply
+        );
+        assert!(
+            matches!(&d.events[..], [e] if matches!(&e.kind, EventKind::RequestRefused { operation, .. } if operation == "logs")),
+            "{:?}",
+            d.events
+        );
+    }
+    // A site's output: only of a site the job was sent to.
+    let d = w.admin_as(boss(), read(Some("site-1")));
+    assert_eq!(
+        d.reply,
+        Some(Err(Rejection::NotAParticipant {
+            job_id,
+            site: "site-1".into()
+        })),
+        "not dispatched yet"
+    );
+    assert_eq!(kinds(&d), ["request_refused"]);
+    let running = w.running(&["site-1"], 1);
+    let d = w.admin_as(
+        boss(),
+        AdminRequest::ReadLogs {
+            job_id: running,
+            site: Some("site-1".into()),
+        },
+    );
+    assert!(
+        matches!(&d.events[..], [e] if e.kind == EventKind::LogsRead { job_id: running, site: Some("site-1".into()) }),
+        "{:?}",
+        d.events
+    );
+    let d = w.admin_as(
+        boss(),
+        AdminRequest::ReadLogs {
+            job_id: running,
+            site: Some("site-2".into()),
+        },
+    );
+    assert!(matches!(
+        d.reply,
+        Some(Err(Rejection::NotAParticipant { .. }))
+    ));
 }
 
 #[test]

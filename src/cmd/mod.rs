@@ -4,6 +4,7 @@ pub mod demo;
 pub mod demo_net;
 pub mod history;
 pub mod list;
+pub mod logs;
 pub mod package;
 pub mod provision;
 pub mod remote;

@@ -130,10 +130,18 @@ fn next_command(bytes: &mut Bytes<'_>, state: &State, jobs: &[JobId]) -> (Comman
         }
         2 => Command::Admin {
             origin: origin(bytes),
-            request: match bytes.byte() % 4 {
+            request: match bytes.byte() % 5 {
                 0 => AdminRequest::AbortJob { job_id: job(bytes) },
                 1 => AdminRequest::DeleteJob { job_id: job(bytes) },
                 2 => AdminRequest::CloneJob { job_id: job(bytes) },
+                3 => AdminRequest::ReadLogs {
+                    job_id: job(bytes),
+                    site: if bytes.byte().is_multiple_of(2) {
+                        None
+                    } else {
+                        Some(site(bytes))
+                    },
+                },
                 _ => AdminRequest::DownloadJob { job_id: job(bytes) },
             },
         },

@@ -62,6 +62,14 @@ pub enum AdminRequest {
         /// The job.
         job_id: JobId,
     },
+    /// Record a read of an app's output (SPEC sections 9 and 11): the server app's when
+    /// `site` is `None`, else that site's. The bytes are read after the record is durable.
+    ReadLogs {
+        /// The job.
+        job_id: JobId,
+        /// The site whose app's output is read; `None` for the server app.
+        site: Option<String>,
+    },
 }
 
 impl AdminRequest {
@@ -73,6 +81,7 @@ impl AdminRequest {
             AdminRequest::DeleteJob { .. } => "delete",
             AdminRequest::CloneJob { .. } => "clone",
             AdminRequest::DownloadJob { .. } => "download",
+            AdminRequest::ReadLogs { .. } => "logs",
         }
     }
 
@@ -83,7 +92,8 @@ impl AdminRequest {
             AdminRequest::AbortJob { job_id }
             | AdminRequest::DeleteJob { job_id }
             | AdminRequest::CloneJob { job_id }
-            | AdminRequest::DownloadJob { job_id } => Some(*job_id),
+            | AdminRequest::DownloadJob { job_id }
+            | AdminRequest::ReadLogs { job_id, .. } => Some(*job_id),
         }
     }
 }

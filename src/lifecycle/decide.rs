@@ -1294,6 +1294,39 @@ fn admin_inner(
             ctx.emit(actor.clone(), EventKind::JobDownloaded { job_id });
             Ok(Answer::Accepted { job_id })
         }
+        AdminRequest::ReadLogs { job_id, site } => {
+            let job = live(ctx, job_id)?;
+            permit_logs(identity, &job)?;
+            if let Some(site) = &site {
+                if !job.run.sites.contains(site) {
+                    return Err(Rejection::NotAParticipant {
+                        job_id,
+                        site: site.chars().take(MAX_ID_BYTES).collect(),
+                    });
+                }
+            }
+            ctx.emit(actor.clone(), EventKind::LogsRead { job_id, site });
+            Ok(Answer::Accepted { job_id })
+        }
+    }
+}
+
+/// Who may read a job's app output (SPEC section 9): a `project_admin`, the job's
+/// submitter, and the `org_admin` of the submitter's org.
+fn permit_logs(identity: &Identity, job: &Job) -> Result<(), Rejection> {
+    let submitter = &job.submitter;
+    let allowed = identity.role == Role::ProjectAdmin
+        || (identity.name == submitter.name && identity.org == submitter.org)
+        || (identity.role == Role::OrgAdmin && identity.org == submitter.org);
+    if allowed {
+        Ok(())
+    } else {
+        Err(Rejection::NotAllowed {
+            name: identity.name.clone(),
+            role: identity.role,
+            operation: "read the logs".to_string(),
+            whose: format!("of job {} submitted by {}", job.id, submitter.name),
+        })
     }
 }
 

@@ -513,6 +513,15 @@ pub enum EventKind {
         /// The job.
         job_id: JobId,
     },
+    /// An admin read an app's output (`fedrun logs`): the server app's when `site` is
+    /// `None`, else that site's.
+    LogsRead {
+        /// The job.
+        job_id: JobId,
+        /// The site whose app's output was read; `None` for the server app.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        site: Option<String>,
+    },
     /// A try to archive the server workspace began (the first, or a retry).
     WorkspaceArchiveStarted {
         /// The job.
@@ -566,7 +575,7 @@ pub enum EventKind {
     RequestRefused {
         /// The job it was about, if any.
         job_id: Option<JobId>,
-        /// What was asked (`submit`, `abort`, `delete`, `clone`, `download`).
+        /// What was asked (`submit`, `abort`, `delete`, `clone`, `download`, `logs`).
         operation: String,
         /// The refusal.
         rejection: Rejection,
@@ -604,6 +613,7 @@ impl EventKind {
             | JobFinished { job_id, .. }
             | JobDeleted { job_id }
             | JobDownloaded { job_id }
+            | LogsRead { job_id, .. }
             | WorkspaceArchiveStarted { job_id }
             | WorkspaceArchiveAttemptFailed { job_id, .. }
             | WorkspaceArchived { job_id, .. }
@@ -643,6 +653,7 @@ impl EventKind {
             JobFinished { .. } => "job_finished",
             JobDeleted { .. } => "job_deleted",
             JobDownloaded { .. } => "job_downloaded",
+            LogsRead { .. } => "logs_read",
             WorkspaceArchiveStarted { .. } => "workspace_archive_started",
             WorkspaceArchiveAttemptFailed { .. } => "workspace_archive_attempt_failed",
             WorkspaceArchived { .. } => "workspace_archived",

@@ -107,6 +107,14 @@ pub enum Rejection {
         /// Why.
         reason: String,
     },
+    /// A site's app output was asked for, but the job was never sent to that site.
+    #[error("job {job_id} was not sent to site {site:?}, so that site has no output of it")]
+    NotAParticipant {
+        /// The job.
+        job_id: JobId,
+        /// The site named.
+        site: String,
+    },
     /// The server is still deciding what became of jobs after a restart.
     #[error("the server is recovering after a restart; {operation} of job {job_id} waits until it is done")]
     Recovering {

@@ -537,7 +537,7 @@ pub struct RequestKey {
 /// carried. A key sent again with another request is refused.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestFingerprint {
-    /// `submit`, `abort`, `delete`, `clone` or `download`.
+    /// `submit`, `abort`, `delete`, `clone`, `download` or `logs`.
     pub operation: String,
     /// The job it was about (the source job for a clone; none for a submit).
     pub job_id: Option<JobId>,
@@ -1158,6 +1158,19 @@ impl State {
                 }
                 Ok(())
             }
+            LogsRead { job_id, site } => {
+                admin_actor()?;
+                let job = self.job_exists(job_id)?;
+                if job.deleted {
+                    return Err(format!("job {job_id} is deleted; its logs cannot be read"));
+                }
+                if let Some(site) = site {
+                    if !job.run.sites.contains(site) {
+                        return Err(format!("job {job_id} was not sent to site {site:?}"));
+                    }
+                }
+                Ok(())
+            }
             RunReattached { job_id } => {
                 self.job_exists(job_id)?;
                 match &self.recovery {
@@ -1658,7 +1671,7 @@ impl State {
             JobDeleted { job_id } => {
                 self.job_mut(job_id).deleted = true;
             }
-            JobDownloaded { .. } | RequestRefused { .. } => {}
+            JobDownloaded { .. } | LogsRead { .. } | RequestRefused { .. } => {}
             WorkspaceArchiveStarted { job_id } => {
                 if let Archive::Pending { in_flight, .. } = &mut self.job_mut(job_id).archive {
                     *in_flight = true;
@@ -1784,6 +1797,7 @@ impl State {
                         operation: match other {
                             EventKind::JobDeleted { .. } => "delete",
                             EventKind::JobDownloaded { .. } => "download",
+                            EventKind::LogsRead { .. } => "logs",
                             _ => "abort",
                         }
                         .to_string(),

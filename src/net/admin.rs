@@ -32,6 +32,8 @@ use crate::history::events::event_json_line;
 use crate::job::JobId;
 use crate::lifecycle::view::{find_job, job_view, list_jobs, FindJobError, ListFilter};
 use crate::lifecycle::{AdminRequest, Answer, Event, Identity, Origin, Rejection, State as Core};
+use crate::net::logs::{read_server_chunk, send_archived, SiteLinks};
+use crate::site::logs::{LogAnswer, LogStream};
 
 /// The OpenAPI 3 document of the admin API, served at `/v1/openapi.json`.
 pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
@@ -53,6 +55,8 @@ pub struct AdminContext {
     pub upload_bytes_max: u64,
     /// How long a connection may take to send a request's head before it is closed.
     pub header_read_timeout: Duration,
+    /// The connected sites, for reads of their apps' output (`logs`).
+    pub site_logs: Arc<SiteLinks>,
 }
 
 impl AdminContext {
@@ -62,6 +66,7 @@ impl AdminContext {
             server,
             upload_bytes_max: crate::job::limits::Limits::default().package_bytes_max,
             header_read_timeout: HEADER_READ_TIMEOUT,
+            site_logs: Arc::new(SiteLinks::default()),
         }
     }
 }
@@ -104,6 +109,7 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<Arc<AdminContext>>)> 
         (Method::POST, "/v1/jobs/{id}/abort", post(abort)),
         (Method::POST, "/v1/jobs/{id}/clone", post(clone_job)),
         (Method::GET, "/v1/jobs/{id}/download", get(download)),
+        (Method::GET, "/v1/jobs/{id}/logs", get(logs)),
         (Method::GET, "/v1/sites", get(sites)),
         (Method::GET, "/v1/history", get(history)),
         (Method::GET, "/v1/audit", get(audit)),
@@ -190,6 +196,7 @@ impl From<Rejection> for ApiError {
             Rejection::BadIdentity { .. } => (StatusCode::BAD_REQUEST, "bad_identity"),
             Rejection::BadMeta { .. } => (StatusCode::BAD_REQUEST, "bad_meta"),
             Rejection::Recovering { .. } => (StatusCode::SERVICE_UNAVAILABLE, "recovering"),
+            Rejection::NotAParticipant { .. } => (StatusCode::NOT_FOUND, "not_a_participant"),
         };
         ApiError::new(status, code, rejection.to_string())
     }
@@ -807,5 +814,281 @@ impl http_body::Body for ChannelBody {
         self.rx
             .poll_recv(cx)
             .map(|message| message.map(|bytes| Ok(http_body::Frame::data(bytes))))
+    }
+}
+
+// ---- logs ----
+
+/// How often a followed log that is at its end is read again.
+const LOG_FOLLOW_POLL: Duration = Duration::from_millis(200);
+
+/// Whose output a `logs` request reads.
+#[derive(Clone)]
+struct LogSource {
+    ctx: Arc<AdminContext>,
+    job_id: JobId,
+    /// `None` for the server app.
+    site: Option<String>,
+    stream: LogStream,
+}
+
+/// One read of a log.
+enum LogStep {
+    /// Bytes from the offset.
+    Data(Bytes),
+    /// Nothing past the offset yet.
+    AtEnd,
+    /// No such log (not started, or the run folder is gone).
+    Missing,
+}
+
+impl LogSource {
+    async fn read(&self, offset: u64) -> Result<LogStep, ApiError> {
+        let answer = match &self.site {
+            Some(site) => self
+                .ctx
+                .site_logs
+                .read(site, self.job_id, self.stream, offset)
+                .await
+                .map_err(|e| {
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "site_offline",
+                        e.to_string(),
+                    )
+                })?,
+            None => {
+                read_server_chunk(
+                    &self.ctx.server.workspace(),
+                    self.job_id,
+                    self.stream,
+                    offset,
+                )
+                .await
+            }
+        };
+        match answer {
+            LogAnswer::Chunk(chunk) if chunk.data.is_empty() => Ok(LogStep::AtEnd),
+            LogAnswer::Chunk(chunk) => Ok(LogStep::Data(chunk.data)),
+            LogAnswer::Missing => Ok(LogStep::Missing),
+            LogAnswer::Failed(why) => Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "log_unreadable",
+                format!(
+                    "the {} log of job {} cannot be read: {why}",
+                    self.stream.as_str(),
+                    self.job_id
+                ),
+            )),
+        }
+    }
+
+    /// The server app's workspace archive, once there is one.
+    fn archive(&self) -> Option<crate::lifecycle::BlobHash> {
+        if self.site.is_some() {
+            return None;
+        }
+        match self
+            .ctx
+            .server
+            .state()
+            .jobs
+            .get(&self.job_id)
+            .map(|job| job.archive.clone())
+        {
+            Some(crate::lifecycle::Archive::Archived { hash }) => Some(hash),
+            _ => None,
+        }
+    }
+
+    /// Whether no process of the job can write any more: the job is gone, or it has
+    /// ended and its run is not being stopped.
+    fn ended(&self) -> bool {
+        let state = self.ctx.server.state();
+        match state.jobs.get(&self.job_id) {
+            None => true,
+            Some(job) => {
+                job.deleted
+                    || (job.status.is_terminal()
+                        && job.run.phase != crate::lifecycle::RunPhase::Stopping)
+            }
+        }
+    }
+}
+
+/// `GET /v1/jobs/{id}/logs`: an app's output (SPEC section 11), streamed from `offset`.
+/// The read is recorded first (the core checks the role of SPEC section 9 and records a
+/// refusal too); a site's output comes from that site (503 while it is offline), the
+/// server app's from its run folder or, once archived, from its workspace archive. With
+/// `follow`, the answer goes on until the job has ended and the log is drained.
+async fn logs(
+    State(ctx): State<Arc<AdminContext>>,
+    Extension(identity): Extension<Identity>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
+    let params = query(raw, &["site", "stream", "offset", "follow"])?;
+    let follow = flag(params.get("follow"), "follow")?;
+    let stream = match params.get("stream") {
+        Some(text) => LogStream::parse(text).map_err(ApiError::bad_request)?,
+        None => LogStream::Stdout,
+    };
+    let offset = match params.get("offset") {
+        Some(text) => text.parse::<u64>().map_err(|_| {
+            ApiError::bad_request(format!("offset must be a byte count, not {text:?}"))
+        })?,
+        None => 0,
+    };
+    let site = params.get("site").filter(|s| !s.is_empty()).cloned();
+    let job_id = resolve(&ctx.server.state(), &id)?;
+    // A read changes nothing, so it is recorded each time and carries no idempotency key.
+    let origin = Origin {
+        identity,
+        request_id: None,
+    };
+    ctx.server
+        .request(
+            origin,
+            AdminRequest::ReadLogs {
+                job_id,
+                site: site.clone(),
+            },
+        )
+        .await??;
+    let source = LogSource {
+        ctx: ctx.clone(),
+        job_id,
+        site,
+        stream,
+    };
+    // The first read happens before the answer starts, so an offline site is a 503 and a
+    // missing log a 404 rather than an empty stream.
+    let ended = source.ended();
+    let first = source.read(offset).await?;
+    if matches!(first, LogStep::Missing) && !follow && source.archive().is_none() {
+        let whose = match &source.site {
+            Some(site) => format!("site {site}"),
+            None => "the server app".to_string(),
+        };
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_log",
+            format!(
+                "{whose} has no {} log of job {job_id} (the app has not started, or its run folder was removed)",
+                stream.as_str()
+            ),
+        ));
+    }
+    let (tx, rx) = mpsc::channel::<Bytes>(4);
+    let (failed_tx, failed) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let read = LogPosition {
+            step: first,
+            offset,
+            ended,
+        };
+        if let Err(reason) = stream_log(source, read, follow, &tx).await {
+            tracing::debug!(%reason, "log stream broken off");
+            // Said before the last sender goes, so the body ends as an error, which the
+            // reader sees as a broken answer rather than the end of the log.
+            let _ = failed_tx.send(reason);
+        }
+        drop(tx);
+    });
+    Ok((
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        )],
+        Body::new(LogBody { rx, failed }),
+    )
+        .into_response())
+}
+
+/// A read of a log at `offset`, and whether the job had ended before it was made: a read
+/// that finds nothing new after the job has ended is the end for good.
+struct LogPosition {
+    step: LogStep,
+    offset: u64,
+    ended: bool,
+}
+
+/// Sends the log from `offset` on, chunk by chunk, until its end, or with `follow` until
+/// the job has ended and the log is drained (or the reader goes away).
+async fn stream_log(
+    source: LogSource,
+    first: LogPosition,
+    follow: bool,
+    tx: &mpsc::Sender<Bytes>,
+) -> Result<(), String> {
+    let mut states = source.ctx.server.watch();
+    let LogPosition {
+        mut step,
+        mut offset,
+        mut ended,
+    } = first;
+    loop {
+        match step {
+            LogStep::Data(bytes) => {
+                offset += bytes.len() as u64;
+                if tx.send(bytes).await.is_err() {
+                    return Ok(());
+                }
+            }
+            LogStep::Missing if source.archive().is_some() => {
+                let hash = source.archive().expect("just checked");
+                let blobs = source.ctx.server.blobs().clone();
+                let stream = source.stream;
+                let tx = tx.clone();
+                return tokio::task::spawn_blocking(move || {
+                    send_archived(&blobs, &hash, stream, offset, &tx)
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+            }
+            LogStep::AtEnd | LogStep::Missing => {
+                if !follow || ended {
+                    return Ok(());
+                }
+                tokio::select! {
+                    _ = tx.closed() => return Ok(()),
+                    _ = tokio::time::timeout(LOG_FOLLOW_POLL, states.changed()) => {}
+                }
+            }
+        }
+        ended = source.ended();
+        step = source.read(offset).await.map_err(|e| e.message)?;
+    }
+}
+
+/// A log's answer: the chunks of a channel, ending as an error when the stream was broken
+/// off (a site went offline, a read failed), so the reader never takes a cut log for a
+/// whole one.
+struct LogBody {
+    rx: mpsc::Receiver<Bytes>,
+    failed: tokio::sync::oneshot::Receiver<String>,
+}
+
+impl http_body::Body for LogBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        match self.rx.poll_recv(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(bytes)) => Poll::Ready(Some(Ok(http_body::Frame::data(bytes)))),
+            Poll::Ready(None) => Poll::Ready(
+                self.failed
+                    .try_recv()
+                    .ok()
+                    .map(|reason| Err(std::io::Error::other(reason))),
+            ),
+        }
     }
 }

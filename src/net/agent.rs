@@ -23,7 +23,9 @@ use super::kit::Kit;
 use super::tls::{client_config, server_name, TlsError, ALPN_SITE};
 use super::wire::{decode, encode_message, stopped, Frame, FromSite, Incoming, ToSite, WireConfig};
 use crate::site::local::{LocalSite, LocalSiteConfig, SiteHandle};
+use crate::site::logs::{read_chunk, LogAnswer};
 use crate::site::protocol::{SiteReport, SiteRequest};
+use crate::site::workspace;
 
 /// How a site agent runs.
 #[derive(Clone, Debug)]
@@ -202,7 +204,9 @@ async fn run(config: AgentConfig, mut stop: watch::Receiver<bool>, connected: wa
                 while reports.try_recv().is_ok() {}
                 site.reconnect();
                 let _ = connected.send(true);
-                let why = serve_link(link, &site, &mut reports, &config.wire, &mut stop).await;
+                let root = config.site.workspace.clone();
+                let why =
+                    serve_link(link, &site, &root, &mut reports, &config.wire, &mut stop).await;
                 let _ = connected.send(false);
                 site.disconnect();
                 if *stop.borrow() {
@@ -248,6 +252,7 @@ fn backoff(config: &AgentConfig, failures: u32) -> Duration {
 async fn serve_link(
     link: Link,
     site: &SiteHandle,
+    root: &std::path::Path,
     reports: &mut mpsc::Receiver<(String, SiteReport)>,
     wire: &WireConfig,
     stop: &mut watch::Receiver<bool>,
@@ -290,6 +295,21 @@ async fn serve_link(
                         break format!("the server refused this site: {reason}")
                     }
                     Ok(Frame::Message(ToSite::Request { request, .. })) => Some(request.into_request()),
+                    Ok(Frame::Message(ToSite::ReadLog { id, job_id, stream, offset, max })) => {
+                        // Read off the connection's loop: a slow disk holds back only
+                        // this answer, which goes out through the same writer.
+                        let path = stream.path_in(&workspace::job_dir(root, job_id));
+                        let out = out_tx.clone();
+                        tokio::spawn(async move {
+                            let answer = tokio::task::spawn_blocking(move || {
+                                read_chunk(&path, offset, max as usize)
+                            })
+                            .await
+                            .unwrap_or_else(|e| LogAnswer::Failed(e.to_string()));
+                            let _ = out.send(FromSite::Log { id, answer }).await;
+                        });
+                        None
+                    }
                     Ok(Frame::Message(ToSite::DeployBegin { id, job_id, app_name, size, blake3, verify_at })) => {
                         if size > wire.max_package {
                             refused_deploys.insert(id);

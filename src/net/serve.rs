@@ -27,11 +27,13 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 
 use super::admin::{serve_connection, AdminContext};
 use super::kit::Kit;
+use super::logs::{LogRead, SiteLinks, READ_QUEUE};
 use super::tls::{peer_from_cert, server_config, Peer, TlsError, ALPN_HTTP, ALPN_SITE};
 use super::wire::{
     decode, encode_chunk, encode_message, stopped, Frame, FromSite, ToSite, WireConfig, WireRequest,
 };
 use crate::engine::server::Server;
+use crate::site::logs::{LogAnswer, LOG_CHUNK_MAX};
 use crate::site::protocol::{SiteReport, SiteRequest};
 
 /// How long a peer has to finish its TLS handshake.
@@ -106,8 +108,13 @@ pub async fn start(
             source,
         })?;
     let (stop, stop_rx) = watch::channel(false);
+    let links = Arc::new(SiteLinks::default());
     let inner = Arc::new(Inner {
-        admin: Arc::new(AdminContext::new(server.clone())),
+        admin: Arc::new(AdminContext {
+            site_logs: links.clone(),
+            ..AdminContext::new(server.clone())
+        }),
+        links,
         server,
         sites: kit.sites.clone(),
         hubs: Mutex::new(BTreeMap::new()),
@@ -122,6 +129,8 @@ pub async fn start(
 struct Inner {
     server: Server,
     admin: Arc<AdminContext>,
+    /// Each connected site's connection, for log reads.
+    links: Arc<SiteLinks>,
     sites: std::collections::BTreeSet<String>,
     hubs: Mutex<BTreeMap<String, Arc<Hub>>>,
     wire: WireConfig,
@@ -338,7 +347,10 @@ where
         *switch
     };
     tracing::info!(site = %name, peer = %addr, "site connected");
-    let why = run_link(&inner, &hub, stream, requests_rx, stop_rx).await;
+    let (reads_tx, reads_rx) = mpsc::channel::<LogRead>(READ_QUEUE);
+    inner.links.attach(&name, generation, reads_tx);
+    let why = run_link(&inner, &hub, stream, requests_rx, reads_rx, stop_rx).await;
+    inner.links.detach(&name, generation);
     {
         let mut current = lock(&hub.current);
         if current.as_ref().is_some_and(|c| c.generation == generation) {
@@ -359,6 +371,7 @@ async fn run_link<S>(
     hub: &Hub,
     stream: S,
     requests: mpsc::Receiver<SiteRequest>,
+    reads: mpsc::Receiver<LogRead>,
     mut replaced: oneshot::Receiver<()>,
 ) -> String
 where
@@ -380,7 +393,16 @@ where
         }
         Err(e) => return e.to_string(),
     }
-    let mut writer = tokio::spawn(write_loop(sink, requests, wire.clone()));
+    // Log reads sent and not yet answered; dropped with the connection, which tells each
+    // reader that the site went offline.
+    let pending: Pending = Arc::new(Mutex::new(BTreeMap::new()));
+    let mut writer = tokio::spawn(write_loop(
+        sink,
+        requests,
+        reads,
+        pending.clone(),
+        wire.clone(),
+    ));
     let mut stop = inner.stop.clone();
     let why = loop {
         let next = tokio::select! {
@@ -414,6 +436,12 @@ where
                 break "the site sent a Disconnected report, which only the server makes"
                     .to_string();
             }
+            Ok(Frame::Message(FromSite::Log { id, answer })) => {
+                // An answer nobody waits for any more (or never asked for) is dropped.
+                if let Some(reply) = lock(&pending).remove(&id) {
+                    let _ = reply.send(answer);
+                }
+            }
             Ok(Frame::Message(FromSite::Report { id, report })) => {
                 tracing::trace!(site = %hub.name, id, ?report, "report");
                 if hub.reports.send((hub.name.clone(), report)).await.is_err() {
@@ -425,16 +453,26 @@ where
         }
     };
     writer.abort();
+    lock(&pending).clear();
     if why.starts_with("unreadable") || why.starts_with("malformed") || why.contains("chunk") {
         tracing::warn!(site = %hub.name, reason = %why, "bad frame from the site; its connection is closed");
     }
     why
 }
 
-/// Sends the engine's requests (deploys in chunks) and heartbeats to a site.
+/// Log reads of one connection waiting for the site's answer, by read id.
+type Pending = Arc<Mutex<BTreeMap<u64, oneshot::Sender<LogAnswer>>>>;
+
+/// Log reads one connection may have waiting for answers; more are answered at once as
+/// failed, so a flood of readers cannot grow the table.
+const PENDING_READS_MAX: usize = 64;
+
+/// Sends the engine's requests (deploys in chunks), log reads and heartbeats to a site.
 async fn write_loop<W>(
     mut sink: FramedWrite<W, tokio_util::codec::LengthDelimitedCodec>,
     mut requests: mpsc::Receiver<SiteRequest>,
+    mut reads: mpsc::Receiver<LogRead>,
+    pending: Pending,
     wire: WireConfig,
 ) -> Result<(), String>
 where
@@ -448,6 +486,29 @@ where
         tokio::select! {
             _ = beat.tick() => {
                 let body = encode_message(&ToSite::Heartbeat).map_err(|e| e.to_string())?;
+                sink.send(body).await.map_err(fail)?;
+            }
+            Some(read) = reads.recv() => {
+                next_id += 1;
+                let id = next_id;
+                {
+                    let mut waiting = lock(&pending);
+                    if waiting.len() >= PENDING_READS_MAX {
+                        let _ = read.reply.send(LogAnswer::Failed(
+                            "too many log reads are waiting for this site; try again".into(),
+                        ));
+                        continue;
+                    }
+                    waiting.insert(id, read.reply);
+                }
+                let message = ToSite::ReadLog {
+                    id,
+                    job_id: read.job_id,
+                    stream: read.stream,
+                    offset: read.offset,
+                    max: LOG_CHUNK_MAX as u32,
+                };
+                let body = encode_message(&message).map_err(|e| e.to_string())?;
                 sink.send(body).await.map_err(fail)?;
             }
             request = requests.recv() => {

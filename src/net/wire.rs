@@ -34,6 +34,7 @@ use tokio_util::codec::LengthDelimitedCodec;
 
 use crate::job::JobId;
 use crate::lifecycle::Timestamp;
+use crate::site::logs::{LogAnswer, LogStream};
 use crate::site::protocol::{SiteReport, SiteRequest};
 
 /// Settings of the site protocol.
@@ -112,6 +113,22 @@ pub enum ToSite {
         /// The time signatures are checked at.
         verify_at: Option<Timestamp>,
     },
+    /// A read of an app's output for `fedrun logs`; answered by [`FromSite::Log`] with the
+    /// same id. Not an engine request: nothing is recorded by the site, and a read lost
+    /// with its connection is answered by the server as "site offline".
+    ReadLog {
+        /// The read's id on this connection.
+        id: u64,
+        /// The job.
+        job_id: JobId,
+        /// Which output.
+        stream: LogStream,
+        /// The first byte wanted.
+        offset: u64,
+        /// The most bytes wanted (the site hands out at most
+        /// [`LOG_CHUNK_MAX`](crate::site::logs::LOG_CHUNK_MAX)).
+        max: u32,
+    },
 }
 
 /// The requests of [`SiteRequest`] except the deploy, as they travel.
@@ -166,6 +183,13 @@ pub enum FromSite {
         id: u64,
         /// The report (never `Disconnected`: the server refuses it from a site).
         report: SiteReport,
+    },
+    /// The answer to [`ToSite::ReadLog`].
+    Log {
+        /// The read's id.
+        id: u64,
+        /// The bytes, or why there are none.
+        answer: LogAnswer,
     },
 }
 
@@ -381,6 +405,41 @@ mod tests {
         let body = encode_message(&report).expect("encode");
         let back: Frame<FromSite> = decode(BytesMut::from(&body[..])).expect("decode");
         assert_eq!(back, Frame::Message(report));
+    }
+
+    #[test]
+    fn log_reads_and_answers_round_trip() {
+        let job_id = JobId(uuid::Uuid::from_u128(8));
+        let read = ToSite::ReadLog {
+            id: 4,
+            job_id,
+            stream: LogStream::Stderr,
+            offset: 17,
+            max: crate::site::logs::LOG_CHUNK_MAX as u32,
+        };
+        let body = encode_message(&read).expect("encode");
+        let back: Frame<ToSite> = decode(BytesMut::from(&body[..])).expect("decode");
+        assert_eq!(back, Frame::Message(read));
+        let data: Vec<u8> = (0..=255u8)
+            .cycle()
+            .take(crate::site::logs::LOG_CHUNK_MAX)
+            .collect();
+        let answer = FromSite::Log {
+            id: 4,
+            answer: LogAnswer::Chunk(crate::site::logs::LogChunk {
+                data: Bytes::from(data),
+                size: 1 << 40,
+            }),
+        };
+        let body = encode_message(&answer).expect("encode");
+        assert!(
+            body.len() < crate::site::logs::LOG_CHUNK_MAX + 64,
+            "a chunk travels as raw bytes, not as a list of numbers ({} bytes)",
+            body.len()
+        );
+        assert!(body.len() <= WireConfig::default().max_frame);
+        let back: Frame<FromSite> = decode(BytesMut::from(&body[..])).expect("decode");
+        assert_eq!(back, Frame::Message(answer));
     }
 
     #[test]
