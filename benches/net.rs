@@ -287,6 +287,9 @@ async fn follow_history(
 struct Milestones {
     running: Duration,
     finished: Duration,
+    /// From `job_submitted` to `run_started` by the events' own times (the server's
+    /// clock, in milliseconds): the part of `running` spent after the upload was taken.
+    recorded: Option<Duration>,
 }
 
 /// Reads the history stream until the job is terminal and its workspace archive settled.
@@ -296,6 +299,7 @@ async fn follow_job(
     started: Instant,
 ) -> Milestones {
     let (mut running, mut finished, mut archived) = (None, None, false);
+    let (mut submitted_ms, mut started_ms) = (None, None);
     loop {
         let event = tokio::time::timeout(BOUND, events.recv())
             .await
@@ -305,16 +309,24 @@ async fn follow_job(
             continue;
         }
         match event["type"].as_str() {
-            Some("run_started") => running = Some(started.elapsed()),
+            Some("job_submitted") => submitted_ms = event["at_ms"].as_u64(),
+            Some("run_started") => {
+                running = Some(started.elapsed());
+                started_ms = event["at_ms"].as_u64();
+            }
             Some("job_finished") => finished = Some(started.elapsed()),
             Some("workspace_archived" | "workspace_archive_failed") => archived = true,
             _ => {}
         }
         if let (Some(finished), true) = (finished, archived) {
             let running = running.unwrap_or_else(|| panic!("job {job_id} never ran: {event}"));
+            let recorded = submitted_ms
+                .zip(started_ms)
+                .map(|(from, to)| Duration::from_millis(to.saturating_sub(from)));
             return Milestones {
                 running,
                 finished: finished.max(started.elapsed()),
+                recorded,
             };
         }
     }
@@ -418,8 +430,17 @@ impl Report {
         let measured: Vec<&Milestones> = runs.iter().flat_map(|r| r.iter().skip(1)).collect();
         let running: Vec<Duration> = measured.iter().map(|m| m.running).collect();
         let finished: Vec<Duration> = measured.iter().map(|m| m.finished).collect();
+        let recorded: Vec<Duration> = measured.iter().filter_map(|m| m.recorded).collect();
+        let server_part = if recorded.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; job_submitted -> run_started as the server recorded them, median {:.0?}",
+                median(&recorded)
+            )
+        };
         self.line(format!(
-            "{what}: submit -> {first} median {:.1?}, submit -> finished median {:.1?} (n = {} jobs)",
+            "{what}: submit -> {first} median {:.1?}, submit -> finished median {:.1?} (n = {} jobs){server_part}",
             median(&running),
             median(&finished),
             measured.len()
@@ -542,6 +563,7 @@ fn federation(criterion: &mut Criterion, rt: &tokio::runtime::Runtime, report: &
         Milestones {
             running: seen_running,
             finished: done,
+            recorded: None,
         }
     };
     let mut group = criterion.benchmark_group("cli_3_sites");
