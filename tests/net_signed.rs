@@ -50,6 +50,8 @@ fn an_unsigned_job_is_refused_and_a_signed_one_accepted_under_require_signed_job
         .expect("serve runs");
     let (tx, rx) = mpsc::channel();
     let stdout = server.stdout.take().expect("stdout");
+    // Killed if the test fails before it stops the server itself.
+    let mut server = KillOnDrop(Some(server));
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if tx.send(line).is_err() {
@@ -129,6 +131,7 @@ fn an_unsigned_job_is_refused_and_a_signed_one_accepted_under_require_signed_job
     assert!(tty.contains("uploading"), "no progress bar: {tty:?}");
     assert!(!String::from_utf8_lossy(&signed.stderr).contains("uploading"));
 
+    let mut server = server.0.take().expect("the server runs");
     // SAFETY: SIGTERM to the server this test started.
     unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
     let (done_tx, done_rx) = mpsc::channel();
@@ -208,6 +211,18 @@ fn on_terminal(mut command: Command) -> String {
     let text = String::from_utf8_lossy(&out).into_owned();
     assert!(status.success(), "{status:?}: {text}");
     text
+}
+
+/// A child process killed (and reaped) when dropped, unless taken out first.
+struct KillOnDrop(Option<std::process::Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// The recorded refusals of a submit for its signature, from `history --json` lines: each

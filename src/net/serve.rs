@@ -543,6 +543,9 @@ where
                             sink.send(encode_chunk(id, chunk)).await.map_err(fail)?;
                         }
                         tracing::debug!(%job_id, bytes = package.len(), "package sent");
+                        // The write buffer grew to a chunk; an idle link keeps none of it
+                        // (`send` flushed it, so it is empty).
+                        *sink.write_buffer_mut() = bytes::BytesMut::new();
                     }
                 }
             }
