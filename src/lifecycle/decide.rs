@@ -445,13 +445,15 @@ impl Ctx<'_> {
                 let Some((_, exited_at)) = run.server_exit else {
                     return;
                 };
+                let barrier_over = self.now >= exited_at.plus(self.settings.client_outcome_wait);
+                // Checked before the list is made: with thousands of sites, each report
+                // would otherwise copy the names of all the others.
+                if !barrier_over && run.any_site_outstanding() {
+                    return;
+                }
                 let outstanding = run.outstanding_sites();
                 let left_out: Vec<String> = run.left_out.iter().cloned().collect();
                 let stopping = run.stopping();
-                let barrier_over = self.now >= exited_at.plus(self.settings.client_outcome_wait);
-                if !outstanding.is_empty() && !barrier_over {
-                    return;
-                }
                 let status = final_status(run.failure.as_ref());
                 let mut reason = match &run.failure {
                     None => "the server app and every site ended normally".to_string(),
