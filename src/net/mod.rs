@@ -5,6 +5,7 @@ pub mod admin;
 pub mod agent;
 pub mod client;
 pub mod kit;
+pub mod observe;
 pub mod serve;
 pub mod tls;
 pub mod wire;
