@@ -191,6 +191,17 @@ async fn run(config: AgentConfig, mut stop: watch::Receiver<bool>, connected: wa
     let site = LocalSite::spawn(site_config, reports_tx);
     // The local site starts connected; it is not until the server has welcomed it.
     site.disconnect();
+    // It announces itself (`Connected`, then its unacknowledged reports) once it has
+    // re-attached its apps; that announcement is for no server. It is awaited before the
+    // first dial: a connection welcomed before it would carry it next to the `Connected`
+    // of `reconnect()`, and the server would record the site connected twice.
+    tokio::select! {
+        _ = reports.recv() => {}
+        _ = stopped(&mut stop) => {
+            site.shutdown().await;
+            return;
+        }
+    }
     let mut failures: u32 = 0;
     loop {
         let attempt = tokio::select! {
