@@ -1230,6 +1230,34 @@ pub enum SubmitError {
 mod tests {
     use super::*;
 
+    #[test]
+    fn readiness_follows_recovery_stop_and_shutdown() {
+        let (inputs, inputs_rx) = mpsc::channel::<Message>(4);
+        let (state_tx, state) = watch::channel(Arc::new(State::default()));
+        let (stopped_tx, stopped) = watch::channel(None);
+        let probe = server_probe(&inputs, &state, &stopped, None);
+        assert_eq!((probe.ready)(), Ok(()), "running, no restart pending");
+        assert_eq!((probe.input_queue)(), (0, 4));
+        let recovering = State {
+            recovery: Some(crate::lifecycle::state::RecoveryWindow {
+                started_at: Timestamp::from_millis(0),
+                reattached: Default::default(),
+            }),
+            ..State::default()
+        };
+        state_tx.send_replace(Arc::new(recovering));
+        let why = (probe.ready)().expect_err("not ready while recovering");
+        assert!(why.contains("recovering"), "{why}");
+        state_tx.send_replace(Arc::new(State::default()));
+        stopped_tx.send_replace(Some("disk full".into()));
+        let why = (probe.ready)().expect_err("not ready after a stop");
+        assert!(why.contains("disk full"), "{why}");
+        stopped_tx.send_replace(None);
+        drop(inputs_rx);
+        let why = (probe.ready)().expect_err("not ready once the engine task is gone");
+        assert!(why.contains("not running"), "{why}");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn deploys_of_one_package_share_one_read_and_free_it_after() {
         let dir = tempfile::tempdir().expect("temp dir");
