@@ -20,6 +20,8 @@
 //!   drivers (the synchronous `Engine` of the simulator and tests, the tokio `Server` with
 //!   its history thread), the server's local participant, clock and ids.
 //! - [`site`]: the engine <-> site protocol, the local site, and the app process runner.
+//! - [`metrics`]: Prometheus metrics of the server and of a site agent (recorded at the IO
+//!   edge, gauges read from the published state at scrape time).
 //! - [`sim`]: scenario files, simulated sites and the deterministic driver of `fedrun sim`.
 
 pub mod blobs;
@@ -27,6 +29,7 @@ pub mod engine;
 pub mod history;
 pub mod job;
 pub mod lifecycle;
+pub mod metrics;
 pub mod net;
 pub mod schedule;
 pub mod settings;

@@ -10,7 +10,8 @@ use anyhow::{bail, Context as _};
 use fedrun::engine::clock::WallClock;
 use fedrun::engine::server::{Server, ServerConfig, EXIT_ENGINE_STOPPED};
 use fedrun::net::kit::{Kit, KitKind};
-use fedrun::net::serve::{load_server_settings, start, ServeOptions};
+use fedrun::net::observe;
+use fedrun::net::serve::{load_server_options, start, ServeOptions};
 use fedrun::trust::certs::RootCa;
 use fedrun::trust::TrustPolicy;
 
@@ -30,6 +31,10 @@ pub struct Args {
     /// Listen here instead of on all interfaces at the kit's port; port 0 picks a free one.
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Option<SocketAddr>,
+    /// Serve `/metrics`, `/healthz` and `/readyz` over plain HTTP here (a bare port is
+    /// loopback); overrides the `metrics_listen` setting. Off unless set.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = observe::parse_listen)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Runs the command; the returned code is the process exit code.
@@ -42,8 +47,10 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             kit.kind.as_str()
         );
     }
-    let (settings, wire) = load_server_settings(args.config.as_deref(), std::env::vars())
+    let options = load_server_options(args.config.as_deref(), std::env::vars())
         .map_err(anyhow::Error::msg)?;
+    let (settings, wire) = (options.settings, options.wire);
+    let metrics_listen = args.metrics_listen.or(options.metrics_listen);
     let root_ca = RootCa::load(&kit.root_ca)
         .with_context(|| format!("reading the root CA {}", kit.root_ca.display()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -51,7 +58,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let result = runtime.block_on(serve(args, kit, settings, wire, root_ca));
+    let result = runtime.block_on(serve(args, kit, settings, wire, metrics_listen, root_ca));
     runtime.shutdown_timeout(Duration::from_secs(5));
     result
 }
@@ -61,6 +68,7 @@ async fn serve(
     kit: Kit,
     settings: fedrun::settings::Settings,
     wire: fedrun::net::wire::WireConfig,
+    metrics_listen: Option<SocketAddr>,
     root_ca: RootCa,
 ) -> anyhow::Result<i32> {
     std::fs::create_dir_all(&args.data_dir)
@@ -83,6 +91,17 @@ async fn serve(
             return Err(e.into());
         }
     };
+    let observing = match metrics_listen {
+        None => None,
+        Some(addr) => match observe::start(addr, Arc::new(server.clone())).await {
+            Ok(observing) => Some(observing),
+            Err(e) => {
+                serving.stop().await;
+                server.shutdown().await;
+                return Err(e.into());
+            }
+        },
+    };
     // The handlers are in place before the address is printed: whoever waits for it may
     // stop the server at once, and that is a clean stop, not a kill.
     use tokio::signal::unix::{signal, SignalKind};
@@ -94,6 +113,12 @@ async fn serve(
         serving.local_addr(),
         args.data_dir.display()
     );
+    if let Some(observing) = &observing {
+        println!(
+            "fedrun serve: metrics on http://{}/metrics",
+            observing.local_addr()
+        );
+    }
     let _ = std::io::stdout().flush();
     let code = tokio::select! {
         _ = sigint.recv() => None,
@@ -106,9 +131,16 @@ async fn serve(
     tracing::info!("stopping: no new connections; closing the open ones");
     serving.stop().await;
     if let Some(code) = code {
+        if let Some(observing) = observing {
+            observing.stop().await;
+        }
         return Ok(code);
     }
     server.shutdown().await;
+    // `/readyz` answers 503 from the moment the engine stops until the listener closes.
+    if let Some(observing) = observing {
+        observing.stop().await;
+    }
     println!("fedrun serve: stopped");
     Ok(0)
 }

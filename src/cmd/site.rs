@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use fedrun::net::agent::{Agent, AgentConfig};
 use fedrun::net::kit::{Kit, KitKind};
+use fedrun::net::observe;
 use fedrun::net::serve::{read_table, take_wire};
 use fedrun::net::wire::WireConfig;
 use fedrun::site::local::LocalSiteConfig;
@@ -24,13 +25,17 @@ pub struct Args {
     #[arg(long, value_name = "W", default_value = "fedrun-site")]
     pub work_dir: PathBuf,
     /// The site's settings: a `[site]` table with `resources`, `require_signed_jobs`,
-    /// `app_env_pass`, `abort_grace`, `reservation_timeout`, `heartbeat_interval` and
-    /// `heartbeat_timeout`.
+    /// `app_env_pass`, `abort_grace`, `reservation_timeout`, `heartbeat_interval`,
+    /// `heartbeat_timeout` and `metrics_listen`.
     #[arg(long, value_name = "SITE.toml")]
     pub config: Option<PathBuf>,
     /// Dial this address instead of the kit's; the server's TLS name stays the kit's host.
     #[arg(long, value_name = "HOST:PORT")]
     pub server: Option<String>,
+    /// Serve `/metrics`, `/healthz` and `/readyz` over plain HTTP here (a bare port is
+    /// loopback); overrides the `metrics_listen` setting. Off unless set.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = observe::parse_listen)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// The `[site]` table of a site's settings file.
@@ -81,10 +86,7 @@ fn load_settings(path: Option<&std::path::Path>) -> anyhow::Result<(SiteSettings
         .try_into()
         .map_err(|e: toml::de::Error| anyhow::anyhow!("{}: {}", path.display(), e.message()))?;
     if let Some(addr) = &settings.metrics_listen {
-        bail!(
-            "{}: metrics_listen = {addr:?}: this fedrun does not serve metrics yet",
-            path.display()
-        );
+        observe::parse_listen(addr).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     }
     Ok((settings, wire))
 }
@@ -100,6 +102,11 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         );
     }
     let (settings, wire) = load_settings(args.config.as_deref())?;
+    let metrics_listen = match (args.metrics_listen, &settings.metrics_listen) {
+        (Some(addr), _) => Some(addr),
+        (None, Some(text)) => Some(observe::parse_listen(text).map_err(anyhow::Error::msg)?),
+        (None, None) => None,
+    };
     let root_ca = RootCa::load(&kit.root_ca)
         .with_context(|| format!("reading the root CA {}", kit.root_ca.display()))?;
     std::fs::create_dir_all(&args.work_dir)
@@ -136,17 +143,37 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let mut sigint =
             signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let metrics = config.metrics.clone();
         let agent = Agent::spawn(config)?;
+        let observing = match metrics_listen {
+            None => None,
+            Some(addr) => match observe::start(addr, metrics).await {
+                Ok(observing) => Some(observing),
+                Err(e) => {
+                    agent.stop().await;
+                    return Err(e.into());
+                }
+            },
+        };
         println!(
             "fedrun site: {name} dialling {server} (work folder {})",
             args.work_dir.display()
         );
+        if let Some(observing) = &observing {
+            println!(
+                "fedrun site: metrics on http://{}/metrics",
+                observing.local_addr()
+            );
+        }
         let _ = std::io::stdout().flush();
         tokio::select! {
             _ = sigint.recv() => {}
             _ = sigterm.recv() => {}
         }
         agent.stop().await;
+        if let Some(observing) = observing {
+            observing.stop().await;
+        }
         println!("fedrun site: {name} stopped; its apps keep running");
         Ok::<i32, anyhow::Error>(0)
     });

@@ -42,6 +42,7 @@ use crate::job::JobId;
 use crate::lifecycle::{
     AdminRequest, BlobHash, Event, Identity, Origin, Reply, State, SubmitSignature, Timestamp,
 };
+use crate::metrics::{BatchFacts, ServerMetrics, ServerProbe};
 use crate::settings::Settings;
 use crate::site::protocol::{SiteReport, SiteRequest};
 use crate::site::workspace;
@@ -227,6 +228,7 @@ pub struct Server {
     data_dir: PathBuf,
     trust: TrustPolicy,
     clock: Arc<dyn Clock + Send + Sync>,
+    metrics: Arc<ServerMetrics>,
 }
 
 impl std::fmt::Debug for Server {
@@ -277,6 +279,7 @@ impl Server {
             "state rebuilt from the history"
         );
         sweep_blobs(&history, &recovered.state, &blobs);
+        let snapshot_seen = last_snapshot(&history, &blobs);
         let clock = Arc::new(ServerClock::start_with(
             WallSource::new(wall),
             Some(recovered.state.last_at),
@@ -290,10 +293,21 @@ impl Server {
             clock.now(),
         );
         let (appended_tx, appended_rx) = mpsc::unbounded_channel();
-        let history_jobs = spawn_history(history, appended_tx).map_err(ServeError::Thread)?;
         let (inputs_tx, inputs_rx) = mpsc::channel(config.queue_capacity.max(1));
         let (state_tx, state_rx) = watch::channel(Arc::new(node.state().clone()));
         let (stopped_tx, stopped_rx) = watch::channel(None);
+        let metrics = Arc::new(ServerMetrics::new(server_probe(
+            &inputs_tx,
+            &state_rx,
+            &stopped_rx,
+            // A memory history (tests) has no folder to measure.
+            Some(paths.sled.clone()).filter(|dir| dir.is_dir()),
+        )));
+        if let Some((at, seq)) = snapshot_seen {
+            metrics.record_snapshot(at, seq);
+        }
+        let history_jobs =
+            spawn_history(history, appended_tx, metrics.clone()).map_err(ServeError::Thread)?;
         let budget = config.package_bytes_in_flight_max.max(1);
         let server = Server {
             inputs: inputs_tx,
@@ -311,6 +325,7 @@ impl Server {
             data_dir: config.data_dir.clone(),
             trust: config.trust.clone(),
             clock: clock.clone(),
+            metrics,
         };
         let (local_tx, mut local_rx) = mpsc::unbounded_channel();
         let local = LocalParticipant::new(
@@ -349,6 +364,7 @@ impl Server {
             next_token: 0,
             local,
             published_seq: None,
+            in_flight_facts: None,
         };
         tokio::spawn(task.run(inputs_rx));
         Ok(server)
@@ -367,6 +383,17 @@ impl Server {
     /// The data folder.
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+
+    /// The server's metrics (SPEC section 11): encode them for `/metrics`.
+    pub fn metrics(&self) -> &ServerMetrics {
+        &self.metrics
+    }
+
+    /// Whether the server accepts requests (`/readyz`): the history is open, the engine
+    /// runs and the restart decisions are made. `Err` says why not.
+    pub fn ready(&self) -> Result<(), String> {
+        self.metrics.ready()
     }
 
     /// The state after the last durable batch.
@@ -449,7 +476,14 @@ impl Server {
                         (request, permit.ok())
                     }
                 };
+                let deploy_bytes = match &request {
+                    SiteRequest::Deploy { package, .. } => package.len(),
+                    _ => 0,
+                };
                 let sent = requests.send(request).await;
+                if sent.is_ok() && deploy_bytes > 0 {
+                    server.metrics.record_deploy_bytes(deploy_bytes);
+                }
                 drop(permit);
                 server.packages.trim();
                 if sent.is_err() {
@@ -481,7 +515,10 @@ impl Server {
             reply: tx,
         }) {
             Ok(()) => Ok(rx),
-            Err(mpsc::error::TrySendError::Full(_)) => Err(AdminError::Busy),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.metrics.record_queue_full();
+                Err(AdminError::Busy)
+            }
             Err(mpsc::error::TrySendError::Closed(_)) => Err(AdminError::Stopped),
         }
     }
@@ -764,6 +801,55 @@ fn remove_archived_run_folders(root: &Path, state: &State) {
     }
 }
 
+/// What a scrape reads of a running server: its published state, its input queue, its
+/// history folder and whether it accepts requests.
+fn server_probe(
+    inputs: &mpsc::Sender<Message>,
+    state: &watch::Receiver<Arc<State>>,
+    stopped: &watch::Receiver<Option<String>>,
+    history_dir: Option<PathBuf>,
+) -> ServerProbe {
+    // Weak: the metrics must not keep the engine's queue open after the server is gone.
+    let queue = inputs.downgrade();
+    let ready_queue = inputs.downgrade();
+    let ready_state = state.clone();
+    let stopped = stopped.clone();
+    ServerProbe {
+        state: state.clone(),
+        input_queue: Box::new(move || match queue.upgrade() {
+            Some(tx) => (tx.max_capacity() - tx.capacity(), tx.max_capacity()),
+            None => (0, 0),
+        }),
+        history_dir,
+        ready: Box::new(move || {
+            if let Some(cause) = stopped.borrow().as_ref() {
+                return Err(format!("the engine stopped for good: {cause}"));
+            }
+            match ready_queue.upgrade() {
+                Some(tx) if !tx.is_closed() => {}
+                _ => return Err("the engine is not running (shut down)".into()),
+            }
+            if ready_state.borrow().recovery.is_some() {
+                return Err("recovering: the restart decisions are not made yet".into());
+            }
+            Ok(())
+        }),
+    }
+}
+
+/// When the snapshot the history holds was written (its blob's modification time) and
+/// the sequence number it covers, if there is one.
+fn last_snapshot(
+    history: &History<Event>,
+    blobs: &BlobStore,
+) -> Option<(std::time::SystemTime, u64)> {
+    let record = history.snapshot_record().ok().flatten()?;
+    let at = std::fs::metadata(blobs.path_of(&record.state))
+        .and_then(|m| m.modified())
+        .ok()?;
+    Some((at, record.seq))
+}
+
 enum HistoryJob {
     Append(node::Append),
     Snapshot(Arc<State>),
@@ -786,6 +872,7 @@ enum HistoryJob {
 fn spawn_history(
     mut history: History<Event>,
     done: mpsc::UnboundedSender<(u64, Result<(), String>)>,
+    metrics: Arc<ServerMetrics>,
 ) -> std::io::Result<std::sync::mpsc::Sender<HistoryJob>> {
     let (tx, rx) = std::sync::mpsc::channel::<HistoryJob>();
     std::thread::Builder::new()
@@ -794,10 +881,14 @@ fn spawn_history(
             for job in rx {
                 match job {
                     HistoryJob::Append(append) => {
+                        let began = std::time::Instant::now();
                         let result = history
                             .append_batch(&append.events)
                             .map(|_| ())
                             .map_err(|e| e.to_string());
+                        if result.is_ok() {
+                            metrics.record_append(began.elapsed(), append.events.len());
+                        }
                         if done.send((append.id, result)).is_err() {
                             break;
                         }
@@ -805,8 +896,11 @@ fn spawn_history(
                     HistoryJob::Snapshot(state) => {
                         // A failed snapshot loses nothing (the events are durable);
                         // start-up then replays a longer tail.
-                        if let Err(err) = history.take_snapshot(&*state) {
-                            tracing::warn!(%err, "snapshot failed");
+                        match history.take_snapshot(&*state) {
+                            Ok(record) => {
+                                metrics.record_snapshot(std::time::SystemTime::now(), record.seq)
+                            }
+                            Err(err) => tracing::warn!(%err, "snapshot failed"),
                         }
                     }
                     HistoryJob::FreeBlob(blobs, hash) => {
@@ -856,6 +950,8 @@ struct EngineTask {
     next_token: u64,
     local: LocalParticipant,
     published_seq: Option<u64>,
+    /// What the batch out at the history records in the metrics once it is durable.
+    in_flight_facts: Option<BatchFacts>,
 }
 
 /// Inputs taken in one batch at most: bounds the latency of the batch's first answer.
@@ -873,6 +969,7 @@ impl EngineTask {
             self.carry_out();
             if let Some(append) = self.node.poll_append() {
                 self.in_flight = Some(append.id);
+                self.in_flight_facts = Some(BatchFacts::of(&append.events, self.node.state()));
                 let id = append.id;
                 if self.history.send(HistoryJob::Append(append)).is_err() {
                     self.node
@@ -896,6 +993,10 @@ impl EngineTask {
                     .await
                     .unwrap_or((id, Err("the history thread has ended".into())));
                 self.in_flight = None;
+                let facts = self.in_flight_facts.take();
+                if let (Ok(()), Some(facts)) = (&result, facts) {
+                    self.server.metrics.record_batch(&facts);
+                }
                 self.node.append_done(done, result);
                 continue;
             }
@@ -1140,6 +1241,34 @@ pub enum SubmitError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn readiness_follows_recovery_stop_and_shutdown() {
+        let (inputs, inputs_rx) = mpsc::channel::<Message>(4);
+        let (state_tx, state) = watch::channel(Arc::new(State::default()));
+        let (stopped_tx, stopped) = watch::channel(None);
+        let probe = server_probe(&inputs, &state, &stopped, None);
+        assert_eq!((probe.ready)(), Ok(()), "running, no restart pending");
+        assert_eq!((probe.input_queue)(), (0, 4));
+        let recovering = State {
+            recovery: Some(crate::lifecycle::state::RecoveryWindow {
+                started_at: Timestamp::from_millis(0),
+                reattached: Default::default(),
+            }),
+            ..State::default()
+        };
+        state_tx.send_replace(Arc::new(recovering));
+        let why = (probe.ready)().expect_err("not ready while recovering");
+        assert!(why.contains("recovering"), "{why}");
+        state_tx.send_replace(Arc::new(State::default()));
+        stopped_tx.send_replace(Some("disk full".into()));
+        let why = (probe.ready)().expect_err("not ready after a stop");
+        assert!(why.contains("disk full"), "{why}");
+        stopped_tx.send_replace(None);
+        drop(inputs_rx);
+        let why = (probe.ready)().expect_err("not ready once the engine task is gone");
+        assert!(why.contains("not running"), "{why}");
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn deploys_of_one_package_share_one_read_and_free_it_after() {

@@ -125,6 +125,30 @@ pub enum Rejection {
     },
 }
 
+impl Rejection {
+    /// The rejection's stable code: the admin API's error `code` and the label of the
+    /// refusal metrics (the variant's name in snake case, as in the history's JSON).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Rejection::UnknownJob { .. } => "unknown_job",
+            Rejection::JobAlreadyFinished { .. } => "job_already_finished",
+            Rejection::JobIsRunning { .. } => "job_is_running",
+            Rejection::JobNotFinished { .. } => "job_not_finished",
+            Rejection::ArchivePending { .. } => "archive_pending",
+            Rejection::NotAllowed { .. } => "not_allowed",
+            Rejection::SignerNotAllowed { .. } => "signer_not_allowed",
+            Rejection::TooLarge { .. } => "too_large",
+            Rejection::BadRequestId { .. } => "bad_request_id",
+            Rejection::IdempotencyKeyReused { .. } => "idempotency_key_reused",
+            Rejection::BadIdentity { .. } => "bad_identity",
+            Rejection::BadMeta { .. } => "bad_meta",
+            Rejection::Recovering { .. } => "recovering",
+            Rejection::SignatureRefused { .. } => "signature_refused",
+            Rejection::NotAParticipant { .. } => "not_a_participant",
+        }
+    }
+}
+
 /// A history record that the state so far cannot accept, or that is out of order.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ReplayError {

@@ -1,7 +1,7 @@
 //! The admin API: HTTP/JSON over the server's mutual-TLS port (SPEC section 11).
 //!
-//! One route per operation of SPEC section 9 (`/v1/jobs...`), plus `sites`, `history` and
-//! `audit`, and the OpenAPI document that describes them all (`/v1/openapi.json`, kept in
+//! One route per operation of SPEC section 9 (`/v1/jobs...`), plus `sites`, `history`,
+//! `audit` and the Prometheus `/metrics`, and the OpenAPI document that describes them all (`/v1/openapi.json`, kept in
 //! `docs/openapi.json`). The caller's identity comes from its certificate: the accept loop
 //! hands it to [`serve_connection`], which puts it in every request's extensions; nothing
 //! in a request can change it. The roles of section 9 are the core's: a refused request is
@@ -114,6 +114,7 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<Arc<AdminContext>>)> 
         (Method::GET, "/v1/history", get(history)),
         (Method::GET, "/v1/audit", get(audit)),
         (Method::GET, "/v1/openapi.json", get(openapi)),
+        (Method::GET, "/metrics", get(metrics)),
     ]
 }
 
@@ -179,25 +180,24 @@ impl IntoResponse for ApiError {
 
 impl From<Rejection> for ApiError {
     fn from(rejection: Rejection) -> ApiError {
-        let (status, code) = match &rejection {
-            Rejection::UnknownJob { .. } => (StatusCode::NOT_FOUND, "unknown_job"),
-            Rejection::JobAlreadyFinished { .. } => (StatusCode::CONFLICT, "job_already_finished"),
-            Rejection::JobIsRunning { .. } => (StatusCode::CONFLICT, "job_is_running"),
-            Rejection::JobNotFinished { .. } => (StatusCode::CONFLICT, "job_not_finished"),
-            Rejection::ArchivePending { .. } => (StatusCode::CONFLICT, "archive_pending"),
-            Rejection::NotAllowed { .. } => (StatusCode::FORBIDDEN, "not_allowed"),
-            Rejection::SignerNotAllowed { .. } => (StatusCode::FORBIDDEN, "signer_not_allowed"),
-            Rejection::SignatureRefused { .. } => (StatusCode::FORBIDDEN, "signature_refused"),
-            Rejection::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
-            Rejection::BadRequestId { .. } => (StatusCode::BAD_REQUEST, "bad_request_id"),
-            Rejection::IdempotencyKeyReused { .. } => {
-                (StatusCode::CONFLICT, "idempotency_key_reused")
-            }
-            Rejection::BadIdentity { .. } => (StatusCode::BAD_REQUEST, "bad_identity"),
-            Rejection::BadMeta { .. } => (StatusCode::BAD_REQUEST, "bad_meta"),
-            Rejection::Recovering { .. } => (StatusCode::SERVICE_UNAVAILABLE, "recovering"),
-            Rejection::NotAParticipant { .. } => (StatusCode::NOT_FOUND, "not_a_participant"),
+        let status = match &rejection {
+            Rejection::UnknownJob { .. } => StatusCode::NOT_FOUND,
+            Rejection::JobAlreadyFinished { .. }
+            | Rejection::JobIsRunning { .. }
+            | Rejection::JobNotFinished { .. }
+            | Rejection::ArchivePending { .. }
+            | Rejection::IdempotencyKeyReused { .. } => StatusCode::CONFLICT,
+            Rejection::NotAllowed { .. }
+            | Rejection::SignerNotAllowed { .. }
+            | Rejection::SignatureRefused { .. } => StatusCode::FORBIDDEN,
+            Rejection::NotAParticipant { .. } => StatusCode::NOT_FOUND,
+            Rejection::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Rejection::BadRequestId { .. }
+            | Rejection::BadIdentity { .. }
+            | Rejection::BadMeta { .. } => StatusCode::BAD_REQUEST,
+            Rejection::Recovering { .. } => StatusCode::SERVICE_UNAVAILABLE,
         };
+        let code = rejection.code();
         ApiError::new(status, code, rejection.to_string())
     }
 }
@@ -692,6 +692,11 @@ async fn audit(State(ctx): State<Arc<AdminContext>>) -> ApiResult {
         object.insert("first_bad_seq".into(), report.first_bad_seq().into());
     }
     json_response(StatusCode::OK, &value)
+}
+
+/// The server's Prometheus metrics, to any admin (as on `metrics_listen`).
+async fn metrics(State(ctx): State<Arc<AdminContext>>) -> Response {
+    super::observe::metrics_response(ctx.server.metrics().encode())
 }
 
 async fn openapi() -> Response {

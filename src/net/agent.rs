@@ -22,6 +22,7 @@ use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use super::kit::Kit;
 use super::tls::{client_config, server_name, TlsError, ALPN_SITE};
 use super::wire::{decode, encode_message, stopped, Frame, FromSite, Incoming, ToSite, WireConfig};
+use crate::metrics::SiteMetrics;
 use crate::site::local::{LocalSite, LocalSiteConfig, SiteHandle};
 use crate::site::logs::{read_chunk, LogAnswer};
 use crate::site::protocol::{SiteReport, SiteRequest};
@@ -42,6 +43,8 @@ pub struct AgentConfig {
     pub backoff_min: Duration,
     /// The longest back-off.
     pub backoff_max: Duration,
+    /// The agent's metrics (served on `metrics_listen` by `fedrun site`).
+    pub metrics: std::sync::Arc<SiteMetrics>,
 }
 
 impl AgentConfig {
@@ -54,6 +57,7 @@ impl AgentConfig {
             site,
             backoff_min: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
+            metrics: Default::default(),
         }
     }
 }
@@ -184,9 +188,22 @@ impl Agent {
 async fn run(config: AgentConfig, mut stop: watch::Receiver<bool>, connected: watch::Sender<bool>) {
     let name = config.site.name.clone();
     let (reports_tx, mut reports) = mpsc::channel(256);
-    let site = LocalSite::spawn(config.site.clone(), reports_tx);
+    let mut site_config = config.site.clone();
+    site_config.running_apps = config.metrics.running_apps.clone();
+    let site = LocalSite::spawn(site_config, reports_tx);
     // The local site starts connected; it is not until the server has welcomed it.
     site.disconnect();
+    // It announces itself (`Connected`, then its unacknowledged reports) once it has
+    // re-attached its apps; that announcement is for no server. It is awaited before the
+    // first dial: a connection welcomed before it would carry it next to the `Connected`
+    // of `reconnect()`, and the server would record the site connected twice.
+    tokio::select! {
+        _ = reports.recv() => {}
+        _ = stopped(&mut stop) => {
+            site.shutdown().await;
+            return;
+        }
+    }
     let mut failures: u32 = 0;
     loop {
         let attempt = tokio::select! {
@@ -203,10 +220,20 @@ async fn run(config: AgentConfig, mut stop: watch::Receiver<bool>, connected: wa
                 tracing::info!(site = %name, server = %config.server, "connected to the server");
                 while reports.try_recv().is_ok() {}
                 site.reconnect();
+                config.metrics.record_connected();
                 let _ = connected.send(true);
                 let root = config.site.workspace.clone();
-                let why =
-                    serve_link(link, &site, &root, &mut reports, &config.wire, &mut stop).await;
+                let why = serve_link(
+                    link,
+                    &site,
+                    &root,
+                    &mut reports,
+                    &config.wire,
+                    &config.metrics,
+                    &mut stop,
+                )
+                .await;
+                config.metrics.record_disconnected();
                 let _ = connected.send(false);
                 site.disconnect();
                 if *stop.borrow() {
@@ -255,6 +282,7 @@ async fn serve_link(
     root: &std::path::Path,
     reports: &mut mpsc::Receiver<(String, SiteReport)>,
     wire: &WireConfig,
+    metrics: &SiteMetrics,
     stop: &mut watch::Receiver<bool>,
 ) -> String {
     let Link { mut frames, sink } = link;
@@ -333,6 +361,7 @@ async fn serve_link(
                         }
                     }
                     Ok(Frame::Chunk { id, data }) => {
+                        metrics.deploy_bytes_received.inc_by(data.len() as u64);
                         if refused_deploys.contains(&id) {
                             None
                         } else {

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod client;
 pub mod kit;
 pub mod logs;
+pub mod observe;
 pub mod serve;
 pub mod tls;
 pub mod wire;

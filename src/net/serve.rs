@@ -557,15 +557,39 @@ where
 /// [`Settings`].
 const WIRE_KEYS: [&str; 2] = ["heartbeat_interval", "heartbeat_timeout"];
 
-/// Reads the server's settings (SPEC section 11): the `[server]` table of `file` (a
-/// scenario's `[server]` table: the settings of sections 4, 6, 7 and 8 plus
-/// `resume_runs`, and the site protocol's `heartbeat_interval` and `heartbeat_timeout`),
-/// then every `FEDRUN_SETTING_<NAME>` of `env` over it, then the defaults for the rest.
-/// Unknown keys, in the file or the environment, are errors.
+/// The key of the observation listener's address (SPEC section 11), a server setting that
+/// belongs to neither [`Settings`] nor the site protocol.
+pub const METRICS_LISTEN_KEY: &str = "metrics_listen";
+
+/// Everything a server's settings file and environment set.
+#[derive(Clone, Debug)]
+pub struct ServerSettings {
+    /// The settings of SPEC sections 4, 6, 7 and 8.
+    pub settings: crate::settings::Settings,
+    /// The site protocol's heartbeats.
+    pub wire: WireConfig,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz` (off when `None`).
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// Reads the server's settings (SPEC section 11): see [`load_server_options`], without
+/// `metrics_listen`.
 pub fn load_server_settings(
     file: Option<&std::path::Path>,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<(crate::settings::Settings, WireConfig), String> {
+    load_server_options(file, env).map(|o| (o.settings, o.wire))
+}
+
+/// Reads the server's settings (SPEC section 11): the `[server]` table of `file` (a
+/// scenario's `[server]` table: the settings of sections 4, 6, 7 and 8 plus
+/// `resume_runs`, the site protocol's `heartbeat_interval` and `heartbeat_timeout`, and
+/// `metrics_listen`), then every `FEDRUN_SETTING_<NAME>` of `env` over it, then the
+/// defaults for the rest. Unknown keys, in the file or the environment, are errors.
+pub fn load_server_options(
+    file: Option<&std::path::Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<ServerSettings, String> {
     let mut table = match file {
         None => toml::Table::new(),
         Some(path) => {
@@ -599,13 +623,33 @@ pub fn load_server_settings(
         table.insert(key, env_value(&value));
     }
     let wire = take_wire(&mut table, WireConfig::default())?;
+    let metrics_listen = take_metrics_listen(&mut table)?;
     let settings: crate::settings::Settings = toml::Value::Table(table)
         .try_into()
         .map_err(|e: toml::de::Error| format!("server settings: {}", e.message()))?;
     settings
         .validate()
         .map_err(|e| format!("server settings: {e}"))?;
-    Ok((settings, wire))
+    Ok(ServerSettings {
+        settings,
+        wire,
+        metrics_listen,
+    })
+}
+
+/// Takes `metrics_listen` out of a settings table: an address text (see
+/// [`super::observe::parse_listen`]) or a port number.
+pub fn take_metrics_listen(table: &mut toml::Table) -> Result<Option<SocketAddr>, String> {
+    match table.remove(METRICS_LISTEN_KEY) {
+        None => Ok(None),
+        Some(toml::Value::String(text)) => super::observe::parse_listen(&text).map(Some),
+        Some(toml::Value::Integer(port)) => u16::try_from(port)
+            .map(|port| Some(SocketAddr::from(([127, 0, 0, 1], port))))
+            .map_err(|_| format!("metrics_listen = {port} is not a port")),
+        Some(other) => Err(format!(
+            "metrics_listen must be an address text like \"127.0.0.1:9464\", not {other}"
+        )),
+    }
 }
 
 /// Every key the server's settings accept.
@@ -618,6 +662,7 @@ pub fn server_setting_names() -> Vec<String> {
     // Unset by default, so absent from the serialized defaults.
     names.push("require_signed_jobs".into());
     names.extend(WIRE_KEYS.iter().map(|k| k.to_string()));
+    names.push(METRICS_LISTEN_KEY.into());
     names.sort();
     names.dedup();
     names
@@ -701,6 +746,37 @@ mod tests {
         assert_eq!(settings.max_schedule_count, 10, "default");
         assert_eq!(wire.heartbeat_interval, Duration::from_secs(1));
         assert_eq!(wire.heartbeat_timeout, Duration::from_secs(4));
+    }
+
+    #[test]
+    fn metrics_listen_is_a_setting_with_loopback_for_a_bare_port() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("settings.toml");
+        std::fs::write(&file, "[server]\nmetrics_listen = \"0.0.0.0:9464\"\n").expect("write");
+        let options = load_server_options(Some(&file), []).expect("settings");
+        assert_eq!(
+            options.metrics_listen,
+            Some("0.0.0.0:9464".parse().expect("addr"))
+        );
+        let env = [(
+            "FEDRUN_SETTING_METRICS_LISTEN".to_string(),
+            "9465".to_string(),
+        )];
+        let options = load_server_options(Some(&file), env).expect("settings");
+        assert_eq!(
+            options.metrics_listen,
+            Some("127.0.0.1:9465".parse().expect("addr")),
+            "the environment wins; a bare port is loopback"
+        );
+        assert_eq!(
+            load_server_options(None, [])
+                .expect("defaults")
+                .metrics_listen,
+            None
+        );
+        std::fs::write(&file, "[server]\nmetrics_listen = \"here\"\n").expect("write");
+        let err = load_server_options(Some(&file), []).expect_err("not an address");
+        assert!(err.contains("metrics_listen"), "{err}");
     }
 
     #[test]

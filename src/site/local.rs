@@ -73,6 +73,9 @@ pub struct LocalSiteConfig {
     /// allow-list of [`crate::site::process::INHERITED_ENV`] and `LC_*` (the site setting
     /// `app_env_pass`). Nothing else of the site's environment reaches an app.
     pub app_env_pass: Vec<String>,
+    /// Set to the number of apps the site runs after every step (the site agent's
+    /// `fedrun_site_running_apps` metric); a gauge of its own unless one is given.
+    pub running_apps: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl LocalSiteConfig {
@@ -93,6 +96,7 @@ impl LocalSiteConfig {
             unpack_limits: Limits::default(),
             verify_at: None,
             app_env_pass: Vec::new(),
+            running_apps: Default::default(),
         }
     }
 }
@@ -212,6 +216,7 @@ impl LocalSite {
     ) {
         tracing::info!(site = %self.config.name, workspace = %self.config.workspace.display(), "local site starting");
         self.recover();
+        self.config.running_apps.set(self.running.len() as i64);
         if self.announce().await.is_err() {
             return;
         }
@@ -224,6 +229,7 @@ impl LocalSite {
                 Some(control) = control.recv() => self.handle_control(control).await,
                 Some((job_id, end)) = exits.recv() => self.handle_exit(job_id, end).await,
             };
+            self.config.running_apps.set(self.running.len() as i64);
             if step.is_err() || (self.shutting_down && self.running.is_empty()) {
                 break;
             }
