@@ -73,6 +73,8 @@ enum Command {
     Download(cmd::remote::DownloadArgs),
     /// The sites connected to the live server, with their resources and running jobs.
     Sites(cmd::remote::SitesArgs),
+    /// Serve a read-only page of the live server on 127.0.0.1, reached with the admin kit.
+    Dashboard(cmd::dashboard::Args),
 }
 
 fn main() {
@@ -130,6 +132,7 @@ fn main() {
         Command::Clone(a) => cmd::remote::change(a, "clone"),
         Command::Download(a) => cmd::remote::download(a),
         Command::Sites(a) => cmd::remote::sites(a),
+        Command::Dashboard(a) => cmd::dashboard::run(a),
     };
     match result {
         Ok(code) => std::process::exit(code),
