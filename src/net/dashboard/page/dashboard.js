@@ -66,6 +66,12 @@ function statusBadge(status) {
   return el('span', { class: 'status ' + statusClass(status) }, String(status));
 }
 
+/** `12:34:56.789` of an ISO-8601 time (the whole time is the cell's title). */
+function timeOfDay(iso) {
+  const match = /T(\d\d:\d\d:\d\d(?:\.\d+)?)/.exec(String(iso));
+  return match ? match[1] : String(iso);
+}
+
 function clock(ms) {
   return new Date(ms).toISOString().replace('T', ' ').replace(/\.\d+Z$/, 'Z');
 }
@@ -135,14 +141,13 @@ function renderJobs() {
     el('td', { class: 'id', title: job.job_id }, shortId(job.job_id)),
     el('td', { class: 'name' }, String(job.name)),
     el('td', { class: 'status-cell' }, statusBadge(job.status)),
-    el('td', {}, `${job.submitter_name} (${job.submitter_org})`),
-    el('td', { class: 'mono' }, String(job.submit_time_iso)),
+    el('td', { class: 'mono', title: String(job.submit_time_iso) }, String(job.submit_time_iso).replace('T', ' ')),
     el('td', { class: 'mono' }, job.duration ? String(job.duration) : '–'));
     row.addEventListener('click', () => select(job.job_id));
     return row;
   });
   if (rows.length === 0) {
-    rows.push(el('tr', {}, el('td', { colspan: 6, class: 'empty' },
+    rows.push(el('tr', {}, el('td', { colspan: 5, class: 'empty' },
       view.jobs.length === 0 ? 'no jobs yet' : 'no job matches the filter')));
   }
   $('job-rows').replaceChildren(...rows);
@@ -262,7 +267,7 @@ function eventDetail(event) {
   const kind = event.kind || {};
   const parts = [];
   for (const [key, value] of Object.entries(kind)) {
-    if (key === 'type' || key === 'job_id' || key === 'meta' || key === 'submitter' || key === 'signer') continue;
+    if (key === 'type' || key === 'job_id' || key === 'meta' || key === 'submitter' || key === 'signer' || value === null) continue;
     parts.push(`${key}=${typeof value === 'string' ? value : JSON.stringify(value)}`);
   }
   if (event.type === 'job_submitted' && kind.meta) parts.unshift(`name=${kind.meta.name}`);
@@ -281,9 +286,9 @@ function renderEvents() {
   const rows = view.events.map((event) =>
     el('tr', { class: 'event-row', 'data-seq': event.seq, 'data-type': event.type },
       el('td', { class: 'mono' }, String(event.seq)),
-      el('td', { class: 'mono' }, String(event.at)),
+      el('td', { class: 'mono', title: String(event.at) }, timeOfDay(event.at)),
       el('td', {}, String(event.type)),
-      el('td', { class: 'mono' }, eventDetail(event)),
+      el('td', { class: 'mono detail' }, eventDetail(event)),
       el('td', {}, chainMark(event))));
   if (rows.length === 0) rows.push(el('tr', {}, el('td', { colspan: 5, class: 'empty' }, view.selected ? 'loading…' : '')));
   $('event-rows').replaceChildren(...rows);
