@@ -5,6 +5,9 @@
 
 #![allow(dead_code)]
 
+#[path = "../proc_support/mod.rs"]
+mod proc_support;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,6 +28,7 @@ use fedrun::net::wire::WireConfig;
 use fedrun::site::local::LocalSiteConfig;
 use fedrun::trust::provision::{provision, Project, ProvisionOptions};
 use http_body_util::{BodyExt, Empty};
+use proc_support::processes_under;
 use tokio::net::{TcpListener, TcpStream};
 
 /// How long any one wait may take.
@@ -230,28 +234,6 @@ impl Drop for Federation {
             }
         }
     }
-}
-
-/// Live processes whose working folder is under `dir`.
-pub fn processes_under(dir: &Path) -> Vec<u32> {
-    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-                stat.rsplit(')')
-                    .next()
-                    .is_some_and(|s| s.trim_start().starts_with('Z'))
-            });
-            !zombie
-                && std::fs::read_link(format!("/proc/{pid}/cwd"))
-                    .is_ok_and(|cwd| cwd.starts_with(&dir))
-        })
-        .collect()
 }
 
 /// The example `hello-complete` copied under `dir` with `name` in its meta.json and

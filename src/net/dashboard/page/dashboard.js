@@ -418,6 +418,7 @@ function showError(err) {
 }
 
 async function poll() {
+  const started = performance.now();
   try {
     const [jobs, sites] = await Promise.all([getJson('/v1/jobs'), getJson('/v1/sites')]);
     view.jobs = jobs;
@@ -435,7 +436,8 @@ async function poll() {
   } catch (err) {
     showError(err);
   } finally {
-    setTimeout(poll, POLL_MS);
+    // A large federation is polled less often: at most a fifth of the time goes to it.
+    setTimeout(poll, Math.max(POLL_MS, 5 * (performance.now() - started)));
   }
 }
 
