@@ -208,22 +208,28 @@ async fn the_page_shows_jobs_timeline_and_sites_in_chromium() {
         .iter()
         .filter_map(|rect| rect.attr("data-lane").map(str::to_string))
         .collect();
-    let participants: Vec<String> = history
-        .iter()
-        .filter(|e| e["type"] == "deploy_finished")
-        .map(|e| {
-            e["kind"]["participant"]
-                .as_str()
-                .expect("participant")
-                .to_string()
-        })
-        .collect();
+    // Each participant's bar, in the order its answer was recorded.
+    let answered = |step: &str| -> Vec<String> {
+        history
+            .iter()
+            .filter(|e| e["type"] == step)
+            .map(|e| {
+                e["kind"]["participant"]
+                    .as_str()
+                    .expect("participant")
+                    .to_string()
+            })
+            .collect()
+    };
+    let deployed = answered("deploy_finished");
+    let started = answered("start_finished");
     for site in SITES {
-        assert!(participants.iter().any(|p| p == site), "{participants:?}");
+        assert!(deployed.iter().any(|p| p == site), "{deployed:?}");
+        assert!(started.iter().any(|p| p == site), "{started:?}");
     }
     let mut expected = vec!["queued".to_string(), "dispatched".to_string()];
-    expected.extend(participants.iter().map(|p| format!("deploy {p}")));
-    expected.extend(participants.iter().map(|p| format!("start {p}")));
+    expected.extend(deployed.iter().map(|p| format!("deploy {p}")));
+    expected.extend(started.iter().map(|p| format!("start {p}")));
     expected.extend(["running".to_string(), "outcome barrier".to_string()]);
     if history
         .iter()

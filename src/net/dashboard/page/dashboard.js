@@ -427,10 +427,6 @@ async function poll() {
     renderSites();
     if (view.selected) await refreshJob();
     view.renders += 1;
-    if (view.renders === 1) {
-      // From the start of navigation to the first full page of data, for the bench.
-      document.body.setAttribute('data-first-render-ms', performance.now().toFixed(1));
-    }
     document.body.setAttribute('data-renders', String(view.renders));
     setConnection(true, `live · ${jobs.length} jobs · ${sites.length} sites · updated ${clock(Date.now())}`);
   } catch (err) {
