@@ -75,6 +75,8 @@ enum Command {
     Sites(cmd::remote::SitesArgs),
     /// An app's output (the server app's, or a site's with --site), through the live server.
     Logs(cmd::logs::Args),
+    /// Serve a read-only page of the live server on 127.0.0.1, reached with the admin kit.
+    Dashboard(cmd::dashboard::Args),
 }
 
 fn main() {
@@ -134,6 +136,7 @@ fn main() {
         Command::Download(a) => cmd::remote::download(a),
         Command::Sites(a) => cmd::remote::sites(a),
         Command::Logs(a) => cmd::logs::run(a),
+        Command::Dashboard(a) => cmd::dashboard::run(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

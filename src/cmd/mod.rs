@@ -1,5 +1,6 @@
 //! One module per subcommand: its arguments, and the glue from them to the library.
 pub mod audit;
+pub mod dashboard;
 pub mod demo;
 pub mod demo_net;
 pub mod history;

@@ -214,6 +214,64 @@ impl Client {
         body: Bytes,
         upload: Arc<dyn Progress>,
     ) -> Result<Response<Incoming>, ClientError> {
+        let response = self
+            .send_any_counted(method, path, headers, body, upload)
+            .await?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Connect {
+                addr: self.addr.clone(),
+                reason: e.to_string(),
+            })?
+            .to_bytes();
+        let (code, message) = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+            Ok(value) => (
+                value["code"].as_str().unwrap_or("unknown").to_string(),
+                value["message"]
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned()),
+            ),
+            Err(_) => (
+                "unknown".to_string(),
+                String::from_utf8_lossy(&bytes).into_owned(),
+            ),
+        };
+        Err(ClientError::Refused {
+            status,
+            code,
+            message,
+        })
+    }
+
+    /// Sends one request and returns the answer whatever its status, as a proxy needs it
+    /// (`fedrun dashboard` passes the server's errors through unchanged).
+    pub async fn send_any(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Bytes,
+    ) -> Result<Response<Incoming>, ClientError> {
+        self.send_any_counted(method, path, headers, body, Arc::new(NoProgress))
+            .await
+    }
+
+    /// [`Client::send_any`], telling `upload` how the request's body goes out.
+    async fn send_any_counted(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Bytes,
+        upload: Arc<dyn Progress>,
+    ) -> Result<Response<Incoming>, ClientError> {
         let connect_error = |reason: String| ClientError::Connect {
             addr: self.addr.clone(),
             reason,
@@ -249,34 +307,7 @@ impl Client {
             .await
             .map_err(|e| connect_error(e.to_string()))?;
         self.connected_once.store(true, Ordering::Relaxed);
-        if response.status().is_success() {
-            return Ok(response);
-        }
-        let status = response.status();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| connect_error(e.to_string()))?
-            .to_bytes();
-        let (code, message) = match serde_json::from_slice::<serde_json::Value>(&bytes) {
-            Ok(value) => (
-                value["code"].as_str().unwrap_or("unknown").to_string(),
-                value["message"]
-                    .as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned()),
-            ),
-            Err(_) => (
-                "unknown".to_string(),
-                String::from_utf8_lossy(&bytes).into_owned(),
-            ),
-        };
-        Err(ClientError::Refused {
-            status,
-            code,
-            message,
-        })
+        Ok(response)
     }
 
     /// [`Client::send`] and the whole body.
