@@ -146,14 +146,30 @@ fn examples() -> PathBuf {
 
 /// The app shells (`sh run.sh`) running under `dir`: the long-lived part of an app, unlike
 /// the short `sleep` children the example starts each round.
+/// The app shells (`sh run.sh`) running under `dir`: the leaders of their process groups
+/// only, since the shell's own short-lived forks (command substitutions) carry the same
+/// command line and come and go.
 fn app_shells_under(dir: &Path) -> Vec<u32> {
     processes_under(dir)
         .into_iter()
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/cmdline"))
                 .is_ok_and(|c| String::from_utf8_lossy(&c).contains("run.sh"))
+                && group_leader(*pid)
         })
         .collect()
+}
+
+/// Whether `pid` leads its process group (`/proc/PID/stat` field 5, after the command
+/// name in parentheses).
+fn group_leader(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().nth(2))
+            .and_then(|pgrp| pgrp.parse::<u32>().ok())
+            == Some(pid)
+    })
 }
 
 async fn all_connected(server: &Server) {
