@@ -15,7 +15,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 mod proc_support;
-use proc_support::{alive, processes_under};
+use proc_support::{alive, apps_under, processes_under};
 
 /// The longest any single wait of these tests may take.
 const BOUND: Duration = Duration::from_secs(30);
@@ -57,21 +57,6 @@ fn wait_until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(POLL);
     }
-}
-
-/// The apps under `dir`: fedrun starts each app in its own process group, so an app is
-/// a group leader there (the short `sleep`s an app starts are not).
-fn apps_under(dir: &Path) -> Vec<u32> {
-    let mut apps: Vec<u32> = processes_under(dir)
-        .into_iter()
-        .filter(|pid| {
-            let pid = *pid as i32;
-            // SAFETY: getpgid(2) only reads the process's group id.
-            unsafe { libc::getpgid(pid) == pid }
-        })
-        .collect();
-    apps.sort_unstable();
-    apps
 }
 
 fn sigkill(child: &mut Child) {

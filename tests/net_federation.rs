@@ -22,7 +22,7 @@ use fedrun::net::tls::{client_config, server_name, ALPN_HTTP};
 use fedrun::net::wire::WireConfig;
 use fedrun::site::local::LocalSiteConfig;
 use fedrun::trust::provision::{provision, Project, ProvisionOptions};
-use proc_support::processes_under;
+use proc_support::{apps_under, kill_apps_under, processes_under};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -128,48 +128,12 @@ impl Federation {
 /// checked that none is left, this finds nothing).
 impl Drop for Federation {
     fn drop(&mut self) {
-        for pid in processes_under(self.dir.path()) {
-            let pid = pid as i32;
-            // SAFETY: getpgid/kill on processes this test's federation started.
-            unsafe {
-                if libc::getpgid(pid) == pid {
-                    libc::kill(-pid, libc::SIGKILL);
-                }
-            }
-        }
+        kill_apps_under(self.dir.path());
     }
 }
 
 fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")
-}
-
-/// The app shells (`sh run.sh`) running under `dir`: the long-lived part of an app, unlike
-/// the short `sleep` children the example starts each round.
-/// The app shells (`sh run.sh`) running under `dir`: the leaders of their process groups
-/// only, since the shell's own short-lived forks (command substitutions) carry the same
-/// command line and come and go.
-fn app_shells_under(dir: &Path) -> Vec<u32> {
-    processes_under(dir)
-        .into_iter()
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("run.sh"))
-                && group_leader(*pid)
-        })
-        .collect()
-}
-
-/// Whether `pid` leads its process group (`/proc/PID/stat` field 5, after the command
-/// name in parentheses).
-fn group_leader(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit(')')
-            .next()
-            .and_then(|rest| rest.split_whitespace().nth(2))
-            .and_then(|pgrp| pgrp.parse::<u32>().ok())
-            == Some(pid)
-    })
 }
 
 async fn all_connected(server: &Server) {
@@ -309,14 +273,14 @@ async fn a_site_whose_connection_is_cut_and_restored_keeps_its_app() {
     })
     .await;
     let site2 = fed.dir.path().join("sites/site-2");
-    let before = app_shells_under(&site2);
+    let before = apps_under(&site2);
     assert!(!before.is_empty(), "site-2 runs its app");
     relay.cut();
     wait_for(&fed.server, "site-2 seen disconnected", |s| {
         s.sites.get("site-2").is_some_and(|f| !f.connected)
     })
     .await;
-    let now = app_shells_under(&site2);
+    let now = apps_under(&site2);
     assert!(
         before.iter().all(|pid| now.contains(pid)),
         "the app outlives the connection: {before:?} then {now:?}"
@@ -356,7 +320,7 @@ async fn an_abort_reaches_apps_over_the_network() {
             .is_some_and(|j| j.status == RunStatus::Running)
     })
     .await;
-    let running = app_shells_under(&fed.dir.path().join("sites"));
+    let running = apps_under(&fed.dir.path().join("sites"));
     assert!(!running.is_empty(), "the sites run their apps");
     let aborted = fed
         .server

@@ -29,7 +29,7 @@ use fedrun::site::logs::LOG_CHUNK_MAX;
 use fedrun::trust::provision::{provision, Project, ProvisionOptions};
 use http_body_util::BodyExt;
 use hyper::{Method, StatusCode};
-use proc_support::processes_under;
+use proc_support::{kill_apps_under, processes_under};
 
 const SITES: [&str; 2] = ["site-1", "site-2"];
 
@@ -161,15 +161,7 @@ impl Federation {
 /// A failed test must not leave its apps running.
 impl Drop for Federation {
     fn drop(&mut self) {
-        for pid in processes_under(self.dir.path()) {
-            let pid = pid as i32;
-            // SAFETY: getpgid/kill on processes this test's federation started.
-            unsafe {
-                if libc::getpgid(pid) == pid {
-                    libc::kill(-pid, libc::SIGKILL);
-                }
-            }
-        }
+        kill_apps_under(self.dir.path());
     }
 }
 

@@ -30,7 +30,7 @@ use fedrun::net::serve::{start, ServeOptions, Serving};
 use fedrun::net::wire::WireConfig;
 use fedrun::site::local::LocalSiteConfig;
 use fedrun::trust::provision::{provision, Project, ProvisionOptions};
-use proc_support::processes_under;
+use proc_support::{apps_under, kill_apps_under, processes_under};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SITES: [&str; 2] = ["site-1", "site-2"];
@@ -162,15 +162,7 @@ impl Federation {
 /// A failed test must not leave its apps running.
 impl Drop for Federation {
     fn drop(&mut self) {
-        for pid in processes_under(self.dir.path()) {
-            let pid = pid as i32;
-            // SAFETY: getpgid/kill on processes this test's federation started.
-            unsafe {
-                if libc::getpgid(pid) == pid {
-                    libc::kill(-pid, libc::SIGKILL);
-                }
-            }
-        }
+        kill_apps_under(self.dir.path());
     }
 }
 
@@ -642,13 +634,13 @@ async fn a_site_agent_serves_its_own_metrics() {
     .await;
     let site_dir = fed.site_dir("site-1");
     until("the site's app in /proc and in the gauge", || {
-        metrics.running_apps.get() == 1 && app_shells_under(&site_dir).len() == 1
+        metrics.running_apps.get() == 1 && apps_under(&site_dir).len() == 1
     })
     .await;
     let scrape = site().await;
     assert_eq!(
         scrape.one("fedrun_agent_running_apps"),
-        app_shells_under(&site_dir).len() as f64
+        apps_under(&site_dir).len() as f64
     );
     let package_bytes = stored_package_bytes(&fed.server, long);
     assert_eq!(
@@ -695,7 +687,7 @@ async fn a_site_agent_serves_its_own_metrics() {
     .expect("abort accepted");
     wait_for(&fed.server, "the job settled", |s| settled(s, &long)).await;
     until("the site's app ended in /proc and in the gauge", || {
-        metrics.running_apps.get() == 0 && app_shells_under(&site_dir).is_empty()
+        metrics.running_apps.get() == 0 && apps_under(&site_dir).is_empty()
     })
     .await;
     assert_eq!(site().await.one("fedrun_agent_running_apps"), 0.0);
@@ -726,16 +718,6 @@ async fn a_site_agent_serves_its_own_metrics() {
     fed.server.shutdown().await;
     let left = processes_under(fed.dir.path());
     assert!(left.is_empty(), "app processes left: {left:?}");
-}
-
-/// The apps running under `dir`: each is the leader of its own process group (its
-/// subshells and children are not apps of their own).
-fn app_shells_under(dir: &Path) -> Vec<u32> {
-    processes_under(dir)
-        .into_iter()
-        // SAFETY: getpgid only reads the process group of a pid.
-        .filter(|pid| unsafe { libc::getpgid(*pid as i32) } == *pid as i32)
-        .collect()
 }
 
 /// Every metric a panel of the example Grafana dashboard queries is in a scrape of the

@@ -982,11 +982,12 @@ fn stop_reason(job: &Job) -> Option<String> {
         }
     }
     for (site, outcome) in &run.site_exits {
-        // An exit fedrun's own stop caused is not a failure and stops nothing.
-        if run.stopped_exits.contains(site) {
+        // An exit fedrun's own stop caused is not a failure and stops nothing. (The cheap
+        // test first: a large run reports thousands of exits that stop nothing.)
+        if !stops_run(*outcome) || run.stopped_exits.contains(site) {
             continue;
         }
-        if run.counts_site(site) && stops_run(*outcome) && !run.all_ended() {
+        if run.counts_site(site) && !run.all_ended() {
             return Some(format!(
                 "site {site} reported {}",
                 describe_outcome(*outcome)

@@ -28,7 +28,7 @@ use fedrun::net::wire::WireConfig;
 use fedrun::site::local::LocalSiteConfig;
 use fedrun::trust::provision::{provision, Project, ProvisionOptions};
 use http_body_util::{BodyExt, Empty};
-use proc_support::processes_under;
+use proc_support::{kill_apps_under, processes_under};
 use tokio::net::{TcpListener, TcpStream};
 
 /// How long any one wait may take.
@@ -224,15 +224,7 @@ impl Federation {
 /// A failed test must not leave its apps running.
 impl Drop for Federation {
     fn drop(&mut self) {
-        for pid in processes_under(self.dir.path()) {
-            let pid = pid as i32;
-            // SAFETY: getpgid/kill on processes this test's federation started.
-            unsafe {
-                if libc::getpgid(pid) == pid {
-                    libc::kill(-pid, libc::SIGKILL);
-                }
-            }
-        }
+        kill_apps_under(self.dir.path());
     }
 }
 

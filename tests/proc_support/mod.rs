@@ -44,6 +44,39 @@ pub fn processes_under(dir: &Path) -> Vec<u32> {
     })
 }
 
+/// The apps running under `dir`: the processes there that lead their own process group
+/// (fedrun starts each app as one). An app's subshells and children, which come and go
+/// with the same command line, are not apps of their own.
+pub fn apps_under(dir: &Path) -> Vec<u32> {
+    let mut apps: Vec<u32> = processes_under(dir)
+        .into_iter()
+        .filter(|pid| process_group(*pid) == Some(*pid))
+        .collect();
+    apps.sort_unstable();
+    apps
+}
+
+/// Kills (SIGKILL) every app group under `dir`: what a test that failed half-way must not
+/// leave running.
+pub fn kill_apps_under(dir: &Path) {
+    for pid in apps_under(dir) {
+        // SAFETY: kill(2) of a process group led by a process under the test's own folder.
+        unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+    }
+}
+
+/// The process group of `pid` (`/proc/PID/stat` field 5, after the command name in
+/// parentheses), if it is alive.
+pub fn process_group(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(2)?
+        .parse()
+        .ok()
+}
+
 /// Live processes that work under `dir` or name it on their command line (a `fedrun
 /// serve --data-dir DIR/...` started from elsewhere).
 pub fn processes_of(dir: &Path) -> Vec<u32> {
