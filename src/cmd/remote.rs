@@ -417,6 +417,9 @@ pub fn history(client: Client, job: Option<&str>, follow: bool, json: bool) -> a
 /// The connection broke in the middle of a streamed answer.
 struct Broke;
 
+/// One line of a JSON-lines answer, with its parsed value.
+type Line = (String, Result<serde_json::Value, ClientError>);
+
 /// The lines of a streamed JSON-lines answer (`/v1/history`), each with its parsed value.
 struct JsonLines {
     body: hyper::body::Incoming,
@@ -432,7 +435,7 @@ impl JsonLines {
     }
 
     /// A complete line already received, without waiting for more.
-    fn buffered(&mut self) -> Option<(String, Result<serde_json::Value, ClientError>)> {
+    fn buffered(&mut self) -> Option<Line> {
         let end = self.pending.iter().position(|b| *b == b'\n')?;
         let line: Vec<u8> = self.pending.drain(..=end).collect();
         let line = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
@@ -442,10 +445,7 @@ impl JsonLines {
 
     /// The next complete line: `Ok(None)` at the end of the answer, `Err(Broke)` when the
     /// connection broke first.
-    #[allow(clippy::type_complexity)]
-    async fn next(
-        &mut self,
-    ) -> Result<Option<(String, Result<serde_json::Value, ClientError>)>, Broke> {
+    async fn next(&mut self) -> Result<Option<Line>, Broke> {
         loop {
             if let Some(line) = self.buffered() {
                 return Ok(Some(line));

@@ -192,6 +192,14 @@ impl Client {
         &self.addr
     }
 
+    /// The connection broke while an answer's body was read.
+    fn broke(&self, error: hyper::Error) -> ClientError {
+        ClientError::Connect {
+            addr: self.addr.clone(),
+            reason: error.to_string(),
+        }
+    }
+
     /// Sends one request and returns the answer's head and streaming body. A non-2xx answer
     /// is [`ClientError::Refused`] with the server's code and message.
     pub async fn send(
@@ -225,10 +233,7 @@ impl Client {
             .into_body()
             .collect()
             .await
-            .map_err(|e| ClientError::Connect {
-                addr: self.addr.clone(),
-                reason: e.to_string(),
-            })?
+            .map_err(|e| self.broke(e))?
             .to_bytes();
         let (code, message) = match serde_json::from_slice::<serde_json::Value>(&bytes) {
             Ok(value) => (
@@ -318,16 +323,15 @@ impl Client {
         headers: &[(&str, String)],
         body: Bytes,
     ) -> Result<Bytes, ClientError> {
-        let response = self.send(method, path, headers, body).await?;
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| ClientError::Connect {
-                addr: self.addr.clone(),
-                reason: e.to_string(),
-            })?;
-        Ok(body.to_bytes())
+        self.send_full_counted(
+            method,
+            path,
+            headers,
+            body,
+            Arc::new(NoProgress),
+            Arc::new(NoProgress),
+        )
+        .await
     }
 
     /// [`Client::send`] and the whole body, telling `upload` how the request's body goes
@@ -353,10 +357,7 @@ impl Client {
         let mut body = response.into_body();
         let mut received = Vec::with_capacity(total.unwrap_or(0).min(64 << 20) as usize);
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| ClientError::Connect {
-                addr: self.addr.clone(),
-                reason: e.to_string(),
-            })?;
+            let frame = frame.map_err(|e| self.broke(e))?;
             if let Ok(data) = frame.into_data() {
                 download.advance(data.len() as u64);
                 received.extend_from_slice(&data);
