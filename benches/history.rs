@@ -2,7 +2,8 @@
 //! of the same size on the same disk, batches of 64, replay of a million events, and
 //! start-up from a snapshot plus a tail.
 //!
-//! Run: `cargo bench --bench history`; only the append groups, briefly:
+//! Run: `cargo bench --bench history`; the groups of the README's table:
+//! `cargo bench --bench history -- "replay|durable|batch"`; only the append groups, briefly:
 //! `cargo bench --bench history -- 'durable_append_one|batch_of_64' --warm-up-time 1
 //! --measurement-time 3`. Sizes are kept small enough that the whole run
 //! takes a few minutes; set `FEDRUN_BENCH_REPLAY_EVENTS` to change the replay size.
@@ -13,9 +14,13 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use criterion::measurement::WallTime;
-use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
+use criterion::{
+    black_box, criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput,
+};
 use fedrun::history::events::EventHistory;
-use fedrun::history::{DataFileSync, MemoryStorage, SledOptions};
+use fedrun::history::record;
+use fedrun::history::storage::RecordBytes;
+use fedrun::history::{ChainHash, DataFileSync, MemoryStorage, SledOptions};
 use fedrun::job::meta::{AppTargets, JobMeta};
 use fedrun::job::JobId;
 use fedrun::lifecycle::{
@@ -285,6 +290,29 @@ fn batches_of_64(c: &mut Criterion) {
     group.finish();
 }
 
+/// Builds a durable history of `events` events (batches of 1,000) in a new folder.
+fn build_replay_history(events: u64) -> (tempfile::TempDir, EventHistory) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut history = EventHistory::open(dir.path()).expect("open");
+    let build = Instant::now();
+    let mut seq = 1;
+    while seq <= events {
+        let end = (seq + 1000).min(events + 1);
+        let chunk: Vec<Event> = (seq..end).map(event_at).collect();
+        history.append_batch(&chunk).expect("append");
+        seq = end;
+    }
+    eprintln!(
+        "built a {events}-event history in {:.1} s",
+        build.elapsed().as_secs_f64()
+    );
+    (dir, history)
+}
+
+/// Replay of a long history, and beside it the parts it is made of, so the floor each
+/// sets is visible: sled's iteration alone, the decoding of every record alone and the
+/// hashing of every record alone (both on bytes already read), and the same replay on
+/// one thread (check, decode and fold in one loop).
 fn replay(c: &mut Criterion) {
     let events: u64 = std::env::var("FEDRUN_BENCH_REPLAY_EVENTS")
         .ok()
@@ -295,34 +323,70 @@ fn replay(c: &mut Criterion) {
         .sample_size(10)
         .measurement_time(Duration::from_secs(20))
         .throughput(Throughput::Elements(events));
-    // The history is built on the closure's first call, which criterion makes only when
-    // the benchmark is selected (so `cargo bench -- durable` skips the long build), and
-    // kept for its later calls.
+    // The history is built on the first call of a selected benchmark (so `cargo bench --
+    // durable` skips the long build), and kept for the others.
     let mut built: Option<(tempfile::TempDir, EventHistory)> = None;
+    let mut records: Option<Vec<RecordBytes>> = None;
     group.bench_function(format!("replay_{events}_events"), |b| {
-        let (_, history) = built.get_or_insert_with(|| {
-            let dir = tempfile::tempdir().expect("temp dir");
-            let mut history = EventHistory::open(dir.path()).expect("open");
-            let build = Instant::now();
-            let mut seq = 1;
-            while seq <= events {
-                let end = (seq + 1000).min(events + 1);
-                let chunk: Vec<Event> = (seq..end).map(event_at).collect();
-                history.append_batch(&chunk).expect("append");
-                seq = end;
-            }
-            eprintln!(
-                "built a {events}-event history in {:.1} s",
-                build.elapsed().as_secs_f64()
-            );
-            (dir, history)
-        });
+        let (_, history) = built.get_or_insert_with(|| build_replay_history(events));
         b.iter(|| {
             let state = history.replay(State::new()).expect("replay");
             assert_eq!(state.jobs.len() as u64, events.div_ceil(4));
         })
     });
+    group.bench_function(format!("replay_{events}_events_single_thread"), |b| {
+        let (_, history) = built.get_or_insert_with(|| build_replay_history(events));
+        b.iter(|| {
+            let mut state = State::new();
+            for record in history.records_from(1) {
+                let record = record.expect("record");
+                state.apply_checked(&record.event).expect("legal");
+            }
+            assert_eq!(state.jobs.len() as u64, events.div_ceil(4));
+        })
+    });
+    group.bench_function(format!("sled_iteration_{events}_records"), |b| {
+        let (_, history) = built.get_or_insert_with(|| build_replay_history(events));
+        b.iter(|| {
+            let mut bytes = 0usize;
+            for item in history.storage().read_shared_from(1) {
+                bytes += item.expect("record").1.len();
+            }
+            black_box(bytes)
+        })
+    });
+    group.bench_function(format!("decode_only_{events}_records"), |b| {
+        let records = records.get_or_insert_with(|| {
+            let (_, history) = built.get_or_insert_with(|| build_replay_history(events));
+            read_all(history)
+        });
+        b.iter(|| {
+            for bytes in records.iter() {
+                black_box(record::decode::<Event>(bytes).expect("decodes"));
+            }
+        })
+    });
+    group.bench_function(format!("hash_only_{events}_records"), |b| {
+        let records = records.get_or_insert_with(|| {
+            let (_, history) = built.get_or_insert_with(|| build_replay_history(events));
+            read_all(history)
+        });
+        b.iter(|| {
+            for bytes in records.iter() {
+                black_box(ChainHash::of(bytes));
+            }
+        })
+    });
     group.finish();
+}
+
+/// Every record's bytes, as sled shares them.
+fn read_all(history: &EventHistory) -> Vec<RecordBytes> {
+    history
+        .storage()
+        .read_shared_from(1)
+        .map(|item| item.expect("record").1)
+        .collect()
 }
 
 /// A data folder holding a snapshot of `jobs` submitted jobs plus a tail of `jobs` more

@@ -102,21 +102,28 @@ fn hostile_inputs_are_refused_without_panic() {
     let zeros = "0".repeat(64);
     inputs.push(
         rmp_serde::to_vec_named(&Future {
-            v: 2,
+            v: 3,
             seq: 1,
             prev: &zeros,
             event: 0,
         })
         .unwrap(),
     );
+    // The same in the binary layout of version 2 on.
+    let mut binary = vec![fedrun::history::record::BINARY_MARKER, 3];
+    binary.extend_from_slice(&1u64.to_be_bytes());
+    binary.extend_from_slice(&[0; 32]);
+    binary.push(0xc0);
+    inputs.push(binary);
     for (_, check) in TARGETS {
         for input in &inputs {
             check(input);
         }
     }
-    let future = inputs.last().unwrap();
-    let err = fedrun::history::record::decode_header(future).unwrap_err();
-    assert!(err.to_string().contains("format version 2"), "{err}");
+    for future in &inputs[inputs.len() - 2..] {
+        let err = fedrun::history::record::decode_header(future).unwrap_err();
+        assert!(err.to_string().contains("format version 3"), "{err}");
+    }
 }
 
 proptest::proptest! {

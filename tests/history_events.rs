@@ -150,7 +150,7 @@ fn todays_encoder_writes_exactly_the_committed_version_1_bytes() {
         // committed bytes: format version 1 has not changed under our feet.
         let mut prev = GENESIS_HASH;
         for (event, name) in sample_history(1).iter().zip(FIXTURE_RECORDS) {
-            let bytes = record::encode(event.seq, prev, event).unwrap();
+            let bytes = record::encode_v1(event.seq, prev, event).unwrap();
             assert_eq!(
                 bytes,
                 std::fs::read(fixture_path(name)).unwrap(),
@@ -165,7 +165,7 @@ fn todays_encoder_writes_exactly_the_committed_version_1_bytes() {
     let mut prev = GENESIS_HASH;
     let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
     for (event, name) in sample_history(1).iter().zip(FIXTURE_RECORDS) {
-        let bytes = record::encode(event.seq, prev, event).unwrap();
+        let bytes = record::encode_v1(event.seq, prev, event).unwrap();
         std::fs::write(fixture_path(name), &bytes).unwrap();
         // The same records seed the fuzz corpora: whole records, and bare events.
         std::fs::write(corpus.join("history_record").join(name), &bytes).unwrap();

@@ -172,7 +172,7 @@ fn a_database_needing_a_newer_reader_is_refused() {
             err,
             OpenError::TooNew {
                 min_reader: 7,
-                reader: 1,
+                reader: fedrun::history::record::READER_VERSION,
                 ..
             }
         ),

@@ -6,6 +6,7 @@ use serde_json::{Map, Value};
 
 use std::collections::BTreeMap;
 
+use super::record::RecordEvent;
 use super::{Fold, Sequenced};
 use crate::blobs::reference_counts;
 use crate::lifecycle::{Archive, BlobHash, Event, Job, State};
@@ -16,6 +17,22 @@ pub type EventHistory = super::History<Event>;
 impl Sequenced for Event {
     fn seq(&self) -> u64 {
         self.seq
+    }
+}
+
+/// Version-2 records hold an event in the layout of [`super::wire`]: externally tagged,
+/// positional, decoded in one pass without serde's buffering of tagged enums.
+impl RecordEvent for Event {
+    fn encode_v2(&self, out: &mut Vec<u8>) -> Result<(), rmp_serde::encode::Error> {
+        rmp_serde::encode::write(out, &super::wire::WireEvent::of(self))
+    }
+
+    fn decode_v2(bytes: &[u8]) -> Result<Self, rmp_serde::decode::Error> {
+        super::record::from_slice_exact::<super::wire::WireEvent<'static>>(
+            bytes,
+            super::record::MAX_RECORD_DEPTH,
+        )
+        .map(super::wire::WireEvent::into_event)
     }
 }
 

@@ -21,6 +21,7 @@ pub mod sled_store;
 pub mod snapshot;
 pub mod storage;
 pub mod verify;
+mod wire;
 
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
@@ -30,7 +31,7 @@ use serde::Serialize;
 
 pub use anchor::Anchor;
 pub use events::{event_json_line, event_text, EventHistory};
-pub use record::{ChainHash, Record, GENESIS_HASH, MAX_VALUE_BYTES};
+pub use record::{ChainHash, Record, RecordEvent, GENESIS_HASH, MAX_VALUE_BYTES};
 pub use sled_store::{
     DataFileSync, DataPaths, FsyncDataFile, SledOptions, SledStorage, READER_LOCK_WAIT,
     SLED_SEGMENT_SIZE,
@@ -339,7 +340,7 @@ impl<E> std::fmt::Debug for History<E> {
     }
 }
 
-impl<E: Serialize + DeserializeOwned + Sequenced> History<E> {
+impl<E: RecordEvent> History<E> {
     /// Opens (creating if needed) the durable history in data folder `dir`.
     pub fn open(dir: &Path) -> Result<History<E>, OpenError> {
         History::open_with(dir, SledOptions::default())
@@ -557,7 +558,12 @@ impl<E: Serialize + DeserializeOwned + Sequenced> History<E> {
                 ),
             }
         };
-        RecordReader::new(self.storage.read_from(from), from, expected_prev, error)
+        RecordReader::new(
+            self.storage.read_shared_from(from),
+            from,
+            expected_prev,
+            error,
+        )
     }
 
     /// Rebuilds the state by folding every record into `state` (normally empty),
@@ -566,7 +572,7 @@ impl<E: Serialize + DeserializeOwned + Sequenced> History<E> {
     where
         E: Send,
     {
-        let (state, _) = fold_pipelined(state, self.storage.read_from(1), 1, GENESIS_HASH)?;
+        let (state, _) = fold_pipelined(state, self.storage.read_shared_from(1), 1, GENESIS_HASH)?;
         Ok(state)
     }
 
@@ -602,7 +608,7 @@ impl<E: Serialize + DeserializeOwned + Sequenced> History<E> {
             );
         let Some((record, state)) = decoded else {
             let (state, replayed) =
-                fold_pipelined(empty, self.storage.read_from(1), 1, GENESIS_HASH)?;
+                fold_pipelined(empty, self.storage.read_shared_from(1), 1, GENESIS_HASH)?;
             return Ok(Recovered {
                 state,
                 snapshot_seq: None,
@@ -636,7 +642,7 @@ impl<E: Serialize + DeserializeOwned + Sequenced> History<E> {
         }
         let (state, replayed) = fold_pipelined(
             state,
-            self.storage.read_from(record.seq + 1),
+            self.storage.read_shared_from(record.seq + 1),
             record.seq + 1,
             record.chain,
         )?;
@@ -830,52 +836,41 @@ pub fn judge_anchor(storage: &dyn Storage, head: Head, dir: &Path) -> AnchorVerd
 /// checking each; returns the state and the number of records folded.
 ///
 /// Replay is a three-stage pipeline, so start-up uses a second core: this thread reads
-/// raw records from the store, a decoder thread checks and decodes them (the costliest
-/// step), and a folder thread applies them in order. Chunks keep the hand-offs cheap and
-/// bounded channels keep memory flat. Order and error reporting are those of a plain
-/// loop: the first bad record stops all three stages.
+/// the records from the store (sharing sled's buffers, no copy) and checks each one's
+/// place and chain link, which needs only its header and the BLAKE3 hash of its bytes; a
+/// decoder thread decodes the events; a folder thread applies them in order. Chunks keep
+/// the hand-offs cheap and bounded channels keep memory flat. Order and error reporting
+/// are those of a plain loop ([`check_record`], then the fold): the first bad record
+/// stops all three stages, and the error reported is the one of the earliest record.
 fn fold_pipelined<E, S>(
     state: S,
-    raw: storage::RecordIter<'_>,
+    raw: storage::SharedRecordIter<'_>,
     from: u64,
     prev: ChainHash,
 ) -> Result<(S, u64), ReplayError>
 where
-    E: DeserializeOwned + Sequenced + Send,
+    E: RecordEvent + Send,
     S: Fold<E> + Send,
 {
-    const CHUNK: usize = 512;
-    type RawChunk = Vec<Result<(u64, Vec<u8>), StorageError>>;
-    let (raw_tx, raw_rx) = std::sync::mpsc::sync_channel::<RawChunk>(4);
+    const CHUNK: usize = 256;
+    type Linked = Vec<Result<(u64, storage::RecordBytes), ReplayError>>;
+    let (linked_tx, linked_rx) = std::sync::mpsc::sync_channel::<Linked>(8);
     let (record_tx, record_rx) =
-        std::sync::mpsc::sync_channel::<Vec<Result<Record<E>, ReplayError>>>(4);
+        std::sync::mpsc::sync_channel::<Vec<Result<Record<E>, ReplayError>>>(8);
     std::thread::scope(|scope| {
         scope.spawn(move || {
-            let mut expected_seq = from;
-            let mut expected_prev = prev;
-            for chunk in raw_rx {
-                let mut checked = Vec::with_capacity(chunk.len());
+            for chunk in linked_rx {
+                let mut decoded = Vec::with_capacity(chunk.len());
                 let mut failed = false;
                 for item in chunk {
-                    let result = match item {
-                        Err(source) => Err(ReplayError::Storage {
-                            seq: expected_seq,
-                            cause: source,
-                        }),
-                        Ok((seq, bytes)) => check_record(expected_seq, expected_prev, seq, &bytes)
-                            .map(|(record, hash)| {
-                                expected_seq += 1;
-                                expected_prev = hash;
-                                record
-                            }),
-                    };
+                    let result = item.and_then(|(seq, bytes)| decode_checked::<E>(seq, &bytes));
                     failed = result.is_err();
-                    checked.push(result);
+                    decoded.push(result);
                     if failed {
                         break;
                     }
                 }
-                if record_tx.send(checked).is_err() || failed {
+                if record_tx.send(decoded).is_err() || failed {
                     return;
                 }
             }
@@ -897,22 +892,37 @@ where
             }
             Ok((state, count))
         });
-        let mut chunk = Vec::with_capacity(CHUNK);
+        let mut expected_seq = from;
+        let mut expected_prev = prev;
+        let mut chunk: Linked = Vec::with_capacity(CHUNK);
         for item in raw {
-            let stop = item.is_err();
-            chunk.push(item);
+            let result = match item {
+                Err(source) => Err(ReplayError::Storage {
+                    seq: expected_seq,
+                    cause: source,
+                }),
+                Ok((seq, bytes)) => {
+                    check_link(expected_seq, expected_prev, seq, &bytes).map(|hash| {
+                        expected_seq += 1;
+                        expected_prev = hash;
+                        (seq, bytes)
+                    })
+                }
+            };
+            let stop = result.is_err();
+            chunk.push(result);
             if chunk.len() == CHUNK || stop {
                 let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
                 // A closed channel means a later stage stopped at a bad record.
-                if raw_tx.send(full).is_err() || stop {
+                if linked_tx.send(full).is_err() || stop {
                     break;
                 }
             }
         }
         if !chunk.is_empty() {
-            let _ = raw_tx.send(chunk);
+            let _ = linked_tx.send(chunk);
         }
-        drop(raw_tx);
+        drop(linked_tx);
         match folder.join() {
             Ok(result) => result,
             Err(panic) => std::panic::resume_unwind(panic),
@@ -920,9 +930,48 @@ where
     })
 }
 
+/// The first half of [`check_record`], which needs no event: the record stored under
+/// `key_seq` is the one expected, says it is, and links to `expected_prev`. Returns the
+/// hash of its bytes (the next record's link).
+fn check_link(
+    expected_seq: u64,
+    expected_prev: ChainHash,
+    key_seq: u64,
+    bytes: &[u8],
+) -> Result<ChainHash, ReplayError> {
+    if key_seq != expected_seq {
+        return Err(ReplayError::Gap {
+            expected: expected_seq,
+            found: Some(key_seq),
+        });
+    }
+    let header = record::decode_header(bytes).map_err(|source| ReplayError::Decode {
+        seq: key_seq,
+        cause: source,
+    })?;
+    check_header(key_seq, expected_prev, header.seq, header.prev)?;
+    Ok(ChainHash::of(bytes))
+}
+
+/// The second half of [`check_record`]: the event decodes and carries the record's
+/// number.
+fn decode_checked<E: RecordEvent>(key_seq: u64, bytes: &[u8]) -> Result<Record<E>, ReplayError> {
+    let record = record::decode::<E>(bytes).map_err(|source| ReplayError::Decode {
+        seq: key_seq,
+        cause: source,
+    })?;
+    if record.event.seq() != key_seq {
+        return Err(ReplayError::EventSeq {
+            seq: key_seq,
+            found: record.event.seq(),
+        });
+    }
+    Ok(record)
+}
+
 /// An iterator over checked records; see [`History::records_from`].
 pub struct RecordReader<'a, E> {
-    inner: storage::RecordIter<'a>,
+    inner: storage::SharedRecordIter<'a>,
     expected_seq: u64,
     expected_prev: ChainHash,
     pending_error: Option<ReplayError>,
@@ -932,7 +981,7 @@ pub struct RecordReader<'a, E> {
 
 impl<'a, E> RecordReader<'a, E> {
     fn new(
-        inner: storage::RecordIter<'a>,
+        inner: storage::SharedRecordIter<'a>,
         from: u64,
         expected_prev: ChainHash,
         pending_error: Option<ReplayError>,
@@ -948,7 +997,7 @@ impl<'a, E> RecordReader<'a, E> {
     }
 }
 
-impl<E: DeserializeOwned + Sequenced> Iterator for RecordReader<'_, E> {
+impl<E: RecordEvent> Iterator for RecordReader<'_, E> {
     type Item = Result<Record<E>, ReplayError>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -983,7 +1032,7 @@ impl<E: DeserializeOwned + Sequenced> Iterator for RecordReader<'_, E> {
 /// Checks one stored record: that it is the one expected next (`expected_seq`), stored
 /// under its own number, linked to `expected_prev`, and holding an event of the same
 /// number. Returns it decoded, with the hash of its bytes (the next record's link).
-pub fn check_record<E: DeserializeOwned + Sequenced>(
+pub fn check_record<E: RecordEvent>(
     expected_seq: u64,
     expected_prev: ChainHash,
     key_seq: u64,

@@ -13,7 +13,9 @@ use super::anchor::{self, Anchor, AnchorFile};
 use super::private;
 use super::record::{key_seq, seq_key, FORMAT_VERSION, MIN_READER_VERSION, READER_VERSION};
 use super::snapshot::SnapshotRecord;
-use super::storage::{head_after, head_of, Head, RecordIter, Storage, StorageError};
+use super::storage::{
+    head_after, head_of, Head, RecordBytes, RecordIter, SharedRecordIter, Storage, StorageError,
+};
 use super::OpenError;
 use crate::blobs::{BlobError, BlobStore};
 
@@ -538,6 +540,11 @@ impl SledStorage {
         };
         let format = read_u32(KEY_FORMAT_VERSION)?;
         let min_reader = read_u32(KEY_MIN_READER_VERSION)?;
+        let put = |meta: &sled::Tree, key: &str, value: u32| {
+            meta.insert(key, &value.to_be_bytes())
+                .map(|_| ())
+                .map_err(|source| sled_error("write metadata", source))
+        };
         match (format, min_reader) {
             (Some(format), Some(min_reader)) => {
                 if min_reader > READER_VERSION {
@@ -548,6 +555,30 @@ impl SledStorage {
                         reader: READER_VERSION,
                     });
                 }
+                // A writer appends records of FORMAT_VERSION, which a reader below
+                // MIN_READER_VERSION cannot read: the database says so, durably, before
+                // the first such record is written. Readers (private copies) never
+                // change what they read.
+                if self.syncer.is_some()
+                    && (format < FORMAT_VERSION || min_reader < MIN_READER_VERSION)
+                {
+                    put(&self.meta, KEY_FORMAT_VERSION, format.max(FORMAT_VERSION))
+                        .map_err(storage_err)?;
+                    put(
+                        &self.meta,
+                        KEY_MIN_READER_VERSION,
+                        min_reader.max(MIN_READER_VERSION),
+                    )
+                    .map_err(storage_err)?;
+                    self.make_durable().map_err(storage_err)?;
+                    tracing::info!(
+                        root = %root.display(),
+                        from = format,
+                        to = FORMAT_VERSION,
+                        "history format raised: new records use the new layout, and fedrun \
+                         older than reader version {MIN_READER_VERSION} can no longer open it"
+                    );
+                }
                 Ok(())
             }
             (None, None) if self.syncer.is_some() => {
@@ -557,14 +588,8 @@ impl SledStorage {
                         detail: "records present but no format version".to_string(),
                     }));
                 }
-                let put = |key: &str, value: u32| {
-                    self.meta
-                        .insert(key, &value.to_be_bytes())
-                        .map(|_| ())
-                        .map_err(|source| sled_error("write metadata", source))
-                };
-                put(KEY_FORMAT_VERSION, FORMAT_VERSION).map_err(storage_err)?;
-                put(KEY_MIN_READER_VERSION, MIN_READER_VERSION).map_err(storage_err)?;
+                put(&self.meta, KEY_FORMAT_VERSION, FORMAT_VERSION).map_err(storage_err)?;
+                put(&self.meta, KEY_MIN_READER_VERSION, MIN_READER_VERSION).map_err(storage_err)?;
                 self.make_durable().map_err(storage_err)?;
                 // sled created its folder and files just now; make the names durable.
                 for dir in [&self.paths.sled, &self.paths.root] {
@@ -738,6 +763,16 @@ impl Storage for SledStorage {
                 detail: format!("record key of {} bytes is not a sequence number", key.len()),
             })?;
             Ok((seq, value.to_vec()))
+        }))
+    }
+
+    fn read_shared_from(&self, from: u64) -> SharedRecordIter<'_> {
+        Box::new(self.events.range(seq_key(from)..).map(|item| {
+            let (key, value) = item.map_err(|source| sled_error("read records", source))?;
+            let seq = key_seq(&key).ok_or_else(|| StorageError::Corrupt {
+                detail: format!("record key of {} bytes is not a sequence number", key.len()),
+            })?;
+            Ok((seq, RecordBytes::sled(value)))
         }))
     }
 

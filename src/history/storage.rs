@@ -82,6 +82,58 @@ pub enum StorageError {
 /// An iterator over `(seq, record bytes)` in sequence order.
 pub type RecordIter<'a> = Box<dyn Iterator<Item = Result<(u64, Vec<u8>), StorageError>> + 'a>;
 
+/// An iterator over `(seq, record bytes)` in sequence order, the bytes shared with the
+/// store rather than copied where the store allows it; see [`Storage::read_shared_from`].
+pub type SharedRecordIter<'a> =
+    Box<dyn Iterator<Item = Result<(u64, RecordBytes), StorageError>> + 'a>;
+
+/// The bytes of one record as a store hands them out: either the store's own buffer,
+/// shared and not copied (sled's values are reference-counted slices of its pages), or
+/// bytes the store copied out.
+#[derive(Clone)]
+pub struct RecordBytes(Shared);
+
+#[derive(Clone)]
+enum Shared {
+    Owned(Vec<u8>),
+    Sled(sled::IVec),
+}
+
+impl RecordBytes {
+    /// A value sled handed out, kept as it is.
+    pub(crate) fn sled(value: sled::IVec) -> RecordBytes {
+        RecordBytes(Shared::Sled(value))
+    }
+}
+
+impl From<Vec<u8>> for RecordBytes {
+    fn from(bytes: Vec<u8>) -> RecordBytes {
+        RecordBytes(Shared::Owned(bytes))
+    }
+}
+
+impl std::ops::Deref for RecordBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match &self.0 {
+            Shared::Owned(bytes) => bytes.as_slice(),
+            Shared::Sled(value) => value.as_ref(),
+        }
+    }
+}
+
+impl AsRef<[u8]> for RecordBytes {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl std::fmt::Debug for RecordBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RecordBytes({} bytes)", self.len())
+    }
+}
+
 /// The head a store holds: its last record's number and the hash of its bytes.
 pub fn head_of(last: Option<(u64, Vec<u8>)>) -> Head {
     match last {
@@ -134,6 +186,16 @@ pub trait Storage: Send {
 
     /// Records with sequence numbers `>= from`, in order.
     fn read_from(&self, from: u64) -> RecordIter<'_>;
+
+    /// Records with sequence numbers `>= from`, in order, without copying their bytes
+    /// where the store can share them (replay reads every record once; sled's values are
+    /// shared slices). By default, [`Storage::read_from`]'s copies.
+    fn read_shared_from(&self, from: u64) -> SharedRecordIter<'_> {
+        Box::new(
+            self.read_from(from)
+                .map(|item| item.map(|(seq, bytes)| (seq, RecordBytes::from(bytes)))),
+        )
+    }
 
     /// The record with the highest sequence number.
     fn last(&self) -> Result<Option<(u64, Vec<u8>)>, StorageError>;

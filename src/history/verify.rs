@@ -1,12 +1,11 @@
 //! The audit: check every record, the anchor, and the snapshot, and report the first
 //! sequence number that cannot be trusted.
 
-use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::record::GENESIS_HASH;
 use super::snapshot;
-use super::{check_record, ChainHash, Fold, Head, History, ReplayError, Sequenced};
+use super::{check_record, ChainHash, Fold, Head, History, RecordEvent, ReplayError};
 
 /// One thing the audit found wrong.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -54,7 +53,7 @@ impl VerifyReport {
 
 pub(super) fn verify<E, S>(history: &History<E>, mut state: S) -> VerifyReport
 where
-    E: Serialize + DeserializeOwned + Sequenced,
+    E: RecordEvent,
     S: Fold<E> + Serialize,
 {
     let storage = history.storage();
@@ -111,7 +110,7 @@ where
     let mut prev = GENESIS_HASH;
     let mut last_found = 0;
     let mut chain_broken = false;
-    for item in storage.read_from(1) {
+    for item in storage.read_shared_from(1) {
         let result = match item {
             Err(source) => Err(ReplayError::Storage {
                 seq: expected_seq,

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use fedrun::history::{Fold, Sequenced};
+use fedrun::history::{Fold, RecordEvent, Sequenced};
 use serde::{Deserialize, Serialize};
 
 /// A toy event: job `job` reached step `step`.
@@ -24,6 +24,9 @@ impl Sequenced for Step {
         self.seq
     }
 }
+
+/// Version-2 records hold a step in the default layout (positional MessagePack).
+impl RecordEvent for Step {}
 
 /// The toy state: the current step of every job.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
