@@ -37,7 +37,7 @@ use crate::engine::ids::RandomIds;
 use crate::engine::local::LocalParticipant;
 use crate::engine::node::{self, Node, NodeError, Output, Participant, ReplyToken, Request};
 use crate::engine::owner::{EngineLimits, EngineRefusal, Ids, StartError};
-use crate::history::{DataPaths, History};
+use crate::history::{DataPaths, History, SnapshotTicket, WrittenSnapshot};
 use crate::job::JobId;
 use crate::lifecycle::{
     AdminRequest, BlobHash, Event, Identity, Origin, Reply, State, SubmitSignature, Timestamp,
@@ -852,7 +852,13 @@ fn last_snapshot(
 
 enum HistoryJob {
     Append(node::Append),
-    Snapshot(Arc<State>),
+    /// Begin a snapshot of this state (the state after the history's head): its
+    /// encoding and blob are written on a thread of their own, which sends
+    /// [`HistoryJob::InstallSnapshot`] back through the sender it carries.
+    Snapshot(Arc<State>, std::sync::mpsc::Sender<HistoryJob>),
+    /// Name a snapshot whose state is written: the small record, in order with the
+    /// appends.
+    InstallSnapshot(WrittenSnapshot),
     /// Remove a blob no live job refers to (a pinned one is kept).
     FreeBlob(BlobStore, BlobHash),
     /// A clean shutdown: a snapshot of the final state, then the anchor.
@@ -878,7 +884,9 @@ fn spawn_history(
     std::thread::Builder::new()
         .name("fedrun-history".into())
         .spawn(move || {
-            for job in rx {
+            // The thread writing a snapshot's state, if one was started.
+            let mut writer: Option<std::thread::JoinHandle<()>> = None;
+            while let Ok(job) = rx.recv() {
                 match job {
                     HistoryJob::Append(append) => {
                         let began = std::time::Instant::now();
@@ -893,10 +901,33 @@ fn spawn_history(
                             break;
                         }
                     }
-                    HistoryJob::Snapshot(state) => {
+                    HistoryJob::Snapshot(state, jobs) => {
+                        if writer.as_ref().is_some_and(|w| !w.is_finished()) {
+                            // One snapshot at a time; the next is asked for after
+                            // as many events again.
+                            tracing::debug!(seq = state.last_seq, "snapshot skipped: one is being written");
+                            continue;
+                        }
+                        if state.last_seq != history.head().seq {
+                            tracing::warn!(
+                                state = state.last_seq,
+                                head = history.head().seq,
+                                "snapshot skipped: the state is not the state after the history's head"
+                            );
+                            continue;
+                        }
+                        match history.snapshot_ticket() {
+                            Ok(ticket) => match spawn_snapshot_writer(ticket, state, jobs) {
+                                Ok(handle) => writer = Some(handle),
+                                Err(err) => tracing::warn!(%err, "snapshot thread not started"),
+                            },
+                            Err(err) => tracing::warn!(%err, "snapshot failed"),
+                        }
+                    }
+                    HistoryJob::InstallSnapshot(written) => {
                         // A failed snapshot loses nothing (the events are durable);
                         // start-up then replays a longer tail.
-                        match history.take_snapshot(&*state) {
+                        match history.install_snapshot(written) {
                             Ok(record) => {
                                 metrics.record_snapshot(std::time::SystemTime::now(), record.seq)
                             }
@@ -920,10 +951,26 @@ fn spawn_history(
                         let _ = reply.send(crate::history::events::audit(&history, &blobs));
                     }
                     HistoryJob::Close(state, closed) => {
+                        // A snapshot being written is finished and installed first (it
+                        // may be the final state already).
+                        let mut covered = false;
+                        if let Some(handle) = writer.take() {
+                            let _ = handle.join();
+                            for job in rx.try_iter() {
+                                if let HistoryJob::InstallSnapshot(written) = job {
+                                    match history.install_snapshot(written) {
+                                        Ok(record) => covered = record.seq == history.head().seq,
+                                        Err(err) => tracing::warn!(%err, "snapshot failed"),
+                                    }
+                                }
+                            }
+                        }
                         // The snapshot makes the next start-up quick; the anchor lets it
                         // tell a shorter history from data loss.
-                        if let Err(err) = history.take_snapshot(&*state) {
-                            tracing::warn!(%err, "snapshot at shutdown failed");
+                        if !covered {
+                            if let Err(err) = history.take_snapshot(&*state) {
+                                tracing::warn!(%err, "snapshot at shutdown failed");
+                            }
                         }
                         if let Err(err) = history.close() {
                             tracing::warn!(%err, "clean shutdown of the history failed");
@@ -935,6 +982,31 @@ fn spawn_history(
             }
         })?;
     Ok(tx)
+}
+
+/// Starts the thread that encodes a snapshot's state from its persistent copy and
+/// stores it, then hands it back to the history thread to install. The history thread
+/// goes on appending meanwhile, so no acknowledgement waits for a snapshot.
+fn spawn_snapshot_writer(
+    ticket: SnapshotTicket,
+    state: Arc<State>,
+    jobs: std::sync::mpsc::Sender<HistoryJob>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("fedrun-snapshot".into())
+        .spawn(move || {
+            let seq = ticket.seq();
+            let began = std::time::Instant::now();
+            match ticket.write(&*state) {
+                Ok(written) => {
+                    tracing::debug!(seq, bytes = written.size(), took = ?began.elapsed(), "snapshot state written");
+                    // The history thread has ended (a shutdown): the blob stays unnamed
+                    // and the next start-up's sweep removes it.
+                    let _ = jobs.send(HistoryJob::InstallSnapshot(written));
+                }
+                Err(err) => tracing::warn!(%err, "snapshot failed"),
+            }
+        })
 }
 
 struct EngineTask {
@@ -1141,7 +1213,8 @@ impl EngineTask {
                     let _ = self.history.send(HistoryJob::FreeBlob(blobs, hash));
                 }
                 Output::TakeSnapshot { state } => {
-                    let _ = self.history.send(HistoryJob::Snapshot(state));
+                    let jobs = self.history.clone();
+                    let _ = self.history.send(HistoryJob::Snapshot(state, jobs));
                 }
             }
         }

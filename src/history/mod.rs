@@ -36,7 +36,7 @@ pub use sled_store::{
     DataFileSync, DataPaths, FsyncDataFile, SledOptions, SledStorage, READER_LOCK_WAIT,
     SLED_SEGMENT_SIZE,
 };
-pub use snapshot::SnapshotRecord;
+pub use snapshot::{SnapshotRecord, SnapshotTicket, WrittenSnapshot};
 pub use storage::{Head, MemoryStorage, Storage, StorageError};
 pub use verify::{Problem, VerifyReport};
 
@@ -301,6 +301,24 @@ pub enum SnapshotError {
     Poisoned {
         /// The first failure.
         cause: String,
+    },
+    /// The snapshot names a record the history does not hold.
+    #[error("the snapshot covers record {seq}, but the history ends at {head}")]
+    NotInHistory {
+        /// The record it covers.
+        seq: u64,
+        /// The history's head.
+        head: u64,
+    },
+    /// The history already holds a snapshot of a later record.
+    #[error(
+        "the snapshot at record {seq} is older than the one the history holds (record {newer})"
+    )]
+    Superseded {
+        /// The record it covers.
+        seq: u64,
+        /// The record the held snapshot covers.
+        newer: u64,
     },
     /// The store failed.
     #[error("storing the snapshot at record {seq} failed: {cause}")]
@@ -588,12 +606,33 @@ impl<E: RecordEvent> History<E> {
         // A snapshot is only a shortcut: when its blob is missing or damaged, or its
         // state no longer decodes (an older state layout), start-up replays everything
         // instead, which gives the same state. The audit still reports the snapshot.
-        let snapshot = match self.storage.load_snapshot() {
-            Ok(snapshot) => snapshot,
+        // The record says which layout the state was written with: a snapshot of
+        // another layout is not even read.
+        let usable = match self.storage.snapshot_record() {
+            Ok(Some(record)) => match record.usable_for::<S>() {
+                Ok(()) => true,
+                Err(err) => {
+                    tracing::warn!(seq = record.seq, error = %err,
+                        "snapshot not usable; replaying the whole history");
+                    false
+                }
+            },
+            Ok(None) => false,
             Err(err) => {
-                tracing::warn!(error = %err, "snapshot unreadable; replaying the whole history");
-                None
+                tracing::warn!(error = %err, "snapshot record unreadable; replaying the whole history");
+                false
             }
+        };
+        let snapshot = if usable {
+            match self.storage.load_snapshot() {
+                Ok(snapshot) => snapshot,
+                Err(err) => {
+                    tracing::warn!(error = %err, "snapshot unreadable; replaying the whole history");
+                    None
+                }
+            }
+        } else {
+            None
         };
         let decoded =
             snapshot.and_then(
@@ -601,7 +640,7 @@ impl<E: RecordEvent> History<E> {
                     Ok(state) => Some((record, state)),
                     Err(err) => {
                         tracing::warn!(seq = record.seq, error = %err,
-                        "snapshot state does not decode; replaying the whole history");
+                        "snapshot state not usable; replaying the whole history");
                         None
                     }
                 },
@@ -654,35 +693,96 @@ impl<E: RecordEvent> History<E> {
     }
 
     /// Takes a snapshot of `state`, which must be the state after the current head:
-    /// stores it as a blob and names it by a small record. A failure leaves the history
-    /// writable.
+    /// stores it as a blob and names it by a small record, all on this thread. A failure
+    /// leaves the history writable. A server does the same in three steps so that the
+    /// encoding and the blob's write never delay an append:
+    /// [`History::snapshot_ticket`], [`SnapshotTicket::write`] on another thread, and
+    /// [`History::install_snapshot`].
     pub fn take_snapshot<S: Serialize>(
         &mut self,
         state: &S,
     ) -> Result<SnapshotRecord, SnapshotError> {
+        let written = self.snapshot_ticket()?.write(state)?;
+        self.install_snapshot(written)
+    }
+
+    /// Begins a snapshot at the current head: the state given to
+    /// [`SnapshotTicket::write`] must be the state after it. Cheap (no I/O).
+    pub fn snapshot_ticket(&self) -> Result<SnapshotTicket, SnapshotError> {
         if let Some(cause) = &self.poisoned {
             return Err(SnapshotError::Poisoned {
                 cause: cause.clone(),
             });
         }
-        let seq = self.head.seq;
-        let bytes = snapshot::encode_state(state)
-            .map_err(|source| SnapshotError::Encode { seq, cause: source })?;
-        let record = SnapshotRecord {
-            v: record::FORMAT_VERSION,
-            seq,
+        Ok(SnapshotTicket {
+            seq: self.head.seq,
             chain: self.head.hash,
-            state: crate::blobs::hash_of(&bytes),
+            sink: self.storage.snapshot_sink(),
+        })
+    }
+
+    /// Names a written snapshot as the latest one, durably: the small record install
+    /// that must stay in order with the appends. Refused, and its blob removed, when the
+    /// history already holds a snapshot of a later record. A failure leaves the history
+    /// writable: the records are durable and start-up replays a longer tail.
+    pub fn install_snapshot(
+        &mut self,
+        written: WrittenSnapshot,
+    ) -> Result<SnapshotRecord, SnapshotError> {
+        let WrittenSnapshot {
+            record,
+            held,
+            size,
+            mut sink,
+        } = written;
+        let seq = record.seq;
+        let discard = |sink: &mut Option<Box<dyn snapshot::SnapshotSink>>,
+                       keep: Option<crate::blobs::BlobHash>| {
+            if let Some(sink) = sink.as_mut() {
+                if keep != Some(record.state) {
+                    sink.discard(&record.state);
+                }
+            }
         };
+        let current = self.storage.snapshot_record().ok().flatten();
+        let current_state = current.as_ref().map(|current| current.state);
+        if let Some(cause) = &self.poisoned {
+            discard(&mut sink, current_state);
+            return Err(SnapshotError::Poisoned {
+                cause: cause.clone(),
+            });
+        }
+        if seq > self.head.seq {
+            discard(&mut sink, current_state);
+            return Err(SnapshotError::NotInHistory {
+                seq,
+                head: self.head.seq,
+            });
+        }
+        if let Some(current) = current.as_ref().filter(|current| current.seq > seq) {
+            discard(&mut sink, current_state);
+            return Err(SnapshotError::Superseded {
+                seq,
+                newer: current.seq,
+            });
+        }
         // A failed snapshot loses nothing: the records are durable and start-up replays
         // a longer tail. So it does not poison the history; the caller logs it and tries
         // again later. (A failure of the database file itself poisons inside the store,
         // and every later write then says so.)
-        if let Err(source) = self.storage.save_snapshot(&record, &bytes) {
+        let stored = match &held {
+            Some(bytes) => self.storage.save_snapshot(&record, bytes),
+            None => self.storage.install_snapshot(&record),
+        };
+        if let Err(source) = stored {
+            discard(&mut sink, current_state);
             tracing::warn!(seq, error = %source, "snapshot failed; the history goes on without it");
             return Err(SnapshotError::Storage { seq, cause: source });
         }
-        tracing::info!(seq, state = %record.state, bytes = bytes.len(), "snapshot taken");
+        // The sink (and the pin it holds on the blob) is dropped only now that the
+        // record names the blob.
+        drop(sink);
+        tracing::info!(seq, state = %record.state, bytes = size, "snapshot taken");
         Ok(record)
     }
 

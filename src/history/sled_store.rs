@@ -12,7 +12,7 @@ use std::time::Duration;
 use super::anchor::{self, Anchor, AnchorFile};
 use super::private;
 use super::record::{key_seq, seq_key, FORMAT_VERSION, MIN_READER_VERSION, READER_VERSION};
-use super::snapshot::SnapshotRecord;
+use super::snapshot::{SnapshotRecord, SnapshotSink};
 use super::storage::{
     head_after, head_of, Head, RecordBytes, RecordIter, SharedRecordIter, Storage, StorageError,
 };
@@ -794,18 +794,32 @@ impl Storage for SledStorage {
 
     fn save_snapshot(&mut self, record: &SnapshotRecord, state: &[u8]) -> Result<(), StorageError> {
         self.check_poison()?;
-        let previous = self.snapshot_record()?;
         // The state blob first: if it cannot be stored, nothing else changed and the
-        // history goes on (a snapshot is only a shortcut).
-        let hash = self.blobs.put_bytes(state).map_err(blob_err)?;
-        if hash != record.state {
-            return Err(StorageError::Corrupt {
-                detail: format!(
-                    "snapshot state stored as {hash} but its record names {}",
-                    record.state
-                ),
-            });
+        // history goes on (a snapshot is only a shortcut). Pinned until the record
+        // names it.
+        let mut sink = BlobSink {
+            blobs: self.blobs.clone(),
+            pin: None,
+        };
+        sink.store(&record.state, state)?;
+        self.install_snapshot(record)
+    }
+
+    fn snapshot_sink(&self) -> Option<Box<dyn SnapshotSink>> {
+        Some(Box::new(BlobSink {
+            blobs: self.blobs.clone(),
+            pin: None,
+        }))
+    }
+
+    fn install_snapshot(&mut self, record: &SnapshotRecord) -> Result<(), StorageError> {
+        self.check_poison()?;
+        if !self.blobs.contains(&record.state) {
+            return Err(StorageError::Blob(BlobError::Missing {
+                hash: record.state,
+            }));
         }
+        let previous = self.snapshot_record()?;
         // The record lives in the same database file as the events, so a failure to
         // store it or make it durable is a failure of that file: it poisons.
         if let Err(source) = self.meta.insert(KEY_SNAPSHOT, record.encode()) {
@@ -873,6 +887,36 @@ impl Storage for SledStorage {
             tracing::warn!(error = %err, "could not restrict the modes of the history's files");
         }
         Ok(())
+    }
+}
+
+/// The [`SnapshotSink`] of a [`SledStorage`]: stores the state in the blob store, durably
+/// (temp file, fsync, rename, folder fsync), and keeps it pinned until dropped.
+struct BlobSink {
+    blobs: BlobStore,
+    pin: Option<crate::blobs::BlobPin>,
+}
+
+impl SnapshotSink for BlobSink {
+    fn store(&mut self, hash: &crate::blobs::BlobHash, state: &[u8]) -> Result<(), StorageError> {
+        let pin = self.blobs.put_bytes_pinned(state).map_err(blob_err)?;
+        if pin.hash() != *hash {
+            return Err(StorageError::Corrupt {
+                detail: format!(
+                    "snapshot state stored as {} but its record names {hash}",
+                    pin.hash()
+                ),
+            });
+        }
+        self.pin = Some(pin);
+        Ok(())
+    }
+
+    fn discard(&mut self, hash: &crate::blobs::BlobHash) {
+        self.pin = None;
+        if let Err(err) = self.blobs.remove(hash) {
+            tracing::warn!(error = %err, "could not remove an unused snapshot's state");
+        }
     }
 }
 

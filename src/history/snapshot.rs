@@ -1,16 +1,152 @@
 //! Snapshots: the state at a sequence number, stored as a blob and named by a small
 //! record. Start-up loads the snapshot and replays only the tail after it.
+//!
+//! # The state's layout (format 2)
+//!
+//! A snapshot blob is a header and the state as positional MessagePack (structs as
+//! arrays, no field names), the layout that decodes fastest:
+//!
+//! | bytes | what |
+//! | --- | --- |
+//! | 8 | [`MAGIC`], `fedrunSS` |
+//! | 4 | the format, [`SNAPSHOT_FORMAT`], little-endian |
+//! | 32 | the [`Layout`] the state was written with |
+//! | rest | the state, positional MessagePack |
+//!
+//! Positional MessagePack names no field, so a state type whose fields were reordered,
+//! or changed to another type of the same MessagePack shape, would decode into wrong
+//! values. The [`Layout`] guards against that: it is a BLAKE3 hash of the state type's
+//! name and of the source of every file that defines a type the state holds, so any
+//! change to those types (and, conservatively, any other edit of those files) changes
+//! it. A snapshot whose layout is not this build's is not decoded at all: start-up
+//! replays the whole history instead (a snapshot is only a shortcut) and says so in a
+//! warning. The layout is stored twice, in the [`SnapshotRecord`] (checked before the
+//! blob is read) and in the blob's header (checked before the state is decoded).
+//!
+//! Format 1 snapshots (named-field MessagePack, no header) still load: field names are
+//! checked by the decoder, so they never decode into wrong values. The state types
+//! must not use `skip_serializing_if`: positional MessagePack cannot leave a field out
+//! (a test round-trips a state holding every kind of value).
+
+use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
 use super::record::ChainHash;
 use crate::blobs::BlobHash;
 
+/// The snapshot format this build writes: 2, positional MessagePack with a header.
+/// Format 1 is named-field MessagePack without a header.
+pub const SNAPSHOT_FORMAT: u32 = 2;
+
+/// The first bytes of every format-2 snapshot blob. A format-1 blob starts with a
+/// MessagePack map marker, never with these.
+pub const MAGIC: [u8; 8] = *b"fedrunSS";
+
+/// The length of a format-2 blob's header.
+pub const HEADER_LEN: usize = MAGIC.len() + 4 + 32;
+
+/// The source files that define the state's types (the state, its jobs, runs, sites,
+/// kept requests, and every value they hold). A type the state comes to hold from
+/// another file must have its file added here.
+const LAYOUT_SOURCES: &[(&str, &str)] = &[
+    ("lifecycle/state.rs", include_str!("../lifecycle/state.rs")),
+    ("lifecycle/event.rs", include_str!("../lifecycle/event.rs")),
+    (
+        "lifecycle/participant.rs",
+        include_str!("../lifecycle/participant.rs"),
+    ),
+    ("lifecycle/actor.rs", include_str!("../lifecycle/actor.rs")),
+    (
+        "lifecycle/rejection.rs",
+        include_str!("../lifecycle/rejection.rs"),
+    ),
+    (
+        "lifecycle/status.rs",
+        include_str!("../lifecycle/status.rs"),
+    ),
+    ("lifecycle/time.rs", include_str!("../lifecycle/time.rs")),
+    ("job/mod.rs", include_str!("../job/mod.rs")),
+    ("job/meta.rs", include_str!("../job/meta.rs")),
+];
+
+/// The layout a state type has in this build (see the module documentation).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Layout(pub [u8; 32]);
+
+impl Layout {
+    /// The layout of `S` in this build. Computed once per type name (hashing the
+    /// sources takes well under a millisecond).
+    pub fn of<S: ?Sized>() -> Layout {
+        static SOURCES: OnceLock<blake3::Hash> = OnceLock::new();
+        let sources = SOURCES.get_or_init(|| {
+            let mut hasher = blake3::Hasher::new();
+            for (name, text) in LAYOUT_SOURCES {
+                hasher.update(name.as_bytes());
+                hasher.update(&(text.len() as u64).to_le_bytes());
+                hasher.update(text.as_bytes());
+            }
+            hasher.finalize()
+        });
+        let name = std::any::type_name::<S>();
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(b"fedrun snapshot layout");
+        hasher.update(&SNAPSHOT_FORMAT.to_le_bytes());
+        hasher.update(&(name.len() as u64).to_le_bytes());
+        hasher.update(name.as_bytes());
+        hasher.update(sources.as_bytes());
+        Layout(*hasher.finalize().as_bytes())
+    }
+
+    /// The layout as 64 lowercase hex digits.
+    pub fn to_hex(&self) -> String {
+        blake3::Hash::from_bytes(self.0).to_hex().to_string()
+    }
+
+    /// Parses 64 hex digits.
+    pub fn from_hex(text: &str) -> Option<Layout> {
+        blake3::Hash::from_hex(text)
+            .ok()
+            .map(|hash| Layout(*hash.as_bytes()))
+    }
+}
+
+impl std::fmt::Debug for Layout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Layout({})", self.to_hex())
+    }
+}
+
+impl std::fmt::Display for Layout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl Serialize for Layout {
+    fn serialize<Ser: serde::Serializer>(&self, serializer: Ser) -> Result<Ser::Ok, Ser::Error> {
+        serializer.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for Layout {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Layout, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Layout::from_hex(&text).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "a snapshot layout is 64 hex digits, not {} characters",
+                text.len()
+            ))
+        })
+    }
+}
+
 /// The small record that names a snapshot. It lives in the record store's metadata,
 /// while the state bytes live in the blob store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotRecord {
-    /// The format version of the snapshot encoding.
+    /// The format version of the snapshot encoding ([`SNAPSHOT_FORMAT`]; records of
+    /// format 1 carry the history's record format, 1, here).
     pub v: u32,
     /// The last sequence number the state covers.
     pub seq: u64,
@@ -18,6 +154,9 @@ pub struct SnapshotRecord {
     pub chain: ChainHash,
     /// The BLAKE3 hash of the serialized state (its blob name).
     pub state: BlobHash,
+    /// The layout the state was written with (format 2 on; absent in format 1).
+    #[serde(default)]
+    pub layout: Option<Layout>,
 }
 
 impl SnapshotRecord {
@@ -31,17 +170,211 @@ impl SnapshotRecord {
     pub fn decode(bytes: &[u8]) -> Result<SnapshotRecord, rmp_serde::decode::Error> {
         super::record::from_slice_limited(bytes, super::record::MAX_RECORD_DEPTH)
     }
+
+    /// Whether this build can decode the state the record names as a state of type
+    /// `S`; `Err` says why not. Format 1 records are usable (their state names its
+    /// fields); format 2 ones only with this build's layout of `S`.
+    pub fn usable_for<S: ?Sized>(&self) -> Result<(), SnapshotDecodeError> {
+        match (self.v, self.layout) {
+            (1, None) => Ok(()),
+            (SNAPSHOT_FORMAT, Some(layout)) => {
+                let expected = Layout::of::<S>();
+                if layout == expected {
+                    Ok(())
+                } else {
+                    Err(SnapshotDecodeError::LayoutChanged {
+                        stored: layout,
+                        expected,
+                    })
+                }
+            }
+            (SNAPSHOT_FORMAT, None) => Err(SnapshotDecodeError::NoLayout),
+            (found, _) => Err(SnapshotDecodeError::UnknownFormat { found }),
+        }
+    }
 }
 
-/// Serializes a state for a snapshot (named-field MessagePack, the record codec's).
+/// Why a snapshot's state was not decoded. None of these loses anything: start-up
+/// replays the whole history instead.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotDecodeError {
+    /// The blob starts with the format-2 marker but is shorter than its header.
+    #[error("the snapshot is {len} bytes, shorter than its {HEADER_LEN}-byte header")]
+    Truncated {
+        /// The blob's length.
+        len: usize,
+    },
+    /// A format this build does not know (written by a newer fedrun).
+    #[error("the snapshot has format {found}; this fedrun reads formats 1 and {SNAPSHOT_FORMAT}")]
+    UnknownFormat {
+        /// The format found.
+        found: u32,
+    },
+    /// A format-2 record without a layout.
+    #[error("the snapshot record has format {SNAPSHOT_FORMAT} but names no layout")]
+    NoLayout,
+    /// The state was written by a build whose state types differ from this one's.
+    #[error("the snapshot was written with state layout {stored}, this fedrun's is {expected} (the state's types changed)")]
+    LayoutChanged {
+        /// The layout the snapshot was written with.
+        stored: Layout,
+        /// This build's.
+        expected: Layout,
+    },
+    /// The state bytes do not decode.
+    #[error("the snapshot's state does not decode: {0}")]
+    Decode(#[from] rmp_serde::decode::Error),
+}
+
+/// Serializes a state for a snapshot: the format-2 header, then positional MessagePack.
 pub fn encode_state<S: Serialize>(state: &S) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+    let mut bytes = Vec::with_capacity(64 * 1024);
+    bytes.extend_from_slice(&MAGIC);
+    bytes.extend_from_slice(&SNAPSHOT_FORMAT.to_le_bytes());
+    bytes.extend_from_slice(&Layout::of::<S>().0);
+    rmp_serde::encode::write(&mut bytes, state)?;
+    Ok(bytes)
+}
+
+/// Deserializes a snapshot's state, format 2 (only with this build's layout of `S`) or
+/// format 1 (named fields). Never panics on bad bytes.
+pub fn decode_state<S: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<S, SnapshotDecodeError> {
+    let payload = if bytes.starts_with(&MAGIC) {
+        if bytes.len() < HEADER_LEN {
+            return Err(SnapshotDecodeError::Truncated { len: bytes.len() });
+        }
+        let (format, rest) = bytes[MAGIC.len()..].split_at(4);
+        let format = u32::from_le_bytes(format.try_into().expect("4 bytes"));
+        if format != SNAPSHOT_FORMAT {
+            return Err(SnapshotDecodeError::UnknownFormat { found: format });
+        }
+        let (layout, payload) = rest.split_at(32);
+        let stored = Layout(layout.try_into().expect("32 bytes"));
+        let expected = Layout::of::<S>();
+        if stored != expected {
+            return Err(SnapshotDecodeError::LayoutChanged { stored, expected });
+        }
+        payload
+    } else {
+        // Format 1: named-field MessagePack, the whole blob.
+        bytes
+    };
+    // The state nests deeper than an event (jobs, runs, their maps), but not by much.
+    Ok(super::record::from_slice_limited(
+        payload,
+        4 * super::record::MAX_RECORD_DEPTH,
+    )?)
+}
+
+/// Serializes a state in format 1 (named-field MessagePack), as fedrun wrote snapshots
+/// before format 2. For tests of old data folders.
+pub fn encode_state_v1<S: Serialize>(state: &S) -> Result<Vec<u8>, rmp_serde::encode::Error> {
     rmp_serde::to_vec_named(state)
 }
 
-/// Deserializes a snapshot's state.
-pub fn decode_state<S: serde::de::DeserializeOwned>(
-    bytes: &[u8],
-) -> Result<S, rmp_serde::decode::Error> {
-    // The state nests deeper than an event (jobs, runs, their maps), but not by much.
-    super::record::from_slice_limited(bytes, 4 * super::record::MAX_RECORD_DEPTH)
+/// Stores snapshot state bytes on a thread of its own, while the history goes on
+/// appending (see [`super::Storage::snapshot_sink`]).
+pub trait SnapshotSink: Send {
+    /// Stores `state` durably under its hash `hash`. What it stored is kept from any
+    /// sweep or free of the blob store until the sink is dropped, so the snapshot can
+    /// be installed first.
+    fn store(&mut self, hash: &BlobHash, state: &[u8]) -> Result<(), super::StorageError>;
+
+    /// Removes what [`SnapshotSink::store`] stored, for a snapshot that will not be
+    /// installed. A failure leaves a stray blob for the next sweep, nothing worse.
+    fn discard(&mut self, hash: &BlobHash);
+}
+
+/// A snapshot begun at the history's head: [`SnapshotTicket::write`] encodes and stores
+/// the state, on any thread, and [`super::History::install_snapshot`] then names it.
+pub struct SnapshotTicket {
+    pub(super) seq: u64,
+    pub(super) chain: ChainHash,
+    pub(super) sink: Option<Box<dyn SnapshotSink>>,
+}
+
+impl std::fmt::Debug for SnapshotTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotTicket")
+            .field("seq", &self.seq)
+            .field("chain", &self.chain)
+            .field("sink", &self.sink.is_some())
+            .finish()
+    }
+}
+
+impl SnapshotTicket {
+    /// The sequence number the snapshot covers: `state` must be the state after it.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Encodes `state` (the state after record [`SnapshotTicket::seq`]) and, when the
+    /// store has a sink, stores it durably. Touches neither the records nor the history:
+    /// meant to run off the thread that appends.
+    pub fn write<S: Serialize>(
+        mut self,
+        state: &S,
+    ) -> Result<WrittenSnapshot, super::SnapshotError> {
+        let seq = self.seq;
+        let bytes = encode_state(state)
+            .map_err(|source| super::SnapshotError::Encode { seq, cause: source })?;
+        let hash = crate::blobs::hash_of(&bytes);
+        let record = SnapshotRecord {
+            v: SNAPSHOT_FORMAT,
+            seq,
+            chain: self.chain,
+            state: hash,
+            layout: Some(Layout::of::<S>()),
+        };
+        let size = bytes.len();
+        let held = match &mut self.sink {
+            Some(sink) => {
+                sink.store(&hash, &bytes)
+                    .map_err(|source| super::SnapshotError::Storage { seq, cause: source })?;
+                None
+            }
+            None => Some(bytes),
+        };
+        Ok(WrittenSnapshot {
+            record,
+            held,
+            size,
+            sink: self.sink,
+        })
+    }
+}
+
+/// A snapshot whose state is encoded (and, with a sink, durably stored), waiting for
+/// [`super::History::install_snapshot`]. Dropped without being installed, it leaves at
+/// most a stray blob, which the next start-up's sweep removes.
+pub struct WrittenSnapshot {
+    pub(super) record: SnapshotRecord,
+    /// The state bytes, for a store without a sink (it stores them at install).
+    pub(super) held: Option<Vec<u8>>,
+    pub(super) size: usize,
+    pub(super) sink: Option<Box<dyn SnapshotSink>>,
+}
+
+impl std::fmt::Debug for WrittenSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WrittenSnapshot")
+            .field("record", &self.record)
+            .field("size", &self.size)
+            .finish()
+    }
+}
+
+impl WrittenSnapshot {
+    /// The record it will install.
+    pub fn record(&self) -> &SnapshotRecord {
+        &self.record
+    }
+
+    /// The size of the encoded state in bytes.
+    pub fn size(&self) -> usize {
+        self.size
+    }
 }

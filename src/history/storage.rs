@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use super::anchor::Anchor;
 use super::record::ChainHash;
-use super::snapshot::SnapshotRecord;
+use super::snapshot::{SnapshotRecord, SnapshotSink};
 
 /// The last record a history holds (or held durably, for an anchor): its sequence
 /// number and the hash of its bytes. Sequence number 0 means "no record yet".
@@ -203,6 +203,27 @@ pub trait Storage: Send {
     /// Stores a snapshot's state bytes and the small record naming them, durably.
     /// A failure here leaves the records as they were.
     fn save_snapshot(&mut self, record: &SnapshotRecord, state: &[u8]) -> Result<(), StorageError>;
+
+    /// A writer that stores snapshot state bytes on another thread while this store
+    /// goes on appending; [`Storage::install_snapshot`] then names them. `None` (the
+    /// default): the store takes state and record together in
+    /// [`Storage::save_snapshot`].
+    fn snapshot_sink(&self) -> Option<Box<dyn SnapshotSink>> {
+        None
+    }
+
+    /// Names state bytes that this store's [`Storage::snapshot_sink`] already stored
+    /// durably as the latest snapshot, durably. A failure leaves the records as they
+    /// were.
+    fn install_snapshot(&mut self, record: &SnapshotRecord) -> Result<(), StorageError> {
+        Err(StorageError::Database {
+            what: "install snapshot",
+            detail: format!(
+                "this store has no snapshot writer, so it cannot name the state {} it never stored",
+                record.state
+            ),
+        })
+    }
 
     /// The latest snapshot record and its state bytes (verified against their hash).
     fn load_snapshot(&self) -> Result<Option<(SnapshotRecord, Vec<u8>)>, StorageError>;

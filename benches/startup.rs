@@ -1,0 +1,313 @@
+//! Start-up with a long history: 1,000,000 events (250,000 jobs, each submitted and
+//! tried three times), a snapshot at record 990,000 and a tail of 10,000 events.
+//!
+//! Measured, each on its own:
+//! - `sled_open_after_clean_stop`: opening the history (sled's own open, the anchor
+//!   check) after a clean close;
+//! - `sled_open_after_kill`: the same after a child process that opened the history
+//!   and appended a batch was killed with SIGKILL (sled recovers its log);
+//! - `recover`: from the history being open to the state rebuilt (snapshot blob read
+//!   and hashed, state decoded, tail replayed);
+//! - `open_to_accepting`: from the history being open to `Server::start_on` returning,
+//!   that is, to the server accepting requests (recover, the blob sweep, the engine's
+//!   threads and task). Each run appends the server's start-up events; the server is
+//!   then dropped without a shutdown, so no new snapshot is taken and the tail grows
+//!   by a few events per run.
+//!
+//! The history is built once into `target/bench-startup/` and reused (building it
+//! prints how long it took). Delete that folder to rebuild it; it takes about 1 GB.
+//!
+//! Run: `cargo bench --bench startup`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::Criterion;
+use fedrun::engine::clock::WallClock;
+use fedrun::engine::server::{Server, ServerConfig};
+use fedrun::history::events::EventHistory;
+use fedrun::job::meta::{AppTargets, JobMeta};
+use fedrun::job::JobId;
+use fedrun::lifecycle::{
+    Actor, BlobHash, BootId, Event, EventKind, Identity, Role, ScheduleOutcome, State, Timestamp,
+};
+
+const EVENTS: u64 = 1_000_000;
+const TAIL: u64 = 10_000;
+/// Set in the child process the kill benchmark starts: the data folder to open.
+const CHILD_ENV: &str = "FEDRUN_BENCH_STARTUP_CHILD";
+
+fn job(n: u64) -> JobId {
+    JobId(uuid::Uuid::from_u128(
+        0x2000_0000_0000_4000_8000_0000_0000_0000 + u128::from(n),
+    ))
+}
+
+fn envelope(seq: u64, actor: Actor, kind: EventKind) -> Event {
+    Event {
+        seq,
+        at: Timestamp::from_millis(1_764_288_000_000 + seq as i64),
+        actor,
+        request_id: None,
+        boot_id: BootId(uuid::Uuid::from_u128(7)),
+        kind,
+    }
+}
+
+/// The event at `seq` of a legal history: each job is submitted, then tried three
+/// times without finding resources.
+fn event_at(seq: u64) -> Event {
+    let n = (seq - 1) / 4;
+    if (seq - 1).is_multiple_of(4) {
+        let alice = Identity {
+            name: "alice".into(),
+            org: "org-a".into(),
+            role: Role::Lead,
+        };
+        envelope(
+            seq,
+            Actor::admin(&alice),
+            EventKind::JobSubmitted {
+                job_id: job(n),
+                meta: JobMeta {
+                    name: format!("job-{n}"),
+                    deploy_map: vec![AppTargets {
+                        app: "app".into(),
+                        targets: vec!["server".into(), "site-1".into(), "site-2".into()],
+                    }],
+                    min_clients: 2,
+                    mandatory_clients: vec![],
+                    resource_spec: BTreeMap::from([(
+                        "@default".to_string(),
+                        BTreeMap::from([("num_of_gpus".to_string(), 1.0)]),
+                    )]),
+                },
+                package: BlobHash::from(blake3::hash(&n.to_le_bytes())),
+                submitter: alice,
+                signer: None,
+                submit_time: Timestamp::from_millis(1_764_288_000_000 + seq as i64),
+                cloned_from: None,
+            },
+        )
+    } else {
+        envelope(
+            seq,
+            Actor::Scheduler,
+            EventKind::ScheduleAttempted {
+                job_id: job(n),
+                outcome: ScheduleOutcome::NoResources {
+                    reason: "connected sites (1) < min_clients (2)".into(),
+                },
+            },
+        )
+    }
+}
+
+fn bench_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-startup")
+}
+
+/// The data folder holding the history, built once.
+fn built_history() -> PathBuf {
+    let root = bench_dir();
+    let data = root.join("data");
+    let done = root.join(format!("built-{EVENTS}-{TAIL}"));
+    if done.is_file() {
+        return data;
+    }
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).expect("bench folder");
+    let began = Instant::now();
+    let mut history = EventHistory::open(&data).expect("open");
+    let mut state = State::new();
+    let mut seq = 1;
+    while seq <= EVENTS {
+        let end = (seq + 999).min(EVENTS);
+        let events: Vec<Event> = (seq..=end).map(event_at).collect();
+        if end <= EVENTS - TAIL {
+            for event in &events {
+                state.apply(event);
+            }
+        }
+        history.append_batch(&events).expect("append");
+        if end == EVENTS - TAIL {
+            let snapshot = Instant::now();
+            let record = history.take_snapshot(&state).expect("snapshot");
+            eprintln!(
+                "snapshot at record {}: {:?} (encode + write + install)",
+                record.seq,
+                snapshot.elapsed()
+            );
+        }
+        seq = end + 1;
+    }
+    history.close().expect("close");
+    eprintln!(
+        "built {EVENTS} events ({} jobs) with a snapshot at {} in {:?}",
+        EVENTS / 4,
+        EVENTS - TAIL,
+        began.elapsed()
+    );
+    std::fs::write(&done, b"").expect("marker");
+    data
+}
+
+/// The child of the kill benchmark: opens the history, appends one batch (durable),
+/// says so, and waits to be killed.
+fn child(data: &Path) {
+    let mut history = EventHistory::open(data).expect("child opens");
+    // A schedule try of the last job: legal after any number of tries.
+    let next = history.next_seq();
+    let n = (EVENTS - 1) / 4;
+    let event = envelope(
+        next,
+        Actor::Scheduler,
+        EventKind::ScheduleAttempted {
+            job_id: job(n),
+            outcome: ScheduleOutcome::NoResources {
+                reason: "connected sites (1) < min_clients (2)".into(),
+            },
+        },
+    );
+    history.append_batch(&[event]).expect("child appends");
+    println!("ready");
+    loop {
+        std::thread::park();
+    }
+}
+
+/// Starts a child that opens the history and appends, and kills it with SIGKILL once
+/// it says it is ready.
+fn kill_a_writer(data: &Path) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe().expect("exe"))
+        .env(CHILD_ENV, data)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("child starts");
+    let mut line = String::new();
+    let stdout = child.stdout.take().expect("piped");
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("child reads");
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+    assert_eq!(line.trim(), "ready", "the child did not get ready");
+}
+
+fn startup(c: &mut Criterion) {
+    let data = built_history();
+    let mut group = c.benchmark_group("startup_1m");
+    // Each iteration takes tens to hundreds of milliseconds, and the kill and server
+    // runs spend more untimed (a child process, a runtime): few, flat samples.
+    group
+        .sample_size(10)
+        .sampling_mode(criterion::SamplingMode::Flat)
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_millis(500));
+
+    // Once, where the time goes.
+    {
+        let began = Instant::now();
+        let history = EventHistory::open(&data).expect("open");
+        let opened = began.elapsed();
+        let began = Instant::now();
+        let (record, bytes) = history
+            .storage()
+            .load_snapshot()
+            .expect("snapshot")
+            .expect("a snapshot exists");
+        let loaded = began.elapsed();
+        let began = Instant::now();
+        let _: State = fedrun::history::snapshot::decode_state(&bytes).expect("decode");
+        let decoded = began.elapsed();
+        let began = Instant::now();
+        let recovered = history.recover(State::new()).expect("recover");
+        let all = began.elapsed();
+        eprintln!(
+            "start-up parts: sled open {opened:?}; snapshot at {} ({} bytes) read+hash {loaded:?}, \
+             decode {decoded:?}; recover (load + decode + {} tail events) {all:?}",
+            record.seq,
+            bytes.len(),
+            recovered.replayed
+        );
+    }
+
+    group.bench_function("sled_open_after_clean_stop", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let began = Instant::now();
+                let history = EventHistory::open(&data).expect("open");
+                total += began.elapsed();
+                history.close().expect("close");
+            }
+            total
+        })
+    });
+    group.bench_function("sled_open_after_kill", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                kill_a_writer(&data);
+                let began = Instant::now();
+                let history = EventHistory::open(&data).expect("open after a kill");
+                total += began.elapsed();
+                history.close().expect("close");
+            }
+            total
+        })
+    });
+    group.bench_function("recover", |b| {
+        let history = EventHistory::open(&data).expect("open");
+        b.iter(|| {
+            let recovered = history.recover(State::new()).expect("recover");
+            assert_eq!(recovered.snapshot_seq, Some(EVENTS - TAIL));
+            assert!(recovered.replayed >= TAIL);
+            recovered
+        })
+    });
+    group.bench_function("open_to_accepting", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let history = EventHistory::open(&data).expect("open");
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                let guard = rt.enter();
+                let mut config = ServerConfig::new(&data);
+                // No snapshot while measuring: each run starts from the same one.
+                config.limits.snapshot_every_events = u64::MAX;
+                let began = Instant::now();
+                let server =
+                    Server::start_on(config, history, Arc::new(WallClock)).expect("server starts");
+                total += began.elapsed();
+                // Accepting: the rebuilt state is published.
+                assert!(server.watch().borrow().jobs.len() as u64 >= EVENTS / 4);
+                // Stopped as if killed: no shutdown, no snapshot. The history thread
+                // lets the folder go when the runtime's tasks are dropped; the next
+                // open waits for that, untimed.
+                drop(server);
+                drop(guard);
+                drop(rt);
+            }
+            total
+        })
+    });
+    group.finish();
+}
+
+fn main() {
+    if let Some(data) = std::env::var_os(CHILD_ENV) {
+        child(Path::new(&data));
+        return;
+    }
+    let mut criterion = Criterion::default().configure_from_args();
+    startup(&mut criterion);
+    criterion.final_summary();
+}

@@ -1,0 +1,254 @@
+//! The snapshot layout: format 2 (positional, with a layout fingerprint) round-trips
+//! the state, a snapshot of another layout is never decoded (start-up replays
+//! everything instead), format 1 (named) snapshots still load, and no bytes make the
+//! decoder panic.
+
+use std::collections::BTreeMap;
+
+use fedrun::history::snapshot::{
+    self, Layout, SnapshotDecodeError, SnapshotRecord, HEADER_LEN, MAGIC, SNAPSHOT_FORMAT,
+};
+use fedrun::history::{History, MemoryStorage, Storage};
+use fedrun::job::meta::{AppTargets, JobMeta};
+use fedrun::job::JobId;
+use fedrun::lifecycle::{
+    Actor, BlobHash, BootId, Event, EventKind, Identity, Role, ScheduleOutcome, State, Timestamp,
+};
+
+fn envelope(seq: u64, actor: Actor, kind: EventKind) -> Event {
+    Event {
+        seq,
+        at: Timestamp::from_millis(1_764_288_000_000 + seq as i64),
+        actor,
+        request_id: None,
+        boot_id: BootId(uuid::Uuid::from_u128(7)),
+        kind,
+    }
+}
+
+fn job(n: u64) -> JobId {
+    JobId(uuid::Uuid::from_u128(0x3000 + u128::from(n)))
+}
+
+/// Job `seq / 2` submitted, then tried once.
+fn event_at(seq: u64) -> Event {
+    let n = (seq - 1) / 2;
+    if (seq - 1).is_multiple_of(2) {
+        let bob = Identity {
+            name: "bob".into(),
+            org: "org-b".into(),
+            role: Role::Lead,
+        };
+        envelope(
+            seq,
+            Actor::admin(&bob),
+            EventKind::JobSubmitted {
+                job_id: job(n),
+                meta: JobMeta {
+                    name: format!("job-{n}"),
+                    deploy_map: vec![AppTargets {
+                        app: "app".into(),
+                        targets: vec!["server".into(), "site-1".into()],
+                    }],
+                    min_clients: 1,
+                    mandatory_clients: vec!["site-1".into()],
+                    resource_spec: BTreeMap::from([(
+                        "site-1".to_string(),
+                        BTreeMap::from([("mem".to_string(), 2.5)]),
+                    )]),
+                },
+                package: BlobHash::from(blake3::hash(b"one package")),
+                submitter: bob,
+                signer: None,
+                submit_time: Timestamp::from_millis(1_764_288_000_000 + seq as i64),
+                cloned_from: (n > 0).then(|| job(n - 1)),
+            },
+        )
+    } else {
+        envelope(
+            seq,
+            Actor::Scheduler,
+            EventKind::ScheduleAttempted {
+                job_id: job(n),
+                outcome: ScheduleOutcome::NoResources {
+                    reason: "connected sites (0) < min_clients (1)".into(),
+                },
+            },
+        )
+    }
+}
+
+/// A memory history of `events` events, and the state after them.
+fn history_of(events: u64) -> (MemoryStorage, History<Event>, State) {
+    let storage = MemoryStorage::default();
+    let mut history =
+        History::<Event>::from_storage(Box::new(storage.clone()), std::path::Path::new("memory"))
+            .expect("opens");
+    let batch: Vec<Event> = (1..=events).map(event_at).collect();
+    history.append_batch(&batch).expect("appends");
+    let state = history.replay(State::new()).expect("replays");
+    (storage, history, state)
+}
+
+#[test]
+fn format_2_round_trips_the_state_and_is_smaller_than_format_1() {
+    let (_, _, state) = history_of(200);
+    assert_eq!(state.jobs.len(), 100);
+    let bytes = snapshot::encode_state(&state).expect("encodes");
+    assert_eq!(&bytes[..MAGIC.len()], &MAGIC);
+    let decoded: State = snapshot::decode_state(&bytes).expect("decodes");
+    assert_eq!(decoded, state);
+    let named = snapshot::encode_state_v1(&state).expect("encodes");
+    assert!(
+        bytes.len() < named.len(),
+        "positional {} bytes, named {}",
+        bytes.len(),
+        named.len()
+    );
+    // Format 1 still decodes to the same state.
+    let old: State = snapshot::decode_state(&named).expect("decodes");
+    assert_eq!(old, state);
+}
+
+#[test]
+fn a_state_of_another_layout_is_never_decoded() {
+    let (_, _, state) = history_of(20);
+    let mut bytes = snapshot::encode_state(&state).expect("encodes");
+    // Another build's layout in the header.
+    bytes[MAGIC.len() + 4] ^= 1;
+    match snapshot::decode_state::<State>(&bytes) {
+        Err(SnapshotDecodeError::LayoutChanged { stored, expected }) => {
+            assert_eq!(expected, Layout::of::<State>());
+            assert_ne!(stored, expected);
+        }
+        other => panic!("decoded a state of another layout: {other:?}"),
+    }
+    // The same bytes read as another type's state are refused too: its layout differs.
+    let good = snapshot::encode_state(&state).expect("encodes");
+    assert!(matches!(
+        snapshot::decode_state::<BTreeMap<String, u64>>(&good),
+        Err(SnapshotDecodeError::LayoutChanged { .. })
+    ));
+    // A format this build does not know.
+    let mut newer = good.clone();
+    newer[MAGIC.len()..MAGIC.len() + 4].copy_from_slice(&(SNAPSHOT_FORMAT + 1).to_le_bytes());
+    assert!(matches!(
+        snapshot::decode_state::<State>(&newer),
+        Err(SnapshotDecodeError::UnknownFormat { found }) if found == SNAPSHOT_FORMAT + 1
+    ));
+}
+
+#[test]
+fn start_up_replays_everything_when_the_snapshot_layout_changed() {
+    let (mut storage, mut history, state) = history_of(40);
+    let taken = history.take_snapshot(&state).expect("snapshot");
+    assert_eq!(taken.v, SNAPSHOT_FORMAT);
+    assert_eq!(taken.layout, Some(Layout::of::<State>()));
+    let tail: Vec<Event> = (41..=60).map(event_at).collect();
+    history.append_batch(&tail).expect("appends");
+    let full = history.replay(State::new()).expect("replays");
+    let recovered = history.recover(State::new()).expect("recovers");
+    assert_eq!(recovered.snapshot_seq, Some(40));
+    assert_eq!(recovered.replayed, 20);
+    assert_eq!(recovered.state, full);
+
+    // The record says another layout: the snapshot is not used, nothing is lost.
+    let (_, bytes) = storage.load_snapshot().expect("reads").expect("held");
+    let other = SnapshotRecord {
+        layout: Some(Layout([9; 32])),
+        ..taken.clone()
+    };
+    storage.save_snapshot(&other, &bytes).expect("stored");
+    assert!(other.usable_for::<State>().is_err());
+    let recovered = history.recover(State::new()).expect("recovers");
+    assert_eq!(recovered.snapshot_seq, None);
+    assert_eq!(recovered.replayed, 60);
+    assert_eq!(recovered.state, full);
+
+    // A format-2 record naming no layout is not used either.
+    let none = SnapshotRecord {
+        layout: None,
+        ..taken
+    };
+    storage.save_snapshot(&none, &bytes).expect("stored");
+    let recovered = history.recover(State::new()).expect("recovers");
+    assert_eq!(recovered.snapshot_seq, None);
+    assert_eq!(recovered.state, full);
+}
+
+#[test]
+fn a_format_1_snapshot_still_loads() {
+    let (mut storage, mut history, state) = history_of(30);
+    let head = history.head();
+    let named = snapshot::encode_state_v1(&state).expect("encodes");
+    // As an older fedrun stored it: version 1, no layout (the field is absent).
+    let record = SnapshotRecord {
+        v: 1,
+        seq: head.seq,
+        chain: head.hash,
+        state: fedrun::blobs::hash_of(&named),
+        layout: None,
+    };
+    storage.save_snapshot(&record, &named).expect("stored");
+    let tail: Vec<Event> = (31..=40).map(event_at).collect();
+    history.append_batch(&tail).expect("appends");
+    let recovered = history.recover(State::new()).expect("recovers");
+    assert_eq!(recovered.snapshot_seq, Some(30));
+    assert_eq!(recovered.replayed, 10);
+    assert_eq!(
+        recovered.state,
+        history.replay(State::new()).expect("replays")
+    );
+}
+
+#[test]
+fn a_record_written_before_the_layout_field_decodes() {
+    // The version-1 record had exactly these four fields.
+    #[derive(serde::Serialize)]
+    struct OldRecord {
+        v: u32,
+        seq: u64,
+        chain: fedrun::history::ChainHash,
+        state: fedrun::blobs::BlobHash,
+    }
+    let old = OldRecord {
+        v: 1,
+        seq: 7,
+        chain: fedrun::history::ChainHash([3; 32]),
+        state: fedrun::blobs::BlobHash([4; 32]),
+    };
+    let bytes = rmp_serde::to_vec_named(&old).expect("encodes");
+    let record = SnapshotRecord::decode(&bytes).expect("decodes");
+    assert_eq!(record.layout, None);
+    assert_eq!(record.seq, 7);
+    assert!(record.usable_for::<State>().is_ok());
+    let round = SnapshotRecord::decode(&record.encode()).expect("decodes");
+    assert_eq!(round, record);
+}
+
+#[test]
+fn hostile_snapshot_bytes_give_errors_not_panics() {
+    let (_, _, state) = history_of(10);
+    let bytes = snapshot::encode_state(&state).expect("encodes");
+    // Every truncation of a real blob.
+    for len in 0..bytes.len() {
+        let result = snapshot::decode_state::<State>(&bytes[..len]);
+        assert!(result.is_err(), "a blob cut to {len} bytes decoded");
+        if len >= MAGIC.len() && len < HEADER_LEN {
+            assert!(matches!(result, Err(SnapshotDecodeError::Truncated { .. })));
+        }
+    }
+    // Flipped bytes in the payload: an error or some state, never a panic.
+    for at in HEADER_LEN..bytes.len() {
+        let mut bad = bytes.clone();
+        bad[at] ^= 0xff;
+        let _ = snapshot::decode_state::<State>(&bad);
+    }
+    // A huge declared array length after a valid header.
+    let mut huge = bytes[..HEADER_LEN].to_vec();
+    huge.extend_from_slice(&[0xdd, 0xff, 0xff, 0xff, 0xff]);
+    assert!(snapshot::decode_state::<State>(&huge).is_err());
+    // Text is named in the error.
+    let err = snapshot::decode_state::<State>(&bytes[..HEADER_LEN - 1]).unwrap_err();
+    assert!(err.to_string().contains("header"), "{err}");
+}
