@@ -9,8 +9,8 @@ use fedrun::trust::files::read_bounded;
 
 use super::term::{clean, clean_lines};
 
-/// The largest scenario file read (4 MiB: a scenario of thousands of jobs is far smaller).
-const SCENARIO_FILE_MAX_BYTES: u64 = 4 * 1024 * 1024;
+/// The largest scenario file read (64 MiB: a day of 100,000 jobs is about 20 MiB).
+const SCENARIO_FILE_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Arguments of `fedrun sim`.
 #[derive(clap::Args, Debug)]

@@ -10,7 +10,7 @@
 //! one from the stored history, as a real server does.
 
 use crate::lifecycle::command::SubmitSignature;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -237,6 +237,13 @@ struct Sim<'a> {
     agenda: BTreeMap<(Duration, u64), Item>,
     agenda_seq: u64,
     names: Vec<(String, Option<JobId>)>,
+    /// Where each name sits in `names` (jobs and clones are found by name at every submit
+    /// answer, action and app start).
+    name_index: HashMap<String, usize>,
+    /// The scenario's jobs by name.
+    spec_index: HashMap<&'a str, usize>,
+    /// The sites by name.
+    site_of: HashMap<&'a str, usize>,
     name_of: BTreeMap<JobId, String>,
     clone_counts: BTreeMap<String, u32>,
     server_apps: BTreeMap<JobId, ServerApp>,
@@ -358,6 +365,27 @@ pub fn run_full<'a>(
             .jobs
             .iter()
             .map(|j| (j.name.clone(), None))
+            .collect(),
+        name_index: checked
+            .scenario
+            .jobs
+            .iter()
+            .enumerate()
+            .map(|(i, j)| (j.name.clone(), i))
+            .collect(),
+        spec_index: checked
+            .scenario
+            .jobs
+            .iter()
+            .enumerate()
+            .map(|(i, j)| (j.name.as_str(), i))
+            .collect(),
+        site_of: checked
+            .scenario
+            .sites
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.as_str(), i))
             .collect(),
         name_of: BTreeMap::new(),
         clone_counts: BTreeMap::new(),
@@ -577,10 +605,7 @@ impl<'a> Sim<'a> {
     }
 
     fn job_id_of(&self, name: &str) -> Option<JobId> {
-        self.names
-            .iter()
-            .find(|(n, _)| n == name)
-            .and_then(|(_, id)| *id)
+        self.name_index.get(name).and_then(|i| self.names[*i].1)
     }
 
     fn package_of(name: &str) -> BlobHash {
@@ -730,6 +755,7 @@ impl<'a> Sim<'a> {
                         let n = self.clone_counts.entry(job.clone()).or_insert(0);
                         *n += 1;
                         let name = format!("{job}#{n}");
+                        self.name_index.insert(name.clone(), self.names.len());
                         self.names.push((name.clone(), None));
                         (AdminRequest::CloneJob { job_id }, Tag::NewJob(name))
                     }
@@ -774,7 +800,7 @@ impl<'a> Sim<'a> {
     }
 
     fn site_index(&self, name: &str) -> Option<usize> {
-        self.sites.iter().position(|s| s.name() == name)
+        self.site_of.get(name).copied()
     }
 
     fn site_online(&mut self, s: usize, batch: &mut Vec<(Input, Tag)>) {
@@ -888,7 +914,7 @@ impl<'a> Sim<'a> {
     fn order_of(&self, job_id: &JobId) -> usize {
         self.name_of
             .get(job_id)
-            .and_then(|n| self.names.iter().position(|(m, _)| m == n))
+            .and_then(|n| self.name_index.get(n).copied())
             .unwrap_or(usize::MAX)
     }
 
@@ -1031,13 +1057,9 @@ impl<'a> Sim<'a> {
             }
         };
         // FAULTS: the step returned, so its records are acknowledged: check and keep them.
-        let stored: Vec<(u64, Vec<u8>)> = self
-            .storage
-            .all_records()
-            .into_iter()
-            .filter(|(seq, _)| *seq >= first_new)
-            .collect();
-        self.checker
+        let stored = self.storage.records_from(first_new);
+        let new_events = self
+            .checker
             .on_records(&stored, true, now)
             .map_err(|what| self.broken(what))?;
         let accepted: std::collections::BTreeSet<ReplyToken> = outputs
@@ -1053,11 +1075,6 @@ impl<'a> Sim<'a> {
         // The node decides the whole batch before one append, so the sequence number a
         // fact came at is that of the event recording it; a fact the core did not record
         // (a resent report, one after the job ended) counts as after the batch.
-        let new_events: Vec<Event> = stored
-            .iter()
-            .filter_map(|(_, bytes)| crate::history::record::decode::<Event>(bytes).ok())
-            .map(|r| r.event)
-            .collect();
         let after_batch = new_events.last().map_or(first_new, |e| e.seq + 1);
         let mut claimed: std::collections::BTreeSet<u64> = Default::default();
         for (job_id, fact, token) in fed {
@@ -1097,8 +1114,8 @@ impl<'a> Sim<'a> {
             match answer {
                 Ok(Ok(Answer::Submitted { job_id })) => {
                     self.name_of.insert(*job_id, name.clone());
-                    if let Some(slot) = self.names.iter_mut().find(|(n, _)| *n == name) {
-                        slot.1 = Some(*job_id);
+                    if let Some(i) = self.name_index.get(&name) {
+                        self.names[*i].1 = Some(*job_id);
                     }
                 }
                 Ok(Err(rejection)) => {
@@ -1157,7 +1174,9 @@ impl<'a> Sim<'a> {
 
     fn job_spec(&self, name: &str) -> Option<&JobSpec> {
         let base = name.split('#').next().unwrap_or(name);
-        self.checked.scenario.jobs.iter().find(|j| j.name == base)
+        self.spec_index
+            .get(base)
+            .map(|i| &self.checked.scenario.jobs[*i])
     }
 
     fn send_to_site(&mut self, site: &str, request: SiteRequest, job_id: JobId) {
@@ -1772,12 +1791,9 @@ impl<'a> Sim<'a> {
             return Err(self.broken(what));
         }
         let sites = &self.sites;
-        let ran = |site: &str, job: &JobId| {
-            sites
-                .iter()
-                .find(|s| s.name() == site)
-                .is_some_and(|s| s.ever_ran(job))
-        };
+        let site_of = &self.site_of;
+        let ran =
+            |site: &str, job: &JobId| site_of.get(site).is_some_and(|s| sites[*s].ever_ran(job));
         let world = self.world();
         let limits = self.limits();
         let checked = self.checker.after_step(
@@ -1792,40 +1808,58 @@ impl<'a> Sim<'a> {
 
     /// The reference model's verdict on every job that ran without a restart in its life.
     fn check_model(&self, state: &State, events: &[Event]) -> Result<u32, SimError> {
+        /// What the model needs of one job's events, gathered in one pass over the history.
+        #[derive(Default)]
+        struct Life {
+            dispatched: Option<u64>,
+            finished: Option<u64>,
+            ran: bool,
+            unknown: bool,
+            lapses: Vec<(u64, String)>,
+        }
+        let mut lives: HashMap<JobId, Life> = HashMap::new();
+        // The server starts, in history order.
+        let mut starts: Vec<u64> = Vec::new();
+        for e in events {
+            if matches!(e.kind, EventKind::ServerStarted { .. }) {
+                starts.push(e.seq);
+            }
+            let Some(id) = e.kind.job_id() else {
+                continue;
+            };
+            let life = lives.entry(id).or_default();
+            match &e.kind {
+                EventKind::JobDispatched { .. } => {
+                    life.dispatched.get_or_insert(e.seq);
+                }
+                EventKind::JobFinished { .. } => {
+                    life.finished.get_or_insert(e.seq);
+                }
+                EventKind::RunStarted { .. } => life.ran = true,
+                EventKind::SiteReportLapsed { site, .. } => {
+                    life.lapses.push((e.seq, site.clone()));
+                }
+                _ => {}
+            }
+            if self.unacked_survivors.contains(&e.seq) {
+                life.unknown = true;
+            }
+        }
         let mut checked = 0;
         for job in state.jobs.values() {
             let id = job.id;
-            let of_job = |e: &&Event| e.kind.job_id() == Some(id);
-            let Some(dispatched) = events
-                .iter()
-                .filter(of_job)
-                .find(|e| matches!(e.kind, EventKind::JobDispatched { .. }))
-                .map(|e| e.seq)
-            else {
+            let Some(life) = lives.get(&id) else {
                 continue;
             };
-            let Some(finished) = events
-                .iter()
-                .filter(of_job)
-                .find(|e| matches!(e.kind, EventKind::JobFinished { .. }))
-                .map(|e| e.seq)
-            else {
+            let (Some(dispatched), Some(finished)) = (life.dispatched, life.finished) else {
                 continue;
             };
-            let ran = events
-                .iter()
-                .filter(of_job)
-                .any(|e| matches!(e.kind, EventKind::RunStarted { .. }));
-            let restarted = events.iter().any(|e| {
-                e.seq > dispatched
-                    && e.seq < finished
-                    && matches!(e.kind, EventKind::ServerStarted { .. })
-            });
-            let unknown = events
-                .iter()
-                .filter(of_job)
-                .any(|e| self.unacked_survivors.contains(&e.seq));
-            if !ran || restarted || unknown {
+            // A server start strictly between the dispatch and the end.
+            let after_dispatch = starts.partition_point(|seq| *seq <= dispatched);
+            let restarted = starts
+                .get(after_dispatch)
+                .is_some_and(|seq| *seq < finished);
+            if !life.ran || restarted || life.unknown {
                 continue;
             }
             let mut facts: Vec<(u64, Fact)> = self
@@ -1836,9 +1870,9 @@ impl<'a> Sim<'a> {
                 .into_iter()
                 .filter(|(at, _)| *at <= finished)
                 .collect();
-            for e in events.iter().filter(of_job).filter(|e| e.seq <= finished) {
-                if let EventKind::SiteReportLapsed { site, .. } = &e.kind {
-                    facts.push((e.seq, Fact::Lapse { site: site.clone() }));
+            for (seq, site) in &life.lapses {
+                if *seq <= finished {
+                    facts.push((*seq, Fact::Lapse { site: site.clone() }));
                 }
             }
             facts.sort_by_key(|(at, _)| *at);

@@ -4,7 +4,14 @@
 //!
 //! - Every stored record replays (checked like a restart does) into a state equal to the
 //!   engine's live state, and every status change follows SPEC section 2's table, written
-//!   out here independently of the core.
+//!   out here independently of the core. The comparison after each step is exact and costs
+//!   what the step changed: both states are persistent maps, and the jobs and queue entries
+//!   either side changed since the last comparison (found by diffing against the copies kept
+//!   then, which skips the shared structure) are compared, with everything else of the
+//!   state. Only the kept idempotency keys are compared in part at each step (their counts,
+//!   oldest and newest, and the keys the new events carry) and in full once as many events
+//!   as keys have been folded since the last full comparison; the end of a run compares the
+//!   whole state.
 //! - Every event the engine acknowledged (its append returned) is still stored, byte for
 //!   byte, after any crash and power loss.
 //! - Jobs with a simulated process alive (a server app, or a site app on a connected site,
@@ -22,11 +29,17 @@
 //!   its archive settled, and no simulated process is left.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
+
+use imbl::{OrdMap, OrdSet};
 
 use crate::history::ChainHash;
 use crate::job::JobId;
-use crate::lifecycle::{Archive, BlobHash, Event, EventKind, RunPhase, RunStatus, State};
+use crate::lifecycle::state::{KeptRequests, RequestKey};
+use crate::lifecycle::{
+    Archive, BlobHash, Event, EventKind, Job, QueueKey, RunPhase, RunStatus, State,
+};
 
 /// A defect of the core that the fault campaign found and that is routed for a fix. The
 /// campaign may tolerate a known defect, precisely scoped, so that it keeps checking every
@@ -115,10 +128,30 @@ pub struct Limits {
     pub site_reconnect_grace: Duration,
 }
 
+/// The jobs and queue of the live and the replayed state when they were last found equal:
+/// cheap copies (persistent maps), so the next comparison looks only at what either side
+/// changed since.
+#[derive(Debug)]
+struct Compared {
+    live_jobs: OrdMap<JobId, Arc<Job>>,
+    live_queue: OrdSet<QueueKey>,
+    replayed_jobs: OrdMap<JobId, Arc<Job>>,
+    replayed_queue: OrdSet<QueueKey>,
+}
+
 /// The checker: what it has seen so far.
 #[derive(Debug, Default)]
 pub struct Checker {
     replayed: State,
+    /// The states at the last comparison that found them equal (`None`: compare in full).
+    compared: Option<Compared>,
+    /// The replayed jobs when the world was last checked against all of them (`None`:
+    /// check every job).
+    world_checked: Option<OrdMap<JobId, Arc<Job>>>,
+    /// The idempotency keys the events folded since the last comparison carry.
+    request_keys: Vec<RequestKey>,
+    /// Events folded since the kept idempotency keys were last compared in full.
+    requests_debt: usize,
     statuses: BTreeMap<JobId, RunStatus>,
     finished_at: BTreeMap<JobId, Duration>,
     archived: BTreeMap<JobId, BlobHash>,
@@ -206,6 +239,9 @@ impl Checker {
         // The whole stored history is replayed and checked again from the start; what the
         // earlier run saw of records that did not survive does not count.
         self.replayed = State::new();
+        self.compared = None;
+        self.world_checked = None;
+        self.request_keys.clear();
         self.statuses.clear();
         self.archived.clear();
         self.report_ids.clear();
@@ -236,6 +272,13 @@ impl Checker {
             self.replayed
                 .apply_checked(&event)
                 .map_err(|e| format!("stored record {seq} does not replay: {e}"))?;
+            if let (Some(key), Some(identity)) = (&event.request_id, event.actor.identity()) {
+                self.request_keys.push(RequestKey {
+                    identity,
+                    key: key.clone(),
+                });
+            }
+            self.requests_debt += 1;
             if acked {
                 let index = *seq as usize - 1;
                 if self.acked.len() == index {
@@ -330,22 +373,109 @@ impl Checker {
         self.check_world(live, world, limits, archives, ran)
     }
 
+    /// Keeps cheap copies of the jobs and queues just found equal.
+    fn remember(&mut self, live: &State) {
+        self.compared = Some(Compared {
+            live_jobs: live.jobs.clone(),
+            live_queue: live.queue.clone(),
+            replayed_jobs: self.replayed.jobs.clone(),
+            replayed_queue: self.replayed.queue.clone(),
+        });
+    }
+
+    /// Whether the live state equals the replayed one. Exact when `compared` is from the
+    /// last comparison: what neither side changed since was equal then.
+    fn live_equals_replayed(&mut self, live: &State) -> bool {
+        let replayed = &self.replayed;
+        let keys = std::mem::take(&mut self.request_keys);
+        let Some(was) = self.compared.take() else {
+            self.requests_debt = 0;
+            return live == replayed;
+        };
+        // Everything but the jobs, the queue and the kept keys, compared in full.
+        let rest = |state: &State| State {
+            jobs: OrdMap::new(),
+            queue: OrdSet::new(),
+            requests: Arc::new(KeptRequests::default()),
+            ..state.clone()
+        };
+        if rest(live) != rest(replayed) {
+            return false;
+        }
+        // The jobs either side added, changed or removed.
+        if live.jobs.len() != replayed.jobs.len() {
+            return false;
+        }
+        let job_key = |item: imbl::ordmap::DiffItem<'_, '_, JobId, Arc<Job>>| match item {
+            imbl::ordmap::DiffItem::Add(k, _) | imbl::ordmap::DiffItem::Remove(k, _) => *k,
+            imbl::ordmap::DiffItem::Update { new: (k, _), .. } => *k,
+        };
+        let jobs_differ = was
+            .live_jobs
+            .diff(&live.jobs)
+            .chain(was.replayed_jobs.diff(&replayed.jobs))
+            .map(job_key)
+            .any(|id| live.jobs.get(&id) != replayed.jobs.get(&id));
+        if jobs_differ {
+            return false;
+        }
+        // The queue entries either side added or removed.
+        if live.queue.len() != replayed.queue.len() {
+            return false;
+        }
+        let queue_key = |item: imbl::ordset::DiffItem<'_, '_, QueueKey>| match item {
+            imbl::ordset::DiffItem::Add(k) | imbl::ordset::DiffItem::Remove(k) => k.clone(),
+        };
+        let queue_differs = was
+            .live_queue
+            .diff(&live.queue)
+            .chain(was.replayed_queue.diff(&replayed.queue))
+            .map(queue_key)
+            .any(|k| live.queue.contains(&k) != replayed.queue.contains(&k));
+        if queue_differs {
+            return false;
+        }
+        // The kept keys: their counts, oldest and newest, and the keys just used at each
+        // step; all of them once as many events as keys were folded since the last time.
+        let (a, b) = (&live.requests, &replayed.requests);
+        if a.by_key.len() != b.by_key.len()
+            || a.by_time.len() != b.by_time.len()
+            || a.by_time.first() != b.by_time.first()
+            || a.by_time.last() != b.by_time.last()
+            || keys.iter().any(|k| a.by_key.get(k) != b.by_key.get(k))
+        {
+            return false;
+        }
+        if self.requests_debt >= a.by_key.len() {
+            self.requests_debt = 0;
+            if a != b {
+                return false;
+            }
+        }
+        true
+    }
+
     fn check_world(
-        &self,
+        &mut self,
         live: Option<&State>,
         world: &World,
         limits: Limits,
         archives: &BTreeMap<JobId, BlobHash>,
         ran: &dyn Fn(&str, &JobId) -> bool,
     ) -> Result<(), String> {
-        if let Some(live) = live {
-            if live != &self.replayed {
-                return Err(format!(
-                    "after event {}, the state replayed from the stored history differs from \
-                     the live state",
-                    self.replayed.last_seq
-                ));
+        match live {
+            Some(live) => {
+                if !self.live_equals_replayed(live) {
+                    return Err(format!(
+                        "after event {}, the state replayed from the stored history differs \
+                         from the live state",
+                        self.replayed.last_seq
+                    ));
+                }
+                self.remember(live);
             }
+            // While the server is down nothing is compared; the next comparison is full.
+            None => self.compared = None,
         }
         // Jobs with a process alive.
         let mut alive: BTreeSet<JobId> = world.server_apps.iter().copied().collect();
@@ -409,7 +539,21 @@ impl Checker {
                 }
             }
         }
-        for job in self.replayed.jobs.values() {
+        // Archives and site outcomes of the jobs that changed since the last check (all of
+        // them after a start): the blob store and the sites' record of what they ran only
+        // grow, so a job that passed and did not change still passes.
+        let changed: Vec<Arc<Job>> = match &self.world_checked {
+            Some(before) => before
+                .diff(&self.replayed.jobs)
+                .filter_map(|item| match item {
+                    imbl::ordmap::DiffItem::Add(_, job)
+                    | imbl::ordmap::DiffItem::Update { new: (_, job), .. } => Some(job.clone()),
+                    imbl::ordmap::DiffItem::Remove(..) => None,
+                })
+                .collect(),
+            None => self.replayed.jobs.values().cloned().collect(),
+        };
+        for job in changed {
             if let Archive::Archived { hash } = &job.archive {
                 if archives.get(&job.id) != Some(hash) {
                     return Err(format!(
@@ -427,6 +571,7 @@ impl Checker {
                 }
             }
         }
+        self.world_checked = Some(self.replayed.jobs.clone());
         Ok(())
     }
 
@@ -487,6 +632,110 @@ mod tests {
         assert!(!legal_transition(Some(Dispatched), Completed));
         assert!(!legal_transition(Some(Completed), Running));
         assert!(!legal_transition(None, Running));
+    }
+
+    /// A state in the middle of a run: jobs running and queued, kept idempotency keys.
+    fn busy_state() -> State {
+        let checked =
+            crate::sim::scenario::parse(include_str!("../../tests/scenarios/max_jobs.toml"))
+                .expect("scenario");
+        let mut captured: Option<State> = None;
+        let mut observer = |_: &Event, state: &State| {
+            if captured.is_none()
+                && state.queue.len() >= 2
+                && state.requests.by_key.len() >= 3
+                && state.jobs.len() >= 3
+            {
+                captured = Some(state.clone());
+            }
+        };
+        crate::sim::driver::run_observed(&checked, 0, Some(&mut observer)).expect("run");
+        captured.expect("the run queued jobs")
+    }
+
+    /// A checker whose replayed state is `state`, just compared equal to the same live one.
+    fn compared_on(state: &State) -> Checker {
+        let mut checker = Checker::new();
+        checker.replayed = state.clone();
+        assert!(checker.live_equals_replayed(state), "the full comparison");
+        checker.remember(state);
+        checker
+    }
+
+    #[test]
+    fn the_step_comparison_finds_what_either_side_changed() {
+        let state = busy_state();
+        let id = *state.jobs.keys().nth(1).expect("a job");
+        let mut checker = compared_on(&state);
+        assert!(checker.live_equals_replayed(&state), "nothing changed");
+
+        // A job only the live side changed.
+        let mut live = state.clone();
+        Arc::make_mut(live.jobs.get_mut(&id).expect("job")).schedule_count += 1;
+        let mut checker = compared_on(&state);
+        assert!(!checker.live_equals_replayed(&live));
+
+        // A job only the replayed side changed.
+        let mut checker = compared_on(&state);
+        Arc::make_mut(checker.replayed.jobs.get_mut(&id).expect("job")).schedule_count += 1;
+        assert!(!checker.live_equals_replayed(&state));
+
+        // The same change on both sides is no difference.
+        let mut checker = compared_on(&state);
+        Arc::make_mut(checker.replayed.jobs.get_mut(&id).expect("job")).schedule_count += 1;
+        assert!(checker.live_equals_replayed(&live));
+
+        // One job swapped for another on the live side: the counts agree.
+        let mut swapped = state.clone();
+        let job = swapped.jobs.remove(&id).expect("job");
+        let other = JobId(uuid::Uuid::from_u128(7));
+        let mut moved = (*job).clone();
+        moved.id = other;
+        swapped.jobs.insert(other, Arc::new(moved));
+        let mut checker = compared_on(&state);
+        assert!(!checker.live_equals_replayed(&swapped));
+
+        // A queue entry swapped for another.
+        let mut queue = state.clone();
+        let first = queue.queue.iter().next().cloned().expect("queued");
+        queue.queue.remove(&first);
+        queue.queue.insert((first.0, first.1, other));
+        let mut checker = compared_on(&state);
+        assert!(!checker.live_equals_replayed(&queue));
+
+        // A field outside the jobs and the queue.
+        let mut later = state.clone();
+        later.last_seq += 1;
+        let mut checker = compared_on(&state);
+        assert!(!checker.live_equals_replayed(&later));
+    }
+
+    #[test]
+    fn a_kept_key_no_event_names_is_compared_in_full_at_the_bounded_rate() {
+        let state = busy_state();
+        let mut changed = state.clone();
+        let key = changed
+            .requests
+            .by_key
+            .keys()
+            .next()
+            .cloned()
+            .expect("a kept key");
+        Arc::make_mut(&mut changed.requests)
+            .by_key
+            .get_mut(&key)
+            .expect("kept")
+            .last_seq += 1;
+        // Named by an event folded since: found at once.
+        let mut checker = compared_on(&state);
+        checker.request_keys.push(key);
+        assert!(!checker.live_equals_replayed(&changed));
+        // Named by none: found once as many events as keys were folded.
+        let mut checker = compared_on(&state);
+        assert!(checker.live_equals_replayed(&changed));
+        checker.remember(&changed);
+        checker.requests_debt = state.requests.by_key.len();
+        assert!(!checker.live_equals_replayed(&changed));
     }
 
     #[test]
