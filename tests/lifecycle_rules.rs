@@ -135,50 +135,6 @@ fn keys_are_forgotten_after_twenty_four_hours_of_event_time() {
     assert_eq!(replayed.requests, w.state.requests);
 }
 
-#[test]
-fn keys_kept_in_a_snapshot_expire_after_it_is_loaded() {
-    let mut w = World::default();
-    let first = with_key(&mut w, boss(), "k", submit_request(1));
-    let Some(Ok(Answer::Submitted { job_id: a })) = first.reply else {
-        panic!("accepted")
-    };
-    // A snapshot taken while the key is kept, in the encoding start-up reads.
-    let bytes = fedrun::history::snapshot::encode_state(&w.state).expect("encodes");
-    let covered = w.log.len();
-    let mut loaded: fedrun::lifecycle::State =
-        fedrun::history::snapshot::decode_state(&bytes).expect("decodes");
-    assert_eq!(loaded, w.state, "a loaded state equals the live one");
-    let key = fedrun::lifecycle::state::RequestKey {
-        identity: boss(),
-        key: "k".to_string(),
-    };
-    let recorded = w.state.requests.by_key[&key].at;
-    let window_end = recorded.plus(fedrun::lifecycle::state::REQUEST_KEY_KEPT_FOR);
-    assert!(loaded
-        .requests
-        .get(&key, window_end.plus(Duration::from_millis(1)))
-        .is_none());
-    assert!(loaded
-        .requests
-        .get(&key, fedrun::lifecycle::Timestamp(window_end.0 - 1))
-        .is_some());
-    // After the window the key names a new request, on the live state and on the one
-    // loaded from the snapshot with the tail replayed; the old key is gone from both.
-    w.now = window_end;
-    let later = with_key(&mut w, boss(), "k", submit_request(2));
-    let Some(Ok(Answer::Submitted { job_id: b })) = later.reply else {
-        panic!("a new request after 24 h: {:?}", later.reply)
-    };
-    assert_ne!(a, b);
-    for event in &w.log[covered..] {
-        loaded.apply_checked(event).expect("the tail replays");
-    }
-    assert_eq!(loaded, w.state);
-    assert_eq!(loaded.requests.by_key.len(), 1);
-    assert_eq!(loaded.requests.by_key[&key].at, window_end);
-    assert_eq!(loaded.requests.by_time.len(), 1);
-}
-
 // ---- SPEC sections 4 and 8: a stop is over ----
 
 /// A running job on two sites whose run fedrun is stopping (site-1 reported 101), then a
