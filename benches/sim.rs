@@ -132,6 +132,8 @@ fn day(c: &mut Criterion) {
 /// One run of `fedrun sim FILE` in a child: wall time, peak RSS in KiB, and its first line.
 fn cli_run(file: &Path) -> (Duration, i64, String) {
     let start = Instant::now();
+    // Waited for below with wait4 (not `Child::wait`), to read its peak RSS.
+    #[allow(clippy::zombie_processes)]
     let child = Command::new(env!("CARGO_BIN_EXE_fedrun"))
         .arg("sim")
         .arg(file)

@@ -424,7 +424,7 @@ impl Checker {
             return false;
         }
         let queue_key = |item: imbl::ordset::DiffItem<'_, '_, QueueKey>| match item {
-            imbl::ordset::DiffItem::Add(k) | imbl::ordset::DiffItem::Remove(k) => k.clone(),
+            imbl::ordset::DiffItem::Add(k) | imbl::ordset::DiffItem::Remove(k) => *k,
         };
         let queue_differs = was
             .live_queue
