@@ -36,8 +36,8 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, SamplingMode, Throughput};
 use fedrun::engine::clock::WallClock;
 use fedrun::engine::server::{Server, ServerConfig};
-use fedrun::history::snapshot::SnapshotRecord;
-use fedrun::history::storage::RecordIter;
+use fedrun::history::snapshot::{SnapshotRecord, SnapshotSink};
+use fedrun::history::storage::{RecordIter, SharedRecordIter};
 use fedrun::history::{Anchor, Head, History, SledOptions, SledStorage, Storage, StorageError};
 use fedrun::job::meta::{AppTargets, JobMeta};
 use fedrun::lifecycle::{
@@ -84,6 +84,18 @@ impl Storage for CountingStorage {
     }
     fn snapshot_record(&self) -> Result<Option<SnapshotRecord>, StorageError> {
         self.inner.snapshot_record()
+    }
+    // What the server uses of sled beyond the defaults: shared reads and snapshots
+    // written off the history thread. Without these the bench would measure snapshots
+    // taken on the history thread, which a server does not do.
+    fn read_shared_from(&self, from: u64) -> SharedRecordIter<'_> {
+        self.inner.read_shared_from(from)
+    }
+    fn snapshot_sink(&self) -> Option<Box<dyn SnapshotSink>> {
+        self.inner.snapshot_sink()
+    }
+    fn install_snapshot(&mut self, record: &SnapshotRecord) -> Result<(), StorageError> {
+        self.inner.install_snapshot(record)
     }
     fn anchor(&self) -> Result<Option<Anchor>, StorageError> {
         self.inner.anchor()

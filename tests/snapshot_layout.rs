@@ -199,6 +199,57 @@ fn a_format_1_snapshot_still_loads() {
         recovered.state,
         history.replay(State::new()).expect("replays")
     );
+    // The audit compares it in its own encoding: an old data folder is not reported.
+    let report = history.verify(State::new());
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert!(report.snapshot_matches);
+    // A format-1 snapshot that is not the replayed state is still found.
+    let mut other = state.clone();
+    other.last_at = other.last_at.plus(std::time::Duration::from_secs(1));
+    let wrong = snapshot::encode_state_v1(&other).expect("encodes");
+    let record = SnapshotRecord {
+        state: fedrun::blobs::hash_of(&wrong),
+        ..record
+    };
+    storage.save_snapshot(&record, &wrong).expect("stored");
+    let report = history.verify(State::new());
+    assert!(!report.snapshot_matches);
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.seq == Some(30) && p.message.contains("does not give the snapshot's state")),
+        "{:?}",
+        report.problems
+    );
+}
+
+#[test]
+fn the_audit_does_not_report_a_snapshot_of_another_layout() {
+    let (mut storage, mut history, state) = history_of(20);
+    let taken = history.take_snapshot(&state).expect("snapshot");
+    let report = history.verify(State::new());
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert!(report.snapshot_matches);
+    // As another build wrote it: its layout in the header and the record.
+    let (_, mut bytes) = storage.load_snapshot().expect("reads").expect("held");
+    bytes[MAGIC.len() + 4] ^= 1;
+    let other = SnapshotRecord {
+        state: fedrun::blobs::hash_of(&bytes),
+        layout: Some(Layout(
+            bytes[MAGIC.len() + 4..MAGIC.len() + 36]
+                .try_into()
+                .expect("32"),
+        )),
+        ..taken
+    };
+    storage.save_snapshot(&other, &bytes).expect("stored");
+    let report = history.verify(State::new());
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert!(
+        !report.snapshot_matches,
+        "another layout cannot be compared"
+    );
 }
 
 #[test]

@@ -1138,35 +1138,11 @@ pub fn check_record<E: RecordEvent>(
     key_seq: u64,
     bytes: &[u8],
 ) -> Result<(Record<E>, ChainHash), ReplayError> {
-    if key_seq != expected_seq {
-        return Err(ReplayError::Gap {
-            expected: expected_seq,
-            found: Some(key_seq),
-        });
-    }
-    // One parse in the common case. Only when the whole record does not decode is the
-    // header read on its own, so a misplaced or unlinked record is still reported as
-    // such rather than as undecodable.
-    let record = match record::decode::<E>(bytes) {
-        Ok(record) => record,
-        Err(source) => {
-            if let Ok(header) = record::decode_header(bytes) {
-                check_header(key_seq, expected_prev, header.seq, header.prev)?;
-            }
-            return Err(ReplayError::Decode {
-                seq: key_seq,
-                cause: source,
-            });
-        }
-    };
-    check_header(key_seq, expected_prev, record.seq, record.prev)?;
-    if record.event.seq() != key_seq {
-        return Err(ReplayError::EventSeq {
-            seq: key_seq,
-            found: record.event.seq(),
-        });
-    }
-    Ok((record, ChainHash::of(bytes)))
+    // The place and link first, from the header alone (a version-2 header is read
+    // without the event), so a misplaced or unlinked record is reported as such even
+    // when its event does not decode; then the event.
+    let hash = check_link(expected_seq, expected_prev, key_seq, bytes)?;
+    Ok((decode_checked(key_seq, bytes)?, hash))
 }
 
 /// Checks that a record stored under `key_seq` says it is that record and links to

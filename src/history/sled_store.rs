@@ -757,13 +757,10 @@ impl Storage for SledStorage {
     }
 
     fn read_from(&self, from: u64) -> RecordIter<'_> {
-        Box::new(self.events.range(seq_key(from)..).map(|item| {
-            let (key, value) = item.map_err(|source| sled_error("read records", source))?;
-            let seq = key_seq(&key).ok_or_else(|| StorageError::Corrupt {
-                detail: format!("record key of {} bytes is not a sequence number", key.len()),
-            })?;
-            Ok((seq, value.to_vec()))
-        }))
+        Box::new(
+            self.read_shared_from(from)
+                .map(|item| item.map(|(seq, bytes)| (seq, bytes.to_vec()))),
+        )
     }
 
     fn read_shared_from(&self, from: u64) -> SharedRecordIter<'_> {

@@ -236,36 +236,68 @@ pub fn encode_state<S: Serialize>(state: &S) -> Result<Vec<u8>, rmp_serde::encod
     Ok(bytes)
 }
 
+/// The layout in a format-2 blob's header; `None` for a format-1 blob (no [`MAGIC`]).
+fn format_2_header(bytes: &[u8]) -> Result<Option<Layout>, SnapshotDecodeError> {
+    if !bytes.starts_with(&MAGIC) {
+        return Ok(None);
+    }
+    if bytes.len() < HEADER_LEN {
+        return Err(SnapshotDecodeError::Truncated { len: bytes.len() });
+    }
+    let (format, rest) = bytes[MAGIC.len()..].split_at(4);
+    let format = u32::from_le_bytes(format.try_into().expect("4 bytes"));
+    if format != SNAPSHOT_FORMAT {
+        return Err(SnapshotDecodeError::UnknownFormat { found: format });
+    }
+    Ok(Some(Layout(rest[..32].try_into().expect("32 bytes"))))
+}
+
 /// Deserializes a snapshot's state, format 2 (only with this build's layout of `S`) or
 /// format 1 (named fields). Never panics on bad bytes.
 pub fn decode_state<S: serde::de::DeserializeOwned>(
     bytes: &[u8],
 ) -> Result<S, SnapshotDecodeError> {
-    let payload = if bytes.starts_with(&MAGIC) {
-        if bytes.len() < HEADER_LEN {
-            return Err(SnapshotDecodeError::Truncated { len: bytes.len() });
-        }
-        let (format, rest) = bytes[MAGIC.len()..].split_at(4);
-        let format = u32::from_le_bytes(format.try_into().expect("4 bytes"));
-        if format != SNAPSHOT_FORMAT {
-            return Err(SnapshotDecodeError::UnknownFormat { found: format });
-        }
-        let (layout, payload) = rest.split_at(32);
-        let stored = Layout(layout.try_into().expect("32 bytes"));
-        let expected = Layout::of::<S>();
-        if stored != expected {
-            return Err(SnapshotDecodeError::LayoutChanged { stored, expected });
-        }
-        payload
-    } else {
-        // Format 1: named-field MessagePack, the whole blob.
-        bytes
-    };
+    comparable_with::<S>(bytes)?;
+    // Format 1 is named-field MessagePack, the whole blob.
+    let payload = bytes
+        .get(HEADER_LEN..)
+        .filter(|_| bytes.starts_with(&MAGIC))
+        .unwrap_or(bytes);
     // The state nests deeper than an event (jobs, runs, their maps), but not by much.
     Ok(super::record::from_slice_limited(
         payload,
         4 * super::record::MAX_RECORD_DEPTH,
     )?)
+}
+
+/// Whether state bytes `stored` can be compared with a state of type `S` of this build
+/// by encoding it ([`encode_state_like`]): format 1, or format 2 with this build's layout.
+pub fn comparable_with<S: ?Sized>(stored: &[u8]) -> Result<(), SnapshotDecodeError> {
+    match format_2_header(stored)? {
+        None => Ok(()),
+        Some(stored) => {
+            let expected = Layout::of::<S>();
+            if stored == expected {
+                Ok(())
+            } else {
+                Err(SnapshotDecodeError::LayoutChanged { stored, expected })
+            }
+        }
+    }
+}
+
+/// Encodes `state` as `stored` (a snapshot's state bytes) was encoded: format 2 when it
+/// starts with [`MAGIC`], else format 1. The audit compares a replayed state with a
+/// stored snapshot this way.
+pub fn encode_state_like<S: Serialize>(
+    state: &S,
+    stored: &[u8],
+) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+    if stored.starts_with(&MAGIC) {
+        encode_state(state)
+    } else {
+        encode_state_v1(state)
+    }
 }
 
 /// Serializes a state in format 1 (named-field MessagePack), as fedrun wrote snapshots
