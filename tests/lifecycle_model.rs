@@ -517,6 +517,12 @@ impl Harness {
             self.replayed
                 .apply_checked(&decoded)
                 .expect("replay accepts what decide made");
+            // Every index the fold keeps answers what a scan of every job answers.
+            if let Err(err) =
+                fedrun::lifecycle::check::verify_index(&self.replayed, &self.world.settings)
+            {
+                panic!("after event {} ({}): {err}", event.seq, event.kind.name());
+            }
             self.track_reservation(event);
         }
         // No reservation is left held for a job that is neither being tried nor dispatched.
@@ -698,6 +704,11 @@ proptest! {
         // Snapshot plus tail equals full replay.
         if let Some((bytes, covered)) = snapshot {
             let mut from_snapshot: State = rmp_serde::from_slice(&bytes).expect("state decodes");
+            // Loading rebuilds the index the snapshot does not store.
+            prop_assert_eq!(
+                fedrun::lifecycle::check::verify_index(&from_snapshot, &h.world.settings),
+                Ok(())
+            );
             for e in &h.world.log[covered..] {
                 from_snapshot.apply_checked(e).expect("tail replays");
             }

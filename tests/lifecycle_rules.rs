@@ -135,6 +135,50 @@ fn keys_are_forgotten_after_twenty_four_hours_of_event_time() {
     assert_eq!(replayed.requests, w.state.requests);
 }
 
+#[test]
+fn keys_kept_in_a_snapshot_expire_after_it_is_loaded() {
+    let mut w = World::default();
+    let first = with_key(&mut w, boss(), "k", submit_request(1));
+    let Some(Ok(Answer::Submitted { job_id: a })) = first.reply else {
+        panic!("accepted")
+    };
+    // A snapshot taken while the key is kept, in the encoding start-up reads.
+    let bytes = fedrun::history::snapshot::encode_state(&w.state).expect("encodes");
+    let covered = w.log.len();
+    let mut loaded: fedrun::lifecycle::State =
+        fedrun::history::snapshot::decode_state(&bytes).expect("decodes");
+    assert_eq!(loaded, w.state, "a loaded state equals the live one");
+    let key = fedrun::lifecycle::state::RequestKey {
+        identity: boss(),
+        key: "k".to_string(),
+    };
+    let recorded = w.state.requests.by_key[&key].at;
+    let window_end = recorded.plus(fedrun::lifecycle::state::REQUEST_KEY_KEPT_FOR);
+    assert!(loaded
+        .requests
+        .get(&key, window_end.plus(Duration::from_millis(1)))
+        .is_none());
+    assert!(loaded
+        .requests
+        .get(&key, fedrun::lifecycle::Timestamp(window_end.0 - 1))
+        .is_some());
+    // After the window the key names a new request, on the live state and on the one
+    // loaded from the snapshot with the tail replayed; the old key is gone from both.
+    w.now = window_end;
+    let later = with_key(&mut w, boss(), "k", submit_request(2));
+    let Some(Ok(Answer::Submitted { job_id: b })) = later.reply else {
+        panic!("a new request after 24 h: {:?}", later.reply)
+    };
+    assert_ne!(a, b);
+    for event in &w.log[covered..] {
+        loaded.apply_checked(event).expect("the tail replays");
+    }
+    assert_eq!(loaded, w.state);
+    assert_eq!(loaded.requests.by_key.len(), 1);
+    assert_eq!(loaded.requests.by_key[&key].at, window_end);
+    assert_eq!(loaded.requests.by_time.len(), 1);
+}
+
 // ---- SPEC sections 4 and 8: a stop is over ----
 
 /// A running job on two sites whose run fedrun is stopping (site-1 reported 101), then a
@@ -456,4 +500,77 @@ fn a_connect_records_only_jobs_the_site_was_sent() {
         site: "site-1".into(),
         job_id: strangers[0]
     }));
+}
+
+// ---- SPEC section 8: a workspace archive outlives a restart ----
+
+/// A job finished on one site whose workspace archive was started: the job id.
+fn archiving(w: &mut World) -> fedrun::job::JobId {
+    let job_id = w.running(&["site-1"], 1);
+    w.server_exit(job_id, ExitOutcome::Code(0));
+    let d = w.site_exit("site-1", job_id, "r1", ExitOutcome::Code(0));
+    assert_eq!(w.status(job_id), RunStatus::Completed);
+    assert!(d.effects.contains(&Effect::ArchiveWorkspace { job_id }));
+    job_id
+}
+
+/// Restarts, then runs deadline after deadline (at most ten) until an archive is started
+/// or nothing is left to wait for: every effect decided on the way.
+fn restart_and_settle(w: &mut World, n: u128) -> Vec<Effect> {
+    let mut effects = w.restart(n).effects;
+    let archive_started = |effects: &[Effect]| {
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::ArchiveWorkspace { .. }))
+    };
+    for _ in 0..10 {
+        if archive_started(&effects) {
+            break;
+        }
+        let Some((_, d)) = w.run_to_next_deadline() else {
+            break;
+        };
+        effects.extend(d.effects);
+    }
+    effects
+}
+
+#[test]
+fn an_archive_in_flight_at_a_restart_is_started_again() {
+    let mut w = World::default();
+    let job_id = archiving(&mut w);
+    let effects = restart_and_settle(&mut w, 2);
+    assert!(
+        effects.contains(&Effect::ArchiveWorkspace { job_id }),
+        "the archive is tried again after the restart: {effects:?}"
+    );
+    // The second try succeeds: the archive settles and nothing is left to happen.
+    w.when(Command::ArchiveFinished {
+        job_id,
+        result: Ok(BlobHash([9; 32])),
+    });
+    assert!(w.job(job_id).archive.is_settled());
+    assert!(w.state.all_settled());
+}
+
+#[test]
+fn an_archive_retry_in_flight_at_two_restarts_is_started_again() {
+    let mut w = World::default();
+    let job_id = archiving(&mut w);
+    w.when(Command::ArchiveFinished {
+        job_id,
+        result: Err("disk full".into()),
+    });
+    // The retry is due and started; then the server restarts twice before it ends.
+    let (timer, d) = w.run_to_next_deadline().expect("archive retry");
+    assert_eq!(timer, Timer::ArchiveRetryDue { job_id });
+    assert!(d.effects.contains(&Effect::ArchiveWorkspace { job_id }));
+    w.advance_ms(10);
+    w.restart(2);
+    w.advance_ms(10);
+    let effects = restart_and_settle(&mut w, 3);
+    assert!(
+        effects.contains(&Effect::ArchiveWorkspace { job_id }),
+        "the retry is started again after the restarts: {effects:?}"
+    );
 }

@@ -347,6 +347,9 @@ impl Driver {
                 .and_then(|id| self.state.jobs.get(&id))
                 .map(|j| j.status);
             self.state.apply(event);
+            if let Err(err) = verify_index(&self.state, &self.settings) {
+                panic!("after event {} ({}): {err}", event.seq, event.kind.name());
+            }
             check_event(event, before, &mut self.jobs);
             let encoded = rmp_serde::to_vec_named(event).expect("an event always encodes");
             assert!(
@@ -460,4 +463,143 @@ fn check_event(event: &Event, before: Option<RunStatus>, jobs: &mut Vec<JobId>) 
         EventKind::RunRestored { .. } => assert_eq!(before, Some(RunStatus::Running)),
         _ => {}
     }
+}
+
+/// Checks every derived fact the fold keeps ([`crate::lifecycle::state::LiveIndex`],
+/// each run's stop candidates) against the same answer computed from scratch, by the
+/// scans the state used before it had the index: next deadline and every deadline,
+/// `max_jobs` count, settled, blob in use, next due pass, and the stop rule. The error
+/// names the first difference.
+pub fn verify_index(state: &State, settings: &Settings) -> Result<(), String> {
+    use crate::lifecycle::state::{Archive, RunPhase};
+    let scanned = crate::lifecycle::timers::deadlines_by_scan(state, settings);
+    let indexed = crate::lifecycle::deadlines(state, settings);
+    if indexed != scanned {
+        return Err(format!(
+            "deadlines {indexed:?} differ from a scan of every job {scanned:?}"
+        ));
+    }
+    let next = crate::lifecycle::next_deadline(state, settings);
+    if next.as_ref() != scanned.first() {
+        return Err(format!(
+            "next deadline {next:?} is not the scan's first {:?}",
+            scanned.first()
+        ));
+    }
+    let active = state
+        .jobs
+        .values()
+        .filter(|j| {
+            matches!(j.status, RunStatus::Dispatched | RunStatus::Running)
+                || j.run.phase == RunPhase::Stopping
+                || !j.run.left_out.is_empty()
+        })
+        .count();
+    if state.active_job_count() != active {
+        return Err(format!(
+            "active job count {} but {active} jobs hold a max_jobs slot",
+            state.active_job_count()
+        ));
+    }
+    let settled = state.recovery.is_none()
+        && state.schedule_try.is_none()
+        && state.jobs.values().all(|j| {
+            j.status.is_terminal()
+                && matches!(j.run.phase, RunPhase::NotStarted | RunPhase::Stopped)
+                && j.archive.is_settled()
+        });
+    if state.all_settled() != settled {
+        return Err(format!(
+            "all_settled says {} but a scan says {settled}",
+            state.all_settled()
+        ));
+    }
+    // Which jobs not deleted refer to each blob, by a scan.
+    let mut users: BTreeMap<BlobHash, std::collections::BTreeSet<JobId>> = BTreeMap::new();
+    users.entry(BlobHash([7; 32])).or_default();
+    for job in state.jobs.values() {
+        let mut refer = |hash: &BlobHash| {
+            let entry = users.entry(*hash).or_default();
+            if !job.deleted {
+                entry.insert(job.id);
+            }
+        };
+        refer(&job.package);
+        if let Archive::Archived { hash } = &job.archive {
+            refer(hash);
+        }
+    }
+    let mut excepts: Vec<JobId> = state.jobs.keys().copied().collect();
+    excepts.push(JobId(uuid::Uuid::nil()));
+    for (hash, by) in &users {
+        for except in &excepts {
+            let used = by.iter().any(|id| id != except);
+            if state.blob_in_use(hash, except) != used {
+                return Err(format!(
+                    "blob {hash} in use apart from job {except}: index says {}, a scan {used}",
+                    state.blob_in_use(hash, except)
+                ));
+            }
+        }
+    }
+    let due = crate::schedule::next_due(state, settings);
+    let due_scanned = crate::schedule::next_due_by_scan(state, settings);
+    if due != due_scanned {
+        return Err(format!(
+            "next due pass {due:?} but a queue scan says {due_scanned:?}"
+        ));
+    }
+    let mut rebuilt = state.clone();
+    rebuilt.rebuild_index();
+    if rebuilt.index != state.index {
+        return Err(format!(
+            "the index kept by the fold {:?} differs from one rebuilt from the jobs {:?}",
+            state.index, rebuilt.index
+        ));
+    }
+    for job in state.jobs.values() {
+        if job.run.stop_candidates != job.run.stop_candidates_from_exits() {
+            return Err(format!("job {}: stop candidates out of step", job.id));
+        }
+        let by_index = crate::lifecycle::decide::stop_reason(job);
+        let by_scan = stop_reason_by_scan(job);
+        if by_index != by_scan {
+            return Err(format!(
+                "job {}: stop reason {by_index:?} but a scan of its exits says {by_scan:?}",
+                job.id
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The stop rule as it was written before the stop candidates: one pass over every exit.
+fn stop_reason_by_scan(job: &crate::lifecycle::state::Job) -> Option<String> {
+    use crate::lifecycle::state::{describe_outcome, stops_run};
+    let run = &job.run;
+    if let Some((outcome, _)) = run.server_exit {
+        if outcome != ExitOutcome::Code(0) && !run.all_ended() {
+            return Some(format!(
+                "the server app ended with {}",
+                describe_outcome(outcome)
+            ));
+        }
+    }
+    for (site, outcome) in &run.site_exits {
+        if !stops_run(*outcome) || run.stopped_exits.contains(site) {
+            continue;
+        }
+        if run.counts_site(site) && !run.all_ended() {
+            return Some(format!(
+                "site {site} reported {}",
+                describe_outcome(*outcome)
+            ));
+        }
+    }
+    if let Some(site) = run.lapsed.iter().find(|s| run.counts_site(s)) {
+        if !run.all_ended() {
+            return Some(format!("site {site} was lost"));
+        }
+    }
+    None
 }

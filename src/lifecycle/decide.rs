@@ -25,8 +25,8 @@ use crate::lifecycle::participant::{ExitOutcome, SiteReport};
 use crate::lifecycle::recovery;
 use crate::lifecycle::rejection::Rejection;
 use crate::lifecycle::state::{
-    describe_outcome, final_status, stops_run, Answer, Archive, Job, Reply, RequestFingerprint,
-    RequestKey, RunPhase, StartStep, State,
+    describe_outcome, final_status, Answer, Archive, Job, Reply, RequestFingerprint, RequestKey,
+    RunPhase, StartStep, State,
 };
 use crate::lifecycle::status::RunStatus;
 use crate::lifecycle::time::Timestamp;
@@ -971,7 +971,7 @@ impl Ctx<'_> {
 
 /// Why a run must stop now, if it must: a server app failure, a site report that stops
 /// runs, or a lapsed site report.
-fn stop_reason(job: &Job) -> Option<String> {
+pub(crate) fn stop_reason(job: &Job) -> Option<String> {
     let run = &job.run;
     if let Some((outcome, _)) = run.server_exit {
         if outcome != ExitOutcome::Code(0) && !run.all_ended() {
@@ -981,12 +981,12 @@ fn stop_reason(job: &Job) -> Option<String> {
             ));
         }
     }
-    for (site, outcome) in &run.site_exits {
-        // An exit fedrun's own stop caused is not a failure and stops nothing. (The cheap
-        // test first: a large run reports thousands of exits that stop nothing.)
-        if !stops_run(*outcome) || run.stopped_exits.contains(site) {
+    // Only exits that stop runs and that fedrun's own stop did not cause (kept by the
+    // fold): a large run reports thousands of exits that stop nothing.
+    for site in &run.stop_candidates {
+        let Some(outcome) = run.site_exits.get(site) else {
             continue;
-        }
+        };
         if run.counts_site(site) && !run.all_ended() {
             return Some(format!(
                 "site {site} reported {}",

@@ -177,9 +177,24 @@ pub struct Run {
     /// `RunStopped`.
     #[serde(default)]
     pub left_out: OrdSet<String>,
+    /// Derived, not stored: the sites of `site_exits` whose outcome stops a run
+    /// ([`stops_run`]) and whose exit fedrun's own stop did not cause, so the stop rule
+    /// looks at these few instead of every exit of a large run. Kept by the fold and
+    /// rebuilt when a state is loaded ([`State::rebuild_index`]).
+    #[serde(skip)]
+    pub stop_candidates: OrdSet<String>,
 }
 
 impl Run {
+    /// [`Run::stop_candidates`] computed from the exits themselves.
+    pub fn stop_candidates_from_exits(&self) -> OrdSet<String> {
+        self.site_exits
+            .iter()
+            .filter(|(site, outcome)| stops_run(**outcome) && !self.stopped_exits.contains(*site))
+            .map(|(site, _)| site.clone())
+            .collect()
+    }
+
     /// The `job_deploy_detail` lines: the server first, then sites by name.
     pub fn deploy_detail(&self) -> Vec<String> {
         let line = |who: &str, result: &StepResult| match result {
@@ -496,7 +511,9 @@ fn flatten(groups: &[crate::lifecycle::event::ResourceGroup]) -> Vec<ResourceReq
 
 /// The whole projection. Ordered maps only, so iteration (and every output) is
 /// deterministic. Serializable: a snapshot is this value with the sequence number it covers.
+/// The derived [`LiveIndex`] is not written; loading a state rebuilds it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(from = "StoredState")]
 pub struct State {
     /// The last applied event's sequence number (0 before any).
     pub last_seq: u64,
@@ -521,9 +538,170 @@ pub struct State {
     /// The schedule try in flight (at most one).
     pub schedule_try: Option<ScheduleTry>,
     /// First answers by identity and idempotency key, for 24 hours of event time
-    /// (shared; copied only when a request is recorded).
-    #[serde(with = "shared_value")]
-    pub requests: Arc<KeptRequests>,
+    /// (persistent maps: a copy of the state shares them, and recording a request copies
+    /// only the path to it).
+    pub requests: KeptRequests,
+    /// Derived, not stored: what lets the engine's questions (next deadline, `max_jobs`,
+    /// settled, blob in use, next due job) look at live jobs only. Kept by the fold.
+    #[serde(skip)]
+    pub index: LiveIndex,
+}
+
+/// The stored fields of [`State`], in the same encoding; reading one rebuilds the index.
+#[derive(Deserialize)]
+struct StoredState {
+    last_seq: u64,
+    last_at: Timestamp,
+    boot_id: BootId,
+    recovery: Option<RecoveryWindow>,
+    #[serde(with = "shared_values")]
+    jobs: OrdMap<JobId, Arc<Job>>,
+    queue: OrdSet<QueueKey>,
+    #[serde(with = "shared_sites")]
+    sites: Arc<BTreeMap<String, Arc<SiteFacts>>>,
+    schedule_try: Option<ScheduleTry>,
+    requests: KeptRequests,
+}
+
+impl From<StoredState> for State {
+    fn from(stored: StoredState) -> State {
+        let mut state = State {
+            last_seq: stored.last_seq,
+            last_at: stored.last_at,
+            boot_id: stored.boot_id,
+            recovery: stored.recovery,
+            jobs: stored.jobs,
+            queue: stored.queue,
+            sites: stored.sites,
+            schedule_try: stored.schedule_try,
+            requests: stored.requests,
+            index: LiveIndex::default(),
+        };
+        state.rebuild_index();
+        state
+    }
+}
+
+/// Facts derived from the jobs, kept up to date by [`State::apply`] so that no question
+/// the engine asks on every loop or command walks every job ever submitted. Each job
+/// contributes to it by [`LiveIndex::add`] / [`LiveIndex::remove`]; the fold takes a
+/// job's contribution out before an event changes the job and puts it back after.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LiveIndex {
+    /// Jobs with something still to happen: not terminal, a run not settled, an archive
+    /// pending, or a left-out site that may run the app. Only these have deadlines.
+    pub live: OrdSet<JobId>,
+    /// Jobs holding a `max_jobs` slot (see [`State::active_job_count`]).
+    pub active: usize,
+    /// References to each blob by jobs not deleted (package and archive).
+    pub blob_refs: OrdMap<BlobHash, u32>,
+    /// `SUBMITTED` jobs by schedule count (0 for a job never tried), then by the time
+    /// their back-off counts from (last try, or the submit): the next due job of each
+    /// count is the first of its set, so the next due time is the earliest of the
+    /// counts' firsts, each plus its count's back-off (which depends on the settings).
+    pub due: OrdMap<u32, OrdSet<(Timestamp, QueueKey)>>,
+    /// True only for the stand-in the state holds while the fold changes its jobs
+    /// ([`State::index`] refuses to hand it out).
+    in_fold: bool,
+}
+
+/// Whether the job has something still to happen (see [`LiveIndex::live`]).
+pub fn job_is_live(job: &Job) -> bool {
+    !(job.status.is_terminal()
+        && matches!(job.run.phase, RunPhase::NotStarted | RunPhase::Stopped)
+        && job.archive.is_settled()
+        && job.run.left_out.is_empty())
+}
+
+/// Whether the job holds a `max_jobs` slot: `DISPATCHED`, `RUNNING`, with a run still
+/// stopping, or with a site left out of the run that may still run its app.
+pub fn job_holds_slot(job: &Job) -> bool {
+    matches!(job.status, RunStatus::Dispatched | RunStatus::Running)
+        || job.run.phase == RunPhase::Stopping
+        || !job.run.left_out.is_empty()
+}
+
+/// The blobs a job refers to while it is not deleted: its package and its archive.
+fn job_blobs(job: &Job) -> impl Iterator<Item = BlobHash> + '_ {
+    let archive = match &job.archive {
+        Archive::Archived { hash } => Some(*hash),
+        _ => None,
+    };
+    std::iter::once(job.package)
+        .chain(archive)
+        .filter(move |_| !job.deleted)
+}
+
+impl LiveIndex {
+    /// The stand-in for the index while the fold changes the jobs.
+    fn in_fold() -> LiveIndex {
+        LiveIndex {
+            in_fold: true,
+            ..LiveIndex::default()
+        }
+    }
+
+    /// Adds the job's contribution.
+    pub fn add(&mut self, job: &Job) {
+        if job_is_live(job) {
+            self.live.insert(job.id);
+        }
+        if job_holds_slot(job) {
+            self.active += 1;
+        }
+        for hash in job_blobs(job) {
+            *self.blob_refs.entry(hash).or_insert(0) += 1;
+        }
+        if job.status == RunStatus::Submitted {
+            self.due
+                .entry(Self::due_group(job))
+                .or_default()
+                .insert((Self::due_base(job), job.queue_key()));
+        }
+    }
+
+    /// Takes the job's contribution out (the job as it was when it was added).
+    pub fn remove(&mut self, job: &Job) {
+        self.live.remove(&job.id);
+        if job_holds_slot(job) {
+            self.active -= 1;
+        }
+        for hash in job_blobs(job) {
+            if let Some(count) = self.blob_refs.get_mut(&hash) {
+                *count -= 1;
+                if *count == 0 {
+                    self.blob_refs.remove(&hash);
+                }
+            }
+        }
+        if job.status == RunStatus::Submitted {
+            let count = Self::due_group(job);
+            if let Some(set) = self.due.get_mut(&count) {
+                set.remove(&(Self::due_base(job), job.queue_key()));
+                if set.is_empty() {
+                    self.due.remove(&count);
+                }
+            }
+        }
+    }
+
+    /// The time a queued job's back-off counts from.
+    fn due_base(job: &Job) -> Timestamp {
+        job.last_schedule_time.unwrap_or(job.submit_time)
+    }
+
+    /// The schedule count whose back-off applies: none (0) for a job never tried.
+    fn due_group(job: &Job) -> u32 {
+        match job.last_schedule_time {
+            Some(_) => job.schedule_count,
+            None => 0,
+        }
+    }
+
+    /// References to the blob by jobs not deleted.
+    pub fn blob_refs(&self, hash: &BlobHash) -> u32 {
+        self.blob_refs.get(hash).copied().unwrap_or(0)
+    }
 }
 
 /// How long an idempotency key is kept, in event time (SPEC section 9).
@@ -574,13 +752,14 @@ pub struct KeptRequest {
     pub last_seq: u64,
 }
 
-/// The kept requests, by key and by time (so expired keys are dropped in order).
+/// The kept requests, by key and by time (so expired keys are dropped in order). Both are
+/// persistent maps, written as the plain map and list they were before.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct KeptRequests {
     /// By identity and key.
-    pub by_key: BTreeMap<RequestKey, KeptRequest>,
+    pub by_key: OrdMap<RequestKey, KeptRequest>,
     /// The same keys by the time they were recorded.
-    pub by_time: BTreeSet<(Timestamp, RequestKey)>,
+    pub by_time: OrdSet<(Timestamp, RequestKey)>,
 }
 
 impl KeptRequests {
@@ -713,29 +892,59 @@ impl State {
     }
 
     /// Jobs counted against `max_jobs`: `DISPATCHED`, `RUNNING`, with a run still stopping,
-    /// or with a site left out of the run that may still run its app.
+    /// or with a site left out of the run that may still run its app ([`job_holds_slot`]).
+    /// A counter kept by the fold.
     pub fn active_job_count(&self) -> usize {
-        self.jobs
-            .values()
-            .filter(|j| {
-                matches!(j.status, RunStatus::Dispatched | RunStatus::Running)
-                    || j.run.phase == RunPhase::Stopping
-                    || !j.run.left_out.is_empty()
-            })
-            .count()
+        self.index().active
+    }
+
+    /// The jobs that may still have something to happen ([`job_is_live`]), by id. Every
+    /// other job is terminal and settled, and has no deadline.
+    pub fn live_jobs(&self) -> impl Iterator<Item = &Job> {
+        self.index().live.iter().filter_map(|id| self.job(id))
     }
 
     /// True when nothing is left to happen by itself: no job queued or in flight, every
     /// run and archive settled, no schedule try, and no restart decision pending. (A
-    /// simulation that reaches this point has ended `all_terminal`.)
+    /// simulation that reaches this point has ended `all_terminal`.) Looks at live jobs
+    /// only: a job outside [`LiveIndex::live`] is terminal and settled.
     pub fn all_settled(&self) -> bool {
         self.recovery.is_none()
             && self.schedule_try.is_none()
-            && self.jobs.values().all(|j| {
+            && self.live_jobs().all(|j| {
                 j.status.is_terminal()
                     && matches!(j.run.phase, RunPhase::NotStarted | RunPhase::Stopped)
                     && j.archive.is_settled()
             })
+    }
+
+    /// The derived facts kept by the fold. Panics in debug builds when called from inside
+    /// the fold, where the index is out of step with the jobs being changed.
+    pub fn index(&self) -> &LiveIndex {
+        debug_assert!(
+            !self.index.in_fold,
+            "the live index was read while the fold was changing the jobs"
+        );
+        &self.index
+    }
+
+    /// Recomputes the derived facts ([`LiveIndex`], each run's
+    /// [`Run::stop_candidates`]) from the jobs. Loading a state calls it; so must any
+    /// code that builds a `State` from its fields.
+    pub fn rebuild_index(&mut self) {
+        let mut index = LiveIndex::default();
+        let ids: Vec<JobId> = self.jobs.keys().copied().collect();
+        for job_id in ids {
+            let Some(shared) = self.jobs.get_mut(&job_id) else {
+                continue;
+            };
+            let candidates = shared.run.stop_candidates_from_exits();
+            if candidates != shared.run.stop_candidates {
+                Arc::make_mut(shared).run.stop_candidates = candidates;
+            }
+            index.add(shared);
+        }
+        self.index = index;
     }
 
     /// The connected sites, by name.
@@ -746,14 +955,13 @@ impl State {
             .map(|(name, s)| (name, &**s))
     }
 
-    /// Whether any live job other than `except` refers to the blob (package or archive).
+    /// Whether any job not deleted other than `except` refers to the blob (package or
+    /// archive). A reference count kept by the fold.
     pub fn blob_in_use(&self, hash: &BlobHash, except: &JobId) -> bool {
-        self.jobs.values().any(|j| {
-            &j.id != except
-                && !j.deleted
-                && (&j.package == hash
-                    || matches!(&j.archive, Archive::Archived { hash: h } if h == hash))
-        })
+        let own = self
+            .job(except)
+            .map_or(0, |j| job_blobs(j).filter(|h| h == hash).count());
+        self.index().blob_refs(hash) as usize > own
     }
 
     /// Folds one event decided by `decide`. Panics on a sequence gap or an illegal record,
@@ -1279,8 +1487,42 @@ impl State {
         }
     }
 
-    /// The mutation of a checked record. Never fails.
+    /// The mutation of a checked record, with the derived index kept in step: the
+    /// contribution of every job the event may change is taken out before and put back
+    /// after. Never fails.
     fn fold(&mut self, event: &Event) {
+        let mut touched: Vec<JobId> = Vec::new();
+        match &event.kind {
+            EventKind::ServerStarted { .. } => {
+                // The restart ends archive tries in flight: those jobs are live.
+                touched.extend(self.index.live.iter().copied());
+            }
+            EventKind::SiteConnected { running, .. } => touched.extend(running.iter().copied()),
+            kind => touched.extend(kind.job_id()),
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        // The index is out of the state while the event changes the jobs: it is true of
+        // neither the jobs before nor after, so the mutation must not read it (the
+        // questions that do panic in debug builds while it is out).
+        let mut index = std::mem::replace(&mut self.index, LiveIndex::in_fold());
+        for job_id in &touched {
+            if let Some(job) = self.jobs.get(job_id) {
+                index.remove(job);
+            }
+        }
+        self.fold_event(event, &touched);
+        for job_id in &touched {
+            if let Some(job) = self.jobs.get(job_id) {
+                index.add(job);
+            }
+        }
+        self.index = index;
+    }
+
+    /// The mutation itself. `touched` holds every job the event may change (for a
+    /// restart, every live job).
+    fn fold_event(&mut self, event: &Event, touched: &[JobId]) {
         use EventKind::*;
         let at = event.at;
         self.remember_reply(event);
@@ -1313,11 +1555,10 @@ impl State {
                 }
                 // The try in flight died with the old run; its reservations lapse at the sites.
                 self.schedule_try = None;
-                // Archive tries in flight died too; recovery starts them again.
-                let archiving: Vec<JobId> = self
-                    .jobs
-                    .iter()
-                    .filter(|(_, job)| {
+                // Archive tries in flight died too; recovery starts them again. (An archive
+                // pending makes a job live, so it is among the touched.)
+                for job_id in touched {
+                    let in_flight = self.jobs.get(job_id).is_some_and(|job| {
                         matches!(
                             job.archive,
                             Archive::Pending {
@@ -1325,12 +1566,13 @@ impl State {
                                 ..
                             }
                         )
-                    })
-                    .map(|(job_id, _)| *job_id)
-                    .collect();
-                for job_id in archiving {
-                    if let Archive::Pending { in_flight, .. } = &mut self.job_mut(&job_id).archive {
-                        *in_flight = false;
+                    });
+                    if in_flight {
+                        if let Archive::Pending { in_flight, .. } =
+                            &mut self.job_mut(job_id).archive
+                        {
+                            *in_flight = false;
+                        }
                     }
                 }
             }
@@ -1613,6 +1855,11 @@ impl State {
                 if caused_by_stop {
                     job.run.stopped_exits.insert(site.clone());
                 }
+                if stops_run(*outcome) && !job.run.stopped_exits.contains(site) {
+                    job.run.stop_candidates.insert(site.clone());
+                } else {
+                    job.run.stop_candidates.remove(site);
+                }
                 if !job.status.is_terminal()
                     && !caused_by_stop
                     && job.run.counts_site(site)
@@ -1726,15 +1973,15 @@ impl State {
         let expired = self
             .requests
             .by_time
-            .first()
+            .get_min()
             .is_some_and(|(at, _)| event.at >= at.plus(REQUEST_KEY_KEPT_FOR));
         if expired {
-            let kept = Arc::make_mut(&mut self.requests);
-            while let Some((at, key)) = kept.by_time.first().cloned() {
+            let kept = &mut self.requests;
+            while let Some((at, key)) = kept.by_time.get_min().cloned() {
                 if event.at < at.plus(REQUEST_KEY_KEPT_FOR) {
                     break;
                 }
-                kept.by_time.pop_first();
+                kept.by_time.remove_min();
                 if kept.by_key.get(&key).is_some_and(|k| k.at == at) {
                     kept.by_key.remove(&key);
                 }
@@ -1752,7 +1999,8 @@ impl State {
             // its abort first, so its deletion tells what the request was.
             let same_request = kept.last_seq + 1 == event.seq;
             if same_request {
-                let kept = Arc::make_mut(&mut self.requests)
+                let kept = self
+                    .requests
                     .by_key
                     .get_mut(&key)
                     .expect("the key was just found");
@@ -1814,7 +2062,7 @@ impl State {
                 None => return,
             },
         };
-        let kept = Arc::make_mut(&mut self.requests);
+        let kept = &mut self.requests;
         if let Some(old) = kept.by_key.get(&key) {
             kept.by_time.remove(&(old.at, key.clone()));
         }

@@ -37,9 +37,15 @@ pub fn archive_retry_at(job: &Job) -> Option<Timestamp> {
     }
 }
 
-/// Every pending deadline, sorted by time, then by timer (a stable order for ties).
-pub fn deadlines(state: &State, settings: &Settings) -> Vec<(Timestamp, Timer)> {
-    let mut out = Vec::new();
+/// The deadlines that do not belong to one job: the end of the restart window (which,
+/// while open, is the only deadline), the next due schedule pass, and the try in flight.
+/// Returns `true` when the restart window is open.
+fn global_deadlines(
+    state: &State,
+    settings: &Settings,
+    due: Option<Timestamp>,
+    out: &mut Vec<(Timestamp, Timer)>,
+) -> bool {
     if let Some(window) = &state.recovery {
         // While recovering, only the end of the window matters; the restart decisions
         // then settle everything else.
@@ -47,9 +53,9 @@ pub fn deadlines(state: &State, settings: &Settings) -> Vec<(Timestamp, Timer)> 
             window.started_at.plus(settings.reattach_grace),
             Timer::ReattachGraceOver,
         ));
-        return out;
+        return true;
     }
-    if let Some(due) = schedule::next_due(state, settings) {
+    if let Some(due) = due {
         out.push((due, Timer::ScheduleDue));
     }
     if let Some(t) = &state.schedule_try {
@@ -58,71 +64,117 @@ pub fn deadlines(state: &State, settings: &Settings) -> Vec<(Timestamp, Timer)> 
             Timer::ResourceCheckTimedOut { try_id: t.try_id },
         ));
     }
-    for job in state.jobs.values() {
-        let job_id = job.id;
-        let run = &job.run;
-        if job.status == RunStatus::Dispatched {
-            match run.step {
-                Some((StartStep::DeployingServer | StartStep::DeployingSites, since)) => {
-                    out.push((
-                        since.plus(settings.deploy_timeout),
-                        Timer::DeployTimedOut { job_id },
-                    ));
-                }
-                Some((StartStep::StartingServer | StartStep::StartingSites, since)) => {
-                    out.push((
-                        since.plus(settings.start_timeout),
-                        Timer::StartTimedOut { job_id },
-                    ));
-                }
-                None => {}
-            }
-        }
-        if matches!(run.phase, RunPhase::Running | RunPhase::Stopping) {
-            let outstanding = run.outstanding_sites();
-            if job.status == RunStatus::Running && !outstanding.is_empty() {
-                if let Some((_, exited_at)) = run.server_exit {
-                    out.push((
-                        exited_at.plus(settings.client_outcome_wait),
-                        Timer::OutcomeWaitOver { job_id },
-                    ));
-                }
-            }
-            for site in outstanding {
-                if let Some(facts) = state.sites.get(&site) {
-                    if !facts.connected {
-                        out.push((
-                            facts.since.plus(settings.site_reconnect_grace),
-                            Timer::SiteReconnectGraceOver { job_id, site },
-                        ));
-                    }
-                }
-            }
-        }
-        let left_out_end = state.left_out_wait_end(run, settings);
-        if run.phase == RunPhase::Stopping {
-            if let Some(at) = run.stop_requested_at {
-                // Left-out sites may count as ended later than the run's stop wait.
-                let due = at.plus(settings.abort_grace + settings.client_outcome_wait);
+    false
+}
+
+/// One job's pending deadlines, unsorted.
+fn job_deadlines(state: &State, settings: &Settings, job: &Job, out: &mut Vec<(Timestamp, Timer)>) {
+    let job_id = job.id;
+    let run = &job.run;
+    if job.status == RunStatus::Dispatched {
+        match run.step {
+            Some((StartStep::DeployingServer | StartStep::DeployingSites, since)) => {
                 out.push((
-                    left_out_end.map_or(due, |end| end.max(due)),
-                    Timer::StopWaitOver { job_id },
+                    since.plus(settings.deploy_timeout),
+                    Timer::DeployTimedOut { job_id },
                 ));
             }
-        } else if let Some(end) = left_out_end {
-            if run.phase == RunPhase::Stopped {
-                out.push((end, Timer::StopWaitOver { job_id }));
+            Some((StartStep::StartingServer | StartStep::StartingSites, since)) => {
+                out.push((
+                    since.plus(settings.start_timeout),
+                    Timer::StartTimedOut { job_id },
+                ));
             }
-        }
-        if let Some(at) = archive_retry_at(job) {
-            out.push((at, Timer::ArchiveRetryDue { job_id }));
+            None => {}
         }
     }
+    if matches!(run.phase, RunPhase::Running | RunPhase::Stopping) {
+        let outstanding = run.outstanding_sites();
+        if job.status == RunStatus::Running && !outstanding.is_empty() {
+            if let Some((_, exited_at)) = run.server_exit {
+                out.push((
+                    exited_at.plus(settings.client_outcome_wait),
+                    Timer::OutcomeWaitOver { job_id },
+                ));
+            }
+        }
+        for site in outstanding {
+            if let Some(facts) = state.sites.get(&site) {
+                if !facts.connected {
+                    out.push((
+                        facts.since.plus(settings.site_reconnect_grace),
+                        Timer::SiteReconnectGraceOver { job_id, site },
+                    ));
+                }
+            }
+        }
+    }
+    let left_out_end = state.left_out_wait_end(run, settings);
+    if run.phase == RunPhase::Stopping {
+        if let Some(at) = run.stop_requested_at {
+            // Left-out sites may count as ended later than the run's stop wait.
+            let due = at.plus(settings.abort_grace + settings.client_outcome_wait);
+            out.push((
+                left_out_end.map_or(due, |end| end.max(due)),
+                Timer::StopWaitOver { job_id },
+            ));
+        }
+    } else if let Some(end) = left_out_end {
+        if run.phase == RunPhase::Stopped {
+            out.push((end, Timer::StopWaitOver { job_id }));
+        }
+    }
+    if let Some(at) = archive_retry_at(job) {
+        out.push((at, Timer::ArchiveRetryDue { job_id }));
+    }
+}
+
+/// Every pending deadline, unsorted. Only live jobs ([`State::live_jobs`]) can have one:
+/// every other job is terminal with its run, archive and left-out sites settled.
+fn pending(state: &State, settings: &Settings) -> Vec<(Timestamp, Timer)> {
+    let mut out = Vec::new();
+    if global_deadlines(
+        state,
+        settings,
+        schedule::next_due(state, settings),
+        &mut out,
+    ) {
+        return out;
+    }
+    for job in state.live_jobs() {
+        job_deadlines(state, settings, job, &mut out);
+    }
+    out
+}
+
+/// Every pending deadline, sorted by time, then by timer (a stable order for ties).
+pub fn deadlines(state: &State, settings: &Settings) -> Vec<(Timestamp, Timer)> {
+    let mut out = pending(state, settings);
     out.sort();
     out
 }
 
-/// The earliest pending deadline, if any.
+/// The earliest pending deadline, if any: the first of [`deadlines`], without sorting the
+/// rest. Its cost follows the live jobs, not every job ever submitted.
 pub fn next_deadline(state: &State, settings: &Settings) -> Option<(Timestamp, Timer)> {
-    deadlines(state, settings).into_iter().next()
+    pending(state, settings).into_iter().min()
+}
+
+/// [`deadlines`] the way it was computed before the live index: every job of the state
+/// looked at, and the next due pass found by a scan of the queue. The reference the index
+/// is checked against (and the baseline of the state benchmarks).
+pub fn deadlines_by_scan(state: &State, settings: &Settings) -> Vec<(Timestamp, Timer)> {
+    let mut out = Vec::new();
+    if !global_deadlines(
+        state,
+        settings,
+        schedule::next_due_by_scan(state, settings),
+        &mut out,
+    ) {
+        for job in state.jobs.values() {
+            job_deadlines(state, settings, job, &mut out);
+        }
+    }
+    out.sort();
+    out
 }

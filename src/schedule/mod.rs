@@ -283,8 +283,26 @@ pub fn evaluate_try(meta: &JobMeta, schedule_try: &ScheduleTry) -> TryVerdict {
     }
 }
 
-/// When the next pass is due because of a back-off, if a pass could run at all.
+/// When the next pass is due because of a back-off, if a pass could run at all. Reads
+/// the state's due index: the first job of each schedule count, not the whole queue.
 pub fn next_due(state: &State, settings: &Settings) -> Option<Timestamp> {
+    if blocked(state, settings).is_some() {
+        return None;
+    }
+    state
+        .index()
+        .due
+        .iter()
+        .filter_map(|(count, jobs)| {
+            let (base, _) = jobs.get_min()?;
+            Some(base.plus(backoff(settings, *count)))
+        })
+        .min()
+}
+
+/// [`next_due`] by a scan of the whole queue, the way it was computed before the index:
+/// the reference the index is checked against.
+pub fn next_due_by_scan(state: &State, settings: &Settings) -> Option<Timestamp> {
     if blocked(state, settings).is_some() {
         return None;
     }

@@ -396,7 +396,7 @@ impl Checker {
         let rest = |state: &State| State {
             jobs: OrdMap::new(),
             queue: OrdSet::new(),
-            requests: Arc::new(KeptRequests::default()),
+            requests: KeptRequests::default(),
             ..state.clone()
         };
         if rest(live) != rest(replayed) {
@@ -440,8 +440,8 @@ impl Checker {
         let (a, b) = (&live.requests, &replayed.requests);
         if a.by_key.len() != b.by_key.len()
             || a.by_time.len() != b.by_time.len()
-            || a.by_time.first() != b.by_time.first()
-            || a.by_time.last() != b.by_time.last()
+            || a.by_time.get_min() != b.by_time.get_min()
+            || a.by_time.get_max() != b.by_time.get_max()
             || keys.iter().any(|k| a.by_key.get(k) != b.by_key.get(k))
         {
             return false;
@@ -721,7 +721,8 @@ mod tests {
             .next()
             .cloned()
             .expect("a kept key");
-        Arc::make_mut(&mut changed.requests)
+        changed
+            .requests
             .by_key
             .get_mut(&key)
             .expect("kept")
