@@ -753,13 +753,16 @@ pub struct KeptRequest {
 }
 
 /// The kept requests, by key and by time (so expired keys are dropped in order). Both are
-/// persistent maps, written as the plain map and list they were before.
+/// persistent maps, written as the plain map and list they were before. Keys and
+/// answers sit behind `Arc`: a copy of the state that records a request copies the
+/// maps' nodes on the path to it, and copying a node then costs a reference count per
+/// entry instead of a copy of each entry's strings.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct KeptRequests {
     /// By identity and key.
-    pub by_key: OrdMap<RequestKey, KeptRequest>,
+    pub by_key: OrdMap<Arc<RequestKey>, Arc<KeptRequest>>,
     /// The same keys by the time they were recorded.
-    pub by_time: OrdSet<(Timestamp, RequestKey)>,
+    pub by_time: OrdSet<(Timestamp, Arc<RequestKey>)>,
 }
 
 impl KeptRequests {
@@ -767,6 +770,7 @@ impl KeptRequests {
     pub fn get(&self, key: &RequestKey, at: Timestamp) -> Option<&KeptRequest> {
         self.by_key
             .get(key)
+            .map(|kept| &**kept)
             .filter(|kept| at < kept.at.plus(REQUEST_KEY_KEPT_FOR))
     }
 }
@@ -1491,28 +1495,38 @@ impl State {
     /// contribution of every job the event may change is taken out before and put back
     /// after. Never fails.
     fn fold(&mut self, event: &Event) {
-        let mut touched: Vec<JobId> = Vec::new();
-        match &event.kind {
+        // Most events change their one job: no list is built for them.
+        let single;
+        let many: Vec<JobId>;
+        let touched: &[JobId] = match &event.kind {
             EventKind::ServerStarted { .. } => {
                 // The restart ends archive tries in flight: those jobs are live.
-                touched.extend(self.index.live.iter().copied());
+                many = self.index.live.iter().copied().collect();
+                &many
             }
-            EventKind::SiteConnected { running, .. } => touched.extend(running.iter().copied()),
-            kind => touched.extend(kind.job_id()),
-        }
-        touched.sort_unstable();
-        touched.dedup();
+            EventKind::SiteConnected { running, .. } => {
+                let mut jobs = running.clone();
+                jobs.sort_unstable();
+                jobs.dedup();
+                many = jobs;
+                &many
+            }
+            kind => {
+                single = kind.job_id();
+                single.as_slice()
+            }
+        };
         // The index is out of the state while the event changes the jobs: it is true of
         // neither the jobs before nor after, so the mutation must not read it (the
         // questions that do panic in debug builds while it is out).
         let mut index = std::mem::replace(&mut self.index, LiveIndex::in_fold());
-        for job_id in &touched {
+        for job_id in touched {
             if let Some(job) = self.jobs.get(job_id) {
                 index.remove(job);
             }
         }
-        self.fold_event(event, &touched);
-        for job_id in &touched {
+        self.fold_event(event, touched);
+        for job_id in touched {
             if let Some(job) = self.jobs.get(job_id) {
                 index.add(job);
             }
@@ -1999,11 +2013,12 @@ impl State {
             // its abort first, so its deletion tells what the request was.
             let same_request = kept.last_seq + 1 == event.seq;
             if same_request {
-                let kept = self
-                    .requests
-                    .by_key
-                    .get_mut(&key)
-                    .expect("the key was just found");
+                let kept = Arc::make_mut(
+                    self.requests
+                        .by_key
+                        .get_mut(&key)
+                        .expect("the key was just found"),
+                );
                 kept.last_seq = event.seq;
                 if matches!(event.kind, EventKind::JobDeleted { .. }) {
                     kept.fingerprint.operation = "delete".to_string();
@@ -2063,18 +2078,19 @@ impl State {
             },
         };
         let kept = &mut self.requests;
+        let key = Arc::new(key);
         if let Some(old) = kept.by_key.get(&key) {
             kept.by_time.remove(&(old.at, key.clone()));
         }
         kept.by_time.insert((event.at, key.clone()));
         kept.by_key.insert(
             key,
-            KeptRequest {
+            Arc::new(KeptRequest {
                 reply,
                 at: event.at,
                 fingerprint,
                 last_seq: event.seq,
-            },
+            }),
         );
     }
 }

@@ -47,9 +47,18 @@ impl Timestamp {
 
     /// ISO-8601 in UTC with milliseconds, e.g. `2000-01-01T00:00:12.500Z`.
     pub fn to_iso8601(self) -> String {
+        self.to_string()
+    }
+}
+
+impl fmt::Display for Timestamp {
+    /// Written straight into the formatter (the fold writes one into every schedule
+    /// line it keeps).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let nanos = i128::from(self.0) * 1_000_000;
         match time::OffsetDateTime::from_unix_timestamp_nanos(nanos) {
-            Ok(t) => format!(
+            Ok(t) => write!(
+                f,
                 "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
                 t.year(),
                 u8::from(t.month()),
@@ -60,14 +69,8 @@ impl Timestamp {
                 t.millisecond()
             ),
             // Outside the calendar range `time` supports; the raw number is still exact.
-            Err(_) => format!("@{}ms", self.0),
+            Err(_) => write!(f, "@{}ms", self.0),
         }
-    }
-}
-
-impl fmt::Display for Timestamp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_iso8601())
     }
 }
 

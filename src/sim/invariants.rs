@@ -721,15 +721,11 @@ mod tests {
             .next()
             .cloned()
             .expect("a kept key");
-        changed
-            .requests
-            .by_key
-            .get_mut(&key)
-            .expect("kept")
-            .last_seq += 1;
+        std::sync::Arc::make_mut(changed.requests.by_key.get_mut(&key).expect("kept")).last_seq +=
+            1;
         // Named by an event folded since: found at once.
         let mut checker = compared_on(&state);
-        checker.request_keys.push(key);
+        checker.request_keys.push((*key).clone());
         assert!(!checker.live_equals_replayed(&changed));
         // Named by none: found once as many events as keys were folded.
         let mut checker = compared_on(&state);
