@@ -1,0 +1,282 @@
+//! What the past costs the state: one command with 1,000 against 100,000 finished jobs
+//! in it, and the memory a live and a finished job take.
+//!
+//! The states are built through the pure core (`decide`, then `apply`), the way a server
+//! builds them: each finished job was submitted for two sites, scheduled, deployed,
+//! started, ran, ended with exit code 0 at the server and both sites, and had its
+//! workspace archived. Live jobs are `RUNNING` on two sites.
+//!
+//! Memory is read twice, apart from the code under test: the bytes the process holds
+//! from its allocator (a counting global allocator in this binary) and the resident set
+//! (`/proc/self/statm`), each before and after adding the jobs, each case in a child
+//! process of its own. Printed once, before the criterion groups (which
+//! `FEDRUN_BENCH_STATE_SKIP_MEMORY=1` runs alone):
+//!
+//! ```text
+//! memory: <n> finished jobs: <bytes>/job allocated, <bytes>/job resident
+//! ```
+//!
+//! Criterion groups (`command_cost/<n>_finished`): a submit decided and applied (its
+//! scheduling try included), an abort of a running job decided and applied, and the next
+//! deadline, each on a state holding `n` finished jobs, 1,000 or 100,000.
+//!
+//! Run: `cargo bench --bench state`.
+
+#[path = "../tests/lifecycle_support/mod.rs"]
+mod lifecycle_support;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::time::Instant;
+
+use criterion::{black_box, BatchSize, Criterion};
+use fedrun::lifecycle::{decide, AdminRequest, BlobHash, Command, Origin, RunStatus, State};
+use fedrun::settings::Settings;
+use fedrun::site::protocol::ExitOutcome;
+use lifecycle_support::*;
+
+/// The system allocator, counting the bytes currently handed out.
+struct Counting;
+
+static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: every call is passed on to the system allocator unchanged; the counter is a
+// side effect only.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        System.alloc(layout)
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        System.dealloc(ptr, layout)
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        System.alloc_zeroed(layout)
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE_BYTES.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
+        System.realloc(ptr, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// The process's resident set in bytes, from `/proc/self/statm`.
+fn resident_bytes() -> i64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
+    let pages: i64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|field| field.parse().ok())
+        .expect("statm's second field");
+    pages * 4096
+}
+
+const SITES: [&str; 2] = ["site-1", "site-2"];
+
+/// A world with both sites connected and room for every job to run at once.
+fn world() -> World {
+    let mut w = World::new(Settings {
+        max_jobs: 1_000_000,
+        ..Settings::default()
+    });
+    for site in SITES {
+        w.connect(site);
+    }
+    w.log.clear();
+    w
+}
+
+/// Runs one job on both sites to `FINISHED:COMPLETED` with its workspace archived. The
+/// world's event log is emptied: the bench keeps the state only.
+fn finish_one(w: &mut World, n: u64) {
+    let job_id = w.running(&SITES, 2);
+    w.server_exit(job_id, ExitOutcome::Code(0));
+    for site in SITES {
+        w.site_exit(site, job_id, &format!("{site}-{n}"), ExitOutcome::Code(0));
+    }
+    let mut archive = [0u8; 32];
+    archive[..8].copy_from_slice(&n.to_le_bytes());
+    archive[8] = 0xA5;
+    w.when(Command::ArchiveFinished {
+        job_id,
+        result: Ok(BlobHash(archive)),
+    });
+    debug_assert_eq!(w.status(job_id), RunStatus::Completed);
+    w.advance_ms(1_000);
+    w.log.clear();
+}
+
+/// Adds `n` finished jobs; prints how long it took.
+fn add_finished(w: &mut World, n: u64) {
+    let began = Instant::now();
+    let first = w.state.jobs.len() as u64;
+    for i in 0..n {
+        finish_one(w, first + i);
+    }
+    eprintln!(
+        "built {n} finished jobs in {:.1} s",
+        began.elapsed().as_secs_f64()
+    );
+}
+
+/// Bytes per job added by `add`, by the allocator's count and by the resident set.
+fn per_job(w: &mut World, n: u64, add: impl FnOnce(&mut World, u64)) -> (f64, f64) {
+    let bytes_before = LIVE_BYTES.load(Ordering::Relaxed);
+    let resident_before = resident_bytes();
+    add(w, n);
+    let bytes = LIVE_BYTES.load(Ordering::Relaxed) - bytes_before;
+    let resident = resident_bytes() - resident_before;
+    (bytes as f64 / n as f64, resident as f64 / n as f64)
+}
+
+/// One memory case, in a process of its own so the resident set starts from nothing
+/// freed by an earlier case.
+fn memory_case(case: &str) {
+    let mut w = world();
+    let (label, n, (allocated, resident)) = match case {
+        "finished-10000" => (
+            "finished jobs",
+            10_000,
+            per_job(&mut w, 10_000, add_finished),
+        ),
+        "finished-100000" => (
+            "finished jobs",
+            100_000,
+            per_job(&mut w, 100_000, add_finished),
+        ),
+        "live-10000" => (
+            "live (RUNNING, two sites) jobs",
+            10_000,
+            per_job(&mut w, 10_000, |w, n| {
+                for _ in 0..n {
+                    w.running(&SITES, 2);
+                    w.log.clear();
+                }
+            }),
+        ),
+        other => panic!("unknown memory case {other}"),
+    };
+    eprintln!(
+        "memory: {n} {label}: {allocated:.0} bytes/job allocated, {resident:.0} bytes/job resident"
+    );
+}
+
+/// Runs each memory case in a child process of this binary.
+fn memory() {
+    let me = std::env::current_exe().expect("this bench's path");
+    for case in ["live-10000", "finished-10000", "finished-100000"] {
+        let status = std::process::Command::new(&me)
+            .env(MEMORY_CASE_ENV, case)
+            .status()
+            .expect("the memory case runs");
+        assert!(status.success(), "memory case {case} failed");
+    }
+}
+
+/// Set in a child process: the memory case it measures.
+const MEMORY_CASE_ENV: &str = "FEDRUN_BENCH_STATE_MEMORY_CASE";
+
+fn submit_command(n: u64) -> Command {
+    Command::Admin {
+        origin: Origin {
+            identity: boss(),
+            request_id: Some(format!("bench-{n}")),
+        },
+        request: AdminRequest::SubmitJob {
+            meta: meta(&SITES, 2),
+            package: package(),
+            signature: fedrun::lifecycle::SubmitSignature::NoSigner,
+        },
+    }
+}
+
+/// Decides `command` on `state` at the frozen world's time and applies its events.
+fn decide_and_apply(w: &mut Frozen, state: &mut State, command: Command) {
+    let decision =
+        decide(state, &w.settings, command, w.now, &mut w.ids).expect("the command is recordable");
+    for event in &decision.events {
+        state.apply(event);
+    }
+    black_box(decision);
+}
+
+/// A built world's state, with what deciding on copies of it needs.
+struct Frozen {
+    state: State,
+    settings: Settings,
+    now: fedrun::lifecycle::Timestamp,
+    ids: CountingIds,
+}
+
+fn command_cost(c: &mut Criterion) {
+    let mut group = c.benchmark_group("command_cost");
+    for finished in [1_000u64, 100_000] {
+        let mut w = world();
+        add_finished(&mut w, finished);
+        // One running job to abort (never aborted in the kept state: each iteration
+        // aborts it on a copy).
+        let running = w.running(&SITES, 2);
+        let mut w = Frozen {
+            state: w.state,
+            settings: w.settings,
+            now: w.now,
+            ids: w.ids,
+        };
+        let kept = w.state.clone();
+        group.bench_function(format!("submit_{finished}_finished"), |b| {
+            b.iter_batched(
+                || kept.clone(),
+                |mut state| {
+                    decide_and_apply(&mut w, &mut state, submit_command(finished));
+                    state
+                },
+                BatchSize::SmallInput,
+            )
+        });
+        group.bench_function(format!("abort_running_{finished}_finished"), |b| {
+            b.iter_batched(
+                || kept.clone(),
+                |mut state| {
+                    let command = Command::Admin {
+                        origin: Origin {
+                            identity: boss(),
+                            request_id: None,
+                        },
+                        request: AdminRequest::AbortJob { job_id: running },
+                    };
+                    decide_and_apply(&mut w, &mut state, command);
+                    state
+                },
+                BatchSize::SmallInput,
+            )
+        });
+        group.bench_function(format!("next_deadline_{finished}_finished"), |b| {
+            b.iter(|| fedrun::lifecycle::next_deadline(black_box(&w.state), &w.settings))
+        });
+    }
+    group.finish();
+}
+
+fn main() {
+    if let Ok(case) = std::env::var(MEMORY_CASE_ENV) {
+        memory_case(&case);
+        return;
+    }
+    // `FEDRUN_BENCH_STATE_SKIP_MEMORY=1`: only the command costs.
+    if std::env::var_os("FEDRUN_BENCH_STATE_SKIP_MEMORY").is_none() {
+        memory();
+    }
+    let mut criterion = Criterion::default().configure_from_args();
+    command_cost(&mut criterion);
+    criterion.final_summary();
+}
