@@ -632,6 +632,41 @@ fn job_blobs(job: &Job) -> impl Iterator<Item = BlobHash> + '_ {
         .filter(move |_| !job.deleted)
 }
 
+/// What one job puts into the [`LiveIndex`]. The fold takes a job's contribution before
+/// an event and after it, and changes the index only where they differ.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Contribution {
+    id: JobId,
+    /// In [`LiveIndex::live`].
+    live: bool,
+    /// Counted in [`LiveIndex::active`].
+    slot: bool,
+    /// Its package and its archive, while it is not deleted.
+    blobs: [Option<BlobHash>; 2],
+    /// Its entry in [`LiveIndex::due`] while `SUBMITTED`: schedule count, back-off base
+    /// and queue key.
+    due: Option<(u32, (Timestamp, QueueKey))>,
+}
+
+impl Contribution {
+    /// The job's contribution as it is now.
+    pub fn of(job: &Job) -> Contribution {
+        let mut blobs = job_blobs(job);
+        Contribution {
+            id: job.id,
+            live: job_is_live(job),
+            slot: job_holds_slot(job),
+            blobs: [blobs.next(), blobs.next()],
+            due: (job.status == RunStatus::Submitted).then(|| {
+                (
+                    LiveIndex::due_group(job),
+                    (LiveIndex::due_base(job), job.queue_key()),
+                )
+            }),
+        }
+    }
+}
+
 impl LiveIndex {
     /// The stand-in for the index while the fold changes the jobs.
     fn in_fold() -> LiveIndex {
@@ -643,44 +678,65 @@ impl LiveIndex {
 
     /// Adds the job's contribution.
     pub fn add(&mut self, job: &Job) {
-        if job_is_live(job) {
-            self.live.insert(job.id);
-        }
-        if job_holds_slot(job) {
-            self.active += 1;
-        }
-        for hash in job_blobs(job) {
-            *self.blob_refs.entry(hash).or_insert(0) += 1;
-        }
-        if job.status == RunStatus::Submitted {
-            self.due
-                .entry(Self::due_group(job))
-                .or_default()
-                .insert((Self::due_base(job), job.queue_key()));
-        }
+        self.change(None, Some(&Contribution::of(job)));
     }
 
     /// Takes the job's contribution out (the job as it was when it was added).
     pub fn remove(&mut self, job: &Job) {
-        self.live.remove(&job.id);
-        if job_holds_slot(job) {
-            self.active -= 1;
+        self.change(Some(&Contribution::of(job)), None);
+    }
+
+    /// Replaces one job's contribution `before` (`None`: the job was not in the index)
+    /// by `after` (`None`: it leaves), changing only what differs: an event that moves a
+    /// queued job to its next schedule count touches the due index alone.
+    pub fn change(&mut self, before: Option<&Contribution>, after: Option<&Contribution>) {
+        let Some(id) = before.or(after).map(|c| c.id) else {
+            return;
+        };
+        let live = |c: Option<&Contribution>| c.is_some_and(|c| c.live);
+        match (live(before), live(after)) {
+            (false, true) => {
+                self.live.insert(id);
+            }
+            (true, false) => {
+                self.live.remove(&id);
+            }
+            _ => {}
         }
-        for hash in job_blobs(job) {
-            if let Some(count) = self.blob_refs.get_mut(&hash) {
-                *count -= 1;
-                if *count == 0 {
-                    self.blob_refs.remove(&hash);
+        let slot = |c: Option<&Contribution>| c.is_some_and(|c| c.slot);
+        match (slot(before), slot(after)) {
+            (false, true) => self.active += 1,
+            (true, false) => self.active -= 1,
+            _ => {}
+        }
+        let blobs = |c: Option<&Contribution>| c.map_or([None, None], |c| c.blobs);
+        let (old, new) = (blobs(before), blobs(after));
+        if old != new {
+            for hash in old.into_iter().flatten() {
+                if let Some(count) = self.blob_refs.get_mut(&hash) {
+                    *count -= 1;
+                    if *count == 0 {
+                        self.blob_refs.remove(&hash);
+                    }
                 }
             }
+            for hash in new.into_iter().flatten() {
+                *self.blob_refs.entry(hash).or_insert(0) += 1;
+            }
         }
-        if job.status == RunStatus::Submitted {
-            let count = Self::due_group(job);
-            if let Some(set) = self.due.get_mut(&count) {
-                set.remove(&(Self::due_base(job), job.queue_key()));
-                if set.is_empty() {
-                    self.due.remove(&count);
+        let due = |c: Option<&Contribution>| c.and_then(|c| c.due);
+        let (old, new) = (due(before), due(after));
+        if old != new {
+            if let Some((count, entry)) = old {
+                if let Some(set) = self.due.get_mut(&count) {
+                    set.remove(&entry);
+                    if set.is_empty() {
+                        self.due.remove(&count);
+                    }
                 }
+            }
+            if let Some((count, entry)) = new {
+                self.due.entry(count).or_default().insert(entry);
             }
         }
     }
@@ -1520,15 +1576,15 @@ impl State {
         // neither the jobs before nor after, so the mutation must not read it (the
         // questions that do panic in debug builds while it is out).
         let mut index = std::mem::replace(&mut self.index, LiveIndex::in_fold());
-        for job_id in touched {
-            if let Some(job) = self.jobs.get(job_id) {
-                index.remove(job);
-            }
-        }
+        let before: Vec<Option<Contribution>> = touched
+            .iter()
+            .map(|job_id| self.jobs.get(job_id).map(|job| Contribution::of(job)))
+            .collect();
         self.fold_event(event, touched);
-        for job_id in touched {
-            if let Some(job) = self.jobs.get(job_id) {
-                index.add(job);
+        for (job_id, before) in touched.iter().zip(&before) {
+            let after = self.jobs.get(job_id).map(|job| Contribution::of(job));
+            if after != *before {
+                index.change(before.as_ref(), after.as_ref());
             }
         }
         self.index = index;
