@@ -113,7 +113,10 @@ fn bench_dir() -> PathBuf {
 fn built_history() -> PathBuf {
     let root = bench_dir();
     let data = root.join("data");
-    let done = root.join(format!("built-{EVENTS}-{TAIL}"));
+    // The marker names this build's state layout: a history built by a build whose
+    // state types differ has a snapshot start-up would not use, so it is built again.
+    let layout = fedrun::history::snapshot::Layout::of::<State>();
+    let done = root.join(format!("built-{EVENTS}-{TAIL}-{layout}"));
     if done.is_file() {
         return data;
     }
