@@ -10,8 +10,9 @@
 //!   then, which skips the shared structure) are compared, with everything else of the
 //!   state. Only the kept idempotency keys are compared in part at each step (their counts,
 //!   oldest and newest, and the keys the new events carry) and in full once as many events
-//!   as keys have been folded since the last full comparison; the end of a run compares the
-//!   whole state.
+//!   as keys have been folded since the last full comparison; the live index the fold keeps
+//!   likewise (its sizes and slot count at each step, whole at the same bounded rate); the
+//!   end of a run compares the whole state.
 //! - Every event the engine acknowledged (its append returned) is still stored, byte for
 //!   byte, after any crash and power loss.
 //! - Jobs with a simulated process alive (a server app, or a site app on a connected site,
@@ -36,7 +37,7 @@ use imbl::{OrdMap, OrdSet};
 
 use crate::history::ChainHash;
 use crate::job::JobId;
-use crate::lifecycle::state::{KeptRequests, RequestKey};
+use crate::lifecycle::state::{KeptRequests, LiveIndex, RequestKey};
 use crate::lifecycle::{
     Archive, BlobHash, Event, EventKind, Job, QueueKey, RunPhase, RunStatus, State,
 };
@@ -152,6 +153,8 @@ pub struct Checker {
     request_keys: Vec<RequestKey>,
     /// Events folded since the kept idempotency keys were last compared in full.
     requests_debt: usize,
+    /// Events folded since the states' live indexes were last compared in full.
+    index_debt: usize,
     statuses: BTreeMap<JobId, RunStatus>,
     finished_at: BTreeMap<JobId, Duration>,
     archived: BTreeMap<JobId, BlobHash>,
@@ -279,6 +282,7 @@ impl Checker {
                 });
             }
             self.requests_debt += 1;
+            self.index_debt += 1;
             if acked {
                 let index = *seq as usize - 1;
                 if self.acked.len() == index {
@@ -390,13 +394,16 @@ impl Checker {
         let keys = std::mem::take(&mut self.request_keys);
         let Some(was) = self.compared.take() else {
             self.requests_debt = 0;
+            self.index_debt = 0;
             return live == replayed;
         };
-        // Everything but the jobs, the queue and the kept keys, compared in full.
+        // Everything but the jobs, the queue, the kept keys and the live index, compared
+        // in full.
         let rest = |state: &State| State {
             jobs: OrdMap::new(),
             queue: OrdSet::new(),
             requests: KeptRequests::default(),
+            index: LiveIndex::default(),
             ..state.clone()
         };
         if rest(live) != rest(replayed) {
@@ -449,6 +456,24 @@ impl Checker {
         if self.requests_debt >= a.by_key.len() {
             self.requests_debt = 0;
             if a != b {
+                return false;
+            }
+        }
+        // The live index (derived by the fold, so its use is what the jobs are checked
+        // for): its sizes and counter at every step, all of it once as many events as it
+        // has entries were folded since the last time (it holds an entry per blob of
+        // every job kept, so comparing it whole at every step made a day quadratic).
+        let (x, y) = (live.index(), replayed.index());
+        if x.active != y.active
+            || x.live.len() != y.live.len()
+            || x.blob_refs.len() != y.blob_refs.len()
+            || x.due.len() != y.due.len()
+        {
+            return false;
+        }
+        if self.index_debt >= x.live.len() + x.blob_refs.len() + x.due.len() {
+            self.index_debt = 0;
+            if x != y {
                 return false;
             }
         }
@@ -733,6 +758,33 @@ mod tests {
         checker.remember(&changed);
         checker.requests_debt = state.requests.by_key.len();
         assert!(!checker.live_equals_replayed(&changed));
+    }
+
+    #[test]
+    fn a_live_index_that_differs_is_found_by_its_sizes_at_once_or_in_full_at_the_bounded_rate() {
+        let state = busy_state();
+        let size = |s: &State| {
+            let index = s.index();
+            index.live.len() + index.blob_refs.len() + index.due.len()
+        };
+        // A blob counted once more: the sizes agree, the contents do not.
+        let mut recounted = state.clone();
+        let hash = *recounted.index.blob_refs.keys().next().expect("a blob");
+        *recounted.index.blob_refs.get_mut(&hash).expect("counted") += 1;
+        let mut checker = compared_on(&state);
+        assert!(
+            checker.live_equals_replayed(&recounted),
+            "not yet compared whole"
+        );
+        checker.remember(&recounted);
+        checker.index_debt = size(&state);
+        assert!(!checker.live_equals_replayed(&recounted));
+        // A job missing from the live set: found at once by the size.
+        let mut shorter = state.clone();
+        let job_id = *shorter.index.live.iter().next().expect("a live job");
+        shorter.index.live.remove(&job_id);
+        let mut checker = compared_on(&state);
+        assert!(!checker.live_equals_replayed(&shorter));
     }
 
     #[test]
