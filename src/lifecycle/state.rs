@@ -428,6 +428,12 @@ pub struct Job {
     pub deleted: bool,
 }
 
+/// A job equals itself: its only floating-point values are resource amounts, which
+/// fedrun accepts only finite (SPEC section 5), so equality is reflexive. Being `Eq` lets
+/// `Arc<Job>` comparisons (the simulator's diff of the jobs map, state equality) stop at
+/// a shared pointer instead of comparing the job field by field.
+impl Eq for Job {}
+
 impl Job {
     /// Where the job sits in [`State::queue`] while it is `SUBMITTED`.
     pub fn queue_key(&self) -> QueueKey {
