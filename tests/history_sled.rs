@@ -143,6 +143,28 @@ fn a_second_opener_is_told_a_server_is_running() {
     );
 }
 
+/// sled lets go of its own lock on its files from a background thread, a moment after
+/// the last handle is dropped: an open right after a tool (or an earlier database of the
+/// same process) let go waits for it within the lock wait instead of saying a server runs.
+#[test]
+fn an_open_waits_for_sleds_own_lock_to_be_let_go() {
+    let dir = tempfile::tempdir().unwrap();
+    History::<Step>::open(dir.path()).unwrap().close().unwrap();
+    for _ in 0..20 {
+        let raw = history_support::raw_sled(dir.path());
+        let opener = {
+            let path = dir.path().to_path_buf();
+            std::thread::spawn(move || History::<Step>::open(&path).map(|history| history.close()))
+        };
+        drop(raw);
+        let opened = opener.join().expect("the opener ran");
+        assert!(
+            matches!(opened, Ok(Ok(()))),
+            "the open gave up while sled's lock was being let go: {opened:?}"
+        );
+    }
+}
+
 #[test]
 fn offline_open_of_a_folder_without_history_is_refused() {
     let dir = tempfile::tempdir().unwrap();

@@ -289,21 +289,38 @@ fn check_segment_size(root: &Path, sled_dir: &Path) -> Result<(), OpenError> {
     }
 }
 
-fn open_sled(root: &Path, path: &Path) -> Result<sled::Db, OpenError> {
-    sled::Config::new()
-        .path(path)
-        .segment_size(SLED_SEGMENT_SIZE)
-        .flush_every_ms(None)
-        .open()
-        .map_err(|source| match source {
-            sled::Error::Io(ref io) if is_lock_error(io) => OpenError::ServerRunning {
-                dir: root.to_path_buf(),
-            },
-            source => OpenError::Storage {
-                dir: root.to_path_buf(),
-                cause: sled_error("open", source),
-            },
-        })
+/// Opens sled's database, waiting at most `wait` for sled's own lock on its files. With
+/// the data folder's lock held, that lock is only held by a database of this process
+/// being let go (sled releases it from its flusher thread, a moment after the last handle
+/// is dropped) or by a tool that opened sled's files directly; both let go by themselves.
+fn open_sled(root: &Path, path: &Path, wait: Duration) -> Result<sled::Db, OpenError> {
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(2);
+    loop {
+        let opened = sled::Config::new()
+            .path(path)
+            .segment_size(SLED_SEGMENT_SIZE)
+            .flush_every_ms(None)
+            .open();
+        match opened {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(ref io)) if is_lock_error(io) => {
+                if started.elapsed() >= wait {
+                    return Err(OpenError::ServerRunning {
+                        dir: root.to_path_buf(),
+                    });
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            Err(source) => {
+                return Err(OpenError::Storage {
+                    dir: root.to_path_buf(),
+                    cause: sled_error("open", source),
+                })
+            }
+        }
+    }
 }
 
 fn sled_error(what: &'static str, source: sled::Error) -> StorageError {
@@ -388,7 +405,7 @@ impl SledStorage {
         check_segment_size(root, &paths.sled)?;
         private::create_dir_all(&paths.sled).map_err(io_err("create folder", &paths.sled))?;
         private::create_dir_all(&paths.blobs).map_err(io_err("create folder", &paths.blobs))?;
-        let db = open_sled(root, &paths.sled)?;
+        let db = open_sled(root, &paths.sled, options.lock_wait)?;
         private::restrict_tree(&paths.sled).map_err(io_err("restrict the mode of", &paths.sled))?;
         for path in [&paths.lock, &paths.anchor, &paths.blobs] {
             match private::restrict(path) {
@@ -459,7 +476,8 @@ impl SledStorage {
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
             Err(err) => return Err(io_err("copy", &paths.anchor)(err)),
         }
-        let db = open_sled(root, &copy_sled)?;
+        // A private copy: nobody else holds its lock.
+        let db = open_sled(root, &copy_sled, Duration::ZERO)?;
         // A folder without blobs has none to read; an empty private folder stands in, so
         // nothing is created in the data folder.
         let blob_dir = if paths.blobs.is_dir() {
