@@ -77,6 +77,8 @@ fn provision_serve_and_three_sites_as_processes() {
     for site in SITES {
         text.push_str(&format!("[[site]]\nname = \"{site}\"\norg = \"o\"\n"));
     }
+    // An admin, to ask the live server which sites it has recorded as connected.
+    text.push_str("[[admin]]\nname = \"lead@example.org\"\norg = \"ops\"\nrole = \"lead\"\n");
     std::fs::write(&project, text).expect("project file");
     let kits = dir.path().join("kits");
     let out = fedrun()
@@ -182,6 +184,30 @@ fn provision_serve_and_three_sites_as_processes() {
             lines,
             "connected to the server",
             &format!("{site} connected"),
+        );
+    }
+    // A site says it is connected once its link is up, before the server has recorded
+    // its connection: wait (bounded) until the server lists every site, so the stops
+    // below come after the connections are in the history.
+    let began = std::time::Instant::now();
+    loop {
+        let listed = fedrun()
+            .args(["sites", "--json", "--kit"])
+            .arg(kits.join("lead@example.org"))
+            .args(["--server", &addr])
+            .output()
+            .expect("sites runs");
+        let text = String::from_utf8_lossy(&listed.stdout);
+        if SITES
+            .iter()
+            .all(|site| text.contains(&format!("\"name\":\"{site}\"")))
+        {
+            break;
+        }
+        assert!(
+            began.elapsed() < std::time::Duration::from_secs(30),
+            "the server did not list every site within 30 s: {text} {}",
+            String::from_utf8_lossy(&listed.stderr)
         );
     }
     let mut pids = vec![server.id()];
