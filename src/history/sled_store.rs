@@ -152,25 +152,37 @@ impl DataLock {
         } else {
             libc::LOCK_SH
         } | libc::LOCK_NB;
-        let started = std::time::Instant::now();
-        let mut pause = Duration::from_millis(2);
-        loop {
+        wait_while_held(wait, || {
             // SAFETY: flock on a file descriptor this function owns; no memory is shared.
             if unsafe { libc::flock(file.as_raw_fd(), operation) } == 0 {
-                return Ok(Some(DataLock { _file: file }));
+                return Ok(());
             }
             let err = std::io::Error::last_os_error();
             match err.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                Some(code) if code == libc::EWOULDBLOCK => {
-                    if started.elapsed() >= wait {
-                        return Err(None);
-                    }
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_millis(100));
-                }
-                _ => return Err(Some(err)),
+                Some(code) if code == libc::EINTR || code == libc::EWOULDBLOCK => Err(None),
+                _ => Err(Some(err)),
             }
+        })?;
+        Ok(Some(DataLock { _file: file }))
+    }
+}
+
+/// Runs `attempt` until it succeeds or fails for good (`Err(Some)`), trying again while
+/// it says someone else holds a lock (`Err(None)`), with pauses from 2 ms doubling to
+/// 100 ms, for at most `wait`. `Err(None)` when the wait ran out.
+fn wait_while_held<T, E>(
+    wait: Duration,
+    mut attempt: impl FnMut() -> Result<T, Option<E>>,
+) -> Result<T, Option<E>> {
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(2);
+    loop {
+        match attempt() {
+            Err(None) if started.elapsed() < wait => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            done => return done,
         }
     }
 }
@@ -294,33 +306,26 @@ fn check_segment_size(root: &Path, sled_dir: &Path) -> Result<(), OpenError> {
 /// being let go (sled releases it from its flusher thread, a moment after the last handle
 /// is dropped) or by a tool that opened sled's files directly; both let go by themselves.
 fn open_sled(root: &Path, path: &Path, wait: Duration) -> Result<sled::Db, OpenError> {
-    let started = std::time::Instant::now();
-    let mut pause = Duration::from_millis(2);
-    loop {
-        let opened = sled::Config::new()
+    let opened = wait_while_held(wait, || {
+        sled::Config::new()
             .path(path)
             .segment_size(SLED_SEGMENT_SIZE)
             .flush_every_ms(None)
-            .open();
-        match opened {
-            Ok(db) => return Ok(db),
-            Err(sled::Error::Io(ref io)) if is_lock_error(io) => {
-                if started.elapsed() >= wait {
-                    return Err(OpenError::ServerRunning {
-                        dir: root.to_path_buf(),
-                    });
-                }
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(100));
-            }
-            Err(source) => {
-                return Err(OpenError::Storage {
-                    dir: root.to_path_buf(),
-                    cause: sled_error("open", source),
-                })
-            }
-        }
-    }
+            .open()
+            .map_err(|source| match source {
+                sled::Error::Io(ref io) if is_lock_error(io) => None,
+                source => Some(source),
+            })
+    });
+    opened.map_err(|source| match source {
+        None => OpenError::ServerRunning {
+            dir: root.to_path_buf(),
+        },
+        Some(source) => OpenError::Storage {
+            dir: root.to_path_buf(),
+            cause: sled_error("open", source),
+        },
+    })
 }
 
 fn sled_error(what: &'static str, source: sled::Error) -> StorageError {

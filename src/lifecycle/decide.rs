@@ -971,7 +971,7 @@ impl Ctx<'_> {
 
 /// Why a run must stop now, if it must: a server app failure, a site report that stops
 /// runs, or a lapsed site report.
-pub(crate) fn stop_reason(job: &Job) -> Option<String> {
+fn stop_reason(job: &Job) -> Option<String> {
     let run = &job.run;
     if let Some((outcome, _)) = run.server_exit {
         if outcome != ExitOutcome::Code(0) && !run.all_ended() {

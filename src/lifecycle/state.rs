@@ -590,8 +590,8 @@ impl From<StoredState> for State {
 
 /// Facts derived from the jobs, kept up to date by [`State::apply`] so that no question
 /// the engine asks on every loop or command walks every job ever submitted. Each job
-/// contributes to it by [`LiveIndex::add`] / [`LiveIndex::remove`]; the fold takes a
-/// job's contribution out before an event changes the job and puts it back after.
+/// puts in its [`Contribution`]; the fold compares a touched job's contribution before
+/// and after the event and changes the index where they differ ([`LiveIndex::change`]).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct LiveIndex {
     /// Jobs with something still to happen: not terminal, a run not settled, an archive
@@ -685,11 +685,6 @@ impl LiveIndex {
     /// Adds the job's contribution.
     pub fn add(&mut self, job: &Job) {
         self.change(None, Some(&Contribution::of(job)));
-    }
-
-    /// Takes the job's contribution out (the job as it was when it was added).
-    pub fn remove(&mut self, job: &Job) {
-        self.change(Some(&Contribution::of(job)), None);
     }
 
     /// Replaces one job's contribution `before` (`None`: the job was not in the index)
@@ -1554,8 +1549,8 @@ impl State {
     }
 
     /// The mutation of a checked record, with the derived index kept in step: the
-    /// contribution of every job the event may change is taken out before and put back
-    /// after. Never fails.
+    /// index changes where a touched job's contribution after the event differs from
+    /// the one before. Never fails.
     fn fold(&mut self, event: &Event) {
         // Most events change their one job: no list is built for them.
         let single;
