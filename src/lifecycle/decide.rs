@@ -547,26 +547,24 @@ impl Ctx<'_> {
         if schedule::blocked(&self.scratch, self.settings).is_some() {
             return;
         }
-        // Each step resumes the queue after the job tried last (see
-        // `schedule::next_step_after`), so a pass is linear in the queue.
-        let mut after = None;
+        // The jobs due now, in queue order, from the due index: a pass costs what is
+        // due, not what is queued. A try changes only the job tried, so the list holds
+        // for the whole pass; each step is checked against a scan of the whole queue.
+        let mut due = schedule::due_jobs(&self.scratch, self.settings, self.now).into_iter();
         loop {
-            let step = schedule::next_step_after(
-                &self.scratch,
-                self.settings,
-                self.now,
-                &self.tried,
-                after.as_ref(),
-            );
+            let step = due
+                .by_ref()
+                .filter_map(|(_, _, id)| self.scratch.jobs.get(&id))
+                .find(|job| job.status == RunStatus::Submitted && !self.tried.contains(&job.id))
+                .map_or(PassStep::Idle, |job| schedule::step_for(&self.scratch, job));
             debug_assert_eq!(
                 step,
                 schedule::next_step(&self.scratch, self.settings, self.now, &self.tried),
-                "resuming the pass must find the step a full scan finds"
+                "the due index must give the step a scan of the whole queue gives"
             );
             match step {
                 PassStep::Idle => return,
                 PassStep::NoResources { job_id, reason } => {
-                    after = self.job(&job_id).map(Job::queue_key);
                     self.tried.insert(job_id);
                     self.try_failed(job_id, reason);
                 }

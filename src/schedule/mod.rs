@@ -6,7 +6,6 @@
 //! `now` always give the same step.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ops::Bound;
 use std::time::Duration;
 
 use crate::job::meta::{JobMeta, DEFAULT_RESOURCES};
@@ -121,7 +120,9 @@ pub fn blocked(state: &State, settings: &Settings) -> Option<&'static str> {
 }
 
 /// The next step of a pass: the first due `SUBMITTED` job (oldest `submit_time` first,
-/// ties in history order) that is not in `skip` (jobs already tried in this pass).
+/// ties in history order) that is not in `skip` (jobs already tried in this pass), found
+/// by a scan of the whole queue. A pass reads the due index instead ([`due_jobs`]); this
+/// scan is the reference it is checked against.
 pub fn next_step(
     state: &State,
     settings: &Settings,
@@ -131,37 +132,45 @@ pub fn next_step(
     if blocked(state, settings).is_some() {
         return PassStep::Idle;
     }
-    next_step_after(state, settings, now, skip, None)
-}
-
-/// [`next_step`] without the [`blocked`] check, looking only at queue entries after
-/// `after` (a [`QueueKey`]; `None` looks at the whole queue).
-///
-/// Within one pass a caller resumes after the job it tried last: every entry before it
-/// was already passed over (not due, or tried), and neither changes until that job is
-/// tried, so the step is the same as [`next_step`]'s and a pass over `n` due jobs stays
-/// linear in `n` instead of rescanning the queue from the front each time.
-pub fn next_step_after(
-    state: &State,
-    settings: &Settings,
-    now: Timestamp,
-    skip: &BTreeSet<JobId>,
-    after: Option<&QueueKey>,
-) -> PassStep {
-    let entries: Box<dyn Iterator<Item = &QueueKey>> = match after {
-        None => Box::new(state.queue.iter()),
-        Some(key) => Box::new(state.queue.range((Bound::Excluded(*key), Bound::Unbounded))),
-    };
-    let candidate = entries
+    let candidate = state
+        .queue
+        .iter()
         .filter_map(|(_, _, id)| state.jobs.get(id))
         .find(|job| {
             job.status == RunStatus::Submitted
                 && !skip.contains(&job.id)
                 && due_at(job, settings) <= now
         });
-    let Some(job) = candidate else {
-        return PassStep::Idle;
-    };
+    match candidate {
+        Some(job) => step_for(state, job),
+        None => PassStep::Idle,
+    }
+}
+
+/// The `SUBMITTED` jobs due at `now`, in queue order, read from the state's due index:
+/// of each schedule count's jobs (ordered by the time their back-off counts from) only
+/// the due ones at its front are read, so the cost follows the jobs due, not the jobs
+/// queued. A pass tries them in this order; a try changes only the job tried, so the
+/// list stays right for the whole pass (its steps are checked against [`next_step`]'s
+/// scan in debug builds).
+pub fn due_jobs(state: &State, settings: &Settings, now: Timestamp) -> Vec<QueueKey> {
+    let mut due: Vec<QueueKey> = state
+        .index()
+        .due
+        .iter()
+        .flat_map(|(count, jobs)| {
+            let wait = backoff(settings, *count);
+            jobs.iter()
+                .take_while(move |(base, _)| base.plus(wait) <= now)
+                .map(|(_, key)| *key)
+        })
+        .collect();
+    due.sort_unstable();
+    due
+}
+
+/// The step for one due `SUBMITTED` job: the sites to ask, or why it cannot get any.
+pub fn step_for(state: &State, job: &Job) -> PassStep {
     let meta = &job.meta;
     // Looked up per listed site rather than collected per step: a pass may take many
     // steps, and there may be many sites.
