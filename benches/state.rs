@@ -19,6 +19,7 @@
 //! Criterion groups (`command_cost/<n>_finished`): a submit decided and applied (its
 //! scheduling try included), an abort of a running job decided and applied, and the next
 //! deadline, each on a state holding `n` finished jobs, 1,000 or 100,000.
+//! `pass_cost/submit_<n>_waiting`: a submit with 1,000 or 10,000 jobs queued in a back-off.
 //!
 //! Run: `cargo bench --bench state`.
 
@@ -267,6 +268,45 @@ fn command_cost(c: &mut Criterion) {
     group.finish();
 }
 
+/// A submit decided and applied with `n` jobs queued and waiting out a back-off (each
+/// listed a site that never connects, so its one try found no resources). A scheduling
+/// pass once scanned the whole queue on every command; it reads the due index now, so
+/// the cost should not follow `n`.
+fn pass_cost(c: &mut Criterion) {
+    let mut group = c.benchmark_group("pass_cost");
+    for waiting in [1_000u64, 10_000] {
+        let mut w = world();
+        for _ in 0..waiting {
+            let job_id = w.submit(meta(&["site-never"], 1));
+            debug_assert_eq!(w.job(job_id).schedule_count, 1);
+            w.log.clear();
+        }
+        let mut w = Frozen {
+            state: w.state,
+            settings: w.settings,
+            now: w.now,
+            ids: w.ids,
+        };
+        assert_eq!(
+            w.state.queue.len() as u64,
+            waiting,
+            "the jobs wait in the queue"
+        );
+        let kept = w.state.clone();
+        group.bench_function(format!("submit_{waiting}_waiting"), |b| {
+            b.iter_batched(
+                || kept.clone(),
+                |mut state| {
+                    decide_and_apply(&mut w, &mut state, submit_command(waiting));
+                    state
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
+}
+
 fn main() {
     if let Ok(case) = std::env::var(MEMORY_CASE_ENV) {
         memory_case(&case);
@@ -278,5 +318,6 @@ fn main() {
     }
     let mut criterion = Criterion::default().configure_from_args();
     command_cost(&mut criterion);
+    pass_cost(&mut criterion);
     criterion.final_summary();
 }
