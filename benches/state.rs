@@ -219,6 +219,37 @@ struct Frozen {
     ids: CountingIds,
 }
 
+impl Frozen {
+    fn of(w: World) -> Frozen {
+        Frozen {
+            state: w.state,
+            settings: w.settings,
+            now: w.now,
+            ids: w.ids,
+        }
+    }
+}
+
+/// Benches `command` decided and applied on a fresh copy of `kept` each iteration.
+fn bench_command(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: String,
+    w: &mut Frozen,
+    kept: &State,
+    command: impl Fn() -> Command,
+) {
+    group.bench_function(name, |b| {
+        b.iter_batched(
+            || kept.clone(),
+            |mut state| {
+                decide_and_apply(w, &mut state, command());
+                state
+            },
+            BatchSize::SmallInput,
+        )
+    });
+}
+
 fn command_cost(c: &mut Criterion) {
     let mut group = c.benchmark_group("command_cost");
     for finished in [1_000u64, 100_000] {
@@ -227,40 +258,28 @@ fn command_cost(c: &mut Criterion) {
         // One running job to abort (never aborted in the kept state: each iteration
         // aborts it on a copy).
         let running = w.running(&SITES, 2);
-        let mut w = Frozen {
-            state: w.state,
-            settings: w.settings,
-            now: w.now,
-            ids: w.ids,
-        };
+        let mut w = Frozen::of(w);
         let kept = w.state.clone();
-        group.bench_function(format!("submit_{finished}_finished"), |b| {
-            b.iter_batched(
-                || kept.clone(),
-                |mut state| {
-                    decide_and_apply(&mut w, &mut state, submit_command(finished));
-                    state
+        bench_command(
+            &mut group,
+            format!("submit_{finished}_finished"),
+            &mut w,
+            &kept,
+            || submit_command(finished),
+        );
+        bench_command(
+            &mut group,
+            format!("abort_running_{finished}_finished"),
+            &mut w,
+            &kept,
+            || Command::Admin {
+                origin: Origin {
+                    identity: boss(),
+                    request_id: None,
                 },
-                BatchSize::SmallInput,
-            )
-        });
-        group.bench_function(format!("abort_running_{finished}_finished"), |b| {
-            b.iter_batched(
-                || kept.clone(),
-                |mut state| {
-                    let command = Command::Admin {
-                        origin: Origin {
-                            identity: boss(),
-                            request_id: None,
-                        },
-                        request: AdminRequest::AbortJob { job_id: running },
-                    };
-                    decide_and_apply(&mut w, &mut state, command);
-                    state
-                },
-                BatchSize::SmallInput,
-            )
-        });
+                request: AdminRequest::AbortJob { job_id: running },
+            },
+        );
         group.bench_function(format!("next_deadline_{finished}_finished"), |b| {
             b.iter(|| fedrun::lifecycle::next_deadline(black_box(&w.state), &w.settings))
         });
@@ -278,31 +297,23 @@ fn pass_cost(c: &mut Criterion) {
         let mut w = world();
         for _ in 0..waiting {
             let job_id = w.submit(meta(&["site-never"], 1));
-            debug_assert_eq!(w.job(job_id).schedule_count, 1);
+            assert_eq!(w.job(job_id).schedule_count, 1, "the job was tried once");
             w.log.clear();
         }
-        let mut w = Frozen {
-            state: w.state,
-            settings: w.settings,
-            now: w.now,
-            ids: w.ids,
-        };
+        let mut w = Frozen::of(w);
         assert_eq!(
             w.state.queue.len() as u64,
             waiting,
             "the jobs wait in the queue"
         );
         let kept = w.state.clone();
-        group.bench_function(format!("submit_{waiting}_waiting"), |b| {
-            b.iter_batched(
-                || kept.clone(),
-                |mut state| {
-                    decide_and_apply(&mut w, &mut state, submit_command(waiting));
-                    state
-                },
-                BatchSize::SmallInput,
-            )
-        });
+        bench_command(
+            &mut group,
+            format!("submit_{waiting}_waiting"),
+            &mut w,
+            &kept,
+            || submit_command(waiting),
+        );
     }
     group.finish();
 }
