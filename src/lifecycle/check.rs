@@ -558,6 +558,15 @@ pub fn verify_index(state: &State, settings: &Settings) -> Result<(), String> {
         ));
     }
     for job in state.jobs.values() {
+        let live = crate::lifecycle::state::job_is_live(job);
+        if state.jobs.in_live_map(&job.id) != live {
+            return Err(format!(
+                "job {} sits in the {} map but is {}",
+                job.id,
+                if live { "settled" } else { "live" },
+                if live { "live" } else { "settled" }
+            ));
+        }
         // The stop rule reads the candidates in the order of the exits, so the same set
         // gives the same reason a scan of every exit gave.
         if job.run.stop_candidates != job.run.stop_candidates_from_exits() {

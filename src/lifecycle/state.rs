@@ -13,6 +13,7 @@ use crate::lifecycle::actor::Identity;
 use crate::lifecycle::event::{
     BlobHash, BootId, Event, EventKind, ResourceAnswer, ResourceRequest, StepResult,
 };
+use crate::lifecycle::jobs::Jobs;
 use crate::lifecycle::participant::ExitOutcome;
 use crate::lifecycle::status::RunStatus;
 use crate::lifecycle::time::Timestamp;
@@ -529,11 +530,11 @@ pub struct State {
     pub boot_id: BootId,
     /// Open while the restart decisions are pending.
     pub recovery: Option<RecoveryWindow>,
-    /// Every job ever submitted, deleted ones included. Each job sits behind an `Arc`, so
-    /// the scratch copy `decide` works on costs a pointer per job, and only the jobs a
-    /// decision changes are copied.
+    /// Every job ever submitted, deleted ones included, the live ones apart from the
+    /// settled ([`Jobs`]). Each job sits behind an `Arc`, so the scratch copy `decide`
+    /// works on costs a pointer per job, and only the jobs a decision changes are copied.
     #[serde(with = "shared_values")]
-    pub jobs: OrdMap<JobId, Arc<Job>>,
+    pub jobs: Jobs,
     /// `SUBMITTED` jobs in queue order: oldest `submit_time` first, ties in history order.
     pub queue: OrdSet<QueueKey>,
     /// The sites, by name. The map and each site are shared, so the scratch copy a
@@ -561,7 +562,7 @@ struct StoredState {
     boot_id: BootId,
     recovery: Option<RecoveryWindow>,
     #[serde(with = "shared_values")]
-    jobs: OrdMap<JobId, Arc<Job>>,
+    jobs: Jobs,
     queue: OrdSet<QueueKey>,
     #[serde(with = "shared_sites")]
     sites: Arc<BTreeMap<String, Arc<SiteFacts>>>,
@@ -1586,6 +1587,9 @@ impl State {
             let after = self.jobs.get(job_id).map(|job| Contribution::of(job));
             if after != *before {
                 index.change(before.as_ref(), after.as_ref());
+            }
+            if after.map(|c| c.live) != before.map(|c| c.live) {
+                self.jobs.place(job_id);
             }
         }
         self.index = index;

@@ -33,13 +33,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use imbl::{OrdMap, OrdSet};
+use imbl::OrdSet;
 
 use crate::history::ChainHash;
 use crate::job::JobId;
 use crate::lifecycle::state::{KeptRequests, LiveIndex, RequestKey};
 use crate::lifecycle::{
-    Archive, BlobHash, Event, EventKind, Job, QueueKey, RunPhase, RunStatus, State,
+    Archive, BlobHash, Event, EventKind, Job, Jobs, QueueKey, RunPhase, RunStatus, State,
 };
 
 /// A defect of the core that the fault campaign found and that is routed for a fix. The
@@ -134,9 +134,9 @@ pub struct Limits {
 /// changed since.
 #[derive(Debug)]
 struct Compared {
-    live_jobs: OrdMap<JobId, Arc<Job>>,
+    live_jobs: Jobs,
     live_queue: OrdSet<QueueKey>,
-    replayed_jobs: OrdMap<JobId, Arc<Job>>,
+    replayed_jobs: Jobs,
     replayed_queue: OrdSet<QueueKey>,
 }
 
@@ -148,7 +148,7 @@ pub struct Checker {
     compared: Option<Compared>,
     /// The replayed jobs when the world was last checked against all of them (`None`:
     /// check every job).
-    world_checked: Option<OrdMap<JobId, Arc<Job>>>,
+    world_checked: Option<Jobs>,
     /// The idempotency keys the events folded since the last comparison carry.
     request_keys: Vec<RequestKey>,
     /// Events folded since the kept idempotency keys were last compared in full.
@@ -400,7 +400,7 @@ impl Checker {
         // Everything but the jobs, the queue, the kept keys and the live index, compared
         // in full.
         let rest = |state: &State| State {
-            jobs: OrdMap::new(),
+            jobs: Jobs::new(),
             queue: OrdSet::new(),
             requests: KeptRequests::default(),
             index: LiveIndex::default(),

@@ -1,0 +1,346 @@
+//! Every job ever submitted, kept in two persistent maps: the jobs with something still to
+//! happen and the settled ones.
+//!
+//! A server that runs for years holds far more settled jobs than live ones, and nearly
+//! every command looks up, inserts or changes a live job. Keeping the settled jobs in a
+//! map of their own keeps the map those commands walk (and copy the path of) as small
+//! as the live work, whatever the past holds: a submit with 100,000 finished jobs walks
+//! the same few nodes as one with 1,000. A settled job leaves the live map when the fold
+//! sees it settle ([`job_is_live`] turns false) and comes back if something happens to it
+//! again (a site reconnects still running its app).
+//!
+//! The placement is a matter of cost only: a lookup tries the live map, then the settled
+//! one, and every walk merges both in id order, so a job in the "wrong" map (a state
+//! built by hand, then changed in place) is still found and listed where it belongs.
+
+use std::cmp::Ordering;
+use std::iter::Peekable;
+use std::sync::Arc;
+
+use imbl::ordmap::DiffItem;
+use imbl::OrdMap;
+
+use super::state::{job_is_live, Job};
+use crate::job::JobId;
+
+/// The jobs by id; see the module documentation.
+#[derive(Clone, Debug, Default)]
+pub struct Jobs {
+    /// Jobs with something still to happen ([`job_is_live`]), and any job changed in
+    /// place since it was placed.
+    live: OrdMap<JobId, Arc<Job>>,
+    /// Jobs the fold saw settle.
+    settled: OrdMap<JobId, Arc<Job>>,
+}
+
+impl Jobs {
+    /// No jobs.
+    pub fn new() -> Jobs {
+        Jobs::default()
+    }
+
+    /// The job with this id.
+    pub fn get(&self, id: &JobId) -> Option<&Arc<Job>> {
+        self.live.get(id).or_else(|| self.settled.get(id))
+    }
+
+    /// The job with this id, to change (copied first if a copy of the state shares it).
+    pub fn get_mut(&mut self, id: &JobId) -> Option<&mut Arc<Job>> {
+        if self.live.contains_key(id) {
+            self.live.get_mut(id)
+        } else {
+            self.settled.get_mut(id)
+        }
+    }
+
+    /// Whether a job has this id.
+    pub fn contains_key(&self, id: &JobId) -> bool {
+        self.live.contains_key(id) || self.settled.contains_key(id)
+    }
+
+    /// Adds or replaces the job, in the map its state calls for.
+    pub fn insert(&mut self, id: JobId, job: Arc<Job>) -> Option<Arc<Job>> {
+        // Only a map that holds the id is changed: removing a missing key still copies
+        // the path to where it would be, which in the settled map is the cost this type
+        // exists to avoid.
+        let old = self.contains_key(&id).then(|| self.remove(&id)).flatten();
+        if job_is_live(&job) {
+            self.live.insert(id, job);
+        } else {
+            self.settled.insert(id, job);
+        }
+        old
+    }
+
+    /// Takes the job out.
+    pub fn remove(&mut self, id: &JobId) -> Option<Arc<Job>> {
+        if self.live.contains_key(id) {
+            self.live.remove(id)
+        } else if self.settled.contains_key(id) {
+            self.settled.remove(id)
+        } else {
+            None
+        }
+    }
+
+    /// Moves the job to the map its state calls for, if it is not there already. The
+    /// fold calls it when a job's [`job_is_live`] changes.
+    pub fn place(&mut self, id: &JobId) {
+        let Some(job) = self.get(id) else {
+            return;
+        };
+        let live = job_is_live(job);
+        if live == self.live.contains_key(id) {
+            return;
+        }
+        let (from, to) = if live {
+            (&mut self.settled, &mut self.live)
+        } else {
+            (&mut self.live, &mut self.settled)
+        };
+        if let Some(job) = from.remove(id) {
+            to.insert(*id, job);
+        }
+    }
+
+    /// How many jobs there are.
+    pub fn len(&self) -> usize {
+        self.live.len() + self.settled.len()
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.live.is_empty() && self.settled.is_empty()
+    }
+
+    /// Whether the job sits in the live map (the fold's placement, for checks).
+    pub fn in_live_map(&self, id: &JobId) -> bool {
+        self.live.contains_key(id)
+    }
+
+    /// How many jobs sit in the live map (the cost of a command follows this number).
+    pub fn live_len(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Every job with its id, in id order.
+    pub fn iter(&self) -> impl Iterator<Item = (&JobId, &Arc<Job>)> + '_ {
+        ById {
+            a: self.live.iter().peekable(),
+            b: self.settled.iter().peekable(),
+        }
+    }
+
+    /// Every id, in order.
+    pub fn keys(&self) -> impl Iterator<Item = &JobId> + '_ {
+        self.iter().map(|(id, _)| id)
+    }
+
+    /// Every job, in id order.
+    pub fn values(&self) -> impl Iterator<Item = &Arc<Job>> + '_ {
+        self.iter().map(|(_, job)| job)
+    }
+
+    /// What changed from `self` to `other`, map by map: a job that moved between the maps
+    /// shows as removed from one and added to the other. Shared subtrees are skipped, so
+    /// the cost follows the change, not the size.
+    pub fn diff<'a>(
+        &'a self,
+        other: &'a Jobs,
+    ) -> impl Iterator<Item = DiffItem<'a, 'a, JobId, Arc<Job>>> + 'a {
+        self.live
+            .diff(&other.live)
+            .chain(self.settled.diff(&other.settled))
+    }
+}
+
+/// The same jobs, wherever each is placed (both sides built by the fold place alike, and
+/// then the maps' own comparison skips shared subtrees).
+impl PartialEq for Jobs {
+    fn eq(&self, other: &Jobs) -> bool {
+        (self.live == other.live && self.settled == other.settled)
+            || (self.len() == other.len() && self.iter().eq(other.iter()))
+    }
+}
+
+impl Eq for Jobs {}
+
+impl std::ops::Index<&JobId> for Jobs {
+    type Output = Arc<Job>;
+
+    fn index(&self, id: &JobId) -> &Arc<Job> {
+        self.get(id).expect("no job with this id")
+    }
+}
+
+impl FromIterator<(JobId, Arc<Job>)> for Jobs {
+    fn from_iter<I: IntoIterator<Item = (JobId, Arc<Job>)>>(items: I) -> Jobs {
+        let mut jobs = Jobs::new();
+        for (id, job) in items {
+            jobs.insert(id, job);
+        }
+        jobs
+    }
+}
+
+impl<'a> IntoIterator for &'a Jobs {
+    type Item = (&'a JobId, &'a Arc<Job>);
+    type IntoIter = Box<dyn Iterator<Item = Self::Item> + 'a>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        Box::new(self.iter())
+    }
+}
+
+/// Two iterators sorted by id, merged into one sorted by id (ids are never in both).
+struct ById<A: Iterator, B: Iterator> {
+    a: Peekable<A>,
+    b: Peekable<B>,
+}
+
+impl<'a, A, B> Iterator for ById<A, B>
+where
+    A: Iterator<Item = (&'a JobId, &'a Arc<Job>)>,
+    B: Iterator<Item = (&'a JobId, &'a Arc<Job>)>,
+{
+    type Item = (&'a JobId, &'a Arc<Job>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let order = match (self.a.peek(), self.b.peek()) {
+            (Some((a, _)), Some((b, _))) => a.cmp(b),
+            (Some(_), None) => Ordering::Less,
+            (None, _) => Ordering::Greater,
+        };
+        match order {
+            Ordering::Greater => self.b.next(),
+            _ => self.a.next(),
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let (a_low, a_high) = self.a.size_hint();
+        let (b_low, b_high) = self.b.size_hint();
+        (a_low + b_low, a_high.and_then(|a| b_high.map(|b| a + b)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::job::meta::JobMeta;
+    use crate::lifecycle::{Archive, Identity, Run, RunStatus, Timestamp};
+
+    /// A job: `SUBMITTED` (live) or `FINISHED:COMPLETED` with nothing left (settled).
+    fn job(n: u8, live: bool) -> Arc<Job> {
+        Arc::new(Job {
+            id: id(n),
+            meta: JobMeta {
+                name: format!("job-{n}"),
+                deploy_map: Vec::new(),
+                min_clients: 1,
+                mandatory_clients: Vec::new(),
+                resource_spec: BTreeMap::new(),
+            },
+            package: crate::lifecycle::BlobHash([n; 32]),
+            submitter: Identity {
+                name: "admin@a.org".into(),
+                org: "a".into(),
+                role: crate::lifecycle::Role::Lead,
+            },
+            signer: None,
+            submit_time: Timestamp::from_millis(i64::from(n)),
+            submitted_seq: u64::from(n),
+            cloned_from: None,
+            status: if live {
+                RunStatus::Submitted
+            } else {
+                RunStatus::Completed
+            },
+            finished_at: None,
+            finish_reason: None,
+            schedule_count: 0,
+            last_schedule_time: None,
+            schedule_history: Vec::new(),
+            run: Run::default(),
+            archive: Archive::NoWorkspace,
+            deleted: false,
+        })
+    }
+
+    fn id(n: u8) -> JobId {
+        JobId(uuid::Uuid::from_bytes([n; 16]))
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// Insert job `n`, live or settled.
+        Insert(u8, bool),
+        /// Change job `n`'s status in place (live <-> settled) without placing it.
+        Flip(u8),
+        /// Place job `n` where its state calls for.
+        Place(u8),
+        Remove(u8),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u8..12, any::<bool>()).prop_map(|(n, live)| Op::Insert(n, live)),
+            (0u8..12).prop_map(Op::Flip),
+            (0u8..12).prop_map(Op::Place),
+            (0u8..12).prop_map(Op::Remove),
+        ]
+    }
+
+    proptest! {
+        /// Whatever the placement, the jobs read as a plain ordered map of the same
+        /// changes would: lookups, id-ordered walks, counts, equality; and a placed job
+        /// sits in the map its state calls for.
+        #[test]
+        fn reads_as_one_ordered_map(ops in proptest::collection::vec(op(), 0..60)) {
+            let mut jobs = Jobs::new();
+            let mut model: BTreeMap<JobId, Arc<Job>> = BTreeMap::new();
+            for op in ops {
+                match op {
+                    Op::Insert(n, live) => {
+                        let was = model.insert(id(n), job(n, live));
+                        prop_assert_eq!(jobs.insert(id(n), job(n, live)), was);
+                        prop_assert_eq!(jobs.in_live_map(&id(n)), live);
+                    }
+                    Op::Flip(n) => {
+                        if let Some(shared) = jobs.get_mut(&id(n)) {
+                            let job = Arc::make_mut(shared);
+                            job.status = if job.status == RunStatus::Submitted {
+                                RunStatus::Completed
+                            } else {
+                                RunStatus::Submitted
+                            };
+                            model.insert(id(n), shared.clone());
+                        }
+                    }
+                    Op::Place(n) => {
+                        jobs.place(&id(n));
+                        if let Some(job) = model.get(&id(n)) {
+                            prop_assert_eq!(jobs.in_live_map(&id(n)), job_is_live(job));
+                        }
+                    }
+                    Op::Remove(n) => {
+                        prop_assert_eq!(jobs.remove(&id(n)), model.remove(&id(n)));
+                    }
+                }
+                prop_assert_eq!(jobs.len(), model.len());
+                prop_assert_eq!(jobs.is_empty(), model.is_empty());
+                prop_assert!(jobs.iter().eq(model.iter()));
+                for n in 0..12 {
+                    prop_assert_eq!(jobs.get(&id(n)), model.get(&id(n)));
+                    prop_assert_eq!(jobs.contains_key(&id(n)), model.contains_key(&id(n)));
+                }
+                let rebuilt: Jobs = model.iter().map(|(k, v)| (*k, v.clone())).collect();
+                prop_assert_eq!(&rebuilt, &jobs);
+            }
+        }
+    }
+}
