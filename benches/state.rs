@@ -14,6 +14,7 @@
 //!
 //! ```text
 //! memory: <n> finished jobs: <bytes>/job allocated, <bytes>/job resident
+//! memory breakdown: <part>: <bytes>/job
 //! ```
 //!
 //! Criterion groups (`command_cost/<n>_finished`): a submit decided and applied (its
@@ -28,10 +29,12 @@ mod lifecycle_support;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use criterion::{black_box, BatchSize, Criterion};
-use fedrun::lifecycle::{decide, AdminRequest, BlobHash, Command, Origin, RunStatus, State};
+use fedrun::job::JobId;
+use fedrun::lifecycle::{decide, AdminRequest, BlobHash, Command, Job, Origin, RunStatus, State};
 use fedrun::settings::Settings;
 use fedrun::site::protocol::ExitOutcome;
 use lifecycle_support::*;
@@ -140,6 +143,78 @@ fn per_job(w: &mut World, n: u64, add: impl FnOnce(&mut World, u64)) -> (f64, f6
     (bytes as f64 / n as f64, resident as f64 / n as f64)
 }
 
+/// Where a finished job's bytes go: 10,000 finished jobs, then each part emptied in
+/// every job in turn, the allocator's count read around each step (the last steps drop
+/// the kept request ids, the jobs, then the index). Printed one line per part.
+fn memory_breakdown(w: &mut World) {
+    add_finished(w, 10_000);
+    let ids: Vec<JobId> = w.state.jobs.keys().copied().collect();
+    let per_job =
+        |before: isize| (before - LIVE_BYTES.load(Ordering::Relaxed)) as f64 / ids.len() as f64;
+    type Empty = fn(&mut Job);
+    let parts: [(&str, Empty); 9] = [
+        ("run: deploy and start answers", |j| {
+            j.run.deploy = Default::default();
+            j.run.start = Default::default();
+        }),
+        ("run: site exits", |j| j.run.site_exits = Default::default()),
+        ("run: report ids", |j| j.run.report_ids = Default::default()),
+        ("run: other sets", |j| {
+            j.run.lapsed = Default::default();
+            j.run.stopped_exits = Default::default();
+            j.run.left_out = Default::default();
+            j.run.stop_candidates = Default::default();
+            j.run.reservations = Default::default();
+        }),
+        ("run: sites and job_clients", |j| {
+            j.run.sites = Arc::from(Vec::<String>::new());
+            j.run.job_clients = Arc::from(Vec::<String>::new());
+        }),
+        ("schedule history", |j| j.schedule_history = Vec::new()),
+        ("finish reason", |j| j.finish_reason = None),
+        ("meta", |j| {
+            j.meta.name = String::new();
+            j.meta.deploy_map = Vec::new();
+            j.meta.mandatory_clients = Vec::new();
+            j.meta.resource_spec = Default::default();
+        }),
+        ("submitter and signer", |j| {
+            j.submitter.name = String::new();
+            j.submitter.org = String::new();
+            j.signer = None;
+        }),
+    ];
+    for (label, empty) in parts {
+        let before = LIVE_BYTES.load(Ordering::Relaxed);
+        for id in &ids {
+            empty(Arc::make_mut(w.state.jobs.get_mut(id).expect("the job")));
+        }
+        eprintln!(
+            "memory breakdown: {label}: {:.0} bytes/job",
+            per_job(before)
+        );
+    }
+    let before = LIVE_BYTES.load(Ordering::Relaxed);
+    drop(std::mem::take(&mut w.state.requests));
+    eprintln!(
+        "memory breakdown: kept request ids (each expires 24 hours of event time after its request): {:.0} bytes/job",
+        per_job(before)
+    );
+    let before = LIVE_BYTES.load(Ordering::Relaxed);
+    drop(std::mem::take(&mut w.state.jobs));
+    eprintln!(
+        "memory breakdown: the job structs ({} bytes each) and the jobs maps: {:.0} bytes/job",
+        std::mem::size_of::<Job>(),
+        per_job(before)
+    );
+    let before = LIVE_BYTES.load(Ordering::Relaxed);
+    drop(std::mem::take(&mut w.state.index));
+    eprintln!(
+        "memory breakdown: the live index: {:.0} bytes/job",
+        per_job(before)
+    );
+}
+
 /// One memory case, in a process of its own so the resident set starts from nothing
 /// freed by an earlier case.
 fn memory_case(case: &str) {
@@ -165,6 +240,7 @@ fn memory_case(case: &str) {
                 }
             }),
         ),
+        "finished-breakdown" => return memory_breakdown(&mut w),
         other => panic!("unknown memory case {other}"),
     };
     eprintln!(
@@ -175,7 +251,12 @@ fn memory_case(case: &str) {
 /// Runs each memory case in a child process of this binary.
 fn memory() {
     let me = std::env::current_exe().expect("this bench's path");
-    for case in ["live-10000", "finished-10000", "finished-100000"] {
+    for case in [
+        "live-10000",
+        "finished-10000",
+        "finished-100000",
+        "finished-breakdown",
+    ] {
         let status = std::process::Command::new(&me)
             .env(MEMORY_CASE_ENV, case)
             .status()
