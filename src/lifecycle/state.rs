@@ -612,6 +612,17 @@ pub struct LiveIndex {
     in_fold: bool,
 }
 
+/// `names` as a shared list: `existing` itself when it holds the same names (a run whose
+/// every dispatched site took part keeps one list for both), so a job does not hold two
+/// copies of its site names.
+fn same_or_new(existing: &Arc<[String]>, names: Vec<String>) -> Arc<[String]> {
+    if existing[..] == names[..] {
+        existing.clone()
+    } else {
+        names.into()
+    }
+}
+
 /// Whether the job has something still to happen (see [`LiveIndex::live`]).
 pub fn job_is_live(job: &Job) -> bool {
     !(job.status.is_terminal()
@@ -1003,6 +1014,12 @@ impl State {
             let candidates = shared.run.stop_candidates_from_exits();
             if candidates != shared.run.stop_candidates {
                 Arc::make_mut(shared).run.stop_candidates = candidates;
+            }
+            // A loaded state shares the site lists the fold would have shared.
+            let run = &shared.run;
+            if !Arc::ptr_eq(&run.job_clients, &run.sites) && run.job_clients == run.sites {
+                let run = &mut Arc::make_mut(shared).run;
+                run.job_clients = run.sites.clone();
             }
             index.add(shared);
         }
@@ -1822,13 +1839,14 @@ impl State {
                 job_clients,
             } => {
                 let job = self.job_mut(job_id);
-                job.run.job_clients = job
+                let all: Vec<String> = job
                     .run
                     .job_clients
                     .iter()
                     .chain(job_clients)
                     .cloned()
                     .collect();
+                job.run.job_clients = same_or_new(&job.run.sites, all);
             }
             ServerAppLost { job_id } => {
                 let job = self.job_mut(job_id);
@@ -1892,7 +1910,7 @@ impl State {
                 job.run.phase = RunPhase::Running;
                 job.run.step = None;
                 job.run.started_at = Some(at);
-                job.run.job_clients = job_clients.iter().cloned().collect();
+                job.run.job_clients = same_or_new(&job.run.sites, job_clients.to_vec());
                 // Reservations are consumed by the start.
                 job.run.reservations.clear();
             }
