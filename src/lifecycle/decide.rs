@@ -1701,7 +1701,9 @@ fn repeats_recorded(
     job: Option<&Job>,
     site: &str,
     result: &Result<(), String>,
-    answers: impl Fn(&crate::lifecycle::state::Run) -> &imbl::OrdMap<String, StepResult>,
+    answers: impl Fn(
+        &crate::lifecycle::state::Run,
+    ) -> &crate::lifecycle::small_map::SmallMap<String, StepResult>,
 ) -> bool {
     job.and_then(|j| answers(&j.run).get(site))
         .is_some_and(|recorded| {

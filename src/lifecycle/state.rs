@@ -15,6 +15,7 @@ use crate::lifecycle::event::{
 };
 use crate::lifecycle::jobs::Jobs;
 use crate::lifecycle::participant::ExitOutcome;
+use crate::lifecycle::small_map::{SmallMap, SmallSet};
 use crate::lifecycle::status::RunStatus;
 use crate::lifecycle::time::Timestamp;
 use crate::lifecycle::{Rejection, ReplayError};
@@ -144,9 +145,9 @@ pub struct Run {
     /// Reservation tokens by site, until the run starts or they are cancelled.
     pub reservations: OrdMap<String, String>,
     /// Deploy answers by participant (`"server"` and sites).
-    pub deploy: OrdMap<String, StepResult>,
+    pub deploy: SmallMap<String, StepResult>,
     /// Start answers by participant.
-    pub start: OrdMap<String, StepResult>,
+    pub start: SmallMap<String, StepResult>,
     /// When the job went `RUNNING` (`start_time`).
     pub started_at: Option<Timestamp>,
     /// The sites that took part (`job_clients`), set when the job went `RUNNING`.
@@ -154,7 +155,7 @@ pub struct Run {
     /// How and when the server app process ended.
     pub server_exit: Option<(ExitOutcome, Timestamp)>,
     /// Site reports, by site.
-    pub site_exits: OrdMap<String, ExitOutcome>,
+    pub site_exits: SmallMap<String, ExitOutcome>,
     /// Sites whose report lapsed after `site_reconnect_grace` (counted as `104`).
     pub lapsed: OrdSet<String>,
     /// The failure that decides the final status, if any.
@@ -162,7 +163,7 @@ pub struct Run {
     /// When fedrun asked the processes to stop; exits after it are not failures.
     pub stop_requested_at: Option<Timestamp>,
     /// Report ids already recorded, so a resent report is not counted twice.
-    pub report_ids: OrdSet<String>,
+    pub report_ids: SmallSet<String>,
     /// Sites whose app ended because fedrun asked it to stop (their exit is not a failure).
     #[serde(default)]
     pub stopped_exits: OrdSet<String>,

@@ -1,0 +1,386 @@
+//! An ordered map sized to what it holds, for a run's per-participant facts.
+//!
+//! Most runs have a handful of participants, a few have thousands. An `imbl` map suits the
+//! large ones (a report of one site among 10,000 copies a path, not the map), but even
+//! two entries take a whole node with room for six. [`SmallMap`] holds up to [`FEW`]
+//! entries in one shared, exactly sized, sorted slice and becomes an `imbl` map past
+//! that, so a small run's map costs what it holds and a large run's keeps the
+//! persistent map's costs. Either form is copied by a pointer; a change copies the small
+//! slice (as changing an `imbl` node copies the node). It reads and serializes as a plain
+//! ordered map (the same bytes as the `imbl` map it replaces).
+
+use std::borrow::Borrow;
+use std::fmt;
+use std::sync::Arc;
+
+use imbl::OrdMap;
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The most entries held in the small form.
+pub const FEW: usize = 8;
+
+/// See the module documentation.
+#[derive(Clone)]
+pub struct SmallMap<K, V>(Repr<K, V>);
+
+#[derive(Clone)]
+enum Repr<K, V> {
+    /// No entries: no allocation.
+    Empty,
+    /// One to [`FEW`] entries, sorted by key.
+    Few(Arc<[(K, V)]>),
+    /// More than [`FEW`] entries.
+    Many(OrdMap<K, V>),
+}
+
+impl<K, V> Default for SmallMap<K, V> {
+    fn default() -> Self {
+        SmallMap(Repr::Empty)
+    }
+}
+
+impl<K: Ord + Clone, V: Clone> SmallMap<K, V> {
+    /// No entries.
+    pub fn new() -> Self {
+        SmallMap::default()
+    }
+
+    /// How many entries.
+    pub fn len(&self) -> usize {
+        match &self.0 {
+            Repr::Empty => 0,
+            Repr::Few(few) => few.len(),
+            Repr::Many(map) => map.len(),
+        }
+    }
+
+    /// True without entries.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The value under `key`.
+    pub fn get<Q>(&self, key: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
+        match &self.0 {
+            Repr::Empty => None,
+            Repr::Few(few) => few
+                .binary_search_by(|(k, _)| k.borrow().cmp(key))
+                .ok()
+                .map(|i| &few[i].1),
+            Repr::Many(map) => map.get(key),
+        }
+    }
+
+    /// Whether `key` has a value.
+    pub fn contains_key<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
+        self.get(key).is_some()
+    }
+
+    /// Sets the value under `key`, returning the one it replaces.
+    pub fn insert(&mut self, key: K, value: V) -> Option<V> {
+        match &mut self.0 {
+            Repr::Empty => {
+                self.0 = Repr::Few(Arc::from(vec![(key, value)]));
+                None
+            }
+            Repr::Few(few) => match few.binary_search_by(|(k, _)| k.cmp(&key)) {
+                Ok(i) => {
+                    if let Some(unshared) = Arc::get_mut(few) {
+                        return Some(std::mem::replace(&mut unshared[i].1, value));
+                    }
+                    let old = few[i].1.clone();
+                    let mut entries = few.to_vec();
+                    entries[i].1 = value;
+                    *few = Arc::from(entries);
+                    Some(old)
+                }
+                Err(_) if few.len() == FEW => {
+                    let mut map: OrdMap<K, V> = few.iter().cloned().collect();
+                    map.insert(key, value);
+                    self.0 = Repr::Many(map);
+                    None
+                }
+                Err(i) => {
+                    let mut entries = Vec::with_capacity(few.len() + 1);
+                    entries.extend_from_slice(&few[..i]);
+                    entries.push((key, value));
+                    entries.extend_from_slice(&few[i..]);
+                    *few = Arc::from(entries);
+                    None
+                }
+            },
+            Repr::Many(map) => map.insert(key, value),
+        }
+    }
+
+    /// The entries in key order.
+    pub fn iter(&self) -> Iter<'_, K, V> {
+        match &self.0 {
+            Repr::Empty => Iter::Few([].iter()),
+            Repr::Few(few) => Iter::Few(few.iter()),
+            Repr::Many(map) => Iter::Many(map.iter()),
+        }
+    }
+
+    /// The keys in order.
+    pub fn keys(&self) -> impl Iterator<Item = &K> + '_ {
+        self.iter().map(|(k, _)| k)
+    }
+
+    /// The values in key order.
+    pub fn values(&self) -> impl Iterator<Item = &V> + '_ {
+        self.iter().map(|(_, v)| v)
+    }
+}
+
+/// The entries of a [`SmallMap`] in key order.
+pub enum Iter<'a, K, V> {
+    /// Of the small form.
+    Few(std::slice::Iter<'a, (K, V)>),
+    /// Of the `imbl` form.
+    Many(imbl::ordmap::Iter<'a, K, V, imbl::shared_ptr::DefaultSharedPtr>),
+}
+
+impl<'a, K: Ord, V> Iterator for Iter<'a, K, V> {
+    type Item = (&'a K, &'a V);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Iter::Few(few) => few.next().map(|(k, v)| (k, v)),
+            Iter::Many(many) => many.next(),
+        }
+    }
+}
+
+impl<'a, K: Ord + Clone, V: Clone> IntoIterator for &'a SmallMap<K, V> {
+    type Item = (&'a K, &'a V);
+    type IntoIter = Iter<'a, K, V>;
+
+    fn into_iter(self) -> Iter<'a, K, V> {
+        self.iter()
+    }
+}
+
+impl<K: Ord + Clone, V: Clone> FromIterator<(K, V)> for SmallMap<K, V> {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(items: I) -> Self {
+        let mut map = SmallMap::new();
+        for (k, v) in items {
+            map.insert(k, v);
+        }
+        map
+    }
+}
+
+/// Equal when they hold the same entries, whatever their form.
+impl<K: Ord + Clone, V: Clone + PartialEq> PartialEq for SmallMap<K, V> {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl<K: Ord + Clone, V: Clone + Eq> Eq for SmallMap<K, V> {}
+
+impl<K: Ord + Clone + fmt::Debug, V: Clone + fmt::Debug> fmt::Debug for SmallMap<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl<K: Ord + Clone + Serialize, V: Clone + Serialize> Serialize for SmallMap<K, V> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.iter())
+    }
+}
+
+impl<'de, K, V> Deserialize<'de> for SmallMap<K, V>
+where
+    K: Ord + Clone + Deserialize<'de>,
+    V: Clone + Deserialize<'de>,
+{
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entries<K, V>(std::marker::PhantomData<(K, V)>);
+
+        impl<'de, K, V> Visitor<'de> for Entries<K, V>
+        where
+            K: Ord + Clone + Deserialize<'de>,
+            V: Clone + Deserialize<'de>,
+        {
+            type Value = SmallMap<K, V>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+                let mut entries: Vec<(K, V)> = Vec::new();
+                while let Some(entry) = access.next_entry()? {
+                    entries.push(entry);
+                }
+                // Sorted once (the last of equal keys wins, as inserting in turn would).
+                entries.sort_by(|a, b| a.0.cmp(&b.0));
+                let mut map = SmallMap::new();
+                let mut entries = entries.into_iter().peekable();
+                let mut kept = Vec::new();
+                while let Some((k, v)) = entries.next() {
+                    if entries.peek().is_some_and(|(next, _)| *next == k) {
+                        continue;
+                    }
+                    kept.push((k, v));
+                }
+                if kept.len() <= FEW {
+                    if !kept.is_empty() {
+                        map.0 = Repr::Few(Arc::from(kept));
+                    }
+                } else {
+                    map.0 = Repr::Many(kept.into_iter().collect());
+                }
+                Ok(map)
+            }
+        }
+
+        deserializer.deserialize_map(Entries(std::marker::PhantomData))
+    }
+}
+
+/// A set sized to what it holds: a [`SmallMap`] without values, read and serialized as a
+/// plain ordered set (the same bytes as the `imbl` set it replaces).
+#[derive(Clone, Default)]
+pub struct SmallSet<K>(SmallMap<K, ()>);
+
+impl<K: Ord + Clone> PartialEq for SmallSet<K> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl<K: Ord + Clone> Eq for SmallSet<K> {}
+
+impl<K: Ord + Clone> SmallSet<K> {
+    /// No members.
+    pub fn new() -> Self {
+        SmallSet(SmallMap::new())
+    }
+
+    /// How many members.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True without members.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether `key` is a member.
+    pub fn contains<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
+        self.0.contains_key(key)
+    }
+
+    /// Adds `key`; true when it was not a member.
+    pub fn insert(&mut self, key: K) -> bool {
+        self.0.insert(key, ()).is_none()
+    }
+
+    /// The members in order.
+    pub fn iter(&self) -> impl Iterator<Item = &K> + '_ {
+        self.0.keys()
+    }
+}
+
+impl<K: Ord + Clone + fmt::Debug> fmt::Debug for SmallSet<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.iter()).finish()
+    }
+}
+
+impl<K: Ord + Clone + Serialize> Serialize for SmallSet<K> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.iter())
+    }
+}
+
+impl<'de, K: Ord + Clone + Deserialize<'de>> Deserialize<'de> for SmallSet<K> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let members = Vec::<K>::deserialize(deserializer)?;
+        Ok(SmallSet(members.into_iter().map(|k| (k, ())).collect()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Any run of inserts reads as the same inserts into a `BTreeMap`, in either
+        /// form, and a copy taken along the way keeps what it held.
+        #[test]
+        fn reads_as_a_btreemap(
+            ops in proptest::collection::vec((0u8..24, any::<u16>()), 0..40),
+            copy_at in 0usize..40,
+        ) {
+            let mut map: SmallMap<String, u16> = SmallMap::new();
+            let mut model: BTreeMap<String, u16> = BTreeMap::new();
+            let mut copy = None;
+            for (step, (k, v)) in ops.into_iter().enumerate() {
+                if step == copy_at {
+                    copy = Some((map.clone(), model.clone()));
+                }
+                let key = format!("site-{k}");
+                prop_assert_eq!(map.insert(key.clone(), v), model.insert(key, v));
+                prop_assert_eq!(map.len(), model.len());
+                prop_assert!(map.iter().eq(model.iter()));
+                for k in 0..24 {
+                    let key = format!("site-{k}");
+                    prop_assert_eq!(map.get(key.as_str()), model.get(&key));
+                }
+            }
+            if let Some((copy, model)) = copy {
+                prop_assert!(copy.iter().eq(model.iter()));
+            }
+            // The bytes are those of the imbl map it replaces, and they read back.
+            let imbl_map: OrdMap<String, u16> = model.clone().into_iter().collect();
+            let bytes = rmp_serde::to_vec(&map).unwrap();
+            prop_assert_eq!(&bytes, &rmp_serde::to_vec(&imbl_map).unwrap());
+            let back: SmallMap<String, u16> = rmp_serde::from_slice(&bytes).unwrap();
+            prop_assert_eq!(&back, &map);
+        }
+
+        /// The set reads and serializes as an `imbl` set of the same members.
+        #[test]
+        fn set_reads_as_an_imbl_set(members in proptest::collection::vec(0u8..24, 0..40)) {
+            let mut set: SmallSet<String> = SmallSet::new();
+            let mut model: imbl::OrdSet<String> = imbl::OrdSet::new();
+            for m in members {
+                let key = format!("report-{m}");
+                prop_assert_eq!(set.insert(key.clone()), model.insert(key).is_none());
+                prop_assert_eq!(set.len(), model.len());
+                prop_assert!(set.iter().eq(model.iter()));
+            }
+            for m in 0..24 {
+                let key = format!("report-{m}");
+                prop_assert_eq!(set.contains(key.as_str()), model.contains(&key));
+            }
+            let bytes = rmp_serde::to_vec(&set).unwrap();
+            prop_assert_eq!(&bytes, &rmp_serde::to_vec(&model).unwrap());
+            let back: SmallSet<String> = rmp_serde::from_slice(&bytes).unwrap();
+            prop_assert_eq!(&back, &set);
+        }
+    }
+}
