@@ -194,24 +194,27 @@ fn memory_breakdown(w: &mut World) {
             per_job(before)
         );
     }
-    let before = LIVE_BYTES.load(Ordering::Relaxed);
-    drop(std::mem::take(&mut w.state.requests));
-    eprintln!(
-        "memory breakdown: kept request ids (each expires 24 hours of event time after its request): {:.0} bytes/job",
-        per_job(before)
+    // The rest taken out of the state whole, one after another.
+    let dropped = |label: &str, part: Box<dyn std::any::Any>| {
+        let before = LIVE_BYTES.load(Ordering::Relaxed);
+        drop(part);
+        eprintln!(
+            "memory breakdown: {label}: {:.0} bytes/job",
+            per_job(before)
+        );
+    };
+    dropped(
+        "kept request ids (each expires 24 hours of event time after its request)",
+        Box::new(std::mem::take(&mut w.state.requests)),
     );
-    let before = LIVE_BYTES.load(Ordering::Relaxed);
-    drop(std::mem::take(&mut w.state.jobs));
-    eprintln!(
-        "memory breakdown: the job structs ({} bytes each) and the jobs maps: {:.0} bytes/job",
-        std::mem::size_of::<Job>(),
-        per_job(before)
+    let jobs_label = format!(
+        "the job structs ({} bytes each) and the jobs maps",
+        std::mem::size_of::<Job>()
     );
-    let before = LIVE_BYTES.load(Ordering::Relaxed);
-    drop(std::mem::take(&mut w.state.index));
-    eprintln!(
-        "memory breakdown: the live index: {:.0} bytes/job",
-        per_job(before)
+    dropped(&jobs_label, Box::new(std::mem::take(&mut w.state.jobs)));
+    dropped(
+        "the live index",
+        Box::new(std::mem::take(&mut w.state.index)),
     );
 }
 
