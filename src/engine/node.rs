@@ -438,8 +438,15 @@ impl Node {
                 }
             };
             let ack = acknowledgement(&command);
-            let decision =
-                lifecycle::decide(&self.state, &self.settings, command, now, &mut self.ids);
+            // The state becomes the one `decide` folded the events into as it made them;
+            // a fold refuses an illegal event there (a panic: a defect of the core).
+            let decision = lifecycle::decide_and_apply(
+                &mut self.state,
+                &self.settings,
+                command,
+                now,
+                &mut self.ids,
+            );
             let Decision {
                 events: new_events,
                 effects,
@@ -451,14 +458,6 @@ impl Node {
                     ..Decision::default()
                 },
             };
-            for event in &new_events {
-                // `decide` must only make legal events; if it ever does not, the node
-                // stops (nothing of the batch is written) instead of panicking mid-way.
-                if let Err(err) = self.state.apply_checked(event) {
-                    self.stop(format!("the core decided an illegal event: {err}"), outputs);
-                    return None;
-                }
-            }
             if let Some(token) = token {
                 let answer = reply.ok_or_else(|| NodeError::Stopped {
                     cause: "the core gave no answer to an admin request".into(),

@@ -12,7 +12,7 @@ use crate::job::meta::{AppTargets, JobMeta};
 use crate::job::JobId;
 use crate::lifecycle::actor::{Identity, Role};
 use crate::lifecycle::command::{AdminRequest, Command, Origin, Timer};
-use crate::lifecycle::decide::{decide, IdSource};
+use crate::lifecycle::decide::{decide_and_apply, IdSource};
 use crate::lifecycle::event::{BlobHash, BootId, Event, EventKind, MAX_EVENT_BYTES};
 use crate::lifecycle::participant::{ExitOutcome, SiteReport};
 use crate::lifecycle::state::State;
@@ -331,13 +331,18 @@ struct Driver {
 
 impl Driver {
     fn run(&mut self, command: Command) {
-        let Ok(decision) = decide(
-            &self.state,
+        // The engine adopts the state `decide` folded its events into; here the events
+        // are also folded one by one into the state before, and the two must agree.
+        let mut adopted = self.state.clone();
+        let decision = decide_and_apply(
+            &mut adopted,
             &self.settings,
             command,
             self.now,
             &mut self.ids,
-        ) else {
+        );
+        let Ok(decision) = decision else {
+            assert!(adopted == self.state, "a refused command changed the state");
             return;
         };
         for event in &decision.events {
@@ -365,6 +370,11 @@ impl Driver {
             }
             self.track_reservations(event);
         }
+        assert!(
+            adopted == self.state,
+            "the state decide adopted differs from its events folded one by one (last event {})",
+            self.state.last_seq
+        );
         for effect in &decision.effects {
             if let crate::lifecycle::Effect::CancelReservation {
                 site,

@@ -67,6 +67,34 @@ pub fn decide(
     now: Timestamp,
     ids: &mut impl IdSource,
 ) -> Result<Decision, Rejection> {
+    decide_keeping(state, settings, command, now, ids).map(|(decision, _)| decision)
+}
+
+/// [`decide`], and `state` becomes the state after the decision's events: the scratch
+/// state the decision folded them into as it made them, so the caller folds nothing a
+/// second time. On `Err`, and for a decision that records nothing, `state` is unchanged.
+pub fn decide_and_apply(
+    state: &mut State,
+    settings: &Settings,
+    command: Command,
+    now: Timestamp,
+    ids: &mut impl IdSource,
+) -> Result<Decision, Rejection> {
+    let (decision, after) = decide_keeping(state, settings, command, now, ids)?;
+    if let Some(after) = after {
+        *state = after;
+    }
+    Ok(decision)
+}
+
+/// [`decide`] and the scratch state after its events, when it made any.
+fn decide_keeping(
+    state: &State,
+    settings: &Settings,
+    command: Command,
+    now: Timestamp,
+    ids: &mut impl IdSource,
+) -> Result<(Decision, Option<State>), Rejection> {
     let mut reused_key = false;
     if let Command::Admin { origin, request } = &command {
         let identity = &origin.identity;
@@ -94,16 +122,17 @@ pub fn decide(
             };
             if let Some(first) = state.requests.get(&request_key, now.max(state.last_at)) {
                 if first.fingerprint.same_request(&fingerprint(request)) {
-                    return Ok(Decision {
+                    let decision = Decision {
                         reply: Some(first.reply.clone()),
                         ..Decision::default()
-                    });
+                    };
+                    return Ok((decision, None));
                 }
                 reused_key = true;
             }
         }
     }
-    let decision = decide_inner(state, settings, command, now, ids, reused_key)?;
+    let (decision, after) = decide_inner(state, settings, command, now, ids, reused_key)?;
     // Last line of defence: the bounds on what comes in (meta, names, ids, reasons) and
     // the splitting of long lists keep every event small; should one still not fit, the
     // command is refused here, before anything is written, so no event can stop the engine.
@@ -124,7 +153,7 @@ pub fn decide(
             limit: MAX_EVENT_BYTES,
         });
     }
-    Ok(decision)
+    Ok((decision, after))
 }
 
 /// What identifies an admin request under its idempotency key.
@@ -146,7 +175,7 @@ fn decide_inner(
     now: Timestamp,
     ids: &mut impl IdSource,
     reused_key: bool,
-) -> Result<Decision, Rejection> {
+) -> Result<(Decision, Option<State>), Rejection> {
     let mut ctx = Ctx {
         scratch: Cow::Borrowed(state),
         settings,
@@ -242,11 +271,18 @@ fn decide_inner(
     ctx.request_id = None;
     ctx.settle_touched();
     ctx.schedule_pass();
-    Ok(Decision {
+    let decision = Decision {
         events: ctx.events,
         effects: ctx.effects,
         reply,
-    })
+    };
+    // The scratch is owned once an event was made (or a boot id set, which only comes
+    // with the event that records it).
+    let after = match ctx.scratch {
+        Cow::Owned(after) if !decision.events.is_empty() => Some(after),
+        _ => None,
+    };
+    Ok((decision, after))
 }
 
 /// The working set of one decision.

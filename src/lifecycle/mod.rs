@@ -24,7 +24,7 @@ pub mod view;
 
 pub use actor::{Actor, Identity, Role};
 pub use command::{AdminRequest, Command, Origin, SubmitSignature, Timer};
-pub use decide::{decide, Decision, IdSource};
+pub use decide::{decide, decide_and_apply, Decision, IdSource};
 pub use effect::Effect;
 pub use event::{BlobHash, BootId, Event, EventKind, ResourceAnswer, ScheduleOutcome, StepResult};
 pub use jobs::Jobs;
