@@ -487,3 +487,81 @@ async fn an_end_after_a_requested_stop_stays_requested_across_a_restart() {
         other => panic!("expected the ended app, found {other:?}"),
     }
 }
+
+/// A history holding one submitted job, `job_id`, in the data folder `data`.
+fn history_with_one_job(data: &Path, job_id: JobId) {
+    use fedrun::job::meta::{AppTargets, JobMeta};
+    use fedrun::lifecycle::{Actor, BlobHash, BootId, Event, EventKind, Identity, Role, Timestamp};
+    let lead = Identity {
+        name: "lead@example.org".into(),
+        org: "example".into(),
+        role: Role::Lead,
+    };
+    let at = Timestamp::from_millis(1_764_288_000_000);
+    let event = Event {
+        seq: 1,
+        at,
+        actor: Actor::admin(&lead),
+        request_id: None,
+        boot_id: BootId(uuid::Uuid::from_u128(1)),
+        kind: EventKind::JobSubmitted {
+            job_id,
+            meta: JobMeta {
+                name: "left-over".into(),
+                deploy_map: vec![AppTargets {
+                    app: "app".into(),
+                    targets: vec!["server".into(), SITE.into()],
+                }],
+                min_clients: 1,
+                mandatory_clients: vec![],
+                resource_spec: BTreeMap::new(),
+            },
+            package: BlobHash::from(blake3::hash(b"no such package")),
+            submitter: lead,
+            signer: None,
+            submit_time: at,
+            cloned_from: None,
+        },
+    };
+    let mut history = fedrun::history::events::EventHistory::open(data).expect("open history");
+    history.append_batch(&[event]).expect("append");
+}
+
+/// A wrapper of `job_id` running in its own group, recorded in the server's run folder
+/// of that job as a released app (what a crash after the start leaves).
+fn left_over_app(data: &Path, job_id: JobId) -> Bystander {
+    let job_text = job_id.to_string();
+    let wrapper = Bystander::spawn(&[("FEDRUN_JOB_ID", &job_text), ("FEDRUN_SITE", "server")]);
+    let record = ProcessRecord {
+        pid: wrapper.pid(),
+        pgid: wrapper.pid(),
+        start_time_ticks: wrapper.start_time(),
+        job_id,
+        site: "server".to_string(),
+        released: true,
+    };
+    write_record(&workspace::job_dir(&data.join("server"), job_id), &record);
+    wrapper
+}
+
+#[tokio::test]
+async fn a_starting_server_kills_the_app_of_a_known_job_that_nobody_claims() {
+    use fedrun::engine::clock::WallClock;
+    use fedrun::engine::server::{Server, ServerConfig};
+    let data = tempfile::tempdir().expect("temp dir");
+    let known = job(8);
+    history_with_one_job(data.path(), known);
+    // The job never started its server app in the history, so nobody claims this one.
+    let mut unclaimed = left_over_app(data.path(), known);
+    // A folder of a job the history does not hold is not the server's to judge.
+    let mut stranger = left_over_app(data.path(), job(9));
+    let server = Server::start(
+        ServerConfig::new(data.path()),
+        std::sync::Arc::new(WallClock),
+    )
+    .expect("server starts");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(unclaimed.wait_dead().signal(), Some(libc::SIGKILL));
+    assert!(stranger.alive(), "the app of an unknown job was signalled");
+    drop(server);
+}

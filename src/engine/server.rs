@@ -764,11 +764,12 @@ fn server_apps_in_flight(state: &State) -> Vec<JobId> {
 
 /// Kills the server app of every known job that is not re-attached: an app started just
 /// before a crash, whose start never became durable (or whose run is no longer in flight),
-/// is waited for by nobody and must not run on.
+/// is waited for by nobody and must not run on. Only jobs with supervision records are
+/// looked at: a job without them has no app, and a long history holds far more jobs.
 fn kill_unclaimed_server_apps(root: &Path, state: &State, claimed: &[JobId]) {
-    for job in state.jobs.values() {
-        if !claimed.contains(&job.id) {
-            crate::site::process::kill_unclaimed(&workspace::job_dir(root, job.id));
+    for job_id in workspace::supervised_job_ids(root) {
+        if state.jobs.contains_key(&job_id) && !claimed.contains(&job_id) {
+            crate::site::process::kill_unclaimed(&workspace::job_dir(root, job_id));
         }
     }
 }

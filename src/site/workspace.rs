@@ -112,7 +112,18 @@ pub fn supervision_dir(run_dir: &Path) -> PathBuf {
 
 /// The job ids that have a run folder under `root`, in order.
 pub fn job_ids(root: &Path) -> Vec<JobId> {
-    let Ok(entries) = std::fs::read_dir(root) else {
+    folder_ids(root)
+}
+
+/// The job ids that have supervision records under `root` (see [`supervision_dir`]),
+/// in order: the only jobs that may have an app process.
+pub fn supervised_job_ids(root: &Path) -> Vec<JobId> {
+    folder_ids(&root.join(SUPERVISION_DIR))
+}
+
+/// The sub-folders of `dir` named by a job id, in order.
+fn folder_ids(dir: &Path) -> Vec<JobId> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
     let mut ids: Vec<JobId> = entries
