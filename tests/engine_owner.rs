@@ -184,6 +184,49 @@ fn a_restart_rebuilds_the_same_state_and_opens_a_new_boot() {
         .all(|j| j.status == RunStatus::Submitted));
 }
 
+/// The sequence number the stored snapshot covers, read from the records themselves.
+fn stored_snapshot_seq(rig: &Rig) -> Option<u64> {
+    History::<Event>::in_memory(rig.memory.clone())
+        .expect("reopens")
+        .recover(fedrun::lifecycle::State::new())
+        .expect("recovers")
+        .snapshot_seq
+}
+
+#[test]
+fn a_snapshot_waits_for_at_least_as_many_events_as_the_state_holds_jobs() {
+    let rig = Rig::new();
+    let mut engine = rig.start(EngineLimits {
+        snapshot_every_events: 1,
+        ..EngineLimits::default()
+    });
+    let twenty: Vec<Input> = (1..=20).map(submit).collect();
+    engine.step(twenty, SIM_EPOCH).expect("step");
+    let first = stored_snapshot_seq(&rig).expect("a snapshot after twenty submits");
+    assert_eq!(
+        first,
+        engine.state().last_seq,
+        "taken at the end of the batch"
+    );
+    // It holds twenty jobs: the next one is not taken until twenty more events have been
+    // recorded, whatever `snapshot_every_events` says (and however many jobs come).
+    let mut n = 21;
+    while engine.state().last_seq - first < 20 {
+        assert_eq!(
+            stored_snapshot_seq(&rig),
+            Some(first),
+            "after event {}",
+            engine.state().last_seq
+        );
+        engine.step(vec![submit(n)], SIM_EPOCH).expect("step");
+        n += 1;
+    }
+    assert!(
+        stored_snapshot_seq(&rig) > Some(first),
+        "a snapshot once the events since reached the job count"
+    );
+}
+
 #[test]
 fn snapshots_are_taken_and_start_up_uses_them() {
     let rig = Rig::new();

@@ -248,6 +248,8 @@ pub struct Node {
     next_append_id: u64,
     stopped: Option<String>,
     last_snapshot_seq: u64,
+    /// Jobs the state held at the last snapshot (at start-up: the jobs recovered).
+    last_snapshot_jobs: u64,
     /// A timer that fired and changed nothing: not fired again until another input.
     idle_timer: Option<(Timestamp, Timer)>,
 }
@@ -280,6 +282,7 @@ impl Node {
             seeded.restream(state.last_seq);
         }
         let boot_id = BootId(ids.next_uuid());
+        let jobs = state.jobs.len() as u64;
         Node {
             state,
             settings,
@@ -292,6 +295,7 @@ impl Node {
             next_append_id: 1,
             stopped: None,
             last_snapshot_seq: snapshot_seq.unwrap_or(0),
+            last_snapshot_jobs: jobs,
             idle_timer: None,
         }
     }
@@ -516,8 +520,17 @@ impl Node {
                         }
                         _ => true,
                     }));
-                if batch.last_seq - self.last_snapshot_seq >= self.limits.snapshot_every_events {
+                // A snapshot encodes every job the state holds: waiting for at least as
+                // many events as the last one held jobs keeps its cost per event bounded,
+                // however long the history (start-up then replays a tail no longer than
+                // the snapshot it decodes, give or take the jobs added since).
+                let every = self
+                    .limits
+                    .snapshot_every_events
+                    .max(self.last_snapshot_jobs);
+                if batch.last_seq - self.last_snapshot_seq >= every {
                     self.last_snapshot_seq = batch.last_seq;
+                    self.last_snapshot_jobs = self.state.jobs.len() as u64;
                     self.released.push_back(Output::TakeSnapshot {
                         state: Arc::new(self.state.clone()),
                     });

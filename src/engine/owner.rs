@@ -46,7 +46,9 @@ impl IdSource for Ids {
 pub struct EngineLimits {
     /// Jobs that may wait in `SUBMITTED` at once; a submit or clone beyond it is refused.
     pub queued_jobs_max: usize,
-    /// Events between two snapshots of the state.
+    /// Events between two snapshots of the state: at least this many, and at least as
+    /// many as the last snapshot held jobs (a snapshot costs what the state holds, so its
+    /// cost per event stays bounded as the history grows).
     pub snapshot_every_events: u64,
 }
 
