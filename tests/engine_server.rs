@@ -276,12 +276,19 @@ async fn start_up_sweeps_blobs_that_no_event_refers_to() {
     drop(server);
     let blobs = BlobStore::open(data.join("blobs")).expect("blob store");
     assert!(blobs.contains(&orphan));
+    let mut before = blobs.list().expect("list");
     let server =
         Server::start(ServerConfig::new(&data), Arc::new(WallClock)).expect("server restarts");
     assert!(
         !blobs.contains(&orphan),
         "the orphan is swept at start-up (checked on disk)"
     );
+    // Nothing else: the package and the snapshot taken at shutdown stay.
+    before.remove(&orphan);
+    assert!(before.len() >= 2, "a package and a snapshot: {before:?}");
+    for hash in &before {
+        assert!(blobs.contains(hash), "blob {hash} was swept");
+    }
     let state = server.state();
     for job in state.jobs.values() {
         assert!(blobs.contains(&job.package), "a live job's package is kept");
