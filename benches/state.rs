@@ -18,8 +18,10 @@
 //! ```
 //!
 //! Criterion groups (`command_cost/<n>_finished`): a submit decided and applied (its
-//! scheduling try included), an abort of a running job decided and applied, and the next
-//! deadline, each on a state holding `n` finished jobs, 1,000 or 100,000.
+//! scheduling try included), the same submit folded twice (decided, then each event
+//! applied again: the engine's path before it adopted `decide`'s state), an abort of a
+//! running job decided and applied, and the next deadline, each on a state holding `n`
+//! finished jobs, 1,000 or 100,000.
 //! `pass_cost/submit_<n>_waiting`: a submit with 1,000 or 10,000 jobs queued in a back-off.
 //!
 //! Run: `cargo bench --bench state`.
@@ -285,8 +287,18 @@ fn submit_command(n: u64) -> Command {
     }
 }
 
-/// Decides `command` on `state` at the frozen world's time and applies its events.
+/// Decides `command` on `state` at the frozen world's time, the way the engine does:
+/// `state` becomes the scratch state the decision folded its events into.
 fn decide_and_apply(w: &mut Frozen, state: &mut State, command: Command) {
+    let decision =
+        fedrun::lifecycle::decide_and_apply(state, &w.settings, command, w.now, &mut w.ids)
+            .expect("the command is recordable");
+    black_box(decision);
+}
+
+/// The engine's earlier path, kept beside it for comparison: decide, then fold every
+/// event a second time into `state`.
+fn decide_then_fold(w: &mut Frozen, state: &mut State, command: Command) {
     let decision =
         decide(state, &w.settings, command, w.now, &mut w.ids).expect("the command is recordable");
     for event in &decision.events {
@@ -294,6 +306,9 @@ fn decide_and_apply(w: &mut Frozen, state: &mut State, command: Command) {
     }
     black_box(decision);
 }
+
+/// How a bench case turns a command into the state after it.
+type CommandPath = fn(&mut Frozen, &mut State, Command);
 
 /// A built world's state, with what deciding on copies of it needs.
 struct Frozen {
@@ -320,13 +335,14 @@ fn bench_command(
     name: String,
     w: &mut Frozen,
     kept: &State,
+    path: CommandPath,
     command: impl Fn() -> Command,
 ) {
     group.bench_function(name, |b| {
         b.iter_batched(
             || kept.clone(),
             |mut state| {
-                decide_and_apply(w, &mut state, command());
+                path(w, &mut state, command());
                 state
             },
             BatchSize::SmallInput,
@@ -349,6 +365,15 @@ fn command_cost(c: &mut Criterion) {
             format!("submit_{finished}_finished"),
             &mut w,
             &kept,
+            decide_and_apply,
+            || submit_command(finished),
+        );
+        bench_command(
+            &mut group,
+            format!("submit_{finished}_finished_folded_twice"),
+            &mut w,
+            &kept,
+            decide_then_fold,
             || submit_command(finished),
         );
         bench_command(
@@ -356,6 +381,7 @@ fn command_cost(c: &mut Criterion) {
             format!("abort_running_{finished}_finished"),
             &mut w,
             &kept,
+            decide_and_apply,
             || Command::Admin {
                 origin: Origin {
                     identity: boss(),
@@ -396,6 +422,7 @@ fn pass_cost(c: &mut Criterion) {
             format!("submit_{waiting}_waiting"),
             &mut w,
             &kept,
+            decide_and_apply,
             || submit_command(waiting),
         );
     }
