@@ -511,6 +511,33 @@ pub fn verify_index(state: &State, settings: &Settings) -> Result<(), String> {
             state.active_job_count()
         ));
     }
+    let archiving: std::collections::BTreeSet<JobId> = state
+        .jobs
+        .values()
+        .filter(|j| {
+            matches!(
+                j.archive,
+                Archive::Pending {
+                    in_flight: true,
+                    ..
+                }
+            )
+        })
+        .map(|j| j.id)
+        .collect();
+    if state
+        .index
+        .archiving
+        .iter()
+        .copied()
+        .collect::<std::collections::BTreeSet<_>>()
+        != archiving
+    {
+        return Err(format!(
+            "jobs with an archive try in flight {:?} by the index, {archiving:?} by a scan",
+            state.index.archiving
+        ));
+    }
     let settled = state.recovery.is_none()
         && state.schedule_try.is_none()
         && state.jobs.values().all(|j| {

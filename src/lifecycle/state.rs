@@ -608,6 +608,9 @@ pub struct LiveIndex {
     /// count is the first of its set, so the next due time is the earliest of the
     /// counts' firsts, each plus its count's back-off (which depends on the settings).
     pub due: OrdMap<u32, OrdSet<(Timestamp, QueueKey)>>,
+    /// Jobs with an archive try in flight (`Archive::Pending { in_flight: true }`): the
+    /// only jobs a restart changes, so its fold touches these and not every live job.
+    pub archiving: OrdSet<JobId>,
     /// True only for the stand-in the state holds while the fold changes its jobs
     /// ([`State::index`] refuses to hand it out).
     in_fold: bool,
@@ -665,6 +668,8 @@ pub struct Contribution {
     /// Its entry in [`LiveIndex::due`] while `SUBMITTED`: schedule count, back-off base
     /// and queue key.
     due: Option<(u32, (Timestamp, QueueKey))>,
+    /// In [`LiveIndex::archiving`].
+    archiving: bool,
 }
 
 impl Contribution {
@@ -682,6 +687,13 @@ impl Contribution {
                     (LiveIndex::due_base(job), job.queue_key()),
                 )
             }),
+            archiving: matches!(
+                job.archive,
+                Archive::Pending {
+                    in_flight: true,
+                    ..
+                }
+            ),
         }
     }
 }
@@ -714,6 +726,16 @@ impl LiveIndex {
             }
             (true, false) => {
                 self.live.remove(&id);
+            }
+            _ => {}
+        }
+        let archiving = |c: Option<&Contribution>| c.is_some_and(|c| c.archiving);
+        match (archiving(before), archiving(after)) {
+            (false, true) => {
+                self.archiving.insert(id);
+            }
+            (true, false) => {
+                self.archiving.remove(&id);
             }
             _ => {}
         }
@@ -1576,8 +1598,8 @@ impl State {
         let many: Vec<JobId>;
         let touched: &[JobId] = match &event.kind {
             EventKind::ServerStarted { .. } => {
-                // The restart ends archive tries in flight: those jobs are live.
-                many = self.index.live.iter().copied().collect();
+                // The restart ends archive tries in flight, and changes no other job.
+                many = self.index.archiving.iter().copied().collect();
                 &many
             }
             EventKind::SiteConnected { running, .. } => {
@@ -1648,8 +1670,8 @@ impl State {
                 }
                 // The try in flight died with the old run; its reservations lapse at the sites.
                 self.schedule_try = None;
-                // Archive tries in flight died too; recovery starts them again. (An archive
-                // pending makes a job live, so it is among the touched.)
+                // Archive tries in flight died too; recovery starts them again (the
+                // touched are the jobs with one, from the index).
                 for job_id in touched {
                     let in_flight = self.jobs.get(job_id).is_some_and(|job| {
                         matches!(

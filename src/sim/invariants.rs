@@ -468,6 +468,7 @@ impl Checker {
             || x.live.len() != y.live.len()
             || x.blob_refs.len() != y.blob_refs.len()
             || x.due.len() != y.due.len()
+            || x.archiving.len() != y.archiving.len()
         {
             return false;
         }
