@@ -317,3 +317,8 @@ fn main() {
         println!("| {what} | {value} |");
     }
 }
+
+/// The allocator the `fedrun` binary runs with, so what is timed here is what the server
+/// does.
+#[global_allocator]
+static GLOBAL: fedrun::Allocator = fedrun::Allocator;

@@ -486,3 +486,8 @@ fn startup(c: &mut Criterion) {
 
 criterion_group!(benches, durable_append, batches_of_64, replay, startup);
 criterion_main!(benches);
+
+/// The allocator the `fedrun` binary runs with, so what is timed here is what the server
+/// does.
+#[global_allocator]
+static GLOBAL: fedrun::Allocator = fedrun::Allocator;

@@ -399,3 +399,8 @@ fn main() {
     }
     c.final_summary();
 }
+
+/// The allocator the `fedrun` binary runs with, so what is timed here is what the server
+/// does.
+#[global_allocator]
+static GLOBAL: fedrun::Allocator = fedrun::Allocator;

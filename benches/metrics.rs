@@ -120,3 +120,8 @@ fn scrape(c: &mut Criterion) {
 
 criterion_group!(benches, scrape);
 criterion_main!(benches);
+
+/// The allocator the `fedrun` binary runs with, so what is timed here is what the server
+/// does.
+#[global_allocator]
+static GLOBAL: fedrun::Allocator = fedrun::Allocator;

@@ -239,3 +239,8 @@ fn filter() -> Option<String> {
     }
     None
 }
+
+/// The allocator the `fedrun` binary runs with, so what is timed here is what the server
+/// does.
+#[global_allocator]
+static GLOBAL: fedrun::Allocator = fedrun::Allocator;

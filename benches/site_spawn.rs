@@ -120,3 +120,8 @@ fn main() {
         .expect("tokio runtime")
         .block_on(bench());
 }
+
+/// The allocator the `fedrun` binary runs with, so what is timed here is what the server
+/// does.
+#[global_allocator]
+static GLOBAL: fedrun::Allocator = fedrun::Allocator;

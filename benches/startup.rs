@@ -356,3 +356,8 @@ fn main() {
     startup(&mut criterion);
     criterion.final_summary();
 }
+
+/// The allocator the `fedrun` binary runs with, so what is timed here is what the server
+/// does.
+#[global_allocator]
+static GLOBAL: fedrun::Allocator = fedrun::Allocator;

@@ -29,7 +29,7 @@
 #[path = "../tests/lifecycle_support/mod.rs"]
 mod lifecycle_support;
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -41,27 +41,28 @@ use fedrun::settings::Settings;
 use fedrun::site::protocol::ExitOutcome;
 use lifecycle_support::*;
 
-/// The system allocator, counting the bytes currently handed out.
+/// The allocator the `fedrun` binary runs with (`fedrun::Allocator`), counting the bytes
+/// currently handed out.
 struct Counting;
 
 static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
 
-// SAFETY: every call is passed on to the system allocator unchanged; the counter is a
+// SAFETY: every call is passed on to fedrun's allocator unchanged; the counter is a
 // side effect only.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        System.alloc(layout)
+        fedrun::Allocator.alloc(layout)
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        System.dealloc(ptr, layout)
+        fedrun::Allocator.dealloc(ptr, layout)
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        System.alloc_zeroed(layout)
+        fedrun::Allocator.alloc_zeroed(layout)
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
@@ -69,7 +70,7 @@ unsafe impl GlobalAlloc for Counting {
             new_size as isize - layout.size() as isize,
             Ordering::Relaxed,
         );
-        System.realloc(ptr, layout, new_size)
+        fedrun::Allocator.realloc(ptr, layout, new_size)
     }
 }
 

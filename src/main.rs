@@ -4,6 +4,9 @@ mod cmd;
 
 use clap::{Parser, Subcommand};
 
+#[global_allocator]
+static GLOBAL: fedrun::Allocator = fedrun::Allocator;
+
 /// fedrun runs federated jobs across many remote sites and keeps every step in a
 /// replayable, hash-chained history.
 #[derive(Parser, Debug)]
