@@ -123,7 +123,7 @@ fn decide_keeping(
             if let Some(first) = state.requests.get(&request_key, now.max(state.last_at)) {
                 if first.fingerprint.same_request(&fingerprint(request)) {
                     let decision = Decision {
-                        reply: Some(first.reply.clone()),
+                        reply: Some(first.reply()),
                         ..Decision::default()
                     };
                     return Ok((decision, None));
@@ -1017,7 +1017,7 @@ fn stop_reason(job: &Job) -> Option<String> {
     }
     // Only exits that stop runs and that fedrun's own stop did not cause (kept by the
     // fold): a large run reports thousands of exits that stop nothing.
-    for site in &run.stop_candidates {
+    for site in run.stop_candidates.iter() {
         let Some(outcome) = run.site_exits.get(site) else {
             continue;
         };

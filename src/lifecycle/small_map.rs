@@ -8,6 +8,9 @@
 //! persistent map's costs. Either form is copied by a pointer; a change copies the small
 //! slice (as changing an `imbl` node copies the node). It reads and serializes as a plain
 //! ordered map (the same bytes as the `imbl` map it replaces).
+//!
+//! [`SparseSet`] and [`SparseMap`] are for the sets and maps that nearly every job keeps
+//! empty: one pointer and no allocation while empty, an `imbl` set or map once not.
 
 use std::borrow::Borrow;
 use std::fmt;
@@ -122,6 +125,27 @@ impl<K: Ord + Clone, V: Clone> SmallMap<K, V> {
         }
     }
 
+    /// Makes this map share `other`'s slice when both are in the small form and hold the
+    /// same entries (a run whose start answers repeat its deploy answers keeps one
+    /// slice). At most [`FEW`] comparisons; the large form is left alone, so a large run
+    /// pays nothing per answer. True when this call made them share (false when they
+    /// already did, or differ).
+    pub fn share_if_equal(&mut self, other: &SmallMap<K, V>) -> bool
+    where
+        V: PartialEq,
+    {
+        match (&self.0, &other.0) {
+            (Repr::Few(mine), Repr::Few(theirs)) => {
+                if Arc::ptr_eq(mine, theirs) || mine[..] != theirs[..] {
+                    return false;
+                }
+                self.0 = Repr::Few(theirs.clone());
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The entries in key order.
     pub fn iter(&self) -> Iter<'_, K, V> {
         match &self.0 {
@@ -180,26 +204,61 @@ impl<K: Ord + Clone, V: Clone> FromIterator<(K, V)> for SmallMap<K, V> {
     }
 }
 
-/// Equal when they hold the same entries, whatever their form.
-impl<K: Ord + Clone, V: Clone + PartialEq> PartialEq for SmallMap<K, V> {
-    fn eq(&self, other: &Self) -> bool {
-        self.len() == other.len() && self.iter().eq(other.iter())
-    }
+/// The traits a map type reads through its `len` and `iter`: equal when the entries are
+/// (whatever the form), `Debug` and serialization as the plain map.
+macro_rules! map_read_traits {
+    ($map:ident) => {
+        impl<K: Ord + Clone, V: Clone + PartialEq> PartialEq for $map<K, V> {
+            fn eq(&self, other: &Self) -> bool {
+                self.len() == other.len() && self.iter().eq(other.iter())
+            }
+        }
+
+        impl<K: Ord + Clone, V: Clone + Eq> Eq for $map<K, V> {}
+
+        impl<K: Ord + Clone + fmt::Debug, V: Clone + fmt::Debug> fmt::Debug for $map<K, V> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_map().entries(self.iter()).finish()
+            }
+        }
+
+        impl<K: Ord + Clone + Serialize, V: Clone + Serialize> Serialize for $map<K, V> {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_map(self.iter())
+            }
+        }
+    };
 }
 
-impl<K: Ord + Clone, V: Clone + Eq> Eq for SmallMap<K, V> {}
+/// The same for a set type: equal members, `Debug` and serialization as the plain set.
+macro_rules! set_read_traits {
+    ($set:ident) => {
+        impl<K: Ord + Clone> PartialEq for $set<K> {
+            fn eq(&self, other: &Self) -> bool {
+                self.len() == other.len() && self.iter().eq(other.iter())
+            }
+        }
 
-impl<K: Ord + Clone + fmt::Debug, V: Clone + fmt::Debug> fmt::Debug for SmallMap<K, V> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_map().entries(self.iter()).finish()
-    }
+        impl<K: Ord + Clone> Eq for $set<K> {}
+
+        impl<K: Ord + Clone + fmt::Debug> fmt::Debug for $set<K> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_set().entries(self.iter()).finish()
+            }
+        }
+
+        impl<K: Ord + Clone + Serialize> Serialize for $set<K> {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_seq(self.iter())
+            }
+        }
+    };
 }
 
-impl<K: Ord + Clone + Serialize, V: Clone + Serialize> Serialize for SmallMap<K, V> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_map(self.iter())
-    }
-}
+map_read_traits!(SmallMap);
+map_read_traits!(SparseMap);
+set_read_traits!(SmallSet);
+set_read_traits!(SparseSet);
 
 impl<'de, K, V> Deserialize<'de> for SmallMap<K, V>
 where
@@ -256,14 +315,6 @@ where
 #[derive(Clone, Default)]
 pub struct SmallSet<K>(SmallMap<K, ()>);
 
-impl<K: Ord + Clone> PartialEq for SmallSet<K> {
-    fn eq(&self, other: &Self) -> bool {
-        self.0 == other.0
-    }
-}
-
-impl<K: Ord + Clone> Eq for SmallSet<K> {}
-
 impl<K: Ord + Clone> SmallSet<K> {
     /// No members.
     pub fn new() -> Self {
@@ -300,22 +351,195 @@ impl<K: Ord + Clone> SmallSet<K> {
     }
 }
 
-impl<K: Ord + Clone + fmt::Debug> fmt::Debug for SmallSet<K> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_set().entries(self.iter()).finish()
-    }
-}
-
-impl<K: Ord + Clone + Serialize> Serialize for SmallSet<K> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.iter())
-    }
-}
-
 impl<'de, K: Ord + Clone + Deserialize<'de>> Deserialize<'de> for SmallSet<K> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let members = Vec::<K>::deserialize(deserializer)?;
         Ok(SmallSet(members.into_iter().map(|k| (k, ())).collect()))
+    }
+}
+
+/// A set that is nearly always empty (a run's lapsed, stopped and left-out sites): a
+/// [`SparseMap`] without values, one pointer and no allocation while empty, where an
+/// `imbl` set takes three words in every job whether or not it holds anything. It reads
+/// and serializes as the plain ordered set (the same bytes as the `imbl` set it
+/// replaces), and an emptied one gives its allocation back.
+#[derive(Clone, Default)]
+pub struct SparseSet<K>(SparseMap<K, ()>);
+
+impl<K: Ord + Clone> SparseSet<K> {
+    /// No members.
+    pub fn new() -> Self {
+        SparseSet(SparseMap::new())
+    }
+
+    /// How many members.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True without members.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether `key` is a member.
+    pub fn contains<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
+        self.0.get(key).is_some()
+    }
+
+    /// The members in order.
+    pub fn iter(&self) -> impl Iterator<Item = &K> + '_ {
+        self.0.keys()
+    }
+
+    /// Adds `key`; true when it was not a member.
+    pub fn insert(&mut self, key: K) -> bool {
+        self.0.insert(key, ()).is_none()
+    }
+
+    /// Takes `key` out; true when it was a member.
+    pub fn remove<Q>(&mut self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
+        self.0.remove(key).is_some()
+    }
+
+    /// Takes every member out.
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+impl<K: Ord + Clone> Extend<K> for SparseSet<K> {
+    fn extend<I: IntoIterator<Item = K>>(&mut self, members: I) {
+        self.0.extend(members.into_iter().map(|k| (k, ())));
+    }
+}
+
+impl<K: Ord + Clone> FromIterator<K> for SparseSet<K> {
+    fn from_iter<I: IntoIterator<Item = K>>(members: I) -> Self {
+        SparseSet(members.into_iter().map(|k| (k, ())).collect())
+    }
+}
+
+impl<'de, K: Ord + Clone + Deserialize<'de>> Deserialize<'de> for SparseSet<K> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let members = Vec::<K>::deserialize(deserializer)?;
+        Ok(members.into_iter().collect())
+    }
+}
+
+/// A map that is nearly always empty (a run's reservation tokens, held only between the
+/// dispatch and the start): one pointer and no allocation while empty, an `imbl` map
+/// behind an `Arc` once not (copied by a count, changed by copying the path). It reads
+/// and serializes as the plain ordered map, and an emptied one gives its allocation back.
+#[derive(Clone, Default)]
+pub struct SparseMap<K, V>(Option<Arc<OrdMap<K, V>>>);
+
+impl<K: Ord + Clone, V: Clone> SparseMap<K, V> {
+    /// No entries.
+    pub fn new() -> Self {
+        SparseMap(None)
+    }
+
+    /// How many entries.
+    pub fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |map| map.len())
+    }
+
+    /// True without entries.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The value under `key`.
+    pub fn get<Q>(&self, key: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
+        self.0.as_ref()?.get(key)
+    }
+
+    /// The entries in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> + '_ {
+        self.0.iter().flat_map(|map| map.iter())
+    }
+
+    /// The keys in order.
+    pub fn keys(&self) -> impl Iterator<Item = &K> + '_ {
+        self.iter().map(|(k, _)| k)
+    }
+
+    /// Sets `key` to `value`; the value it replaced, if any.
+    pub fn insert(&mut self, key: K, value: V) -> Option<V> {
+        Arc::make_mut(self.0.get_or_insert_with(Default::default)).insert(key, value)
+    }
+
+    /// Takes `key` out; its value, if it was there.
+    pub fn remove<Q>(&mut self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
+        let map = Arc::make_mut(self.0.as_mut()?);
+        let removed = map.remove(key);
+        if map.is_empty() {
+            self.0 = None;
+        }
+        removed
+    }
+
+    /// Takes every entry out.
+    pub fn clear(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl<K: Ord + Clone, V: Clone> Extend<(K, V)> for SparseMap<K, V> {
+    fn extend<I: IntoIterator<Item = (K, V)>>(&mut self, entries: I) {
+        for (key, value) in entries {
+            self.insert(key, value);
+        }
+    }
+}
+
+impl<K: Ord + Clone, V: Clone> FromIterator<(K, V)> for SparseMap<K, V> {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(entries: I) -> Self {
+        let map: OrdMap<K, V> = entries.into_iter().collect();
+        SparseMap((!map.is_empty()).then(|| Arc::new(map)))
+    }
+}
+
+impl<'a, K: Ord + Clone, V: Clone> IntoIterator for &'a SparseMap<K, V> {
+    type Item = (&'a K, &'a V);
+    type IntoIter = std::iter::FlatMap<
+        std::option::Iter<'a, Arc<OrdMap<K, V>>>,
+        imbl::ordmap::Iter<'a, K, V, imbl::shared_ptr::DefaultSharedPtr>,
+        fn(
+            &'a Arc<OrdMap<K, V>>,
+        ) -> imbl::ordmap::Iter<'a, K, V, imbl::shared_ptr::DefaultSharedPtr>,
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().flat_map(|map| map.iter())
+    }
+}
+
+impl<'de, K, V> Deserialize<'de> for SparseMap<K, V>
+where
+    K: Ord + Clone + Deserialize<'de>,
+    V: Clone + Deserialize<'de>,
+{
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let map = OrdMap::<K, V>::deserialize(deserializer)?;
+        Ok(SparseMap((!map.is_empty()).then(|| Arc::new(map))))
     }
 }
 
@@ -362,6 +586,28 @@ mod tests {
             prop_assert_eq!(&back, &map);
         }
 
+        /// Sharing changes nothing a reader sees, and shares only equal small maps.
+        #[test]
+        fn sharing_keeps_the_entries(
+            a in proptest::collection::btree_map(0u8..12, any::<bool>(), 0..12),
+            b in proptest::collection::btree_map(0u8..12, any::<bool>(), 0..12),
+        ) {
+            let map = |m: &BTreeMap<u8, bool>| -> SmallMap<String, bool> {
+                m.iter().map(|(k, v)| (format!("site-{k}"), *v)).collect()
+            };
+            let mut mine = map(&a);
+            let theirs = map(&b);
+            let shared = mine.share_if_equal(&theirs);
+            prop_assert!(mine.iter().eq(map(&a).iter()));
+            let small = (1..=FEW).contains(&a.len());
+            prop_assert_eq!(shared, small && a == b);
+            if let (Repr::Few(x), Repr::Few(y)) = (&mine.0, &theirs.0) {
+                prop_assert_eq!(Arc::ptr_eq(x, y), shared);
+            }
+            // Once shared, a second call has nothing to do.
+            prop_assert!(!mine.share_if_equal(&theirs));
+        }
+
         /// The set reads and serializes as an `imbl` set of the same members.
         #[test]
         fn set_reads_as_an_imbl_set(members in proptest::collection::vec(0u8..24, 0..40)) {
@@ -381,6 +627,69 @@ mod tests {
             prop_assert_eq!(&bytes, &rmp_serde::to_vec(&model).unwrap());
             let back: SmallSet<String> = rmp_serde::from_slice(&bytes).unwrap();
             prop_assert_eq!(&back, &set);
+        }
+        /// The sparse set reads and serializes as an `imbl` set of the same members,
+        /// through inserts, removes and clears, and holds nothing once emptied.
+        #[test]
+        fn sparse_set_reads_as_an_imbl_set(
+            ops in proptest::collection::vec((0u8..3, 0u8..12), 0..40),
+        ) {
+            let mut set: SparseSet<String> = SparseSet::new();
+            let mut model: imbl::OrdSet<String> = imbl::OrdSet::new();
+            for (op, m) in ops {
+                let key = format!("site-{m}");
+                match op {
+                    0 => prop_assert_eq!(set.insert(key.clone()), model.insert(key).is_none()),
+                    1 => prop_assert_eq!(set.remove(key.as_str()), model.remove(&key).is_some()),
+                    _ => {
+                        set.clear();
+                        model.clear();
+                    }
+                }
+                prop_assert_eq!(set.len(), model.len());
+                prop_assert!(set.iter().eq(model.iter()));
+                prop_assert_eq!(set.0 .0.is_none(), model.is_empty());
+                for m in 0..12 {
+                    let key = format!("site-{m}");
+                    prop_assert_eq!(set.contains(key.as_str()), model.contains(&key));
+                }
+            }
+            let bytes = rmp_serde::to_vec(&set).unwrap();
+            prop_assert_eq!(&bytes, &rmp_serde::to_vec(&model).unwrap());
+            let back: SparseSet<String> = rmp_serde::from_slice(&bytes).unwrap();
+            prop_assert_eq!(&back, &set);
+            prop_assert_eq!(back.0 .0.is_none(), model.is_empty());
+        }
+
+        /// The sparse map reads and serializes as an `imbl` map of the same entries.
+        #[test]
+        fn sparse_map_reads_as_an_imbl_map(
+            ops in proptest::collection::vec((0u8..3, 0u8..12, any::<u16>()), 0..40),
+        ) {
+            let mut map: SparseMap<String, u16> = SparseMap::new();
+            let mut model: OrdMap<String, u16> = OrdMap::new();
+            for (op, k, v) in ops {
+                let key = format!("site-{k}");
+                match op {
+                    0 => prop_assert_eq!(map.insert(key.clone(), v), model.insert(key, v)),
+                    1 => prop_assert_eq!(map.remove(key.as_str()), model.remove(&key)),
+                    _ => {
+                        map.clear();
+                        model.clear();
+                    }
+                }
+                prop_assert_eq!(map.len(), model.len());
+                prop_assert!(map.iter().eq(model.iter()));
+                prop_assert_eq!(map.0.is_none(), model.is_empty());
+                for k in 0..12 {
+                    let key = format!("site-{k}");
+                    prop_assert_eq!(map.get(key.as_str()), model.get(&key));
+                }
+            }
+            let bytes = rmp_serde::to_vec(&map).unwrap();
+            prop_assert_eq!(&bytes, &rmp_serde::to_vec(&model).unwrap());
+            let back: SparseMap<String, u16> = rmp_serde::from_slice(&bytes).unwrap();
+            prop_assert_eq!(&back, &map);
         }
     }
 }

@@ -15,7 +15,7 @@ use crate::lifecycle::event::{
 };
 use crate::lifecycle::jobs::Jobs;
 use crate::lifecycle::participant::ExitOutcome;
-use crate::lifecycle::small_map::{SmallMap, SmallSet};
+use crate::lifecycle::small_map::{SmallMap, SmallSet, SparseMap, SparseSet};
 use crate::lifecycle::status::RunStatus;
 use crate::lifecycle::time::Timestamp;
 use crate::lifecycle::{Rejection, ReplayError};
@@ -143,7 +143,7 @@ pub struct Run {
     /// The sites the job was dispatched to, sorted.
     pub sites: Arc<[String]>,
     /// Reservation tokens by site, until the run starts or they are cancelled.
-    pub reservations: OrdMap<String, String>,
+    pub reservations: SparseMap<String, String>,
     /// Deploy answers by participant (`"server"` and sites).
     pub deploy: SmallMap<String, StepResult>,
     /// Start answers by participant.
@@ -157,7 +157,7 @@ pub struct Run {
     /// Site reports, by site.
     pub site_exits: SmallMap<String, ExitOutcome>,
     /// Sites whose report lapsed after `site_reconnect_grace` (counted as `104`).
-    pub lapsed: OrdSet<String>,
+    pub lapsed: SparseSet<String>,
     /// The failure that decides the final status, if any.
     pub failure: Option<Failure>,
     /// When fedrun asked the processes to stop; exits after it are not failures.
@@ -166,7 +166,7 @@ pub struct Run {
     pub report_ids: SmallSet<String>,
     /// Sites whose app ended because fedrun asked it to stop (their exit is not a failure).
     #[serde(default)]
-    pub stopped_exits: OrdSet<String>,
+    pub stopped_exits: SparseSet<String>,
     /// After a restart, the server app did not re-attach: it has ended, outcome unknown.
     #[serde(default)]
     pub server_lost: bool,
@@ -178,18 +178,18 @@ pub struct Run {
     /// (SPEC section 8, "a stop is over"), each recorded as `LeftOutSiteEnded` or
     /// `RunStopped`.
     #[serde(default)]
-    pub left_out: OrdSet<String>,
+    pub left_out: SparseSet<String>,
     /// Derived, not stored: the sites of `site_exits` whose outcome stops a run
     /// ([`stops_run`]) and whose exit fedrun's own stop did not cause, so the stop rule
     /// looks at these few instead of every exit of a large run. Kept by the fold and
     /// rebuilt when a state is loaded ([`State::rebuild_index`]).
     #[serde(skip)]
-    pub stop_candidates: OrdSet<String>,
+    pub stop_candidates: SparseSet<String>,
 }
 
 impl Run {
     /// [`Run::stop_candidates`] computed from the exits themselves.
-    pub fn stop_candidates_from_exits(&self) -> OrdSet<String> {
+    pub fn stop_candidates_from_exits(&self) -> SparseSet<String> {
         self.site_exits
             .iter()
             .filter(|(site, outcome)| stops_run(**outcome) && !self.stopped_exits.contains(*site))
@@ -834,14 +834,23 @@ impl RequestFingerprint {
 /// The first answer to one admin request, with what the request was.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct KeptRequest {
-    /// The first answer.
-    pub reply: Reply,
+    /// The first answer. A refusal sits behind a box: nearly every kept answer is an
+    /// acceptance, and a [`Rejection`] held inline would make every kept request 56 bytes
+    /// larger. Written as the plain [`Reply`].
+    pub reply: Result<Answer, Box<Rejection>>,
     /// When the request was recorded.
     pub at: Timestamp,
     /// What the request was.
     pub fingerprint: RequestFingerprint,
     /// The sequence number of the request's last event so far.
     pub last_seq: u64,
+}
+
+impl KeptRequest {
+    /// The first answer, as it was given.
+    pub fn reply(&self) -> Reply {
+        self.reply.clone().map_err(|rejection| *rejection)
+    }
 }
 
 /// The kept requests, by key and by time (so expired keys are dropped in order). Both are
@@ -1043,6 +1052,10 @@ impl State {
             if !Arc::ptr_eq(&run.job_clients, &run.sites) && run.job_clients == run.sites {
                 let run = &mut Arc::make_mut(shared).run;
                 run.job_clients = run.sites.clone();
+            }
+            let mut start = shared.run.start.clone();
+            if start.share_if_equal(&shared.run.deploy) {
+                Arc::make_mut(shared).run.start = start;
             }
             index.add(shared);
         }
@@ -1799,7 +1812,7 @@ impl State {
                 let job = self.job_mut(job_id);
                 job.schedule_count += 1;
                 job.last_schedule_time = Some(at);
-                let line = match outcome {
+                let mut line = match outcome {
                     crate::lifecycle::event::ScheduleOutcome::Dispatched { sites, more } => {
                         let tail = if *more > 0 {
                             format!(" ... and {more} more")
@@ -1820,6 +1833,10 @@ impl State {
                         )
                     }
                 };
+                // Exactly sized: a settled job keeps its lines for good, and `format!`
+                // and `Vec::push` leave room to grow (a first push makes room for four).
+                line.shrink_to_fit();
+                job.schedule_history.reserve_exact(1);
                 job.schedule_history.push(line);
             }
             JobDispatched {
@@ -1914,6 +1931,9 @@ impl State {
             } => {
                 let job = self.job_mut(job_id);
                 job.run.start.insert(participant.clone(), result.clone());
+                // Start answers that repeat the deploy answers (every participant OK)
+                // keep one slice for both, for as long as the job is kept.
+                job.run.start.share_if_equal(&job.run.deploy);
                 // A site whose start answer was lost may have started its app.
                 if *result == StepResult::NoReply && participant != crate::job::meta::SERVER {
                     job.run.left_out.insert(participant.clone());
@@ -2134,7 +2154,7 @@ impl State {
                 job_id,
                 operation,
             } => (
-                Err(rejection.clone()),
+                Err(Box::new(rejection.clone())),
                 RequestFingerprint {
                     operation: operation.clone(),
                     job_id: *job_id,
