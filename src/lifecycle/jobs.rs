@@ -98,7 +98,16 @@ impl Jobs {
         } else {
             (&mut self.live, &mut self.settled)
         };
-        if let Some(job) = from.remove(id) {
+        if let Some(mut job) = from.remove(id) {
+            if !live {
+                // A settled job is kept for good: its schedule lines give back the room
+                // `format!` and `Vec::push` left them to grow in (a first push makes room
+                // for four lines). Done here, once, rather than on every push, where an
+                // exact-size push would copy a long queue's lines at every try.
+                let history = &mut Arc::make_mut(&mut job).schedule_history;
+                history.iter_mut().for_each(String::shrink_to_fit);
+                history.shrink_to_fit();
+            }
             to.insert(*id, job);
         }
     }

@@ -230,9 +230,60 @@ macro_rules! map_read_traits {
     };
 }
 
-/// The same for a set type: equal members, `Debug` and serialization as the plain set.
-macro_rules! set_read_traits {
-    ($set:ident) => {
+/// A set over a map of unit values (`$map<K, ()>`): the methods both set types share,
+/// collecting and reading from a plain list, equality of members, `Debug`, and
+/// serialization as the plain ordered set (the same bytes as an `imbl` set).
+macro_rules! set_over_map {
+    ($set:ident, $map:ident) => {
+        impl<K: Ord + Clone> $set<K> {
+            /// No members.
+            pub fn new() -> Self {
+                $set($map::new())
+            }
+
+            /// How many members.
+            pub fn len(&self) -> usize {
+                self.0.len()
+            }
+
+            /// True without members.
+            pub fn is_empty(&self) -> bool {
+                self.0.is_empty()
+            }
+
+            /// Whether `key` is a member.
+            pub fn contains<Q>(&self, key: &Q) -> bool
+            where
+                K: Borrow<Q>,
+                Q: Ord + ?Sized,
+            {
+                self.0.get(key).is_some()
+            }
+
+            /// Adds `key`; true when it was not a member.
+            pub fn insert(&mut self, key: K) -> bool {
+                self.0.insert(key, ()).is_none()
+            }
+
+            /// The members in order.
+            pub fn iter(&self) -> impl Iterator<Item = &K> + '_ {
+                self.0.keys()
+            }
+        }
+
+        impl<K: Ord + Clone> FromIterator<K> for $set<K> {
+            fn from_iter<I: IntoIterator<Item = K>>(members: I) -> Self {
+                $set(members.into_iter().map(|k| (k, ())).collect())
+            }
+        }
+
+        impl<'de, K: Ord + Clone + Deserialize<'de>> Deserialize<'de> for $set<K> {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let members = Vec::<K>::deserialize(deserializer)?;
+                Ok(members.into_iter().collect())
+            }
+        }
+
         impl<K: Ord + Clone> PartialEq for $set<K> {
             fn eq(&self, other: &Self) -> bool {
                 self.len() == other.len() && self.iter().eq(other.iter())
@@ -257,8 +308,8 @@ macro_rules! set_read_traits {
 
 map_read_traits!(SmallMap);
 map_read_traits!(SparseMap);
-set_read_traits!(SmallSet);
-set_read_traits!(SparseSet);
+set_over_map!(SmallSet, SmallMap);
+set_over_map!(SparseSet, SparseMap);
 
 impl<'de, K, V> Deserialize<'de> for SmallMap<K, V>
 where
@@ -315,49 +366,6 @@ where
 #[derive(Clone, Default)]
 pub struct SmallSet<K>(SmallMap<K, ()>);
 
-impl<K: Ord + Clone> SmallSet<K> {
-    /// No members.
-    pub fn new() -> Self {
-        SmallSet(SmallMap::new())
-    }
-
-    /// How many members.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// True without members.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// Whether `key` is a member.
-    pub fn contains<Q>(&self, key: &Q) -> bool
-    where
-        K: Borrow<Q>,
-        Q: Ord + ?Sized,
-    {
-        self.0.contains_key(key)
-    }
-
-    /// Adds `key`; true when it was not a member.
-    pub fn insert(&mut self, key: K) -> bool {
-        self.0.insert(key, ()).is_none()
-    }
-
-    /// The members in order.
-    pub fn iter(&self) -> impl Iterator<Item = &K> + '_ {
-        self.0.keys()
-    }
-}
-
-impl<'de, K: Ord + Clone + Deserialize<'de>> Deserialize<'de> for SmallSet<K> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let members = Vec::<K>::deserialize(deserializer)?;
-        Ok(SmallSet(members.into_iter().map(|k| (k, ())).collect()))
-    }
-}
-
 /// A set that is nearly always empty (a run's lapsed, stopped and left-out sites): a
 /// [`SparseMap`] without values, one pointer and no allocation while empty, where an
 /// `imbl` set takes three words in every job whether or not it holds anything. It reads
@@ -367,40 +375,6 @@ impl<'de, K: Ord + Clone + Deserialize<'de>> Deserialize<'de> for SmallSet<K> {
 pub struct SparseSet<K>(SparseMap<K, ()>);
 
 impl<K: Ord + Clone> SparseSet<K> {
-    /// No members.
-    pub fn new() -> Self {
-        SparseSet(SparseMap::new())
-    }
-
-    /// How many members.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// True without members.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// Whether `key` is a member.
-    pub fn contains<Q>(&self, key: &Q) -> bool
-    where
-        K: Borrow<Q>,
-        Q: Ord + ?Sized,
-    {
-        self.0.get(key).is_some()
-    }
-
-    /// The members in order.
-    pub fn iter(&self) -> impl Iterator<Item = &K> + '_ {
-        self.0.keys()
-    }
-
-    /// Adds `key`; true when it was not a member.
-    pub fn insert(&mut self, key: K) -> bool {
-        self.0.insert(key, ()).is_none()
-    }
-
     /// Takes `key` out; true when it was a member.
     pub fn remove<Q>(&mut self, key: &Q) -> bool
     where
@@ -419,19 +393,6 @@ impl<K: Ord + Clone> SparseSet<K> {
 impl<K: Ord + Clone> Extend<K> for SparseSet<K> {
     fn extend<I: IntoIterator<Item = K>>(&mut self, members: I) {
         self.0.extend(members.into_iter().map(|k| (k, ())));
-    }
-}
-
-impl<K: Ord + Clone> FromIterator<K> for SparseSet<K> {
-    fn from_iter<I: IntoIterator<Item = K>>(members: I) -> Self {
-        SparseSet(members.into_iter().map(|k| (k, ())).collect())
-    }
-}
-
-impl<'de, K: Ord + Clone + Deserialize<'de>> Deserialize<'de> for SparseSet<K> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let members = Vec::<K>::deserialize(deserializer)?;
-        Ok(members.into_iter().collect())
     }
 }
 

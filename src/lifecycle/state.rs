@@ -1812,7 +1812,7 @@ impl State {
                 let job = self.job_mut(job_id);
                 job.schedule_count += 1;
                 job.last_schedule_time = Some(at);
-                let mut line = match outcome {
+                let line = match outcome {
                     crate::lifecycle::event::ScheduleOutcome::Dispatched { sites, more } => {
                         let tail = if *more > 0 {
                             format!(" ... and {more} more")
@@ -1833,10 +1833,6 @@ impl State {
                         )
                     }
                 };
-                // Exactly sized: a settled job keeps its lines for good, and `format!`
-                // and `Vec::push` leave room to grow (a first push makes room for four).
-                line.shrink_to_fit();
-                job.schedule_history.reserve_exact(1);
                 job.schedule_history.push(line);
             }
             JobDispatched {
