@@ -201,13 +201,25 @@ pub mod lifecycle {
 }
 
 /// Opens the raw sled database of data folder `dir`, for tests that edit records through
-/// sled's own API. sled's background flusher is off, as in the history itself: with it on,
-/// its thread could still hold the folder lock for a moment after the handle is dropped.
+/// sled's own API. sled's background flusher is off, as in the history itself. Even so,
+/// one of sled's I/O threads may still hold the folder lock for a moment after a history
+/// is dropped: the lock is tried again until it is free, for at most 10 seconds.
 pub fn raw_sled(dir: &std::path::Path) -> sled::Db {
-    sled::Config::new()
-        .path(dir.join("history"))
-        .segment_size(fedrun::history::SLED_SEGMENT_SIZE)
-        .flush_every_ms(None)
-        .open()
-        .expect("the raw sled database opens")
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let opened = sled::Config::new()
+            .path(dir.join("history"))
+            .segment_size(fedrun::history::SLED_SEGMENT_SIZE)
+            .flush_every_ms(None)
+            .open();
+        match opened {
+            Err(sled::Error::Io(io))
+                if io.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::yield_now();
+            }
+            other => return other.expect("the raw sled database opens"),
+        }
+    }
 }
