@@ -380,3 +380,138 @@ fn a_server_app_reattached_to_an_abandoned_job_whose_start_was_lost_is_stopped()
     assert_eq!(w.job(job_id).run.phase, RunPhase::Stopped);
     assert_eq!(w.status(job_id), RunStatus::Abandoned);
 }
+
+/// SPEC 8 (regression barrier_timeout_away_site): when the outcome barrier times out, the
+/// job is decided from what is known and the sites that never reported are told to stop.
+/// Their apps may still run: the run holds its `max_jobs` slot until the stop is over. An
+/// away site counts as ended when its `site_reconnect_grace` runs out (it used to free the
+/// slot at once, while the away site's app was alive).
+#[test]
+fn a_barrier_timeout_holds_the_slot_while_an_unreported_site_may_still_run_the_app() {
+    let settings = Settings {
+        client_outcome_wait: std::time::Duration::from_secs(120),
+        site_reconnect_grace: std::time::Duration::from_secs(30),
+        ..Settings::default()
+    };
+    let mut w = World::new(settings.clone());
+    let job_id = w.running(&["site-1", "site-2"], 1);
+    w.site_exit("site-1", job_id, "r1", ExitOutcome::Code(0));
+    w.server_exit(job_id, ExitOutcome::Code(0));
+    let exited_at = w.now;
+    w.advance_ms(91_000);
+    w.site("site-2", SiteReport::Disconnected);
+    let away_at = w.now;
+
+    let (_, d) = w.run_to_next_deadline().expect("the outcome barrier");
+    assert_eq!(w.now, exited_at.plus(settings.client_outcome_wait));
+    let (status, reason) = finished(&d).expect("the job is decided at the barrier");
+    assert_eq!(status, RunStatus::Completed);
+    assert!(reason.contains("site-2"), "{reason}");
+    assert!(
+        d.effects.contains(&Effect::StopSiteApp {
+            site: "site-2".into(),
+            job_id
+        }),
+        "{:?}",
+        d.effects
+    );
+    assert_eq!(w.job(job_id).run.phase, RunPhase::Stopping);
+    assert_eq!(
+        w.state.active_job_count(),
+        1,
+        "site-2 is within its grace and may still run the app"
+    );
+    assert!(
+        !d.effects
+            .iter()
+            .any(|e| matches!(e, Effect::ArchiveWorkspace { .. })),
+        "no archive while an app may still run"
+    );
+
+    // Its grace runs out: it counts as ended, the stop is over, the slot is free.
+    w.run_to_next_deadline().expect("site-2's reconnect grace");
+    assert_eq!(w.now, away_at.plus(settings.site_reconnect_grace));
+    assert_eq!(w.job(job_id).run.phase, RunPhase::Stopped);
+    assert_eq!(w.state.active_job_count(), 0);
+    assert_eq!(w.status(job_id), RunStatus::Completed, "decided once");
+
+    // A connected site that never reported: its exit after the stop ends the wait.
+    let mut w = World::new(settings.clone());
+    let job_id = w.running(&["site-1", "site-2"], 1);
+    w.site_exit("site-1", job_id, "r1", ExitOutcome::Code(0));
+    w.server_exit(job_id, ExitOutcome::Code(0));
+    let (_, d) = w.run_to_next_deadline().expect("the outcome barrier");
+    assert_eq!(finished(&d).map(|f| f.0), Some(RunStatus::Completed));
+    assert_eq!(w.job(job_id).run.phase, RunPhase::Stopping);
+    assert_eq!(w.state.active_job_count(), 1);
+    w.site_exit("site-2", job_id, "r2", ExitOutcome::Code(9));
+    assert_eq!(w.job(job_id).run.phase, RunPhase::Stopped);
+    assert_eq!(w.state.active_job_count(), 0);
+    assert_eq!(w.status(job_id), RunStatus::Completed, "decided once");
+}
+
+/// SPEC 7 and 8 (found by sim_property): a site back past its grace with the app of an
+/// ended run makes that run hold its slot again. A try in flight at that moment must not
+/// dispatch while max_jobs jobs count against the limit (it did, pushing the count over
+/// max_jobs): it ends without resources and gives its reservations back. The returning
+/// site's exit report then ends the hold at once (it used to wait for the stop wait).
+#[test]
+fn a_try_in_flight_does_not_dispatch_when_a_returning_site_takes_the_slot_back() {
+    let settings = Settings {
+        max_jobs: 1,
+        site_reconnect_grace: std::time::Duration::from_secs(30),
+        ..Settings::default()
+    };
+    let mut w = World::new(settings);
+    let first = w.running(&["site-1"], 1);
+    w.connect("site-2");
+    let second = w.submit(meta(&["site-2"], 1));
+    assert!(w.state.schedule_try.is_none(), "max_jobs is reached");
+    w.server_exit(first, ExitOutcome::Code(0));
+    w.site("site-1", SiteReport::Disconnected);
+    w.run_to_next_deadline().expect("site-1's reconnect grace");
+    assert_eq!(w.status(first), RunStatus::Abnormal);
+    assert_eq!(w.state.active_job_count(), 0);
+    let asks = w.last_try_effects(second);
+
+    // site-1 comes back still running first's app: told to stop, it holds the slot again.
+    let d = w.site(
+        "site-1",
+        SiteReport::Connected {
+            resources: Default::default(),
+            running: vec![first],
+        },
+    );
+    assert!(d.effects.contains(&Effect::StopSiteApp {
+        site: "site-1".into(),
+        job_id: first
+    }));
+    assert_eq!(w.state.active_job_count(), 1);
+
+    // The try completes: nothing is dispatched, the reservation goes back.
+    let d = w.reserve_all(&asks);
+    assert_eq!(w.status(second), RunStatus::Submitted);
+    assert!(
+        d.iter().flat_map(|d| d.effects.iter()).any(|e| matches!(
+            e,
+            Effect::CancelReservation { site, job_id, .. } if site == "site-2" && *job_id == second
+        )),
+        "{d:?}"
+    );
+    let line = w.job(second).schedule_history.last().cloned().unwrap();
+    assert!(line.contains("max_jobs (1)"), "{line}");
+    assert_eq!(w.state.active_job_count(), 1);
+
+    // site-1's exit report ends the hold at once; the next try dispatches second.
+    let d = w.site_exit("site-1", first, "r1", ExitOutcome::Signal(15));
+    assert!(
+        kinds(&d).contains(&"left_out_site_ended"),
+        "{:?}",
+        kinds(&d)
+    );
+    assert_eq!(w.state.active_job_count(), 0);
+    assert_eq!(w.status(first), RunStatus::Abnormal, "decided once");
+    let (_, d) = w.run_to_next_deadline().expect("second's back-off");
+    w.reserve_all(&d.effects);
+    assert_eq!(w.status(second), RunStatus::Dispatched);
+}

@@ -19,7 +19,7 @@ use fedrun::job::meta::{AppTargets, JobMeta, MetaError, RESOURCE_KEYS_MAX};
 use fedrun::lifecycle::event::{encoded_len, MAX_EVENT_BYTES};
 use fedrun::lifecycle::{
     Actor, AdminRequest, Answer, BlobHash, Command, Effect, Event, EventKind, Origin, Rejection,
-    RunStatus, Timestamp,
+    RunPhase, RunStatus, Timestamp,
 };
 use fedrun::settings::Settings;
 use fedrun::site::protocol::{ExitOutcome, SiteReport};
@@ -552,11 +552,26 @@ fn all_sites_on_ten_thousand_sites_runs_to_completion() {
     assert_eq!(w.status(job_id), RunStatus::Completed);
     let reason = w.job(job_id).finish_reason.clone().expect("a reason");
     assert!(reason.len() <= 2048 && reason.ends_with("more"), "{reason}");
-    let archive = decisions
-        .iter()
-        .flat_map(|d| d.effects.iter())
-        .any(|e| *e == Effect::ArchiveWorkspace { job_id });
-    assert!(archive, "the run stopped and its workspace is archived");
+    let archive = |decisions: &[fedrun::lifecycle::Decision]| {
+        decisions
+            .iter()
+            .flat_map(|d| d.effects.iter())
+            .any(|e| *e == Effect::ArchiveWorkspace { job_id })
+    };
+    // The silent sites were told to stop and may still run the app: the stop is over
+    // (and the workspace archived) only after abort_grace + client_outcome_wait (SPEC 8).
+    assert!(
+        !archive(&decisions),
+        "no archive while an app may still run"
+    );
+    assert_eq!(w.job(job_id).run.phase, RunPhase::Stopping);
+    w.advance_ms(16 * 60 * 1000);
+    let decisions = w.fire_due_timers();
+    assert_eq!(w.job(job_id).run.phase, RunPhase::Stopped);
+    assert!(
+        archive(&decisions),
+        "the run stopped and its workspace is archived"
+    );
     w.when(Command::ArchiveFinished {
         job_id,
         result: Ok(BlobHash([4; 32])),

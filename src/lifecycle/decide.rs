@@ -522,23 +522,30 @@ impl Ctx<'_> {
                         reason: cap_reason(&reason),
                     },
                 );
+                let unreported = !outstanding.is_empty();
                 for site in outstanding.into_iter().chain(left_out.iter().cloned()) {
                     self.effect(Effect::StopSiteApp { site, job_id });
                 }
                 let stopped = self
                     .job(&job_id)
                     .is_some_and(|j| j.run.phase == RunPhase::Stopped);
-                if !left_out.is_empty() {
-                    // A left-out site may still run the app: the run holds its slot until
-                    // that app is known to have ended, or the stop wait is over.
+                if unreported || !left_out.is_empty() {
+                    // A site that never reported (the barrier timed out) or a left-out one
+                    // may still run the app: the run holds its slot until that app is known
+                    // to have ended, or the stop is over (SPEC section 8): an away site at
+                    // the end of its reconnect grace, a silent one at the stop wait's end.
                     if !stopping {
+                        let reason = if unreported {
+                            "the outcome barrier timed out; sites that never reported may \
+                             still run the app"
+                        } else {
+                            "the job ended; sites left out of its run may still run its app"
+                        };
                         self.emit(
                             Actor::System,
                             EventKind::RunStopRequested {
                                 job_id,
-                                reason: "the job ended; sites left out of its run may still \
-                                         run its app"
-                                    .to_string(),
+                                reason: reason.to_string(),
                             },
                         );
                     }
@@ -692,7 +699,24 @@ impl Ctx<'_> {
         };
         let job_id = job.id;
         self.tried.insert(job_id);
-        match schedule::evaluate_try(&job.meta, &schedule_try) {
+        let mut verdict = schedule::evaluate_try(&job.meta, &schedule_try);
+        let holding = self.scratch.active_job_count();
+        if holding >= self.settings.max_jobs as usize {
+            if let TryVerdict::Dispatch { reservations, .. } = verdict {
+                // The limit was reached while the try was in flight: a site came back with
+                // an app of an ended run, which holds its run's slot again (SPEC 8). No
+                // job is dispatched while max_jobs jobs count against the limit (SPEC 7).
+                verdict = TryVerdict::NoResources {
+                    reason: format!(
+                        "max_jobs ({}) reached while the try was in flight: {holding} jobs \
+                         hold a slot (a site came back with the app of an ended run)",
+                        self.settings.max_jobs
+                    ),
+                    cancel: reservations.into_iter().collect(),
+                };
+            }
+        }
+        match verdict {
             TryVerdict::NoResources { reason, cancel } => {
                 for (site, token) in cancel {
                     self.effect(Effect::CancelReservation {
@@ -1690,21 +1714,23 @@ fn site_report(ctx: &mut Ctx<'_>, site: String, report: SiteReport) {
             });
             if fresh {
                 ctx.emit(
-                    actor,
+                    actor.clone(),
                     EventKind::SiteOutcomeReported {
                         job_id,
-                        site,
+                        site: site.clone(),
                         report_id,
                         outcome,
                         stop_requested: Some(stop_requested),
                     },
                 );
-            } else if ctx
+            }
+            // A left-out site's app ended: it no longer holds the run's slot. Its exit is
+            // the job's outcome only if it was recorded above as a participant's: a site
+            // back past its grace with the app (its run held the slot again, SPEC 8).
+            if ctx
                 .job(&job_id)
                 .is_some_and(|j| j.run.left_out.contains(&site))
             {
-                // A left-out site's app ended: it no longer holds the run's slot, and its
-                // exit is not the job's outcome.
                 ctx.emit(
                     actor,
                     EventKind::LeftOutSiteEnded {
@@ -1713,7 +1739,7 @@ fn site_report(ctx: &mut Ctx<'_>, site: String, report: SiteReport) {
                         how: LeftOutEnd::Exited,
                     },
                 );
-            } else {
+            } else if !fresh {
                 tracing::debug!(%job_id, %site, "an exit report that changes nothing is not recorded");
             }
         }
