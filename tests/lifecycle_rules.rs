@@ -149,7 +149,7 @@ fn keys_kept_in_a_snapshot_expire_after_it_is_loaded() {
         fedrun::history::snapshot::decode_state(&bytes).expect("decodes");
     assert_eq!(loaded, w.state, "a loaded state equals the live one");
     let key = fedrun::lifecycle::state::RequestKey {
-        identity: boss(),
+        identity: boss().into(),
         key: "k".to_string(),
     };
     let recorded = w.state.requests.by_key[&key].at;
@@ -362,13 +362,13 @@ fn the_signer_is_recorded_and_a_clone_keeps_submitter_and_signer() {
         &e.kind,
         EventKind::JobSubmitted { signer: Some(s), .. } if *s == signer
     )));
-    assert_eq!(w.job(job_id).signer.as_ref(), Some(&signer));
+    assert_eq!(w.job(job_id).signer.as_deref(), Some(&signer));
     let d = w.admin_as(boss(), AdminRequest::CloneJob { job_id });
     let Some(Ok(Answer::Submitted { job_id: clone })) = d.reply else {
         panic!("{:?}", d.reply)
     };
-    assert_eq!(w.job(clone).submitter, lee);
-    assert_eq!(w.job(clone).signer.as_ref(), Some(&signer));
+    assert_eq!(*w.job(clone).submitter, lee);
+    assert_eq!(w.job(clone).signer.as_deref(), Some(&signer));
     let submitted = d
         .events
         .iter()

@@ -303,3 +303,25 @@ fn hostile_snapshot_bytes_give_errors_not_panics() {
     let err = snapshot::decode_state::<State>(&bytes[..HEADER_LEN - 1]).unwrap_err();
     assert!(err.to_string().contains("header"), "{err}");
 }
+
+/// Jobs of one submitter share one copy of the identity, in the replayed state and in a
+/// state loaded from a snapshot (a state keeps a job per job ever submitted; a copy of
+/// the name and organisation each would grow it by their bytes).
+#[test]
+fn jobs_of_one_submitter_share_one_identity_after_replay_and_after_a_load() {
+    let (_, _, state) = history_of(20);
+    let decoded: State =
+        snapshot::decode_state(&snapshot::encode_state(&state).expect("encodes")).expect("decodes");
+    for state in [&state, &decoded] {
+        let submitters: Vec<_> = state.jobs.values().map(|j| j.submitter.clone()).collect();
+        assert_eq!(submitters.len(), 10);
+        assert_eq!(submitters[0].name, "bob");
+        assert!(
+            submitters
+                .iter()
+                .all(|s| std::sync::Arc::ptr_eq(s, &submitters[0])),
+            "every job holds the same copy"
+        );
+    }
+    assert_eq!(decoded, state);
+}

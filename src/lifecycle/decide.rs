@@ -117,7 +117,7 @@ fn decide_keeping(
                 });
             }
             let request_key = RequestKey {
-                identity: identity.clone(),
+                identity: std::sync::Arc::new(identity.clone()),
                 key: key.clone(),
             };
             if let Some(first) = state.requests.get(&request_key, now.max(state.last_at)) {
@@ -159,7 +159,7 @@ fn decide_keeping(
 /// What identifies an admin request under its idempotency key.
 fn fingerprint(request: &AdminRequest) -> RequestFingerprint {
     RequestFingerprint {
-        operation: request.operation().to_string(),
+        operation: request.operation().into(),
         job_id: request.job_id(),
         package: match request {
             AdminRequest::SubmitJob { package, .. } => Some(*package),
@@ -490,7 +490,7 @@ impl Ctx<'_> {
                 let outstanding = run.outstanding_sites();
                 let left_out: Vec<String> = run.left_out.iter().cloned().collect();
                 let stopping = run.stopping();
-                let status = final_status(run.failure.as_ref());
+                let status = final_status(run.failure.as_deref());
                 let mut reason = match &run.failure {
                     None => "the server app and every site ended normally".to_string(),
                     Some(f) if f.participant == SERVER => {
@@ -1284,10 +1284,10 @@ fn admin_inner(
             submit(
                 ctx,
                 actor,
-                source.submitter,
+                Identity::clone(&source.submitter),
                 source.meta,
                 source.package,
-                source.signer,
+                source.signer.as_deref().cloned(),
                 Some(job_id),
                 ids,
             )
@@ -2042,7 +2042,7 @@ fn timer_fired(ctx: &mut Ctx<'_>, timer: Timer) {
                 if job.status == RunStatus::Running {
                     // The processes did not end after the stop: decide from what is known,
                     // so the job never stays RUNNING with nothing left to wait for.
-                    let status = final_status(job.run.failure.as_ref());
+                    let status = final_status(job.run.failure.as_deref());
                     let reason = format!(
                         "{}; the run's processes did not end within abort_grace + client_outcome_wait",
                         job.run.failure.as_ref().map_or_else(

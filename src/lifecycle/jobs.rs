@@ -255,11 +255,11 @@ mod tests {
                 resource_spec: BTreeMap::new(),
             },
             package: crate::lifecycle::BlobHash([n; 32]),
-            submitter: Identity {
+            submitter: Arc::new(Identity {
                 name: "admin@a.org".into(),
                 org: "a".into(),
                 role: crate::lifecycle::Role::Lead,
-            },
+            }),
             signer: None,
             submit_time: Timestamp::from_millis(i64::from(n)),
             submitted_seq: u64::from(n),

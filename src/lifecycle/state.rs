@@ -105,12 +105,12 @@ pub fn stops_run(outcome: ExitOutcome) -> bool {
 
 /// Merges a new failure into the recorded one by SPEC section 8's order: `104` and signals
 /// are sticky, `9` never replaces an earlier failure, otherwise the later one replaces.
-pub fn merge_failure(current: Option<Failure>, new: Failure) -> Option<Failure> {
+pub fn merge_failure(current: Option<Box<Failure>>, new: Failure) -> Option<Box<Failure>> {
     match current {
-        None => Some(new),
+        None => Some(Box::new(new)),
         Some(old) if old.is_sticky() => Some(old),
         Some(old) if new.outcome == ExitOutcome::Code(9) => Some(old),
-        Some(_) => Some(new),
+        Some(_) => Some(Box::new(new)),
     }
 }
 
@@ -158,8 +158,9 @@ pub struct Run {
     pub site_exits: SmallMap<String, ExitOutcome>,
     /// Sites whose report lapsed after `site_reconnect_grace` (counted as `104`).
     pub lapsed: SparseSet<String>,
-    /// The failure that decides the final status, if any.
-    pub failure: Option<Failure>,
+    /// The failure that decides the final status, if any (boxed: most runs have none,
+    /// and every job kept would hold its bytes inline).
+    pub failure: Option<Box<Failure>>,
     /// When fedrun asked the processes to stop; exits after it are not failures.
     pub stop_requested_at: Option<Timestamp>,
     /// Report ids already recorded, so a resent report is not counted twice.
@@ -400,10 +401,11 @@ pub struct Job {
     pub meta: JobMeta,
     /// The package blob.
     pub package: BlobHash,
-    /// Who submitted (or cloned) it.
-    pub submitter: Identity,
-    /// Who signed it.
-    pub signer: Option<Identity>,
+    /// Who submitted (or cloned) it; shared with every job and kept request of the same
+    /// identity ([`Identities`]).
+    pub submitter: Arc<Identity>,
+    /// Who signed it (shared the same way).
+    pub signer: Option<Arc<Identity>>,
     /// When it was submitted.
     pub submit_time: Timestamp,
     /// The sequence number of its `JobSubmitted` (ties in the queue go in history order).
@@ -553,6 +555,47 @@ pub struct State {
     /// settled, blob in use, next due job) look at live jobs only. Kept by the fold.
     #[serde(skip)]
     pub index: LiveIndex,
+    /// Derived, not stored: one shared copy of each identity the jobs and kept requests
+    /// name.
+    #[serde(skip)]
+    pub identities: Identities,
+}
+
+/// One shared copy of each identity that submitted, signed or sent a kept request: a
+/// federation has a few admins and many jobs, and each job would otherwise hold its own
+/// copy of its submitter's name and organisation. A cache, not part of the state's value
+/// (two states are equal whatever their pools hold), cloned as one pointer; it grows only
+/// with identities never seen before.
+#[derive(Clone, Debug, Default)]
+pub struct Identities(Arc<BTreeSet<Arc<Identity>>>);
+
+impl Identities {
+    /// The shared copy of `identity`, added if it is new.
+    pub fn share(&mut self, identity: &Identity) -> Arc<Identity> {
+        if let Some(shared) = self.0.get(identity) {
+            return shared.clone();
+        }
+        let shared = Arc::new(identity.clone());
+        Arc::make_mut(&mut self.0).insert(shared.clone());
+        shared
+    }
+
+    /// `identity` itself if it is the shared copy, else the shared copy (added if new).
+    fn adopt(&mut self, identity: &Arc<Identity>) -> Arc<Identity> {
+        match self.0.get(&**identity) {
+            Some(shared) => shared.clone(),
+            None => {
+                Arc::make_mut(&mut self.0).insert(identity.clone());
+                identity.clone()
+            }
+        }
+    }
+}
+
+impl PartialEq for Identities {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// The stored fields of [`State`], in the same encoding; reading one rebuilds the index.
@@ -584,6 +627,7 @@ impl From<StoredState> for State {
             schedule_try: stored.schedule_try,
             requests: stored.requests,
             index: LiveIndex::default(),
+            identities: Identities::default(),
         };
         state.rebuild_index();
         state
@@ -803,8 +847,8 @@ pub const REQUEST_KEY_KEPT_FOR: std::time::Duration = std::time::Duration::from_
 /// is two requests.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct RequestKey {
-    /// Who sent it.
-    pub identity: Identity,
+    /// Who sent it (shared with the jobs and keys of the same identity).
+    pub identity: Arc<Identity>,
     /// The key.
     pub key: String,
 }
@@ -813,12 +857,24 @@ pub struct RequestKey {
 /// carried. A key sent again with another request is refused.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestFingerprint {
-    /// `submit`, `abort`, `delete`, `clone`, `download` or `logs`.
-    pub operation: String,
+    /// `submit`, `abort`, `delete`, `clone`, `download` or `logs` (a static name when it
+    /// is one of these: every kept request would otherwise hold a copy).
+    pub operation: std::borrow::Cow<'static, str>,
     /// The job it was about (the source job for a clone; none for a submit).
     pub job_id: Option<JobId>,
     /// The package of a submit; `None` when the record does not tell (a refused submit).
     pub package: Option<BlobHash>,
+}
+
+/// The admin operations a fingerprint names.
+const OPERATIONS: [&str; 6] = ["submit", "abort", "delete", "clone", "download", "logs"];
+
+/// `name` as the static name of an operation, or as its own copy if it names none.
+pub fn operation_name(name: &str) -> std::borrow::Cow<'static, str> {
+    OPERATIONS.iter().find(|o| **o == name).map_or_else(
+        || std::borrow::Cow::Owned(name.to_string()),
+        |o| std::borrow::Cow::Borrowed(*o),
+    )
 }
 
 impl RequestFingerprint {
@@ -1057,6 +1113,21 @@ impl State {
             if start.share_if_equal(&shared.run.deploy) {
                 Arc::make_mut(shared).run.start = start;
             }
+            // And one copy of each identity, as the fold keeps it.
+            let submitter = self.identities.adopt(&shared.submitter);
+            if !Arc::ptr_eq(&submitter, &shared.submitter) {
+                Arc::make_mut(shared).submitter = submitter;
+            }
+            if let Some(signer) = &shared.signer {
+                let signer = self.identities.adopt(signer);
+                if !shared
+                    .signer
+                    .as_ref()
+                    .is_some_and(|s| Arc::ptr_eq(s, &signer))
+                {
+                    Arc::make_mut(shared).signer = Some(signer);
+                }
+            }
             index.add(shared);
         }
         self.index = index;
@@ -1212,7 +1283,7 @@ impl State {
                         }
                         // A clone keeps its source's submitter (version-1 records named
                         // the cloner instead).
-                        if *submitter != source.submitter && actor.as_ref() != Some(submitter) {
+                        if *submitter != *source.submitter && actor.as_ref() != Some(submitter) {
                             return Err(format!("clone {job_id} names another submitter"));
                         }
                     }
@@ -1760,8 +1831,8 @@ impl State {
                         id: *job_id,
                         meta: meta.clone(),
                         package: *package,
-                        submitter: submitter.clone(),
-                        signer: signer.clone(),
+                        submitter: self.identities.share(submitter),
+                        signer: signer.as_ref().map(|s| self.identities.share(s)),
                         submit_time: *submit_time,
                         submitted_seq: event.seq,
                         cloned_from: *cloned_from,
@@ -2123,7 +2194,7 @@ impl State {
             return;
         };
         let key = RequestKey {
-            identity,
+            identity: self.identities.share(&identity),
             key: key.clone(),
         };
         if let Some(kept) = self.requests.get(&key, event.at) {
@@ -2139,7 +2210,7 @@ impl State {
                 );
                 kept.last_seq = event.seq;
                 if matches!(event.kind, EventKind::JobDeleted { .. }) {
-                    kept.fingerprint.operation = "delete".to_string();
+                    kept.fingerprint.operation = "delete".into();
                 }
             }
             return;
@@ -2152,7 +2223,7 @@ impl State {
             } => (
                 Err(Box::new(rejection.clone())),
                 RequestFingerprint {
-                    operation: operation.clone(),
+                    operation: operation_name(operation),
                     job_id: *job_id,
                     package: None,
                 },
@@ -2166,12 +2237,12 @@ impl State {
                 Ok(Answer::Submitted { job_id: *job_id }),
                 match cloned_from {
                     Some(source) => RequestFingerprint {
-                        operation: "clone".to_string(),
+                        operation: "clone".into(),
                         job_id: Some(*source),
                         package: None,
                     },
                     None => RequestFingerprint {
-                        operation: "submit".to_string(),
+                        operation: "submit".into(),
                         job_id: None,
                         package: Some(*package),
                     },
@@ -2187,7 +2258,7 @@ impl State {
                             EventKind::LogsRead { .. } => "logs",
                             _ => "abort",
                         }
-                        .to_string(),
+                        .into(),
                         job_id: Some(job_id),
                         package: None,
                     },

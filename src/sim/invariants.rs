@@ -277,7 +277,7 @@ impl Checker {
                 .map_err(|e| format!("stored record {seq} does not replay: {e}"))?;
             if let (Some(key), Some(identity)) = (&event.request_id, event.actor.identity()) {
                 self.request_keys.push(RequestKey {
-                    identity,
+                    identity: std::sync::Arc::new(identity),
                     key: key.clone(),
                 });
             }
