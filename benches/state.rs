@@ -20,8 +20,9 @@
 //! Criterion groups (`command_cost/<n>_finished`): a submit decided and applied (its
 //! scheduling try included), the same submit folded twice (decided, then each event
 //! applied again: the engine's path before it adopted `decide`'s state), an abort of a
-//! running job decided and applied, and the next deadline, each on a state holding `n`
-//! finished jobs, 1,000 or 100,000.
+//! running job decided and applied, a site's connect report (a reconnect) decided and
+//! applied, and the next deadline, each on a state holding `n` finished jobs, 1,000 or
+//! 100,000.
 //! `pass_cost/submit_<n>_waiting`: a submit with 1,000 or 10,000 jobs queued in a back-off.
 //!
 //! Run: `cargo bench --bench state`.
@@ -38,7 +39,7 @@ use criterion::{black_box, BatchSize, Criterion};
 use fedrun::job::JobId;
 use fedrun::lifecycle::{decide, AdminRequest, BlobHash, Command, Job, Origin, RunStatus, State};
 use fedrun::settings::Settings;
-use fedrun::site::protocol::ExitOutcome;
+use fedrun::site::protocol::{ExitOutcome, SiteReport};
 use lifecycle_support::*;
 
 /// The allocator the `fedrun` binary runs with (`fedrun::Allocator`), counting the bytes
@@ -386,6 +387,20 @@ fn command_cost(c: &mut Criterion) {
                     request_id: None,
                 },
                 request: AdminRequest::AbortJob { job_id: running },
+            },
+        );
+        bench_command(
+            &mut group,
+            format!("site_reconnect_{finished}_finished"),
+            &mut w,
+            &kept,
+            decide_and_apply,
+            || Command::Site {
+                site: SITES[0].to_string(),
+                report: SiteReport::Connected {
+                    resources: Default::default(),
+                    running: Vec::new(),
+                },
             },
         );
         group.bench_function(format!("next_deadline_{finished}_finished"), |b| {
