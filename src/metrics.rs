@@ -335,12 +335,8 @@ fn gauge(
 impl Collector for StateCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let state = self.probe.state.borrow().clone();
-        let mut by_status = [0i64; RunStatus::ALL.len()];
-        for job in state.jobs.values().filter(|job| !job.deleted) {
-            if let Some(i) = RunStatus::ALL.iter().position(|s| *s == job.status) {
-                by_status[i] += 1;
-            }
-        }
+        // Kept by the fold: a scrape does not walk every job ever submitted.
+        let by_status = state.index().by_status;
         {
             let marker = ConstGauge::new(0i64);
             let mut metric = encoder.encode_descriptor(
@@ -352,7 +348,7 @@ impl Collector for StateCollector {
             for (status, count) in RunStatus::ALL.iter().zip(by_status) {
                 let labels = [("status", status.as_str())];
                 let family = metric.encode_family(&labels)?;
-                ConstGauge::new(count).encode(family)?;
+                ConstGauge::new(count as i64).encode(family)?;
             }
         }
         gauge(

@@ -586,6 +586,16 @@ pub fn verify_index(state: &State, settings: &Settings) -> Result<(), String> {
             "next due pass {due:?} but a queue scan says {due_scanned:?}"
         ));
     }
+    let mut by_status = [0usize; RunStatus::ALL.len()];
+    for job in state.jobs.values().filter(|j| !j.deleted) {
+        by_status[job.status.index()] += 1;
+    }
+    if state.index().by_status != by_status {
+        return Err(format!(
+            "jobs by status {:?} but a scan of every job counts {by_status:?}",
+            state.index().by_status
+        ));
+    }
     let mut rebuilt = state.clone();
     rebuilt.rebuild_index();
     if rebuilt.index != state.index {

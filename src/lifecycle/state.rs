@@ -652,6 +652,9 @@ pub struct LiveIndex {
     /// count is the first of its set, so the next due time is the earliest of the
     /// counts' firsts, each plus its count's back-off (which depends on the settings).
     pub due: OrdMap<u32, OrdSet<(Timestamp, QueueKey)>>,
+    /// Jobs not deleted, by status (indexed as [`RunStatus::ALL`]): what the metrics
+    /// report on every scrape, without a walk of every job ever submitted.
+    pub by_status: [usize; RunStatus::ALL.len()],
     /// Jobs with an archive try in flight (`Archive::Pending { in_flight: true }`): the
     /// only jobs a restart changes, so its fold touches these and not every live job.
     pub archiving: OrdSet<JobId>,
@@ -714,6 +717,8 @@ pub struct Contribution {
     due: Option<(u32, (Timestamp, QueueKey))>,
     /// In [`LiveIndex::archiving`].
     archiving: bool,
+    /// Counted in [`LiveIndex::by_status`] under this status (none once deleted).
+    counted: Option<RunStatus>,
 }
 
 impl Contribution {
@@ -738,6 +743,7 @@ impl Contribution {
                     ..
                 }
             ),
+            counted: (!job.deleted).then_some(job.status),
         }
     }
 }
@@ -802,6 +808,16 @@ impl LiveIndex {
             }
             for hash in new.into_iter().flatten() {
                 *self.blob_refs.entry(hash).or_insert(0) += 1;
+            }
+        }
+        let counted = |c: Option<&Contribution>| c.and_then(|c| c.counted);
+        let (old, new) = (counted(before), counted(after));
+        if old != new {
+            if let Some(status) = old {
+                self.by_status[status.index()] -= 1;
+            }
+            if let Some(status) = new {
+                self.by_status[status.index()] += 1;
             }
         }
         let due = |c: Option<&Contribution>| c.and_then(|c| c.due);

@@ -48,6 +48,14 @@ impl RunStatus {
         RunStatus::Abandoned,
     ];
 
+    /// The status's place in [`RunStatus::ALL`].
+    pub fn index(self) -> usize {
+        RunStatus::ALL
+            .iter()
+            .position(|s| *s == self)
+            .expect("ALL lists every status")
+    }
+
     /// The SPEC string.
     pub const fn as_str(self) -> &'static str {
         match self {
