@@ -162,9 +162,7 @@ fn a_site_left_out_after_a_lost_start_answer_holds_the_slot_until_its_app_is_gon
         "the left-out app holds the slot"
     );
     assert!(
-        !d.effects
-            .iter()
-            .any(|e| matches!(e, Effect::ArchiveWorkspace { .. })),
+        !archives(&d.effects),
         "no archive while an app may still run"
     );
 
@@ -422,9 +420,7 @@ fn a_barrier_timeout_holds_the_slot_while_an_unreported_site_may_still_run_the_a
         "site-2 is within its grace and may still run the app"
     );
     assert!(
-        !d.effects
-            .iter()
-            .any(|e| matches!(e, Effect::ArchiveWorkspace { .. })),
+        !archives(&d.effects),
         "no archive while an app may still run"
     );
 
@@ -475,13 +471,7 @@ fn a_try_in_flight_does_not_dispatch_when_a_returning_site_takes_the_slot_back()
     let asks = w.last_try_effects(second);
 
     // site-1 comes back still running first's app: told to stop, it holds the slot again.
-    let d = w.site(
-        "site-1",
-        SiteReport::Connected {
-            resources: Default::default(),
-            running: vec![first],
-        },
-    );
+    let d = reconnect(&mut w, "site-1", vec![first]);
     assert!(d.effects.contains(&Effect::StopSiteApp {
         site: "site-1".into(),
         job_id: first

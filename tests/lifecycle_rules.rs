@@ -219,10 +219,7 @@ fn a_run_being_stopped_stays_stopping_after_a_restart_and_holds_its_slot() {
         site: "site-2".into(),
         job_id
     }));
-    assert!(!d
-        .effects
-        .iter()
-        .any(|e| matches!(e, Effect::ArchiveWorkspace { .. })));
+    assert!(!archives(&d.effects));
     assert_eq!(w.state.active_job_count(), 1, "it holds its max_jobs slot");
     // A queued job waits for the slot.
     w.connect("site-3");
@@ -518,13 +515,8 @@ fn archiving(w: &mut World) -> fedrun::job::JobId {
 /// or nothing is left to wait for: every effect decided on the way.
 fn restart_and_settle(w: &mut World, n: u128) -> Vec<Effect> {
     let mut effects = w.restart(n).effects;
-    let archive_started = |effects: &[Effect]| {
-        effects
-            .iter()
-            .any(|e| matches!(e, Effect::ArchiveWorkspace { .. }))
-    };
     for _ in 0..10 {
-        if archive_started(&effects) {
+        if archives(&effects) {
             break;
         }
         let Some((_, d)) = w.run_to_next_deadline() else {

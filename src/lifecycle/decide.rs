@@ -700,17 +700,17 @@ impl Ctx<'_> {
         let job_id = job.id;
         self.tried.insert(job_id);
         let mut verdict = schedule::evaluate_try(&job.meta, &schedule_try);
-        let holding = self.scratch.active_job_count();
-        if holding >= self.settings.max_jobs as usize {
+        if schedule::max_jobs_reached(&self.scratch, self.settings) {
             if let TryVerdict::Dispatch { reservations, .. } = verdict {
                 // The limit was reached while the try was in flight: a site came back with
                 // an app of an ended run, which holds its run's slot again (SPEC 8). No
                 // job is dispatched while max_jobs jobs count against the limit (SPEC 7).
                 verdict = TryVerdict::NoResources {
                     reason: format!(
-                        "max_jobs ({}) reached while the try was in flight: {holding} jobs \
-                         hold a slot (a site came back with the app of an ended run)",
-                        self.settings.max_jobs
+                        "max_jobs ({}) reached while the try was in flight: {} jobs hold \
+                         a slot (a site came back with the app of an ended run)",
+                        self.settings.max_jobs,
+                        self.scratch.active_job_count()
                     ),
                     cancel: reservations.into_iter().collect(),
                 };

@@ -572,23 +572,25 @@ pub struct Identities(Arc<BTreeSet<Arc<Identity>>>);
 impl Identities {
     /// The shared copy of `identity`, added if it is new.
     pub fn share(&mut self, identity: &Identity) -> Arc<Identity> {
+        self.shared(identity, || Arc::new(identity.clone()))
+    }
+
+    /// The shared copy of `identity`; `identity` itself becomes it if it is new.
+    fn adopt(&mut self, identity: &Arc<Identity>) -> Arc<Identity> {
+        self.shared(identity, || identity.clone())
+    }
+
+    fn shared(
+        &mut self,
+        identity: &Identity,
+        own: impl FnOnce() -> Arc<Identity>,
+    ) -> Arc<Identity> {
         if let Some(shared) = self.0.get(identity) {
             return shared.clone();
         }
-        let shared = Arc::new(identity.clone());
+        let shared = own();
         Arc::make_mut(&mut self.0).insert(shared.clone());
         shared
-    }
-
-    /// `identity` itself if it is the shared copy, else the shared copy (added if new).
-    fn adopt(&mut self, identity: &Arc<Identity>) -> Arc<Identity> {
-        match self.0.get(&**identity) {
-            Some(shared) => shared.clone(),
-            None => {
-                Arc::make_mut(&mut self.0).insert(identity.clone());
-                identity.clone()
-            }
-        }
     }
 }
 
@@ -1131,18 +1133,16 @@ impl State {
             }
             // And one copy of each identity, as the fold keeps it.
             let submitter = self.identities.adopt(&shared.submitter);
-            if !Arc::ptr_eq(&submitter, &shared.submitter) {
-                Arc::make_mut(shared).submitter = submitter;
-            }
-            if let Some(signer) = &shared.signer {
-                let signer = self.identities.adopt(signer);
-                if !shared
-                    .signer
-                    .as_ref()
-                    .is_some_and(|s| Arc::ptr_eq(s, &signer))
-                {
-                    Arc::make_mut(shared).signer = Some(signer);
-                }
+            let signer = shared.signer.as_ref().map(|s| self.identities.adopt(s));
+            let same = |a: &Arc<Identity>, b: &Arc<Identity>| Arc::ptr_eq(a, b);
+            let signer_same = match (&signer, &shared.signer) {
+                (Some(a), Some(b)) => same(a, b),
+                _ => true,
+            };
+            if !same(&submitter, &shared.submitter) || !signer_same {
+                let job = Arc::make_mut(shared);
+                job.submitter = submitter;
+                job.signer = signer;
             }
             index.add(shared);
         }

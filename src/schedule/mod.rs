@@ -113,10 +113,16 @@ pub fn blocked(state: &State, settings: &Settings) -> Option<&'static str> {
     if state.schedule_try.is_some() {
         return Some("a schedule try is in flight");
     }
-    if state.active_job_count() >= settings.max_jobs as usize {
+    if max_jobs_reached(state, settings) {
         return Some("max_jobs jobs are dispatched, running or stopping");
     }
     None
+}
+
+/// Whether `max_jobs` jobs count against the limit (SPEC section 7, rule 1): no pass
+/// starts a try, and no try in flight dispatches its job.
+pub fn max_jobs_reached(state: &State, settings: &Settings) -> bool {
+    state.active_job_count() >= settings.max_jobs as usize
 }
 
 /// The next step of a pass: the first due `SUBMITTED` job (oldest `submit_time` first,

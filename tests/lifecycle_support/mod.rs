@@ -402,6 +402,13 @@ pub fn kinds(decision: &Decision) -> Vec<&'static str> {
     decision.events.iter().map(|e| e.kind.name()).collect()
 }
 
+/// Whether the effects start archiving a workspace.
+pub fn archives(effects: &[Effect]) -> bool {
+    effects
+        .iter()
+        .any(|e| matches!(e, Effect::ArchiveWorkspace { .. }))
+}
+
 /// The terminal status a decision recorded, if any.
 pub fn finished(decision: &Decision) -> Option<(RunStatus, String)> {
     decision.events.iter().find_map(|e| match &e.kind {
