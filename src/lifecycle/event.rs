@@ -122,8 +122,28 @@ impl fmt::Display for BootId {
 
 /// The BLAKE3 hash that names a blob (package, workspace archive, snapshot). Serialized as
 /// 64 lowercase hex characters.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BlobHash(pub [u8; 32]);
+
+/// Byte by byte, as two big-endian 128-bit numbers: the same order as comparing the 32
+/// bytes one by one, without a `memcmp` call (the live index's blob counts compare hashes
+/// at every step of every lookup).
+impl Ord for BlobHash {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let halves = |h: &BlobHash| {
+            let (high, low) = h.0.split_at(16);
+            let half = |bytes: &[u8]| u128::from_be_bytes(bytes.try_into().expect("16 bytes"));
+            (half(high), half(low))
+        };
+        halves(self).cmp(&halves(other))
+    }
+}
+
+impl PartialOrd for BlobHash {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl BlobHash {
     /// The hash as 64 lowercase hex characters.
@@ -172,8 +192,19 @@ impl Serialize for BlobHash {
 
 impl<'de> Deserialize<'de> for BlobHash {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
+        // The text is read in place (no `String` per hash): a snapshot holds one or two
+        // hashes per job.
+        struct Hex;
+        impl serde::de::Visitor<'_> for Hex {
+            type Value = BlobHash;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a BLAKE3 hash as 64 hex characters")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<BlobHash, E> {
+                text.parse().map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_str(Hex)
     }
 }
 
@@ -663,5 +694,49 @@ impl EventKind {
             LeftOutSiteEnded { .. } => "left_out_site_ended",
             RequestRefused { .. } => "request_refused",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BlobHash;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Hashes order as their bytes, whichever half differs.
+        #[test]
+        fn hashes_order_as_their_bytes(
+            a in any::<[u8; 32]>(),
+            b in any::<[u8; 32]>(),
+            same_high in any::<bool>(),
+        ) {
+            let mut b = b;
+            if same_high {
+                b[..16].copy_from_slice(&a[..16]);
+            }
+            prop_assert_eq!(BlobHash(a).cmp(&BlobHash(b)), a.cmp(&b));
+        }
+
+        /// The text form reads back, in either case, through a borrowed and an owned string.
+        #[test]
+        fn hashes_read_back_from_their_text(bytes in any::<[u8; 32]>()) {
+            let hash = BlobHash(bytes);
+            let json = serde_json::to_string(&hash).expect("encodes");
+            prop_assert_eq!(serde_json::from_str::<BlobHash>(&json).expect("decodes"), hash);
+            let upper = serde_json::Value::String(hash.to_hex().to_uppercase());
+            prop_assert_eq!(serde_json::from_value::<BlobHash>(upper).expect("decodes"), hash);
+            let packed = rmp_serde::to_vec(&hash).expect("encodes");
+            prop_assert_eq!(rmp_serde::from_slice::<BlobHash>(&packed).expect("decodes"), hash);
+        }
+    }
+
+    #[test]
+    fn a_bad_hash_text_is_named() {
+        let err = serde_json::from_str::<BlobHash>("\"abc\"").expect_err("too short");
+        assert!(
+            err.to_string().contains("`abc` is not a BLAKE3 hash"),
+            "{err}"
+        );
+        assert!(serde_json::from_str::<BlobHash>("12").is_err());
     }
 }
