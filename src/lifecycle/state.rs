@@ -580,6 +580,37 @@ impl Identities {
         self.shared(identity, || identity.clone())
     }
 
+    /// Sets the fields of a job that a load does not read but the fold keeps: each run's
+    /// stop candidates, the site lists and answers shared as the fold shares them, and one
+    /// copy of each identity. Copies the job only when one of them differs.
+    fn share_derived(&mut self, shared: &mut Arc<Job>) {
+        let candidates = shared.run.stop_candidates_from_exits();
+        if candidates != shared.run.stop_candidates {
+            Arc::make_mut(shared).run.stop_candidates = candidates;
+        }
+        let run = &shared.run;
+        if !Arc::ptr_eq(&run.job_clients, &run.sites) && run.job_clients == run.sites {
+            let run = &mut Arc::make_mut(shared).run;
+            run.job_clients = run.sites.clone();
+        }
+        let mut start = shared.run.start.clone();
+        if start.share_if_equal(&shared.run.deploy) {
+            Arc::make_mut(shared).run.start = start;
+        }
+        let submitter = self.adopt(&shared.submitter);
+        let signer = shared.signer.as_ref().map(|s| self.adopt(s));
+        let same = |a: &Arc<Identity>, b: &Arc<Identity>| Arc::ptr_eq(a, b);
+        let signer_same = match (&signer, &shared.signer) {
+            (Some(a), Some(b)) => same(a, b),
+            _ => true,
+        };
+        if !same(&submitter, &shared.submitter) || !signer_same {
+            let job = Arc::make_mut(shared);
+            job.submitter = submitter;
+            job.signer = signer;
+        }
+    }
+
     fn shared(
         &mut self,
         identity: &Identity,
@@ -607,13 +638,42 @@ struct StoredState {
     last_at: Timestamp,
     boot_id: BootId,
     recovery: Option<RecoveryWindow>,
-    #[serde(with = "shared_values")]
-    jobs: Jobs,
+    #[serde(deserialize_with = "map_entries")]
+    jobs: Vec<(JobId, Job)>,
     queue: OrdSet<QueueKey>,
     #[serde(with = "shared_sites")]
     sites: Arc<BTreeMap<String, Arc<SiteFacts>>>,
     schedule_try: Option<ScheduleTry>,
     requests: KeptRequests,
+}
+
+/// A stored map's entries in their stored order, without building a map: the load puts
+/// each job straight where it belongs ([`State::load_jobs`]).
+fn map_entries<'de, D, K, V>(deserializer: D) -> Result<Vec<(K, V)>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    K: Deserialize<'de>,
+    V: Deserialize<'de>,
+{
+    struct Entries<K, V>(std::marker::PhantomData<(K, V)>);
+    impl<'de, K: Deserialize<'de>, V: Deserialize<'de>> serde::de::Visitor<'de> for Entries<K, V> {
+        type Value = Vec<(K, V)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a map")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            // The size a map announces is not trusted past a bound (a damaged length).
+            let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0).min(1 << 16));
+            while let Some(entry) = map.next_entry()? {
+                entries.push(entry);
+            }
+            Ok(entries)
+        }
+    }
+    deserializer.deserialize_map(Entries(std::marker::PhantomData))
 }
 
 impl From<StoredState> for State {
@@ -623,7 +683,7 @@ impl From<StoredState> for State {
             last_at: stored.last_at,
             boot_id: stored.boot_id,
             recovery: stored.recovery,
-            jobs: stored.jobs,
+            jobs: Jobs::new(),
             queue: stored.queue,
             sites: stored.sites,
             schedule_try: stored.schedule_try,
@@ -631,7 +691,7 @@ impl From<StoredState> for State {
             index: LiveIndex::default(),
             identities: Identities::default(),
         };
-        state.rebuild_index();
+        state.load_jobs(stored.jobs);
         state
     }
 }
@@ -757,6 +817,42 @@ impl LiveIndex {
             in_fold: true,
             ..LiveIndex::default()
         }
+    }
+
+    /// The index of jobs with these contributions (each job once), built in one go: the
+    /// blob counts and due sets are sorted first and filled in order, since filling a
+    /// persistent map in random order costs a cache miss at each step of each insert.
+    fn build(contributions: impl Iterator<Item = Contribution>) -> LiveIndex {
+        let mut index = LiveIndex::default();
+        let mut blobs = Vec::new();
+        let mut due = Vec::new();
+        for c in contributions {
+            if c.live {
+                index.live.insert(c.id);
+            }
+            if c.archiving {
+                index.archiving.insert(c.id);
+            }
+            if c.slot {
+                index.active += 1;
+            }
+            if let Some(status) = c.counted {
+                index.by_status[status.index()] += 1;
+            }
+            blobs.extend(c.blobs.into_iter().flatten());
+            due.extend(c.due);
+        }
+        blobs.sort_unstable();
+        for same in blobs.chunk_by(|a, b| a == b) {
+            let count = u32::try_from(same.len()).expect("fewer than 2^32 jobs per blob");
+            index.blob_refs.insert(same[0], count);
+        }
+        due.sort_unstable();
+        for group in due.chunk_by(|a, b| a.0 == b.0) {
+            let set = group.iter().map(|(_, entry)| *entry).collect();
+            index.due.insert(group[0].0, set);
+        }
+        index
     }
 
     /// Adds the job's contribution.
@@ -1111,42 +1207,25 @@ impl State {
     /// [`Run::stop_candidates`]) from the jobs. Loading a state calls it; so must any
     /// code that builds a `State` from its fields.
     pub fn rebuild_index(&mut self) {
-        let mut index = LiveIndex::default();
         let ids: Vec<JobId> = self.jobs.keys().copied().collect();
         for job_id in ids {
-            let Some(shared) = self.jobs.get_mut(&job_id) else {
-                continue;
-            };
-            let candidates = shared.run.stop_candidates_from_exits();
-            if candidates != shared.run.stop_candidates {
-                Arc::make_mut(shared).run.stop_candidates = candidates;
+            if let Some(shared) = self.jobs.get_mut(&job_id) {
+                self.identities.share_derived(shared);
             }
-            // A loaded state shares the site lists the fold would have shared.
-            let run = &shared.run;
-            if !Arc::ptr_eq(&run.job_clients, &run.sites) && run.job_clients == run.sites {
-                let run = &mut Arc::make_mut(shared).run;
-                run.job_clients = run.sites.clone();
-            }
-            let mut start = shared.run.start.clone();
-            if start.share_if_equal(&shared.run.deploy) {
-                Arc::make_mut(shared).run.start = start;
-            }
-            // And one copy of each identity, as the fold keeps it.
-            let submitter = self.identities.adopt(&shared.submitter);
-            let signer = shared.signer.as_ref().map(|s| self.identities.adopt(s));
-            let same = |a: &Arc<Identity>, b: &Arc<Identity>| Arc::ptr_eq(a, b);
-            let signer_same = match (&signer, &shared.signer) {
-                (Some(a), Some(b)) => same(a, b),
-                _ => true,
-            };
-            if !same(&submitter, &shared.submitter) || !signer_same {
-                let job = Arc::make_mut(shared);
-                job.submitter = submitter;
-                job.signer = signer;
-            }
-            index.add(shared);
         }
-        self.index = index;
+        self.index = LiveIndex::build(self.jobs.iter().map(|(_, job)| Contribution::of(job)));
+    }
+
+    /// Takes in the jobs of a loaded state, each with its derived fields set, then builds
+    /// the index from them in one go. A job listed twice keeps its last entry, as a map
+    /// would.
+    fn load_jobs(&mut self, jobs: Vec<(JobId, Job)>) {
+        for (job_id, job) in jobs {
+            let mut shared = Arc::new(job);
+            self.identities.share_derived(&mut shared);
+            self.jobs.insert(job_id, shared);
+        }
+        self.index = LiveIndex::build(self.jobs.iter().map(|(_, job)| Contribution::of(job)));
     }
 
     /// The connected sites, by name.
