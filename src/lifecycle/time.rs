@@ -53,25 +53,51 @@ impl Timestamp {
 
 impl fmt::Display for Timestamp {
     /// Written straight into the formatter (the fold writes one into every schedule
-    /// line it keeps).
+    /// line it keeps): the digits of years 0 to 9999 are put in place by hand, a
+    /// formatted write per field cost more than the calendar arithmetic.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let nanos = i128::from(self.0) * 1_000_000;
-        match time::OffsetDateTime::from_unix_timestamp_nanos(nanos) {
-            Ok(t) => write!(
-                f,
-                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-                t.year(),
-                u8::from(t.month()),
-                t.day(),
-                t.hour(),
-                t.minute(),
-                t.second(),
-                t.millisecond()
-            ),
+        let (secs, ms) = (self.0.div_euclid(1000), self.0.rem_euclid(1000));
+        let Ok(t) = time::OffsetDateTime::from_unix_timestamp(secs) else {
             // Outside the calendar range `time` supports; the raw number is still exact.
-            Err(_) => write!(f, "@{}ms", self.0),
-        }
+            return write!(f, "@{}ms", self.0);
+        };
+        // `time` stops at year 9999; only the years before 0 need a sign.
+        let Ok(year) = u16::try_from(t.year()) else {
+            return write_fields(f, &t, ms);
+        };
+        let mut text = *b"0000-00-00T00:00:00.000Z";
+        let mut put = |at: usize, width: usize, value: u32| {
+            let mut value = value;
+            for i in (at..at + width).rev() {
+                text[i] = b'0' + (value % 10) as u8;
+                value /= 10;
+            }
+        };
+        put(0, 4, u32::from(year));
+        put(5, 2, u32::from(u8::from(t.month())));
+        put(8, 2, u32::from(t.day()));
+        put(11, 2, u32::from(t.hour()));
+        put(14, 2, u32::from(t.minute()));
+        put(17, 2, u32::from(t.second()));
+        put(20, 3, ms as u32);
+        f.write_str(std::str::from_utf8(&text).expect("ASCII digits"))
     }
+}
+
+/// The same form field by field, for the years before 0: a minus sign, then four digits
+/// (ISO 8601's expanded form).
+fn write_fields(f: &mut fmt::Formatter<'_>, t: &time::OffsetDateTime, ms: i64) -> fmt::Result {
+    write!(
+        f,
+        "-{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year().unsigned_abs(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        ms
+    )
 }
 
 #[cfg(test)]
@@ -87,6 +113,38 @@ mod tests {
             "2000-01-01T00:00:12.500Z"
         );
         assert_eq!(Timestamp(i64::MAX).to_iso8601(), format!("@{}ms", i64::MAX));
+        assert_eq!(Timestamp(-1).to_iso8601(), "1969-12-31T23:59:59.999Z");
+        // The last instant of year 9999, the first past the calendar, and one in year -1.
+        assert_eq!(
+            Timestamp(253_402_300_799_999).to_iso8601(),
+            "9999-12-31T23:59:59.999Z"
+        );
+        assert_eq!(
+            Timestamp(253_402_300_800_000).to_iso8601(),
+            "@253402300800000ms"
+        );
+        assert_eq!(
+            Timestamp(-62_167_219_200_001).to_iso8601(),
+            "-0001-12-31T23:59:59.999Z"
+        );
+    }
+
+    proptest::proptest! {
+        /// The hand-placed digits read back as the instant they were written from.
+        #[test]
+        fn iso8601_reads_back(ms in -62_167_219_200_000i64..253_402_300_800_000) {
+            let text = Timestamp(ms).to_iso8601();
+            let parsed = time::OffsetDateTime::parse(
+                &text,
+                &time::format_description::well_known::Rfc3339,
+            )
+            .expect("RFC 3339");
+            proptest::prop_assert_eq!(
+                parsed.unix_timestamp_nanos(),
+                i128::from(ms) * 1_000_000,
+                "{}", text
+            );
+        }
     }
 
     #[test]
