@@ -42,6 +42,9 @@ impl Fold<Event> for State {
         // The inherent method checks order, time and transition the way `decide` does.
         State::apply_checked(self, event)
     }
+    fn apply_owned(&mut self, event: Event) -> Result<(), Self::Error> {
+        State::apply_owned(self, event)
+    }
 }
 
 /// One event as a JSON object on one line (no newline): `seq`, `at` (ISO-8601 UTC),

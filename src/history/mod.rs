@@ -53,6 +53,12 @@ pub trait Fold<E> {
     /// Applies `event` if it is legal for the state so far; otherwise leaves the state
     /// as it was and says why.
     fn apply_checked(&mut self, event: &E) -> Result<(), Self::Error>;
+
+    /// The same for a caller that hands the event over (a replay), so the state may keep
+    /// parts of it instead of copying them.
+    fn apply_owned(&mut self, event: E) -> Result<(), Self::Error> {
+        self.apply_checked(&event)
+    }
 }
 
 /// Why a history could not be opened.
@@ -981,10 +987,11 @@ where
             for chunk in record_rx {
                 for record in chunk {
                     let record = record?;
+                    let seq = record.seq;
                     state
-                        .apply_checked(&record.event)
+                        .apply_owned(record.event)
                         .map_err(|reason| ReplayError::Illegal {
-                            seq: record.seq,
+                            seq,
                             reason: reason.to_string(),
                         })?;
                     count += 1;

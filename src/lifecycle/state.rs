@@ -1257,6 +1257,38 @@ impl State {
     /// Checks the record the way `decide` would (order, time, transition) and folds it.
     /// On error the state is unchanged and the error names the record's sequence number.
     pub fn apply_checked(&mut self, event: &Event) -> Result<(), ReplayError> {
+        self.check_next(event)?;
+        self.fold(event, None);
+        self.last_seq = event.seq;
+        self.last_at = event.at;
+        Ok(())
+    }
+
+    /// [`State::apply_checked`] for a caller that hands the event over (a replay): a
+    /// submitted job's meta moves into the job instead of being copied.
+    pub fn apply_owned(&mut self, mut event: Event) -> Result<(), ReplayError> {
+        self.check_next(&event)?;
+        let meta = match &mut event.kind {
+            EventKind::JobSubmitted { meta, .. } => Some(std::mem::replace(
+                meta,
+                JobMeta {
+                    name: String::new(),
+                    deploy_map: Vec::new(),
+                    min_clients: 0,
+                    mandatory_clients: Vec::new(),
+                    resource_spec: BTreeMap::new(),
+                },
+            )),
+            _ => None,
+        };
+        self.fold(&event, meta);
+        self.last_seq = event.seq;
+        self.last_at = event.at;
+        Ok(())
+    }
+
+    /// Whether `event` may come next: its order, its time and its transition.
+    fn check_next(&self, event: &Event) -> Result<(), ReplayError> {
         let expected = self.last_seq + 1;
         if event.seq != expected {
             return Err(ReplayError::OutOfOrder {
@@ -1276,11 +1308,7 @@ impl State {
                 seq: event.seq,
                 kind: event.kind.name(),
                 reason,
-            })?;
-        self.fold(event);
-        self.last_seq = event.seq;
-        self.last_at = event.at;
-        Ok(())
+            })
     }
 
     fn job_in(&self, job_id: &JobId, allowed: &[RunStatus], what: &str) -> Result<&Job, String> {
@@ -1771,7 +1799,8 @@ impl State {
     /// The mutation of a checked record, with the derived index kept in step: the
     /// index changes where a touched job's contribution after the event differs from
     /// the one before. Never fails.
-    fn fold(&mut self, event: &Event) {
+    /// `meta`, when given, is the submitted job's meta taken out of `event`.
+    fn fold(&mut self, event: &Event, meta: Option<JobMeta>) {
         // Most events change their one job: no list is built for them.
         let single;
         let many: Vec<JobId>;
@@ -1801,7 +1830,7 @@ impl State {
             .iter()
             .map(|job_id| self.jobs.get(job_id).map(|job| Contribution::of(job)))
             .collect();
-        self.fold_event(event, touched);
+        self.fold_event(event, touched, meta);
         for (job_id, before) in touched.iter().zip(&before) {
             let after = self.jobs.get(job_id).map(|job| Contribution::of(job));
             if after != *before {
@@ -1816,7 +1845,7 @@ impl State {
 
     /// The mutation itself. `touched` holds every job the event may change (for a
     /// restart, every live job).
-    fn fold_event(&mut self, event: &Event, touched: &[JobId]) {
+    fn fold_event(&mut self, event: &Event, touched: &[JobId], owned_meta: Option<JobMeta>) {
         use EventKind::*;
         let at = event.at;
         self.remember_reply(event);
@@ -1924,7 +1953,7 @@ impl State {
                     *job_id,
                     Arc::new(Job {
                         id: *job_id,
-                        meta: meta.clone(),
+                        meta: owned_meta.unwrap_or_else(|| meta.clone()),
                         package: *package,
                         submitter: self.identities.share(submitter),
                         signer: signer.as_ref().map(|s| self.identities.share(s)),
