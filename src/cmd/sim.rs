@@ -86,22 +86,30 @@ fn cleaned(mut result: SimResult) -> SimResult {
     result
 }
 
-/// The event with every text in it cleaned, through its JSON form; `None` if that form
-/// does not read back, and the event is then cleaned only line by line.
+/// The event with every text in it cleaned, through its JSON form; `None` if no text in
+/// it needs cleaning (nearly every event), or if that form does not read back, and the
+/// event is then cleaned only line by line.
 fn clean_event(event: &Event) -> Option<Event> {
-    fn walk(value: &mut serde_json::Value) {
+    fn walk(value: &mut serde_json::Value) -> bool {
         match value {
             serde_json::Value::String(text) => {
                 if let std::borrow::Cow::Owned(clean_text) = clean(text) {
                     *text = clean_text;
+                    return true;
                 }
+                false
             }
-            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
-            serde_json::Value::Object(fields) => fields.values_mut().for_each(walk),
-            _ => {}
+            // Every item is cleaned: no short cut past the first that changed.
+            serde_json::Value::Array(items) => items.iter_mut().map(walk).fold(false, |a, b| a | b),
+            serde_json::Value::Object(fields) => {
+                fields.values_mut().map(walk).fold(false, |a, b| a | b)
+            }
+            _ => false,
         }
     }
     let mut value = serde_json::to_value(event).ok()?;
-    walk(&mut value);
+    if !walk(&mut value) {
+        return None;
+    }
     serde_json::from_value(value).ok()
 }
