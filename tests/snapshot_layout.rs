@@ -325,3 +325,32 @@ fn jobs_of_one_submitter_share_one_identity_after_replay_and_after_a_load() {
     }
     assert_eq!(decoded, state);
 }
+
+/// A snapshot of thousands of jobs is taken in on a second thread while it decodes: the
+/// state it gives is the replayed one (index included), its jobs share their submitter,
+/// and a blob cut short or damaged inside the jobs gives an error, not a hang or a panic.
+#[test]
+fn a_large_snapshot_loads_on_two_threads_to_the_same_state() {
+    let (_, _, state) = history_of(2 * 5_000 + 1);
+    assert_eq!(state.jobs.len(), 5_001);
+    let bytes = snapshot::encode_state(&state).expect("encodes");
+    let decoded: State = snapshot::decode_state(&bytes).expect("decodes");
+    assert_eq!(decoded, state);
+    assert_eq!(decoded.index(), state.index());
+    let first = decoded.jobs.values().next().expect("a job").submitter.clone();
+    assert!(decoded
+        .jobs
+        .values()
+        .all(|j| std::sync::Arc::ptr_eq(&j.submitter, &first)));
+    let named: State =
+        snapshot::decode_state(&snapshot::encode_state_v1(&state).expect("encodes"))
+            .expect("decodes");
+    assert_eq!(named, state);
+    // Cut in the middle of the jobs (past the first chunks handed over), and damaged there.
+    for at in [bytes.len() / 2, bytes.len() * 3 / 4] {
+        assert!(snapshot::decode_state::<State>(&bytes[..at]).is_err());
+        let mut bad = bytes.clone();
+        bad[at..at + 64].fill(0xc1); // 0xc1 is never used in MessagePack
+        assert!(snapshot::decode_state::<State>(&bad).is_err());
+    }
+}

@@ -638,8 +638,8 @@ struct StoredState {
     last_at: Timestamp,
     boot_id: BootId,
     recovery: Option<RecoveryWindow>,
-    #[serde(deserialize_with = "map_entries")]
-    jobs: Vec<(JobId, Job)>,
+    #[serde(deserialize_with = "loaded_jobs")]
+    jobs: LoadedJobs,
     queue: OrdSet<QueueKey>,
     #[serde(with = "shared_sites")]
     sites: Arc<BTreeMap<String, Arc<SiteFacts>>>,
@@ -647,33 +647,89 @@ struct StoredState {
     requests: KeptRequests,
 }
 
-/// A stored map's entries in their stored order, without building a map: the load puts
-/// each job straight where it belongs ([`State::load_jobs`]).
-fn map_entries<'de, D, K, V>(deserializer: D) -> Result<Vec<(K, V)>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    K: Deserialize<'de>,
-    V: Deserialize<'de>,
-{
-    struct Entries<K, V>(std::marker::PhantomData<(K, V)>);
-    impl<'de, K: Deserialize<'de>, V: Deserialize<'de>> serde::de::Visitor<'de> for Entries<K, V> {
-        type Value = Vec<(K, V)>;
+/// The jobs of a stored state, taken in as they are read: each job is put straight into
+/// the job maps with its derived fields set ([`Identities::share_derived`]), no map is
+/// built first.
+struct LoadedJobs {
+    jobs: Jobs,
+    identities: Identities,
+}
+
+impl LoadedJobs {
+    /// Takes in one stored job. A job listed twice keeps its last entry, as a map would.
+    fn take(&mut self, job_id: JobId, job: Job) {
+        let mut shared = Arc::new(job);
+        self.identities.share_derived(&mut shared);
+        self.jobs.insert(job_id, shared);
+    }
+}
+
+/// Reads the stored jobs map into [`LoadedJobs`]. A large one (a long-lived server's
+/// snapshot) is taken in on a second thread while this one goes on decoding, in chunks.
+fn loaded_jobs<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<LoadedJobs, D::Error> {
+    /// Below this many jobs a second thread costs more than it saves.
+    const THREADED_FROM: usize = 4096;
+    const CHUNK: usize = 1024;
+    struct Entries;
+    impl<'de> serde::de::Visitor<'de> for Entries {
+        type Value = LoadedJobs;
         fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a map")
+            f.write_str("a map of jobs by id")
         }
         fn visit_map<A: serde::de::MapAccess<'de>>(
             self,
             mut map: A,
-        ) -> Result<Self::Value, A::Error> {
-            // The size a map announces is not trusted past a bound (a damaged length).
-            let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0).min(1 << 16));
-            while let Some(entry) = map.next_entry()? {
-                entries.push(entry);
+        ) -> Result<LoadedJobs, A::Error> {
+            let empty = || LoadedJobs {
+                jobs: Jobs::new(),
+                identities: Identities::default(),
+            };
+            if map.size_hint().unwrap_or(0) < THREADED_FROM {
+                let mut loaded = empty();
+                while let Some((job_id, job)) = map.next_entry()? {
+                    loaded.take(job_id, job);
+                }
+                return Ok(loaded);
             }
-            Ok(entries)
+            std::thread::scope(|scope| {
+                let (chunks, taken) = std::sync::mpsc::sync_channel::<Vec<(JobId, Job)>>(4);
+                let taker = scope.spawn(move || {
+                    let mut loaded = empty();
+                    for chunk in taken {
+                        for (job_id, job) in chunk {
+                            loaded.take(job_id, job);
+                        }
+                    }
+                    loaded
+                });
+                let mut chunk = Vec::with_capacity(CHUNK);
+                let read = loop {
+                    match map.next_entry() {
+                        Ok(Some(entry)) => chunk.push(entry),
+                        Ok(None) => break Ok(()),
+                        Err(err) => break Err(err),
+                    }
+                    if chunk.len() == CHUNK {
+                        let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
+                        // The taker only stops by panicking, which the join passes on.
+                        if chunks.send(full).is_err() {
+                            break Ok(());
+                        }
+                    }
+                };
+                if read.is_ok() && !chunk.is_empty() {
+                    let _ = chunks.send(chunk);
+                }
+                drop(chunks);
+                let loaded = match taker.join() {
+                    Ok(loaded) => loaded,
+                    Err(panic) => std::panic::resume_unwind(panic),
+                };
+                read.map(|()| loaded)
+            })
         }
     }
-    deserializer.deserialize_map(Entries(std::marker::PhantomData))
+    deserializer.deserialize_map(Entries)
 }
 
 impl From<StoredState> for State {
@@ -683,15 +739,15 @@ impl From<StoredState> for State {
             last_at: stored.last_at,
             boot_id: stored.boot_id,
             recovery: stored.recovery,
-            jobs: Jobs::new(),
+            jobs: stored.jobs.jobs,
             queue: stored.queue,
             sites: stored.sites,
             schedule_try: stored.schedule_try,
             requests: stored.requests,
             index: LiveIndex::default(),
-            identities: Identities::default(),
+            identities: stored.jobs.identities,
         };
-        state.load_jobs(stored.jobs);
+        state.index = LiveIndex::build(state.jobs.iter().map(|(_, job)| Contribution::of(job)));
         state
     }
 }
@@ -1212,18 +1268,6 @@ impl State {
             if let Some(shared) = self.jobs.get_mut(&job_id) {
                 self.identities.share_derived(shared);
             }
-        }
-        self.index = LiveIndex::build(self.jobs.iter().map(|(_, job)| Contribution::of(job)));
-    }
-
-    /// Takes in the jobs of a loaded state, each with its derived fields set, then builds
-    /// the index from them in one go. A job listed twice keeps its last entry, as a map
-    /// would.
-    fn load_jobs(&mut self, jobs: Vec<(JobId, Job)>) {
-        for (job_id, job) in jobs {
-            let mut shared = Arc::new(job);
-            self.identities.share_derived(&mut shared);
-            self.jobs.insert(job_id, shared);
         }
         self.index = LiveIndex::build(self.jobs.iter().map(|(_, job)| Contribution::of(job)));
     }
