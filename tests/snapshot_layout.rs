@@ -337,14 +337,19 @@ fn a_large_snapshot_loads_on_two_threads_to_the_same_state() {
     let decoded: State = snapshot::decode_state(&bytes).expect("decodes");
     assert_eq!(decoded, state);
     assert_eq!(decoded.index(), state.index());
-    let first = decoded.jobs.values().next().expect("a job").submitter.clone();
+    let first = decoded
+        .jobs
+        .values()
+        .next()
+        .expect("a job")
+        .submitter
+        .clone();
     assert!(decoded
         .jobs
         .values()
         .all(|j| std::sync::Arc::ptr_eq(&j.submitter, &first)));
-    let named: State =
-        snapshot::decode_state(&snapshot::encode_state_v1(&state).expect("encodes"))
-            .expect("decodes");
+    let named: State = snapshot::decode_state(&snapshot::encode_state_v1(&state).expect("encodes"))
+        .expect("decodes");
     assert_eq!(named, state);
     // Cut in the middle of the jobs (past the first chunks handed over), and damaged there.
     for at in [bytes.len() / 2, bytes.len() * 3 / 4] {
