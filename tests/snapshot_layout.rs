@@ -326,11 +326,12 @@ fn jobs_of_one_submitter_share_one_identity_after_replay_and_after_a_load() {
     assert_eq!(decoded, state);
 }
 
-/// A snapshot of thousands of jobs is taken in on a second thread while it decodes: the
-/// state it gives is the replayed one (index included), its jobs share their submitter,
-/// and a blob cut short or damaged inside the jobs gives an error, not a hang or a panic.
+/// A snapshot of thousands of jobs, whose jobs go straight into the job maps as they are
+/// decoded and whose index is built after: the state it gives is the replayed one (index
+/// included), its jobs share their submitter, and a blob cut short or damaged inside the
+/// jobs gives an error, not a panic.
 #[test]
-fn a_large_snapshot_loads_on_two_threads_to_the_same_state() {
+fn a_large_snapshot_loads_to_the_same_state() {
     let (_, _, state) = history_of(2 * 5_000 + 1);
     assert_eq!(state.jobs.len(), 5_001);
     let bytes = snapshot::encode_state(&state).expect("encodes");
@@ -351,7 +352,7 @@ fn a_large_snapshot_loads_on_two_threads_to_the_same_state() {
     let named: State = snapshot::decode_state(&snapshot::encode_state_v1(&state).expect("encodes"))
         .expect("decodes");
     assert_eq!(named, state);
-    // Cut in the middle of the jobs (past the first chunks handed over), and damaged there.
+    // Cut in the middle of the jobs, and damaged there.
     for at in [bytes.len() / 2, bytes.len() * 3 / 4] {
         assert!(snapshot::decode_state::<State>(&bytes[..at]).is_err());
         let mut bad = bytes.clone();

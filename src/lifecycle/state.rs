@@ -664,12 +664,8 @@ impl LoadedJobs {
     }
 }
 
-/// Reads the stored jobs map into [`LoadedJobs`]. A large one (a long-lived server's
-/// snapshot) is taken in on a second thread while this one goes on decoding, in chunks.
+/// Reads the stored jobs map into [`LoadedJobs`], each job as it is decoded.
 fn loaded_jobs<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<LoadedJobs, D::Error> {
-    /// Below this many jobs a second thread costs more than it saves.
-    const THREADED_FROM: usize = 4096;
-    const CHUNK: usize = 1024;
     struct Entries;
     impl<'de> serde::de::Visitor<'de> for Entries {
         type Value = LoadedJobs;
@@ -680,53 +676,14 @@ fn loaded_jobs<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Load
             self,
             mut map: A,
         ) -> Result<LoadedJobs, A::Error> {
-            let empty = || LoadedJobs {
+            let mut loaded = LoadedJobs {
                 jobs: Jobs::new(),
                 identities: Identities::default(),
             };
-            if map.size_hint().unwrap_or(0) < THREADED_FROM {
-                let mut loaded = empty();
-                while let Some((job_id, job)) = map.next_entry()? {
-                    loaded.take(job_id, job);
-                }
-                return Ok(loaded);
+            while let Some((job_id, job)) = map.next_entry()? {
+                loaded.take(job_id, job);
             }
-            std::thread::scope(|scope| {
-                let (chunks, taken) = std::sync::mpsc::sync_channel::<Vec<(JobId, Job)>>(4);
-                let taker = scope.spawn(move || {
-                    let mut loaded = empty();
-                    for chunk in taken {
-                        for (job_id, job) in chunk {
-                            loaded.take(job_id, job);
-                        }
-                    }
-                    loaded
-                });
-                let mut chunk = Vec::with_capacity(CHUNK);
-                let read = loop {
-                    match map.next_entry() {
-                        Ok(Some(entry)) => chunk.push(entry),
-                        Ok(None) => break Ok(()),
-                        Err(err) => break Err(err),
-                    }
-                    if chunk.len() == CHUNK {
-                        let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
-                        // The taker only stops by panicking, which the join passes on.
-                        if chunks.send(full).is_err() {
-                            break Ok(());
-                        }
-                    }
-                };
-                if read.is_ok() && !chunk.is_empty() {
-                    let _ = chunks.send(chunk);
-                }
-                drop(chunks);
-                let loaded = match taker.join() {
-                    Ok(loaded) => loaded,
-                    Err(panic) => std::panic::resume_unwind(panic),
-                };
-                read.map(|()| loaded)
-            })
+            Ok(loaded)
         }
     }
     deserializer.deserialize_map(Entries)
