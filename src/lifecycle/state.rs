@@ -868,11 +868,6 @@ impl LiveIndex {
         index
     }
 
-    /// Adds the job's contribution.
-    pub fn add(&mut self, job: &Job) {
-        self.change(None, Some(&Contribution::of(job)));
-    }
-
     /// Replaces one job's contribution `before` (`None`: the job was not in the index)
     /// by `after` (`None`: it leaves), changing only what differs: an event that moves a
     /// queued job to its next schedule count touches the due index alone.
