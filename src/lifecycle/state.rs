@@ -580,37 +580,6 @@ impl Identities {
         self.shared(identity, || identity.clone())
     }
 
-    /// Sets the fields of a job that a load does not read but the fold keeps: each run's
-    /// stop candidates, the site lists and answers shared as the fold shares them, and one
-    /// copy of each identity. Copies the job only when one of them differs.
-    fn share_derived(&mut self, shared: &mut Arc<Job>) {
-        let candidates = shared.run.stop_candidates_from_exits();
-        if candidates != shared.run.stop_candidates {
-            Arc::make_mut(shared).run.stop_candidates = candidates;
-        }
-        let run = &shared.run;
-        if !Arc::ptr_eq(&run.job_clients, &run.sites) && run.job_clients == run.sites {
-            let run = &mut Arc::make_mut(shared).run;
-            run.job_clients = run.sites.clone();
-        }
-        let mut start = shared.run.start.clone();
-        if start.share_if_equal(&shared.run.deploy) {
-            Arc::make_mut(shared).run.start = start;
-        }
-        let submitter = self.adopt(&shared.submitter);
-        let signer = shared.signer.as_ref().map(|s| self.adopt(s));
-        let same = |a: &Arc<Identity>, b: &Arc<Identity>| Arc::ptr_eq(a, b);
-        let signer_same = match (&signer, &shared.signer) {
-            (Some(a), Some(b)) => same(a, b),
-            _ => true,
-        };
-        if !same(&submitter, &shared.submitter) || !signer_same {
-            let job = Arc::make_mut(shared);
-            job.submitter = submitter;
-            job.signer = signer;
-        }
-    }
-
     fn shared(
         &mut self,
         identity: &Identity,
@@ -622,6 +591,37 @@ impl Identities {
         let shared = own();
         Arc::make_mut(&mut self.0).insert(shared.clone());
         shared
+    }
+}
+
+/// Sets the fields of a loaded job that a snapshot does not hold but the fold keeps: each
+/// run's stop candidates, the site lists and answers shared as the fold shares them, and
+/// the pool's copy of each identity. Copies the job only when one of them differs.
+fn derive_loaded(shared: &mut Arc<Job>, identities: &mut Identities) {
+    let candidates = shared.run.stop_candidates_from_exits();
+    if candidates != shared.run.stop_candidates {
+        Arc::make_mut(shared).run.stop_candidates = candidates;
+    }
+    let run = &shared.run;
+    if !Arc::ptr_eq(&run.job_clients, &run.sites) && run.job_clients == run.sites {
+        let run = &mut Arc::make_mut(shared).run;
+        run.job_clients = run.sites.clone();
+    }
+    let mut start = shared.run.start.clone();
+    if start.share_if_equal(&shared.run.deploy) {
+        Arc::make_mut(shared).run.start = start;
+    }
+    let submitter = identities.adopt(&shared.submitter);
+    let signer = shared.signer.as_ref().map(|s| identities.adopt(s));
+    let same = |a: &Arc<Identity>, b: &Arc<Identity>| Arc::ptr_eq(a, b);
+    let signer_same = match (&signer, &shared.signer) {
+        (Some(a), Some(b)) => same(a, b),
+        _ => true,
+    };
+    if !same(&submitter, &shared.submitter) || !signer_same {
+        let job = Arc::make_mut(shared);
+        job.submitter = submitter;
+        job.signer = signer;
     }
 }
 
@@ -648,7 +648,7 @@ struct StoredState {
 }
 
 /// The jobs of a stored state, taken in as they are read: each job is put straight into
-/// the job maps with its derived fields set ([`Identities::share_derived`]), no map is
+/// the job maps with its derived fields set ([`derive_loaded`]), no map is
 /// built first.
 struct LoadedJobs {
     jobs: Jobs,
@@ -659,7 +659,7 @@ impl LoadedJobs {
     /// Takes in one stored job. A job listed twice keeps its last entry, as a map would.
     fn take(&mut self, job_id: JobId, job: Job) {
         let mut shared = Arc::new(job);
-        self.identities.share_derived(&mut shared);
+        derive_loaded(&mut shared, &mut self.identities);
         self.jobs.insert(job_id, shared);
     }
 }
@@ -704,7 +704,7 @@ impl From<StoredState> for State {
             index: LiveIndex::default(),
             identities: stored.jobs.identities,
         };
-        state.index = LiveIndex::build(state.jobs.iter().map(|(_, job)| Contribution::of(job)));
+        state.index = LiveIndex::of_jobs(&state.jobs);
         state
     }
 }
@@ -832,14 +832,14 @@ impl LiveIndex {
         }
     }
 
-    /// The index of jobs with these contributions (each job once), built in one go: the
-    /// blob counts and due sets are sorted first and filled in order, since filling a
-    /// persistent map in random order costs a cache miss at each step of each insert.
-    fn build(contributions: impl Iterator<Item = Contribution>) -> LiveIndex {
+    /// The index of these jobs, built in one go: the blob counts and due sets are sorted
+    /// first and filled in order, since filling a persistent map in random order costs a
+    /// cache miss at each step of each insert.
+    fn of_jobs(jobs: &Jobs) -> LiveIndex {
         let mut index = LiveIndex::default();
         let mut blobs = Vec::new();
         let mut due = Vec::new();
-        for c in contributions {
+        for c in jobs.iter().map(|(_, job)| Contribution::of(job)) {
             if c.live {
                 index.live.insert(c.id);
             }
@@ -1218,10 +1218,10 @@ impl State {
         let ids: Vec<JobId> = self.jobs.keys().copied().collect();
         for job_id in ids {
             if let Some(shared) = self.jobs.get_mut(&job_id) {
-                self.identities.share_derived(shared);
+                derive_loaded(shared, &mut self.identities);
             }
         }
-        self.index = LiveIndex::build(self.jobs.iter().map(|(_, job)| Contribution::of(job)));
+        self.index = LiveIndex::of_jobs(&self.jobs);
     }
 
     /// The connected sites, by name.
@@ -1255,8 +1255,6 @@ impl State {
     pub fn apply_checked(&mut self, event: &Event) -> Result<(), ReplayError> {
         self.check_next(event)?;
         self.fold(event, None);
-        self.last_seq = event.seq;
-        self.last_at = event.at;
         Ok(())
     }
 
@@ -1278,8 +1276,6 @@ impl State {
             _ => None,
         };
         self.fold(&event, meta);
-        self.last_seq = event.seq;
-        self.last_at = event.at;
         Ok(())
     }
 
@@ -1795,7 +1791,8 @@ impl State {
     /// The mutation of a checked record, with the derived index kept in step: the
     /// index changes where a touched job's contribution after the event differs from
     /// the one before. Never fails.
-    /// `meta`, when given, is the submitted job's meta taken out of `event`.
+    /// Folds a checked event, and makes it the last one applied. `meta`, when given, is
+    /// the submitted job's meta taken out of `event`.
     fn fold(&mut self, event: &Event, meta: Option<JobMeta>) {
         // Most events change their one job: no list is built for them.
         let single;
@@ -1837,6 +1834,8 @@ impl State {
             }
         }
         self.index = index;
+        self.last_seq = event.seq;
+        self.last_at = event.at;
     }
 
     /// The mutation itself. `touched` holds every job the event may change (for a
