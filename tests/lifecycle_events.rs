@@ -34,7 +34,7 @@ fn every_kind() -> Vec<EventKind> {
             package: BlobHash([3; 32]),
             submitter: boss(),
             signer: Some(admin("lee", "acme", Role::Lead)),
-            submit_time: Timestamp(T0),
+            submit_time: Timestamp::from_millis(T0),
             cloned_from: None,
         },
         EventKind::ScheduleTryStarted {
@@ -186,7 +186,7 @@ fn every_event_kind_round_trips_and_is_named_by_its_tag() {
     for (i, kind) in every_kind().into_iter().enumerate() {
         let event = Event {
             seq: i as u64 + 1,
-            at: Timestamp(T0 + i as i64),
+            at: Timestamp::from_millis(T0 + i as i64),
             actor: Actor::Admin {
                 name: "boss".into(),
                 org: "acme".into(),
@@ -224,7 +224,10 @@ fn json_shows_statuses_times_and_hashes_as_users_read_them() {
         serde_json::to_value(&kind).expect("json")["hash"],
         "ab".repeat(32)
     );
-    assert_eq!(serde_json::to_value(Timestamp(T0)).expect("json"), T0);
+    assert_eq!(
+        serde_json::to_value(Timestamp::from_millis(T0)).expect("json"),
+        T0
+    );
 }
 
 #[test]

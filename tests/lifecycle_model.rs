@@ -714,6 +714,6 @@ proptest! {
             }
             prop_assert_eq!(&from_snapshot, &full);
         }
-        prop_assert!(h.world.now >= Timestamp(T0));
+        prop_assert!(h.world.now >= Timestamp::from_millis(T0));
     }
 }

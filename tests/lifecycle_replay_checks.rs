@@ -72,7 +72,7 @@ fn a_submit_whose_time_is_not_its_event_time_is_refused() {
     w.connect("site-1");
     let mut kind = submitted_kind(&w, boss());
     if let EventKind::JobSubmitted { submit_time, .. } = &mut kind {
-        *submit_time = Timestamp(T0);
+        *submit_time = Timestamp::from_millis(T0);
     }
     refused(&w.state, admin_actor(), kind);
 }

@@ -150,7 +150,7 @@ fn keys_kept_in_a_snapshot_expire_after_it_is_loaded() {
     assert_eq!(loaded, w.state, "a loaded state equals the live one");
     let key = fedrun::lifecycle::state::RequestKey {
         identity: boss().into(),
-        key: "k".to_string(),
+        key: "k".into(),
     };
     let recorded = w.state.requests.by_key[&key].at;
     let window_end = recorded.plus(fedrun::lifecycle::state::REQUEST_KEY_KEPT_FOR);
@@ -160,7 +160,10 @@ fn keys_kept_in_a_snapshot_expire_after_it_is_loaded() {
         .is_none());
     assert!(loaded
         .requests
-        .get(&key, fedrun::lifecycle::Timestamp(window_end.0 - 1))
+        .get(
+            &key,
+            fedrun::lifecycle::Timestamp::from_millis(window_end.as_millis() - 1)
+        )
         .is_some());
     // After the window the key names a new request, on the live state and on the one
     // loaded from the snapshot with the tail replayed; the old key is gone from both.

@@ -155,7 +155,7 @@ fn start_timeout_leaves_silent_sites_out_or_fails_and_stops_the_run() {
     let start = w.now;
     let (timer, _) = w.run_to_next_deadline().expect("start timeout");
     assert_eq!(timer, Timer::StartTimedOut { job_id });
-    assert_eq!(w.now.0 - start.0, 20_000);
+    assert_eq!(w.now.as_millis() - start.as_millis(), 20_000);
     assert_eq!(w.status(job_id), RunStatus::Running);
     assert_eq!(*w.job(job_id).run.job_clients, ["site-1"]);
 
@@ -302,7 +302,7 @@ fn the_outcome_barrier_waits_client_outcome_wait_and_names_silent_sites() {
     let exited = w.now;
     let (timer, d) = w.run_to_next_deadline().expect("barrier");
     assert_eq!(timer, Timer::OutcomeWaitOver { job_id });
-    assert_eq!(w.now.0 - exited.0, 15 * 60 * 1000);
+    assert_eq!(w.now.as_millis() - exited.as_millis(), 15 * 60 * 1000);
     assert_eq!(
         finished(&d),
         Some((
@@ -330,7 +330,7 @@ fn a_site_lost_past_the_reconnect_grace_counts_as_104() {
             site: "site-2".into()
         }
     );
-    assert_eq!(w.now.0 - gone.0, 60_000);
+    assert_eq!(w.now.as_millis() - gone.as_millis(), 60_000);
     assert_eq!(kinds(&d), ["site_report_lapsed", "run_stop_requested"]);
     w.server_exit(job_id, ExitOutcome::Signal(15));
     let d = w.site_exit("site-1", job_id, "r1", ExitOutcome::Signal(15));
@@ -378,7 +378,10 @@ fn a_stopping_run_is_given_up_after_abort_grace_plus_client_outcome_wait() {
     let stop = w.now;
     let (timer, d) = w.run_to_next_deadline().expect("stop wait");
     assert_eq!(timer, Timer::StopWaitOver { job_id });
-    assert_eq!(w.now.0 - stop.0, 10_000 + 15 * 60 * 1000);
+    assert_eq!(
+        w.now.as_millis() - stop.as_millis(),
+        10_000 + 15 * 60 * 1000
+    );
     assert!(kinds(&d).contains(&"run_stopped"));
 }
 

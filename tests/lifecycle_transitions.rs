@@ -631,7 +631,7 @@ fn a_failing_archive_is_retried_with_back_off_then_given_up() {
     // Retries at 1, 2, 4, 8, 16, 30, 30 s after each failure: the first failure at 0 s,
     // then failures at 1, 3, 7, 15, 31, 61 s; 61 s >= archive_retry_for (60 s) gives up.
     assert_eq!(tries, 7);
-    assert_eq!(w.now.0 - start.0, 61_000);
+    assert_eq!(w.now.as_millis() - start.as_millis(), 61_000);
 }
 
 #[test]
@@ -696,7 +696,7 @@ fn restart_in_each_non_terminal_status() {
     );
     let (timer, d) = w.run_to_next_deadline().expect("reattach grace");
     assert_eq!(timer, Timer::ReattachGraceOver);
-    assert_eq!(w.now.0 - T0, 31_000, "30 s after the restart");
+    assert_eq!(w.now.as_millis() - T0, 31_000, "30 s after the restart");
     assert_eq!(w.status(submitted), RunStatus::Submitted);
     assert_eq!(
         w.job(submitted).schedule_count,

@@ -65,11 +65,11 @@ fn oldest_submit_time_goes_first_and_ties_go_in_history_order() {
 fn back_off_is_10s_20s_40s_and_capped_at_10m() {
     let mut w = World::default();
     let job_id = w.submit(meta(&["site-1"], 1));
-    let mut times = vec![w.job(job_id).last_schedule_time.expect("tried").0];
+    let mut times = vec![w.job(job_id).last_schedule_time.expect("tried").as_millis()];
     for _ in 0..8 {
         let (timer, _) = w.run_to_next_deadline().expect("a back-off is due");
         assert_eq!(timer, Timer::ScheduleDue);
-        times.push(w.job(job_id).last_schedule_time.expect("tried").0);
+        times.push(w.job(job_id).last_schedule_time.expect("tried").as_millis());
     }
     let gaps: Vec<i64> = times.windows(2).map(|p| (p[1] - p[0]) / 1000).collect();
     // 2^(count-1) * 10 s: 10, 20, 40, 80, 160, 320, then min(640, 600) = 600, 600.
@@ -231,7 +231,7 @@ fn a_silent_site_times_out_after_resource_check_timeout() {
     let start = w.now;
     let (timer, _) = w.run_to_next_deadline().expect("timeout");
     assert!(matches!(timer, Timer::ResourceCheckTimedOut { .. }));
-    assert_eq!(w.now.0 - start.0, 15_000);
+    assert_eq!(w.now.as_millis() - start.as_millis(), 15_000);
     assert_eq!(
         last_outcome(&w, job_id),
         ScheduleOutcome::NoResources {

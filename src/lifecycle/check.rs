@@ -284,7 +284,7 @@ pub fn check_decide_apply(data: &[u8]) {
         replayed: State::new(),
         ids: CountingIds(0),
         jobs: Vec::new(),
-        now: Timestamp(946_684_800_000),
+        now: Timestamp::from_millis(946_684_800_000),
         reserved: std::collections::BTreeSet::new(),
     };
     let mut steps = 0;

@@ -97,7 +97,7 @@ impl World {
         World {
             state: State::new(),
             settings,
-            now: Timestamp(T0),
+            now: Timestamp::from_millis(T0),
             ids: CountingIds::default(),
             log: Vec::new(),
             requests: 0,
@@ -106,7 +106,7 @@ impl World {
 
     /// Moves the clock forward.
     pub fn advance_ms(&mut self, ms: i64) {
-        self.now = Timestamp(self.now.0 + ms);
+        self.now = Timestamp::from_millis(self.now.as_millis() + ms);
     }
 
     /// Given these past events (as a history would hold them): builds their envelopes at
