@@ -174,7 +174,9 @@ fn memory_breakdown(w: &mut World) {
             j.run.sites = Arc::from(Vec::<String>::new());
             j.run.job_clients = Arc::from(Vec::<String>::new());
         }),
-        ("schedule history", |j| j.schedule_history = Vec::new()),
+        ("schedule history", |j| {
+            j.schedule_history = Default::default()
+        }),
         ("finish reason", |j| j.finish_reason = None),
         ("meta", |j| {
             j.meta.name = String::new();

@@ -122,8 +122,9 @@ fn play(order: &[Fact]) -> (RunStatus, String) {
     (
         job.status,
         job.finish_reason
-            .clone()
-            .expect("a terminal job has a reason"),
+            .as_deref()
+            .expect("a terminal job has a reason")
+            .to_string(),
     )
 }
 

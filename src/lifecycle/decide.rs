@@ -118,7 +118,7 @@ fn decide_keeping(
             }
             let request_key = RequestKey {
                 identity: std::sync::Arc::new(identity.clone()),
-                key: key.clone(),
+                key: key.as_str().into(),
             };
             if let Some(first) = state.requests.get(&request_key, now.max(state.last_at)) {
                 if first.fingerprint.same_request(&fingerprint(request)) {

@@ -273,7 +273,7 @@ mod tests {
             finish_reason: None,
             schedule_count: 0,
             last_schedule_time: None,
-            schedule_history: Vec::new(),
+            schedule_history: thin_vec::ThinVec::new(),
             run: Run::default(),
             archive: Archive::NoWorkspace,
             deleted: false,

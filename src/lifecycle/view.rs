@@ -176,12 +176,12 @@ pub fn job_view(job: &Job, now: Timestamp) -> JobView {
         submit_time: job.submit_time.as_secs(),
         submit_time_iso: job.submit_time.to_iso8601(),
         status: job.status,
-        finish_reason: job.finish_reason.clone(),
+        finish_reason: job.finish_reason.as_deref().map(String::from),
         start_time: job.run.started_at.map(Timestamp::to_iso8601),
         duration: duration_text(job, now),
         schedule_count: job.schedule_count,
         last_schedule_time: job.last_schedule_time.map(Timestamp::to_iso8601),
-        schedule_history: job.schedule_history.clone(),
+        schedule_history: job.schedule_history.to_vec(),
         job_deploy_detail: job.run.deploy_detail(),
         job_clients: job.run.job_clients.iter().cloned().collect(),
         meta: MetaView {
@@ -203,13 +203,13 @@ pub fn job_view(job: &Job, now: Timestamp) -> JobView {
                 ..
             } => ArchiveView::Pending {
                 failures: *failures,
-                last_reason: last_reason.clone(),
+                last_reason: last_reason.as_deref().map(String::from),
             },
             Archive::Archived { hash } => ArchiveView::Archived {
                 hash: hash.to_hex(),
             },
             Archive::Failed { reason } => ArchiveView::Failed {
-                reason: reason.clone(),
+                reason: reason.to_string(),
             },
         },
         deleted: job.deleted,

@@ -278,7 +278,7 @@ impl Checker {
             if let (Some(key), Some(identity)) = (&event.request_id, event.actor.identity()) {
                 self.request_keys.push(RequestKey {
                     identity: std::sync::Arc::new(identity),
-                    key: key.clone(),
+                    key: key.as_str().into(),
                 });
             }
             self.requests_debt += 1;
