@@ -686,10 +686,16 @@ proptest! {
             h.step(Command::Site { site: site.to_string(), report: SiteReport::Connected { resources: BTreeMap::new(), running: Vec::new() } });
         }
         let mut snapshot: Option<(Vec<u8>, usize)> = None;
+        let mut encoder = fedrun::history::snapshot::StateEncoder::default();
         for (i, op) in ops.iter().enumerate() {
             for command in h.command(op) {
                 h.step(command);
             }
+            // The encoder that copies the bytes of jobs unchanged since its last encoding
+            // writes, after every step, what a fresh encoding of the whole state writes.
+            let reused = encoder.encode(&h.world.state).expect("state encodes");
+            let fresh = fedrun::history::snapshot::encode_state(&h.world.state).expect("state encodes");
+            prop_assert!(reused == fresh, "the encoder's bytes differ from a fresh encoding after op {}", i);
             if i == snapshot_at {
                 let bytes = rmp_serde::to_vec_named(&h.world.state).expect("state encodes");
                 snapshot = Some((bytes, h.world.log.len()));

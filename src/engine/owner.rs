@@ -118,6 +118,9 @@ pub enum EngineRefusal {
 pub struct Engine {
     node: Node,
     history: History<Event>,
+    /// Snapshots are taken on this engine's own thread: each reuses the bytes of the
+    /// jobs unchanged since the last one.
+    encoder: history::snapshot::StateEncoder,
 }
 
 impl std::fmt::Debug for Engine {
@@ -151,7 +154,11 @@ impl Engine {
             limits,
             now,
         );
-        let mut engine = Engine { node, history };
+        let mut engine = Engine {
+            node,
+            history,
+            encoder: Default::default(),
+        };
         let outputs = engine.step(Vec::new(), now)?;
         Ok((engine, outputs))
     }
@@ -236,7 +243,7 @@ impl Engine {
                 Output::TakeSnapshot { state } => {
                     // A failed snapshot loses nothing (the events are durable); start-up
                     // then replays a longer tail, so it is logged and not fatal.
-                    if let Err(err) = self.history.take_snapshot(&*state) {
+                    if let Err(err) = self.history.take_snapshot_with(&mut self.encoder, &state) {
                         tracing::warn!(%err, "snapshot failed");
                     }
                 }

@@ -712,6 +712,17 @@ impl<E: RecordEvent> History<E> {
         self.install_snapshot(written)
     }
 
+    /// [`History::take_snapshot`] of a [`crate::lifecycle::State`] through `encoder`,
+    /// which reuses the bytes of the jobs unchanged since its last snapshot.
+    pub fn take_snapshot_with(
+        &mut self,
+        encoder: &mut snapshot::StateEncoder,
+        state: &crate::lifecycle::State,
+    ) -> Result<SnapshotRecord, SnapshotError> {
+        let written = self.snapshot_ticket()?.write_with(encoder, state)?;
+        self.install_snapshot(written)
+    }
+
     /// Begins a snapshot at the current head: the state given to
     /// [`SnapshotTicket::write`] must be the state after it. Cheap (no I/O).
     pub fn snapshot_ticket(&self) -> Result<SnapshotTicket, SnapshotError> {

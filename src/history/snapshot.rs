@@ -34,6 +34,9 @@ use serde::{Deserialize, Serialize};
 
 use super::record::ChainHash;
 use crate::blobs::BlobHash;
+use crate::job::JobId;
+use crate::lifecycle::{Job, State};
+use std::sync::Arc;
 
 /// The snapshot format this build writes: 2, positional MessagePack with a header.
 /// Format 1 is named-field MessagePack without a header.
@@ -236,6 +239,74 @@ pub fn encode_state<S: Serialize>(state: &S) -> Result<Vec<u8>, rmp_serde::encod
     Ok(bytes)
 }
 
+/// Encodes the states of one history one after another, byte for byte as
+/// [`encode_state`] does, but copies a job's bytes from the last encoding when the state
+/// still holds that very job: the same `Arc`, which this encoder holds too, so the
+/// pointer cannot be reused and the job cannot have changed in place (a shared job is
+/// copied before it changes). Settled jobs never change, so a long history's snapshot
+/// costs an encoding of the jobs that changed since the last one and a copy of the rest,
+/// instead of an encoding of every job. It keeps the last encoding and one entry per
+/// job: about one snapshot's size in memory. The synchronous engine (the simulator's)
+/// uses it, where a snapshot is taken on the engine's own thread.
+#[derive(Default)]
+pub struct StateEncoder {
+    last: Vec<u8>,
+    jobs: std::collections::HashMap<JobId, (Arc<Job>, std::ops::Range<usize>)>,
+}
+
+impl std::fmt::Debug for StateEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateEncoder")
+            .field("last", &self.last.len())
+            .field("jobs", &self.jobs.len())
+            .finish()
+    }
+}
+
+/// The fields [`State`] writes (those not skipped), in order.
+const STATE_FIELDS: u32 = 9;
+
+impl StateEncoder {
+    /// `state` as [`encode_state`] writes it.
+    pub fn encode(&mut self, state: &State) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+        use rmp_serde::encode::write as put;
+        let mut out = Vec::with_capacity(self.last.len().max(64 * 1024));
+        out.extend_from_slice(&MAGIC);
+        out.extend_from_slice(&SNAPSHOT_FORMAT.to_le_bytes());
+        out.extend_from_slice(&Layout::of::<State>().0);
+        // `State`'s derived `Serialize`, field by field: the test
+        // `reused_bytes_are_the_bytes_of_a_fresh_encoding` holds the two together.
+        rmp::encode::write_array_len(&mut out, STATE_FIELDS)?;
+        put(&mut out, &state.last_seq)?;
+        put(&mut out, &state.last_at)?;
+        put(&mut out, &state.boot_id)?;
+        put(&mut out, &state.recovery)?;
+        rmp::encode::write_map_len(&mut out, state.jobs.len() as u32)?;
+        let mut jobs = std::collections::HashMap::with_capacity(state.jobs.len());
+        for (id, job) in &state.jobs {
+            put(&mut out, id)?;
+            let start = out.len();
+            match self.jobs.get(id) {
+                Some((kept, range)) if Arc::ptr_eq(kept, job) => {
+                    out.extend_from_slice(&self.last[range.clone()]);
+                }
+                _ => put(&mut out, &**job)?,
+            }
+            jobs.insert(*id, (job.clone(), start..out.len()));
+        }
+        put(&mut out, &state.queue)?;
+        crate::lifecycle::state::shared_sites::serialize(
+            &state.sites,
+            &mut rmp_serde::Serializer::new(&mut out),
+        )?;
+        put(&mut out, &state.schedule_try)?;
+        put(&mut out, &state.requests)?;
+        self.last.clone_from(&out);
+        self.jobs = jobs;
+        Ok(out)
+    }
+}
+
 /// The layout in a format-2 blob's header; `None` for a format-1 blob (no [`MAGIC`]).
 fn format_2_header(bytes: &[u8]) -> Result<Option<Layout>, SnapshotDecodeError> {
     if !bytes.starts_with(&MAGIC) {
@@ -346,20 +417,41 @@ impl SnapshotTicket {
     /// Encodes `state` (the state after record [`SnapshotTicket::seq`]) and, when the
     /// store has a sink, stores it durably. Touches neither the records nor the history:
     /// meant to run off the thread that appends.
-    pub fn write<S: Serialize>(
-        mut self,
-        state: &S,
-    ) -> Result<WrittenSnapshot, super::SnapshotError> {
+    pub fn write<S: Serialize>(self, state: &S) -> Result<WrittenSnapshot, super::SnapshotError> {
         let seq = self.seq;
         let bytes = encode_state(state)
             .map_err(|source| super::SnapshotError::Encode { seq, cause: source })?;
+        self.store(bytes, Layout::of::<S>())
+    }
+
+    /// [`SnapshotTicket::write`] for a [`State`], encoded by `encoder` (the same bytes,
+    /// reusing those of the jobs unchanged since its last encoding).
+    pub fn write_with(
+        self,
+        encoder: &mut StateEncoder,
+        state: &State,
+    ) -> Result<WrittenSnapshot, super::SnapshotError> {
+        let seq = self.seq;
+        let bytes = encoder
+            .encode(state)
+            .map_err(|source| super::SnapshotError::Encode { seq, cause: source })?;
+        self.store(bytes, Layout::of::<State>())
+    }
+
+    /// Hashes and, when the store has a sink, stores encoded state bytes.
+    fn store(
+        mut self,
+        bytes: Vec<u8>,
+        layout: Layout,
+    ) -> Result<WrittenSnapshot, super::SnapshotError> {
+        let seq = self.seq;
         let hash = crate::blobs::hash_of(&bytes);
         let record = SnapshotRecord {
             v: SNAPSHOT_FORMAT,
             seq,
             chain: self.chain,
             state: hash,
-            layout: Some(Layout::of::<S>()),
+            layout: Some(layout),
         };
         let size = bytes.len();
         let held = match &mut self.sink {

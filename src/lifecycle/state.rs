@@ -1159,7 +1159,7 @@ mod shared_values {
 }
 
 /// Serde glue: the shared map of shared sites, written as the plain map.
-mod shared_sites {
+pub(crate) mod shared_sites {
     use std::collections::BTreeMap;
     use std::sync::Arc;
 
