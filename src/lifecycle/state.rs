@@ -2500,4 +2500,29 @@ mod tests {
         );
         assert_eq!(size_of::<OperationName>(), 16);
     }
+
+    /// An operation's name reads back as the text it was written from, one of the six or
+    /// any other, in MessagePack and in JSON.
+    #[test]
+    fn operation_names_read_back_as_their_text() {
+        for name in OPERATIONS.iter().copied().chain(["frobnicate", ""]) {
+            let operation = OperationName::from(name);
+            assert_eq!(operation.as_str(), name);
+            let packed = rmp_serde::to_vec(&operation).expect("encodes");
+            assert_eq!(packed, rmp_serde::to_vec(name).expect("encodes"));
+            let back: OperationName = rmp_serde::from_slice(&packed).expect("decodes");
+            assert_eq!(back.as_str(), name);
+            let json = serde_json::to_string(&operation).expect("encodes");
+            let back: OperationName = serde_json::from_str(&json).expect("decodes");
+            assert_eq!(back, operation);
+        }
+        assert!(matches!(
+            OperationName::from("abort").0,
+            OperationRepr::Known(1)
+        ));
+        assert!(matches!(
+            OperationName::from("Abort").0,
+            OperationRepr::Other(_)
+        ));
+    }
 }
