@@ -231,12 +231,19 @@ pub enum SnapshotDecodeError {
 
 /// Serializes a state for a snapshot: the format-2 header, then positional MessagePack.
 pub fn encode_state<S: Serialize>(state: &S) -> Result<Vec<u8>, rmp_serde::encode::Error> {
-    let mut bytes = Vec::with_capacity(64 * 1024);
+    let mut bytes = format_2_blob::<S>(64 * 1024);
+    rmp_serde::encode::write(&mut bytes, state)?;
+    Ok(bytes)
+}
+
+/// A format-2 blob for a state of type `S` so far: its header, with room for `capacity`
+/// bytes.
+fn format_2_blob<S>(capacity: usize) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(capacity.max(HEADER_LEN));
     bytes.extend_from_slice(&MAGIC);
     bytes.extend_from_slice(&SNAPSHOT_FORMAT.to_le_bytes());
     bytes.extend_from_slice(&Layout::of::<S>().0);
-    rmp_serde::encode::write(&mut bytes, state)?;
-    Ok(bytes)
+    bytes
 }
 
 /// Encodes the states of one history one after another, byte for byte as
@@ -263,27 +270,35 @@ impl std::fmt::Debug for StateEncoder {
     }
 }
 
-/// The fields [`State`] writes (those not skipped), in order.
-const STATE_FIELDS: u32 = 9;
-
 impl StateEncoder {
     /// `state` as [`encode_state`] writes it.
     pub fn encode(&mut self, state: &State) -> Result<Vec<u8>, rmp_serde::encode::Error> {
         use rmp_serde::encode::write as put;
-        let mut out = Vec::with_capacity(self.last.len().max(64 * 1024));
-        out.extend_from_slice(&MAGIC);
-        out.extend_from_slice(&SNAPSHOT_FORMAT.to_le_bytes());
-        out.extend_from_slice(&Layout::of::<State>().0);
-        // `State`'s derived `Serialize`, field by field: the test
-        // `reused_bytes_are_the_bytes_of_a_fresh_encoding` holds the two together.
-        rmp::encode::write_array_len(&mut out, STATE_FIELDS)?;
-        put(&mut out, &state.last_seq)?;
-        put(&mut out, &state.last_at)?;
-        put(&mut out, &state.boot_id)?;
-        put(&mut out, &state.recovery)?;
-        rmp::encode::write_map_len(&mut out, state.jobs.len() as u32)?;
-        let mut jobs = std::collections::HashMap::with_capacity(state.jobs.len());
-        for (id, job) in &state.jobs {
+        // `State`'s derived `Serialize`, field by field (an array of the fields not
+        // skipped, in order). Naming every field makes a new one a compile error here;
+        // `lifecycle_model` compares the bytes with `encode_state`'s after every step.
+        let State {
+            last_seq,
+            last_at,
+            boot_id,
+            recovery,
+            jobs,
+            queue,
+            sites,
+            schedule_try,
+            requests,
+            index: _,
+            identities: _,
+        } = state;
+        let mut out = format_2_blob::<State>(self.last.len().max(64 * 1024));
+        rmp::encode::write_array_len(&mut out, 9)?;
+        put(&mut out, last_seq)?;
+        put(&mut out, last_at)?;
+        put(&mut out, boot_id)?;
+        put(&mut out, recovery)?;
+        rmp::encode::write_map_len(&mut out, jobs.len() as u32)?;
+        let mut ranges = std::collections::HashMap::with_capacity(jobs.len());
+        for (id, job) in jobs {
             put(&mut out, id)?;
             let start = out.len();
             match self.jobs.get(id) {
@@ -292,17 +307,17 @@ impl StateEncoder {
                 }
                 _ => put(&mut out, &**job)?,
             }
-            jobs.insert(*id, (job.clone(), start..out.len()));
+            ranges.insert(*id, (job.clone(), start..out.len()));
         }
-        put(&mut out, &state.queue)?;
+        put(&mut out, queue)?;
         crate::lifecycle::state::shared_sites::serialize(
-            &state.sites,
+            sites,
             &mut rmp_serde::Serializer::new(&mut out),
         )?;
-        put(&mut out, &state.schedule_try)?;
-        put(&mut out, &state.requests)?;
+        put(&mut out, schedule_try)?;
+        put(&mut out, requests)?;
         self.last.clone_from(&out);
-        self.jobs = jobs;
+        self.jobs = ranges;
         Ok(out)
     }
 }
@@ -418,10 +433,7 @@ impl SnapshotTicket {
     /// store has a sink, stores it durably. Touches neither the records nor the history:
     /// meant to run off the thread that appends.
     pub fn write<S: Serialize>(self, state: &S) -> Result<WrittenSnapshot, super::SnapshotError> {
-        let seq = self.seq;
-        let bytes = encode_state(state)
-            .map_err(|source| super::SnapshotError::Encode { seq, cause: source })?;
-        self.store(bytes, Layout::of::<S>())
+        self.store(encode_state(state), Layout::of::<S>())
     }
 
     /// [`SnapshotTicket::write`] for a [`State`], encoded by `encoder` (the same bytes,
@@ -431,20 +443,18 @@ impl SnapshotTicket {
         encoder: &mut StateEncoder,
         state: &State,
     ) -> Result<WrittenSnapshot, super::SnapshotError> {
-        let seq = self.seq;
-        let bytes = encoder
-            .encode(state)
-            .map_err(|source| super::SnapshotError::Encode { seq, cause: source })?;
-        self.store(bytes, Layout::of::<State>())
+        self.store(encoder.encode(state), Layout::of::<State>())
     }
 
-    /// Hashes and, when the store has a sink, stores encoded state bytes.
+    /// Hashes and, when the store has a sink, stores the encoded state bytes.
     fn store(
         mut self,
-        bytes: Vec<u8>,
+        encoded: Result<Vec<u8>, rmp_serde::encode::Error>,
         layout: Layout,
     ) -> Result<WrittenSnapshot, super::SnapshotError> {
         let seq = self.seq;
+        let bytes =
+            encoded.map_err(|source| super::SnapshotError::Encode { seq, cause: source })?;
         let hash = crate::blobs::hash_of(&bytes);
         let record = SnapshotRecord {
             v: SNAPSHOT_FORMAT,

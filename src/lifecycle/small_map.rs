@@ -507,15 +507,15 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
     #[test]
     fn a_map_takes_two_words() {
         assert_eq!(std::mem::size_of::<SmallMap<String, u64>>(), 16);
         assert_eq!(std::mem::size_of::<SparseSet<String>>(), 8);
     }
-
-    use std::collections::BTreeMap;
-
-    use proptest::prelude::*;
 
     use super::*;
 

@@ -28,8 +28,8 @@ impl Timestamp {
 
     /// From milliseconds since the epoch; `i64::MIN` is read as `i64::MIN + 1`.
     pub const fn from_millis(ms: i64) -> Self {
-        match NonZeroU64::new(ms as u64 ^ SIGN) {
-            Some(bits) => Timestamp(bits),
+        match Timestamp::try_from_millis(ms) {
+            Some(t) => t,
             None => Timestamp::from_millis(i64::MIN + 1),
         }
     }
