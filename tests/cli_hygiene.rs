@@ -45,12 +45,14 @@ fn scenario() -> String {
 fn data_folder(dir: &Path) -> Vec<Event> {
     let checked = fedrun::sim::scenario::parse(&scenario()).expect("the scenario is valid");
     let result = fedrun::sim::driver::run(&checked, 1).expect("the scenario runs");
+    let events: Vec<Event> = result
+        .events()
+        .collect::<Result<_, _>>()
+        .expect("the stored history reads back");
     let mut history = EventHistory::open(dir).expect("a new history opens");
-    history
-        .append_batch(&result.events)
-        .expect("the events append");
+    history.append_batch(&events).expect("the events append");
     history.close().expect("the history closes");
-    result.events
+    events
 }
 
 fn fedrun(args: &[&str]) -> Output {

@@ -70,11 +70,13 @@ const SEED: u64 = 3;
 fn store(dir: &Path) -> (Vec<Event>, EventHistory) {
     let checked = fedrun::sim::scenario::parse(SCENARIO).expect("the scenario is valid");
     let result = fedrun::sim::driver::run(&checked, SEED).expect("the scenario runs");
+    let events: Vec<Event> = result
+        .events()
+        .collect::<Result<_, _>>()
+        .expect("the stored history reads back");
     let mut history = EventHistory::open(dir).expect("a new history opens");
-    history
-        .append_batch(&result.events)
-        .expect("the events append");
-    (result.events, history)
+    history.append_batch(&events).expect("the events append");
+    (events, history)
 }
 
 /// A data folder as a stopped server leaves it: the scenario's events, the history closed.
@@ -528,7 +530,8 @@ fn list_and_show_refuse_a_folder_a_server_holds() {
 fn a_running_job_lasts_until_now() {
     let events = {
         let checked = fedrun::sim::scenario::parse(SCENARIO).unwrap();
-        fedrun::sim::driver::run(&checked, SEED).unwrap().events
+        let result = fedrun::sim::driver::run(&checked, SEED).unwrap();
+        result.events().collect::<Result<Vec<_>, _>>().unwrap()
     };
     let trained = job_named(&events, "trained");
     let started = events

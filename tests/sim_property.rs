@@ -269,7 +269,11 @@ fn check(text: &str, seed: u64) -> Result<(), TestCaseError> {
     let result = fedrun::sim::driver::run_full(&checked, seed, Some(&mut observer), &options)
         .map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
     prop_assert!(violations.is_empty(), "{violations:#?}\n{text}");
-    prop_assert_eq!(observed, result.events.len(), "every event was checked");
+    prop_assert_eq!(
+        observed as u64,
+        result.event_count,
+        "every event was checked"
+    );
     for job in result.state.jobs.values() {
         if job.status.is_terminal() {
             prop_assert!(
@@ -323,8 +327,8 @@ fn generated_scenarios_reach_every_kind_of_ending() {
         let options = fedrun::sim::driver::RunOptions::default();
         let result = fedrun::sim::driver::run_with(&checked, 1, &options).expect("runs");
         restarts += result
-            .events
-            .iter()
+            .events()
+            .map(|e| e.expect("the stored history reads back"))
             .filter(|e| matches!(e.kind, EventKind::ServerStarted { .. }))
             .count()
             .saturating_sub(1);

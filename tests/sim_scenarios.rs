@@ -48,8 +48,8 @@ fn dur(text: &str) -> Duration {
 
 fn times_of(result: &SimResult, job_id: JobId, pick: fn(&EventKind) -> bool) -> Vec<Duration> {
     result
-        .events
-        .iter()
+        .events()
+        .map(|e| e.expect("the stored history reads back"))
         .filter(|e| e.kind.job_id() == Some(job_id) && pick(&e.kind))
         .map(|e| offset(e.at))
         .collect()
@@ -142,7 +142,7 @@ fn run_scenario(name: &str) {
     let expect_text = std::fs::read_to_string(dir().join(format!("{name}.expect.toml")))
         .unwrap_or_else(|e| panic!("{name}: expect file: {e}"));
     let expect: Expect = toml::from_str(&expect_text).unwrap_or_else(|e| panic!("{name}: {e}"));
-    let text = fedrun::sim::output::to_text(&result);
+    let text = fedrun::sim::output::to_text(&result).expect("the stored history reads back");
     assert_eq!(result.ended.as_str(), expect.ended, "{name}: ended\n{text}");
     for (job_name, want) in &expect.jobs {
         let line = result

@@ -7,7 +7,9 @@ use fedrun::lifecycle::Event;
 use fedrun::sim::driver::SimResult;
 use fedrun::trust::files::read_bounded;
 
-use super::term::{clean, clean_lines};
+use std::io::Write as _;
+
+use super::term::clean;
 
 /// The largest scenario file read (64 MiB: a day of 100,000 jobs is about 20 MiB).
 const SCENARIO_FILE_MAX_BYTES: u64 = 64 * 1024 * 1024;
@@ -57,31 +59,36 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             return Err(anyhow::Error::new(err).context(format!("scenario {path}")));
         }
     };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if args.json {
-        println!("{}", fedrun::sim::output::to_json(&result)?);
+        fedrun::sim::output::write_json(&result, &mut out)
+            .and_then(|()| writeln!(out))
+            .context("write the result")?;
     } else {
-        print!(
-            "{}",
-            clean_lines(&fedrun::sim::output::to_text(&cleaned(result)))
-        );
+        // The text the result holds from the scenario and the run (job names, reasons,
+        // site names, notes) is cleaned, so that a line break in one cannot forge a row of
+        // the table; each line is cleaned again as it is printed.
+        let result = cleaned(result);
+        let events = result
+            .events()
+            .map(|event| event.map(|event| clean_event(&event).unwrap_or(event)));
+        fedrun::sim::output::write_text(&result, events, &mut |line| {
+            writeln!(out, "{}", clean(line))
+        })
+        .context("write the result")?;
     }
+    out.flush().context("write the result")?;
     Ok(0)
 }
 
-/// The result with the text it holds from the scenario and the run (job names, reasons,
-/// site names, notes) cleaned, so that a line break in one cannot forge a row of the
-/// table; what is left is cleaned line by line when printed.
+/// The result with its job names and notes cleaned (its events are cleaned as they are
+/// read).
 fn cleaned(mut result: SimResult) -> SimResult {
     for job in &mut result.jobs {
         job.name = clean(&job.name).into_owned();
     }
     for (_, note) in &mut result.notes {
         *note = clean(note).into_owned();
-    }
-    for event in &mut result.events {
-        if let Some(clean_event) = clean_event(event) {
-            *event = clean_event;
-        }
     }
     result
 }

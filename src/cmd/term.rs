@@ -40,15 +40,6 @@ pub fn clean(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// [`clean`] for text of several lines: each line is cleaned, the line breaks kept.
-pub fn clean_lines(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(|c| c != '\n' && is_unsafe(c)) {
-        return Cow::Borrowed(text);
-    }
-    let lines: Vec<Cow<'_, str>> = text.split('\n').map(clean).collect();
-    Cow::Owned(lines.join("\n"))
-}
-
 /// Whether colour may be written to a stream: only to a terminal, and never when the
 /// `NO_COLOR` variable is set to anything but the empty text (<https://no-color.org>).
 pub fn colour_allowed(is_terminal: bool) -> bool {
@@ -113,11 +104,5 @@ mod tests {
             error_chain(&err),
             format!("opening \\u{{1b}}: cannot read x: {}", io())
         );
-    }
-
-    #[test]
-    fn lines_keep_their_breaks_and_lose_the_rest() {
-        assert_eq!(clean_lines("a\u{1b}\nb\r\n"), "a\\u{1b}\nb\\r\n");
-        assert!(matches!(clean_lines("a\nb\n"), Cow::Borrowed(_)));
     }
 }

@@ -129,8 +129,11 @@ pub struct SimResult {
     pub ended_at: Duration,
     /// The jobs.
     pub jobs: Vec<JobResult>,
-    /// Every event of the history, oldest first.
-    pub events: Vec<Event>,
+    /// The stored history the run left, read back by [`SimResult::events`] (a day of
+    /// 10,000 jobs is half a million events: they stay encoded until read).
+    stored: FaultyStorage,
+    /// How many events the history holds.
+    pub event_count: u64,
     /// The state rebuilt from the stored history at the end.
     pub state: State,
     /// Things the driver itself noted (postponed or skipped actions), with virtual times.
@@ -142,6 +145,66 @@ pub struct SimResult {
     pub known_hits: BTreeMap<KnownBug, u32>,
     /// How many jobs the reference model predicted (and agreed with).
     pub model_checked: u32,
+}
+
+impl SimResult {
+    /// Every event of the history, oldest first, decoded from the stored records as they
+    /// are read.
+    pub fn events(&self) -> impl Iterator<Item = Result<Event, SimError>> + '_ {
+        use crate::history::Storage as _;
+        self.stored.read_from(1).map(|item| {
+            let (seq, bytes) = item.map_err(|e| SimError::Replay(e.to_string()))?;
+            crate::history::record::decode::<Event>(&bytes)
+                .map(|record| record.event)
+                .map_err(|e| SimError::Replay(format!("stored record {seq} does not decode: {e}")))
+        })
+    }
+}
+
+/// What the reference model needs of one job's events.
+#[derive(Default)]
+struct Life {
+    dispatched: Option<u64>,
+    finished: Option<u64>,
+    ran: bool,
+    unknown: bool,
+    lapses: Vec<(u64, String)>,
+}
+
+/// What the reference model needs of the history, gathered in one pass over it.
+#[derive(Default)]
+struct Lives {
+    jobs: HashMap<JobId, Life>,
+    /// The server starts, in history order.
+    starts: Vec<u64>,
+}
+
+impl Lives {
+    fn see(&mut self, e: &Event, unacked_survivors: &std::collections::BTreeSet<u64>) {
+        if matches!(e.kind, EventKind::ServerStarted { .. }) {
+            self.starts.push(e.seq);
+        }
+        let Some(id) = e.kind.job_id() else {
+            return;
+        };
+        let life = self.jobs.entry(id).or_default();
+        match &e.kind {
+            EventKind::JobDispatched { .. } => {
+                life.dispatched.get_or_insert(e.seq);
+            }
+            EventKind::JobFinished { .. } => {
+                life.finished.get_or_insert(e.seq);
+            }
+            EventKind::RunStarted { .. } => life.ran = true,
+            EventKind::SiteReportLapsed { site, .. } => {
+                life.lapses.push((e.seq, site.clone()));
+            }
+            _ => {}
+        }
+        if unacked_survivors.contains(&e.seq) {
+            life.unknown = true;
+        }
+    }
 }
 
 /// How to run a simulation beyond its scenario and seed.
@@ -1807,44 +1870,11 @@ impl<'a> Sim<'a> {
     }
 
     /// The reference model's verdict on every job that ran without a restart in its life.
-    fn check_model(&self, state: &State, events: &[Event]) -> Result<u32, SimError> {
-        /// What the model needs of one job's events, gathered in one pass over the history.
-        #[derive(Default)]
-        struct Life {
-            dispatched: Option<u64>,
-            finished: Option<u64>,
-            ran: bool,
-            unknown: bool,
-            lapses: Vec<(u64, String)>,
-        }
-        let mut lives: HashMap<JobId, Life> = HashMap::new();
-        // The server starts, in history order.
-        let mut starts: Vec<u64> = Vec::new();
-        for e in events {
-            if matches!(e.kind, EventKind::ServerStarted { .. }) {
-                starts.push(e.seq);
-            }
-            let Some(id) = e.kind.job_id() else {
-                continue;
-            };
-            let life = lives.entry(id).or_default();
-            match &e.kind {
-                EventKind::JobDispatched { .. } => {
-                    life.dispatched.get_or_insert(e.seq);
-                }
-                EventKind::JobFinished { .. } => {
-                    life.finished.get_or_insert(e.seq);
-                }
-                EventKind::RunStarted { .. } => life.ran = true,
-                EventKind::SiteReportLapsed { site, .. } => {
-                    life.lapses.push((e.seq, site.clone()));
-                }
-                _ => {}
-            }
-            if self.unacked_survivors.contains(&e.seq) {
-                life.unknown = true;
-            }
-        }
+    fn check_model(&self, state: &State, lives: Lives) -> Result<u32, SimError> {
+        let Lives {
+            jobs: lives,
+            starts,
+        } = lives;
         let mut checked = 0;
         for job in state.jobs.values() {
             let id = job.id;
@@ -1901,15 +1931,18 @@ impl<'a> Sim<'a> {
         )
         .map_err(|e| SimError::Replay(e.to_string()))?;
         // One pass over the stored records: each is checked (chain, order, transition)
-        // and folded, exactly as a restart would rebuild the state.
-        let mut events = Vec::new();
+        // and folded, exactly as a restart would rebuild the state, and what the reference
+        // model needs of it is gathered.
+        let mut lives = Lives::default();
+        let mut event_count = 0;
         let mut state = State::new();
         for record in history.records_from(1) {
             let record = record.map_err(|e| SimError::Replay(e.to_string()))?;
             state
                 .apply_checked(&record.event)
                 .map_err(|e| SimError::Replay(e.to_string()))?;
-            events.push(record.event);
+            lives.see(&record.event, &self.unacked_survivors);
+            event_count += 1;
         }
         if let Some(live) = live {
             if live != state {
@@ -1921,7 +1954,7 @@ impl<'a> Sim<'a> {
         // FAULTS: the end-of-run invariants and the reference model. A run that ended on
         // its own (every job settled) must have left nothing running; one cut short by
         // `until` or the cap is checked only where its faults had stopped.
-        let model_checked = self.check_model(&state, &events)?;
+        let model_checked = self.check_model(&state, lives)?;
         let faults_over = self.faults.until().is_none_or(|u| ended_at >= u);
         if ended == Ended::AllTerminal && faults_over {
             self.checker
@@ -1947,7 +1980,8 @@ impl<'a> Sim<'a> {
             ended,
             ended_at,
             jobs,
-            events,
+            stored: self.storage,
+            event_count,
             state,
             notes: self.notes,
             faults: self.faults.counts.clone(),
