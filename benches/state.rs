@@ -17,6 +17,9 @@
 //! memory breakdown: <part>: <bytes>/job
 //! ```
 //!
+//! One case has each finished job run on ten sites (the simulator's day scenario):
+//! a run's per-site maps past a few entries.
+//!
 //! Criterion groups (`command_cost/<n>_finished`): a submit decided and applied (its
 //! scheduling try included), the same submit folded twice (decided, then each event
 //! applied again: the engine's path before it adopted `decide`'s state), an abort of a
@@ -91,13 +94,24 @@ fn resident_bytes() -> i64 {
 
 const SITES: [&str; 2] = ["site-1", "site-2"];
 
+/// A federation of ten sites, as the simulator's day scenario has.
+const TEN_SITES: [&str; 10] = [
+    "site-0", "site-1", "site-2", "site-3", "site-4", "site-5", "site-6", "site-7", "site-8",
+    "site-9",
+];
+
 /// A world with both sites connected and room for every job to run at once.
 fn world() -> World {
+    world_of(&SITES)
+}
+
+/// A world with `sites` connected and room for every job to run at once.
+fn world_of(sites: &[&str]) -> World {
     let mut w = World::new(Settings {
         max_jobs: 1_000_000,
         ..Settings::default()
     });
-    for site in SITES {
+    for site in sites {
         w.connect(site);
     }
     w.log.clear();
@@ -107,9 +121,15 @@ fn world() -> World {
 /// Runs one job on both sites to `FINISHED:COMPLETED` with its workspace archived. The
 /// world's event log is emptied: the bench keeps the state only.
 fn finish_one(w: &mut World, n: u64) {
-    let job_id = w.running(&SITES, 2);
+    finish_one_on(w, n, &SITES)
+}
+
+/// Runs one job on every one of `sites` to `FINISHED:COMPLETED` with its workspace
+/// archived, the event log emptied.
+fn finish_one_on(w: &mut World, n: u64, sites: &[&str]) {
+    let job_id = w.running(sites, sites.len() as u32);
     w.server_exit(job_id, ExitOutcome::Code(0));
-    for site in SITES {
+    for site in sites {
         w.site_exit(site, job_id, &format!("{site}-{n}"), ExitOutcome::Code(0));
     }
     let mut archive = [0u8; 32];
@@ -236,6 +256,18 @@ fn memory_case(case: &str) {
             100_000,
             per_job(&mut w, 100_000, add_finished),
         ),
+        "finished-10000-ten-sites" => {
+            w = world_of(&TEN_SITES);
+            (
+                "finished jobs on ten sites",
+                10_000,
+                per_job(&mut w, 10_000, |w, n| {
+                    for i in 0..n {
+                        finish_one_on(w, i, &TEN_SITES);
+                    }
+                }),
+            )
+        }
         "live-10000" => (
             "live (RUNNING, two sites) jobs",
             10_000,
@@ -261,6 +293,7 @@ fn memory() {
         "live-10000",
         "finished-10000",
         "finished-100000",
+        "finished-10000-ten-sites",
         "finished-breakdown",
     ] {
         let status = std::process::Command::new(&me)
