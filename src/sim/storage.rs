@@ -7,18 +7,103 @@
 //! ([`WriteFault`]), and the disk can be full. Like `MemoryStorage`, clones share the same
 //! bytes, so a simulated server restarts by opening a new history on a clone.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::history::storage::{head_after, head_of, RecordIter};
+use crate::history::storage::{head_after, RecordIter};
 use crate::history::{Anchor, Head, SnapshotRecord, Storage, StorageError};
 use crate::sim::faults::WriteFault;
 
+/// The bytes of each chunk of the record log (a record longer than this has a chunk of
+/// its own).
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// Every record written, oldest first, end to end in chunks that are never reallocated:
+/// a day of 10,000 jobs is half a million records, and one allocation each (plus a map
+/// node) took half again their bytes.
+struct RecordLog {
+    chunks: Vec<Vec<u8>>,
+    /// Per record (record `i + 1` at index `i`; records are numbered from 1 without a
+    /// gap, as [`head_after`] checks): its chunk, where it starts there, its length.
+    places: Vec<(u32, u32, u32)>,
+    /// The last record's number and hash.
+    head: Head,
+}
+
+impl Default for RecordLog {
+    fn default() -> Self {
+        RecordLog {
+            chunks: Vec::new(),
+            places: Vec::new(),
+            head: Head::EMPTY,
+        }
+    }
+}
+
+impl RecordLog {
+    fn len(&self) -> usize {
+        self.places.len()
+    }
+
+    fn get(&self, seq: u64) -> Option<&[u8]> {
+        let index = usize::try_from(seq.checked_sub(1)?).ok()?;
+        let (chunk, start, len) = *self.places.get(index)?;
+        let start = start as usize;
+        Some(&self.chunks[chunk as usize][start..start + len as usize])
+    }
+
+    /// Adds records that [`head_after`] found to follow the last one, whose head it gave.
+    fn push(&mut self, records: &[(u64, Vec<u8>)], head: Head) {
+        for (seq, bytes) in records {
+            debug_assert_eq!(*seq, self.len() as u64 + 1);
+            let fits = self
+                .chunks
+                .last()
+                .is_some_and(|chunk| chunk.capacity() - chunk.len() >= bytes.len());
+            if !fits {
+                self.chunks
+                    .push(Vec::with_capacity(CHUNK_BYTES.max(bytes.len())));
+            }
+            let chunk = self.chunks.len() - 1;
+            let last = &mut self.chunks[chunk];
+            let place = (
+                u32::try_from(chunk).expect("fewer than 2^32 chunks of the simulated disk"),
+                u32::try_from(last.len()).expect("a chunk is at most one record or 1 MiB"),
+                u32::try_from(bytes.len()).expect("a record is far shorter than 4 GiB"),
+            );
+            last.extend_from_slice(bytes);
+            self.places.push(place);
+        }
+        if !records.is_empty() {
+            self.head = head;
+        }
+    }
+
+    /// Keeps the first `keep` records only.
+    fn truncate(&mut self, keep: usize) {
+        if keep >= self.len() {
+            return;
+        }
+        self.places.truncate(keep);
+        match self.places.last() {
+            Some(&(chunk, start, len)) => {
+                self.chunks.truncate(chunk as usize + 1);
+                self.chunks[chunk as usize].truncate((start + len) as usize);
+                let seq = keep as u64;
+                let hash = crate::history::ChainHash::of(self.get(seq).unwrap_or_default());
+                self.head = Head { seq, hash };
+            }
+            None => *self = RecordLog::default(),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Disk {
-    synced: BTreeMap<u64, Vec<u8>>,
-    unsynced: BTreeMap<u64, Vec<u8>>,
+    records: RecordLog,
+    /// How many of the records (the first ones) were synced; the rest are in the page
+    /// cache only.
+    synced: usize,
     snapshot: Option<(SnapshotRecord, Vec<u8>)>,
     anchor: Option<Anchor>,
     /// The anchor of a batch whose fsync did not return: read back like the unsynced
@@ -39,8 +124,8 @@ impl std::fmt::Debug for FaultyStorage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let disk = self.lock();
         f.debug_struct("FaultyStorage")
-            .field("synced", &disk.synced.len())
-            .field("unsynced", &disk.unsynced.len())
+            .field("synced", &disk.synced)
+            .field("unsynced", &(disk.records.len() - disk.synced))
             .finish()
     }
 }
@@ -61,7 +146,7 @@ impl FaultyStorage {
 
     fn lock(&self) -> MutexGuard<'_, Disk> {
         // Nothing below panics while holding the lock; a poisoned guard still holds
-        // consistent maps.
+        // consistent records.
         self.disk.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -90,7 +175,8 @@ impl FaultyStorage {
     pub fn crash(&self, power_loss: bool) {
         let mut disk = self.lock();
         if power_loss {
-            disk.unsynced.clear();
+            let synced = disk.synced;
+            disk.records.truncate(synced);
             disk.unsynced_anchor = None;
         }
         disk.plan = None;
@@ -98,7 +184,11 @@ impl FaultyStorage {
 
     /// The synced record `seq`, exactly as stored.
     pub fn synced(&self, seq: u64) -> Option<Vec<u8>> {
-        self.lock().synced.get(&seq).cloned()
+        let disk = self.lock();
+        if seq > disk.synced as u64 {
+            return None;
+        }
+        disk.records.get(seq).map(<[u8]>::to_vec)
     }
 
     /// Every record that exists now, synced or not, in order.
@@ -110,35 +200,14 @@ impl FaultyStorage {
     /// just wrote, without copying the history before it.
     pub fn records_from(&self, from: u64) -> Vec<(u64, Vec<u8>)> {
         let disk = self.lock();
-        let mut found: BTreeMap<u64, Vec<u8>> = disk
-            .synced
-            .range(from..)
-            .map(|(seq, bytes)| (*seq, bytes.clone()))
-            .collect();
-        for (seq, bytes) in disk.unsynced.range(from..) {
-            found.insert(*seq, bytes.clone());
-        }
-        found.into_iter().collect()
-    }
-
-    fn get(disk: &Disk, seq: u64) -> Option<&Vec<u8>> {
-        disk.unsynced.get(&seq).or_else(|| disk.synced.get(&seq))
-    }
-
-    fn head(disk: &Disk) -> Head {
-        let a = disk.synced.iter().next_back();
-        let b = disk.unsynced.iter().next_back();
-        let last = match (a, b) {
-            (Some(x), Some(y)) => Some(if y.0 >= x.0 { y } else { x }),
-            (x, y) => x.or(y),
-        };
-        head_of(last.map(|(seq, bytes)| (*seq, bytes.clone())))
+        (from.max(1)..=disk.records.len() as u64)
+            .filter_map(|seq| disk.records.get(seq).map(|bytes| (seq, bytes.to_vec())))
+            .collect()
     }
 
     /// An fsync makes the whole file durable, earlier unsynced writes included.
     fn sync(disk: &mut Disk) {
-        let earlier = std::mem::take(&mut disk.unsynced);
-        disk.synced.extend(earlier);
+        disk.synced = disk.records.len();
         if let Some(anchor) = disk.unsynced_anchor.take() {
             disk.anchor = Some(anchor);
         }
@@ -149,7 +218,7 @@ impl Storage for FaultyStorage {
     fn append(&mut self, expected: Head, records: &[(u64, Vec<u8>)]) -> Result<Head, StorageError> {
         let new_head = head_after(expected, records)?;
         let mut disk = self.lock();
-        let found = Self::head(&disk);
+        let found = disk.records.head;
         if found != expected {
             disk.plan = None;
             return Err(StorageError::HeadMoved {
@@ -179,9 +248,7 @@ impl Storage for FaultyStorage {
             )),
             Some(WriteFault::FsyncFail) => {
                 // The records and the anchor reached the page cache; their fsync failed.
-                for (seq, bytes) in records {
-                    disk.unsynced.insert(*seq, bytes.clone());
-                }
+                disk.records.push(records, new_head);
                 disk.unsynced_anchor = Some(anchor);
                 Err(io_error(
                     "fsync of the history",
@@ -192,9 +259,9 @@ impl Storage for FaultyStorage {
             Some(WriteFault::Crash { written }) => {
                 // Records go to the kernel before the anchor: a death in the middle of
                 // the write leaves a prefix of them and the previous anchor.
-                for (seq, bytes) in records.iter().take(written) {
-                    disk.unsynced.insert(*seq, bytes.clone());
-                }
+                let written = &records[..written.min(records.len())];
+                let head = head_after(expected, written)?;
+                disk.records.push(written, head);
                 disk.crashed = true;
                 Err(io_error(
                     "write of the history",
@@ -203,9 +270,7 @@ impl Storage for FaultyStorage {
                 ))
             }
             None => {
-                for (seq, bytes) in records {
-                    disk.unsynced.insert(*seq, bytes.clone());
-                }
+                disk.records.push(records, new_head);
                 disk.unsynced_anchor = Some(anchor);
                 Self::sync(&mut disk);
                 Ok(new_head)
@@ -214,48 +279,24 @@ impl Storage for FaultyStorage {
     }
 
     fn read(&self, seq: u64) -> Result<Option<Vec<u8>>, StorageError> {
-        Ok(Self::get(&self.lock(), seq).cloned())
+        Ok(self.lock().records.get(seq).map(<[u8]>::to_vec))
     }
 
     fn read_from(&self, from: u64) -> RecordIter<'_> {
-        let mut next = from;
-        let mut done = false;
+        let mut next = from.max(1);
         Box::new(std::iter::from_fn(move || {
-            if done {
-                return None;
-            }
             let disk = self.lock();
-            let a = disk.synced.range(next..).next();
-            let b = disk.unsynced.range(next..).next();
-            let found = match (a, b) {
-                (Some(x), Some(y)) => Some(if y.0 <= x.0 { y } else { x }),
-                (x, y) => x.or(y),
-            };
-            match found {
-                Some((seq, bytes)) => {
-                    match seq.checked_add(1) {
-                        Some(after) => next = after,
-                        None => done = true,
-                    }
-                    Some(Ok((*seq, bytes.clone())))
-                }
-                None => {
-                    done = true;
-                    None
-                }
-            }
+            let bytes = disk.records.get(next)?.to_vec();
+            let seq = next;
+            next += 1;
+            Some(Ok((seq, bytes)))
         }))
     }
 
     fn last(&self) -> Result<Option<(u64, Vec<u8>)>, StorageError> {
         let disk = self.lock();
-        let a = disk.synced.iter().next_back();
-        let b = disk.unsynced.iter().next_back();
-        let last = match (a, b) {
-            (Some(x), Some(y)) => Some(if y.0 >= x.0 { y } else { x }),
-            (x, y) => x.or(y),
-        };
-        Ok(last.map(|(seq, bytes)| (*seq, bytes.clone())))
+        let seq = disk.records.len() as u64;
+        Ok(disk.records.get(seq).map(|bytes| (seq, bytes.to_vec())))
     }
 
     fn save_snapshot(&mut self, record: &SnapshotRecord, state: &[u8]) -> Result<(), StorageError> {
@@ -268,6 +309,8 @@ impl Storage for FaultyStorage {
                 "no space left on device (simulated)",
             ));
         }
+        // The old one goes before the new one is copied: one snapshot's bytes at a time.
+        disk.snapshot = None;
         disk.snapshot = Some((record.clone(), state.to_vec()));
         Ok(())
     }
@@ -298,7 +341,7 @@ mod tests {
     }
 
     fn head(s: &FaultyStorage) -> Head {
-        FaultyStorage::head(&s.lock())
+        s.lock().records.head
     }
 
     #[test]
@@ -351,6 +394,58 @@ mod tests {
         assert!(s.records_from(4).is_empty());
         s.crash(true);
         assert_eq!(s.records_from(2), vec![rec(2)]);
+    }
+
+    /// The log against a plain list of records: sizes around and past a chunk, batches,
+    /// power losses at every kind of boundary.
+    #[test]
+    fn the_record_log_holds_what_a_list_of_records_holds() {
+        let mut s = FaultyStorage::new();
+        let mut model: Vec<Vec<u8>> = Vec::new();
+        let mut synced = 0;
+        let mut draw = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            draw ^= draw << 13;
+            draw ^= draw >> 7;
+            draw ^= draw << 17;
+            draw
+        };
+        for round in 0..60 {
+            let batch: Vec<(u64, Vec<u8>)> = (0..1 + next() % 4)
+                .enumerate()
+                .map(|(i, _)| {
+                    let len = match next() % 5 {
+                        0 => CHUNK_BYTES + (next() % 1000) as usize,
+                        1 => CHUNK_BYTES / 2 + (next() % 1000) as usize,
+                        _ => (next() % 300) as usize,
+                    };
+                    let seq = (model.len() + i + 1) as u64;
+                    (seq, vec![(seq as u8) ^ (round as u8); len])
+                })
+                .collect();
+            if next() % 3 == 0 {
+                s.plan(WriteFault::FsyncFail);
+                assert!(s.append(head(&s), &batch).is_err());
+            } else {
+                s.append(head(&s), &batch).expect("clean write");
+                synced = model.len() + batch.len();
+            }
+            model.extend(batch.into_iter().map(|(_, bytes)| bytes));
+            if next() % 4 == 0 {
+                s.crash(true);
+                model.truncate(synced);
+            }
+            let stored: Vec<Vec<u8>> = s.all_records().into_iter().map(|r| r.1).collect();
+            assert_eq!(stored, model, "round {round}");
+            let want = match model.last() {
+                Some(bytes) => Head {
+                    seq: model.len() as u64,
+                    hash: crate::history::ChainHash::of(bytes),
+                },
+                None => Head::EMPTY,
+            };
+            assert_eq!(head(&s), want, "round {round}");
+        }
     }
 
     #[test]
