@@ -290,7 +290,11 @@ impl StateEncoder {
             index: _,
             identities: _,
         } = state;
-        let mut out = format_2_blob::<State>(self.last.len().max(64 * 1024));
+        // Room for the last encoding and a quarter more: a growing state would otherwise
+        // outgrow a buffer of the last size by a little and double it (three copies of
+        // the snapshot in memory while it moves).
+        let room = self.last.len() + self.last.len() / 4;
+        let mut out = format_2_blob::<State>(room.max(64 * 1024));
         rmp::encode::write_array_len(&mut out, 9)?;
         put(&mut out, last_seq)?;
         put(&mut out, last_at)?;

@@ -374,6 +374,14 @@ impl Storage for MemoryStorage {
         Ok(self.lock().snapshot.clone())
     }
 
+    fn snapshot_record(&self) -> Result<Option<SnapshotRecord>, StorageError> {
+        Ok(self
+            .lock()
+            .snapshot
+            .as_ref()
+            .map(|(record, _)| record.clone()))
+    }
+
     fn anchor(&self) -> Result<Option<Anchor>, StorageError> {
         Ok(self.lock().anchor)
     }

@@ -319,6 +319,14 @@ impl Storage for FaultyStorage {
         Ok(self.lock().snapshot.clone())
     }
 
+    fn snapshot_record(&self) -> Result<Option<SnapshotRecord>, StorageError> {
+        Ok(self
+            .lock()
+            .snapshot
+            .as_ref()
+            .map(|(record, _)| record.clone()))
+    }
+
     fn anchor(&self) -> Result<Option<Anchor>, StorageError> {
         let disk = self.lock();
         Ok(disk.unsynced_anchor.or(disk.anchor))
