@@ -35,7 +35,6 @@ use std::time::Duration;
 
 use imbl::OrdSet;
 
-use crate::history::ChainHash;
 use crate::job::JobId;
 use crate::lifecycle::state::{KeptRequests, LiveIndex, RequestKey};
 use crate::lifecycle::{
@@ -159,11 +158,73 @@ pub struct Checker {
     finished_at: BTreeMap<JobId, Duration>,
     archived: BTreeMap<JobId, BlobHash>,
     report_ids: BTreeSet<(JobId, String)>,
-    acked: Vec<ChainHash>,
+    acked: Acked,
     lie_ids: BTreeSet<String>,
     tolerated: BTreeSet<KnownBug>,
     /// How often a tolerated known defect showed (each would have been a violation).
     pub known_hits: BTreeMap<KnownBug, u32>,
+}
+
+/// How many records of an acknowledged run [`Acked`] keeps one digest for.
+const ACKED_RUN: u64 = 1024;
+
+/// The records acknowledged so far (records 1 to `len`), as one digest per run of
+/// [`ACKED_RUN`] records: a day of 10,000 jobs acknowledges half a million records, and
+/// a hash of each took 17 MB.
+#[derive(Debug, Default)]
+struct Acked {
+    len: u64,
+    /// The digests of the full runs.
+    runs: Vec<blake3::Hash>,
+    /// The run being filled.
+    open: blake3::Hasher,
+}
+
+impl Acked {
+    fn digest(hasher: &mut blake3::Hasher, seq: u64, bytes: &[u8]) {
+        hasher.update(&seq.to_le_bytes());
+        hasher.update(&(bytes.len() as u64).to_le_bytes());
+        hasher.update(bytes);
+    }
+
+    /// Record `seq` (the one after the last) was acknowledged.
+    fn push(&mut self, seq: u64, bytes: &[u8]) {
+        Acked::digest(&mut self.open, seq, bytes);
+        self.len = seq;
+        if seq % ACKED_RUN == 0 {
+            self.runs.push(self.open.finalize());
+            self.open = blake3::Hasher::new();
+        }
+    }
+
+    /// Every acknowledged record is among `records` (everything stored, oldest first),
+    /// byte for byte.
+    fn check(&self, records: &[(u64, Vec<u8>)]) -> Result<(), String> {
+        let mut run = blake3::Hasher::new();
+        for seq in 1..=self.len {
+            let bytes = match records.get(seq as usize - 1) {
+                Some((s, bytes)) if *s == seq => bytes,
+                _ => return Err(format!("acknowledged record {seq} was lost after a crash")),
+            };
+            Acked::digest(&mut run, seq, bytes);
+            let full = seq % ACKED_RUN == 0;
+            if full || seq == self.len {
+                let want = if full {
+                    self.runs[(seq / ACKED_RUN - 1) as usize]
+                } else {
+                    self.open.finalize()
+                };
+                if run.finalize() != want {
+                    let first = (seq - 1) / ACKED_RUN * ACKED_RUN + 1;
+                    return Err(format!(
+                        "an acknowledged record among records {first} to {seq} changed after a crash"
+                    ));
+                }
+                run = blake3::Hasher::new();
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Checker {
@@ -217,7 +278,7 @@ impl Checker {
 
     /// How many records were acknowledged so far.
     pub fn acked_len(&self) -> u64 {
-        self.acked.len() as u64
+        self.acked.len
     }
 
     /// The state replayed from the stored records so far.
@@ -229,16 +290,7 @@ impl Checker {
     /// acknowledged record must still be there, byte for byte, and the state is replayed
     /// from scratch.
     pub fn on_start(&mut self, records: &[(u64, Vec<u8>)]) -> Result<(), String> {
-        for (i, hash) in self.acked.iter().enumerate() {
-            let seq = i as u64 + 1;
-            match records.get(i) {
-                Some((s, bytes)) if *s == seq && ChainHash::of(bytes) == *hash => {}
-                Some((s, _)) if *s == seq => {
-                    return Err(format!("acknowledged record {seq} changed after a crash"))
-                }
-                _ => return Err(format!("acknowledged record {seq} was lost after a crash")),
-            }
-        }
+        self.acked.check(records)?;
         // The whole stored history is replayed and checked again from the start; what the
         // earlier run saw of records that did not survive does not count.
         self.replayed = State::new();
@@ -284,9 +336,8 @@ impl Checker {
             self.requests_debt += 1;
             self.index_debt += 1;
             if acked {
-                let index = *seq as usize - 1;
-                if self.acked.len() == index {
-                    self.acked.push(ChainHash::of(bytes));
+                if self.acked.len + 1 == *seq {
+                    self.acked.push(*seq, bytes);
                 }
             }
             self.check_event(&event, now)?;
@@ -791,8 +842,8 @@ mod tests {
     #[test]
     fn an_acknowledged_record_lost_or_changed_after_a_crash_is_caught() {
         let mut checker = Checker::new();
-        checker.acked.push(ChainHash::of(b"one"));
-        checker.acked.push(ChainHash::of(b"two"));
+        checker.acked.push(1, b"one");
+        checker.acked.push(2, b"two");
         let kept = vec![
             (1, b"one".to_vec()),
             (2, b"two".to_vec()),
@@ -808,5 +859,39 @@ mod tests {
         let changed = vec![(1, b"one".to_vec()), (2, b"TWO".to_vec())];
         let err = checker.on_start(&changed).expect_err("record 2 differs");
         assert!(err.contains("changed"), "{err}");
+    }
+
+    /// Past one run of digests: a change in a full run and in the open one, a record
+    /// lost at the end, a record moved by one.
+    #[test]
+    fn acknowledged_records_are_checked_across_runs_of_digests() {
+        let count = 2 * ACKED_RUN + 5;
+        let records: Vec<(u64, Vec<u8>)> = (1..=count)
+            .map(|seq| (seq, seq.to_le_bytes().to_vec()))
+            .collect();
+        let mut acked = Acked::default();
+        for (seq, bytes) in &records {
+            acked.push(*seq, bytes);
+        }
+        assert_eq!(acked.check(&records), Ok(()));
+        for changed_at in [1, ACKED_RUN, ACKED_RUN + 1, count] {
+            let mut changed = records.clone();
+            changed[changed_at as usize - 1].1.push(0);
+            let err = acked.check(&changed).expect_err("a record differs");
+            assert!(err.contains("changed after a crash"), "{err}");
+            let first = (changed_at - 1) / ACKED_RUN * ACKED_RUN + 1;
+            assert!(err.contains(&format!("records {first} to")), "{err}");
+        }
+        let err = acked
+            .check(&records[..records.len() - 1])
+            .expect_err("the last is gone");
+        assert!(err.contains(&format!("record {count} was lost")), "{err}");
+        let mut moved = records.clone();
+        moved.remove(ACKED_RUN as usize);
+        let err = acked.check(&moved).expect_err("one is missing");
+        assert!(
+            err.contains(&format!("record {} was lost", ACKED_RUN + 1)),
+            "{err}"
+        );
     }
 }
