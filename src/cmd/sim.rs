@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use fedrun::lifecycle::Event;
 use fedrun::sim::driver::SimResult;
 use fedrun::trust::files::read_bounded;
 
@@ -65,14 +64,11 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             .and_then(|()| writeln!(out))
             .context("write the result")?;
     } else {
-        // The text the result holds from the scenario and the run (job names, reasons,
-        // site names, notes) is cleaned, so that a line break in one cannot forge a row of
-        // the table; each line is cleaned again as it is printed.
-        let result = cleaned(result);
-        let events = result
-            .events()
-            .map(|event| event.map(|event| clean_event(&event).unwrap_or(event)));
-        fedrun::sim::output::write_text(&result, events, &mut |line| {
+        // Every line is cleaned as it is printed: a line break or an escape sequence in
+        // a job name, a reason or a site name from the scenario cannot forge a row or
+        // reach the terminal. The job names are cleaned first too, so the table's column
+        // is as wide as they are shown.
+        fedrun::sim::output::write_text(&cleaned(result), &mut |line| {
             writeln!(out, "{}", clean(line))
         })
         .context("write the result")?;
@@ -81,42 +77,10 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// The result with its job names and notes cleaned (its events are cleaned as they are
-/// read).
+/// The result with its job names cleaned.
 fn cleaned(mut result: SimResult) -> SimResult {
     for job in &mut result.jobs {
         job.name = clean(&job.name).into_owned();
     }
-    for (_, note) in &mut result.notes {
-        *note = clean(note).into_owned();
-    }
     result
-}
-
-/// The event with every text in it cleaned, through its JSON form; `None` if no text in
-/// it needs cleaning (nearly every event), or if that form does not read back, and the
-/// event is then cleaned only line by line.
-fn clean_event(event: &Event) -> Option<Event> {
-    fn walk(value: &mut serde_json::Value) -> bool {
-        match value {
-            serde_json::Value::String(text) => {
-                if let std::borrow::Cow::Owned(clean_text) = clean(text) {
-                    *text = clean_text;
-                    return true;
-                }
-                false
-            }
-            // Every item is cleaned: no short cut past the first that changed.
-            serde_json::Value::Array(items) => items.iter_mut().map(walk).fold(false, |a, b| a | b),
-            serde_json::Value::Object(fields) => {
-                fields.values_mut().map(walk).fold(false, |a, b| a | b)
-            }
-            _ => false,
-        }
-    }
-    let mut value = serde_json::to_value(event).ok()?;
-    if !walk(&mut value) {
-        return None;
-    }
-    serde_json::from_value(value).ok()
 }

@@ -89,7 +89,7 @@ fn short(id: &JobId) -> String {
 /// The human-readable output: the final table, then the notable events.
 pub fn to_text(result: &SimResult) -> Result<String, SimError> {
     let mut out = String::new();
-    write_text(result, result.events(), &mut |line| {
+    write_text(result, &mut |line| {
         out.push_str(line);
         out.push('\n');
         Ok(())
@@ -113,10 +113,9 @@ pub enum TextError {
 }
 
 /// Writes the human-readable output, one line at a time (without its line break) to
-/// `line`, the notable ones of `events` (the result's own, or a cleaned copy) among them.
+/// `line`: text from the scenario and the run is in it as it is, for the caller to clean.
 pub fn write_text(
     result: &SimResult,
-    events: impl Iterator<Item = Result<Event, SimError>>,
     line: &mut dyn FnMut(&str) -> io::Result<()>,
 ) -> Result<(), TextError> {
     let names: BTreeMap<JobId, &str> = result
@@ -186,7 +185,7 @@ pub fn write_text(
     out.push_str("notable events:");
     emit(&mut out)?;
     let mut notes = result.notes.iter().peekable();
-    for event in events {
+    for event in result.events() {
         let event = event?;
         let at = offset(event.at);
         while let Some((note_at, note)) = notes.peek() {
