@@ -191,7 +191,7 @@ impl Acked {
     fn push(&mut self, seq: u64, bytes: &[u8]) {
         Acked::digest(&mut self.open, seq, bytes);
         self.len = seq;
-        if seq % ACKED_RUN == 0 {
+        if seq.is_multiple_of(ACKED_RUN) {
             self.runs.push(self.open.finalize());
             self.open = blake3::Hasher::new();
         }
@@ -335,10 +335,8 @@ impl Checker {
             }
             self.requests_debt += 1;
             self.index_debt += 1;
-            if acked {
-                if self.acked.len + 1 == *seq {
-                    self.acked.push(*seq, bytes);
-                }
+            if acked && self.acked.len + 1 == *seq {
+                self.acked.push(*seq, bytes);
             }
             self.check_event(&event, now)?;
             events.push(event);
