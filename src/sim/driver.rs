@@ -1925,6 +1925,7 @@ impl<'a> Sim<'a> {
         // The result is read back from the stored history, not from the live engine: what
         // the output shows is exactly what a restart would rebuild.
         let live = self.engine.take().map(|e| e.state().clone());
+        self.checker.release_replayed();
         let history = History::<Event>::from_storage(
             Box::new(self.storage.clone()),
             std::path::Path::new("memory"),
@@ -1958,7 +1959,7 @@ impl<'a> Sim<'a> {
         let faults_over = self.faults.until().is_none_or(|u| ended_at >= u);
         if ended == Ended::AllTerminal && faults_over {
             self.checker
-                .at_end(&self.world())
+                .at_end(&state, &self.world())
                 .map_err(|what| self.broken(what))?;
         }
         if ended == Ended::Cap && self.faults.spec().is_some() {

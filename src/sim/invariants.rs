@@ -286,6 +286,15 @@ impl Checker {
         &self.replayed
     }
 
+    /// The run is over: let go of the state replayed step by step and the copies kept for
+    /// comparing it, so the end's replay of the whole stored history is not a third state
+    /// held beside it and the live one.
+    pub fn release_replayed(&mut self) {
+        self.replayed = State::new();
+        self.compared = None;
+        self.world_checked = None;
+    }
+
     /// The server (re)started on `records` (everything stored, oldest first): every
     /// acknowledged record must still be there, byte for byte, and the state is replayed
     /// from scratch.
@@ -650,9 +659,10 @@ impl Checker {
         Ok(())
     }
 
-    /// At the end of a run whose faults stopped: everything settled, nothing left running.
-    pub fn at_end(&mut self, world: &World) -> Result<(), String> {
-        for job in self.replayed.jobs.values() {
+    /// At the end of a run whose faults stopped: everything settled (in `replayed`, the
+    /// state replayed from the whole stored history), nothing left running.
+    pub fn at_end(&mut self, replayed: &State, world: &World) -> Result<(), String> {
+        for job in replayed.jobs.values() {
             if !job.status.is_terminal() {
                 return Err(format!(
                     "job {} is still {} after the faults stopped",
@@ -726,6 +736,36 @@ mod tests {
         };
         crate::sim::driver::run_observed(&checked, 0, Some(&mut observer)).expect("run");
         captured.expect("the run queued jobs")
+    }
+
+    #[test]
+    fn the_end_refuses_unsettled_jobs_and_apps_still_running() {
+        let world = |server_apps: Vec<JobId>| World {
+            now: Duration::from_secs(3600),
+            server_up_since: Some(Duration::ZERO),
+            server_apps,
+            earlier_server_apps: Vec::new(),
+            sites: Vec::new(),
+        };
+        let busy = busy_state();
+        let error = Checker::new()
+            .at_end(&busy, &world(Vec::new()))
+            .expect_err("jobs still queued and running");
+        assert!(error.contains("after the faults stopped"), "{error}");
+        let checked =
+            crate::sim::scenario::parse(include_str!("../../tests/scenarios/max_jobs.toml"))
+                .expect("scenario");
+        let settled = crate::sim::driver::run_observed(&checked, 0, None)
+            .expect("run")
+            .state;
+        let job = *settled.jobs.keys().next().expect("a job");
+        Checker::new()
+            .at_end(&settled, &world(Vec::new()))
+            .expect("every job settled, nothing running");
+        let error = Checker::new()
+            .at_end(&settled, &world(vec![job]))
+            .expect_err("a server app still runs");
+        assert!(error.contains("still runs at the end"), "{error}");
     }
 
     /// A checker whose replayed state is `state`, just compared equal to the same live one.
