@@ -293,7 +293,7 @@ fn simulated_day(rows: &mut Vec<(String, String)>) {
     rows.push((
         format!(
             "simulated day: 1,000 jobs, 10 sites ({} events, {finished} finished)",
-            result.event_count
+            result.event_count()
         ),
         ms(took),
     ));

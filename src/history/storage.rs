@@ -134,12 +134,36 @@ impl std::fmt::Debug for RecordBytes {
     }
 }
 
+/// The snapshot an in-memory store keeps (`MemoryStorage`, the simulator's
+/// `FaultyStorage`): its record and its bytes.
+#[derive(Clone, Debug, Default)]
+pub struct KeptSnapshot(Option<(SnapshotRecord, Vec<u8>)>);
+
+impl KeptSnapshot {
+    /// Replaces the snapshot. The old bytes go before the new ones are copied: one
+    /// snapshot's bytes in memory at a time.
+    pub fn save(&mut self, record: &SnapshotRecord, state: &[u8]) {
+        self.0 = None;
+        self.0 = Some((record.clone(), state.to_vec()));
+    }
+
+    /// The record and a copy of the bytes.
+    pub fn load(&self) -> Option<(SnapshotRecord, Vec<u8>)> {
+        self.0.clone()
+    }
+
+    /// The record alone, without copying the bytes.
+    pub fn record(&self) -> Option<SnapshotRecord> {
+        self.0.as_ref().map(|(record, _)| record.clone())
+    }
+}
+
 /// The head a store holds: its last record's number and the hash of its bytes.
-pub fn head_of(last: Option<(u64, Vec<u8>)>) -> Head {
+pub fn head_of<B: AsRef<[u8]>>(last: Option<(u64, B)>) -> Head {
     match last {
         Some((seq, bytes)) => Head {
             seq,
-            hash: ChainHash::of(&bytes),
+            hash: ChainHash::of(bytes.as_ref()),
         },
         None => Head::EMPTY,
     }
@@ -253,7 +277,7 @@ pub struct MemoryStorage {
 #[derive(Default)]
 struct MemoryInner {
     records: BTreeMap<u64, Vec<u8>>,
-    snapshot: Option<(SnapshotRecord, Vec<u8>)>,
+    snapshot: KeptSnapshot,
     anchor: Option<Anchor>,
 }
 
@@ -366,20 +390,16 @@ impl Storage for MemoryStorage {
     }
 
     fn save_snapshot(&mut self, record: &SnapshotRecord, state: &[u8]) -> Result<(), StorageError> {
-        self.lock().snapshot = Some((record.clone(), state.to_vec()));
+        self.lock().snapshot.save(record, state);
         Ok(())
     }
 
     fn load_snapshot(&self) -> Result<Option<(SnapshotRecord, Vec<u8>)>, StorageError> {
-        Ok(self.lock().snapshot.clone())
+        Ok(self.lock().snapshot.load())
     }
 
     fn snapshot_record(&self) -> Result<Option<SnapshotRecord>, StorageError> {
-        Ok(self
-            .lock()
-            .snapshot
-            .as_ref()
-            .map(|(record, _)| record.clone()))
+        Ok(self.lock().snapshot.record())
     }
 
     fn anchor(&self) -> Result<Option<Anchor>, StorageError> {

@@ -132,8 +132,6 @@ pub struct SimResult {
     /// The stored history the run left, read back by [`SimResult::events`] (a day of
     /// 10,000 jobs is half a million events: they stay encoded until read).
     stored: FaultyStorage,
-    /// How many events the history holds.
-    pub event_count: u64,
     /// The state rebuilt from the stored history at the end.
     pub state: State,
     /// Things the driver itself noted (postponed or skipped actions), with virtual times.
@@ -148,6 +146,11 @@ pub struct SimResult {
 }
 
 impl SimResult {
+    /// How many events the stored history holds.
+    pub fn event_count(&self) -> u64 {
+        self.stored.record_count()
+    }
+
     /// Every event of the history, oldest first, decoded from the stored records as they
     /// are read.
     pub fn events(&self) -> impl Iterator<Item = Result<Event, SimError>> + '_ {
@@ -1935,7 +1938,6 @@ impl<'a> Sim<'a> {
         // and folded, exactly as a restart would rebuild the state, and what the reference
         // model needs of it is gathered.
         let mut lives = Lives::default();
-        let mut event_count = 0;
         let mut state = State::new();
         for record in history.records_from(1) {
             let record = record.map_err(|e| SimError::Replay(e.to_string()))?;
@@ -1943,7 +1945,6 @@ impl<'a> Sim<'a> {
                 .apply_checked(&record.event)
                 .map_err(|e| SimError::Replay(e.to_string()))?;
             lives.see(&record.event, &self.unacked_survivors);
-            event_count += 1;
         }
         if let Some(live) = live {
             if live != state {
@@ -1982,7 +1983,6 @@ impl<'a> Sim<'a> {
             ended_at,
             jobs,
             stored: self.storage,
-            event_count,
             state,
             notes: self.notes,
             faults: self.faults.counts.clone(),

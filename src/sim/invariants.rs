@@ -207,7 +207,7 @@ impl Acked {
                 _ => return Err(format!("acknowledged record {seq} was lost after a crash")),
             };
             Acked::digest(&mut run, seq, bytes);
-            let full = seq % ACKED_RUN == 0;
+            let full = seq.is_multiple_of(ACKED_RUN);
             if full || seq == self.len {
                 let want = if full {
                     self.runs[(seq / ACKED_RUN - 1) as usize]

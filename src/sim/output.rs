@@ -134,7 +134,7 @@ pub fn write_text(
         "ended: {} at {} ({} events)",
         result.ended.as_str(),
         plus(result.ended_at),
-        result.event_count
+        result.event_count()
     );
     emit(&mut out)?;
     emit(&mut out)?;

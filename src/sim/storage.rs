@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::history::storage::{head_after, RecordIter};
+use crate::history::storage::{head_after, head_of, KeptSnapshot, RecordIter};
 use crate::history::{Anchor, Head, SnapshotRecord, Storage, StorageError};
 use crate::sim::faults::WriteFault;
 
@@ -90,8 +90,7 @@ impl RecordLog {
                 self.chunks.truncate(chunk as usize + 1);
                 self.chunks[chunk as usize].truncate((start + len) as usize);
                 let seq = keep as u64;
-                let hash = crate::history::ChainHash::of(self.get(seq).unwrap_or_default());
-                self.head = Head { seq, hash };
+                self.head = head_of(self.get(seq).map(|bytes| (seq, bytes)));
             }
             None => *self = RecordLog::default(),
         }
@@ -104,7 +103,7 @@ struct Disk {
     /// How many of the records (the first ones) were synced; the rest are in the page
     /// cache only.
     synced: usize,
-    snapshot: Option<(SnapshotRecord, Vec<u8>)>,
+    snapshot: KeptSnapshot,
     anchor: Option<Anchor>,
     /// The anchor of a batch whose fsync did not return: read back like the unsynced
     /// records, and lost with them.
@@ -189,6 +188,11 @@ impl FaultyStorage {
             return None;
         }
         disk.records.get(seq).map(<[u8]>::to_vec)
+    }
+
+    /// How many records exist now, synced or not.
+    pub fn record_count(&self) -> u64 {
+        self.lock().records.len() as u64
     }
 
     /// Every record that exists now, synced or not, in order.
@@ -309,22 +313,16 @@ impl Storage for FaultyStorage {
                 "no space left on device (simulated)",
             ));
         }
-        // The old one goes before the new one is copied: one snapshot's bytes at a time.
-        disk.snapshot = None;
-        disk.snapshot = Some((record.clone(), state.to_vec()));
+        disk.snapshot.save(record, state);
         Ok(())
     }
 
     fn load_snapshot(&self) -> Result<Option<(SnapshotRecord, Vec<u8>)>, StorageError> {
-        Ok(self.lock().snapshot.clone())
+        Ok(self.lock().snapshot.load())
     }
 
     fn snapshot_record(&self) -> Result<Option<SnapshotRecord>, StorageError> {
-        Ok(self
-            .lock()
-            .snapshot
-            .as_ref()
-            .map(|(record, _)| record.clone()))
+        Ok(self.lock().snapshot.record())
     }
 
     fn anchor(&self) -> Result<Option<Anchor>, StorageError> {
