@@ -360,3 +360,41 @@ fn a_large_snapshot_loads_to_the_same_state() {
         assert!(snapshot::decode_state::<State>(&bad).is_err());
     }
 }
+
+/// A deploy or start answer reads back from a snapshot (positional MessagePack, where an
+/// answer without detail is an array of one element), from named MessagePack and from
+/// JSON, whose text is unchanged; an answer whose detail does not fit its kind is refused.
+#[test]
+fn step_results_read_back_in_every_encoding() {
+    use fedrun::lifecycle::StepResult;
+    for result in [
+        StepResult::Ok,
+        StepResult::Error("no space left".into()),
+        StepResult::NoReply,
+    ] {
+        let positional = rmp_serde::to_vec(&result).expect("encodes");
+        let back: StepResult = rmp_serde::from_slice(&positional).expect("positional decodes");
+        assert_eq!(back, result);
+        let named = rmp_serde::to_vec_named(&result).expect("encodes");
+        let back: StepResult = rmp_serde::from_slice(&named).expect("named decodes");
+        assert_eq!(back, result);
+        let json = serde_json::to_string(&result).expect("encodes");
+        let back: StepResult = serde_json::from_str(&json).expect("JSON decodes");
+        assert_eq!(back, result);
+    }
+    assert_eq!(
+        serde_json::to_string(&StepResult::Ok).expect("encodes"),
+        r#"{"result":"ok"}"#
+    );
+    assert_eq!(
+        serde_json::to_string(&StepResult::Error("x".into())).expect("encodes"),
+        r#"{"result":"error","detail":"x"}"#
+    );
+    for odd in [
+        r#"{"result":"error"}"#,
+        r#"{"result":"ok","detail":"x"}"#,
+        r#"{"result":"maybe"}"#,
+    ] {
+        assert!(serde_json::from_str::<StepResult>(odd).is_err(), "{odd}");
+    }
+}

@@ -226,7 +226,7 @@ pub struct Event {
 }
 
 /// The answer of one participant to a deploy or start request.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "result", content = "detail", rename_all = "snake_case")]
 pub enum StepResult {
     /// It worked.
@@ -235,6 +235,39 @@ pub enum StepResult {
     Error(String),
     /// No answer before the timeout.
     NoReply,
+}
+
+/// Reads what the derived `Serialize` writes: `{"result": "ok"}`, `{"result": "error",
+/// "detail": "..."}`. Written positionally (a snapshot), a variant without detail is an
+/// array of one element, its tag, which serde's derived reading of an adjacently tagged
+/// enum refuses (it wants the tag and the content): so a snapshot holding any deploy or
+/// start answer did not decode, and start-up replayed the whole history instead.
+impl<'de> Deserialize<'de> for StepResult {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        enum Tag {
+            Ok,
+            Error,
+            NoReply,
+        }
+        #[derive(Deserialize)]
+        struct Tagged {
+            result: Tag,
+            #[serde(default)]
+            detail: Option<String>,
+        }
+        let Tagged { result, detail } = Tagged::deserialize(deserializer)?;
+        match (result, detail) {
+            (Tag::Ok, None) => Ok(StepResult::Ok),
+            (Tag::NoReply, None) => Ok(StepResult::NoReply),
+            (Tag::Error, Some(detail)) => Ok(StepResult::Error(detail)),
+            (Tag::Error, None) => Err(serde::de::Error::missing_field("detail")),
+            (Tag::Ok | Tag::NoReply, Some(_)) => Err(serde::de::Error::custom(
+                "a step result of ok or no_reply has no detail",
+            )),
+        }
+    }
 }
 
 impl StepResult {
