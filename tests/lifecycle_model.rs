@@ -707,6 +707,13 @@ proptest! {
             full.apply_checked(e).expect("full replay");
         }
         prop_assert_eq!(&full, &h.world.state);
+        // The state read from its snapshot bytes on two threads (as start-up reads a
+        // large one; here from the first job on) is the live state, index included.
+        let bytes = fedrun::history::snapshot::encode_state(&h.world.state).expect("state encodes");
+        let parallel = fedrun::history::snapshot::decode_state_parallel(&bytes, 0).expect("state decodes");
+        prop_assert_eq!(&parallel, &h.world.state);
+        prop_assert_eq!(parallel.index(), h.world.state.index());
+        prop_assert_eq!(fedrun::lifecycle::check::verify_index(&parallel, &h.world.settings), Ok(()));
         // Snapshot plus tail equals full replay.
         if let Some((bytes, covered)) = snapshot {
             let mut from_snapshot: State = rmp_serde::from_slice(&bytes).expect("state decodes");

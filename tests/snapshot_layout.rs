@@ -338,26 +338,127 @@ fn a_large_snapshot_loads_to_the_same_state() {
     let decoded: State = snapshot::decode_state(&bytes).expect("decodes");
     assert_eq!(decoded, state);
     assert_eq!(decoded.index(), state.index());
-    let first = decoded
-        .jobs
-        .values()
-        .next()
-        .expect("a job")
-        .submitter
-        .clone();
-    assert!(decoded
-        .jobs
-        .values()
-        .all(|j| std::sync::Arc::ptr_eq(&j.submitter, &first)));
+    // Start-up reads a state this large on two threads.
+    assert!(state.jobs.len() >= snapshot::TWO_THREADS_FROM);
+    let parallel =
+        snapshot::decode_state_parallel(&bytes, snapshot::TWO_THREADS_FROM).expect("decodes");
+    assert_eq!(parallel, state);
+    assert_eq!(parallel.index(), state.index());
+    for decoded in [&decoded, &parallel] {
+        let first = decoded
+            .jobs
+            .values()
+            .next()
+            .expect("a job")
+            .submitter
+            .clone();
+        assert!(decoded
+            .jobs
+            .values()
+            .all(|j| std::sync::Arc::ptr_eq(&j.submitter, &first)));
+    }
     let named: State = snapshot::decode_state(&snapshot::encode_state_v1(&state).expect("encodes"))
         .expect("decodes");
     assert_eq!(named, state);
     // Cut in the middle of the jobs, and damaged there.
     for at in [bytes.len() / 2, bytes.len() * 3 / 4] {
         assert!(snapshot::decode_state::<State>(&bytes[..at]).is_err());
+        same_on_two_threads(&bytes[..at], "cut in the jobs");
         let mut bad = bytes.clone();
         bad[at..at + 64].fill(0xc1); // 0xc1 is never used in MessagePack
         assert!(snapshot::decode_state::<State>(&bad).is_err());
+        same_on_two_threads(&bad, "damaged in the jobs");
+    }
+}
+
+/// `state`'s format-2 snapshot with `entries` as its jobs, in that order (a real
+/// snapshot lists each job once, in id order).
+fn with_jobs(state: &State, entries: &[(JobId, &fedrun::lifecycle::Job)]) -> Vec<u8> {
+    struct Entries<'a>(&'a [(JobId, &'a fedrun::lifecycle::Job)]);
+    impl serde::Serialize for Entries<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_map(self.0.iter().map(|(id, job)| (id, *job)))
+        }
+    }
+    struct Sites<'a>(&'a State);
+    impl serde::Serialize for Sites<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_map(self.0.sites.iter().map(|(name, site)| (name, &**site)))
+        }
+    }
+    let mut bytes = snapshot::encode_state(state).expect("encodes")[..HEADER_LEN].to_vec();
+    let fields = (
+        state.last_seq,
+        state.last_at,
+        state.boot_id,
+        &state.recovery,
+        Entries(entries),
+        &state.queue,
+        Sites(state),
+        &state.schedule_try,
+        &state.requests,
+    );
+    rmp_serde::encode::write(&mut bytes, &fields).expect("encodes");
+    bytes
+}
+
+/// Reading a snapshot on two threads gives what reading it in one piece gives, for the
+/// bytes of a real snapshot and for any damage to them: the same state (its index
+/// included), or an error for both.
+fn same_on_two_threads(bytes: &[u8], what: &str) {
+    let parallel = snapshot::decode_state_parallel(bytes, 0);
+    let whole = snapshot::decode_state::<State>(bytes);
+    match (&parallel, &whole) {
+        (Ok(parallel), Ok(whole)) => {
+            assert_eq!(parallel, whole, "{what}");
+            assert_eq!(parallel.index(), whole.index(), "{what}");
+        }
+        (Err(_), Err(_)) => {}
+        _ => panic!(
+            "{what}: two threads gave {:?}, one piece {:?}",
+            parallel.map(|s| s.jobs.len()),
+            whole.map(|s| s.jobs.len())
+        ),
+    }
+}
+
+#[test]
+fn two_threads_read_what_one_piece_reads_whatever_the_bytes() {
+    let (_, _, state) = history_of(20);
+    let bytes = snapshot::encode_state(&state).expect("encodes");
+    let parallel = snapshot::decode_state_parallel(&bytes, 0).expect("decodes");
+    assert_eq!(parallel, state);
+    assert_eq!(parallel.index(), state.index());
+    for len in 0..bytes.len() {
+        same_on_two_threads(&bytes[..len], &format!("cut to {len} bytes"));
+    }
+    for at in HEADER_LEN..bytes.len() {
+        for flip in [0xff, 0x01, 0x10] {
+            let mut bad = bytes.clone();
+            bad[at] ^= flip;
+            same_on_two_threads(&bad, &format!("byte {at} ^ {flip:#x}"));
+        }
+    }
+    // Jobs out of order, and a job listed twice: a map keeps the last entry of an id.
+    let entries: Vec<_> = state.jobs.iter().map(|(id, job)| (*id, &**job)).collect();
+    assert_eq!(
+        with_jobs(&state, &entries),
+        bytes,
+        "the helper writes a real snapshot"
+    );
+    let mut reversed = entries.clone();
+    reversed.reverse();
+    let mut twice = entries.clone();
+    twice.insert(3, entries[7]);
+    twice.push(entries[0]);
+    for (what, jobs) in [("reversed", &reversed), ("listed twice", &twice)] {
+        let odd = with_jobs(&state, jobs);
+        same_on_two_threads(&odd, what);
+        assert_eq!(
+            snapshot::decode_state_parallel(&odd, 0).expect("decodes"),
+            state,
+            "{what}"
+        );
     }
 }
 

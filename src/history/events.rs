@@ -45,6 +45,10 @@ impl Fold<Event> for State {
     fn apply_owned(&mut self, event: Event) -> Result<(), Self::Error> {
         State::apply_owned(self, event)
     }
+    fn decode_snapshot(bytes: &[u8]) -> Result<State, super::snapshot::SnapshotDecodeError> {
+        // A large state's jobs are decoded on two threads.
+        super::snapshot::decode_state_parallel(bytes, super::snapshot::TWO_THREADS_FROM)
+    }
 }
 
 /// One event as a JSON object on one line (no newline): `seq`, `at` (ISO-8601 UTC),

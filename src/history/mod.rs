@@ -59,6 +59,15 @@ pub trait Fold<E> {
     fn apply_owned(&mut self, event: E) -> Result<(), Self::Error> {
         self.apply_checked(&event)
     }
+
+    /// Decodes a snapshot's state bytes, as [`snapshot::decode_state`] does. A state may
+    /// read its snapshots its own way, with the same result for any bytes.
+    fn decode_snapshot(bytes: &[u8]) -> Result<Self, snapshot::SnapshotDecodeError>
+    where
+        Self: DeserializeOwned + Sized,
+    {
+        snapshot::decode_state(bytes)
+    }
 }
 
 /// Why a history could not be opened.
@@ -640,17 +649,14 @@ impl<E: RecordEvent> History<E> {
         } else {
             None
         };
-        let decoded =
-            snapshot.and_then(
-                |(record, bytes)| match snapshot::decode_state::<S>(&bytes) {
-                    Ok(state) => Some((record, state)),
-                    Err(err) => {
-                        tracing::warn!(seq = record.seq, error = %err,
+        let decoded = snapshot.and_then(|(record, bytes)| match S::decode_snapshot(&bytes) {
+            Ok(state) => Some((record, state)),
+            Err(err) => {
+                tracing::warn!(seq = record.seq, error = %err,
                         "snapshot state not usable; replaying the whole history");
-                        None
-                    }
-                },
-            );
+                None
+            }
+        });
         let Some((record, state)) = decoded else {
             let (state, replayed) =
                 fold_pipelined(empty, self.storage.read_shared_from(1), 1, GENESIS_HASH)?;

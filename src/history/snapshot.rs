@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use super::record::ChainHash;
 use crate::blobs::BlobHash;
 use crate::job::JobId;
+use crate::lifecycle::state::{Contribution, LiveIndex, LoadedJob, StoredFields};
 use crate::lifecycle::{Job, State};
 use std::sync::Arc;
 
@@ -353,11 +354,209 @@ pub fn decode_state<S: serde::de::DeserializeOwned>(
         .get(HEADER_LEN..)
         .filter(|_| bytes.starts_with(&MAGIC))
         .unwrap_or(bytes);
-    // The state nests deeper than an event (jobs, runs, their maps), but not by much.
-    Ok(super::record::from_slice_limited(
-        payload,
-        4 * super::record::MAX_RECORD_DEPTH,
-    )?)
+    Ok(super::record::from_slice_limited(payload, STATE_DEPTH)?)
+}
+
+/// The nesting a snapshot's state may have (the state nests deeper than an event: jobs,
+/// runs, their maps, but not by much).
+const STATE_DEPTH: usize = 4 * super::record::MAX_RECORD_DEPTH;
+
+/// A [`State`] with at least this many jobs has its jobs decoded on two threads at
+/// start-up ([`decode_state_parallel`]); below it a thread costs more than it saves.
+pub const TWO_THREADS_FROM: usize = 4096;
+
+/// Decodes a snapshot's [`State`] as [`decode_state`] does, with the same result for any
+/// bytes, but a format-2 state of at least `threads_from` jobs is read on two threads:
+/// one decodes the first part of the jobs while the other finds where the second part
+/// starts (the values' bounds are found without decoding them) and decodes it and the
+/// other fields; then one thread puts the jobs into their maps while the other builds
+/// the live index from them. Bytes this reading finds anything odd in (a field count,
+/// unsorted or repeated job ids, bytes that end early) are decoded in one piece instead,
+/// which names the problem.
+pub fn decode_state_parallel(
+    bytes: &[u8],
+    threads_from: usize,
+) -> Result<State, SnapshotDecodeError> {
+    if format_2_header(bytes)? == Some(Layout::of::<State>()) {
+        if let Some(state) = state_in_parts(&bytes[HEADER_LEN..], threads_from) {
+            return Ok(state);
+        }
+    }
+    decode_state(bytes)
+}
+
+/// The state of a format-2 payload read in parts (see [`decode_state_parallel`]);
+/// `None` when it holds fewer than `threads_from` jobs or is not read this way.
+fn state_in_parts(payload: &[u8], threads_from: usize) -> Option<State> {
+    // The state is an array of its 9 stored fields, the jobs (a map) the fifth; values
+    // inside the array may nest one level less, a job one level less again.
+    let mut rest = payload;
+    if rmp::decode::read_array_len(&mut rest).ok()? != 9 {
+        return None;
+    }
+    let inner = STATE_DEPTH - 1;
+    let head = payload.len() - rest.len();
+    let mut jobs_at = head;
+    for _ in 0..4 {
+        jobs_at = msgpack::skip(payload, jobs_at, inner)?;
+    }
+    let mut map = payload.get(jobs_at..)?;
+    let count = usize::try_from(rmp::decode::read_map_len(&mut map).ok()?).ok()?;
+    if count < threads_from {
+        return None;
+    }
+    let entry = inner - 1;
+    let first = payload.len() - map.len();
+    // The thread that decodes the first part has nothing else to do, the other also
+    // finds where its part starts and decodes the fields after the jobs (the queue holds
+    // an entry per waiting job): the first part is the larger.
+    // (`count` is at most 2^32: a map's length.)
+    let split = count * 9 / 16;
+    let (fields, first_part, second_part) = std::thread::scope(|scope| {
+        let first_part = scope.spawn(|| jobs_in(&mut reader(&payload[first..], entry), split));
+        let read_here = || {
+            let mut mid = first;
+            for _ in 0..split {
+                mid = msgpack::skip(payload, msgpack::skip(payload, mid, entry)?, entry)?;
+            }
+            // The second part of the jobs, then the four fields after them.
+            let mut after = reader(&payload[mid..], entry);
+            let second_part = jobs_in(&mut after, count - split)?;
+            after.set_max_depth(inner);
+            let fields = fields_in(&mut reader(&payload[head..jobs_at], inner), &mut after)?;
+            Some((fields, second_part))
+        };
+        let here = read_here();
+        let first_part = first_part
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        let (fields, second_part) = here?;
+        Some((fields, first_part?, second_part))
+    })?;
+    let ids = first_part.0.iter().chain(&second_part.0).map(LoadedJob::id);
+    if !ids.clone().zip(ids.skip(1)).all(|(a, b)| a < b) {
+        return None;
+    }
+    let (first_jobs, first_contributions) = first_part;
+    let (second_jobs, second_contributions) = second_part;
+    let contributions = || first_contributions.iter().chain(&second_contributions);
+    Some(std::thread::scope(|scope| {
+        let counts = scope.spawn(|| LiveIndex::counts_of(contributions()));
+        State::from_stored_parts(fields, first_jobs.into_iter().chain(second_jobs), || {
+            let sets = LiveIndex::sets_of(contributions());
+            let counts = counts
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            LiveIndex::of_parts(sets, counts)
+        })
+    }))
+}
+
+/// Reads MessagePack values one after another from a slice.
+type Reader<'a> = rmp_serde::Deserializer<rmp_serde::decode::ReadRefReader<'a, [u8]>>;
+
+/// A reader of the values from the start of `bytes`, nested at most `depth` deep.
+fn reader(bytes: &[u8], depth: usize) -> Reader<'_> {
+    let mut reader = rmp_serde::Deserializer::from_read_ref(bytes);
+    reader.set_max_depth(depth);
+    reader
+}
+
+/// The next `count` job entries (id, then job) of `reader`, each taken in, with their
+/// contributions to the live index.
+fn jobs_in(reader: &mut Reader<'_>, count: usize) -> Option<(Vec<LoadedJob>, Vec<Contribution>)> {
+    let mut jobs = Vec::with_capacity(count);
+    let mut contributions = Vec::with_capacity(count);
+    for _ in 0..count {
+        let id = JobId::deserialize(&mut *reader).ok()?;
+        let job = LoadedJob::new(id, Job::deserialize(&mut *reader).ok()?);
+        contributions.push(job.contribution());
+        jobs.push(job);
+    }
+    Some((jobs, contributions))
+}
+
+/// The state's fields other than its jobs: the four before them from `head`, the four
+/// after them from `tail`.
+fn fields_in(head: &mut Reader<'_>, tail: &mut Reader<'_>) -> Option<StoredFields> {
+    Some(StoredFields {
+        last_seq: Deserialize::deserialize(&mut *head).ok()?,
+        last_at: Deserialize::deserialize(&mut *head).ok()?,
+        boot_id: Deserialize::deserialize(&mut *head).ok()?,
+        recovery: Deserialize::deserialize(&mut *head).ok()?,
+        queue: Deserialize::deserialize(&mut *tail).ok()?,
+        sites: crate::lifecycle::state::shared_sites::deserialize(&mut *tail).ok()?,
+        schedule_try: Deserialize::deserialize(&mut *tail).ok()?,
+        requests: Deserialize::deserialize(&mut *tail).ok()?,
+    })
+}
+
+/// MessagePack values' bounds, found without decoding them.
+mod msgpack {
+    use rmp::Marker;
+
+    /// The big-endian unsigned number of `len` bytes at `at`.
+    fn number(bytes: &[u8], at: usize, len: usize) -> Option<usize> {
+        let digits = bytes.get(at..at.checked_add(len)?)?;
+        let value = digits.iter().fold(0u64, |v, b| (v << 8) | u64::from(*b));
+        usize::try_from(value).ok()
+    }
+
+    /// Where the value that starts at `at` ends; `None` when the bytes end first, hold a
+    /// reserved marker, or nest deeper than `depth` allows (counted as `rmp_serde`
+    /// counts it: a container inside `depth` 1 is too deep).
+    pub(super) fn skip(bytes: &[u8], at: usize, depth: usize) -> Option<usize> {
+        let marker = Marker::from_u8(*bytes.get(at)?);
+        let at = at + 1;
+        // (where the marker's own bytes end, bytes of data after them, nested values)
+        let (data, len, values) = match marker {
+            Marker::FixPos(_) | Marker::FixNeg(_) | Marker::Null | Marker::True | Marker::False => {
+                (at, 0, 0)
+            }
+            Marker::U8 | Marker::I8 => (at, 1, 0),
+            Marker::U16 | Marker::I16 => (at, 2, 0),
+            Marker::U32 | Marker::I32 | Marker::F32 => (at, 4, 0),
+            Marker::U64 | Marker::I64 | Marker::F64 => (at, 8, 0),
+            Marker::FixStr(len) => (at, usize::from(len), 0),
+            Marker::Str8 | Marker::Bin8 => (at + 1, number(bytes, at, 1)?, 0),
+            Marker::Str16 | Marker::Bin16 => (at + 2, number(bytes, at, 2)?, 0),
+            Marker::Str32 | Marker::Bin32 => (at + 4, number(bytes, at, 4)?, 0),
+            // An extension: its type byte, then its data.
+            Marker::FixExt1 => (at, 2, 0),
+            Marker::FixExt2 => (at, 3, 0),
+            Marker::FixExt4 => (at, 5, 0),
+            Marker::FixExt8 => (at, 9, 0),
+            Marker::FixExt16 => (at, 17, 0),
+            Marker::Ext8 => (at + 1, number(bytes, at, 1)?.checked_add(1)?, 0),
+            Marker::Ext16 => (at + 2, number(bytes, at, 2)?.checked_add(1)?, 0),
+            Marker::Ext32 => (at + 4, number(bytes, at, 4)?.checked_add(1)?, 0),
+            Marker::FixArray(len) => (at, 0, usize::from(len)),
+            Marker::Array16 => (at + 2, 0, number(bytes, at, 2)?),
+            Marker::Array32 => (at + 4, 0, number(bytes, at, 4)?),
+            Marker::FixMap(len) => (at, 0, 2 * usize::from(len)),
+            Marker::Map16 => (at + 2, 0, 2 * number(bytes, at, 2)?),
+            Marker::Map32 => (at + 4, 0, number(bytes, at, 4)?.checked_mul(2)?),
+            Marker::Reserved => return None,
+        };
+        let end = data.checked_add(len)?;
+        if end > bytes.len() {
+            return None;
+        }
+        let is_container = matches!(
+            marker,
+            Marker::FixArray(_)
+                | Marker::Array16
+                | Marker::Array32
+                | Marker::FixMap(_)
+                | Marker::Map16
+                | Marker::Map32
+        );
+        if !is_container {
+            return Some(end);
+        }
+        let inner = depth.checked_sub(1).filter(|&d| d > 0)?;
+        (0..values).try_fold(end, |at, _| skip(bytes, at, inner))
+    }
 }
 
 /// Whether state bytes `stored` can be compared with a state of type `S` of this build
@@ -514,5 +713,119 @@ impl WrittenSnapshot {
     /// The size of the encoded state in bytes.
     pub fn size(&self) -> usize {
         self.size
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::msgpack::skip;
+    use std::collections::BTreeMap;
+
+    /// Values of every MessagePack kind, each as its own bytes.
+    fn values() -> Vec<Vec<u8>> {
+        let mut values: Vec<Vec<u8>> = Vec::new();
+        let mut put = |value: &dyn erased::Value| values.push(value.bytes());
+        for n in [
+            0u64,
+            127,
+            128,
+            255,
+            256,
+            65_535,
+            65_536,
+            u64::from(u32::MAX) + 1,
+        ] {
+            put(&n);
+        }
+        for n in [-1i64, -32, -33, -128, -129, -32_768, -32_769, i64::MIN] {
+            put(&n);
+        }
+        put(&1.5f32);
+        put(&-2.25f64);
+        put(&true);
+        put(&Option::<u8>::None);
+        for len in [0, 31, 32, 255, 256, 65_535, 65_536] {
+            put(&"x".repeat(len));
+            put(&vec![1u8; len]);
+        }
+        let map: BTreeMap<String, Vec<Option<(u8, String)>>> = (0..40)
+            .map(|n| {
+                (
+                    format!("key {n}"),
+                    vec![Some((n, "v".repeat(n.into()))), None],
+                )
+            })
+            .collect();
+        put(&map);
+        for len in [0, 31, 32, 255, 256, 65_535, 65_536] {
+            let mut bytes = Vec::new();
+            rmp::encode::write_bin(&mut bytes, &vec![7u8; len]).expect("writes");
+            values.push(bytes);
+        }
+        for len in [1u32, 2, 4, 8, 16, 0, 3, 300, 70_000] {
+            let mut bytes = Vec::new();
+            rmp::encode::write_ext_meta(&mut bytes, len, 5).expect("writes");
+            bytes.resize(bytes.len() + len as usize, 9);
+            values.push(bytes);
+        }
+        values
+    }
+
+    /// Serializes any value (a trait object, so one list holds them all).
+    mod erased {
+        pub trait Value {
+            fn bytes(&self) -> Vec<u8>;
+        }
+        impl<T: serde::Serialize> Value for T {
+            fn bytes(&self) -> Vec<u8> {
+                rmp_serde::to_vec(self).expect("encodes")
+            }
+        }
+    }
+
+    #[test]
+    fn skip_finds_where_every_kind_of_value_ends() {
+        let values = values();
+        let all: Vec<u8> = values.concat();
+        let mut at = 0;
+        for value in &values {
+            let end = skip(&all, at, 8).expect("a whole value");
+            assert_eq!(end - at, value.len(), "value starting {:x?}", &value[..1]);
+            at = end;
+        }
+        assert_eq!(at, all.len());
+        for value in &values {
+            for cut in 0..value.len().min(300) {
+                assert_eq!(
+                    skip(&value[..cut], 0, 8),
+                    None,
+                    "{:x?} cut to {cut}",
+                    &value[..1]
+                );
+            }
+        }
+        assert_eq!(skip(&[0xc1], 0, 8), None, "the reserved marker");
+    }
+
+    #[test]
+    fn skip_counts_depth_as_the_decoder_does() {
+        use serde::Deserialize;
+        // Arrays nested `n` deep decode with a depth limit above `n`, not at `n`.
+        for n in 1..6usize {
+            let mut bytes = vec![0x91; n - 1];
+            bytes.push(0x90);
+            let limited = |depth: usize| {
+                let mut reader = rmp_serde::Deserializer::from_read_ref(&bytes[..]);
+                reader.set_max_depth(depth);
+                serde::de::IgnoredAny::deserialize(&mut reader).is_ok()
+            };
+            for depth in 1..8 {
+                assert_eq!(
+                    skip(&bytes, 0, depth).is_some(),
+                    limited(depth),
+                    "{n} deep, limit {depth}"
+                );
+            }
+        }
     }
 }

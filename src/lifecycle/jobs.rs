@@ -64,12 +64,20 @@ impl Jobs {
         // the path to where it would be, which in the settled map is the cost this type
         // exists to avoid.
         let old = self.contains_key(&id).then(|| self.remove(&id)).flatten();
+        self.insert_new(id, job);
+        old
+    }
+
+    /// Adds a job whose id no job has, in the map its state calls for: loading a stored
+    /// state, whose ids are known to be distinct, skips [`Jobs::insert`]'s look for an old
+    /// entry. A job already under `id` would stay in the other map and be found first.
+    pub fn insert_new(&mut self, id: JobId, job: Arc<Job>) {
+        debug_assert!(!self.contains_key(&id), "job {id} is already in the maps");
         if job_is_live(&job) {
             self.live.insert(id, job);
         } else {
             self.settled.insert(id, job);
         }
-        old
     }
 
     /// Takes the job out.

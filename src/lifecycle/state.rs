@@ -599,6 +599,13 @@ impl Identities {
 /// run's stop candidates, the site lists and answers shared as the fold shares them, and
 /// the pool's copy of each identity. Copies the job only when one of them differs.
 fn derive_loaded(shared: &mut Arc<Job>, identities: &mut Identities) {
+    derive_run(shared);
+    adopt_identities(shared, identities);
+}
+
+/// The run fields of [`derive_loaded`]: stop candidates and shared site lists. They
+/// depend on the job alone, so jobs read on several threads can each be given them there.
+fn derive_run(shared: &mut Arc<Job>) {
     let candidates = shared.run.stop_candidates_from_exits();
     if candidates != shared.run.stop_candidates {
         Arc::make_mut(shared).run.stop_candidates = candidates;
@@ -612,6 +619,11 @@ fn derive_loaded(shared: &mut Arc<Job>, identities: &mut Identities) {
     if start.share_if_equal(&shared.run.deploy) {
         Arc::make_mut(shared).run.start = start;
     }
+}
+
+/// The identities of [`derive_loaded`]: the job's submitter and signer become the pool's
+/// shared copies.
+fn adopt_identities(shared: &mut Arc<Job>, identities: &mut Identities) {
     let submitter = identities.adopt(&shared.submitter);
     let signer = shared.signer.as_ref().map(|s| identities.adopt(s));
     let same = |a: &Arc<Identity>, b: &Arc<Identity>| Arc::ptr_eq(a, b);
@@ -690,6 +702,90 @@ fn loaded_jobs<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Load
     deserializer.deserialize_map(Entries)
 }
 
+/// The fields of a stored state other than its jobs, for a reader that takes the jobs
+/// apart from the rest (`history::snapshot` reads a large snapshot's jobs on two threads).
+/// In the order a stored state holds them, the jobs between `recovery` and `queue`.
+#[derive(Debug)]
+pub struct StoredFields {
+    /// [`State::last_seq`].
+    pub last_seq: u64,
+    /// [`State::last_at`].
+    pub last_at: Timestamp,
+    /// [`State::boot_id`].
+    pub boot_id: BootId,
+    /// [`State::recovery`].
+    pub recovery: Option<RecoveryWindow>,
+    /// [`State::queue`].
+    pub queue: OrdSet<QueueKey>,
+    /// [`State::sites`].
+    pub sites: Arc<BTreeMap<String, Arc<SiteFacts>>>,
+    /// [`State::schedule_try`].
+    pub schedule_try: Option<ScheduleTry>,
+    /// [`State::requests`].
+    pub requests: KeptRequests,
+}
+
+/// One job of a stored state, taken in on its own: its run's derived fields set (as
+/// [`derive_loaded`] sets them, identities apart). Jobs can be taken in on several
+/// threads; [`State::from_stored_parts`] puts them together.
+#[derive(Debug)]
+pub struct LoadedJob {
+    id: JobId,
+    job: Arc<Job>,
+}
+
+impl LoadedJob {
+    /// Takes in the job stored under `id`.
+    pub fn new(id: JobId, job: Job) -> LoadedJob {
+        let mut job = Arc::new(job);
+        derive_run(&mut job);
+        LoadedJob { id, job }
+    }
+
+    /// The id the job was stored under.
+    pub fn id(&self) -> JobId {
+        self.id
+    }
+
+    /// What the job puts into the index.
+    pub fn contribution(&self) -> Contribution {
+        Contribution::of(&self.job)
+    }
+}
+
+impl State {
+    /// A stored state put together from its fields and its jobs taken in apart, which
+    /// must come with distinct ids (as a state stores them), and `index`, which gives the
+    /// [`LiveIndex::of_contributions`] of those same jobs: called once the jobs are in
+    /// their maps, so it may wait for another thread that builds it meanwhile. Equal to
+    /// the state the stored bytes decode to in one piece.
+    pub fn from_stored_parts(
+        fields: StoredFields,
+        jobs: impl IntoIterator<Item = LoadedJob>,
+        index: impl FnOnce() -> LiveIndex,
+    ) -> State {
+        let mut identities = Identities::default();
+        let mut all = Jobs::new();
+        for LoadedJob { id, mut job, .. } in jobs {
+            adopt_identities(&mut job, &mut identities);
+            all.insert_new(id, job);
+        }
+        State {
+            last_seq: fields.last_seq,
+            last_at: fields.last_at,
+            boot_id: fields.boot_id,
+            recovery: fields.recovery,
+            jobs: all,
+            queue: fields.queue,
+            sites: fields.sites,
+            schedule_try: fields.schedule_try,
+            requests: fields.requests,
+            index: index(),
+            identities,
+        }
+    }
+}
+
 impl From<StoredState> for State {
     fn from(stored: StoredState) -> State {
         let mut state = State {
@@ -737,6 +833,23 @@ pub struct LiveIndex {
     /// True only for the stand-in the state holds while the fold changes its jobs
     /// ([`State::index`] refuses to hand it out).
     in_fold: bool,
+}
+
+/// One part of a [`LiveIndex`] built from contributions ([`LiveIndex::sets_of`]): its
+/// job sets and counters.
+#[derive(Debug, Default)]
+pub struct IndexSets {
+    live: OrdSet<JobId>,
+    active: usize,
+    by_status: [usize; RunStatus::ALL.len()],
+    archiving: OrdSet<JobId>,
+}
+
+/// The other part ([`LiveIndex::counts_of`]): blob reference counts and due sets.
+#[derive(Debug, Default)]
+pub struct IndexCounts {
+    blob_refs: OrdMap<BlobHash, u32>,
+    due: OrdMap<u32, OrdSet<(Timestamp, QueueKey)>>,
 }
 
 /// `names` as a shared list: `existing` itself when it holds the same names (a run whose
@@ -837,36 +950,74 @@ impl LiveIndex {
     /// first and filled in order, since filling a persistent map in random order costs a
     /// cache miss at each step of each insert.
     fn of_jobs(jobs: &Jobs) -> LiveIndex {
-        let mut index = LiveIndex::default();
-        let mut blobs = Vec::new();
-        let mut due = Vec::new();
-        for c in jobs.iter().map(|(_, job)| Contribution::of(job)) {
+        let contributions: Vec<Contribution> =
+            jobs.iter().map(|(_, job)| Contribution::of(job)).collect();
+        LiveIndex::of_contributions(&contributions)
+    }
+
+    /// The index of the jobs these are the contributions of, one per job (see
+    /// [`LiveIndex::of_jobs`]).
+    pub fn of_contributions(contributions: &[Contribution]) -> LiveIndex {
+        LiveIndex::of_parts(
+            LiveIndex::sets_of(contributions),
+            LiveIndex::counts_of(contributions),
+        )
+    }
+
+    /// The job sets and counters of the index of the jobs these are the contributions
+    /// of: one of its two parts, which two threads can build at once ([`LiveIndex::of_parts`]).
+    pub fn sets_of<'a>(contributions: impl IntoIterator<Item = &'a Contribution>) -> IndexSets {
+        let mut sets = IndexSets::default();
+        for c in contributions {
             if c.live {
-                index.live.insert(c.id);
+                sets.live.insert(c.id);
             }
             if c.archiving {
-                index.archiving.insert(c.id);
+                sets.archiving.insert(c.id);
             }
             if c.slot {
-                index.active += 1;
+                sets.active += 1;
             }
             if let Some(status) = c.counted {
-                index.by_status[status.index()] += 1;
+                sets.by_status[status.index()] += 1;
             }
+        }
+        sets
+    }
+
+    /// The blob reference counts and due sets of the index: its other part.
+    pub fn counts_of<'a>(contributions: impl IntoIterator<Item = &'a Contribution>) -> IndexCounts {
+        let mut counts = IndexCounts::default();
+        let mut blobs = Vec::new();
+        let mut due = Vec::new();
+        for c in contributions {
             blobs.extend(c.blobs.into_iter().flatten());
             due.extend(c.due);
         }
         blobs.sort_unstable();
         for same in blobs.chunk_by(|a, b| a == b) {
             let count = u32::try_from(same.len()).expect("fewer than 2^32 jobs per blob");
-            index.blob_refs.insert(same[0], count);
+            counts.blob_refs.insert(same[0], count);
         }
         due.sort_unstable();
         for group in due.chunk_by(|a, b| a.0 == b.0) {
             let set = group.iter().map(|(_, entry)| *entry).collect();
-            index.due.insert(group[0].0, set);
+            counts.due.insert(group[0].0, set);
         }
-        index
+        counts
+    }
+
+    /// The index whose two parts, built from the same contributions, these are.
+    pub fn of_parts(sets: IndexSets, counts: IndexCounts) -> LiveIndex {
+        LiveIndex {
+            live: sets.live,
+            active: sets.active,
+            blob_refs: counts.blob_refs,
+            due: counts.due,
+            by_status: sets.by_status,
+            archiving: sets.archiving,
+            in_fold: false,
+        }
     }
 
     /// Replaces one job's contribution `before` (`None`: the job was not in the index)
