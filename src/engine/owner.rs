@@ -121,6 +121,8 @@ pub struct Engine {
     /// Snapshots are taken on this engine's own thread: each reuses the bytes of the
     /// jobs unchanged since the last one.
     encoder: history::snapshot::StateEncoder,
+    /// The snapshot the start rebuilt the state from (its sequence number), if any.
+    started_from: Option<u64>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -130,6 +132,13 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
+    /// The sequence number of the snapshot this engine's start rebuilt its state from
+    /// (`None`: it replayed the whole history). The simulator checks that a start uses
+    /// the snapshot its disk holds.
+    pub fn started_from_snapshot(&self) -> Option<u64> {
+        self.started_from
+    }
+
     /// Starts an engine on `history`: rebuilds the state (snapshot plus tail), then records
     /// `ServerStarted` with a new boot id. Returns the engine and the outputs of that start.
     pub fn start(
@@ -158,6 +167,7 @@ impl Engine {
             node,
             history,
             encoder: Default::default(),
+            started_from: recovered.snapshot_seq,
         };
         let outputs = engine.step(Vec::new(), now)?;
         Ok((engine, outputs))

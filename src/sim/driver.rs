@@ -18,7 +18,7 @@ use crate::engine::clock::{VirtualClock, SIM_EPOCH};
 use crate::engine::ids::SeededIds;
 use crate::engine::node::{Input, Output, Participant, ReplyToken, Request};
 use crate::engine::owner::{Engine, EngineLimits, Ids, StartError, StepError};
-use crate::history::History;
+use crate::history::{History, Storage};
 use crate::job::JobId;
 use crate::lifecycle::{
     AdminRequest, Answer, BlobHash, Event, EventKind, Identity, Origin, Role, State, Timestamp,
@@ -1011,11 +1011,21 @@ impl<'a> Sim<'a> {
         })?;
         self.boots += 1;
         let ids = Ids::Seeded(SeededIds::stream(self.seed, self.boots));
+        let mut limits = EngineLimits::default();
+        if let Some(every) = self.checked.scenario.sim.snapshot_every {
+            limits.snapshot_every_events = every.max(1);
+        }
+        // The snapshot on the disk the start reads (the simulated disk never damages one).
+        let stored_snapshot = self
+            .storage
+            .snapshot_record()
+            .map_err(|e| self.broken(format!("the stored snapshot record: {e}")))?
+            .map(|record| record.seq);
         let started = Engine::start(
             history,
             self.settings.clone(),
             ids,
-            EngineLimits::default(),
+            limits,
             self.server_now(),
         );
         let (engine, released) = match started {
@@ -1032,6 +1042,15 @@ impl<'a> Sim<'a> {
                 })
             }
         };
+        // INVARIANT: a start loads the snapshot its disk holds; one it cannot decode is
+        // only a slower start (the whole history replayed), so nothing else notices.
+        if engine.started_from_snapshot() != stored_snapshot {
+            return Err(self.broken(format!(
+                "the server started from {:?} although its disk holds a snapshot at {:?}",
+                engine.started_from_snapshot(),
+                stored_snapshot
+            )));
+        }
         self.engine = Some(engine);
         self.server_up_since = Some(self.now());
         let now = self.now();

@@ -65,6 +65,11 @@ pub struct SimTable {
     /// Stop the run at this virtual time, even if jobs are still in flight.
     #[serde(default, deserialize_with = "opt_duration")]
     pub until: Option<Duration>,
+    /// The server snapshots its state every this many events (default: the server's own
+    /// 10,000). A small number makes restarts load snapshots, which a short run would
+    /// otherwise never take.
+    #[serde(default)]
+    pub snapshot_every: Option<u64>,
 }
 
 /// How a simulated site answers a deploy or start request.
