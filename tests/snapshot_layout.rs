@@ -499,3 +499,27 @@ fn step_results_read_back_in_every_encoding() {
         assert!(serde_json::from_str::<StepResult>(odd).is_err(), "{odd}");
     }
 }
+
+/// A jobs map that claims four billion entries in a few bytes is refused by both
+/// readings, without reserving room for the entries it claims.
+#[test]
+fn a_jobs_map_claiming_billions_of_entries_is_refused() {
+    let (_, _, state) = history_of(20);
+    let empty = with_jobs(&state, &[]);
+    // After the header: the state's array marker and its 4 fields before the jobs, as
+    // long as a tuple of those 4 (whose own array marker is one byte too).
+    let head = rmp_serde::to_vec(&(
+        state.last_seq,
+        state.last_at,
+        state.boot_id,
+        &state.recovery,
+    ))
+    .expect("encodes");
+    let at = HEADER_LEN + head.len();
+    assert_eq!(empty[at], 0x80, "an empty map where the jobs are");
+    let mut claims = empty[..at].to_vec();
+    claims.extend_from_slice(&[0xdf, 0xff, 0xff, 0xff, 0xff]);
+    claims.extend_from_slice(&empty[at + 1..]);
+    same_on_two_threads(&claims, "a map of 2^32 - 1 jobs");
+    assert!(snapshot::decode_state_parallel(&claims, 0).is_err());
+}

@@ -413,7 +413,10 @@ fn state_in_parts(payload: &[u8], threads_from: usize) -> Option<State> {
     // (`count` is at most 2^32: a map's length.)
     let split = count * 9 / 16;
     let (fields, first_part, second_part) = std::thread::scope(|scope| {
-        let first_part = scope.spawn(|| jobs_in(&mut reader(&payload[first..], entry), split));
+        let first_part = scope.spawn(|| {
+            let bytes = &payload[first..];
+            jobs_in(&mut reader(bytes, entry), split, bytes.len())
+        });
         let read_here = || {
             let mut mid = first;
             for _ in 0..split {
@@ -421,7 +424,7 @@ fn state_in_parts(payload: &[u8], threads_from: usize) -> Option<State> {
             }
             // The second part of the jobs, then the four fields after them.
             let mut after = reader(&payload[mid..], entry);
-            let second_part = jobs_in(&mut after, count - split)?;
+            let second_part = jobs_in(&mut after, count - split, payload.len() - mid)?;
             after.set_max_depth(inner);
             let fields = fields_in(&mut reader(&payload[head..jobs_at], inner), &mut after)?;
             Some((fields, second_part))
@@ -464,9 +467,17 @@ fn reader(bytes: &[u8], depth: usize) -> Reader<'_> {
 
 /// The next `count` job entries (id, then job) of `reader`, each taken in, with their
 /// contributions to the live index.
-fn jobs_in(reader: &mut Reader<'_>, count: usize) -> Option<(Vec<LoadedJob>, Vec<Contribution>)> {
-    let mut jobs = Vec::with_capacity(count);
-    let mut contributions = Vec::with_capacity(count);
+fn jobs_in(
+    reader: &mut Reader<'_>,
+    count: usize,
+    bytes: usize,
+) -> Option<(Vec<LoadedJob>, Vec<Contribution>)> {
+    // Room for the entries the reader's `bytes` can hold, not for the count a map's
+    // header claims (a hostile one claims four billion in a few bytes): an entry is an
+    // 18-byte id and a job of more than a dozen fields.
+    let room = count.min(bytes / 32);
+    let mut jobs = Vec::with_capacity(room);
+    let mut contributions = Vec::with_capacity(room);
     for _ in 0..count {
         let id = JobId::deserialize(&mut *reader).ok()?;
         let job = LoadedJob::new(id, Job::deserialize(&mut *reader).ok()?);

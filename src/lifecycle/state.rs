@@ -766,7 +766,7 @@ impl State {
     ) -> State {
         let mut identities = Identities::default();
         let mut all = Jobs::new();
-        for LoadedJob { id, mut job, .. } in jobs {
+        for LoadedJob { id, mut job } in jobs {
             adopt_identities(&mut job, &mut identities);
             all.insert_new(id, job);
         }
