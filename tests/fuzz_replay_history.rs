@@ -1,5 +1,5 @@
-//! Replays the committed corpora and regressions of the `history_record` and
-//! `event_decode` fuzz targets through the same library checks the targets call, plus
+//! Replays the committed corpora and regressions of the `history_record`,
+//! `event_decode` and `snapshot_decode` fuzz targets through the same library checks the targets call, plus
 //! deterministic damage of every hand-made seed (each truncation, each single-bit flip) and
 //! a few hand-made hostile inputs. The inputs a fuzzing run kept (named by their SHA-1, as
 //! libFuzzer names them) are replayed as they are: damaging thousands of them bit by bit
@@ -7,13 +7,15 @@
 use std::path::{Path, PathBuf};
 
 use fedrun::history::events::{fuzz_event_decode, fuzz_history_record};
+use fedrun::history::snapshot::fuzz_snapshot_decode;
 
 /// A fuzz target's library check.
 type Check = fn(&[u8]);
 
-const TARGETS: [(&str, Check); 2] = [
+const TARGETS: [(&str, Check); 3] = [
     ("history_record", fuzz_history_record),
     ("event_decode", fuzz_event_decode),
+    ("snapshot_decode", fuzz_snapshot_decode),
 ];
 
 fn files(dir: &Path) -> Vec<PathBuf> {

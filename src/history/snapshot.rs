@@ -455,6 +455,30 @@ fn state_in_parts(payload: &[u8], threads_from: usize) -> Option<State> {
     }))
 }
 
+/// The check of the `snapshot_decode` fuzz target: `payload` behind this build's format-2
+/// header of a [`State`] reads the same on two threads (from the first job on) as in one
+/// piece: the same state, its index included, or an error for both; and neither reading
+/// panics or reserves room for more than the bytes can hold.
+pub fn fuzz_snapshot_decode(payload: &[u8]) {
+    let mut blob = format_2_blob::<State>(HEADER_LEN + payload.len());
+    blob.extend_from_slice(payload);
+    match (
+        decode_state_parallel(&blob, 0),
+        decode_state::<State>(&blob),
+    ) {
+        (Ok(parallel), Ok(whole)) => {
+            assert!(parallel == whole, "the two readings give different states");
+            assert!(parallel.index() == whole.index(), "and different indexes");
+        }
+        (Err(_), Err(_)) => {}
+        (parallel, whole) => panic!(
+            "two threads read {:?} jobs, one piece {:?}",
+            parallel.map(|s| s.jobs.len()),
+            whole.map(|s| s.jobs.len())
+        ),
+    }
+}
+
 /// Reads MessagePack values one after another from a slice.
 type Reader<'a> = rmp_serde::Deserializer<rmp_serde::decode::ReadRefReader<'a, [u8]>>;
 
