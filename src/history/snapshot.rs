@@ -362,7 +362,8 @@ pub fn decode_state<S: serde::de::DeserializeOwned>(
 const STATE_DEPTH: usize = 4 * super::record::MAX_RECORD_DEPTH;
 
 /// A [`State`] with at least this many jobs has its jobs decoded on two threads at
-/// start-up ([`decode_state_parallel`]); below it a thread costs more than it saves.
+/// start-up ([`decode_state_parallel`]); a smaller one (a few milliseconds of decoding)
+/// is decoded in one piece.
 pub const TWO_THREADS_FROM: usize = 4096;
 
 /// Decodes a snapshot's [`State`] as [`decode_state`] does, with the same result for any
@@ -519,7 +520,7 @@ fn fields_in(head: &mut Reader<'_>, tail: &mut Reader<'_>) -> Option<StoredField
         last_at: Deserialize::deserialize(&mut *head).ok()?,
         boot_id: Deserialize::deserialize(&mut *head).ok()?,
         recovery: Deserialize::deserialize(&mut *head).ok()?,
-        queue: Deserialize::deserialize(&mut *tail).ok()?,
+        queue: crate::lifecycle::state::cautious::set(&mut *tail).ok()?,
         sites: crate::lifecycle::state::shared_sites::deserialize(&mut *tail).ok()?,
         schedule_try: Deserialize::deserialize(&mut *tail).ok()?,
         requests: Deserialize::deserialize(&mut *tail).ok()?,

@@ -504,7 +504,7 @@ where
     V: Clone + Deserialize<'de>,
 {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let map = OrdMap::<K, V>::deserialize(deserializer)?;
+        let map: OrdMap<K, V> = crate::lifecycle::state::cautious::map(deserializer)?;
         Ok(SparseMap((!map.is_empty()).then(|| Arc::new(map))))
     }
 }

@@ -480,6 +480,7 @@ pub struct ScheduleTry {
     #[serde(with = "shared_value")]
     pub asked: Arc<Vec<ResourceRequest>>,
     /// The answers so far (a persistent map: the copy each decision makes is a pointer).
+    #[serde(deserialize_with = "cautious::map")]
     pub answers: OrdMap<String, ResourceAnswer>,
 }
 
@@ -653,6 +654,7 @@ struct StoredState {
     recovery: Option<RecoveryWindow>,
     #[serde(deserialize_with = "loaded_jobs")]
     jobs: LoadedJobs,
+    #[serde(deserialize_with = "cautious::set")]
     queue: OrdSet<QueueKey>,
     #[serde(with = "shared_sites")]
     sites: Arc<BTreeMap<String, Arc<SiteFacts>>>,
@@ -1259,8 +1261,10 @@ impl KeptRequest {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct KeptRequests {
     /// By identity and key.
+    #[serde(deserialize_with = "cautious::map")]
     pub by_key: OrdMap<Arc<RequestKey>, Arc<KeptRequest>>,
     /// The same keys by the time they were recorded.
+    #[serde(deserialize_with = "cautious::set")]
     pub by_time: OrdSet<(Timestamp, Arc<RequestKey>)>,
 }
 
@@ -1306,6 +1310,37 @@ mod shared_values {
     {
         let plain = BTreeMap::<K, V>::deserialize(deserializer)?;
         Ok(plain.into_iter().map(|(k, v)| (k, Arc::new(v))).collect())
+    }
+}
+
+/// Serde glue for imbl's ordered sets and maps, read through a `Vec` or a `BTreeMap`:
+/// imbl's own reading reserves room for as many entries as the bytes claim (a snapshot
+/// whose queue claimed billions of jobs in a few bytes aborted the process), serde's std
+/// collections reserve no more than a little ahead of what they have read. The same
+/// values come out: a set of the elements, a map whose repeated keys keep their last value.
+pub(crate) mod cautious {
+    use std::collections::BTreeMap;
+
+    use imbl::{OrdMap, OrdSet};
+    use serde::{Deserialize, Deserializer};
+
+    /// Reads an imbl set.
+    pub fn set<'de, D, T>(deserializer: D) -> Result<OrdSet<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de> + Ord + Clone,
+    {
+        Vec::<T>::deserialize(deserializer).map(OrdSet::from)
+    }
+
+    /// Reads an imbl map.
+    pub fn map<'de, D, K, V>(deserializer: D) -> Result<OrdMap<K, V>, D::Error>
+    where
+        D: Deserializer<'de>,
+        K: Deserialize<'de> + Ord + Clone,
+        V: Deserialize<'de> + Clone,
+    {
+        BTreeMap::<K, V>::deserialize(deserializer).map(|map| map.into_iter().collect())
     }
 }
 
