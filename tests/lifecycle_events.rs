@@ -148,6 +148,11 @@ fn every_kind() -> Vec<EventKind> {
         },
         EventKind::JobDeleted { job_id },
         EventKind::JobDownloaded { job_id },
+        EventKind::LogsRead { job_id, site: None },
+        EventKind::LogsRead {
+            job_id,
+            site: Some(site()),
+        },
         EventKind::WorkspaceArchiveStarted { job_id },
         EventKind::WorkspaceArchiveAttemptFailed {
             job_id,
@@ -282,4 +287,314 @@ fn a_fresh_server_with_nothing_in_flight_recovers_at_once() {
         .events
         .iter()
         .all(|e| e.boot_id == BootId(uuid::Uuid::from_u128(1))));
+}
+
+/// One value of a serde enum of the core, and how to round-trip it.
+struct Sample {
+    /// The enum's name.
+    type_name: &'static str,
+    /// The variant's name (from `Debug`, which starts with it).
+    variant: String,
+    /// Encodes and decodes the value in every encoding the server uses, or says where
+    /// it broke.
+    round_trip: Box<dyn Fn() -> Result<(), String>>,
+}
+
+fn sample<T>(value: T) -> Sample
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug + 'static,
+{
+    let full_name = std::any::type_name::<T>();
+    let type_name = full_name.rsplit("::").next().unwrap_or(full_name);
+    let debug = format!("{value:?}");
+    let variant: String = debug
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    Sample {
+        type_name,
+        variant,
+        round_trip: Box::new(move || {
+            // Positional MessagePack is how a snapshot stores the state (format 2).
+            let blob = fedrun::history::snapshot::encode_state(&value)
+                .map_err(|e| format!("snapshot encoding: {e}"))?;
+            let back: T = fedrun::history::snapshot::decode_state(&blob)
+                .map_err(|e| format!("snapshot decoding: {e}"))?;
+            if back != value {
+                return Err(format!("snapshot reads back {back:?}"));
+            }
+            // Named-field MessagePack: version-1 records and snapshots, the network.
+            let named = rmp_serde::to_vec_named(&value).map_err(|e| e.to_string())?;
+            let back: T = rmp_serde::from_slice(&named)
+                .map_err(|e| format!("named MessagePack decoding: {e}"))?;
+            if back != value {
+                return Err(format!("named MessagePack reads back {back:?}"));
+            }
+            let json = serde_json::to_string(&value).map_err(|e| e.to_string())?;
+            let back: T =
+                serde_json::from_str(&json).map_err(|e| format!("JSON decoding of {json}: {e}"))?;
+            if back != value {
+                return Err(format!("JSON {json} reads back {back:?}"));
+            }
+            Ok(())
+        }),
+    }
+}
+
+/// A value of every variant of every serde enum in the files a snapshot's layout covers.
+fn every_variant() -> Vec<Sample> {
+    use fedrun::lifecycle::event::LeftOutEnd;
+    use fedrun::lifecycle::state::StartStep;
+    use fedrun::lifecycle::{Answer, Archive, RunPhase, SiteReport};
+    let job_id = JobId(uuid::Uuid::from_u128(1));
+    let mut samples = vec![
+        sample(StepResult::Ok),
+        sample(StepResult::Error("no disk".into())),
+        sample(StepResult::NoReply),
+        sample(ResourceAnswer::Reserved("token".into())),
+        sample(ResourceAnswer::Refused("busy".into())),
+        sample(ResourceAnswer::NoReply),
+        sample(ScheduleOutcome::Dispatched {
+            sites: vec!["site-1".into()],
+            more: 0,
+        }),
+        sample(ScheduleOutcome::Dispatched {
+            sites: vec!["site-1".into()],
+            more: 3,
+        }),
+        sample(ScheduleOutcome::NoResources { reason: "r".into() }),
+        sample(ExitOutcome::Code(0)),
+        sample(ExitOutcome::Signal(9)),
+        sample(Answer::Submitted { job_id }),
+        sample(Answer::Accepted { job_id }),
+        sample(Archive::NoWorkspace),
+        sample(Archive::Pending {
+            in_flight: true,
+            failures: 2,
+            first_failed_at: Some(Timestamp::from_millis(T0)),
+            last_failed_at: None,
+            last_reason: Some("disk full".into()),
+        }),
+        sample(Archive::Archived {
+            hash: BlobHash([7; 32]),
+        }),
+        sample(Archive::Failed {
+            reason: "gave up".into(),
+        }),
+        sample(SiteReport::Connected {
+            resources: BTreeMap::from([("gpu".into(), 1.0)]),
+            running: vec![job_id],
+        }),
+        sample(SiteReport::Disconnected),
+        sample(SiteReport::ResourceAnswer {
+            try_id: 4,
+            job_id,
+            answer: Err("busy".into()),
+        }),
+        sample(SiteReport::DeployAnswer {
+            job_id,
+            result: Ok(()),
+        }),
+        sample(SiteReport::StartAnswer {
+            job_id,
+            result: Err("no".into()),
+        }),
+        sample(SiteReport::AppExited {
+            job_id,
+            report_id: "r-1".into(),
+            outcome: ExitOutcome::Code(1),
+            stop_requested: false,
+        }),
+    ];
+    for role in [Role::ProjectAdmin, Role::OrgAdmin, Role::Lead, Role::Member] {
+        samples.push(sample(role));
+    }
+    samples.extend(
+        [
+            Actor::Admin {
+                name: "a".into(),
+                org: "o".into(),
+                role: Role::Lead,
+            },
+            Actor::Site { name: "s".into() },
+            Actor::Scheduler,
+            Actor::Recovery,
+            Actor::System,
+        ]
+        .into_iter()
+        .map(sample),
+    );
+    samples.extend(
+        [
+            LeftOutEnd::Exited,
+            LeftOutEnd::NotRunning,
+            LeftOutEnd::StopWaitOver,
+        ]
+        .into_iter()
+        .map(sample),
+    );
+    samples.extend(
+        [
+            RunPhase::NotStarted,
+            RunPhase::Starting,
+            RunPhase::Running,
+            RunPhase::Stopping,
+            RunPhase::Stopped,
+        ]
+        .into_iter()
+        .map(sample),
+    );
+    samples.extend(
+        [
+            StartStep::DeployingServer,
+            StartStep::DeployingSites,
+            StartStep::StartingServer,
+            StartStep::StartingSites,
+        ]
+        .into_iter()
+        .map(sample),
+    );
+    samples.extend(
+        [
+            RunStatus::Submitted,
+            RunStatus::Dispatched,
+            RunStatus::Running,
+            RunStatus::Completed,
+            RunStatus::Aborted,
+            RunStatus::ExecutionException,
+            RunStatus::Abnormal,
+            RunStatus::CanNotSchedule,
+            RunStatus::FailedToRun,
+            RunStatus::Abandoned,
+        ]
+        .into_iter()
+        .map(sample),
+    );
+    samples.extend(every_rejection().into_iter().map(sample));
+    samples.extend(every_kind().into_iter().map(sample));
+    samples
+}
+
+fn every_rejection() -> Vec<Rejection> {
+    let job_id = JobId(uuid::Uuid::from_u128(1));
+    vec![
+        Rejection::UnknownJob { job_id },
+        Rejection::JobAlreadyFinished {
+            job_id,
+            status: RunStatus::Completed,
+        },
+        Rejection::JobIsRunning {
+            job_id,
+            status: RunStatus::Running,
+        },
+        Rejection::JobNotFinished {
+            job_id,
+            status: RunStatus::Dispatched,
+        },
+        Rejection::ArchivePending { job_id },
+        Rejection::NotAllowed {
+            name: "max".into(),
+            role: Role::Member,
+            operation: "abort".into(),
+            whose: "jobs".into(),
+        },
+        Rejection::SignerNotAllowed {
+            name: "max".into(),
+            role: Role::Member,
+        },
+        Rejection::SignatureRefused { reason: "r".into() },
+        Rejection::TooLarge {
+            bytes: 70_000,
+            limit: 65_536,
+        },
+        Rejection::BadRequestId { reason: "r".into() },
+        Rejection::IdempotencyKeyReused { key: "k".into() },
+        Rejection::BadIdentity { reason: "r".into() },
+        Rejection::BadMeta { reason: "r".into() },
+        Rejection::NotAParticipant {
+            job_id,
+            site: "s".into(),
+        },
+        Rejection::Recovering {
+            operation: "abort".into(),
+            job_id,
+        },
+    ]
+}
+
+/// The serde enums the files of a snapshot's layout define, each with its variants, read
+/// from the sources (so a new enum or variant without a sample above fails the test).
+fn serde_enums_in_layout_sources() -> BTreeMap<String, Vec<String>> {
+    let mut enums = BTreeMap::new();
+    for (file, text) in fedrun::history::snapshot::layout_sources() {
+        let lines: Vec<&str> = text.lines().collect();
+        for (at, line) in lines.iter().enumerate() {
+            let Some(rest) = line
+                .strip_prefix("pub enum ")
+                .or_else(|| line.strip_prefix("enum "))
+            else {
+                continue;
+            };
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let derived = lines[..at]
+                .iter()
+                .rev()
+                .take_while(|l| l.starts_with("#[") || l.starts_with("///"))
+                .any(|l| l.contains("Serialize") || l.contains("Deserialize"));
+            let by_hand = text.contains(&format!("Deserialize<'de> for {name} "))
+                || text.contains(&format!("Serialize for {name} "));
+            if !derived && !by_hand {
+                continue;
+            }
+            let variants = lines[at + 1..]
+                .iter()
+                .take_while(|l| **l != "}")
+                .filter_map(|l| l.strip_prefix("    "))
+                .filter(|l| l.starts_with(|c: char| c.is_ascii_uppercase()))
+                .map(|l| {
+                    l.chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect()
+                })
+                .collect();
+            assert!(
+                enums.insert(name.clone(), variants).is_none(),
+                "{file}: a second serde enum named {name}"
+            );
+        }
+    }
+    enums
+}
+
+#[test]
+fn every_variant_of_every_serde_enum_a_snapshot_may_hold_reads_back_in_every_encoding() {
+    let samples = every_variant();
+    let enums = serde_enums_in_layout_sources();
+    assert!(enums.len() >= 10, "the source scan found only {enums:?}");
+    let missing: Vec<String> = enums
+        .iter()
+        .flat_map(|(name, variants)| variants.iter().map(move |v| (name, v)))
+        .filter(|(name, variant)| {
+            !samples
+                .iter()
+                .any(|s| s.type_name == *name && s.variant == **variant)
+        })
+        .map(|(name, variant)| format!("{name}::{variant}"))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "no sample in every_variant() (add one): {missing:?}"
+    );
+    let failures: Vec<String> = samples
+        .iter()
+        .filter_map(|s| {
+            (s.round_trip)()
+                .err()
+                .map(|e| format!("{}::{}: {e}", s.type_name, s.variant))
+        })
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

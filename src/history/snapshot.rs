@@ -70,9 +70,19 @@ const LAYOUT_SOURCES: &[(&str, &str)] = &[
         include_str!("../lifecycle/status.rs"),
     ),
     ("lifecycle/time.rs", include_str!("../lifecycle/time.rs")),
+    (
+        "lifecycle/small_map.rs",
+        include_str!("../lifecycle/small_map.rs"),
+    ),
     ("job/mod.rs", include_str!("../job/mod.rs")),
     ("job/meta.rs", include_str!("../job/meta.rs")),
 ];
+
+/// The source files a snapshot's layout covers, by name (relative to `src/`), with
+/// their text as this build has it.
+pub fn layout_sources() -> impl Iterator<Item = (&'static str, &'static str)> {
+    LAYOUT_SOURCES.iter().copied()
+}
 
 /// The layout a state type has in this build (see the module documentation).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]

@@ -237,11 +237,7 @@ pub enum StepResult {
     NoReply,
 }
 
-/// Reads what the derived `Serialize` writes: `{"result": "ok"}`, `{"result": "error",
-/// "detail": "..."}`. Written positionally (a snapshot), a variant without detail is an
-/// array of one element, its tag, which serde's derived reading of an adjacently tagged
-/// enum refuses (it wants the tag and the content): so a snapshot holding any deploy or
-/// start answer did not decode, and start-up replayed the whole history instead.
+/// Read through [`tag_and_detail`]: the derived reading refuses a snapshot's `Ok`.
 impl<'de> Deserialize<'de> for StepResult {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
@@ -251,23 +247,91 @@ impl<'de> Deserialize<'de> for StepResult {
             Error,
             NoReply,
         }
-        #[derive(Deserialize)]
-        struct Tagged {
-            result: Tag,
-            #[serde(default)]
-            detail: Option<String>,
+        Ok(match tag_and_detail(deserializer, "result")? {
+            (Tag::Ok, None) => StepResult::Ok,
+            (Tag::NoReply, None) => StepResult::NoReply,
+            (Tag::Error, Some(detail)) => StepResult::Error(detail),
+            (Tag::Error, None) => return Err(serde::de::Error::missing_field("detail")),
+            (Tag::Ok | Tag::NoReply, Some(_)) => return Err(no_detail_expected()),
+        })
+    }
+}
+
+/// Reads an adjacently tagged enum whose variants carry at most one string (`tag` names
+/// the tag's field, `detail` the content's), in what its derived `Serialize` writes: a
+/// map `{tag: "error", detail: "..."}` (JSON, named MessagePack) or an array `[tag,
+/// detail]` (a snapshot's positional MessagePack). A variant without detail is written as
+/// an array of ONE element, which serde's derived reading of such an enum refuses (it
+/// wants the tag and the content): a snapshot holding one did not decode, and start-up
+/// replayed the whole history instead. Every enum of this shape reads through here.
+fn tag_and_detail<'de, D, Tag>(
+    deserializer: D,
+    tag: &'static str,
+) -> Result<(Tag, Option<String>), D::Error>
+where
+    D: Deserializer<'de>,
+    Tag: Deserialize<'de>,
+{
+    use serde::de::{Error, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+    struct TagAndDetail<Tag> {
+        tag: &'static str,
+        marker: std::marker::PhantomData<Tag>,
+    }
+
+    impl<'de, Tag: Deserialize<'de>> Visitor<'de> for TagAndDetail<Tag> {
+        type Value = (Tag, Option<String>);
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(
+                f,
+                "a map with `{}` and an optional `detail`, or [{0}, detail?]",
+                self.tag
+            )
         }
-        let Tagged { result, detail } = Tagged::deserialize(deserializer)?;
-        match (result, detail) {
-            (Tag::Ok, None) => Ok(StepResult::Ok),
-            (Tag::NoReply, None) => Ok(StepResult::NoReply),
-            (Tag::Error, Some(detail)) => Ok(StepResult::Error(detail)),
-            (Tag::Error, None) => Err(serde::de::Error::missing_field("detail")),
-            (Tag::Ok | Tag::NoReply, Some(_)) => Err(serde::de::Error::custom(
-                "a step result of ok or no_reply has no detail",
-            )),
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let tag = seq
+                .next_element()?
+                .ok_or_else(|| A::Error::invalid_length(0, &self))?;
+            let detail = seq.next_element()?;
+            if seq.next_element::<IgnoredAny>()?.is_some() {
+                return Err(A::Error::invalid_length(3, &self));
+            }
+            Ok((tag, detail))
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let (mut tag, mut detail) = (None, None);
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if key == self.tag {
+                    if tag.is_some() {
+                        return Err(A::Error::duplicate_field(self.tag));
+                    }
+                    tag = Some(map.next_value()?);
+                } else if key == "detail" {
+                    if detail.is_some() {
+                        return Err(A::Error::duplicate_field("detail"));
+                    }
+                    detail = Some(map.next_value()?);
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            let tag = tag.ok_or_else(|| A::Error::missing_field(self.tag))?;
+            Ok((tag, detail))
         }
     }
+
+    deserializer.deserialize_any(TagAndDetail {
+        tag,
+        marker: std::marker::PhantomData,
+    })
+}
+
+/// The error of a detail given to a variant that has none.
+fn no_detail_expected<E: serde::de::Error>() -> E {
+    E::custom("this variant has no detail")
 }
 
 impl StepResult {
@@ -278,7 +342,7 @@ impl StepResult {
 }
 
 /// A site's answer to a resource check.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "answer", content = "detail", rename_all = "snake_case")]
 pub enum ResourceAnswer {
     /// The site reserved the resources under this token.
@@ -287,6 +351,28 @@ pub enum ResourceAnswer {
     Refused(String),
     /// No answer before `resource_check_timeout`.
     NoReply,
+}
+
+/// Read through [`tag_and_detail`]: the derived reading refuses a snapshot's `NoReply`.
+impl<'de> Deserialize<'de> for ResourceAnswer {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        enum Tag {
+            Reserved,
+            Refused,
+            NoReply,
+        }
+        Ok(match tag_and_detail(deserializer, "answer")? {
+            (Tag::Reserved, Some(token)) => ResourceAnswer::Reserved(token),
+            (Tag::Refused, Some(reason)) => ResourceAnswer::Refused(reason),
+            (Tag::NoReply, None) => ResourceAnswer::NoReply,
+            (Tag::Reserved | Tag::Refused, None) => {
+                return Err(serde::de::Error::missing_field("detail"))
+            }
+            (Tag::NoReply, Some(_)) => return Err(no_detail_expected()),
+        })
+    }
 }
 
 /// What one schedule try led to.
