@@ -396,6 +396,13 @@ pub fn decode_state_parallel(
     decode_state(bytes)
 }
 
+/// What a scoped thread returned; its panic goes on in the caller.
+fn joined<T>(thread: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    thread
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
 /// The state of a format-2 payload read in parts (see [`decode_state_parallel`]);
 /// `None` when it holds fewer than `threads_from` jobs or is not read this way.
 fn state_in_parts(payload: &[u8], threads_from: usize) -> Option<State> {
@@ -441,9 +448,7 @@ fn state_in_parts(payload: &[u8], threads_from: usize) -> Option<State> {
             Some((fields, second_part))
         };
         let here = read_here();
-        let first_part = first_part
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        let first_part = joined(first_part);
         let (fields, second_part) = here?;
         Some((fields, first_part?, second_part))
     })?;
@@ -456,11 +461,9 @@ fn state_in_parts(payload: &[u8], threads_from: usize) -> Option<State> {
     let contributions = || first_contributions.iter().chain(&second_contributions);
     Some(std::thread::scope(|scope| {
         let counts = scope.spawn(|| LiveIndex::counts_of(contributions()));
-        State::from_stored_parts(fields, first_jobs.into_iter().chain(second_jobs), || {
+        State::from_stored_parts(fields, first_jobs.into_iter().chain(second_jobs), |_| {
             let sets = LiveIndex::sets_of(contributions());
-            let counts = counts
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            let counts = joined(counts);
             LiveIndex::of_parts(sets, counts)
         })
     }))

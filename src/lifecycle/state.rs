@@ -653,7 +653,7 @@ struct StoredState {
     boot_id: BootId,
     recovery: Option<RecoveryWindow>,
     #[serde(deserialize_with = "loaded_jobs")]
-    jobs: LoadedJobs,
+    jobs: Vec<LoadedJob>,
     #[serde(deserialize_with = "cautious::set")]
     queue: OrdSet<QueueKey>,
     #[serde(with = "shared_sites")]
@@ -662,43 +662,38 @@ struct StoredState {
     requests: KeptRequests,
 }
 
-/// The jobs of a stored state, taken in as they are read: each job is put straight into
-/// the job maps with its derived fields set ([`derive_loaded`]), no map is
-/// built first.
-struct LoadedJobs {
-    jobs: Jobs,
-    identities: Identities,
-}
-
-impl LoadedJobs {
-    /// Takes in one stored job. A job listed twice keeps its last entry, as a map would.
-    fn take(&mut self, job_id: JobId, job: Job) {
-        let mut shared = Arc::new(job);
-        derive_loaded(&mut shared, &mut self.identities);
-        self.jobs.insert(job_id, shared);
-    }
-}
-
-/// Reads the stored jobs map into [`LoadedJobs`], each job as it is decoded.
-fn loaded_jobs<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<LoadedJobs, D::Error> {
+/// Reads the stored jobs map, each job taken in as it is decoded ([`LoadedJob::new`]),
+/// no map built first. A job listed twice keeps its last entry, as a map would.
+fn loaded_jobs<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<LoadedJob>, D::Error> {
     struct Entries;
     impl<'de> serde::de::Visitor<'de> for Entries {
-        type Value = LoadedJobs;
+        type Value = Vec<LoadedJob>;
         fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.write_str("a map of jobs by id")
         }
         fn visit_map<A: serde::de::MapAccess<'de>>(
             self,
             mut map: A,
-        ) -> Result<LoadedJobs, A::Error> {
-            let mut loaded = LoadedJobs {
-                jobs: Jobs::new(),
-                identities: Identities::default(),
-            };
-            while let Some((job_id, job)) = map.next_entry()? {
-                loaded.take(job_id, job);
+        ) -> Result<Vec<LoadedJob>, A::Error> {
+            let mut jobs = Vec::new();
+            while let Some((id, job)) = map.next_entry()? {
+                jobs.push(LoadedJob::new(id, job));
             }
-            Ok(loaded)
+            if !jobs.windows(2).all(|pair| pair[0].id < pair[1].id) {
+                // Stable: of equal ids, the last entry stays last, and is the one kept.
+                jobs.sort_by_key(|job| job.id);
+                let mut kept: Vec<LoadedJob> = Vec::with_capacity(jobs.len());
+                for job in jobs {
+                    match kept.last_mut() {
+                        Some(last) if last.id == job.id => *last = job,
+                        _ => kept.push(job),
+                    }
+                }
+                jobs = kept;
+            }
+            Ok(jobs)
         }
     }
     deserializer.deserialize_map(Entries)
@@ -728,8 +723,9 @@ pub struct StoredFields {
 }
 
 /// One job of a stored state, taken in on its own: its run's derived fields set (as
-/// [`derive_loaded`] sets them, identities apart). Jobs can be taken in on several
-/// threads; [`State::from_stored_parts`] puts them together.
+/// [`derive_loaded`] sets them; the identities are adopted when the jobs are put
+/// together). Jobs can be taken in on several threads; [`State::from_stored_parts`] puts
+/// them together.
 #[derive(Debug)]
 pub struct LoadedJob {
     id: JobId,
@@ -758,13 +754,14 @@ impl LoadedJob {
 impl State {
     /// A stored state put together from its fields and its jobs taken in apart, which
     /// must come with distinct ids (as a state stores them), and `index`, which gives the
-    /// [`LiveIndex::of_contributions`] of those same jobs: called once the jobs are in
-    /// their maps, so it may wait for another thread that builds it meanwhile. Equal to
-    /// the state the stored bytes decode to in one piece.
+    /// index of those same jobs: called once the jobs are in their maps (and given them),
+    /// so it may instead wait for another thread that builds it meanwhile from the jobs'
+    /// contributions ([`LiveIndex::of_parts`]). Both readings of a snapshot, in one piece
+    /// and in parts on two threads, put their state together here.
     pub fn from_stored_parts(
         fields: StoredFields,
         jobs: impl IntoIterator<Item = LoadedJob>,
-        index: impl FnOnce() -> LiveIndex,
+        index: impl FnOnce(&Jobs) -> LiveIndex,
     ) -> State {
         let mut identities = Identities::default();
         let mut all = Jobs::new();
@@ -772,6 +769,7 @@ impl State {
             adopt_identities(&mut job, &mut identities);
             all.insert_new(id, job);
         }
+        let index = index(&all);
         State {
             last_seq: fields.last_seq,
             last_at: fields.last_at,
@@ -782,7 +780,7 @@ impl State {
             sites: fields.sites,
             schedule_try: fields.schedule_try,
             requests: fields.requests,
-            index: index(),
+            index,
             identities,
         }
     }
@@ -790,21 +788,17 @@ impl State {
 
 impl From<StoredState> for State {
     fn from(stored: StoredState) -> State {
-        let mut state = State {
+        let fields = StoredFields {
             last_seq: stored.last_seq,
             last_at: stored.last_at,
             boot_id: stored.boot_id,
             recovery: stored.recovery,
-            jobs: stored.jobs.jobs,
             queue: stored.queue,
             sites: stored.sites,
             schedule_try: stored.schedule_try,
             requests: stored.requests,
-            index: LiveIndex::default(),
-            identities: stored.jobs.identities,
         };
-        state.index = LiveIndex::of_jobs(&state.jobs);
-        state
+        State::from_stored_parts(fields, stored.jobs, LiveIndex::of_jobs)
     }
 }
 
@@ -954,15 +948,9 @@ impl LiveIndex {
     fn of_jobs(jobs: &Jobs) -> LiveIndex {
         let contributions: Vec<Contribution> =
             jobs.iter().map(|(_, job)| Contribution::of(job)).collect();
-        LiveIndex::of_contributions(&contributions)
-    }
-
-    /// The index of the jobs these are the contributions of, one per job (see
-    /// [`LiveIndex::of_jobs`]).
-    pub fn of_contributions(contributions: &[Contribution]) -> LiveIndex {
         LiveIndex::of_parts(
-            LiveIndex::sets_of(contributions),
-            LiveIndex::counts_of(contributions),
+            LiveIndex::sets_of(&contributions),
+            LiveIndex::counts_of(&contributions),
         )
     }
 
