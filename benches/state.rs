@@ -199,10 +199,12 @@ fn memory_breakdown(w: &mut World) {
         }),
         ("finish reason", |j| j.finish_reason = None),
         ("meta", |j| {
-            j.meta.name = String::new();
-            j.meta.deploy_map = Vec::new();
-            j.meta.mandatory_clients = Vec::new();
-            j.meta.resource_spec = Default::default();
+            // Each job's meta is its own (not shared), so this empties it in place.
+            let meta = Arc::make_mut(&mut j.meta);
+            meta.name = String::new();
+            meta.deploy_map = Vec::new();
+            meta.mandatory_clients = Vec::new();
+            meta.resource_spec = Default::default();
         }),
         // The submitter is one copy shared by every job of the same identity.
         ("signer", |j| j.signer = None),

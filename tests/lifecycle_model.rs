@@ -321,7 +321,8 @@ impl Harness {
                 outcome,
                 report,
             } => {
-                if let Some(job_id) = self.job_where(job, |j| !j.run.outstanding_sites().is_empty())
+                if let Some(job_id) =
+                    self.job_where(job, |j| j.run.outstanding_sites().next().is_some())
                 {
                     let site = self.site_of(job_id, i);
                     out.push(Command::Site {
@@ -469,7 +470,7 @@ impl Harness {
                 } else {
                     OUTCOMES[index % OUTCOMES.len()]
                 };
-                match run.outstanding_sites().first() {
+                match run.outstanding_sites().next() {
                     Some(site) if index.is_multiple_of(2) || !run.server_outstanding() => {
                         Some(Command::Site {
                             site: site.clone(),

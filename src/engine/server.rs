@@ -663,7 +663,7 @@ impl Server {
                 _ => None,
             };
             Ok(Download {
-                meta: job.meta.clone(),
+                meta: crate::job::meta::JobMeta::clone(&job.meta),
                 package,
                 workspace,
             })

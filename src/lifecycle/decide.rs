@@ -393,7 +393,7 @@ impl Ctx<'_> {
     fn stop_run(&mut self, job_id: JobId, actor: Actor, reason: String) {
         let Some(job) = self.job(&job_id) else { return };
         let server = job.run.server_outstanding();
-        let mut sites = job.run.outstanding_sites();
+        let mut sites: Vec<String> = job.run.outstanding_sites().cloned().collect();
         sites.extend(job.run.left_out.iter().cloned());
         if server {
             self.effect(Effect::StopServerApp { job_id });
@@ -487,7 +487,7 @@ impl Ctx<'_> {
                 if !barrier_over && run.any_site_outstanding() {
                     return;
                 }
-                let outstanding = run.outstanding_sites();
+                let outstanding: Vec<String> = run.outstanding_sites().cloned().collect();
                 let left_out: Vec<String> = run.left_out.iter().cloned().collect();
                 let stopping = run.stopping();
                 let status = final_status(run.failure.as_deref());
@@ -1285,7 +1285,7 @@ fn admin_inner(
                 ctx,
                 actor,
                 Identity::clone(&source.submitter),
-                source.meta,
+                crate::job::meta::JobMeta::clone(&source.meta),
                 source.package,
                 source.signer.as_deref().cloned(),
                 Some(job_id),
@@ -2005,7 +2005,7 @@ fn timer_fired(ctx: &mut Ctx<'_>, timer: Timer) {
                 !s.connected && now >= s.since.plus(settings.site_reconnect_grace)
             });
             let outstanding = ctx.job(&job_id).is_some_and(|j| {
-                j.run.phase != RunPhase::Stopped && j.run.outstanding_sites().contains(&site)
+                j.run.phase != RunPhase::Stopped && j.run.outstanding_sites().any(|s| *s == site)
             });
             if lapsed && outstanding {
                 ctx.emit(Actor::System, EventKind::SiteReportLapsed { job_id, site });

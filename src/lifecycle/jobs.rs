@@ -255,13 +255,13 @@ mod tests {
     fn job(n: u8, live: bool) -> Arc<Job> {
         Arc::new(Job {
             id: id(n),
-            meta: JobMeta {
+            meta: Arc::new(JobMeta {
                 name: format!("job-{n}"),
                 deploy_map: Vec::new(),
                 min_clients: 1,
                 mandatory_clients: Vec::new(),
                 resource_spec: BTreeMap::new(),
-            },
+            }),
             package: crate::lifecycle::BlobHash([n; 32]),
             submitter: Arc::new(Identity {
                 name: "admin@a.org".into(),

@@ -193,7 +193,7 @@ fn stop_everything(state: &State, job: &Job, server_alive: bool, effects: &mut V
     if server_alive {
         effects.push(Effect::StopServerApp { job_id });
     }
-    let mut sites: BTreeSet<String> = job.run.outstanding_sites().into_iter().collect();
+    let mut sites: BTreeSet<String> = job.run.outstanding_sites().cloned().collect();
     sites.extend(sites_running(state, job_id));
     // Sites left out of the run (or whose start answer was awaited) may run it too.
     sites.extend(job.run.left_out.iter().cloned());

@@ -264,23 +264,26 @@ impl Run {
 
     /// The sites whose app process may run: `job_clients` once the job went `RUNNING`,
     /// else the sites that answered their start with OK.
-    pub fn expected_sites(&self) -> Vec<String> {
-        if self.started_at.is_some() {
-            return self.job_clients.iter().cloned().collect();
-        }
-        self.start
-            .iter()
-            .filter(|(who, r)| who.as_str() != crate::job::meta::SERVER && r.is_ok())
-            .map(|(who, _)| who.clone())
-            .collect()
+    pub fn expected_sites(&self) -> impl Iterator<Item = &String> + '_ {
+        let running = self.started_at.is_some();
+        let clients = running.then(|| self.job_clients.iter());
+        let started = (!running).then(|| {
+            self.start
+                .iter()
+                .filter(|(who, r)| who.as_str() != crate::job::meta::SERVER && r.is_ok())
+                .map(|(who, _)| who)
+        });
+        clients
+            .into_iter()
+            .flatten()
+            .chain(started.into_iter().flatten())
     }
 
-    /// Expected sites that have neither reported nor lapsed.
-    pub fn outstanding_sites(&self) -> Vec<String> {
+    /// Expected sites that have neither reported nor lapsed, in order (borrowed: the
+    /// deadlines of every running job are asked for this at each step).
+    pub fn outstanding_sites(&self) -> impl Iterator<Item = &String> + '_ {
         self.expected_sites()
-            .into_iter()
-            .filter(|s| !self.site_exits.contains_key(s) && !self.lapsed.contains(s))
-            .collect()
+            .filter(|s| !self.site_exits.contains_key(*s) && !self.lapsed.contains(*s))
     }
 
     /// True while the server's own deploy or start answer is awaited (an abort that lands
@@ -398,8 +401,10 @@ impl Archive {
 pub struct Job {
     /// The id.
     pub id: JobId,
-    /// The validated `meta.json`.
-    pub meta: JobMeta,
+    /// The validated `meta.json`. It never changes once submitted, so it is shared: the
+    /// copy of a job that an event changes (`decide`'s scratch state shares every job
+    /// with the published one) copies a pointer, not the meta's strings and maps.
+    pub meta: Arc<JobMeta>,
     /// The package blob.
     pub package: BlobHash,
     /// Who submitted (or cloned) it; shared with every job and kept request of the same
@@ -2191,7 +2196,7 @@ impl State {
                     *job_id,
                     Arc::new(Job {
                         id: *job_id,
-                        meta: owned_meta.unwrap_or_else(|| meta.clone()),
+                        meta: Arc::new(owned_meta.unwrap_or_else(|| meta.clone())),
                         package: *package,
                         submitter: self.identities.share(submitter),
                         signer: signer.as_ref().map(|s| self.identities.share(s)),

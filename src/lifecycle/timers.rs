@@ -89,8 +89,7 @@ fn job_deadlines(state: &State, settings: &Settings, job: &Job, out: &mut Vec<(T
         }
     }
     if matches!(run.phase, RunPhase::Running | RunPhase::Stopping) {
-        let outstanding = run.outstanding_sites();
-        if job.status == RunStatus::Running && !outstanding.is_empty() {
+        if job.status == RunStatus::Running && run.any_site_outstanding() {
             if let Some((_, exited_at)) = run.server_exit {
                 out.push((
                     exited_at.plus(settings.client_outcome_wait),
@@ -98,12 +97,15 @@ fn job_deadlines(state: &State, settings: &Settings, job: &Job, out: &mut Vec<(T
                 ));
             }
         }
-        for site in outstanding {
-            if let Some(facts) = state.sites.get(&site) {
+        for site in run.outstanding_sites() {
+            if let Some(facts) = state.sites.get(site) {
                 if !facts.connected {
                     out.push((
                         facts.since.plus(settings.site_reconnect_grace),
-                        Timer::SiteReconnectGraceOver { job_id, site },
+                        Timer::SiteReconnectGraceOver {
+                            job_id,
+                            site: site.clone(),
+                        },
                     ));
                 }
             }
