@@ -153,11 +153,21 @@ fn hostile_version_2_bytes_get_clear_errors() {
     let err = record::decode::<Event>(&good[..record::V2_HEADER_BYTES]).unwrap_err();
     assert!(matches!(err, DecodeError::Malformed { .. }), "{err}");
 
-    // Bytes after the event.
-    let mut longer = good.clone();
-    longer.push(0);
-    let err = record::decode::<Event>(&longer).unwrap_err();
-    assert!(err.to_string().contains("1 bytes left over"), "{err}");
+    // Bytes after the event: a whole value, a reserved marker, the start of a string.
+    for (tail, left) in [
+        (&[0u8][..], 1),
+        (&[0xc1][..], 1),
+        (&[0xd9, 40, b'a'][..], 3),
+        (&[0x92, 1, 2, 3][..], 4),
+    ] {
+        let mut longer = good.clone();
+        longer.extend_from_slice(tail);
+        let err = record::decode::<Event>(&longer).unwrap_err();
+        assert!(
+            err.to_string().contains(&format!("{left} bytes left over")),
+            "{tail:x?}: {err}"
+        );
+    }
 
     // A status number that names no status, in a JobFinished.
     let finished = sample_history(1).pop().unwrap();

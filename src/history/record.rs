@@ -68,11 +68,21 @@ pub fn from_slice_exact<T: DeserializeOwned>(
     bytes: &[u8],
     max_depth: usize,
 ) -> Result<T, rmp_serde::decode::Error> {
-    let mut deserializer = rmp_serde::Deserializer::new(std::io::Cursor::new(bytes));
+    // Read in place: a reader over `io::Read` copies every string into a buffer of its
+    // own first. A borrowed reader does not say where the value ended, so the bytes are
+    // known to be used up when reading one more marker finds their end.
+    let mut deserializer = rmp_serde::Deserializer::from_read_ref(bytes);
     deserializer.set_max_depth(max_depth);
     let value = T::deserialize(&mut deserializer)?;
-    let left = (bytes.len() as u64).saturating_sub(deserializer.position());
-    if left != 0 {
+    let used_up = matches!(
+        serde::de::IgnoredAny::deserialize(&mut deserializer),
+        Err(rmp_serde::decode::Error::InvalidMarkerRead(e))
+            if e.kind() == std::io::ErrorKind::UnexpectedEof
+    );
+    if !used_up {
+        // Only to say how many: where the value ends, found by walking its markers.
+        let end = super::snapshot::msgpack::skip(bytes, 0, max_depth).unwrap_or(0);
+        let left = bytes.len() - end;
         return Err(<rmp_serde::decode::Error as serde::de::Error>::custom(
             format_args!("{left} bytes left over after the event"),
         ));

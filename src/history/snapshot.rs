@@ -541,7 +541,7 @@ fn fields_in(head: &mut Reader<'_>, tail: &mut Reader<'_>) -> Option<StoredField
 }
 
 /// MessagePack values' bounds, found without decoding them.
-mod msgpack {
+pub(super) mod msgpack {
     use rmp::Marker;
 
     /// The big-endian unsigned number of `len` bytes at `at`.
@@ -554,7 +554,7 @@ mod msgpack {
     /// Where the value that starts at `at` ends; `None` when the bytes end first, hold a
     /// reserved marker, or nest deeper than `depth` allows (counted as `rmp_serde`
     /// counts it: a container inside `depth` 1 is too deep).
-    pub(super) fn skip(bytes: &[u8], at: usize, depth: usize) -> Option<usize> {
+    pub(in crate::history) fn skip(bytes: &[u8], at: usize, depth: usize) -> Option<usize> {
         let marker = Marker::from_u8(*bytes.get(at)?);
         let at = at + 1;
         // (where the marker's own bytes end, bytes of data after them, nested values)
