@@ -285,7 +285,7 @@ impl TargetsSpec {
 }
 
 /// The `meta` of a `[[job]]`: the keys of `meta.json` (SPEC section 5) other than `name`.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetaSpec {
     /// App name -> targets.
@@ -418,7 +418,8 @@ impl Action {
 /// A scenario checked and ready to run: the model plus what validation derived.
 #[derive(Clone, Debug)]
 pub struct Checked {
-    /// The scenario as written.
+    /// The scenario as written, but for each job's `meta`, which is taken once checked
+    /// (its validated form is in `metas`; a day of 10,000 jobs kept both).
     pub scenario: Scenario,
     /// The validated meta of each `[[job]]`, in file order.
     pub metas: Vec<JobMeta>,
@@ -456,7 +457,7 @@ pub fn parse(text: &str) -> Result<Checked, ScenarioError> {
     check(scenario)
 }
 
-fn check(scenario: Scenario) -> Result<Checked, ScenarioError> {
+fn check(mut scenario: Scenario) -> Result<Checked, ScenarioError> {
     let invalid = ScenarioError::Invalid;
     if let Some(faults) = &scenario.faults {
         faults.check().map_err(invalid)?;
@@ -483,7 +484,7 @@ fn check(scenario: Scenario) -> Result<Checked, ScenarioError> {
     }
     let mut job_names = BTreeSet::new();
     let mut metas = Vec::new();
-    for j in &scenario.jobs {
+    for j in &mut scenario.jobs {
         if j.name.is_empty() || j.name.contains('#') {
             return Err(invalid(format!(
                 "\"{}\" cannot be a job name (it must be non-empty and without #, which names clones)",
@@ -493,8 +494,7 @@ fn check(scenario: Scenario) -> Result<Checked, ScenarioError> {
         if !job_names.insert(j.name.clone()) {
             return Err(invalid(format!("job {} is defined twice", j.name)));
         }
-        let meta = j
-            .meta
+        let meta = std::mem::take(&mut j.meta)
             .to_job_meta(&j.name)
             .map_err(|e| invalid(format!("job {}: {e}", j.name)))?;
         metas.push(meta);
