@@ -159,6 +159,9 @@ fn hostile_version_2_bytes_get_clear_errors() {
         (&[0xc1][..], 1),
         (&[0xd9, 40, b'a'][..], 3),
         (&[0x92, 1, 2, 3][..], 4),
+        // Nested arrays cut short: reading them would meet the end inside them.
+        (&[0x9b; 48][..], 48),
+        (&[0x91][..], 1),
     ] {
         let mut longer = good.clone();
         longer.extend_from_slice(tail);

@@ -70,12 +70,14 @@ pub fn from_slice_exact<T: DeserializeOwned>(
 ) -> Result<T, rmp_serde::decode::Error> {
     // Read in place: a reader over `io::Read` copies every string into a buffer of its
     // own first. A borrowed reader does not say where the value ended, so the bytes are
-    // known to be used up when reading one more marker finds their end.
+    // known to be used up when reading one more marker finds their end. Only one: a
+    // reader of a whole value (`IgnoredAny`) would also meet the end inside a cut
+    // container after the event, and call that nothing.
     let mut deserializer = rmp_serde::Deserializer::from_read_ref(bytes);
     deserializer.set_max_depth(max_depth);
     let value = T::deserialize(&mut deserializer)?;
     let used_up = matches!(
-        serde::de::IgnoredAny::deserialize(&mut deserializer),
+        OneMarker::deserialize(&mut deserializer),
         Err(rmp_serde::decode::Error::InvalidMarkerRead(e))
             if e.kind() == std::io::ErrorKind::UnexpectedEof
     );
@@ -83,6 +85,43 @@ pub fn from_slice_exact<T: DeserializeOwned>(
         // Only to say how many: where the value ends, found by walking its markers.
         let end = super::snapshot::msgpack::skip(bytes, 0, max_depth).unwrap_or(0);
         let left = bytes.len() - end;
+        return Err(<rmp_serde::decode::Error as serde::de::Error>::custom(
+            format_args!("{left} bytes left over after the event"),
+        ));
+    }
+    Ok(value)
+}
+
+/// Reads one MessagePack marker and refuses whatever it starts without reading further
+/// (every `Visitor` method is the refusing default): [`from_slice_exact`]'s probe for
+/// bytes after the event.
+struct OneMarker;
+
+impl<'de> Deserialize<'de> for OneMarker {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Refuse;
+        impl serde::de::Visitor<'_> for Refuse {
+            type Value = OneMarker;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("the end of the record")
+            }
+        }
+        deserializer.deserialize_any(Refuse)
+    }
+}
+
+/// [`from_slice_exact`] through `rmp_serde`'s `io::Read` reader, whose position says where
+/// the value ended: what the in-place reading replaced, kept as its reference (the
+/// `event_decode` fuzz target holds that both agree on any bytes).
+pub fn from_slice_exact_by_reader<T: DeserializeOwned>(
+    bytes: &[u8],
+    max_depth: usize,
+) -> Result<T, rmp_serde::decode::Error> {
+    let mut deserializer = rmp_serde::Deserializer::new(std::io::Cursor::new(bytes));
+    deserializer.set_max_depth(max_depth);
+    let value = T::deserialize(&mut deserializer)?;
+    let left = (bytes.len() as u64).saturating_sub(deserializer.position());
+    if left != 0 {
         return Err(<rmp_serde::decode::Error as serde::de::Error>::custom(
             format_args!("{left} bytes left over after the event"),
         ));
