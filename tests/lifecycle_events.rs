@@ -2,6 +2,7 @@
 //! is its serde tag, and given/when/then from a literal history.
 
 mod lifecycle_support;
+mod source_scan;
 
 use std::collections::BTreeMap;
 
@@ -306,11 +307,7 @@ where
 {
     let full_name = std::any::type_name::<T>();
     let type_name = full_name.rsplit("::").next().unwrap_or(full_name);
-    let debug = format!("{value:?}");
-    let variant: String = debug
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-        .collect();
+    let variant = source_scan::leading_identifier(&format!("{value:?}")).to_string();
     Sample {
         type_name,
         variant,
@@ -433,17 +430,7 @@ fn every_variant() -> Vec<Sample> {
         .into_iter()
         .map(sample),
     );
-    samples.extend(
-        [
-            RunPhase::NotStarted,
-            RunPhase::Starting,
-            RunPhase::Running,
-            RunPhase::Stopping,
-            RunPhase::Stopped,
-        ]
-        .into_iter()
-        .map(sample),
-    );
+    samples.extend(RunPhase::ALL.into_iter().map(sample));
     samples.extend(
         [
             StartStep::DeployingServer,
@@ -454,22 +441,7 @@ fn every_variant() -> Vec<Sample> {
         .into_iter()
         .map(sample),
     );
-    samples.extend(
-        [
-            RunStatus::Submitted,
-            RunStatus::Dispatched,
-            RunStatus::Running,
-            RunStatus::Completed,
-            RunStatus::Aborted,
-            RunStatus::ExecutionException,
-            RunStatus::Abnormal,
-            RunStatus::CanNotSchedule,
-            RunStatus::FailedToRun,
-            RunStatus::Abandoned,
-        ]
-        .into_iter()
-        .map(sample),
-    );
+    samples.extend(RunStatus::ALL.into_iter().map(sample));
     samples.extend(every_rejection().into_iter().map(sample));
     samples.extend(every_kind().into_iter().map(sample));
     samples
@@ -535,14 +507,8 @@ fn serde_enums_in_layout_sources() -> BTreeMap<String, Vec<String>> {
             else {
                 continue;
             };
-            let name: String = rest
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            let derived = lines[..at]
-                .iter()
-                .rev()
-                .take_while(|l| l.starts_with("#[") || l.starts_with("///"))
+            let name = source_scan::leading_identifier(rest);
+            let derived = source_scan::attributes_above(&lines, at)
                 .any(|l| l.contains("Serialize") || l.contains("Deserialize"));
             let by_hand = text.contains(&format!("Deserialize<'de> for {name} "))
                 || text.contains(&format!("Serialize for {name} "));
@@ -554,14 +520,10 @@ fn serde_enums_in_layout_sources() -> BTreeMap<String, Vec<String>> {
                 .take_while(|l| **l != "}")
                 .filter_map(|l| l.strip_prefix("    "))
                 .filter(|l| l.starts_with(|c: char| c.is_ascii_uppercase()))
-                .map(|l| {
-                    l.chars()
-                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                        .collect()
-                })
+                .map(|l| source_scan::leading_identifier(l).to_string())
                 .collect();
             assert!(
-                enums.insert(name.clone(), variants).is_none(),
+                enums.insert(name.to_string(), variants).is_none(),
                 "{file}: a second serde enum named {name}"
             );
         }

@@ -11,6 +11,8 @@ use fedrun::history::snapshot::{
 use fedrun::history::{History, MemoryStorage, Storage};
 use fedrun::job::meta::{AppTargets, JobMeta};
 use fedrun::job::JobId;
+mod source_scan;
+
 use fedrun::lifecycle::{
     Actor, BlobHash, BootId, Event, EventKind, Identity, Role, ScheduleOutcome, State, Timestamp,
 };
@@ -486,22 +488,23 @@ fn two_threads_read_what_one_piece_reads_whatever_the_bytes() {
 #[test]
 fn answers_with_an_optional_detail_keep_their_json_and_refuse_odd_shapes() {
     use fedrun::lifecycle::{ResourceAnswer, StepResult};
-    assert_eq!(
-        serde_json::to_string(&StepResult::Ok).expect("encodes"),
-        r#"{"result":"ok"}"#
-    );
-    assert_eq!(
-        serde_json::to_string(&StepResult::Error("x".into())).expect("encodes"),
-        r#"{"result":"error","detail":"x"}"#
-    );
-    assert_eq!(
-        serde_json::to_string(&ResourceAnswer::NoReply).expect("encodes"),
-        r#"{"answer":"no_reply"}"#
-    );
-    assert_eq!(
-        serde_json::to_string(&ResourceAnswer::Reserved("t".into())).expect("encodes"),
-        r#"{"answer":"reserved","detail":"t"}"#
-    );
+    for (written, expected) in [
+        (serde_json::to_string(&StepResult::Ok), r#"{"result":"ok"}"#),
+        (
+            serde_json::to_string(&StepResult::Error("x".into())),
+            r#"{"result":"error","detail":"x"}"#,
+        ),
+        (
+            serde_json::to_string(&ResourceAnswer::NoReply),
+            r#"{"answer":"no_reply"}"#,
+        ),
+        (
+            serde_json::to_string(&ResourceAnswer::Reserved("t".into())),
+            r#"{"answer":"reserved","detail":"t"}"#,
+        ),
+    ] {
+        assert_eq!(written.expect("encodes"), expected);
+    }
     for odd in [
         r#"{"result":"error"}"#,
         r#"{"result":"ok","detail":"x"}"#,
@@ -625,12 +628,7 @@ fn every_imbl_field_a_snapshot_reads_has_a_cautious_reader() {
         let mut reads = false;
         for (at, line) in lines.iter().enumerate() {
             if line.starts_with("pub struct ") || line.starts_with("struct ") {
-                let attributes = || {
-                    lines[..at]
-                        .iter()
-                        .rev()
-                        .take_while(|l| l.starts_with("#[") || l.starts_with("///"))
-                };
+                let attributes = || source_scan::attributes_above(&lines, at);
                 // `#[serde(from = "...")]` reads another struct, whose fields count.
                 reads = attributes()
                     .any(|l| l.starts_with("#[derive(") && l.contains("Deserialize"))
@@ -655,13 +653,9 @@ fn every_imbl_field_a_snapshot_reads_has_a_cautious_reader() {
                 continue;
             }
             checked += 1;
-            let own_reader = lines[..at]
-                .iter()
-                .rev()
-                .take_while(|l| {
-                    l.trim_start().starts_with("#[") || l.trim_start().starts_with("///")
-                })
-                .any(|l| l.contains("deserialize_with = ") || l.contains("with = "));
+            // `deserialize_with = "..."` or `with = "..."`.
+            let own_reader =
+                source_scan::attributes_above(&lines, at).any(|l| l.contains("with = "));
             if !own_reader {
                 careless.push(format!("{file}:{}: {}", at + 1, line.trim()));
             }

@@ -227,17 +227,11 @@ pub fn summary_from_json(value: &serde_json::Value) -> Result<JobSummary, Client
 pub fn view_from_json(value: &serde_json::Value) -> Result<JobView, ClientError> {
     let meta = &value["meta"];
     let run = text_field(value, "run")?;
-    let run = [
-        RunPhase::NotStarted,
-        RunPhase::Starting,
-        RunPhase::Running,
-        RunPhase::Stopping,
-        RunPhase::Stopped,
-    ]
-    .into_iter()
-    .map(run_phase_name)
-    .find(|name| *name == run)
-    .ok_or_else(|| ClientError::Protocol(format!("unknown run phase {run:?}")))?;
+    let run = RunPhase::ALL
+        .into_iter()
+        .map(run_phase_name)
+        .find(|name| *name == run)
+        .ok_or_else(|| ClientError::Protocol(format!("unknown run phase {run:?}")))?;
     let archive = &value["archive"];
     let archive = match archive["state"].as_str() {
         Some("no_workspace") => ArchiveView::NoWorkspace,

@@ -84,12 +84,16 @@ pub fn from_slice_exact<T: DeserializeOwned>(
     if !used_up {
         // Only to say how many: where the value ends, found by walking its markers.
         let end = super::snapshot::msgpack::skip(bytes, 0, max_depth).unwrap_or(0);
-        let left = bytes.len() - end;
-        return Err(<rmp_serde::decode::Error as serde::de::Error>::custom(
-            format_args!("{left} bytes left over after the event"),
-        ));
+        return Err(left_over(bytes.len() - end));
     }
     Ok(value)
+}
+
+/// The error of `left` bytes after an event that should fill its record.
+fn left_over(left: usize) -> rmp_serde::decode::Error {
+    <rmp_serde::decode::Error as serde::de::Error>::custom(format_args!(
+        "{left} bytes left over after the event"
+    ))
 }
 
 /// Reads one MessagePack marker and refuses whatever it starts without reading further
@@ -122,9 +126,7 @@ pub fn from_slice_exact_by_reader<T: DeserializeOwned>(
     let value = T::deserialize(&mut deserializer)?;
     let left = (bytes.len() as u64).saturating_sub(deserializer.position());
     if left != 0 {
-        return Err(<rmp_serde::decode::Error as serde::de::Error>::custom(
-            format_args!("{left} bytes left over after the event"),
-        ));
+        return Err(left_over(left as usize));
     }
     Ok(value)
 }

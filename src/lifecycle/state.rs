@@ -57,6 +57,17 @@ pub enum RunPhase {
     Stopped,
 }
 
+impl RunPhase {
+    /// Every phase, in the order a run goes through them.
+    pub const ALL: [RunPhase; 5] = [
+        RunPhase::NotStarted,
+        RunPhase::Starting,
+        RunPhase::Running,
+        RunPhase::Stopping,
+        RunPhase::Stopped,
+    ];
+}
+
 /// Where a `DISPATCHED` job's start-up is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -687,16 +698,11 @@ fn loaded_jobs<'de, D: serde::Deserializer<'de>>(
                 jobs.push(LoadedJob::new(id, job));
             }
             if !jobs.windows(2).all(|pair| pair[0].id < pair[1].id) {
-                // Stable: of equal ids, the last entry stays last, and is the one kept.
+                // Reversed, then a stable sort: of equal ids the last entry comes first,
+                // and `dedup` keeps the first of each run.
+                jobs.reverse();
                 jobs.sort_by_key(|job| job.id);
-                let mut kept: Vec<LoadedJob> = Vec::with_capacity(jobs.len());
-                for job in jobs {
-                    match kept.last_mut() {
-                        Some(last) if last.id == job.id => *last = job,
-                        _ => kept.push(job),
-                    }
-                }
-                jobs = kept;
+                jobs.dedup_by_key(|job| job.id);
             }
             Ok(jobs)
         }
