@@ -8,7 +8,7 @@
 //! --measurement-time 3`. Sizes are kept small enough that the whole run
 //! takes a few minutes; set `FEDRUN_BENCH_REPLAY_EVENTS` to change the replay size.
 
-use std::collections::BTreeMap;
+use fedrun::job::flat_map::FlatMap;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -64,9 +64,9 @@ fn submitted(seq: u64, n: u64) -> Event {
                 }],
                 min_clients: 2,
                 mandatory_clients: vec![],
-                resource_spec: BTreeMap::from([(
+                resource_spec: FlatMap::from([(
                     "@default".to_string(),
-                    BTreeMap::from([("num_of_gpus".to_string(), 1.0)]),
+                    FlatMap::from([("num_of_gpus".to_string(), 1.0)]),
                 )]),
             },
             package: BlobHash::from(blake3::hash(&n.to_le_bytes())),

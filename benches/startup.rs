@@ -19,7 +19,7 @@
 //!
 //! Run: `cargo bench --bench startup`.
 
-use std::collections::BTreeMap;
+use fedrun::job::flat_map::FlatMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -79,9 +79,9 @@ fn event_at(seq: u64) -> Event {
                     }],
                     min_clients: 2,
                     mandatory_clients: vec![],
-                    resource_spec: BTreeMap::from([(
+                    resource_spec: FlatMap::from([(
                         "@default".to_string(),
-                        BTreeMap::from([("num_of_gpus".to_string(), 1.0)]),
+                        FlatMap::from([("num_of_gpus".to_string(), 1.0)]),
                     )]),
                 },
                 package: BlobHash::from(blake3::hash(&n.to_le_bytes())),

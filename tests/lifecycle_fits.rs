@@ -15,6 +15,7 @@ use fedrun::engine::ids::SeededIds;
 use fedrun::engine::node::{Input, Output, Participant, ReplyToken, Request};
 use fedrun::engine::owner::{Engine, EngineLimits, Ids};
 use fedrun::history::{History, MemoryStorage, Storage, MAX_VALUE_BYTES};
+use fedrun::job::flat_map::FlatMap;
 use fedrun::job::meta::{AppTargets, JobMeta, MetaError, RESOURCE_KEYS_MAX};
 use fedrun::lifecycle::event::{encoded_len, MAX_EVENT_BYTES};
 use fedrun::lifecycle::{
@@ -55,7 +56,10 @@ fn meta_with_resources(sites: &[String], keys: usize, key_len: usize) -> JobMeta
         }],
         min_clients: 1,
         mandatory_clients: Vec::new(),
-        resource_spec: spec,
+        resource_spec: spec
+            .into_iter()
+            .map(|(site, amounts)| (site, FlatMap::from(amounts)))
+            .collect(),
     }
 }
 

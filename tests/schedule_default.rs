@@ -7,6 +7,7 @@ mod lifecycle_support;
 
 use std::collections::BTreeMap;
 
+use fedrun::job::flat_map::FlatMap;
 use fedrun::job::meta::JobMeta;
 use fedrun::lifecycle::{Effect, EventKind, RunPhase, RunStatus, ScheduleOutcome, Timer};
 use fedrun::schedule::resources_for;
@@ -336,10 +337,10 @@ fn max_jobs_counts_dispatched_running_and_stopping_runs() {
 #[test]
 fn resources_merge_over_default_and_drop_unmanaged_and_unused_gpu_keys() {
     let mut m: JobMeta = meta(&["site-1", "site-2"], 1);
-    m.resource_spec = BTreeMap::from([
+    m.resource_spec = FlatMap::from([
         (
             "@default".to_string(),
-            BTreeMap::from([
+            FlatMap::from([
                 ("num_of_gpus".to_string(), 1.0),
                 ("gpu_mem".to_string(), 8.0),
                 ("num_of_cpus".to_string(), 4.0),
@@ -349,7 +350,7 @@ fn resources_merge_over_default_and_drop_unmanaged_and_unused_gpu_keys() {
         ),
         (
             "site-2".to_string(),
-            BTreeMap::from([("num_of_gpus".to_string(), 0.0)]),
+            FlatMap::from([("num_of_gpus".to_string(), 0.0)]),
         ),
     ]);
     let site1 = resources_for(&m, "site-1");

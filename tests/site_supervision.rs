@@ -514,7 +514,7 @@ fn history_with_one_job(data: &Path, job_id: JobId) {
                 }],
                 min_clients: 1,
                 mandatory_clients: vec![],
-                resource_spec: BTreeMap::new(),
+                resource_spec: Default::default(),
             },
             package: BlobHash::from(blake3::hash(b"no such package")),
             submitter: lead,

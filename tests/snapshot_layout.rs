@@ -3,6 +3,7 @@
 //! everything instead), format 1 (named) snapshots still load, and no bytes make the
 //! decoder panic.
 
+use fedrun::job::flat_map::FlatMap;
 use std::collections::BTreeMap;
 
 use fedrun::history::snapshot::{
@@ -54,9 +55,9 @@ fn event_at(seq: u64) -> Event {
                     }],
                     min_clients: 1,
                     mandatory_clients: vec!["site-1".into()],
-                    resource_spec: BTreeMap::from([(
+                    resource_spec: FlatMap::from([(
                         "site-1".to_string(),
-                        BTreeMap::from([("mem".to_string(), 2.5)]),
+                        FlatMap::from([("mem".to_string(), 2.5)]),
                     )]),
                 },
                 package: BlobHash::from(blake3::hash(b"one package")),

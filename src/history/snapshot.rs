@@ -75,6 +75,7 @@ const LAYOUT_SOURCES: &[(&str, &str)] = &[
         include_str!("../lifecycle/small_map.rs"),
     ),
     ("job/mod.rs", include_str!("../job/mod.rs")),
+    ("job/flat_map.rs", include_str!("../job/flat_map.rs")),
     ("job/meta.rs", include_str!("../job/meta.rs")),
 ];
 

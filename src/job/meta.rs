@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::flat_map::FlatMap;
+
 /// The name of the server in a deploy map.
 pub const SERVER: &str = "server";
 /// The deploy-map target that means "the server and every connected site".
@@ -33,6 +35,10 @@ pub const RESOURCE_KEYS_MAX: usize = 64;
 /// bounds the encoded meta, which the `JobSubmitted` event carries.
 pub const RESOURCE_AMOUNTS_MAX: usize = 1024;
 
+/// A `resource_spec`: site name or `"@default"` -> resource name -> amount. Fixed once
+/// validated, so held in exactly sized slices ([`FlatMap`]), not tree nodes.
+pub type ResourceSpec = FlatMap<String, FlatMap<String, f64>>;
+
 /// Where one app goes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppTargets {
@@ -55,7 +61,7 @@ pub struct JobMeta {
     /// `mandatory_clients` (default empty).
     pub mandatory_clients: Vec<String>,
     /// `resource_spec`: site name or `"@default"` -> resource name -> amount.
-    pub resource_spec: BTreeMap<String, BTreeMap<String, f64>>,
+    pub resource_spec: ResourceSpec,
 }
 
 impl JobMeta {
@@ -311,7 +317,7 @@ impl JobMeta {
             deploy_map,
             min_clients: 1,
             mandatory_clients: Vec::new(),
-            resource_spec: BTreeMap::new(),
+            resource_spec: ResourceSpec::new(),
         };
         let listed = meta.listed_sites();
         for app in &meta.deploy_map {
@@ -396,7 +402,7 @@ impl JobMeta {
                     })?;
                     amounts.insert(resource.clone(), number);
                 }
-                resource_spec.insert(site.clone(), amounts);
+                resource_spec.insert(site.clone(), FlatMap::from(amounts));
             }
         }
         let mut named: std::collections::BTreeSet<&str> =
@@ -417,7 +423,7 @@ impl JobMeta {
         Ok(JobMeta {
             min_clients,
             mandatory_clients,
-            resource_spec,
+            resource_spec: FlatMap::from(resource_spec),
             ..meta
         })
     }

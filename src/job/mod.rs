@@ -1,5 +1,6 @@
 //! What a job is: its id, its `meta.json`, and its package.
 
+pub mod flat_map;
 pub mod limits;
 pub mod meta;
 pub mod package;

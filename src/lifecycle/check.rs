@@ -113,7 +113,7 @@ fn next_command(bytes: &mut Bytes<'_>, state: &State, jobs: &[JobId]) -> (Comman
                 } else {
                     Vec::new()
                 },
-                resource_spec: BTreeMap::new(),
+                resource_spec: Default::default(),
             };
             Command::Admin {
                 origin: origin(bytes),

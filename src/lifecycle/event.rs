@@ -208,6 +208,82 @@ impl<'de> Deserialize<'de> for BlobHash {
     }
 }
 
+/// A [`BlobHash`] the state holds (a job's package, its archive, a kept request's
+/// package), for `#[serde(with = "stored_hash")]`: 32 raw bytes in MessagePack (a
+/// snapshot holds one or two per job: half the bytes of the hex text, and no hex to read
+/// back at start-up), 64 hex characters in a human-readable encoding. Either form reads
+/// back from either, so a format-1 snapshot (hex text) still loads.
+pub mod stored_hash {
+    use super::BlobHash;
+    use serde::{Deserializer, Serialize, Serializer};
+    use std::fmt;
+
+    /// The hash as the state stores it.
+    pub fn serialize<S: Serializer>(hash: &BlobHash, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            hash.serialize(serializer)
+        } else {
+            serializer.serialize_bytes(&hash.0)
+        }
+    }
+
+    /// The hash from 32 bytes or 64 hex characters.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<BlobHash, D::Error> {
+        struct BytesOrHex;
+        impl serde::de::Visitor<'_> for BytesOrHex {
+            type Value = BlobHash;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a BLAKE3 hash as 32 bytes or 64 hex characters")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<BlobHash, E> {
+                let array = bytes.try_into().map_err(|_| {
+                    E::custom(format!("a BLAKE3 hash is 32 bytes, not {}", bytes.len()))
+                })?;
+                Ok(BlobHash(array))
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<BlobHash, E> {
+                text.parse().map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_any(BytesOrHex)
+    }
+
+    /// An optional hash the state holds, stored as [`stored_hash`](self) stores one.
+    pub mod option {
+        use super::BlobHash;
+        use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+        struct Stored(BlobHash);
+
+        impl Serialize for Stored {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                super::serialize(&self.0, serializer)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for Stored {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                super::deserialize(deserializer).map(Stored)
+            }
+        }
+
+        /// The optional hash as the state stores it.
+        pub fn serialize<S: Serializer>(
+            hash: &Option<BlobHash>,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            hash.map(Stored).serialize(serializer)
+        }
+
+        /// The optional hash from nil, 32 bytes or 64 hex characters.
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Option<BlobHash>, D::Error> {
+            Ok(Option::<Stored>::deserialize(deserializer)?.map(|stored| stored.0))
+        }
+    }
+}
+
 /// One history entry: a fact with who caused it, when, and in which server run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Event {
@@ -847,6 +923,66 @@ mod tests {
             let packed = rmp_serde::to_vec(&hash).expect("encodes");
             prop_assert_eq!(rmp_serde::from_slice::<BlobHash>(&packed).expect("decodes"), hash);
         }
+    }
+
+    /// A stored hash and an optional one, as the state's fields hold them.
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Stored {
+        #[serde(with = "super::stored_hash")]
+        hash: BlobHash,
+        #[serde(with = "super::stored_hash::option")]
+        maybe: Option<BlobHash>,
+    }
+
+    /// The same fields with the hashes as text: what a format-1 snapshot holds.
+    #[derive(serde::Serialize)]
+    struct AsText {
+        hash: BlobHash,
+        maybe: Option<BlobHash>,
+    }
+
+    proptest! {
+        /// A stored hash is 32 raw bytes in MessagePack and hex text in JSON, and reads
+        /// back from either form in either encoding.
+        #[test]
+        fn stored_hashes_are_raw_bytes_in_messagepack_and_read_back_from_both_forms(
+            bytes in any::<[u8; 32]>(),
+            other in proptest::option::of(any::<[u8; 32]>()),
+        ) {
+            let stored = Stored { hash: BlobHash(bytes), maybe: other.map(BlobHash) };
+            let packed = rmp_serde::to_vec(&stored).expect("encodes");
+            let mut expected = vec![0x92, 0xc4, 32];
+            expected.extend_from_slice(&bytes);
+            match other {
+                Some(other) => {
+                    expected.extend_from_slice(&[0xc4, 32]);
+                    expected.extend_from_slice(&other);
+                }
+                None => expected.push(0xc0),
+            }
+            prop_assert_eq!(&packed, &expected);
+            prop_assert_eq!(&rmp_serde::from_slice::<Stored>(&packed).expect("decodes"), &stored);
+            let json = serde_json::to_string(&stored).expect("encodes");
+            prop_assert!(json.contains(&BlobHash(bytes).to_hex()));
+            prop_assert_eq!(&serde_json::from_str::<Stored>(&json).expect("decodes"), &stored);
+            let text = AsText { hash: stored.hash, maybe: stored.maybe };
+            let named = rmp_serde::to_vec_named(&text).expect("encodes");
+            prop_assert_eq!(&rmp_serde::from_slice::<Stored>(&named).expect("decodes"), &stored);
+        }
+    }
+
+    #[test]
+    fn a_stored_hash_of_the_wrong_length_is_named() {
+        let mut packed = vec![0x92, 0xc4, 31];
+        packed.extend_from_slice(&[7; 31]);
+        packed.push(0xc0);
+        let err = rmp_serde::from_slice::<Stored>(&packed).expect_err("31 bytes");
+        assert!(err.to_string().contains("32 bytes, not 31"), "{err}");
+        let packed = [0x92, 0x07, 0xc0];
+        assert!(
+            rmp_serde::from_slice::<Stored>(&packed).is_err(),
+            "a number"
+        );
     }
 
     #[test]

@@ -260,7 +260,7 @@ mod tests {
                 deploy_map: Vec::new(),
                 min_clients: 1,
                 mandatory_clients: Vec::new(),
-                resource_spec: BTreeMap::new(),
+                resource_spec: Default::default(),
             }),
             package: crate::lifecycle::BlobHash([n; 32]),
             submitter: Arc::new(Identity {

@@ -391,6 +391,7 @@ pub enum Archive {
     /// Archived in the blob store.
     Archived {
         /// The archive blob.
+        #[serde(with = "crate::lifecycle::event::stored_hash")]
         hash: BlobHash,
     },
     /// Archiving gave up.
@@ -417,6 +418,7 @@ pub struct Job {
     /// with the published one) copies a pointer, not the meta's strings and maps.
     pub meta: Arc<JobMeta>,
     /// The package blob.
+    #[serde(with = "crate::lifecycle::event::stored_hash")]
     pub package: BlobHash,
     /// Who submitted (or cloned) it; shared with every job and kept request of the same
     /// identity ([`Identities`]).
@@ -1137,6 +1139,7 @@ pub struct RequestFingerprint {
     /// The job it was about (the source job for a clone; none for a submit).
     pub job_id: Option<JobId>,
     /// The package of a submit; `None` when the record does not tell (a refused submit).
+    #[serde(default, with = "crate::lifecycle::event::stored_hash::option")]
     pub package: Option<BlobHash>,
 }
 
@@ -1524,7 +1527,7 @@ impl State {
                     deploy_map: Vec::new(),
                     min_clients: 0,
                     mandatory_clients: Vec::new(),
-                    resource_spec: BTreeMap::new(),
+                    resource_spec: Default::default(),
                 },
             )),
             _ => None,

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::job::meta::ResourceSpec;
 use crate::job::JobId;
 use crate::lifecycle::state::{Archive, Job, RunPhase, State};
 use crate::lifecycle::status::RunStatus;
@@ -29,7 +30,7 @@ pub struct MetaView {
     /// `mandatory_clients`.
     pub mandatory_clients: Vec<String>,
     /// `resource_spec`: site name or `"@default"` -> resource name -> amount.
-    pub resource_spec: BTreeMap<String, BTreeMap<String, f64>>,
+    pub resource_spec: ResourceSpec,
 }
 
 /// The workspace archive sub-state, as `show` prints it.

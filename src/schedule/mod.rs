@@ -47,13 +47,9 @@ pub fn due_at(job: &Job, settings: &Settings) -> Timestamp {
 /// `@default`, without `num_of_cpus` and `memory`, and without any GPU key when
 /// `num_of_gpus` is 0.
 pub fn resources_for(meta: &JobMeta, site: &str) -> BTreeMap<String, f64> {
-    let mut merged: BTreeMap<String, f64> = meta
-        .resource_spec
-        .get(DEFAULT_RESOURCES)
-        .cloned()
-        .unwrap_or_default();
-    if let Some(own) = meta.resource_spec.get(site) {
-        merged.extend(own.iter().map(|(k, v)| (k.clone(), *v)));
+    let mut merged = BTreeMap::new();
+    for amounts in [DEFAULT_RESOURCES, site].map(|key| meta.resource_spec.get(key)) {
+        merged.extend(amounts.into_iter().flatten().map(|(k, v)| (k.clone(), *v)));
     }
     merged.retain(|key, _| !UNMANAGED_RESOURCES.contains(&key.as_str()));
     if merged.get(GPU_COUNT) == Some(&0.0) {

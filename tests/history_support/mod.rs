@@ -67,6 +67,7 @@ pub fn steps(first_seq: u64, count: u64) -> Vec<Step> {
 pub mod lifecycle {
     use std::collections::BTreeMap;
 
+    use fedrun::job::flat_map::FlatMap;
     use fedrun::job::meta::{AppTargets, JobMeta};
     use fedrun::job::JobId;
     use fedrun::lifecycle::{
@@ -119,9 +120,9 @@ pub mod lifecycle {
             }],
             min_clients: 1,
             mandatory_clients: vec![],
-            resource_spec: BTreeMap::from([(
+            resource_spec: FlatMap::from([(
                 "site-1".to_string(),
-                BTreeMap::from([("num_of_gpus".to_string(), 1.0)]),
+                FlatMap::from([("num_of_gpus".to_string(), 1.0)]),
             )]),
         };
         event(

@@ -3,7 +3,6 @@
 #![allow(dead_code)]
 
 use fedrun::lifecycle::SubmitSignature;
-use std::collections::BTreeMap;
 
 use fedrun::job::meta::{AppTargets, JobMeta};
 use fedrun::job::JobId;
@@ -64,7 +63,7 @@ pub fn meta(sites: &[&str], min_clients: u32) -> JobMeta {
         }],
         min_clients,
         mandatory_clients: Vec::new(),
-        resource_spec: BTreeMap::new(),
+        resource_spec: Default::default(),
     }
 }
 
@@ -78,7 +77,7 @@ pub fn meta_all(min_clients: u32) -> JobMeta {
         }],
         min_clients,
         mandatory_clients: Vec::new(),
-        resource_spec: BTreeMap::new(),
+        resource_spec: Default::default(),
     }
 }
 
