@@ -488,7 +488,7 @@ fn a_try_in_flight_does_not_dispatch_when_a_returning_site_takes_the_slot_back()
         )),
         "{d:?}"
     );
-    let line = w.job(second).schedule_history.last().cloned().unwrap();
+    let line = w.job(second).schedule_history.lines().last().unwrap();
     assert!(line.contains("max_jobs (1)"), "{line}");
     assert_eq!(w.state.active_job_count(), 1);
 

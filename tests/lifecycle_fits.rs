@@ -209,7 +209,7 @@ fn all_sites_on_two_thousand_long_named_sites_splits_its_lists() {
     assert_eq!(*job.run.sites, sites, "the split lists add up");
     assert_eq!(*job.run.job_clients, sites);
     assert_eq!(job.run.reservations.len(), 0, "consumed by the start");
-    let line = job.schedule_history.last().expect("a try line");
+    let line = job.schedule_history.lines().last().expect("a try line");
     assert!(line.ends_with("... and 1984 more"), "{line}");
     // The outcome wait ends with 2,000 sites silent: the reason names some, counts the rest.
     w.server_exit(job_id, ExitOutcome::Code(0));

@@ -95,7 +95,11 @@ fn the_attempt_limit_ends_the_job_can_not_schedule_with_the_reason() {
     );
     let job = w.job(job_id);
     assert_eq!(job.schedule_history.len(), 3);
-    assert!(job.schedule_history[0]
+    assert!(job
+        .schedule_history
+        .lines()
+        .next()
+        .expect("a first line")
         .ends_with("try 1: no resources: connected sites (0) < min_clients (2)"));
     assert_eq!(
         fedrun::lifecycle::next_deadline(&w.state, &w.settings),

@@ -117,7 +117,7 @@ fn check_job(scenario: &str, name: &str, want: &JobExpect, job: &Job, result: &S
     if let Some(text) = &want.history_contains {
         assert!(
             job.schedule_history
-                .iter()
+                .lines()
                 .any(|l| l.contains(text.as_str())),
             "{ctx}: schedule_history {:?} lacks {text:?}",
             job.schedule_history

@@ -71,6 +71,10 @@ const LAYOUT_SOURCES: &[(&str, &str)] = &[
     ),
     ("lifecycle/time.rs", include_str!("../lifecycle/time.rs")),
     (
+        "lifecycle/schedule_history.rs",
+        include_str!("../lifecycle/schedule_history.rs"),
+    ),
+    (
         "lifecycle/small_map.rs",
         include_str!("../lifecycle/small_map.rs"),
     ),

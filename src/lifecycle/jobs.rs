@@ -108,13 +108,11 @@ impl Jobs {
         };
         if let Some(mut job) = from.remove(id) {
             if !live {
-                // A settled job is kept for good: its schedule lines give back the room
-                // `format!` and `Vec::push` left them to grow in (a first push makes room
-                // for four lines). Done here, once, rather than on every push, where an
-                // exact-size push would copy a long queue's lines at every try.
-                let history = &mut Arc::make_mut(&mut job).schedule_history;
-                history.iter_mut().for_each(String::shrink_to_fit);
-                history.shrink_to_fit();
+                // A settled job is kept for good: its schedule tries give back the room
+                // `Vec::push` left them to grow in (a first push makes room for four).
+                // Done here, once, rather than on every push, where an exact-size push
+                // would copy a long queue's tries at every try.
+                Arc::make_mut(&mut job).schedule_history.shrink_to_fit();
             }
             to.insert(*id, job);
         }
@@ -281,7 +279,7 @@ mod tests {
             finish_reason: None,
             schedule_count: 0,
             last_schedule_time: None,
-            schedule_history: thin_vec::ThinVec::new(),
+            schedule_history: Default::default(),
             run: Run::default(),
             archive: Archive::NoWorkspace,
             deleted: false,

@@ -15,6 +15,7 @@ pub mod jobs;
 pub mod participant;
 pub mod recovery;
 pub mod rejection;
+pub mod schedule_history;
 pub mod small_map;
 pub mod state;
 pub mod status;

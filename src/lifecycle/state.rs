@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use thin_vec::ThinVec;
 
 use crate::job::meta::JobMeta;
 use crate::job::JobId;
@@ -16,6 +15,7 @@ use crate::lifecycle::event::{
 };
 use crate::lifecycle::jobs::Jobs;
 use crate::lifecycle::participant::ExitOutcome;
+use crate::lifecycle::schedule_history::ScheduleHistory;
 use crate::lifecycle::small_map::{SmallMap, SmallSet, SparseMap, SparseSet};
 use crate::lifecycle::status::RunStatus;
 use crate::lifecycle::time::Timestamp;
@@ -441,8 +441,8 @@ pub struct Job {
     pub schedule_count: u32,
     /// When the last try ended.
     pub last_schedule_time: Option<Timestamp>,
-    /// One line per try: time and outcome with reason and numbers.
-    pub schedule_history: ThinVec<String>,
+    /// One entry per try: time and outcome with reason and numbers.
+    pub schedule_history: ScheduleHistory,
     /// The run sub-state and its facts.
     pub run: Run,
     /// The workspace archive sub-state.
@@ -2217,7 +2217,7 @@ impl State {
                         finish_reason: None,
                         schedule_count: 0,
                         last_schedule_time: None,
-                        schedule_history: ThinVec::new(),
+                        schedule_history: Default::default(),
                         run: Run::default(),
                         archive: Archive::NoWorkspace,
                         deleted: false,
@@ -2259,28 +2259,20 @@ impl State {
                 let job = self.job_mut(job_id);
                 job.schedule_count += 1;
                 job.last_schedule_time = Some(at);
-                let line = match outcome {
+                let text = match outcome {
                     crate::lifecycle::event::ScheduleOutcome::Dispatched { sites, more } => {
                         let tail = if *more > 0 {
                             format!(" ... and {more} more")
                         } else {
                             String::new()
                         };
-                        format!(
-                            "{} try {}: dispatched to {}{tail}",
-                            at,
-                            job.schedule_count,
-                            sites.join(", ")
-                        )
+                        format!("dispatched to {}{tail}", sites.join(", "))
                     }
                     crate::lifecycle::event::ScheduleOutcome::NoResources { reason } => {
-                        format!(
-                            "{} try {}: no resources: {}",
-                            at, job.schedule_count, reason
-                        )
+                        format!("no resources: {reason}")
                     }
                 };
-                job.schedule_history.push(line);
+                job.schedule_history.push(at, &text);
             }
             JobDispatched {
                 job_id,

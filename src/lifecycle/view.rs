@@ -182,7 +182,7 @@ pub fn job_view(job: &Job, now: Timestamp) -> JobView {
         duration: duration_text(job, now),
         schedule_count: job.schedule_count,
         last_schedule_time: job.last_schedule_time.map(Timestamp::to_iso8601),
-        schedule_history: job.schedule_history.to_vec(),
+        schedule_history: job.schedule_history.lines().collect(),
         job_deploy_detail: job.run.deploy_detail(),
         job_clients: job.run.job_clients.iter().cloned().collect(),
         meta: MetaView {

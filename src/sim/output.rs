@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::job::JobId;
+use crate::lifecycle::schedule_history::ScheduleHistory;
 use crate::lifecycle::{Event, EventKind, RunStatus, ScheduleOutcome};
 use crate::settings::format_duration;
 use crate::sim::driver::{offset, SimError, SimResult};
@@ -21,9 +22,18 @@ struct JobJson<'a> {
     job_id: Option<String>,
     status: Option<&'static str>,
     schedule_count: u32,
-    schedule_history: &'a [String],
+    schedule_history: Lines<'a>,
     job_deploy_detail: Vec<String>,
     job_clients: Vec<String>,
+}
+
+/// A job's schedule lines, written one by one.
+struct Lines<'a>(Option<&'a ScheduleHistory>);
+
+impl Serialize for Lines<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.into_iter().flat_map(ScheduleHistory::lines))
+    }
 }
 
 /// The `--json` output, `{"ended", "jobs", "events"}` on one line, events in the shape of
@@ -36,7 +46,6 @@ pub fn to_json(result: &SimResult) -> io::Result<String> {
 
 /// Writes the `--json` output to `out` (see [`to_json`]).
 pub fn write_json(result: &SimResult, out: &mut impl io::Write) -> io::Result<()> {
-    let empty: Vec<String> = Vec::new();
     out.write_all(b"{\"ended\":")?;
     serde_json::to_writer(&mut *out, result.ended.as_str())?;
     out.write_all(b",\"jobs\":[")?;
@@ -50,7 +59,7 @@ pub fn write_json(result: &SimResult, out: &mut impl io::Write) -> io::Result<()
                 job_id: Some(j.id.to_string()),
                 status: Some(j.status.as_str()),
                 schedule_count: j.schedule_count,
-                schedule_history: &j.schedule_history,
+                schedule_history: Lines(Some(&j.schedule_history)),
                 job_deploy_detail: j.run.deploy_detail(),
                 job_clients: j.run.job_clients.iter().cloned().collect(),
             },
@@ -59,7 +68,7 @@ pub fn write_json(result: &SimResult, out: &mut impl io::Write) -> io::Result<()
                 job_id: job.job_id.map(|id| id.to_string()),
                 status: None,
                 schedule_count: 0,
-                schedule_history: &empty,
+                schedule_history: Lines(None),
                 job_deploy_detail: Vec::new(),
                 job_clients: Vec::new(),
             },
