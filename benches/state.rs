@@ -18,7 +18,8 @@
 //! ```
 //!
 //! One case has each finished job run on ten sites (the simulator's day scenario):
-//! a run's per-site maps past a few entries.
+//! a run's per-site maps past a few entries. Another holds queued jobs as the start-up
+//! bench's history does (three tries each, a `resource_spec` of one GPU).
 //!
 //! Criterion groups (`command_cost/<n>_finished`): a submit decided and applied (its
 //! scheduling try included), the same submit folded twice (decided, then each event
@@ -167,11 +168,40 @@ fn per_job(w: &mut World, n: u64, add: impl FnOnce(&mut World, u64)) -> (f64, f6
     (bytes as f64 / n as f64, resident as f64 / n as f64)
 }
 
+/// Adds `n` jobs that wait in the queue, as the start-up bench's jobs do: no site is
+/// connected, each job has been tried three times (each try "no resources") and its
+/// meta, parsed from `meta.json` as a submit's is, asks one GPU of every site.
+fn add_queued(w: &mut World, n: u64) {
+    let meta = fedrun::job::meta::JobMeta::parse(
+        br#"{"name": "job", "deploy_map": {"app": ["server", "site-1", "site-2"]},
+             "min_clients": 2, "resource_spec": {"@default": {"num_of_gpus": 1}}}"#,
+        "job",
+    )
+    .expect("a valid meta");
+    for _ in 0..n {
+        w.submit(meta.clone());
+        w.log.clear();
+    }
+    // Each schedule pass tries the first due job; the back-off makes each due again.
+    while w.state.jobs.values().any(|job| job.schedule_count < 3) {
+        let (at, timer) =
+            fedrun::lifecycle::next_deadline(&w.state, &w.settings).expect("a job is due");
+        w.advance_ms((at.as_millis() - w.now.as_millis()).max(0));
+        w.timer(timer);
+        w.log.clear();
+    }
+    assert!(w
+        .state
+        .jobs
+        .values()
+        .all(|job| job.schedule_count == 3 && job.status == RunStatus::Submitted));
+}
+
 /// Where a finished job's bytes go: 10,000 finished jobs, then each part emptied in
 /// every job in turn, the allocator's count read around each step (the last steps drop
 /// the kept request ids, the jobs, then the index). Printed one line per part.
-fn memory_breakdown(w: &mut World) {
-    add_finished(w, 10_000);
+fn memory_breakdown(w: &mut World, add: fn(&mut World, u64)) {
+    add(w, 10_000);
     let ids: Vec<JobId> = w.state.jobs.keys().copied().collect();
     let per_job =
         |before: isize| (before - LIVE_BYTES.load(Ordering::Relaxed)) as f64 / ids.len() as f64;
@@ -280,7 +310,18 @@ fn memory_case(case: &str) {
                 }
             }),
         ),
-        "finished-breakdown" => return memory_breakdown(&mut w),
+        "queued-10000" => {
+            w = World::new(Settings::default());
+            (
+                "queued jobs (three tries each, a resource_spec)",
+                10_000,
+                per_job(&mut w, 10_000, add_queued),
+            )
+        }
+        "finished-breakdown" => return memory_breakdown(&mut w, add_finished),
+        "queued-breakdown" => {
+            return memory_breakdown(&mut World::new(Settings::default()), add_queued)
+        }
         other => panic!("unknown memory case {other}"),
     };
     eprintln!(
@@ -296,6 +337,7 @@ fn memory() {
         "finished-10000",
         "finished-100000",
         "finished-10000-ten-sites",
+        "queued-10000",
         "finished-breakdown",
     ] {
         let status = std::process::Command::new(&me)
