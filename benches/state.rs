@@ -339,6 +339,7 @@ fn memory() {
         "finished-10000-ten-sites",
         "queued-10000",
         "finished-breakdown",
+        "queued-breakdown",
     ] {
         let status = std::process::Command::new(&me)
             .env(MEMORY_CASE_ENV, case)

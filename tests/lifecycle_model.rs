@@ -321,9 +321,7 @@ impl Harness {
                 outcome,
                 report,
             } => {
-                if let Some(job_id) =
-                    self.job_where(job, |j| j.run.outstanding_sites().next().is_some())
-                {
+                if let Some(job_id) = self.job_where(job, |j| j.run.any_site_outstanding()) {
                     let site = self.site_of(job_id, i);
                     out.push(Command::Site {
                         report: SiteReport::AppExited {

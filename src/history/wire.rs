@@ -127,19 +127,9 @@ impl Serialize for WireHash {
 
 impl<'de> Deserialize<'de> for WireHash {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Bytes32;
-        impl serde::de::Visitor<'_> for Bytes32 {
-            type Value = WireHash;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a hash of 32 bytes")
-            }
-            fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<WireHash, E> {
-                <[u8; 32]>::try_from(bytes)
-                    .map(|array| WireHash(BlobHash(array)))
-                    .map_err(|_| E::invalid_length(bytes.len(), &self))
-            }
-        }
-        deserializer.deserialize_bytes(Bytes32)
+        deserializer
+            .deserialize_bytes(crate::lifecycle::event::stored_hash::RawHash { hex: false })
+            .map(WireHash)
     }
 }
 

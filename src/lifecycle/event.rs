@@ -229,23 +229,37 @@ pub mod stored_hash {
 
     /// The hash from 32 bytes or 64 hex characters.
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<BlobHash, D::Error> {
-        struct BytesOrHex;
-        impl serde::de::Visitor<'_> for BytesOrHex {
-            type Value = BlobHash;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a BLAKE3 hash as 32 bytes or 64 hex characters")
-            }
-            fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<BlobHash, E> {
-                let array = bytes.try_into().map_err(|_| {
-                    E::custom(format!("a BLAKE3 hash is 32 bytes, not {}", bytes.len()))
-                })?;
-                Ok(BlobHash(array))
-            }
-            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<BlobHash, E> {
-                text.parse().map_err(E::custom)
-            }
+        deserializer.deserialize_any(RawHash { hex: true })
+    }
+
+    /// The one reader of a hash as its 32 raw bytes (a version-2 history record's hashes,
+    /// which take no other form), and of 64 hex characters too when `hex` is set (the
+    /// state's, which format-1 snapshots hold as text).
+    pub(crate) struct RawHash {
+        /// Whether hex text is read too.
+        pub hex: bool,
+    }
+
+    impl serde::de::Visitor<'_> for RawHash {
+        type Value = BlobHash;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(if self.hex {
+                "a BLAKE3 hash as 32 bytes or 64 hex characters"
+            } else {
+                "a hash of 32 bytes"
+            })
         }
-        deserializer.deserialize_any(BytesOrHex)
+        fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<BlobHash, E> {
+            <[u8; 32]>::try_from(bytes)
+                .map(BlobHash)
+                .map_err(|_| E::invalid_length(bytes.len(), &self))
+        }
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<BlobHash, E> {
+            if !self.hex {
+                return Err(E::invalid_type(serde::de::Unexpected::Str(text), &self));
+            }
+            text.parse().map_err(E::custom)
+        }
     }
 
     /// An optional hash the state holds, stored as [`stored_hash`](self) stores one.
@@ -977,7 +991,7 @@ mod tests {
         packed.extend_from_slice(&[7; 31]);
         packed.push(0xc0);
         let err = rmp_serde::from_slice::<Stored>(&packed).expect_err("31 bytes");
-        assert!(err.to_string().contains("32 bytes, not 31"), "{err}");
+        assert!(err.to_string().contains("invalid length 31"), "{err}");
         let packed = [0x92, 0x07, 0xc0];
         assert!(
             rmp_serde::from_slice::<Stored>(&packed).is_err(),
