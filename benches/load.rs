@@ -33,6 +33,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use criterion::{Criterion, SamplingMode, Throughput};
 use fedrun::engine::clock::WallClock;
 use fedrun::engine::server::{Server, ServerConfig};
@@ -76,7 +77,7 @@ impl Storage for CountingStorage {
     fn last(&self) -> Result<Option<(u64, Vec<u8>)>, StorageError> {
         self.inner.last()
     }
-    fn save_snapshot(&mut self, record: &SnapshotRecord, state: &[u8]) -> Result<(), StorageError> {
+    fn save_snapshot(&mut self, record: &SnapshotRecord, state: Bytes) -> Result<(), StorageError> {
         self.inner.save_snapshot(record, state)
     }
     fn load_snapshot(&self) -> Result<Option<(SnapshotRecord, Vec<u8>)>, StorageError> {

@@ -8,6 +8,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 mod engine_support;
 
+use bytes::Bytes;
 use engine_support::{identity, wait_for, BOUND};
 use fedrun::engine::clock::WallClock;
 use fedrun::engine::server::{AdminAnswer, Server, ServerConfig};
@@ -93,7 +94,7 @@ impl Storage for GatedStorage {
     fn last(&self) -> Result<Option<(u64, Vec<u8>)>, StorageError> {
         self.inner.last()
     }
-    fn save_snapshot(&mut self, record: &SnapshotRecord, state: &[u8]) -> Result<(), StorageError> {
+    fn save_snapshot(&mut self, record: &SnapshotRecord, state: Bytes) -> Result<(), StorageError> {
         self.inner.save_snapshot(record, state)
     }
     fn load_snapshot(&self) -> Result<Option<(SnapshotRecord, Vec<u8>)>, StorageError> {

@@ -161,7 +161,9 @@ fn start_up_replays_everything_when_the_snapshot_layout_changed() {
         layout: Some(Layout([9; 32])),
         ..taken.clone()
     };
-    storage.save_snapshot(&other, &bytes).expect("stored");
+    storage
+        .save_snapshot(&other, bytes.clone().into())
+        .expect("stored");
     assert!(other.usable_for::<State>().is_err());
     let recovered = history.recover(State::new()).expect("recovers");
     assert_eq!(recovered.snapshot_seq, None);
@@ -173,7 +175,7 @@ fn start_up_replays_everything_when_the_snapshot_layout_changed() {
         layout: None,
         ..taken
     };
-    storage.save_snapshot(&none, &bytes).expect("stored");
+    storage.save_snapshot(&none, bytes.into()).expect("stored");
     let recovered = history.recover(State::new()).expect("recovers");
     assert_eq!(recovered.snapshot_seq, None);
     assert_eq!(recovered.state, full);
@@ -192,7 +194,9 @@ fn a_format_1_snapshot_still_loads() {
         state: fedrun::blobs::hash_of(&named),
         layout: None,
     };
-    storage.save_snapshot(&record, &named).expect("stored");
+    storage
+        .save_snapshot(&record, named.into())
+        .expect("stored");
     let tail: Vec<Event> = (31..=40).map(event_at).collect();
     history.append_batch(&tail).expect("appends");
     let recovered = history.recover(State::new()).expect("recovers");
@@ -214,7 +218,9 @@ fn a_format_1_snapshot_still_loads() {
         state: fedrun::blobs::hash_of(&wrong),
         ..record
     };
-    storage.save_snapshot(&record, &wrong).expect("stored");
+    storage
+        .save_snapshot(&record, wrong.into())
+        .expect("stored");
     let report = history.verify(State::new());
     assert!(!report.snapshot_matches);
     assert!(
@@ -246,7 +252,7 @@ fn the_audit_does_not_report_a_snapshot_of_another_layout() {
         )),
         ..taken
     };
-    storage.save_snapshot(&other, &bytes).expect("stored");
+    storage.save_snapshot(&other, bytes.into()).expect("stored");
     let report = history.verify(State::new());
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     assert!(

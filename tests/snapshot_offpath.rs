@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use engine_support::{submit_ok, wait_for, BOUND};
 use fedrun::blobs::BlobHash;
 use fedrun::engine::clock::WallClock;
@@ -116,7 +117,7 @@ impl Storage for GatedStorage {
     fn last(&self) -> Result<Option<(u64, Vec<u8>)>, StorageError> {
         self.inner.last()
     }
-    fn save_snapshot(&mut self, record: &SnapshotRecord, state: &[u8]) -> Result<(), StorageError> {
+    fn save_snapshot(&mut self, record: &SnapshotRecord, state: Bytes) -> Result<(), StorageError> {
         self.inner.save_snapshot(record, state)?;
         let _ = self.installed.send(record.clone());
         Ok(())
@@ -136,7 +137,7 @@ impl Storage for GatedStorage {
             .ok_or_else(|| StorageError::Corrupt {
                 detail: format!("no stored state {}", record.state),
             })?;
-        self.save_snapshot(record, &bytes)
+        self.save_snapshot(record, Bytes::from(bytes))
     }
     fn load_snapshot(&self) -> Result<Option<(SnapshotRecord, Vec<u8>)>, StorageError> {
         self.inner.load_snapshot()

@@ -793,7 +793,7 @@ impl<E: RecordEvent> History<E> {
         // a longer tail. So it does not poison the history; the caller logs it and tries
         // again later. (A failure of the database file itself poisons inside the store,
         // and every later write then says so.)
-        let stored = match &held {
+        let stored = match held {
             Some(bytes) => self.storage.save_snapshot(&record, bytes),
             None => self.storage.install_snapshot(&record),
         };

@@ -812,7 +812,11 @@ impl Storage for SledStorage {
         }
     }
 
-    fn save_snapshot(&mut self, record: &SnapshotRecord, state: &[u8]) -> Result<(), StorageError> {
+    fn save_snapshot(
+        &mut self,
+        record: &SnapshotRecord,
+        state: bytes::Bytes,
+    ) -> Result<(), StorageError> {
         self.check_poison()?;
         // The state blob first: if it cannot be stored, nothing else changed and the
         // history goes on (a snapshot is only a shortcut). Pinned until the record
@@ -821,7 +825,7 @@ impl Storage for SledStorage {
             blobs: self.blobs.clone(),
             pin: None,
         };
-        sink.store(&record.state, state)?;
+        sink.store(&record.state, &state)?;
         self.install_snapshot(record)
     }
 

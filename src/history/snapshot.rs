@@ -269,11 +269,12 @@ fn format_2_blob<S>(capacity: usize) -> Vec<u8> {
 /// copied before it changes). Settled jobs never change, so a long history's snapshot
 /// costs an encoding of the jobs that changed since the last one and a copy of the rest,
 /// instead of an encoding of every job. It keeps the last encoding and one entry per
-/// job: about one snapshot's size in memory. The synchronous engine (the simulator's)
+/// job: about one snapshot's size in memory, and no more where the store keeps the same
+/// bytes (an in-memory store keeps the shared bytes it was given). The synchronous engine (the simulator's)
 /// uses it, where a snapshot is taken on the engine's own thread.
 #[derive(Default)]
 pub struct StateEncoder {
-    last: Vec<u8>,
+    last: bytes::Bytes,
     jobs: std::collections::HashMap<JobId, (Arc<Job>, std::ops::Range<usize>)>,
 }
 
@@ -287,8 +288,9 @@ impl std::fmt::Debug for StateEncoder {
 }
 
 impl StateEncoder {
-    /// `state` as [`encode_state`] writes it.
-    pub fn encode(&mut self, state: &State) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+    /// `state` as [`encode_state`] writes it. The bytes returned are the ones it keeps as
+    /// its last encoding (shared, not copied).
+    pub fn encode(&mut self, state: &State) -> Result<bytes::Bytes, rmp_serde::encode::Error> {
         use rmp_serde::encode::write as put;
         // `State`'s derived `Serialize`, field by field (an array of the fields not
         // skipped, in order). Naming every field makes a new one a compile error here;
@@ -336,9 +338,9 @@ impl StateEncoder {
         )?;
         put(&mut out, schedule_try)?;
         put(&mut out, requests)?;
-        self.last.clone_from(&out);
+        self.last = bytes::Bytes::from(out);
         self.jobs = ranges;
-        Ok(out)
+        Ok(self.last.clone())
     }
 }
 
@@ -690,7 +692,10 @@ impl SnapshotTicket {
     /// store has a sink, stores it durably. Touches neither the records nor the history:
     /// meant to run off the thread that appends.
     pub fn write<S: Serialize>(self, state: &S) -> Result<WrittenSnapshot, super::SnapshotError> {
-        self.store(encode_state(state), Layout::of::<S>())
+        self.store(
+            encode_state(state).map(bytes::Bytes::from),
+            Layout::of::<S>(),
+        )
     }
 
     /// [`SnapshotTicket::write`] for a [`State`], encoded by `encoder` (the same bytes,
@@ -706,7 +711,7 @@ impl SnapshotTicket {
     /// Hashes and, when the store has a sink, stores the encoded state bytes.
     fn store(
         mut self,
-        encoded: Result<Vec<u8>, rmp_serde::encode::Error>,
+        encoded: Result<bytes::Bytes, rmp_serde::encode::Error>,
         layout: Layout,
     ) -> Result<WrittenSnapshot, super::SnapshotError> {
         let seq = self.seq;
@@ -744,7 +749,7 @@ impl SnapshotTicket {
 pub struct WrittenSnapshot {
     pub(super) record: SnapshotRecord,
     /// The state bytes, for a store without a sink (it stores them at install).
-    pub(super) held: Option<Vec<u8>>,
+    pub(super) held: Option<bytes::Bytes>,
     pub(super) size: usize,
     pub(super) sink: Option<Box<dyn SnapshotSink>>,
 }

@@ -7,6 +7,8 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
+
 use super::anchor::Anchor;
 use super::record::ChainHash;
 use super::snapshot::{SnapshotRecord, SnapshotSink};
@@ -135,21 +137,22 @@ impl std::fmt::Debug for RecordBytes {
 }
 
 /// The snapshot an in-memory store keeps (`MemoryStorage`, the simulator's
-/// `FaultyStorage`): its record and its bytes.
+/// `FaultyStorage`): its record and its bytes, shared with whoever encoded them (the
+/// simulator's engine keeps the same bytes as its last encoding), never copied.
 #[derive(Clone, Debug, Default)]
-pub struct KeptSnapshot(Option<(SnapshotRecord, Vec<u8>)>);
+pub struct KeptSnapshot(Option<(SnapshotRecord, Bytes)>);
 
 impl KeptSnapshot {
-    /// Replaces the snapshot. The old bytes go before the new ones are copied: one
-    /// snapshot's bytes in memory at a time.
-    pub fn save(&mut self, record: &SnapshotRecord, state: &[u8]) {
-        self.0 = None;
-        self.0 = Some((record.clone(), state.to_vec()));
+    /// Replaces the snapshot, keeping `state` itself (a count on shared bytes).
+    pub fn save(&mut self, record: &SnapshotRecord, state: Bytes) {
+        self.0 = Some((record.clone(), state));
     }
 
     /// The record and a copy of the bytes.
     pub fn load(&self) -> Option<(SnapshotRecord, Vec<u8>)> {
-        self.0.clone()
+        self.0
+            .as_ref()
+            .map(|(record, state)| (record.clone(), state.to_vec()))
     }
 
     /// The record alone, without copying the bytes.
@@ -225,8 +228,9 @@ pub trait Storage: Send {
     fn last(&self) -> Result<Option<(u64, Vec<u8>)>, StorageError>;
 
     /// Stores a snapshot's state bytes and the small record naming them, durably.
-    /// A failure here leaves the records as they were.
-    fn save_snapshot(&mut self, record: &SnapshotRecord, state: &[u8]) -> Result<(), StorageError>;
+    /// A failure here leaves the records as they were. The bytes are shared: a store
+    /// that keeps them in memory keeps these, without a copy.
+    fn save_snapshot(&mut self, record: &SnapshotRecord, state: Bytes) -> Result<(), StorageError>;
 
     /// A writer that stores snapshot state bytes on another thread while this store
     /// goes on appending; [`Storage::install_snapshot`] then names them. `None` (the
@@ -389,7 +393,7 @@ impl Storage for MemoryStorage {
             .map(|(seq, bytes)| (*seq, bytes.clone())))
     }
 
-    fn save_snapshot(&mut self, record: &SnapshotRecord, state: &[u8]) -> Result<(), StorageError> {
+    fn save_snapshot(&mut self, record: &SnapshotRecord, state: Bytes) -> Result<(), StorageError> {
         self.lock().snapshot.save(record, state);
         Ok(())
     }

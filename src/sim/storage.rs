@@ -303,7 +303,11 @@ impl Storage for FaultyStorage {
         Ok(disk.records.get(seq).map(|bytes| (seq, bytes.to_vec())))
     }
 
-    fn save_snapshot(&mut self, record: &SnapshotRecord, state: &[u8]) -> Result<(), StorageError> {
+    fn save_snapshot(
+        &mut self,
+        record: &SnapshotRecord,
+        state: bytes::Bytes,
+    ) -> Result<(), StorageError> {
         let mut disk = self.lock();
         if disk.full {
             return Err(io_error(

@@ -4,6 +4,7 @@
 //! Each test binary uses a part of it.
 #![allow(dead_code)]
 
+use bytes::Bytes;
 use fedrun::lifecycle::SubmitSignature;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -56,7 +57,7 @@ impl Storage for TestStorage {
     fn last(&self) -> Result<Option<(u64, Vec<u8>)>, StorageError> {
         self.inner.last()
     }
-    fn save_snapshot(&mut self, record: &SnapshotRecord, state: &[u8]) -> Result<(), StorageError> {
+    fn save_snapshot(&mut self, record: &SnapshotRecord, state: Bytes) -> Result<(), StorageError> {
         self.inner.save_snapshot(record, state)
     }
     fn load_snapshot(&self) -> Result<Option<(SnapshotRecord, Vec<u8>)>, StorageError> {
