@@ -466,12 +466,12 @@ fn state_in_parts(payload: &[u8], threads_from: usize) -> Option<State> {
     let (first_jobs, first_contributions) = first_part;
     let (second_jobs, second_contributions) = second_part;
     let contributions = || first_contributions.iter().chain(&second_contributions);
+    // The jobs map and the due sets here, the live set and the blob counts beside them.
     Some(std::thread::scope(|scope| {
-        let counts = scope.spawn(|| LiveIndex::counts_of(contributions()));
+        let sets = scope.spawn(|| LiveIndex::sets_of(contributions()));
         State::from_stored_parts(fields, first_jobs.into_iter().chain(second_jobs), |_| {
-            let sets = LiveIndex::sets_of(contributions());
-            let counts = joined(counts);
-            LiveIndex::of_parts(sets, counts)
+            let due = LiveIndex::due_of(contributions());
+            LiveIndex::of_parts(joined(sets), due)
         })
     }))
 }

@@ -845,21 +845,19 @@ pub struct LiveIndex {
 }
 
 /// One part of a [`LiveIndex`] built from contributions ([`LiveIndex::sets_of`]): its
-/// job sets and counters.
+/// job sets, counters and blob reference counts.
 #[derive(Debug, Default)]
 pub struct IndexSets {
     live: OrdSet<JobId>,
     active: usize,
     by_status: [usize; RunStatus::ALL.len()],
     archiving: OrdSet<JobId>,
+    blob_refs: OrdMap<BlobHash, u32>,
 }
 
-/// The other part ([`LiveIndex::counts_of`]): blob reference counts and due sets.
+/// The other part ([`LiveIndex::due_of`]): the due sets.
 #[derive(Debug, Default)]
-pub struct IndexCounts {
-    blob_refs: OrdMap<BlobHash, u32>,
-    due: OrdMap<u32, OrdSet<(Timestamp, QueueKey)>>,
-}
+pub struct IndexDue(OrdMap<u32, OrdSet<(Timestamp, QueueKey)>>);
 
 /// `names` as a shared list: `existing` itself when it holds the same names (a run whose
 /// every dispatched site took part keeps one list for both), so a job does not hold two
@@ -963,15 +961,20 @@ impl LiveIndex {
             jobs.iter().map(|(_, job)| Contribution::of(job)).collect();
         LiveIndex::of_parts(
             LiveIndex::sets_of(&contributions),
-            LiveIndex::counts_of(&contributions),
+            LiveIndex::due_of(&contributions),
         )
     }
 
-    /// The job sets and counters of the index of the jobs these are the contributions
-    /// of: one of its two parts, which two threads can build at once ([`LiveIndex::of_parts`]).
+    /// The job sets, counters and blob reference counts of the index of the jobs these
+    /// are the contributions of: one of its two parts, which two threads can build at
+    /// once ([`LiveIndex::of_parts`]). A start-up fills the jobs map and then the due
+    /// sets on one thread while another builds this part: filling each persistent
+    /// collection costs about the same per entry, and so the two threads finish together.
     pub fn sets_of<'a>(contributions: impl IntoIterator<Item = &'a Contribution>) -> IndexSets {
         let mut sets = IndexSets::default();
+        let mut blobs = Vec::new();
         for c in contributions {
+            blobs.extend(c.blobs.into_iter().flatten());
             if c.live {
                 sets.live.insert(c.id);
             }
@@ -985,38 +988,33 @@ impl LiveIndex {
                 sets.by_status[status.index()] += 1;
             }
         }
-        sets
-    }
-
-    /// The blob reference counts and due sets of the index: its other part.
-    pub fn counts_of<'a>(contributions: impl IntoIterator<Item = &'a Contribution>) -> IndexCounts {
-        let mut counts = IndexCounts::default();
-        let mut blobs = Vec::new();
-        let mut due = Vec::new();
-        for c in contributions {
-            blobs.extend(c.blobs.into_iter().flatten());
-            due.extend(c.due);
-        }
         blobs.sort_unstable();
         for same in blobs.chunk_by(|a, b| a == b) {
             let count = u32::try_from(same.len()).expect("fewer than 2^32 jobs per blob");
-            counts.blob_refs.insert(same[0], count);
+            sets.blob_refs.insert(same[0], count);
         }
+        sets
+    }
+
+    /// The due sets of the index: its other part.
+    pub fn due_of<'a>(contributions: impl IntoIterator<Item = &'a Contribution>) -> IndexDue {
+        let mut due: Vec<_> = contributions.into_iter().filter_map(|c| c.due).collect();
         due.sort_unstable();
+        let mut sets = OrdMap::new();
         for group in due.chunk_by(|a, b| a.0 == b.0) {
             let set = group.iter().map(|(_, entry)| *entry).collect();
-            counts.due.insert(group[0].0, set);
+            sets.insert(group[0].0, set);
         }
-        counts
+        IndexDue(sets)
     }
 
     /// The index whose two parts, built from the same contributions, these are.
-    pub fn of_parts(sets: IndexSets, counts: IndexCounts) -> LiveIndex {
+    pub fn of_parts(sets: IndexSets, due: IndexDue) -> LiveIndex {
         LiveIndex {
             live: sets.live,
             active: sets.active,
-            blob_refs: counts.blob_refs,
-            due: counts.due,
+            blob_refs: sets.blob_refs,
+            due: due.0,
             by_status: sets.by_status,
             archiving: sets.archiving,
             in_fold: false,
