@@ -270,8 +270,8 @@ fn format_2_blob<S>(capacity: usize) -> Vec<u8> {
 /// costs an encoding of the jobs that changed since the last one and a copy of the rest,
 /// instead of an encoding of every job. It keeps the last encoding and one entry per
 /// job: about one snapshot's size in memory, and no more where the store keeps the same
-/// bytes (an in-memory store keeps the shared bytes it was given). The synchronous engine (the simulator's)
-/// uses it, where a snapshot is taken on the engine's own thread.
+/// bytes (an in-memory store keeps the shared bytes it was given). The synchronous
+/// engine (the simulator's) uses it, where a snapshot is taken on the engine's own thread.
 #[derive(Default)]
 pub struct StateEncoder {
     last: bytes::Bytes,
