@@ -138,7 +138,8 @@ impl std::fmt::Debug for RecordBytes {
 
 /// The snapshot an in-memory store keeps (`MemoryStorage`, the simulator's
 /// `FaultyStorage`): its record and its bytes, shared with whoever encoded them (the
-/// simulator's engine keeps the same bytes as its last encoding), never copied.
+/// simulator's engine keeps the same bytes as its last encoding): saving takes them
+/// without a copy; a load (a start, rare) copies them out.
 #[derive(Clone, Debug, Default)]
 pub struct KeptSnapshot(Option<(SnapshotRecord, Bytes)>);
 
