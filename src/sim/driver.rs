@@ -151,17 +151,63 @@ impl SimResult {
         self.stored.record_count()
     }
 
-    /// Every event of the history, oldest first, decoded from the stored records as they
-    /// are read.
+    /// Every event of the history, oldest first, decoded from the stored records by a
+    /// thread of its own ahead of the caller (who writes them out), so the two halves of
+    /// printing a long day share the machine's cores. The iteration ends after the first
+    /// record that does not read back.
     pub fn events(&self) -> impl Iterator<Item = Result<Event, SimError>> + '_ {
-        use crate::history::Storage as _;
-        self.stored.read_from(1).map(|item| {
-            let (seq, bytes) = item.map_err(|e| SimError::Replay(e.to_string()))?;
-            crate::history::record::decode::<Event>(&bytes)
-                .map(|record| record.event)
-                .map_err(|e| SimError::Replay(format!("stored record {seq} does not decode: {e}")))
+        let stored = self.stored.clone();
+        produced_ahead(move |sink| {
+            use crate::history::Storage as _;
+            for item in stored.read_from(1) {
+                let event = item
+                    .map_err(|e| SimError::Replay(e.to_string()))
+                    .and_then(|(seq, bytes)| event_of(seq, &bytes));
+                if !sink(event) {
+                    return;
+                }
+            }
         })
     }
+}
+
+/// The event stored as record `seq`.
+fn event_of(seq: u64, bytes: &[u8]) -> Result<Event, SimError> {
+    crate::history::record::decode::<Event>(bytes)
+        .map(|record| record.event)
+        .map_err(|e| SimError::Replay(format!("stored record {seq} does not decode: {e}")))
+}
+
+/// The items `produce` hands to its sink, made on a thread of its own and passed to the
+/// caller in chunks, so making the next ones and using the last ones overlap. The sink
+/// says `false` once the caller has stopped reading or after the first error, which is the
+/// last item; `produce` should then return.
+fn produced_ahead<T: Send + 'static>(
+    produce: impl FnOnce(&mut dyn FnMut(Result<T, SimError>) -> bool) + Send + 'static,
+) -> impl Iterator<Item = Result<T, SimError>> {
+    const CHUNK: usize = 256;
+    let (chunks, received) = std::sync::mpsc::sync_channel::<Vec<Result<T, SimError>>>(4);
+    std::thread::spawn(move || {
+        let mut chunk = Vec::with_capacity(CHUNK);
+        let mut open = true;
+        produce(&mut |item| {
+            if !open {
+                return false;
+            }
+            let failed = item.is_err();
+            chunk.push(item);
+            if chunk.len() == CHUNK || failed {
+                let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
+                // A closed channel: the caller stopped reading.
+                open = chunks.send(full).is_ok() && !failed;
+            }
+            open
+        });
+        if open && !chunk.is_empty() {
+            let _ = chunks.send(chunk);
+        }
+    });
+    received.into_iter().flatten()
 }
 
 /// What the reference model needs of one job's events.
@@ -1948,22 +1994,37 @@ impl<'a> Sim<'a> {
         // the output shows is exactly what a restart would rebuild.
         let live = self.engine.take().map(|e| e.state().clone());
         self.checker.release_replayed();
-        let history = History::<Event>::from_storage(
-            Box::new(self.storage.clone()),
-            std::path::Path::new("memory"),
-        )
-        .map_err(|e| SimError::Replay(e.to_string()))?;
         // One pass over the stored records: each is checked (chain, order, transition)
         // and folded, exactly as a restart would rebuild the state, and what the reference
-        // model needs of it is gathered.
+        // model needs of it is gathered. The records are read, checked and decoded on a
+        // thread of their own, ahead of the fold on this one (whose memory the state
+        // reuses: the checker's state was let go of just before).
+        let storage = self.storage.clone();
+        let records = produced_ahead(move |sink| {
+            let history = match History::<Event>::from_storage(
+                Box::new(storage),
+                std::path::Path::new("memory"),
+            ) {
+                Ok(history) => history,
+                Err(e) => {
+                    sink(Err(SimError::Replay(e.to_string())));
+                    return;
+                }
+            };
+            for record in history.records_from(1) {
+                if !sink(record.map_err(|e| SimError::Replay(e.to_string()))) {
+                    return;
+                }
+            }
+        });
         let mut lives = Lives::default();
         let mut state = State::new();
-        for record in history.records_from(1) {
-            let record = record.map_err(|e| SimError::Replay(e.to_string()))?;
+        for record in records {
+            let event = record?.event;
+            lives.see(&event, &self.unacked_survivors);
             state
-                .apply_checked(&record.event)
+                .apply_owned(event)
                 .map_err(|e| SimError::Replay(e.to_string()))?;
-            lives.see(&record.event, &self.unacked_survivors);
         }
         if let Some(live) = live {
             if live != state {
@@ -2063,5 +2124,58 @@ fn site_request(request: Request) -> (SiteRequest, Option<JobId>) {
         Request::Stop { job_id } => (SiteRequest::Stop { job_id }, Some(job_id)),
         Request::Delete { job_id } => (SiteRequest::Delete { job_id }, Some(job_id)),
         Request::Acknowledge { report_id } => (SiteRequest::Acknowledge { report_id }, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn items_made_ahead_come_in_order_and_end_after_the_first_error() {
+        // More than one chunk, then an error, then items that must not arrive.
+        let made: Vec<Result<u32, String>> = produced_ahead(|sink| {
+            for i in 0..600u32 {
+                let item = if i == 555 {
+                    Err(SimError::Replay(format!("bad item {i}")))
+                } else {
+                    Ok(i)
+                };
+                if !sink(item) {
+                    return;
+                }
+            }
+            panic!("the sink said go on after an error");
+        })
+        .map(|item| {
+            item.map_err(|e| match e {
+                SimError::Replay(what) => what,
+                other => panic!("not the error made: {other}"),
+            })
+        })
+        .collect();
+        let mut want: Vec<Result<u32, String>> = (0..555).map(Ok).collect();
+        want.push(Err("bad item 555".into()));
+        assert_eq!(made, want);
+    }
+
+    #[test]
+    fn a_reader_that_stops_early_stops_the_maker() {
+        let (told, stopped) = std::sync::mpsc::channel();
+        let mut items = produced_ahead(move |sink| {
+            let mut made = 0u64;
+            while sink(Ok(made)) {
+                made += 1;
+            }
+            told.send(made).expect("the test waits");
+        });
+        assert_eq!(items.next().map(|i| i.ok()), Some(Some(0)));
+        drop(items);
+        let made = stopped
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the maker stops once its reader is gone");
+        // The sink refuses at the first chunk it cannot hand over: the four the channel
+        // holds, the one received, and the one it failed to send.
+        assert!(made <= 6 * 256, "made {made} items after the reader left");
     }
 }
