@@ -249,3 +249,59 @@ fn snapshots_are_taken_and_start_up_uses_them() {
         "snapshot + tail equals the live state"
     );
 }
+
+#[test]
+fn a_snapshot_off_thread_is_installed_at_the_next_step_and_lost_with_the_engine() {
+    let rig = Rig::new();
+    let mut engine = rig.start(EngineLimits {
+        snapshot_every_events: 3,
+        ..EngineLimits::default()
+    });
+    engine.snapshot_off_thread();
+    engine
+        .step(vec![submit(1), submit(2), submit(3)], SIM_EPOCH)
+        .expect("step");
+    let taken_at = engine.state().last_seq;
+    let state_then = engine.state().clone();
+    assert_eq!(
+        stored_snapshot_seq(&rig),
+        None,
+        "still in flight when the step that called for it returns"
+    );
+    // A step with no inputs installs it, before anything else.
+    engine.step(Vec::new(), SIM_EPOCH).expect("step");
+    assert_eq!(stored_snapshot_seq(&rig), Some(taken_at), "installed");
+    let history = History::<Event>::in_memory(rig.memory.clone()).expect("reopens");
+    let at_snapshot = history
+        .recover(fedrun::lifecycle::State::new())
+        .expect("recovers");
+    assert_eq!(
+        at_snapshot.replayed, 0,
+        "nothing was appended after the snapshot's record"
+    );
+    assert_eq!(
+        at_snapshot.state, state_then,
+        "the snapshot holds the state after the record it covers"
+    );
+    // Three more events call for the next one; the engine is dropped (a crash) before
+    // a step installs it: the history keeps the first.
+    engine
+        .step(vec![submit(4), submit(5), submit(6)], SIM_EPOCH)
+        .expect("step");
+    assert!(engine.state().last_seq >= taken_at + 3, "three events more");
+    let live = engine.state().clone();
+    drop(engine);
+    let recovered = History::<Event>::in_memory(rig.memory.clone())
+        .expect("reopens")
+        .recover(fedrun::lifecycle::State::new())
+        .expect("recovers");
+    assert_eq!(
+        recovered.snapshot_seq,
+        Some(taken_at),
+        "the one in flight is lost"
+    );
+    assert_eq!(
+        recovered.state, live,
+        "snapshot + tail equals the live state"
+    );
+}

@@ -114,15 +114,39 @@ pub enum EngineRefusal {
     },
 }
 
+/// A snapshot being encoded on a thread of its own: the thread hands back the encoder
+/// with what it wrote.
+type SnapshotThread = std::thread::JoinHandle<(
+    history::snapshot::StateEncoder,
+    Result<history::snapshot::WrittenSnapshot, history::SnapshotError>,
+)>;
+
+/// The snapshot in flight, if any. Dropped (the engine dropped, as in a crash), it is
+/// not installed, but its thread is waited for: nothing of the engine outlives it.
+#[derive(Default)]
+struct InFlight(Option<SnapshotThread>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(thread) = self.0.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// The node and the history, owned by one caller at a time.
 pub struct Engine {
     node: Node,
     history: History<Event>,
-    /// Snapshots are taken on this engine's own thread: each reuses the bytes of the
-    /// jobs unchanged since the last one.
+    /// Snapshots are encoded by this one encoder: each reuses the bytes of the jobs
+    /// unchanged since the last one. Away on the snapshot's thread while one is in flight.
     encoder: history::snapshot::StateEncoder,
     /// The snapshot the start rebuilt the state from (its sequence number), if any.
     started_from: Option<u64>,
+    /// Whether snapshots are encoded on a thread of their own ([`Engine::snapshot_off_thread`]).
+    off_thread: bool,
+    /// The snapshot being encoded off this thread, installed at the next step.
+    in_flight: InFlight,
 }
 
 impl std::fmt::Debug for Engine {
@@ -168,9 +192,36 @@ impl Engine {
             history,
             encoder: Default::default(),
             started_from: recovered.snapshot_seq,
+            off_thread: false,
+            in_flight: InFlight::default(),
         };
         let outputs = engine.step(Vec::new(), now)?;
         Ok((engine, outputs))
+    }
+
+    /// From now on, encodes each snapshot on a thread of its own while the caller goes
+    /// on, as the server does, and installs it at the start of the next [`Engine::step`]
+    /// (or at [`Engine::shut_down`]). An engine dropped with a snapshot in flight drops it,
+    /// as a crash would: the history then holds the snapshot before it. Without this call
+    /// a snapshot is taken and installed before the step that called for it returns.
+    pub fn snapshot_off_thread(&mut self) {
+        self.off_thread = true;
+    }
+
+    /// Waits for the snapshot in flight, if any, and installs it. A failed snapshot loses
+    /// nothing (the events are durable; start-up replays a longer tail), so it is logged.
+    fn settle_snapshot(&mut self) {
+        let Some(thread) = self.in_flight.0.take() else {
+            return;
+        };
+        let (encoder, written) = match thread.join() {
+            Ok(done) => done,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        self.encoder = encoder;
+        if let Err(err) = written.and_then(|written| self.history.install_snapshot(written)) {
+            tracing::warn!(%err, "snapshot failed");
+        }
     }
 
     /// The node, for reads.
@@ -212,6 +263,7 @@ impl Engine {
     /// Feeds every input, appends each batch the node hands out with one flush, and
     /// returns the outputs released once the batch is durable.
     pub fn step(&mut self, inputs: Vec<Input>, now: Timestamp) -> Result<Vec<Output>, StepError> {
+        self.settle_snapshot();
         if let Some(cause) = self.node.stopped() {
             return Err(StepError::Stopped {
                 cause: cause.to_string(),
@@ -250,6 +302,20 @@ impl Engine {
     fn drain(&mut self, outputs: &mut Vec<Output>) {
         while let Some(output) = self.node.poll_output() {
             match output {
+                Output::TakeSnapshot { state } if self.off_thread => {
+                    // At most one in flight, installed in order.
+                    self.settle_snapshot();
+                    match self.history.snapshot_ticket() {
+                        Ok(ticket) => {
+                            let mut encoder = std::mem::take(&mut self.encoder);
+                            self.in_flight.0 = Some(std::thread::spawn(move || {
+                                let written = ticket.write_with(&mut encoder, &state);
+                                (encoder, written)
+                            }));
+                        }
+                        Err(err) => tracing::warn!(%err, "snapshot failed"),
+                    }
+                }
                 Output::TakeSnapshot { state } => {
                     // A failed snapshot loses nothing (the events are durable); start-up
                     // then replays a longer tail, so it is logged and not fatal.
@@ -281,6 +347,7 @@ impl Engine {
     /// Ends the engine cleanly: a snapshot and the anchor, so the next start-up is quick
     /// and can tell a shorter history from data loss.
     pub fn shut_down(mut self) -> Result<(), history::StorageError> {
+        self.settle_snapshot();
         if self.node.stopped().is_none() {
             if let Err(err) = self.history.take_snapshot(self.node.state()) {
                 tracing::warn!(%err, "snapshot at shutdown failed");
