@@ -271,7 +271,8 @@ fn format_2_blob<S>(capacity: usize) -> Vec<u8> {
 /// instead of an encoding of every job. It keeps the last encoding and one entry per
 /// job: about one snapshot's size in memory, and no more where the store keeps the same
 /// bytes (an in-memory store keeps the shared bytes it was given). The synchronous
-/// engine (the simulator's) uses it, where a snapshot is taken on the engine's own thread.
+/// engine (the simulator's) uses it, on its own thread or, when asked, on a thread per
+/// snapshot that hands the encoder back with the bytes.
 #[derive(Default)]
 pub struct StateEncoder {
     last: bytes::Bytes,
