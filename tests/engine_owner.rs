@@ -252,14 +252,22 @@ fn snapshots_are_taken_and_start_up_uses_them() {
 
 #[test]
 fn a_snapshot_off_thread_is_installed_at_the_next_step_and_lost_with_the_engine() {
+    // A small state is encoded on the engine's thread, a large one (1,000 jobs) on a
+    // thread of its own: either is installed at the next step and lost with the engine.
+    for jobs in [3, 1_000] {
+        snapshot_off_thread_of(jobs);
+    }
+}
+
+fn snapshot_off_thread_of(jobs: u64) {
     let rig = Rig::new();
     let mut engine = rig.start(EngineLimits {
-        snapshot_every_events: 3,
+        snapshot_every_events: jobs,
         ..EngineLimits::default()
     });
     engine.snapshot_off_thread();
     engine
-        .step(vec![submit(1), submit(2), submit(3)], SIM_EPOCH)
+        .step((1..=jobs).map(submit).collect(), SIM_EPOCH)
         .expect("step");
     let taken_at = engine.state().last_seq;
     let state_then = engine.state().clone();
@@ -283,12 +291,15 @@ fn a_snapshot_off_thread_is_installed_at_the_next_step_and_lost_with_the_engine(
         at_snapshot.state, state_then,
         "the snapshot holds the state after the record it covers"
     );
-    // Three more events call for the next one; the engine is dropped (a crash) before
+    // As many events more call for the next one; the engine is dropped (a crash) before
     // a step installs it: the history keeps the first.
     engine
-        .step(vec![submit(4), submit(5), submit(6)], SIM_EPOCH)
+        .step((jobs + 1..=2 * jobs).map(submit).collect(), SIM_EPOCH)
         .expect("step");
-    assert!(engine.state().last_seq >= taken_at + 3, "three events more");
+    assert!(
+        engine.state().last_seq >= taken_at + jobs,
+        "as many events more"
+    );
     let live = engine.state().clone();
     drop(engine);
     let recovered = History::<Event>::in_memory(rig.memory.clone())

@@ -121,14 +121,27 @@ type SnapshotThread = std::thread::JoinHandle<(
     Result<history::snapshot::WrittenSnapshot, history::SnapshotError>,
 )>;
 
+/// A state of fewer jobs than this is encoded on the engine's thread even when snapshots
+/// go off it (and installed at the next step all the same): a thread would cost more than
+/// the encoding (the fault campaign runs thousands of short runs).
+const SNAPSHOT_THREAD_FROM_JOBS: usize = 1_000;
+
+/// A snapshot waiting to be installed.
+enum Pending {
+    /// Being encoded on its own thread.
+    Thread(SnapshotThread),
+    /// Encoded already (a small state).
+    Written(Result<history::snapshot::WrittenSnapshot, history::SnapshotError>),
+}
+
 /// The snapshot in flight, if any. Dropped (the engine dropped, as in a crash), it is
 /// not installed, but its thread is waited for: nothing of the engine outlives it.
 #[derive(Default)]
-struct InFlight(Option<SnapshotThread>);
+struct InFlight(Option<Pending>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if let Some(thread) = self.0.take() {
+        if let Some(Pending::Thread(thread)) = self.0.take() {
             let _ = thread.join();
         }
     }
@@ -200,8 +213,9 @@ impl Engine {
     }
 
     /// From now on, encodes each snapshot on a thread of its own while the caller goes
-    /// on, as the server does, and installs it at the start of the next [`Engine::step`]
-    /// (or at [`Engine::shut_down`]). An engine dropped with a snapshot in flight drops it,
+    /// on, as the server does (a state of fewer than 1,000 jobs on this thread), and
+    /// installs it at the start of the next [`Engine::step`] (or at
+    /// [`Engine::shut_down`]). An engine dropped with a snapshot in flight drops it,
     /// as a crash would: the history then holds the snapshot before it. Without this call
     /// a snapshot is taken and installed before the step that called for it returns.
     pub fn snapshot_off_thread(&mut self) {
@@ -211,14 +225,18 @@ impl Engine {
     /// Waits for the snapshot in flight, if any, and installs it. A failed snapshot loses
     /// nothing (the events are durable; start-up replays a longer tail), so it is logged.
     fn settle_snapshot(&mut self) {
-        let Some(thread) = self.in_flight.0.take() else {
-            return;
+        let written = match self.in_flight.0.take() {
+            None => return,
+            Some(Pending::Written(written)) => written,
+            Some(Pending::Thread(thread)) => {
+                let (encoder, written) = match thread.join() {
+                    Ok(done) => done,
+                    Err(panic) => std::panic::resume_unwind(panic),
+                };
+                self.encoder = encoder;
+                written
+            }
         };
-        let (encoder, written) = match thread.join() {
-            Ok(done) => done,
-            Err(panic) => std::panic::resume_unwind(panic),
-        };
-        self.encoder = encoder;
         if let Err(err) = written.and_then(|written| self.history.install_snapshot(written)) {
             tracing::warn!(%err, "snapshot failed");
         }
@@ -306,12 +324,17 @@ impl Engine {
                     // At most one in flight, installed in order.
                     self.settle_snapshot();
                     match self.history.snapshot_ticket() {
+                        Ok(ticket) if state.jobs.len() < SNAPSHOT_THREAD_FROM_JOBS => {
+                            let written = ticket.write_with(&mut self.encoder, &state);
+                            self.in_flight.0 = Some(Pending::Written(written));
+                        }
                         Ok(ticket) => {
                             let mut encoder = std::mem::take(&mut self.encoder);
-                            self.in_flight.0 = Some(std::thread::spawn(move || {
-                                let written = ticket.write_with(&mut encoder, &state);
-                                (encoder, written)
-                            }));
+                            self.in_flight.0 =
+                                Some(Pending::Thread(std::thread::spawn(move || {
+                                    let written = ticket.write_with(&mut encoder, &state);
+                                    (encoder, written)
+                                })));
                         }
                         Err(err) => tracing::warn!(%err, "snapshot failed"),
                     }

@@ -157,7 +157,7 @@ impl SimResult {
     /// record that does not read back.
     pub fn events(&self) -> impl Iterator<Item = Result<Event, SimError>> + '_ {
         let stored = self.stored.clone();
-        produced_ahead(move |sink| {
+        produced_ahead(self.stored.record_count(), move |sink| {
             use crate::history::Storage as _;
             for item in stored.read_from(1) {
                 let event = item
@@ -178,14 +178,29 @@ fn event_of(seq: u64, bytes: &[u8]) -> Result<Event, SimError> {
         .map_err(|e| SimError::Replay(format!("stored record {seq} does not decode: {e}")))
 }
 
-/// The items `produce` hands to its sink, made on a thread of its own and passed to the
-/// caller in chunks, so making the next ones and using the last ones overlap. The sink
-/// says `false` once the caller has stopped reading or after the first error, which is the
-/// last item; `produce` should then return.
+/// Fewer items than this are made on the caller's thread: a thread of their own would cost
+/// more than it saves (the fault campaign runs thousands of short runs).
+const AHEAD_FROM: u64 = 4_096;
+
+/// The items `produce` hands to its sink (about `expected` of them). From [`AHEAD_FROM`]
+/// on they are made on a thread of their own and passed to the caller in chunks, so
+/// making the next ones and using the last ones overlap; fewer are made at once, on this
+/// thread. The sink says `false` once the caller has stopped reading or after the first
+/// error, which is the last item; `produce` should then return.
 fn produced_ahead<T: Send + 'static>(
+    expected: u64,
     produce: impl FnOnce(&mut dyn FnMut(Result<T, SimError>) -> bool) + Send + 'static,
-) -> impl Iterator<Item = Result<T, SimError>> {
+) -> Box<dyn Iterator<Item = Result<T, SimError>>> {
     const CHUNK: usize = 256;
+    if expected < AHEAD_FROM {
+        let mut made = Vec::new();
+        produce(&mut |item| {
+            let failed = item.is_err();
+            made.push(item);
+            !failed
+        });
+        return Box::new(made.into_iter());
+    }
     let (chunks, received) = std::sync::mpsc::sync_channel::<Vec<Result<T, SimError>>>(4);
     std::thread::spawn(move || {
         let mut chunk = Vec::with_capacity(CHUNK);
@@ -207,7 +222,7 @@ fn produced_ahead<T: Send + 'static>(
             let _ = chunks.send(chunk);
         }
     });
-    received.into_iter().flatten()
+    Box::new(received.into_iter().flatten())
 }
 
 /// What the reference model needs of one job's events.
@@ -2005,7 +2020,7 @@ impl<'a> Sim<'a> {
         // thread of their own, ahead of the fold on this one (whose memory the state
         // reuses: the checker's state was let go of just before).
         let storage = self.storage.clone();
-        let records = produced_ahead(move |sink| {
+        let records = produced_ahead(self.storage.record_count(), move |sink| {
             let history = match History::<Event>::from_storage(
                 Box::new(storage),
                 std::path::Path::new("memory"),
@@ -2138,8 +2153,14 @@ mod tests {
 
     #[test]
     fn items_made_ahead_come_in_order_and_end_after_the_first_error() {
+        for expected in [10, AHEAD_FROM] {
+            the_items_come_in_order_and_end_after_the_first_error(expected);
+        }
+    }
+
+    fn the_items_come_in_order_and_end_after_the_first_error(expected: u64) {
         // More than one chunk, then an error, then items that must not arrive.
-        let made: Vec<Result<u32, String>> = produced_ahead(|sink| {
+        let made: Vec<Result<u32, String>> = produced_ahead(expected, |sink| {
             for i in 0..600u32 {
                 let item = if i == 555 {
                     Err(SimError::Replay(format!("bad item {i}")))
@@ -2167,7 +2188,7 @@ mod tests {
     #[test]
     fn a_reader_that_stops_early_stops_the_maker() {
         let (told, stopped) = std::sync::mpsc::channel();
-        let mut items = produced_ahead(move |sink| {
+        let mut items = produced_ahead(AHEAD_FROM, move |sink| {
             let mut made = 0u64;
             while sink(Ok(made)) {
                 made += 1;
