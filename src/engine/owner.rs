@@ -6,6 +6,8 @@
 //! with one flush, and returns the outputs the node then releases. The simulator and the
 //! tests drive it; the tokio server drives the node itself, with the history on its own
 //! thread. The engine does no IO but the history and reads no clock (`now` comes in).
+//! One exception to "the calling thread": after [`Engine::snapshot_off_thread`] a large
+//! state's snapshot is encoded on a thread of its own and installed at the next step.
 
 use std::collections::BTreeSet;
 
