@@ -37,6 +37,7 @@ fn campaign(c: &mut Criterion) {
     // The campaign tolerates the known core defects it reports; the bench runs what it runs.
     let options = RunOptions {
         tolerate: KnownBug::ALL.to_vec(),
+        ..Default::default()
     };
     for name in ["network", "storage", "everything"] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -65,6 +65,7 @@ fn campaign(name: &str) -> FaultCounts {
     let mut failures = Vec::new();
     let options = RunOptions {
         tolerate: TOLERATED.to_vec(),
+        ..Default::default()
     };
     let mut known: BTreeMap<KnownBug, u32> = BTreeMap::new();
     let mut modelled = 0u64;
@@ -154,6 +155,41 @@ fn a_seed_replays_byte_for_byte() {
                 Err(err) => err.to_string(),
             };
             assert_eq!(run(), run(), "{name} seed {seed} is not reproducible");
+        }
+    }
+}
+
+/// The invariant checks behind the driver (on a thread of their own, as long runs have
+/// them) end every seed as the checks beside it do: the same output, the same jobs the
+/// reference model judged (its facts are placed by the checker), or the same error.
+#[test]
+fn checks_behind_the_driver_end_each_seed_as_checks_beside_it() {
+    for name in ["network", "storage", "everything"] {
+        let checked = fedrun::sim::scenario::load(&path(name)).expect("valid scenario");
+        for seed in 0..60 {
+            let run = |behind| {
+                let options = RunOptions {
+                    tolerate: TOLERATED.to_vec(),
+                    checks_behind: Some(behind),
+                };
+                match fedrun::sim::driver::run_with(&checked, seed, &options) {
+                    Ok(result) => {
+                        let json = fedrun::sim::output::to_json(&result).expect("json");
+                        format!("{json}\nmodel judged {}", result.model_checked)
+                    }
+                    Err(err) => match &err {
+                        fedrun::sim::driver::SimError::Invariant { trail, .. } => {
+                            format!("{err}\n{}", trail.join("\n"))
+                        }
+                        _ => err.to_string(),
+                    },
+                }
+            };
+            assert_eq!(
+                run(true),
+                run(false),
+                "{name} seed {seed}: the checks behind the driver ended it otherwise"
+            );
         }
     }
 }

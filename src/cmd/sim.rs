@@ -44,6 +44,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         } else {
             Vec::new()
         },
+        ..Default::default()
     };
     let result = match fedrun::sim::driver::run_with(&checked, args.seed, &options) {
         Ok(result) => result,

@@ -1,6 +1,8 @@
-//! The deterministic loop of `fedrun sim`: one thread, a virtual clock, an agenda of things
-//! due at virtual times, the real [`Engine`] on an in-memory history, and simulated sites
-//! and server apps.
+//! The deterministic loop of `fedrun sim`: a virtual clock, an agenda of things due at
+//! virtual times, the real [`Engine`] on an in-memory history, and simulated sites and
+//! server apps, all on one thread. The invariant checks of a long run run behind it on a
+//! thread of their own, in the same order (`sim::check_thread`); what a run prints and
+//! the first violation it ends with do not depend on how far apart the two are.
 //!
 //! At each instant the driver takes everything due, in the order it was scheduled (scenario
 //! order for the scenario's own items), hands it to the engine as one batch, and carries out
@@ -24,6 +26,7 @@ use crate::lifecycle::{
     AdminRequest, Answer, BlobHash, Event, EventKind, Identity, Origin, Role, State, Timestamp,
 };
 use crate::settings::Settings;
+use crate::sim::check_thread::{Behind, CheckThread, Fed, Found, Mark};
 use crate::sim::faults::{CrashPoint, Delivery, Direction, Faults, Lie, TickFault};
 use crate::sim::invariants::{Checker, KnownBug, Limits, SiteNow, World};
 use crate::sim::model::Fact;
@@ -276,7 +279,16 @@ impl Lives {
 pub struct RunOptions {
     /// Known defects of the core to count instead of failing on (the campaign's only).
     pub tolerate: Vec<KnownBug>,
+    /// Whether the invariant checks run behind the driver on a thread of their own
+    /// (`None`: from [`CHECKS_BEHIND_FROM_JOBS`] jobs in the scenario on). What a run
+    /// prints or ends with does not depend on it; tests compare the two.
+    pub checks_behind: Option<bool>,
 }
+
+/// Scenarios of this many jobs or more have their invariants checked on a thread of
+/// their own; shorter runs (the fault campaign's thousands) check beside the driver,
+/// where handing each few steps to a thread cost more than it saved.
+pub const CHECKS_BEHIND_FROM_JOBS: usize = 1_000;
 
 /// The virtual time of a timestamp, as an offset from virtual time 0.
 pub fn offset(at: Timestamp) -> Duration {
@@ -384,7 +396,11 @@ struct Sim<'a> {
     scenario_items_pending: usize,
     // FAULTS: the fault decisions, the invariant checker and the physical facts they use.
     faults: Faults,
-    checker: Checker,
+    /// The invariant checker, on a thread of its own one step behind.
+    checks: CheckThread,
+    /// A violation the checker reported while the driver waited for it before a crash,
+    /// with the trail of records that existed then: the run ends with it.
+    stopped: Option<SimError>,
     /// Per site: its connection number (a new one at every connect or loss).
     epochs: Vec<u64>,
     /// Per site: since when (virtual) it is connected or disconnected.
@@ -404,15 +420,9 @@ struct Sim<'a> {
     /// When the server last went down (a crash), for the sites whose grace ran out while it
     /// was up.
     server_down_at: Duration,
-    /// Archives written to the simulated blob store.
-    archives: BTreeMap<JobId, BlobHash>,
-    /// Facts fed to the engine, by job, with the sequence number they came at.
-    facts: BTreeMap<JobId, Vec<(u64, Fact)>>,
     /// Lies told: (report id, outcome).
     lies: std::collections::BTreeSet<(String, ExitOutcome)>,
     lies_told: u64,
-    /// A violation found in the middle of a batch, reported after it.
-    violation: Option<String>,
     /// Records that a start found although no append acknowledged them.
     unacked_survivors: std::collections::BTreeSet<u64>,
     /// Per site: its current disconnect was recorded by a running server.
@@ -531,13 +541,22 @@ pub fn run_full<'a>(
             checked.scenario.faults.as_ref(),
             seed ^ 0x5eed_fa17_5eed_fa17,
         ),
-        checker: {
+        checks: {
             let mut checker = Checker::new();
             for bug in &options.tolerate {
                 checker.tolerate(*bug);
             }
-            checker
+            let jobs = checked.scenario.jobs.len();
+            if options
+                .checks_behind
+                .unwrap_or(jobs >= CHECKS_BEHIND_FROM_JOBS)
+            {
+                CheckThread::behind(checker)
+            } else {
+                CheckThread::beside(checker)
+            }
         },
+        stopped: None,
         epochs: vec![0; site_count],
         site_since: vec![Duration::ZERO; site_count],
         held_offline: vec![false; site_count],
@@ -547,12 +566,9 @@ pub fn run_full<'a>(
         server_base: (SIM_EPOCH, Duration::ZERO),
         server_up_since: None,
         server_down_at: Duration::ZERO,
-        archives: BTreeMap::new(),
-        facts: BTreeMap::new(),
         lies: Default::default(),
         lies_told: 0,
         crash_requested: false,
-        violation: None,
         away_recorded: vec![false; site_count],
         unacked_survivors: Default::default(),
         returned: vec![None; site_count],
@@ -583,6 +599,13 @@ impl<'a> Sim<'a> {
     }
 
     fn run(mut self) -> Result<SimResult, SimError> {
+        match self.run_to_end() {
+            Ok(ended) => self.finish(ended),
+            Err(error) => Err(self.first_error(error)),
+        }
+    }
+
+    fn run_to_end(&mut self) -> Result<Ended, SimError> {
         // Scenario order for things due at the same instant: sites, then jobs, then actions.
         for (i, s) in self.checked.scenario.sites.iter().enumerate() {
             self.schedule(s.online_at.unwrap_or_default(), Item::SiteOnline(i));
@@ -629,7 +652,7 @@ impl<'a> Sim<'a> {
                 }
             }
         };
-        self.finish(ended)
+        Ok(ended)
     }
 
     fn settled(&self) -> bool {
@@ -1048,20 +1071,21 @@ impl<'a> Sim<'a> {
     fn start_engine(&mut self) -> Result<(), SimError> {
         let at = self.at_text();
         // FAULTS: what survived on disk must hold every acknowledged record.
+        if let Some(stopped) = self.stopped.take() {
+            return Err(stopped);
+        }
         let stored = self.storage.all_records();
-        self.checker
-            .on_start(&stored)
-            .map_err(|what| self.broken(what))?;
-        // Records that survived a failed append were never acknowledged: the reference
-        // model does not know what was fed in them, so it leaves their jobs alone.
-        let acked = self.checker.acked_len();
-        self.unacked_survivors.extend(
-            stored
-                .iter()
-                .map(|(seq, _)| *seq)
-                .filter(|seq| *seq > acked),
-        );
         self.start_clock(&stored);
+        let count = stored.len() as u64;
+        let mark = self.mark();
+        let acked = match self.checks.start(stored, mark) {
+            Ok(acked) => acked,
+            Err(found) => return Err(self.broken_at(found)),
+        };
+        // Records that survived a failed append were never acknowledged: the reference
+        // model does not know what was fed in them, so it leaves their jobs alone (records
+        // are numbered from 1 without a gap).
+        self.unacked_survivors.extend(acked + 1..=count);
         let history = History::from_storage(
             Box::new(self.storage.clone()),
             std::path::Path::new("memory"),
@@ -1132,10 +1156,9 @@ impl<'a> Sim<'a> {
         }
         // FAULTS: replay everything stored into a fresh state; the start made it durable.
         let stored = self.storage.all_records();
-        self.checker
-            .on_records(&stored, true, self.now())
-            .map_err(|what| self.broken(what))?;
-        self.checker.after_start();
+        let (now, mark) = (self.now(), self.mark());
+        self.checks.records(stored, now, None, mark);
+        self.checks.after_start();
         self.notify_observer()?;
         if self.boots > 1 {
             self.note("server restarted from its stored history".to_string());
@@ -1207,13 +1230,10 @@ impl<'a> Sim<'a> {
                 });
             }
         };
-        // FAULTS: the step returned, so its records are acknowledged: check and keep them.
+        // FAULTS: the step returned, so its records are acknowledged: the checker checks
+        // and keeps them, and places the facts the batch fed at the events recording them.
         let stored = self.storage.records_from(first_new);
-        let new_events = self
-            .checker
-            .on_records(&stored, true, now)
-            .map_err(|what| self.broken(what))?;
-        let accepted: std::collections::BTreeSet<ReplyToken> = outputs
+        let accepted = outputs
             .iter()
             .filter_map(|output| match output {
                 Output::Reply {
@@ -1223,38 +1243,13 @@ impl<'a> Sim<'a> {
                 _ => None,
             })
             .collect();
-        // The node decides the whole batch before one append, so the sequence number a
-        // fact came at is that of the event recording it; a fact the core did not record
-        // (a resent report, one after the job ended) counts as after the batch.
-        let after_batch = new_events.last().map_or(first_new, |e| e.seq + 1);
-        let mut claimed: std::collections::BTreeSet<u64> = Default::default();
-        for (job_id, fact, token) in fed {
-            if token.is_some_and(|t| !accepted.contains(&t)) {
-                continue;
-            }
-            let records = |kind: &EventKind| match (&fact, kind) {
-                (
-                    Fact::SiteExit { site, .. },
-                    EventKind::SiteOutcomeReported {
-                        job_id: j, site: s, ..
-                    },
-                ) => *j == job_id && s == site,
-                (Fact::ServerExit(_), EventKind::ServerAppExited { job_id: j, .. }) => *j == job_id,
-                (Fact::Abort, EventKind::JobFinished { job_id: j, .. }) => *j == job_id,
-                _ => false,
-            };
-            let at = new_events
-                .iter()
-                .find(|e| !claimed.contains(&e.seq) && records(&e.kind))
-                .map(|e| e.seq);
-            if let Some(at) = at {
-                claimed.insert(at);
-            }
-            self.facts
-                .entry(job_id)
-                .or_default()
-                .push((at.unwrap_or(after_batch), fact));
-        }
+        let fed = Fed {
+            facts: fed,
+            accepted,
+            first_new,
+        };
+        let mark = self.mark();
+        self.checks.records(stored, now, Some(fed), mark);
         for output in &outputs {
             let Output::Reply { token, answer } = output else {
                 continue;
@@ -1377,15 +1372,21 @@ impl<'a> Sim<'a> {
         };
         if let Some((undone, delete)) = undone {
             // FAULTS: the server must not stop or undeploy a participant of a live run.
-            if self.violation.is_none() {
-                let site = self.sites[s].name().to_string();
-                if let Err(what) = self.checker.stop_arrives(&site, &undone, delete) {
-                    self.violation = Some(what);
-                }
-            }
+            let site = self.sites[s].name().to_string();
+            self.checks.stop_arrives(site, undone, delete);
         }
+        let started = match &request {
+            SiteRequest::Start { job_id } if !self.sites[s].ever_ran(job_id) => Some(*job_id),
+            _ => None,
+        };
         let behaviour = self.behaviour(s, job_id);
-        for output in self.sites[s].handle(request, now, behaviour) {
+        let outputs = self.sites[s].handle(request, now, behaviour);
+        if let Some(job_id) = started.filter(|job| self.sites[s].ever_ran(job)) {
+            // The checker's record of what each site ever ran.
+            let site = self.sites[s].name().to_string();
+            self.checks.ran(site, job_id);
+        }
+        for output in outputs {
             match output {
                 SiteOutput::Report(report) => self.send_report(s, report),
                 SiteOutput::AppEndsAt {
@@ -1438,7 +1439,7 @@ impl<'a> Sim<'a> {
                         // FAULTS: the server dies while zipping: the blob may or may not
                         // have been stored, and nothing was recorded.
                         if self.faults.coin() {
-                            self.archives.insert(job_id, hash);
+                            self.checks.archived(job_id, hash);
                         }
                         self.crash_requested = true;
                         continue;
@@ -1446,7 +1447,7 @@ impl<'a> Sim<'a> {
                     let result = if self.faults.archive_fails(now) {
                         Err("zipping the workspace failed (simulated)".to_string())
                     } else {
-                        self.archives.insert(job_id, hash);
+                        self.checks.archived(job_id, hash);
                         Ok(hash)
                     };
                     self.schedule(
@@ -1537,18 +1538,38 @@ impl<'a> Sim<'a> {
 
     /// An invariant violation at the current virtual time.
     fn broken(&self, what: String) -> SimError {
+        self.broken_at(Found {
+            what,
+            mark: self.mark(),
+        })
+    }
+
+    /// Where the run is now, for the checks asked for here.
+    fn mark(&self) -> Mark {
+        Mark {
+            at: self.now(),
+            stored: self.storage.record_count(),
+            notes: self.notes.len(),
+        }
+    }
+
+    /// An invariant violation found at `found.mark`: its time, and the records and notes
+    /// that existed then.
+    fn broken_at(&self, found: Found) -> SimError {
+        let Found { what, mark } = found;
         let mut trail: Vec<String> = self
             .storage
             .all_records()
             .iter()
+            .take(mark.stored as usize)
             .filter_map(|(_, bytes)| crate::history::record::decode::<Event>(bytes).ok())
             .map(|r| crate::history::event_text(&r.event))
             .collect();
-        trail.extend(self.notes.iter().map(|(at, note)| {
+        trail.extend(self.notes[..mark.notes].iter().map(|(at, note)| {
             format!("note at +{}: {note}", crate::settings::format_duration(*at))
         }));
         SimError::Invariant {
-            at: self.at_text(),
+            at: format!("+{}", crate::settings::format_duration(mark.at)),
             what,
             trail,
         }
@@ -1753,7 +1774,7 @@ impl<'a> Sim<'a> {
                     never[(pick % never.len() as u64) as usize]
                 };
                 let report_id = format!("{name}/lie-{}", self.lies_told);
-                self.checker.lie_told(&report_id);
+                self.checks.lie_told(report_id.clone());
                 SiteReport::AppExited {
                     job_id,
                     report_id,
@@ -1795,7 +1816,7 @@ impl<'a> Sim<'a> {
                     return;
                 };
                 let report_id = format!("{name}/{}", "x".repeat(100_000));
-                self.checker.lie_told(&report_id);
+                self.checks.lie_told(report_id.clone());
                 SiteReport::AppExited {
                     job_id,
                     report_id,
@@ -1835,6 +1856,9 @@ impl<'a> Sim<'a> {
             return;
         }
         let power_loss = self.faults.power_loss();
+        if power_loss {
+            self.checks_caught_up();
+        }
         self.storage.crash(power_loss);
         self.server_up_since = None;
         self.server_down_at = self.now();
@@ -1854,7 +1878,11 @@ impl<'a> Sim<'a> {
             if self.engine.is_none() {
                 // The start itself died: the restart is tried again later.
                 let after = self.faults.restart_after();
-                self.storage.crash(self.faults.power_loss());
+                let power_loss = self.faults.power_loss();
+                if power_loss {
+                    self.checks_caught_up();
+                }
+                self.storage.crash(power_loss);
                 self.schedule(self.now() + after, Item::Restart);
                 return;
             }
@@ -1937,28 +1965,49 @@ impl<'a> Sim<'a> {
     }
 
     /// Checks the invariants of [`crate::sim::invariants`] against the world now.
+    /// The checks run behind the driver; a violation they found at an earlier step
+    /// ends the run as found there.
     fn check_world(&mut self) -> Result<(), SimError> {
-        if let Some(what) = self.violation.take() {
-            return Err(self.broken(what));
+        if let Some(stopped) = self.stopped.take() {
+            return Err(stopped);
         }
-        let sites = &self.sites;
-        let site_of = &self.site_of;
-        let ran =
-            |site: &str, job: &JobId| site_of.get(site).is_some_and(|s| sites[*s].ever_ran(job));
-        let world = self.world();
-        let limits = self.limits();
-        let checked = self.checker.after_step(
-            self.engine.as_ref().map(|e| e.state()),
-            &world,
-            limits,
-            &self.archives,
-            &ran,
-        );
-        checked.map_err(|what| self.broken(what))
+        let live = self.engine.as_ref().map(|e| e.state().clone());
+        let (world, limits, mark) = (self.world(), self.limits(), self.mark());
+        match self.checks.after_step(live, world, limits, mark) {
+            Some(found) => Err(self.broken_at(found)),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for the checker before a crash drops unsynced records: a violation it found
+    /// is kept with the trail of records that existed when it was found.
+    fn checks_caught_up(&mut self) {
+        if self.stopped.is_none() {
+            if let Some(found) = self.checks.sync() {
+                self.stopped = Some(self.broken_at(found));
+            }
+        }
+    }
+
+    /// The run stopped on `error`; a violation the checker found before it comes first,
+    /// as it did when the checks ran step by step with the driver.
+    fn first_error(&mut self, error: SimError) -> SimError {
+        if let Some(stopped) = self.stopped.take() {
+            return stopped;
+        }
+        match self.checks.sync() {
+            Some(found) => self.broken_at(found),
+            None => error,
+        }
     }
 
     /// The reference model's verdict on every job that ran without a restart in its life.
-    fn check_model(&self, state: &State, lives: Lives) -> Result<u32, SimError> {
+    fn check_model(
+        &self,
+        state: &State,
+        lives: Lives,
+        facts: &BTreeMap<JobId, Vec<(u64, Fact)>>,
+    ) -> Result<u32, SimError> {
         let Lives {
             jobs: lives,
             starts,
@@ -1980,8 +2029,7 @@ impl<'a> Sim<'a> {
             if !life.ran || restarted || life.unknown {
                 continue;
             }
-            let mut facts: Vec<(u64, Fact)> = self
-                .facts
+            let mut facts: Vec<(u64, Fact)> = facts
                 .get(&id)
                 .cloned()
                 .unwrap_or_default()
@@ -2013,12 +2061,20 @@ impl<'a> Sim<'a> {
         // The result is read back from the stored history, not from the live engine: what
         // the output shows is exactly what a restart would rebuild.
         let live = self.engine.take().map(|e| e.state().clone());
-        self.checker.release_replayed();
+        // The checker finishes what it was handed (and lets go of its replayed state).
+        if let Some(stopped) = self.stopped.take() {
+            return Err(stopped);
+        }
+        let behind = match self.checks.finish() {
+            Ok(behind) => behind,
+            Err(found) => return Err(self.broken_at(found)),
+        };
+        let Behind { mut checker, facts } = behind;
         // One pass over the stored records: each is checked (chain, order, transition)
         // and folded, exactly as a restart would rebuild the state, and what the reference
         // model needs of it is gathered. The records are read, checked and decoded on a
         // thread of their own, ahead of the fold on this one (whose memory the state
-        // reuses: the checker's state was let go of just before).
+        // reuses: the checker's state was let go of just before, on its thread).
         let storage = self.storage.clone();
         let records = produced_ahead(self.storage.record_count(), move |sink| {
             let history = match History::<Event>::from_storage(
@@ -2056,10 +2112,10 @@ impl<'a> Sim<'a> {
         // FAULTS: the end-of-run invariants and the reference model. A run that ended on
         // its own (every job settled) must have left nothing running; one cut short by
         // `until` or the cap is checked only where its faults had stopped.
-        let model_checked = self.check_model(&state, lives)?;
+        let model_checked = self.check_model(&state, lives, &facts)?;
         let faults_over = self.faults.until().is_none_or(|u| ended_at >= u);
         if ended == Ended::AllTerminal && faults_over {
-            self.checker
+            checker
                 .at_end(&state, &self.world())
                 .map_err(|what| self.broken(what))?;
         }
@@ -2086,7 +2142,7 @@ impl<'a> Sim<'a> {
             state,
             notes: self.notes,
             faults: self.faults.counts.clone(),
-            known_hits: self.checker.known_hits.clone(),
+            known_hits: checker.known_hits,
             model_checked,
         })
     }

@@ -1,6 +1,7 @@
 //! The simulator behind `fedrun sim`: scenario files, simulated sites, and the
 //! deterministic driver that runs the real engine on a virtual clock.
 
+mod check_thread;
 pub mod driver;
 pub mod faults;
 pub mod invariants;
