@@ -248,6 +248,30 @@ impl<'de> Deserialize<'de> for DurationText {
     }
 }
 
+/// A TOML parse error's message (no line, no source excerpt), naming the key of a
+/// duplicate key: toml's parser says only "duplicate key" and marks the key in `text`.
+pub fn toml_message(text: &str, err: &toml::de::Error) -> String {
+    named_duplicate(err.message(), text, err)
+}
+
+/// A TOML parse error in full (line, column, the line with the spot marked, the message),
+/// naming the key of a duplicate key as [`toml_message`] does.
+pub fn toml_report(text: &str, err: &toml::de::Error) -> String {
+    named_duplicate(err.to_string().trim(), text, err)
+}
+
+fn named_duplicate(message: &str, text: &str, err: &toml::de::Error) -> String {
+    let key = err
+        .span()
+        .filter(|_| message.ends_with("duplicate key"))
+        .and_then(|span| text.get(span))
+        .filter(|key| !key.is_empty());
+    match key {
+        Some(key) => format!("{message} `{key}`"),
+        None => message.to_string(),
+    }
+}
+
 /// Serde glue: a `Duration` as text like `10s` (see [`parse_duration`]).
 pub mod duration_text {
     use std::time::Duration;
@@ -340,5 +364,29 @@ mod tests {
         assert_eq!(settings.require_signed_jobs, None);
         let err = toml::from_str::<Settings>("max_job = 2\n").expect_err("typo is refused");
         assert!(err.to_string().contains("max_job"), "{err}");
+    }
+
+    #[test]
+    fn a_duplicate_key_is_named() {
+        for (text, key) in [
+            ("max_jobs = 1\nmax_jobs = 2\n", "`max_jobs`"),
+            ("[server]\n[server]\n", "`server`"),
+            ("s = { a = 1, a = 2 }\n", "`a`"),
+            ("[[site]]\nname = 'a'\n\"name\" = 'b'\n", "`\"name\"`"),
+        ] {
+            let err = text
+                .parse::<toml::Table>()
+                .expect_err("a duplicate key is refused");
+            assert_eq!(toml_message(text, &err), format!("duplicate key {key}"));
+            let report = toml_report(text, &err);
+            assert!(report.starts_with("TOML parse error at line "), "{report}");
+            assert!(
+                report.ends_with(&format!("\nduplicate key {key}")),
+                "{report}"
+            );
+        }
+        let text = "max_job = 2\n";
+        let err = toml::from_str::<Settings>(text).expect_err("typo is refused");
+        assert_eq!(toml_message(text, &err), err.message());
     }
 }

@@ -107,7 +107,7 @@ impl RunFile {
         }
         let text = std::str::from_utf8(bytes).map_err(|_| RunFileError::NotUtf8)?;
         let run: RunFile = toml::from_str(text).map_err(|err| RunFileError::Syntax {
-            message: err.message().to_owned(),
+            message: crate::settings::toml_message(text, &err),
         })?;
         run.check()?;
         Ok(run)

@@ -152,7 +152,7 @@ impl Kit {
         let text = String::from_utf8(bytes).map_err(|_| invalid("not UTF-8 text".into()))?;
         let table: toml::Table = text
             .parse()
-            .map_err(|e: toml::de::Error| invalid(e.to_string()))?;
+            .map_err(|e: toml::de::Error| invalid(crate::settings::toml_report(&text, &e)))?;
         let text_of = |table: &toml::Table, key: &str| -> Result<String, KitError> {
             match table.get(key) {
                 Some(toml::Value::String(s)) if !s.is_empty() => Ok(s.clone()),

@@ -678,8 +678,10 @@ pub fn read_table(path: &std::path::Path) -> Result<toml::Table, String> {
     .map_err(|e| e.to_string())?;
     let text =
         String::from_utf8(bytes).map_err(|_| format!("{}: not UTF-8 text", path.display()))?;
-    text.parse()
-        .map_err(|e: toml::de::Error| format!("{}: {}", path.display(), e.message()))
+    text.parse().map_err(|e: toml::de::Error| {
+        let message = crate::settings::toml_message(&text, &e);
+        format!("{}: {message}", path.display())
+    })
 }
 
 /// An environment value as TOML: a number or boolean when it reads as one, else text.

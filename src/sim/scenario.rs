@@ -453,7 +453,7 @@ pub fn load(path: &Path) -> Result<Checked, ScenarioError> {
 /// Parses and checks scenario text.
 pub fn parse(text: &str) -> Result<Checked, ScenarioError> {
     let scenario: Scenario = toml::from_str(text)
-        .map_err(|e| ScenarioError::Syntax(e.to_string().trim().to_string()))?;
+        .map_err(|e| ScenarioError::Syntax(crate::settings::toml_report(text, &e)))?;
     check(scenario)
 }
 
