@@ -1,5 +1,5 @@
-//! The invariant checker, on a thread of its own one step behind the driver, or beside it
-//! on its thread for short runs.
+//! The invariant checker, on a thread of its own a few steps behind the driver, or beside
+//! it on its thread for short runs.
 //!
 //! After each step the driver hands the checker, in order, everything the checks need: the
 //! records the step made durable, what the world did meanwhile (stops that reached sites,
@@ -120,11 +120,11 @@ const STEPS_PER_HANDOVER: usize = 8;
 /// copy.
 const HANDOVERS_AHEAD: usize = 4;
 
-/// The driver's side of the checker: on a thread of its own ([`CheckThread::behind`]),
-/// or on the driver's thread for short runs ([`CheckThread::beside`]), where a thread's
+/// The driver's side of the checker: on a thread of its own ([`Checks::behind`]),
+/// or on the driver's thread for short runs ([`Checks::beside`]), where a thread's
 /// handovers would cost more than they save. Both take the same messages in the same
 /// order through [`Checking::handle`]; only the transport differs.
-pub struct CheckThread {
+pub struct Checks {
     /// The messages of the steps since the last handover.
     pending: Vec<Msg>,
     /// How many steps they cover.
@@ -141,9 +141,9 @@ enum To {
     Here(Option<Box<Checking>>),
 }
 
-impl CheckThread {
+impl Checks {
     /// The checker on a thread of its own, behind the driver.
-    pub fn behind(checker: Checker) -> CheckThread {
+    pub fn behind(checker: Checker) -> Checks {
         let (steps, received) = mpsc::sync_channel::<Vec<Msg>>(HANDOVERS_AHEAD);
         let (tell, found) = mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -159,7 +159,7 @@ impl CheckThread {
                 checking
             })
             .expect("a thread for the simulator's checker");
-        CheckThread {
+        Checks {
             pending: Vec::new(),
             pending_steps: 0,
             to: To::Thread {
@@ -171,8 +171,8 @@ impl CheckThread {
     }
 
     /// The checker on the driver's thread, each step checked as it is handed over.
-    pub fn beside(checker: Checker) -> CheckThread {
-        CheckThread {
+    pub fn beside(checker: Checker) -> Checks {
+        Checks {
             pending: Vec::new(),
             pending_steps: 0,
             to: To::Here(Some(Box::new(Checking::new(checker)))),
@@ -336,7 +336,7 @@ impl CheckThread {
     }
 }
 
-impl Drop for CheckThread {
+impl Drop for Checks {
     fn drop(&mut self) {
         // A run that ended early (an error of its own) lets the checker finish and go.
         if let To::Thread { steps, thread, .. } = &mut self.to {
@@ -567,8 +567,8 @@ mod tests {
             // The same steps behind the driver (which goes on until it hears of it) and
             // beside it.
             for mut thread in [
-                CheckThread::behind(Checker::new()),
-                CheckThread::beside(Checker::new()),
+                Checks::behind(Checker::new()),
+                Checks::beside(Checker::new()),
             ] {
                 let mut heard = None;
                 for (step, live) in lives(60, first_bad) {
@@ -596,8 +596,8 @@ mod tests {
     fn a_run_without_violations_hands_the_checker_back() {
         // A stop of a job the replayed state does not hold is no violation.
         for mut thread in [
-            CheckThread::behind(Checker::new()),
-            CheckThread::beside(Checker::new()),
+            Checks::behind(Checker::new()),
+            Checks::beside(Checker::new()),
         ] {
             for step in 1..=20 {
                 thread.stop_arrives("site-1".into(), JobId(uuid::Uuid::nil()), false);

@@ -26,7 +26,7 @@ use crate::lifecycle::{
     AdminRequest, Answer, BlobHash, Event, EventKind, Identity, Origin, Role, State, Timestamp,
 };
 use crate::settings::Settings;
-use crate::sim::check_thread::{Behind, CheckThread, Fed, Found, Mark};
+use crate::sim::check_thread::{Behind, Checks, Fed, Found, Mark};
 use crate::sim::faults::{CrashPoint, Delivery, Direction, Faults, Lie, TickFault};
 use crate::sim::invariants::{Checker, KnownBug, Limits, SiteNow, World};
 use crate::sim::model::Fact;
@@ -396,8 +396,9 @@ struct Sim<'a> {
     scenario_items_pending: usize,
     // FAULTS: the fault decisions, the invariant checker and the physical facts they use.
     faults: Faults,
-    /// The invariant checker, on a thread of its own one step behind.
-    checks: CheckThread,
+    /// The invariant checks: behind the driver on a thread of their own (long runs), or
+    /// beside it.
+    checks: Checks,
     /// A violation the checker reported while the driver waited for it before a crash,
     /// with the trail of records that existed then: the run ends with it.
     stopped: Option<SimError>,
@@ -551,9 +552,9 @@ pub fn run_full<'a>(
                 .checks_behind
                 .unwrap_or(jobs >= CHECKS_BEHIND_FROM_JOBS)
             {
-                CheckThread::behind(checker)
+                Checks::behind(checker)
             } else {
-                CheckThread::beside(checker)
+                Checks::beside(checker)
             }
         },
         stopped: None,
