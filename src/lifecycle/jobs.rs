@@ -118,6 +118,22 @@ impl Jobs {
         }
     }
 
+    /// Holds `copy` as the job of its id, which the caller found equal to the job held:
+    /// the two holders then share one copy (a change to either copies it first), and the
+    /// map's value is the same. Nothing changes when no job has that id.
+    pub fn share(&mut self, copy: &Arc<Job>) {
+        if self
+            .get(&copy.id)
+            .is_none_or(|held| Arc::ptr_eq(held, copy))
+        {
+            return;
+        }
+        if let Some(held) = self.get_mut(&copy.id) {
+            debug_assert!(**held == **copy, "only an equal job is shared");
+            *held = Arc::clone(copy);
+        }
+    }
+
     /// How many jobs there are.
     pub fn len(&self) -> usize {
         self.live.len() + self.settled.len()

@@ -23,7 +23,8 @@ use crate::engine::owner::{Engine, EngineLimits, Ids, StartError, StepError};
 use crate::history::{History, Storage};
 use crate::job::JobId;
 use crate::lifecycle::{
-    AdminRequest, Answer, BlobHash, Event, EventKind, Identity, Origin, Role, State, Timestamp,
+    AdminRequest, Answer, BlobHash, Event, EventKind, Identity, Job, Jobs, Origin, Role, State,
+    Timestamp,
 };
 use crate::settings::Settings;
 use crate::sim::check_thread::{Behind, Checks, Fed, Found, Mark};
@@ -1786,9 +1787,7 @@ impl<'a> Sim<'a> {
             Lie::RepeatedId => {
                 let done: Vec<(JobId, String, ExitOutcome)> = self.sites[s]
                     .reports_made()
-                    .iter()
                     .filter(|(_, id, _)| !self.sites[s].is_unacked(id))
-                    .cloned()
                     .collect();
                 if done.is_empty() {
                     return;
@@ -2096,12 +2095,21 @@ impl<'a> Sim<'a> {
         });
         let mut lives = Lives::default();
         let mut state = State::new();
-        for record in records {
+        // Every so many records, the jobs changed since are compared with the live
+        // state's, and each found equal is shared with it (`Jobs::share`): a job whose
+        // last event has been folded is held once, not twice, while the rest of the
+        // history is folded (the live state is kept for the comparison below).
+        const SHARE_EVERY: usize = 4096;
+        let mut shared = state.jobs.clone();
+        for (n, record) in records.enumerate() {
             let event = record?.event;
             lives.see(&event, &self.unacked_survivors);
             state
                 .apply_owned(event)
                 .map_err(|e| SimError::Replay(e.to_string()))?;
+            if let Some(live) = live.as_ref().filter(|_| n % SHARE_EVERY == SHARE_EVERY - 1) {
+                share_equal_jobs(&mut state.jobs, &mut shared, &live.jobs);
+            }
         }
         if let Some(live) = live {
             if live != state {
@@ -2147,6 +2155,24 @@ impl<'a> Sim<'a> {
             model_checked,
         })
     }
+}
+
+/// Shares with `theirs` each job of `ours` changed since `since` (the map as this last
+/// left it) that equals theirs.
+fn share_equal_jobs(ours: &mut Jobs, since: &mut Jobs, theirs: &Jobs) {
+    let changed: Vec<Arc<Job>> = since
+        .diff(ours)
+        .filter_map(|item| match item {
+            imbl::ordmap::DiffItem::Add(_, job)
+            | imbl::ordmap::DiffItem::Update { new: (_, job), .. } => Some(job),
+            imbl::ordmap::DiffItem::Remove(..) => None,
+        })
+        .filter_map(|job| theirs.get(&job.id).filter(|their| *their == job).cloned())
+        .collect();
+    for job in &changed {
+        ours.share(job);
+    }
+    *since = ours.clone();
 }
 
 /// The exit report of a server app, as the server's local participant sends it.
@@ -2207,6 +2233,47 @@ fn site_request(request: Request) -> (SiteRequest, Option<JobId>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Of the jobs changed since the last pass, those equal to the other side's are
+    /// shared with it, the rest kept; the map's value does not change.
+    #[test]
+    fn the_end_replay_shares_the_jobs_equal_to_the_live_ones() {
+        let checked =
+            crate::sim::scenario::parse(include_str!("../../tests/scenarios/max_jobs.toml"))
+                .expect("scenario");
+        let theirs = run(&checked, 0).expect("run").state.jobs;
+        let mut ids = theirs.keys().copied();
+        let (a, b) = (ids.next().expect("a job"), ids.next().expect("two jobs"));
+        // Each job copied apart; `b` differs from theirs.
+        let mut ours: Jobs = theirs
+            .iter()
+            .map(|(id, job)| (*id, Arc::new((**job).clone())))
+            .collect();
+        Arc::make_mut(ours.get_mut(&b).expect("b")).schedule_count += 1;
+        let before = ours.clone();
+        let mut since = Jobs::new();
+        share_equal_jobs(&mut ours, &mut since, &theirs);
+        assert!(ours == before, "the value is the same");
+        assert!(
+            Arc::ptr_eq(&ours[&a], &theirs[&a]),
+            "an equal job is shared"
+        );
+        assert!(
+            !Arc::ptr_eq(&ours[&b], &theirs[&b]),
+            "a different one is not"
+        );
+        assert_eq!(ours[&b].schedule_count, theirs[&b].schedule_count + 1);
+        // The next pass looks only at jobs changed since: `b`, unchanged, stays apart
+        // even where the other side now holds an equal copy.
+        let mut now_equal = theirs.clone();
+        now_equal.insert(b, Arc::new((*ours[&b]).clone()));
+        share_equal_jobs(&mut ours, &mut since, &now_equal);
+        assert!(!Arc::ptr_eq(&ours[&b], &now_equal[&b]));
+        // Changed since (back to the first side's value), it is looked at.
+        Arc::make_mut(ours.get_mut(&b).expect("b")).schedule_count -= 1;
+        share_equal_jobs(&mut ours, &mut since, &theirs);
+        assert!(Arc::ptr_eq(&ours[&b], &theirs[&b]));
+    }
 
     #[test]
     fn items_made_ahead_come_in_order_and_end_after_the_first_error() {

@@ -139,12 +139,26 @@ struct Compared {
     replayed_queue: OrdSet<QueueKey>,
 }
 
+/// The jobs a comparison of the live and the replayed state found equal.
+#[derive(Debug, Default)]
+enum FoundEqual {
+    #[default]
+    None,
+    /// Every job (a full comparison).
+    All,
+    /// The jobs either side changed since the comparison before (others were equal then
+    /// and are unchanged).
+    These(Vec<JobId>),
+}
+
 /// The checker: what it has seen so far.
 #[derive(Debug, Default)]
 pub struct Checker {
     replayed: State,
     /// The states at the last comparison that found them equal (`None`: compare in full).
     compared: Option<Compared>,
+    /// The jobs the last comparison found equal, for [`Checker::remember`] to share.
+    found_equal: FoundEqual,
     /// The replayed jobs when the world was last checked against all of them (`None`:
     /// check every job).
     world_checked: Option<Jobs>,
@@ -435,8 +449,24 @@ impl Checker {
         self.check_world(live, world, limits, archives, ran)
     }
 
-    /// Keeps cheap copies of the jobs and queues just found equal.
+    /// Keeps cheap copies of the jobs and queues just found equal. The replayed state
+    /// first takes the live state's copy of each job found equal: the two hold one copy
+    /// of a job until either changes it (a change copies a shared job first, so neither
+    /// side sees the other's), which halves the memory the checker's state takes, and the
+    /// next comparison of a job neither side changed stops at the shared pointer. The
+    /// replayed state's value is the same either way.
     fn remember(&mut self, live: &State) {
+        let replayed = &mut self.replayed.jobs;
+        let mut share = |id: &JobId| {
+            if let Some(theirs) = live.jobs.get(id) {
+                replayed.share(theirs);
+            }
+        };
+        match std::mem::take(&mut self.found_equal) {
+            FoundEqual::None => {}
+            FoundEqual::All => live.jobs.keys().for_each(&mut share),
+            FoundEqual::These(ids) => ids.iter().for_each(share),
+        }
         self.compared = Some(Compared {
             live_jobs: live.jobs.clone(),
             live_queue: live.queue.clone(),
@@ -450,10 +480,15 @@ impl Checker {
     fn live_equals_replayed(&mut self, live: &State) -> bool {
         let replayed = &self.replayed;
         let keys = std::mem::take(&mut self.request_keys);
+        self.found_equal = FoundEqual::None;
         let Some(was) = self.compared.take() else {
             self.requests_debt = 0;
             self.index_debt = 0;
-            return live == replayed;
+            let equal = live == replayed;
+            if equal {
+                self.found_equal = FoundEqual::All;
+            }
+            return equal;
         };
         // Everything but the jobs, the queue, the kept keys and the live index, compared
         // in full.
@@ -475,13 +510,16 @@ impl Checker {
             imbl::ordmap::DiffItem::Add(k, _) | imbl::ordmap::DiffItem::Remove(k, _) => *k,
             imbl::ordmap::DiffItem::Update { new: (k, _), .. } => *k,
         };
-        let jobs_differ = was
+        let changed: Vec<JobId> = was
             .live_jobs
             .diff(&live.jobs)
             .chain(was.replayed_jobs.diff(&replayed.jobs))
             .map(job_key)
-            .any(|id| live.jobs.get(&id) != replayed.jobs.get(&id));
-        if jobs_differ {
+            .collect();
+        if changed
+            .iter()
+            .any(|id| live.jobs.get(id) != replayed.jobs.get(id))
+        {
             return false;
         }
         // The queue entries either side added or removed.
@@ -536,6 +574,7 @@ impl Checker {
                 return false;
             }
         }
+        self.found_equal = FoundEqual::These(changed);
         true
     }
 
@@ -823,6 +862,48 @@ mod tests {
         later.last_seq += 1;
         let mut checker = compared_on(&state);
         assert!(!checker.live_equals_replayed(&later));
+    }
+
+    /// A job found equal is held once by both states afterwards, and a later change on
+    /// either side is still found (the change copies the shared job first).
+    #[test]
+    fn a_job_found_equal_is_shared_and_a_later_change_still_shows() {
+        let state = busy_state();
+        let id = *state.jobs.keys().nth(1).expect("a job");
+        let same = |a: &State, b: &State| Arc::ptr_eq(&a.jobs[&id], &b.jobs[&id]);
+        // Built apart: equal values, two copies.
+        let mut checker = Checker::new();
+        checker.replayed = state.clone();
+        let job = (*state.jobs[&id]).clone();
+        checker.replayed.jobs.insert(id, Arc::new(job));
+        assert!(!same(&checker.replayed, &state));
+        assert!(checker.live_equals_replayed(&state), "the full comparison");
+        checker.remember(&state);
+        assert!(
+            same(&checker.replayed, &state),
+            "shared after the full comparison"
+        );
+
+        // The same change made on both sides apart: shared again after the step's
+        // comparison.
+        let mut live = state.clone();
+        Arc::make_mut(live.jobs.get_mut(&id).expect("job")).schedule_count += 1;
+        Arc::make_mut(checker.replayed.jobs.get_mut(&id).expect("job")).schedule_count += 1;
+        assert!(!same(&checker.replayed, &live));
+        assert!(checker.live_equals_replayed(&live));
+        checker.remember(&live);
+        assert!(
+            same(&checker.replayed, &live),
+            "shared after the step's comparison"
+        );
+
+        // A change on the replayed side alone leaves the live job as it was, and shows.
+        Arc::make_mut(checker.replayed.jobs.get_mut(&id).expect("job")).schedule_count += 1;
+        assert_eq!(
+            live.jobs[&id].schedule_count,
+            state.jobs[&id].schedule_count + 1
+        );
+        assert!(!checker.live_equals_replayed(&live));
     }
 
     #[test]

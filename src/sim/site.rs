@@ -64,8 +64,10 @@ pub struct SimSite {
     /// Every job whose app this site ever started, for the invariant that no report is
     /// accepted for a job a site never ran.
     ever_ran: BTreeSet<JobId>,
-    /// Every exit report this site made (job, id, outcome), for lies that repeat an id.
-    made: Vec<(JobId, String, ExitOutcome)>,
+    /// Every exit report this site made (job, number, outcome), for lies that repeat an
+    /// id: a day of 10,000 jobs makes a hundred thousand, so the id is kept as its number
+    /// ([`SimSite::report_id_of`]).
+    made: Vec<(JobId, u64, ExitOutcome)>,
     next_report: u64,
     next_generation: u64,
 }
@@ -150,8 +152,15 @@ impl SimSite {
     }
 
     /// The exit reports this site made, oldest first: (job, report id, outcome).
-    pub fn reports_made(&self) -> &[(JobId, String, ExitOutcome)] {
-        &self.made
+    pub fn reports_made(&self) -> impl Iterator<Item = (JobId, String, ExitOutcome)> + '_ {
+        self.made
+            .iter()
+            .map(|&(job_id, n, outcome)| (job_id, self.report_id_of(n), outcome))
+    }
+
+    /// The id of this site's `n`th exit report.
+    fn report_id_of(&self, n: u64) -> String {
+        format!("{}/{n}", self.spec.name)
     }
 
     /// Answers one request at virtual time `now`; `behaviour` is this site's behaviour for
@@ -281,13 +290,11 @@ impl SimSite {
         self.next_report += 1;
         let report = SiteReport::AppExited {
             job_id,
-            report_id: format!("{}/{}", self.spec.name, self.next_report),
+            report_id: self.report_id_of(self.next_report),
             outcome,
             stop_requested,
         };
-        if let Some(id) = report_id(&report) {
-            self.made.push((job_id, id.to_string(), outcome));
-        }
+        self.made.push((job_id, self.next_report, outcome));
         self.unacked.push(report.clone());
         report
     }
