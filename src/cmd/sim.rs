@@ -32,6 +32,7 @@ pub struct Args {
 
 /// Runs the command; the returned code is the process exit code.
 pub fn run(args: Args) -> anyhow::Result<i32> {
+    fedrun::return_freed_pages_soon();
     let path = args.scenario.display();
     let bytes = read_bounded(&args.scenario, SCENARIO_FILE_MAX_BYTES, "scenario file")?;
     let text = String::from_utf8(bytes)
