@@ -183,6 +183,15 @@ impl Jobs {
             .diff(&other.live)
             .chain(self.settled.diff(&other.settled))
     }
+
+    /// The jobs `other` added or changed since `self` (a job that only moved between the
+    /// maps shows too), at the cost of the change.
+    pub fn changed_in<'a>(&'a self, other: &'a Jobs) -> impl Iterator<Item = &'a Arc<Job>> + 'a {
+        self.diff(other).filter_map(|item| match item {
+            DiffItem::Add(_, job) | DiffItem::Update { new: (_, job), .. } => Some(job),
+            DiffItem::Remove(..) => None,
+        })
+    }
 }
 
 /// The same jobs, wherever each is placed (both sides built by the fold place alike, and

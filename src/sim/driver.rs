@@ -2100,7 +2100,7 @@ impl<'a> Sim<'a> {
         // last event has been folded is held once, not twice, while the rest of the
         // history is folded (the live state is kept for the comparison below).
         const SHARE_EVERY: usize = 4096;
-        let mut shared = state.jobs.clone();
+        let mut since = state.jobs.clone();
         for (n, record) in records.enumerate() {
             let event = record?.event;
             lives.see(&event, &self.unacked_survivors);
@@ -2108,7 +2108,7 @@ impl<'a> Sim<'a> {
                 .apply_owned(event)
                 .map_err(|e| SimError::Replay(e.to_string()))?;
             if let Some(live) = live.as_ref().filter(|_| n % SHARE_EVERY == SHARE_EVERY - 1) {
-                share_equal_jobs(&mut state.jobs, &mut shared, &live.jobs);
+                share_equal_jobs(&mut state.jobs, &mut since, &live.jobs);
             }
         }
         if let Some(live) = live {
@@ -2161,12 +2161,7 @@ impl<'a> Sim<'a> {
 /// left it) that equals theirs.
 fn share_equal_jobs(ours: &mut Jobs, since: &mut Jobs, theirs: &Jobs) {
     let changed: Vec<Arc<Job>> = since
-        .diff(ours)
-        .filter_map(|item| match item {
-            imbl::ordmap::DiffItem::Add(_, job)
-            | imbl::ordmap::DiffItem::Update { new: (_, job), .. } => Some(job),
-            imbl::ordmap::DiffItem::Remove(..) => None,
-        })
+        .changed_in(ours)
         .filter_map(|job| theirs.get(&job.id).filter(|their| *their == job).cloned())
         .collect();
     for job in &changed {

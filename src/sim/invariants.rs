@@ -666,14 +666,7 @@ impl Checker {
         // them after a start): the blob store and the sites' record of what they ran only
         // grow, so a job that passed and did not change still passes.
         let changed: Vec<Arc<Job>> = match &self.world_checked {
-            Some(before) => before
-                .diff(&self.replayed.jobs)
-                .filter_map(|item| match item {
-                    imbl::ordmap::DiffItem::Add(_, job)
-                    | imbl::ordmap::DiffItem::Update { new: (_, job), .. } => Some(job.clone()),
-                    imbl::ordmap::DiffItem::Remove(..) => None,
-                })
-                .collect(),
+            Some(before) => before.changed_in(&self.replayed.jobs).cloned().collect(),
             None => self.replayed.jobs.values().cloned().collect(),
         };
         for job in changed {
