@@ -36,8 +36,6 @@ struct RecordLog {
     /// The packed chunk read last, unpacked, by its index: reads go forward, so each
     /// packed chunk is unpacked once per pass.
     unpacked: Option<(usize, Vec<u8>)>,
-    /// The chunks being packed, by index.
-    packing: Vec<usize>,
 }
 
 /// A chunk of the record log.
@@ -65,7 +63,6 @@ impl Default for RecordLog {
             ends: Vec::new(),
             head: Head::EMPTY,
             unpacked: None,
-            packing: Vec::new(),
         }
     }
 }
@@ -108,14 +105,12 @@ impl RecordLog {
         Some(&bytes[range])
     }
 
-    /// Hands the full last chunk to a thread that packs it, and takes the packed bytes
-    /// of the chunks whose packing is done.
-    fn seal_last(&mut self) {
-        let chunks = &mut self.chunks;
-        self.packing.retain(|&at| {
-            let chunk = &mut chunks[at];
-            if !matches!(chunk, Chunk::Packing(_, thread) if thread.is_finished()) {
-                return true;
+    /// Takes the packed bytes of the chunks whose packing is done (all of them, waiting
+    /// for each, with `wait`).
+    fn collect_packed(&mut self, wait: bool) {
+        for chunk in &mut self.chunks {
+            if !matches!(chunk, Chunk::Packing(_, thread) if wait || thread.is_finished()) {
+                continue;
             }
             if let Chunk::Packing(_, thread) = std::mem::replace(chunk, Chunk::Open(Vec::new())) {
                 *chunk = Chunk::Packed(
@@ -124,8 +119,13 @@ impl RecordLog {
                         .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
                 );
             }
-            false
-        });
+        }
+    }
+
+    /// Hands the full last chunk to a thread that packs it, and takes the packed bytes
+    /// of the chunks whose packing is done.
+    fn seal_last(&mut self) {
+        self.collect_packed(false);
         let Some(last) = self.chunks.last_mut() else {
             return;
         };
@@ -137,19 +137,6 @@ impl RecordLog {
                 .spawn(move || lz4_flex::compress_prepend_size(&packer).into_boxed_slice())
                 .expect("the simulator starts a thread to pack a chunk of its disk");
             *last = Chunk::Packing(bytes, thread);
-            self.packing.push(self.chunks.len() - 1);
-        }
-    }
-
-    /// Waits for every chunk being packed and takes its packed bytes.
-    #[cfg(test)]
-    fn settle(&mut self) {
-        for at in std::mem::take(&mut self.packing) {
-            if let Chunk::Packing(_, thread) =
-                std::mem::replace(&mut self.chunks[at], Chunk::Open(Vec::new()))
-            {
-                self.chunks[at] = Chunk::Packed(thread.join().expect("packing ends"));
-            }
         }
     }
 
@@ -196,7 +183,6 @@ impl RecordLog {
         self.ends.truncate(keep);
         self.chunks.truncate(chunk + 1);
         self.firsts.truncate(chunk + 1);
-        self.packing.retain(|&at| at < chunk);
         let unpacked = self.unpacked.take();
         // Records are added to the last chunk only: this one opens again (a thread still
         // packing it is left to finish, and what it packed is dropped).
@@ -564,7 +550,7 @@ mod tests {
             if next() % 2 == 0 {
                 // Every full chunk packed: reads and the power loss below unpack them.
                 let mut disk = s.lock();
-                disk.records.settle();
+                disk.records.collect_packed(true);
                 let chunks = &disk.records.chunks;
                 let full = &chunks[..chunks.len().saturating_sub(1)];
                 assert!(
