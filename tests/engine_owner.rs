@@ -251,9 +251,10 @@ fn snapshots_are_taken_and_start_up_uses_them() {
 }
 
 #[test]
-fn a_snapshot_off_thread_is_installed_at_the_next_step_and_lost_with_the_engine() {
-    // A small state is encoded on the engine's thread, a large one (1,000 jobs) on a
-    // thread of its own: either is installed at the next step and lost with the engine.
+fn a_snapshot_off_thread_is_installed_at_a_point_the_history_sets_and_lost_with_the_engine() {
+    // A small state is encoded on the engine's thread and installed at the next step; a
+    // large one (1,000 jobs) on a thread of its own, installed once the history has grown
+    // by half as many events as it holds jobs. Either is lost with the engine.
     for jobs in [3, 1_000] {
         snapshot_off_thread_of(jobs);
     }
@@ -276,7 +277,23 @@ fn snapshot_off_thread_of(jobs: u64) {
         None,
         "still in flight when the step that called for it returns"
     );
-    // A step with no inputs installs it, before anything else.
+    let mut next = jobs + 1;
+    if jobs >= 1_000 {
+        // On its own thread: steps go on without waiting for it until the history
+        // reaches the install point, however quick the thread was.
+        let due = taken_at + state_then.jobs.len() as u64 / 2;
+        while engine.state().last_seq < due {
+            engine.step(vec![submit(next)], SIM_EPOCH).expect("step");
+            next += 1;
+            assert_eq!(
+                stored_snapshot_seq(&rig),
+                None,
+                "in flight until a step starts with the history at {due}"
+            );
+        }
+    }
+    let tail = engine.state().last_seq - taken_at;
+    // The next step installs it, before anything else.
     engine.step(Vec::new(), SIM_EPOCH).expect("step");
     assert_eq!(stored_snapshot_seq(&rig), Some(taken_at), "installed");
     let history = History::<Event>::in_memory(rig.memory.clone()).expect("reopens");
@@ -284,20 +301,28 @@ fn snapshot_off_thread_of(jobs: u64) {
         .recover(fedrun::lifecycle::State::new())
         .expect("recovers");
     assert_eq!(
-        at_snapshot.replayed, 0,
-        "nothing was appended after the snapshot's record"
+        at_snapshot.replayed, tail,
+        "start-up replays only the events appended after the snapshot's record"
     );
     assert_eq!(
-        at_snapshot.state, state_then,
-        "the snapshot holds the state after the record it covers"
+        &at_snapshot.state,
+        engine.state(),
+        "the snapshot plus the tail equals the live state"
     );
+    if tail == 0 {
+        assert_eq!(
+            at_snapshot.state, state_then,
+            "the snapshot holds the state after the record it covers"
+        );
+    }
     // As many events more call for the next one; the engine is dropped (a crash) before
     // a step installs it: the history keeps the first.
+    let installed_at = engine.state().last_seq;
     engine
-        .step((jobs + 1..=2 * jobs).map(submit).collect(), SIM_EPOCH)
+        .step((next..next + jobs).map(submit).collect(), SIM_EPOCH)
         .expect("step");
     assert!(
-        engine.state().last_seq >= taken_at + jobs,
+        engine.state().last_seq >= installed_at + jobs,
         "as many events more"
     );
     let live = engine.state().clone();

@@ -7,7 +7,7 @@
 //! tests drive it; the tokio server drives the node itself, with the history on its own
 //! thread. The engine does no IO but the history and reads no clock (`now` comes in).
 //! One exception to "the calling thread": after [`Engine::snapshot_off_thread`] a large
-//! state's snapshot is encoded on a thread of its own and installed at the next step.
+//! state's snapshot is encoded on a thread of its own and installed at a later step.
 
 use std::collections::BTreeSet;
 
@@ -124,14 +124,15 @@ type SnapshotThread = std::thread::JoinHandle<(
 )>;
 
 /// A state of fewer jobs than this is encoded on the engine's thread even when snapshots
-/// go off it (and installed at the next step all the same): a thread would cost more than
-/// the encoding (the fault campaign runs thousands of short runs).
+/// go off it (and installed at the next step): a thread would cost more than the encoding
+/// (the fault campaign runs thousands of short runs).
 const SNAPSHOT_THREAD_FROM_JOBS: usize = 1_000;
 
 /// A snapshot waiting to be installed.
 enum Pending {
-    /// Being encoded on its own thread.
-    Thread(SnapshotThread),
+    /// Being encoded on its own thread; installed at the first step that starts with the
+    /// history at `due` or beyond.
+    Thread { thread: SnapshotThread, due: u64 },
     /// Encoded already (a small state).
     Written(Result<history::snapshot::WrittenSnapshot, history::SnapshotError>),
 }
@@ -143,7 +144,7 @@ struct InFlight(Option<Pending>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if let Some(Pending::Thread(thread)) = self.0.take() {
+        if let Some(Pending::Thread { thread, .. }) = self.0.take() {
             let _ = thread.join();
         }
     }
@@ -160,7 +161,7 @@ pub struct Engine {
     started_from: Option<u64>,
     /// Whether snapshots are encoded on a thread of their own ([`Engine::snapshot_off_thread`]).
     off_thread: bool,
-    /// The snapshot being encoded off this thread, installed at the next step.
+    /// The snapshot being encoded off this thread, installed at a later step.
     in_flight: InFlight,
 }
 
@@ -215,13 +216,31 @@ impl Engine {
     }
 
     /// From now on, encodes each snapshot on a thread of its own while the caller goes
-    /// on, as the server does (a state of fewer than 1,000 jobs on this thread), and
-    /// installs it at the start of the next [`Engine::step`] (or at
-    /// [`Engine::shut_down`]). An engine dropped with a snapshot in flight drops it,
-    /// as a crash would: the history then holds the snapshot before it. Without this call
-    /// a snapshot is taken and installed before the step that called for it returns.
+    /// on, as the server does, and installs it at the start of the first [`Engine::step`]
+    /// after the history has grown by half as many events as the snapshot holds jobs (or
+    /// when the next snapshot is called for, or at [`Engine::shut_down`]): the encoding,
+    /// whose cost follows the jobs, has that much of the engine's work to hide behind
+    /// instead of being waited for at the next step. The install point depends on the
+    /// history alone, never on the thread's speed, so a simulation stays reproducible. A
+    /// state of fewer than 1,000 jobs is encoded on this thread and installed at the next
+    /// step. An engine dropped with a snapshot in flight drops it, as a crash would: the
+    /// history then holds the snapshot before it. Without this call a snapshot is taken
+    /// and installed before the step that called for it returns.
     pub fn snapshot_off_thread(&mut self) {
         self.off_thread = true;
+    }
+
+    /// Installs the snapshot in flight if its install point is reached (see
+    /// [`Engine::snapshot_off_thread`]).
+    fn settle_snapshot_if_due(&mut self) {
+        let reached = match &self.in_flight.0 {
+            None => return,
+            Some(Pending::Written(_)) => true,
+            Some(Pending::Thread { due, .. }) => self.node.state().last_seq >= *due,
+        };
+        if reached {
+            self.settle_snapshot();
+        }
     }
 
     /// Waits for the snapshot in flight, if any, and installs it. A failed snapshot loses
@@ -230,7 +249,7 @@ impl Engine {
         let written = match self.in_flight.0.take() {
             None => return,
             Some(Pending::Written(written)) => written,
-            Some(Pending::Thread(thread)) => {
+            Some(Pending::Thread { thread, .. }) => {
                 let (encoder, written) = match thread.join() {
                     Ok(done) => done,
                     Err(panic) => std::panic::resume_unwind(panic),
@@ -283,7 +302,7 @@ impl Engine {
     /// Feeds every input, appends each batch the node hands out with one flush, and
     /// returns the outputs released once the batch is durable.
     pub fn step(&mut self, inputs: Vec<Input>, now: Timestamp) -> Result<Vec<Output>, StepError> {
-        self.settle_snapshot();
+        self.settle_snapshot_if_due();
         if let Some(cause) = self.node.stopped() {
             return Err(StepError::Stopped {
                 cause: cause.to_string(),
@@ -331,12 +350,13 @@ impl Engine {
                             self.in_flight.0 = Some(Pending::Written(written));
                         }
                         Ok(ticket) => {
+                            let due = state.last_seq + state.jobs.len() as u64 / 2;
                             let mut encoder = std::mem::take(&mut self.encoder);
-                            self.in_flight.0 =
-                                Some(Pending::Thread(std::thread::spawn(move || {
-                                    let written = ticket.write_with(&mut encoder, &state);
-                                    (encoder, written)
-                                })));
+                            let thread = std::thread::spawn(move || {
+                                let written = ticket.write_with(&mut encoder, &state);
+                                (encoder, written)
+                            });
+                            self.in_flight.0 = Some(Pending::Thread { thread, due });
                         }
                         Err(err) => tracing::warn!(%err, "snapshot failed"),
                     }

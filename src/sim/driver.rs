@@ -1138,9 +1138,9 @@ impl<'a> Sim<'a> {
                 stored_snapshot
             )));
         }
-        // Snapshots are encoded while the driver checks and carries out the step that
-        // called for one, as the server encodes them while it goes on appending; each is
-        // installed at the next step (a crash before it loses it, as a real one would).
+        // Snapshots are encoded while the driver goes on, as the server encodes them while
+        // it goes on appending; each is installed at a step the history's length sets (see
+        // `Engine::snapshot_off_thread`; a crash before it loses it, as a real one would).
         let mut engine = engine;
         engine.snapshot_off_thread();
         self.engine = Some(engine);
