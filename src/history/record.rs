@@ -155,6 +155,13 @@ pub const GENESIS_HASH: ChainHash = ChainHash([0; 32]);
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ChainHash(pub [u8; 32]);
 
+/// A chain begins at [`GENESIS_HASH`].
+impl Default for ChainHash {
+    fn default() -> ChainHash {
+        GENESIS_HASH
+    }
+}
+
 impl ChainHash {
     /// The hash of `record_bytes`.
     pub fn of(record_bytes: &[u8]) -> ChainHash {

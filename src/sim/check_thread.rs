@@ -158,7 +158,6 @@ impl Checks {
                         let _ = tell.send(found.clone());
                     });
                 }
-                checking.behind.checker.release_replayed();
                 checking
             })
             .expect("a thread for the simulator's checker");
@@ -219,11 +218,7 @@ impl Checks {
                     Err(panic) => std::panic::resume_unwind(panic),
                 }
             }
-            To::Here(checking) => {
-                let mut checking = checking.take()?;
-                checking.behind.checker.release_replayed();
-                Some(*checking)
-            }
+            To::Here(checking) => checking.take().map(|checking| *checking),
         }
     }
 
@@ -328,7 +323,8 @@ impl Checks {
     }
 
     /// The run is over: waits for the checker to finish everything handed to it, and
-    /// lets go of its replayed state (on its thread, which made it).
+    /// hands it back with its replayed state (which the end may take as the fold of the
+    /// stored history, see [`crate::sim::invariants::Checker::take_replayed_if_stored`]).
     pub fn finish(&mut self) -> Result<Behind, Found> {
         self.flush();
         let checking = self.join().expect("the checker is finished once");

@@ -20,6 +20,7 @@ use crate::engine::clock::{VirtualClock, SIM_EPOCH};
 use crate::engine::ids::SeededIds;
 use crate::engine::node::{Input, Output, Participant, ReplyToken, Request};
 use crate::engine::owner::{Engine, EngineLimits, Ids, StartError, StepError};
+use crate::history::record::{ChainHash, GENESIS_HASH};
 use crate::history::{History, Storage};
 use crate::job::JobId;
 use crate::lifecycle::{
@@ -150,6 +151,12 @@ pub struct SimResult {
 }
 
 impl SimResult {
+    /// Every stored record, oldest first, as bytes.
+    #[cfg(test)]
+    pub(crate) fn stored_records(&self) -> Vec<(u64, Vec<u8>)> {
+        self.stored.all_records()
+    }
+
     /// How many events the stored history holds.
     pub fn event_count(&self) -> u64 {
         self.stored.record_count()
@@ -272,6 +279,22 @@ impl Lives {
         if unacked_survivors.contains(&e.seq) {
             life.unknown = true;
         }
+    }
+}
+
+/// [`Lives`] gathered by a replay of the stored history (which checks every record),
+/// without folding a state.
+struct GatherLives<'a> {
+    lives: Lives,
+    unacked_survivors: &'a std::collections::BTreeSet<u64>,
+}
+
+impl crate::history::Fold<Event> for GatherLives<'_> {
+    type Error = std::convert::Infallible;
+
+    fn apply_checked(&mut self, event: &Event) -> Result<(), Self::Error> {
+        self.lives.see(event, self.unacked_survivors);
+        Ok(())
     }
 }
 
@@ -2056,34 +2079,36 @@ impl<'a> Sim<'a> {
         Ok(checked)
     }
 
-    fn finish(mut self, ended: Ended) -> Result<SimResult, SimError> {
-        let ended_at = self.now();
-        // The result is read back from the stored history, not from the live engine: what
-        // the output shows is exactly what a restart would rebuild.
-        let live = self.engine.take().map(|e| e.state().clone());
-        // The checker finishes what it was handed (and lets go of its replayed state).
-        if let Some(stopped) = self.stopped.take() {
-            return Err(stopped);
-        }
-        let behind = match self.checks.finish() {
-            Ok(behind) => behind,
-            Err(found) => return Err(self.broken_at(found)),
+    /// The stored history, opened as a restart opens it.
+    fn stored_history(storage: FaultyStorage) -> Result<History<Event>, SimError> {
+        History::<Event>::from_storage(Box::new(storage), std::path::Path::new("memory"))
+            .map_err(|e| SimError::Replay(e.to_string()))
+    }
+
+    /// One pass over the stored history, each record checked as a restart checks it,
+    /// gathering what the reference model needs; the state is not folded.
+    fn lives_of_stored(&self) -> Result<Lives, SimError> {
+        let gather = GatherLives {
+            lives: Lives::default(),
+            unacked_survivors: &self.unacked_survivors,
         };
-        let Behind { mut checker, facts } = behind;
-        // One pass over the stored records: each is checked (chain, order, transition)
-        // and folded, exactly as a restart would rebuild the state, and what the reference
-        // model needs of it is gathered. The records are read, checked and decoded on a
-        // thread of their own, ahead of the fold on this one (whose memory the state
-        // reuses: the checker's state was let go of just before, on its thread).
+        Sim::stored_history(self.storage.clone())?
+            .replay(gather)
+            .map(|gathered| gathered.lives)
+            .map_err(|e| SimError::Replay(e.to_string()))
+    }
+
+    /// One pass over the stored history: each record is checked (chain, order,
+    /// transition) and folded, exactly as a restart would rebuild the state, and what the
+    /// reference model needs of it is gathered. The records are read, checked and decoded
+    /// on a thread of their own, ahead of the fold on this one.
+    fn fold_stored(&self, live: Option<&State>) -> Result<(State, Lives), SimError> {
         let storage = self.storage.clone();
         let records = produced_ahead(self.storage.record_count(), move |sink| {
-            let history = match History::<Event>::from_storage(
-                Box::new(storage),
-                std::path::Path::new("memory"),
-            ) {
+            let history = match Sim::stored_history(storage) {
                 Ok(history) => history,
                 Err(e) => {
-                    sink(Err(SimError::Replay(e.to_string())));
+                    sink(Err(e));
                     return;
                 }
             };
@@ -2098,7 +2123,7 @@ impl<'a> Sim<'a> {
         // Every so many records, the jobs changed since are compared with the live
         // state's, and each found equal is shared with it (`Jobs::share`): a job whose
         // last event has been folded is held once, not twice, while the rest of the
-        // history is folded (the live state is kept for the comparison below).
+        // history is folded (the live state is kept for the comparison at the end).
         const SHARE_EVERY: usize = 4096;
         let mut since = state.jobs.clone();
         for (n, record) in records.enumerate() {
@@ -2107,10 +2132,52 @@ impl<'a> Sim<'a> {
             state
                 .apply_owned(event)
                 .map_err(|e| SimError::Replay(e.to_string()))?;
-            if let Some(live) = live.as_ref().filter(|_| n % SHARE_EVERY == SHARE_EVERY - 1) {
+            if let Some(live) = live.filter(|_| n % SHARE_EVERY == SHARE_EVERY - 1) {
                 share_equal_jobs(&mut state.jobs, &mut since, &live.jobs);
             }
         }
+        Ok((state, lives))
+    }
+
+    fn finish(mut self, ended: Ended) -> Result<SimResult, SimError> {
+        let ended_at = self.now();
+        // The result is read back from the stored history, not from the live engine: what
+        // the output shows is exactly what a restart would rebuild.
+        let live = self.engine.take().map(|e| e.state().clone());
+        // The checker finishes what it was handed (and lets go of its replayed state).
+        if let Some(stopped) = self.stopped.take() {
+            return Err(stopped);
+        }
+        let behind = match self.checks.finish() {
+            Ok(behind) => behind,
+            Err(found) => return Err(self.broken_at(found)),
+        };
+        let Behind { mut checker, facts } = behind;
+        // The checker folded every record as the engine stored it, each checked to link
+        // to the one before. When the server is up at the end and the stored history ends
+        // in the record the checker folded last (after a crash it may not: the checker
+        // folded what the crash then took), the checker's state is the stored history's
+        // fold: one pass over the history then checks every record as a restart does
+        // (place, chain link, event) and gathers what the reference model needs. Otherwise
+        // the stored history is folded again here.
+        let count = self.storage.record_count();
+        let replayed = match &live {
+            Some(_) => {
+                let head = match self.storage.last() {
+                    Ok(last) => last.map_or(GENESIS_HASH, |(_, bytes)| ChainHash::of(&bytes)),
+                    Err(e) => return Err(SimError::Replay(e.to_string())),
+                };
+                checker.take_replayed_if_stored(count, head)
+            }
+            None => {
+                checker.release_replayed();
+                None
+            }
+        };
+        let (state, lives) = match replayed {
+            Some(state) => (state, self.lives_of_stored()?),
+            None => self.fold_stored(live.as_ref())?,
+        };
         if let Some(live) = live {
             if live != state {
                 return Err(SimError::Replay(
@@ -2268,6 +2335,44 @@ mod tests {
         Arc::make_mut(ours.get_mut(&b).expect("b")).schedule_count -= 1;
         share_equal_jobs(&mut ours, &mut since, &theirs);
         assert!(Arc::ptr_eq(&ours[&b], &theirs[&b]));
+    }
+
+    /// The state a run ends with is the fold of the history it stored, whether the end
+    /// takes the checker's state (the server up) or folds the history again (the server
+    /// down: crashed, and the run over before its restart). Checked against a fold of
+    /// the stored records written here.
+    #[test]
+    fn the_end_state_is_the_fold_of_the_stored_history_with_the_server_up_or_down() {
+        let up = include_str!("../../tests/scenarios/crash_running_resume.toml");
+        let restart = "at = \"40s\"\ndo = \"restart_server\"";
+        assert!(up.contains(restart));
+        let down = "[sim]\nuntil = \"35s\"\n".to_string()
+            + &up.replace(restart, "at = \"90s\"\ndo = \"restart_server\"");
+        for (text, crashed) in [(up.to_string(), false), (down, true)] {
+            let checked = crate::sim::scenario::parse(&text).expect("scenario");
+            let result = run(&checked, 0).expect("run");
+            let records = result.stored_records();
+            let mut folded = State::new();
+            for (seq, bytes) in &records {
+                let record = crate::history::record::decode::<Event>(bytes).expect("decodes");
+                assert_eq!(record.seq, *seq);
+                folded.apply_checked(&record.event).expect("folds");
+            }
+            assert!(!records.is_empty());
+            assert!(result.state == folded, "crashed {crashed}: the stored fold");
+            // The crashed run ended before its restart: its last record is not the
+            // restart's (the second `ServerStarted`).
+            let starts = records
+                .iter()
+                .filter(|(_, bytes)| {
+                    matches!(
+                        crate::history::record::decode::<Event>(bytes).map(|r| r.event.kind),
+                        Ok(EventKind::ServerStarted { .. })
+                    )
+                })
+                .count();
+            assert_eq!(starts, if crashed { 1 } else { 2 });
+        }
     }
 
     #[test]

@@ -35,6 +35,7 @@ use std::time::Duration;
 
 use imbl::OrdSet;
 
+use crate::history::record::{ChainHash, GENESIS_HASH};
 use crate::job::JobId;
 use crate::lifecycle::state::{KeptRequests, LiveIndex, RequestKey};
 use crate::lifecycle::{
@@ -155,6 +156,9 @@ enum FoundEqual {
 #[derive(Debug, Default)]
 pub struct Checker {
     replayed: State,
+    /// The chain hash of the last record folded into `replayed` (the genesis hash before
+    /// the first): each next one must link to it.
+    chain: ChainHash,
     /// The states at the last comparison that found them equal (`None`: compare in full).
     compared: Option<Compared>,
     /// The jobs the last comparison found equal, for [`Checker::remember`] to share.
@@ -309,6 +313,18 @@ impl Checker {
         self.world_checked = None;
     }
 
+    /// The run is over: the state replayed step by step, when it is the fold of exactly
+    /// the `count` records stored now, the last of which hashes to `head`. Each record
+    /// was checked to link to the one folded before it, so with the stored chain checked
+    /// as well, equal heads mean equal records all the way down. Otherwise `None`, and
+    /// the state is let go of as [`Checker::release_replayed`] does.
+    pub fn take_replayed_if_stored(&mut self, count: u64, head: ChainHash) -> Option<State> {
+        let folded = self.replayed.last_seq == count && self.chain == head;
+        let replayed = std::mem::take(&mut self.replayed);
+        self.release_replayed();
+        folded.then_some(replayed)
+    }
+
     /// The server (re)started on `records` (everything stored, oldest first): every
     /// acknowledged record must still be there, byte for byte, and the state is replayed
     /// from scratch.
@@ -317,6 +333,7 @@ impl Checker {
         // The whole stored history is replayed and checked again from the start; what the
         // earlier run saw of records that did not survive does not count.
         self.replayed = State::new();
+        self.chain = GENESIS_HASH;
         self.compared = None;
         self.world_checked = None;
         self.request_keys.clear();
@@ -346,6 +363,12 @@ impl Checker {
         for (seq, bytes) in records {
             let record = crate::history::record::decode::<Event>(bytes)
                 .map_err(|e| format!("stored record {seq} does not decode: {e}"))?;
+            if record.prev != self.chain {
+                return Err(format!(
+                    "stored record {seq} does not link to the record folded before it"
+                ));
+            }
+            self.chain = ChainHash::of(bytes);
             let event = record.event;
             self.replayed
                 .apply_checked(&event)
@@ -949,6 +972,67 @@ mod tests {
         shorter.index.live.remove(&job_id);
         let mut checker = compared_on(&state);
         assert!(!checker.live_equals_replayed(&shorter));
+    }
+
+    /// The stored records of a short run with a crash and a restart, oldest first.
+    fn records_of_a_run() -> Vec<(u64, Vec<u8>)> {
+        let checked = crate::sim::scenario::parse(include_str!(
+            "../../tests/scenarios/crash_running_resume.toml"
+        ))
+        .expect("scenario");
+        crate::sim::driver::run(&checked, 0)
+            .expect("run")
+            .stored_records()
+    }
+
+    #[test]
+    fn the_replayed_state_is_handed_over_only_as_the_fold_of_exactly_what_is_stored() {
+        let records = records_of_a_run();
+        let count = records.len() as u64;
+        let head = ChainHash::of(&records.last().expect("records").1);
+        let mut folded = State::new();
+        for (_, bytes) in &records {
+            let record = crate::history::record::decode::<Event>(bytes).expect("decodes");
+            folded.apply_checked(&record.event).expect("folds");
+        }
+        let checked = || {
+            let mut checker = Checker::new();
+            checker
+                .on_records(&records, true, Duration::ZERO)
+                .expect("the records check");
+            checker
+        };
+        let mut checker = checked();
+        let state = checker.take_replayed_if_stored(count, head);
+        assert!(state == Some(folded), "the fold of the stored records");
+        assert!(checker.replayed().jobs.is_empty(), "let go of");
+        // Another last record, or another count: not handed over, and let go of all the same.
+        let other = ChainHash::of(b"another record");
+        let mut checker = checked();
+        assert!(checker.take_replayed_if_stored(count, other).is_none());
+        assert!(checker.replayed().jobs.is_empty());
+        assert!(checked().take_replayed_if_stored(count - 1, head).is_none());
+        assert!(checked().take_replayed_if_stored(count + 1, head).is_none());
+    }
+
+    #[test]
+    fn a_stored_record_that_does_not_link_to_the_one_folded_before_is_caught() {
+        let records = records_of_a_run();
+        let mut checker = Checker::new();
+        checker
+            .on_records(&records[..2], true, Duration::ZERO)
+            .expect("two in order");
+        let err = checker
+            .on_records(&records[3..4], true, Duration::ZERO)
+            .expect_err("record 3 is missing");
+        assert!(err.contains("stored record 4 does not link"), "{err}");
+        // A start folds the whole history again from the first record.
+        checker
+            .on_start(&records)
+            .expect("everything acknowledged is there");
+        checker
+            .on_records(&records, false, Duration::ZERO)
+            .expect("all of them, in order");
     }
 
     #[test]
