@@ -137,6 +137,9 @@ pub struct SimResult {
     /// The stored history the run left, read back by [`SimResult::events`] (a day of
     /// 10,000 jobs is half a million events: they stay encoded until read).
     stored: FaultyStorage,
+    /// The events the text output describes (their sequence numbers, in order): noted in
+    /// the end's pass over the history, so the text decodes these alone.
+    notable: Vec<u64>,
     /// The state rebuilt from the stored history at the end.
     pub state: State,
     /// Things the driver itself noted (postponed or skipped actions), with virtual times.
@@ -174,6 +177,27 @@ impl SimResult {
                 let event = item
                     .map_err(|e| SimError::Replay(e.to_string()))
                     .and_then(|(seq, bytes)| event_of(seq, &bytes));
+                if !sink(event) {
+                    return;
+                }
+            }
+        })
+    }
+
+    /// The events the text output describes ([`crate::sim::output::is_notable`]), oldest
+    /// first, decoded from the stored records (the others are not read), by a thread of
+    /// their own ahead of the caller as [`SimResult::events`] does.
+    pub fn notable_events(&self) -> impl Iterator<Item = Result<Event, SimError>> + '_ {
+        let stored = self.stored.clone();
+        let notable = self.notable.clone();
+        produced_ahead(notable.len() as u64, move |sink| {
+            use crate::history::Storage as _;
+            for seq in notable {
+                let event = match stored.read(seq) {
+                    Ok(Some(bytes)) => event_of(seq, &bytes),
+                    Ok(None) => Err(SimError::Replay(format!("stored record {seq} is gone"))),
+                    Err(e) => Err(SimError::Replay(e.to_string())),
+                };
                 if !sink(event) {
                     return;
                 }
@@ -246,16 +270,22 @@ struct Life {
     lapses: Vec<(u64, String)>,
 }
 
-/// What the reference model needs of the history, gathered in one pass over it.
+/// What the end gathers of the history in its one pass over it: what the reference
+/// model needs, and which events the text output describes.
 #[derive(Default)]
 struct Lives {
     jobs: HashMap<JobId, Life>,
     /// The server starts, in history order.
     starts: Vec<u64>,
+    /// The events [`crate::sim::output::is_notable`], in history order.
+    notable: Vec<u64>,
 }
 
 impl Lives {
     fn see(&mut self, e: &Event, unacked_survivors: &std::collections::BTreeSet<u64>) {
+        if crate::sim::output::is_notable(e) {
+            self.notable.push(e.seq);
+        }
         if matches!(e.kind, EventKind::ServerStarted { .. }) {
             self.starts.push(e.seq);
         }
@@ -2034,6 +2064,7 @@ impl<'a> Sim<'a> {
         let Lives {
             jobs: lives,
             starts,
+            ..
         } = lives;
         let mut checked = 0;
         for job in state.jobs.values() {
@@ -2174,7 +2205,7 @@ impl<'a> Sim<'a> {
                 None
             }
         };
-        let (state, lives) = match replayed {
+        let (state, mut lives) = match replayed {
             Some(state) => (state, self.lives_of_stored()?),
             None => self.fold_stored(live.as_ref())?,
         };
@@ -2188,6 +2219,7 @@ impl<'a> Sim<'a> {
         // FAULTS: the end-of-run invariants and the reference model. A run that ended on
         // its own (every job settled) must have left nothing running; one cut short by
         // `until` or the cap is checked only where its faults had stopped.
+        let notable = std::mem::take(&mut lives.notable);
         let model_checked = self.check_model(&state, lives, &facts)?;
         let faults_over = self.faults.until().is_none_or(|u| ended_at >= u);
         if ended == Ended::AllTerminal && faults_over {
@@ -2215,6 +2247,7 @@ impl<'a> Sim<'a> {
             ended_at,
             jobs,
             stored: self.storage,
+            notable,
             state,
             notes: self.notes,
             faults: self.faults.counts.clone(),
