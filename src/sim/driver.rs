@@ -191,7 +191,6 @@ impl SimResult {
         let stored = self.stored.clone();
         let notable = self.notable.clone();
         produced_ahead(notable.len() as u64, move |sink| {
-            use crate::history::Storage as _;
             for seq in notable {
                 let event = match stored.read(seq) {
                     Ok(Some(bytes)) => event_of(seq, &bytes),
@@ -2175,7 +2174,7 @@ impl<'a> Sim<'a> {
         // The result is read back from the stored history, not from the live engine: what
         // the output shows is exactly what a restart would rebuild.
         let live = self.engine.take().map(|e| e.state().clone());
-        // The checker finishes what it was handed (and lets go of its replayed state).
+        // The checker finishes what it was handed.
         if let Some(stopped) = self.stopped.take() {
             return Err(stopped);
         }
