@@ -255,7 +255,12 @@ pub fn encode_state<S: Serialize>(state: &S) -> Result<Vec<u8>, rmp_serde::encod
 /// A format-2 blob for a state of type `S` so far: its header, with room for `capacity`
 /// bytes.
 fn format_2_blob<S>(capacity: usize) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(capacity.max(HEADER_LEN));
+    format_2_blob_in::<S>(Vec::with_capacity(capacity.max(HEADER_LEN)))
+}
+
+/// [`format_2_blob`] written into `bytes`' memory (emptied first).
+fn format_2_blob_in<S>(mut bytes: Vec<u8>) -> Vec<u8> {
+    bytes.clear();
     bytes.extend_from_slice(&MAGIC);
     bytes.extend_from_slice(&SNAPSHOT_FORMAT.to_le_bytes());
     bytes.extend_from_slice(&Layout::of::<S>().0);
@@ -268,14 +273,20 @@ fn format_2_blob<S>(capacity: usize) -> Vec<u8> {
 /// pointer cannot be reused and the job cannot have changed in place (a shared job is
 /// copied before it changes). Settled jobs never change, so a long history's snapshot
 /// costs an encoding of the jobs that changed since the last one and a copy of the rest,
-/// instead of an encoding of every job. It keeps the last encoding and one entry per
-/// job: about one snapshot's size in memory, and no more where the store keeps the same
-/// bytes (an in-memory store keeps the shared bytes it was given). The synchronous
+/// instead of an encoding of every job. It keeps the last encoding, the one before (the
+/// next is written into its memory) and one entry per job: two snapshots' size in memory,
+/// one of them shared where the store keeps the same bytes (an in-memory store keeps the
+/// shared bytes it was given). The synchronous
 /// engine (the simulator's) uses it, on its own thread or, when asked, on a thread per
 /// snapshot that hands the encoder back with the bytes.
 #[derive(Default)]
 pub struct StateEncoder {
     last: bytes::Bytes,
+    /// The encoding before the last: the next one is written into its memory once
+    /// nothing else holds it (a store lets go of it when the last is installed). A fresh
+    /// snapshot-sized buffer is faulted in page by page at every snapshot, a third of the
+    /// simulator's snapshot thread's time.
+    spare: bytes::Bytes,
     jobs: std::collections::HashMap<JobId, (Arc<Job>, std::ops::Range<usize>)>,
 }
 
@@ -312,8 +323,16 @@ impl StateEncoder {
         // Room for the last encoding and a quarter more: a growing state would otherwise
         // outgrow a buffer of the last size by a little and double it (three copies of
         // the snapshot in memory while it moves).
-        let room = self.last.len() + self.last.len() / 4;
-        let mut out = format_2_blob::<State>(room.max(64 * 1024));
+        let room = (self.last.len() + self.last.len() / 4).max(64 * 1024);
+        let mut out = match std::mem::take(&mut self.spare).try_into_mut() {
+            Ok(mut spare) => {
+                spare.clear();
+                let mut out = format_2_blob_in::<State>(Vec::from(spare));
+                out.reserve(room.saturating_sub(out.len()));
+                out
+            }
+            Err(_) => format_2_blob::<State>(room),
+        };
         rmp::encode::write_array_len(&mut out, 9)?;
         put(&mut out, last_seq)?;
         put(&mut out, last_at)?;
@@ -339,7 +358,7 @@ impl StateEncoder {
         )?;
         put(&mut out, schedule_try)?;
         put(&mut out, requests)?;
-        self.last = bytes::Bytes::from(out);
+        self.spare = std::mem::replace(&mut self.last, bytes::Bytes::from(out));
         self.jobs = ranges;
         Ok(self.last.clone())
     }
