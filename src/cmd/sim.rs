@@ -40,8 +40,8 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         fedrun::sim::scenario::parse(&text).with_context(|| format!("scenario {path}"))?;
     drop(text);
     // After the parse: its many short-lived allocations, given back within 10 ms, would
-    // be faulted in and zeroed again page by page (a tenth of a second of a 10,000-job
-    // day's parse).
+    // be faulted in and zeroed again page by page (about 50 ms of a 10,000-job day's
+    // parse, by perf's samples).
     fedrun::return_freed_pages_soon();
     let options = fedrun::sim::driver::RunOptions {
         tolerate: if args.tolerate_known_defects {
