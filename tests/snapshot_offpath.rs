@@ -214,8 +214,13 @@ fn an_append_is_acknowledged_while_a_snapshot_is_being_written() {
         .recv_timeout(BOUND)
         .expect("installed within the bound");
     assert!(record.seq < state.jobs[&job].submitted_seq);
+    // Later snapshots are not held, so one of them may be installed by now: the store
+    // names this one or a later one, never an earlier one or none.
     let (stored, _) = memory.load_snapshot().expect("reads").expect("a snapshot");
-    assert_eq!(stored, record);
+    assert!(
+        stored.seq >= record.seq,
+        "{stored:?} is older than {record:?}"
+    );
 
     // Shut down cleanly: the final snapshot is taken.
     rt.block_on(async {
