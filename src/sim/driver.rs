@@ -24,13 +24,13 @@ use crate::history::record::{ChainHash, GENESIS_HASH};
 use crate::history::{History, Storage};
 use crate::job::JobId;
 use crate::lifecycle::{
-    AdminRequest, Answer, BlobHash, Event, EventKind, Identity, Job, Jobs, Origin, Role, State,
-    Timestamp,
+    AdminRequest, Answer, BlobHash, Event, Identity, Job, Jobs, Origin, Role, State, Timestamp,
 };
 use crate::settings::Settings;
 use crate::sim::check_thread::{Behind, Checks, Fed, Found, Mark};
 use crate::sim::faults::{CrashPoint, Delivery, Direction, Faults, Lie, TickFault};
 use crate::sim::invariants::{Checker, KnownBug, Limits, SiteNow, World};
+use crate::sim::lives::Lives;
 use crate::sim::model::Fact;
 use crate::sim::scenario::{Action, AppEnd, Behaviour, Checked, JobSpec};
 use crate::sim::site::{SimSite, SiteOutput, KILL_SIGNAL, STOP_SIGNAL};
@@ -257,74 +257,6 @@ fn produced_ahead<T: Send + 'static>(
         }
     });
     Box::new(received.into_iter().flatten())
-}
-
-/// What the reference model needs of one job's events.
-#[derive(Default)]
-struct Life {
-    dispatched: Option<u64>,
-    finished: Option<u64>,
-    ran: bool,
-    unknown: bool,
-    lapses: Vec<(u64, String)>,
-}
-
-/// What the end gathers of the history in its one pass over it: what the reference
-/// model needs, and which events the text output describes.
-#[derive(Default)]
-struct Lives {
-    jobs: HashMap<JobId, Life>,
-    /// The server starts, in history order.
-    starts: Vec<u64>,
-    /// The events [`crate::sim::output::is_notable`], in history order.
-    notable: Vec<u64>,
-}
-
-impl Lives {
-    fn see(&mut self, e: &Event, unacked_survivors: &std::collections::BTreeSet<u64>) {
-        if crate::sim::output::is_notable(e) {
-            self.notable.push(e.seq);
-        }
-        if matches!(e.kind, EventKind::ServerStarted { .. }) {
-            self.starts.push(e.seq);
-        }
-        let Some(id) = e.kind.job_id() else {
-            return;
-        };
-        let life = self.jobs.entry(id).or_default();
-        match &e.kind {
-            EventKind::JobDispatched { .. } => {
-                life.dispatched.get_or_insert(e.seq);
-            }
-            EventKind::JobFinished { .. } => {
-                life.finished.get_or_insert(e.seq);
-            }
-            EventKind::RunStarted { .. } => life.ran = true,
-            EventKind::SiteReportLapsed { site, .. } => {
-                life.lapses.push((e.seq, site.clone()));
-            }
-            _ => {}
-        }
-        if unacked_survivors.contains(&e.seq) {
-            life.unknown = true;
-        }
-    }
-}
-
-/// [`Lives`] gathered by a replay of the stored history (which checks every record),
-/// without folding a state.
-struct GatherLives<'a> {
-    lives: Lives,
-    unacked_survivors: &'a std::collections::BTreeSet<u64>,
-}
-
-impl crate::history::Fold<Event> for GatherLives<'_> {
-    type Error = std::convert::Infallible;
-
-    fn apply_checked(&mut self, event: &Event) -> Result<(), Self::Error> {
-        self.lives.see(event, self.unacked_survivors);
-        Ok(())
-    }
 }
 
 /// How to run a simulation beyond its scenario and seed.
@@ -2115,17 +2047,21 @@ impl<'a> Sim<'a> {
             .map_err(|e| SimError::Replay(e.to_string()))
     }
 
-    /// One pass over the stored history, each record checked as a restart checks it,
-    /// gathering what the reference model needs; the state is not folded.
-    fn lives_of_stored(&self) -> Result<Lives, SimError> {
-        let gather = GatherLives {
-            lives: Lives::default(),
-            unacked_survivors: &self.unacked_survivors,
-        };
-        Sim::stored_history(self.storage.clone())?
-            .replay(gather)
-            .map(|gathered| gathered.lives)
-            .map_err(|e| SimError::Replay(e.to_string()))
+    /// Marks the jobs of the stored events that survived a crash unacknowledged (a few
+    /// records after each crash, read back here).
+    fn mark_unacked_survivors(&self, lives: &mut Lives) -> Result<(), SimError> {
+        use crate::history::Storage as _;
+        for &seq in self.unacked_survivors.range(..=self.storage.record_count()) {
+            let bytes = self
+                .storage
+                .read(seq)
+                .map_err(|e| SimError::Replay(e.to_string()))?
+                .ok_or_else(|| SimError::Replay(format!("stored record {seq} is gone")))?;
+            if let Some(job) = event_of(seq, &bytes)?.kind.job_id() {
+                lives.mark_unknown(job);
+            }
+        }
+        Ok(())
     }
 
     /// One pass over the stored history: each record is checked (chain, order,
@@ -2158,7 +2094,7 @@ impl<'a> Sim<'a> {
         let mut since = state.jobs.clone();
         for (n, record) in records.enumerate() {
             let event = record?.event;
-            lives.see(&event, &self.unacked_survivors);
+            lives.see(&event);
             state
                 .apply_owned(event)
                 .map_err(|e| SimError::Replay(e.to_string()))?;
@@ -2183,13 +2119,14 @@ impl<'a> Sim<'a> {
             Err(found) => return Err(self.broken_at(found)),
         };
         let Behind { mut checker, facts } = behind;
-        // The checker folded every record as the engine stored it, each checked to link
-        // to the one before. When the server is up at the end and the stored history ends
-        // in the record the checker folded last (after a crash it may not: the checker
-        // folded what the crash then took), the checker's state is the stored history's
-        // fold: one pass over the history then checks every record as a restart does
-        // (place, chain link, event) and gathers what the reference model needs. Otherwise
-        // the stored history is folded again here.
+        // The checker folded every record as the engine stored it, each checked as a
+        // restart checks it (place, chain link, event), and gathered what the reference
+        // model needs. Stored records change only at the tail, when a crash takes them,
+        // and every start hands the checker the whole stored history again. So when the
+        // server is up at the end and the stored history ends in the record the checker
+        // folded last (after a crash it may not: the checker folded what the crash then
+        // took), the checker's state and lives are those of the stored history. Otherwise
+        // the stored history is read and folded again here.
         let count = self.storage.record_count();
         let replayed = match &live {
             Some(_) => {
@@ -2205,9 +2142,10 @@ impl<'a> Sim<'a> {
             }
         };
         let (state, mut lives) = match replayed {
-            Some(state) => (state, self.lives_of_stored()?),
+            Some(folded) => folded,
             None => self.fold_stored(live.as_ref())?,
         };
+        self.mark_unacked_survivors(&mut lives)?;
         if let Some(live) = live {
             if live != state {
                 return Err(SimError::Replay(
@@ -2327,6 +2265,7 @@ fn site_request(request: Request) -> (SiteRequest, Option<JobId>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lifecycle::EventKind;
 
     /// Of the jobs changed since the last pass, those equal to the other side's are
     /// shared with it, the rest kept; the map's value does not change.

@@ -41,6 +41,7 @@ use crate::lifecycle::state::{KeptRequests, LiveIndex, RequestKey};
 use crate::lifecycle::{
     Archive, BlobHash, Event, EventKind, Job, Jobs, QueueKey, RunPhase, RunStatus, State,
 };
+use crate::sim::lives::Lives;
 
 /// A defect of the core that the fault campaign found and that is routed for a fix. The
 /// campaign may tolerate a known defect, precisely scoped, so that it keeps checking every
@@ -159,6 +160,8 @@ pub struct Checker {
     /// The chain hash of the last record folded into `replayed` (the genesis hash before
     /// the first): each next one must link to it.
     chain: ChainHash,
+    /// What the end needs of the events folded into `replayed`.
+    lives: Lives,
     /// The states at the last comparison that found them equal (`None`: compare in full).
     compared: Option<Compared>,
     /// The jobs the last comparison found equal, for [`Checker::remember`] to share.
@@ -309,20 +312,28 @@ impl Checker {
     /// held beside it and the live one.
     pub fn release_replayed(&mut self) {
         self.replayed = State::new();
+        self.lives = Lives::default();
         self.compared = None;
         self.world_checked = None;
     }
 
-    /// The run is over: the state replayed step by step, when it is the fold of exactly
-    /// the `count` records stored now, the last of which hashes to `head`. Each record
-    /// was checked to link to the one folded before it, so with the stored chain checked
-    /// as well, equal heads mean equal records all the way down. Otherwise `None`, and
-    /// the state is let go of as [`Checker::release_replayed`] does.
-    pub fn take_replayed_if_stored(&mut self, count: u64, head: ChainHash) -> Option<State> {
+    /// The run is over: the state replayed step by step and the [`Lives`] gathered with
+    /// it, when the state is the fold of exactly the `count` records stored now, the last
+    /// of which hashes to `head`. Each record was checked to link to the one folded
+    /// before it, so equal heads mean equal records all the way down (the records the
+    /// checker was handed since the last start are the stored ones, which change only at
+    /// the tail). Otherwise `None`, and the state is let go of as
+    /// [`Checker::release_replayed`] does.
+    pub fn take_replayed_if_stored(
+        &mut self,
+        count: u64,
+        head: ChainHash,
+    ) -> Option<(State, Lives)> {
         let folded = self.replayed.last_seq == count && self.chain == head;
         let replayed = std::mem::take(&mut self.replayed);
+        let lives = std::mem::take(&mut self.lives);
         self.release_replayed();
-        folded.then_some(replayed)
+        folded.then_some((replayed, lives))
     }
 
     /// The server (re)started on `records` (everything stored, oldest first): every
@@ -334,6 +345,7 @@ impl Checker {
         // earlier run saw of records that did not survive does not count.
         self.replayed = State::new();
         self.chain = GENESIS_HASH;
+        self.lives = Lives::default();
         self.compared = None;
         self.world_checked = None;
         self.request_keys.clear();
@@ -363,6 +375,12 @@ impl Checker {
         for (seq, bytes) in records {
             let record = crate::history::record::decode::<Event>(bytes)
                 .map_err(|e| format!("stored record {seq} does not decode: {e}"))?;
+            if record.seq != *seq || record.event.seq != *seq {
+                return Err(format!(
+                    "stored record {seq} holds record {} and event {}",
+                    record.seq, record.event.seq
+                ));
+            }
             if record.prev != self.chain {
                 return Err(format!(
                     "stored record {seq} does not link to the record folded before it"
@@ -373,6 +391,7 @@ impl Checker {
             self.replayed
                 .apply_checked(&event)
                 .map_err(|e| format!("stored record {seq} does not replay: {e}"))?;
+            self.lives.see(&event);
             if let (Some(key), Some(identity)) = (&event.request_id, event.actor.identity()) {
                 self.request_keys.push(RequestKey {
                     identity: std::sync::Arc::new(identity),
@@ -991,9 +1010,17 @@ mod tests {
         let count = records.len() as u64;
         let head = ChainHash::of(&records.last().expect("records").1);
         let mut folded = State::new();
+        let (mut starts, mut finished) = (Vec::new(), BTreeMap::new());
         for (_, bytes) in &records {
             let record = crate::history::record::decode::<Event>(bytes).expect("decodes");
             folded.apply_checked(&record.event).expect("folds");
+            match record.event.kind {
+                EventKind::ServerStarted { .. } => starts.push(record.event.seq),
+                EventKind::JobFinished { job_id, .. } => {
+                    finished.entry(job_id).or_insert(record.event.seq);
+                }
+                _ => {}
+            }
         }
         let checked = || {
             let mut checker = Checker::new();
@@ -1003,8 +1030,21 @@ mod tests {
             checker
         };
         let mut checker = checked();
-        let state = checker.take_replayed_if_stored(count, head);
-        assert!(state == Some(folded), "the fold of the stored records");
+        let (state, lives) = checker
+            .take_replayed_if_stored(count, head)
+            .expect("handed over");
+        assert!(state == folded, "the fold of the stored records");
+        // What the end needs of the events was gathered from the same records: the
+        // run's two starts and its jobs' ends.
+        assert_eq!(starts.len(), 2, "the run restarts once");
+        assert_eq!(lives.starts, starts);
+        let ends: BTreeMap<JobId, u64> = lives
+            .jobs
+            .iter()
+            .filter_map(|(id, life)| life.finished.map(|seq| (*id, seq)))
+            .collect();
+        assert!(!finished.is_empty());
+        assert_eq!(ends, finished);
         assert!(checker.replayed().jobs.is_empty(), "let go of");
         // Another last record, or another count: not handed over, and let go of all the same.
         let other = ChainHash::of(b"another record");
@@ -1013,6 +1053,17 @@ mod tests {
         assert!(checker.replayed().jobs.is_empty());
         assert!(checked().take_replayed_if_stored(count - 1, head).is_none());
         assert!(checked().take_replayed_if_stored(count + 1, head).is_none());
+    }
+
+    #[test]
+    fn a_stored_record_out_of_its_place_is_caught() {
+        let records = records_of_a_run();
+        let mut checker = Checker::new();
+        let misplaced = [(2, records[0].1.clone())];
+        let err = checker
+            .on_records(&misplaced, true, Duration::ZERO)
+            .expect_err("record 1 stored as record 2");
+        assert!(err.contains("stored record 2 holds record 1"), "{err}");
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod check_thread;
 pub mod driver;
 pub mod faults;
 pub mod invariants;
+pub mod lives;
 pub mod model;
 pub mod output;
 pub mod scenario;
