@@ -235,6 +235,9 @@ struct InFlight {
     last_seq: u64,
 }
 
+/// A deadline of the core: when, and the timer that fires then.
+type Deadline = (Timestamp, Timer);
+
 /// The server as a sans-IO state machine (see the module documentation).
 pub struct Node {
     state: State,
@@ -252,6 +255,10 @@ pub struct Node {
     last_snapshot_jobs: u64,
     /// A timer that fired and changed nothing: not fired again until another input.
     idle_timer: Option<(Timestamp, Timer)>,
+    /// The state's earliest deadline, with the `last_seq` it was found at: the state
+    /// changes only by folding events, so within a node the same `last_seq` is the same
+    /// state (and the settings do not change). Asked for two or three times a step.
+    next_deadline: std::cell::Cell<Option<(u64, Option<Deadline>)>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -297,6 +304,7 @@ impl Node {
             last_snapshot_seq: snapshot_seq.unwrap_or(0),
             last_snapshot_jobs: jobs,
             idle_timer: None,
+            next_deadline: std::cell::Cell::new(None),
         }
     }
 
@@ -380,8 +388,19 @@ impl Node {
         if self.stopped.is_some() {
             return None;
         }
-        let next = lifecycle::next_deadline(&self.state, &self.settings)?;
+        let next = self.next_deadline()?;
         (Some(&next) != self.idle_timer.as_ref()).then_some(next.0)
+    }
+
+    /// [`lifecycle::next_deadline`] of the state, found once per `last_seq`.
+    fn next_deadline(&self) -> Option<Deadline> {
+        let seq = self.state.last_seq;
+        let next = match self.next_deadline.take() {
+            Some((at, next)) if at == seq => next,
+            _ => lifecycle::next_deadline(&self.state, &self.settings),
+        };
+        self.next_deadline.set(Some((seq, next.clone())));
+        next
     }
 
     /// The clock reached `now`: queues the core's due timer, if any (an early wake-up
@@ -390,7 +409,7 @@ impl Node {
         if self.stopped.is_some() {
             return;
         }
-        let Some((due, timer)) = lifecycle::next_deadline(&self.state, &self.settings) else {
+        let Some((due, timer)) = self.next_deadline() else {
             return;
         };
         if due > now || self.idle_timer.as_ref() == Some(&(due, timer.clone())) {
