@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use super::record::ChainHash;
 use crate::blobs::BlobHash;
 use crate::job::JobId;
-use crate::lifecycle::state::{Contribution, LiveIndex, LoadedJob, StoredFields};
+use crate::lifecycle::state::{Contribution, KeptRequests, LiveIndex, LoadedJob, StoredFields};
 use crate::lifecycle::{Job, State};
 use std::sync::Arc;
 
@@ -288,6 +288,42 @@ pub struct StateEncoder {
     /// simulator's snapshot thread's time.
     spare: bytes::Bytes,
     jobs: std::collections::HashMap<JobId, (Arc<Job>, std::ops::Range<usize>)>,
+    /// The kept requests of the last encoding and where each of their entries starts in
+    /// it (the map's, then the set's): held here, so none of them can change in place or
+    /// have its address reused while it is kept (a change copies a shared one first).
+    requests: KeptLast,
+}
+
+/// See [`StateEncoder::encode_requests`].
+#[derive(Default)]
+struct KeptLast {
+    requests: KeptRequests,
+    /// Where each entry of `requests.by_key` starts, in key order, then where the last ends.
+    by_key: Vec<usize>,
+    /// The same for `requests.by_time`.
+    by_time: Vec<usize>,
+}
+
+/// Bytes copied from the last encoding, gathered into one copy while they follow on
+/// (`run`: the bytes not yet written out).
+struct Copier<'a> {
+    from: &'a [u8],
+    run: std::ops::Range<usize>,
+}
+
+impl Copier<'_> {
+    fn copy(&mut self, bytes: std::ops::Range<usize>, out: &mut Vec<u8>) {
+        if self.run.end != bytes.start {
+            self.flush(out);
+            self.run.start = bytes.start;
+        }
+        self.run.end = bytes.end;
+    }
+
+    fn flush(&mut self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.from[self.run.clone()]);
+        self.run = 0..0;
+    }
 }
 
 impl std::fmt::Debug for StateEncoder {
@@ -357,11 +393,112 @@ impl StateEncoder {
             &mut rmp_serde::Serializer::new(&mut out),
         )?;
         put(&mut out, schedule_try)?;
-        put(&mut out, requests)?;
+        self.requests = self.encode_requests(requests, &mut out)?;
         self.spare = std::mem::replace(&mut self.last, bytes::Bytes::from(out));
         self.jobs = ranges;
         Ok(self.last.clone())
     }
+
+    /// `requests` as their derived `Serialize` writes them (an array of the map and the
+    /// set by time), copying the bytes of each entry the last encoding holds the very
+    /// `Arc`s of. Both sides are walked in order side by side, so an unchanged entry costs
+    /// a step of each walk and a pointer comparison, and entries that follow on in the
+    /// last encoding are copied at once (kept requests come and go with the jobs, the
+    /// rest stay as they were).
+    fn encode_requests(
+        &self,
+        requests: &KeptRequests,
+        out: &mut Vec<u8>,
+    ) -> Result<KeptLast, rmp_serde::encode::Error> {
+        use rmp_serde::encode::write as put;
+        let last = &self.requests;
+        let mut copier = Copier {
+            from: &self.last,
+            run: 0..0,
+        };
+        rmp::encode::write_array_len(out, 2)?;
+        rmp::encode::write_map_len(out, requests.by_key.len() as u32)?;
+        let by_key = copy_or_put(
+            &requests.by_key,
+            &last.requests.by_key,
+            &last.by_key,
+            |(key, kept), (was_key, was_kept)| {
+                if Arc::ptr_eq(key, was_key) {
+                    Some(Arc::ptr_eq(kept, was_kept))
+                } else {
+                    None
+                }
+            },
+            |(key, _), (was_key, _)| ***was_key >= ***key,
+            |(key, kept), out| {
+                put(out, &***key)?;
+                put(out, &***kept)
+            },
+            &mut copier,
+            out,
+        )?;
+        rmp::encode::write_array_len(out, requests.by_time.len() as u32)?;
+        let by_time = copy_or_put(
+            &requests.by_time,
+            &last.requests.by_time,
+            &last.by_time,
+            |entry, was| (entry.0 == was.0 && Arc::ptr_eq(&entry.1, &was.1)).then_some(true),
+            |entry, was| was >= entry,
+            |entry, out| put(out, *entry),
+            &mut copier,
+            out,
+        )?;
+        Ok(KeptLast {
+            requests: requests.clone(),
+            by_key,
+            by_time,
+        })
+    }
+}
+
+/// Writes `items` in order, copying from the last encoding the bytes of each item that
+/// `same` finds unchanged in `before` (the last encoding's items in the same order, entry
+/// `i` from `starts[i]` to `starts[i + 1]`); answers where each item starts, then where the
+/// last ends. `same` answers `None` for another item, `Some(false)` for the same one
+/// changed; `past` tells whether an item of `before` comes at or after the one written.
+#[allow(clippy::too_many_arguments)]
+fn copy_or_put<I: IntoIterator>(
+    items: I,
+    before: I,
+    starts: &[usize],
+    same: impl Fn(&I::Item, &I::Item) -> Option<bool>,
+    past: impl Fn(&I::Item, &I::Item) -> bool,
+    mut put: impl FnMut(&I::Item, &mut Vec<u8>) -> Result<(), rmp_serde::encode::Error>,
+    copier: &mut Copier<'_>,
+    out: &mut Vec<u8>,
+) -> Result<Vec<usize>, rmp_serde::encode::Error> {
+    let mut written = Vec::new();
+    let mut before = before.into_iter().zip(starts.windows(2)).peekable();
+    for item in items {
+        written.push(out.len() + copier.run.len());
+        let mut unchanged = None;
+        while let Some((was, at)) = before.peek() {
+            if let Some(kept) = same(&item, was) {
+                unchanged = kept.then(|| at[0]..at[1]);
+                before.next();
+                break;
+            }
+            if past(&item, was) {
+                break;
+            }
+            before.next();
+        }
+        match unchanged {
+            Some(bytes) => copier.copy(bytes, out),
+            None => {
+                copier.flush(out);
+                put(&item, out)?;
+            }
+        }
+    }
+    copier.flush(out);
+    written.push(out.len());
+    Ok(written)
 }
 
 /// The layout in a format-2 blob's header; `None` for a format-1 blob (no [`MAGIC`]).
@@ -906,5 +1043,58 @@ mod tests {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod encoder_tests {
+    use super::*;
+    use crate::lifecycle::state::{Answer, KeptRequest, RequestFingerprint, RequestKey};
+    use crate::lifecycle::time::Timestamp;
+    use crate::lifecycle::{Identity, Role};
+
+    /// A kept request the state changes after an encoding (as the fold does: the encoder
+    /// holds it, so the change copies it first) is written anew, not copied from the
+    /// last encoding; one it leaves alone is copied. Each encoding is byte for byte a
+    /// fresh one.
+    #[test]
+    fn a_kept_request_changed_since_the_last_encoding_is_written_anew() {
+        let identity = Arc::new(Identity {
+            name: "admin@a.org".into(),
+            org: "a".into(),
+            role: Role::ProjectAdmin,
+        });
+        let mut state = State::new();
+        let mut keys = Vec::new();
+        for n in 0..3u8 {
+            let at = Timestamp::from_millis(1_000 * i64::from(n));
+            let key = Arc::new(RequestKey {
+                identity: identity.clone(),
+                key: format!("key-{n}").into(),
+            });
+            let kept = KeptRequest {
+                reply: Ok(Answer::Accepted {
+                    job_id: JobId(uuid::Uuid::from_u128(u128::from(n))),
+                }),
+                at,
+                fingerprint: RequestFingerprint {
+                    operation: "abort".into(),
+                    job_id: None,
+                    package: None,
+                },
+                last_seq: u64::from(n),
+            };
+            state.requests.by_key.insert(key.clone(), Arc::new(kept));
+            state.requests.by_time.insert((at, key.clone()));
+            keys.push(key);
+        }
+        let mut encoder = StateEncoder::default();
+        let first = encoder.encode(&state).expect("encodes");
+        assert_eq!(&first[..], &encode_state(&state).expect("encodes")[..]);
+        let shared = state.requests.by_key.get_mut(&keys[1]).expect("kept");
+        Arc::make_mut(shared).last_seq = 99;
+        let second = encoder.encode(&state).expect("encodes");
+        assert_ne!(first, second, "the change is in the bytes");
+        assert_eq!(&second[..], &encode_state(&state).expect("encodes")[..]);
     }
 }
