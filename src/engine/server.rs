@@ -1087,6 +1087,9 @@ impl EngineTask {
                 {
                     let _ = closed_rx.await;
                 }
+                // Closed before the caller hears of it: from then on the server reads as
+                // not ready (a probe right after `shutdown` returned saw it ready).
+                inputs.close();
                 let _ = done.send(());
                 return;
             }
