@@ -373,20 +373,16 @@ impl Checker {
     ) -> Result<Vec<Event>, String> {
         let mut events = Vec::new();
         for (seq, bytes) in records {
-            let record = crate::history::record::decode::<Event>(bytes)
-                .map_err(|e| format!("stored record {seq} does not decode: {e}"))?;
-            if record.seq != *seq || record.event.seq != *seq {
-                return Err(format!(
-                    "stored record {seq} holds record {} and event {}",
-                    record.seq, record.event.seq
-                ));
-            }
-            if record.prev != self.chain {
-                return Err(format!(
-                    "stored record {seq} does not link to the record folded before it"
-                ));
-            }
-            self.chain = ChainHash::of(bytes);
+            // As a restart checks it: the next after the last folded, under its own
+            // number, linked to the last folded, and holding an event of that number.
+            let (record, chain) = crate::history::check_record::<Event>(
+                self.replayed.last_seq + 1,
+                self.chain,
+                *seq,
+                bytes,
+            )
+            .map_err(|e| format!("stored record {seq}: {e}"))?;
+            self.chain = chain;
             let event = record.event;
             self.replayed
                 .apply_checked(&event)
@@ -1059,11 +1055,14 @@ mod tests {
     fn a_stored_record_out_of_its_place_is_caught() {
         let records = records_of_a_run();
         let mut checker = Checker::new();
-        let misplaced = [(2, records[0].1.clone())];
+        let misplaced = [(1, records[0].1.clone()), (2, records[0].1.clone())];
         let err = checker
             .on_records(&misplaced, true, Duration::ZERO)
             .expect_err("record 1 stored as record 2");
-        assert!(err.contains("stored record 2 holds record 1"), "{err}");
+        assert!(
+            err.contains("the record stored as 2 says it is record 1"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1076,7 +1075,30 @@ mod tests {
         let err = checker
             .on_records(&records[3..4], true, Duration::ZERO)
             .expect_err("record 3 is missing");
-        assert!(err.contains("stored record 4 does not link"), "{err}");
+        assert!(err.contains("record 3 is missing"), "{err}");
+        // Record 3 of another history: in its place, but linked to another record 2.
+        let other =
+            crate::sim::scenario::parse(include_str!("../../tests/scenarios/complete.toml"))
+                .expect("scenario");
+        let other = crate::sim::driver::run(&other, 0)
+            .expect("run")
+            .stored_records();
+        // The two histories part at index `d`; the other's next record links to its own.
+        let d = (0..records.len().min(other.len()))
+            .find(|&i| records[i].1 != other[i].1)
+            .expect("the histories part");
+        let mut checker = Checker::new();
+        checker
+            .on_records(&records[..=d], true, Duration::ZERO)
+            .expect("ours, in order");
+        let err = checker
+            .on_records(&other[d + 1..d + 2], true, Duration::ZERO)
+            .expect_err("the next record links to another one before it");
+        let (next, before) = (d + 2, d + 1);
+        assert!(
+            err.contains(&format!("record {next} does not link to record {before}")),
+            "{err}"
+        );
         // A start folds the whole history again from the first record.
         checker
             .on_start(&records)
