@@ -35,8 +35,12 @@ use serde::{Deserialize, Serialize};
 use super::record::ChainHash;
 use crate::blobs::BlobHash;
 use crate::job::JobId;
-use crate::lifecycle::state::{Contribution, KeptRequests, LiveIndex, LoadedJob, StoredFields};
+use crate::lifecycle::state::{
+    Contribution, KeptRequest, KeptRequests, LiveIndex, LoadedJob, RequestKey, StoredFields,
+};
 use crate::lifecycle::{Job, State};
+use crate::lifecycle::{Jobs, Timestamp};
+use imbl::{OrdMap, OrdSet};
 use std::sync::Arc;
 
 /// The snapshot format this build writes: 2, positional MessagePack with a header.
@@ -258,9 +262,9 @@ fn format_2_blob<S>(capacity: usize) -> Vec<u8> {
     format_2_blob_in::<S>(Vec::with_capacity(capacity.max(HEADER_LEN)))
 }
 
-/// [`format_2_blob`] written into `bytes`' memory (emptied first).
+/// [`format_2_blob`] written into `bytes`' memory (`bytes` is empty).
 fn format_2_blob_in<S>(mut bytes: Vec<u8>) -> Vec<u8> {
-    bytes.clear();
+    debug_assert!(bytes.is_empty());
     bytes.extend_from_slice(&MAGIC);
     bytes.extend_from_slice(&SNAPSHOT_FORMAT.to_le_bytes());
     bytes.extend_from_slice(&Layout::of::<S>().0);
@@ -269,16 +273,17 @@ fn format_2_blob_in<S>(mut bytes: Vec<u8>) -> Vec<u8> {
 
 /// Encodes the states of one history one after another, byte for byte as
 /// [`encode_state`] does, but copies a job's bytes from the last encoding when the state
-/// still holds that very job: the same `Arc`, which this encoder holds too, so the
-/// pointer cannot be reused and the job cannot have changed in place (a shared job is
-/// copied before it changes). Settled jobs never change, so a long history's snapshot
-/// costs an encoding of the jobs that changed since the last one and a copy of the rest,
-/// instead of an encoding of every job. It keeps the last encoding, the one before (the
-/// next is written into its memory) and one entry per job: two snapshots' size in memory,
-/// one of them shared where the store keeps the same bytes (an in-memory store keeps the
-/// shared bytes it was given). The synchronous
-/// engine (the simulator's) uses it, on its own thread or, when asked, on a thread per
-/// snapshot that hands the encoder back with the bytes.
+/// still holds that very job: the same `Arc`, which this encoder holds too (in its cheap
+/// copy of the last state's jobs), so the pointer cannot be reused and the job cannot have
+/// changed in place (a shared job is copied before it changes). Settled jobs never
+/// change, so a long history's snapshot costs an encoding of the jobs that changed since
+/// the last one and a copy of the rest, instead of an encoding of every job. The kept
+/// requests (about as many as the jobs) are copied the same way. It keeps the last
+/// encoding, the one before (the next is written into its memory) and where each job and
+/// kept request starts in the last: two snapshots' size in memory, one of them shared
+/// where the store keeps the same bytes (an in-memory store keeps the shared bytes it was
+/// given). The synchronous engine (the simulator's) uses it, on its own thread or, when
+/// asked, on a thread per snapshot that hands the encoder back with the bytes.
 #[derive(Default)]
 pub struct StateEncoder {
     last: bytes::Bytes,
@@ -287,21 +292,17 @@ pub struct StateEncoder {
     /// snapshot-sized buffer is faulted in page by page at every snapshot, a third of the
     /// simulator's snapshot thread's time.
     spare: bytes::Bytes,
-    jobs: std::collections::HashMap<JobId, (Arc<Job>, std::ops::Range<usize>)>,
-    /// The kept requests of the last encoding and where each of their entries starts in
-    /// it (the map's, then the set's): held here, so none of them can change in place or
-    /// have its address reused while it is kept (a change copies a shared one first).
-    requests: KeptLast,
+    jobs: Written<Jobs>,
+    requests: Written<OrdMap<Arc<RequestKey>, Arc<KeptRequest>>>,
+    requests_by_time: Written<OrdSet<(Timestamp, Arc<RequestKey>)>>,
 }
 
-/// See [`StateEncoder::encode_requests`].
+/// A collection as the last encoding holds it (a persistent map's cheap copy), with where
+/// each of its entries starts in that encoding, in order, then where the last ends.
 #[derive(Default)]
-struct KeptLast {
-    requests: KeptRequests,
-    /// Where each entry of `requests.by_key` starts, in key order, then where the last ends.
-    by_key: Vec<usize>,
-    /// The same for `requests.by_time`.
-    by_time: Vec<usize>,
+struct Written<T> {
+    items: T,
+    starts: Vec<usize>,
 }
 
 /// Bytes copied from the last encoding, gathered into one copy while they follow on
@@ -330,7 +331,7 @@ impl std::fmt::Debug for StateEncoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StateEncoder")
             .field("last", &self.last.len())
-            .field("jobs", &self.jobs.len())
+            .field("jobs", &self.jobs.items.len())
             .finish()
     }
 }
@@ -362,6 +363,7 @@ impl StateEncoder {
         let room = (self.last.len() + self.last.len() / 4).max(64 * 1024);
         let mut out = match std::mem::take(&mut self.spare).try_into_mut() {
             Ok(mut spare) => {
+                // Emptied before it becomes a `Vec`, which then moves no bytes.
                 spare.clear();
                 let mut out = format_2_blob_in::<State>(Vec::from(spare));
                 out.reserve(room.saturating_sub(out.len()));
@@ -375,59 +377,37 @@ impl StateEncoder {
         put(&mut out, boot_id)?;
         put(&mut out, recovery)?;
         rmp::encode::write_map_len(&mut out, jobs.len() as u32)?;
-        let mut ranges = std::collections::HashMap::with_capacity(jobs.len());
-        for (id, job) in jobs {
-            put(&mut out, id)?;
-            let start = out.len();
-            match self.jobs.get(id) {
-                Some((kept, range)) if Arc::ptr_eq(kept, job) => {
-                    out.extend_from_slice(&self.last[range.clone()]);
-                }
-                _ => put(&mut out, &**job)?,
-            }
-            ranges.insert(*id, (job.clone(), start..out.len()));
-        }
+        let mut copier = Copier {
+            from: &self.last,
+            run: 0..0,
+        };
+        let jobs_at = copy_or_put(
+            jobs,
+            &self.jobs,
+            |(id, job), (was_id, was_job)| (id == was_id).then(|| Arc::ptr_eq(job, was_job)),
+            |(id, _), (was_id, _)| was_id >= id,
+            |(id, job), out| {
+                put(out, *id)?;
+                put(out, &***job)
+            },
+            &mut copier,
+            &mut out,
+        )?;
         put(&mut out, queue)?;
         crate::lifecycle::state::shared_sites::serialize(
             sites,
             &mut rmp_serde::Serializer::new(&mut out),
         )?;
         put(&mut out, schedule_try)?;
-        self.requests = self.encode_requests(requests, &mut out)?;
-        self.spare = std::mem::replace(&mut self.last, bytes::Bytes::from(out));
-        self.jobs = ranges;
-        Ok(self.last.clone())
-    }
-
-    /// `requests` as their derived `Serialize` writes them (an array of the map and the
-    /// set by time), copying the bytes of each entry the last encoding holds the very
-    /// `Arc`s of. Both sides are walked in order side by side, so an unchanged entry costs
-    /// a step of each walk and a pointer comparison, and entries that follow on in the
-    /// last encoding are copied at once (kept requests come and go with the jobs, the
-    /// rest stay as they were).
-    fn encode_requests(
-        &self,
-        requests: &KeptRequests,
-        out: &mut Vec<u8>,
-    ) -> Result<KeptLast, rmp_serde::encode::Error> {
-        use rmp_serde::encode::write as put;
-        let last = &self.requests;
-        let mut copier = Copier {
-            from: &self.last,
-            run: 0..0,
-        };
-        rmp::encode::write_array_len(out, 2)?;
-        rmp::encode::write_map_len(out, requests.by_key.len() as u32)?;
-        let by_key = copy_or_put(
-            &requests.by_key,
-            &last.requests.by_key,
-            &last.by_key,
+        // `KeptRequests`' derived `Serialize`: an array of the map and the set by time.
+        let KeptRequests { by_key, by_time } = requests;
+        rmp::encode::write_array_len(&mut out, 2)?;
+        rmp::encode::write_map_len(&mut out, by_key.len() as u32)?;
+        let by_key_at = copy_or_put(
+            by_key,
+            &self.requests,
             |(key, kept), (was_key, was_kept)| {
-                if Arc::ptr_eq(key, was_key) {
-                    Some(Arc::ptr_eq(kept, was_kept))
-                } else {
-                    None
-                }
+                Arc::ptr_eq(key, was_key).then(|| Arc::ptr_eq(kept, was_kept))
             },
             |(key, _), (was_key, _)| ***was_key >= ***key,
             |(key, kept), out| {
@@ -435,47 +415,54 @@ impl StateEncoder {
                 put(out, &***kept)
             },
             &mut copier,
-            out,
+            &mut out,
         )?;
-        rmp::encode::write_array_len(out, requests.by_time.len() as u32)?;
-        let by_time = copy_or_put(
-            &requests.by_time,
-            &last.requests.by_time,
-            &last.by_time,
+        rmp::encode::write_array_len(&mut out, by_time.len() as u32)?;
+        let by_time_at = copy_or_put(
+            by_time,
+            &self.requests_by_time,
             |entry, was| (entry.0 == was.0 && Arc::ptr_eq(&entry.1, &was.1)).then_some(true),
             |entry, was| was >= entry,
             |entry, out| put(out, *entry),
             &mut copier,
-            out,
+            &mut out,
         )?;
-        Ok(KeptLast {
-            requests: requests.clone(),
-            by_key,
-            by_time,
-        })
+        self.jobs = jobs_at;
+        self.requests = by_key_at;
+        self.requests_by_time = by_time_at;
+        self.spare = std::mem::replace(&mut self.last, bytes::Bytes::from(out));
+        Ok(self.last.clone())
     }
 }
 
 /// Writes `items` in order, copying from the last encoding the bytes of each item that
-/// `same` finds unchanged in `before` (the last encoding's items in the same order, entry
-/// `i` from `starts[i]` to `starts[i + 1]`); answers where each item starts, then where the
-/// last ends. `same` answers `None` for another item, `Some(false)` for the same one
-/// changed; `past` tells whether an item of `before` comes at or after the one written.
-#[allow(clippy::too_many_arguments)]
-fn copy_or_put<I: IntoIterator>(
-    items: I,
-    before: I,
-    starts: &[usize],
-    same: impl Fn(&I::Item, &I::Item) -> Option<bool>,
-    past: impl Fn(&I::Item, &I::Item) -> bool,
-    mut put: impl FnMut(&I::Item, &mut Vec<u8>) -> Result<(), rmp_serde::encode::Error>,
+/// `same` finds unchanged in `last` (the collection the last encoding wrote, in the same
+/// order); answers the collection with where each item starts. `same` answers `None` for
+/// another item, `Some(false)` for the same one changed; `past` tells whether an item of
+/// `last` comes at or after the one written.
+fn copy_or_put<'a, T: Clone + 'a>(
+    items: &'a T,
+    last: &'a Written<T>,
+    same: impl Fn(&<&'a T as IntoIterator>::Item, &<&'a T as IntoIterator>::Item) -> Option<bool>,
+    past: impl Fn(&<&'a T as IntoIterator>::Item, &<&'a T as IntoIterator>::Item) -> bool,
+    mut put: impl FnMut(
+        &<&'a T as IntoIterator>::Item,
+        &mut Vec<u8>,
+    ) -> Result<(), rmp_serde::encode::Error>,
     copier: &mut Copier<'_>,
     out: &mut Vec<u8>,
-) -> Result<Vec<usize>, rmp_serde::encode::Error> {
-    let mut written = Vec::new();
-    let mut before = before.into_iter().zip(starts.windows(2)).peekable();
+) -> Result<Written<T>, rmp_serde::encode::Error>
+where
+    &'a T: IntoIterator,
+{
+    let mut starts = Vec::new();
+    let mut before = last
+        .items
+        .into_iter()
+        .zip(last.starts.windows(2))
+        .peekable();
     for item in items {
-        written.push(out.len() + copier.run.len());
+        starts.push(out.len() + copier.run.len());
         let mut unchanged = None;
         while let Some((was, at)) = before.peek() {
             if let Some(kept) = same(&item, was) {
@@ -497,8 +484,11 @@ fn copy_or_put<I: IntoIterator>(
         }
     }
     copier.flush(out);
-    written.push(out.len());
-    Ok(written)
+    starts.push(out.len());
+    Ok(Written {
+        items: items.clone(),
+        starts,
+    })
 }
 
 /// The layout in a format-2 blob's header; `None` for a format-1 blob (no [`MAGIC`]).
