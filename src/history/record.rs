@@ -42,6 +42,9 @@ pub const BINARY_MARKER: u8 = 0xC1;
 /// The length of a version-2 record's header (marker, version, seq, prev).
 pub const V2_HEADER_BYTES: usize = 42;
 
+/// Where a version-2 record holds `prev`, the 32 raw bytes of the previous record's hash.
+pub const V2_PREV_BYTES: std::ops::Range<usize> = 10..V2_HEADER_BYTES;
+
 /// No value stored in sled exceeds this many bytes. sled 0.34 writes any value over a
 /// quarter of its segment size (512 KiB by default) to a separate file that it never
 /// fsyncs, so the history keeps every value well below that.
@@ -372,7 +375,7 @@ fn binary_header(bytes: &[u8]) -> Result<(RecordHeader, &[u8]), DecodeError> {
     let mut seq = [0u8; 8];
     seq.copy_from_slice(&bytes[2..10]);
     let mut prev = [0u8; 32];
-    prev.copy_from_slice(&bytes[10..V2_HEADER_BYTES]);
+    prev.copy_from_slice(&bytes[V2_PREV_BYTES]);
     let header = RecordHeader {
         v: version,
         seq: u64::from_be_bytes(seq),
