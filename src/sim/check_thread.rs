@@ -420,7 +420,7 @@ impl Checking {
                 mark,
             } => {
                 let events = checker
-                    .on_records(&records, true, now)
+                    .on_records(&records, true, now, fed.is_some())
                     .map_err(|what| Found { what, mark })?;
                 if let Some(fed) = fed {
                     place_facts(&mut self.behind.facts, fed, &events);

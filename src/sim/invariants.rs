@@ -364,12 +364,15 @@ impl Checker {
     }
 
     /// The engine made `records` durable (its step returned): fold them into the replayed
-    /// state, check every change they make, and remember them as acknowledged.
+    /// state, check every change they make, and remember them as acknowledged. Answers
+    /// their events with `keep_events` (a step's few), none without (a start's whole
+    /// history, whose events would take several times its bytes at once).
     pub fn on_records(
         &mut self,
         records: &[(u64, Vec<u8>)],
         acked: bool,
         now: Duration,
+        keep_events: bool,
     ) -> Result<Vec<Event>, String> {
         let mut events = Vec::new();
         for (seq, bytes) in records {
@@ -400,7 +403,9 @@ impl Checker {
                 self.acked.push(*seq, bytes);
             }
             self.check_event(&event, now)?;
-            events.push(event);
+            if keep_events {
+                events.push(event);
+            }
         }
         Ok(events)
     }
@@ -1021,7 +1026,7 @@ mod tests {
         let checked = || {
             let mut checker = Checker::new();
             checker
-                .on_records(&records, true, Duration::ZERO)
+                .on_records(&records, true, Duration::ZERO, true)
                 .expect("the records check");
             checker
         };
@@ -1051,13 +1056,32 @@ mod tests {
         assert!(checked().take_replayed_if_stored(count + 1, head).is_none());
     }
 
+    /// A start feeds the whole history: its events are folded and checked, not kept.
+    #[test]
+    fn records_folded_without_their_events_kept_fold_the_same() {
+        let records = records_of_a_run();
+        let fold = |keep_events: bool| {
+            let mut checker = Checker::new();
+            let events = checker
+                .on_records(&records, true, Duration::ZERO, keep_events)
+                .expect("the records check");
+            (checker.replayed, events)
+        };
+        let (kept_state, kept) = fold(true);
+        let (state, none) = fold(false);
+        assert_eq!(kept.len(), records.len());
+        assert!(none.is_empty(), "{} events kept", none.len());
+        assert!(state == kept_state, "the same fold either way");
+        assert_eq!(state.last_seq, records.len() as u64);
+    }
+
     #[test]
     fn a_stored_record_out_of_its_place_is_caught() {
         let records = records_of_a_run();
         let mut checker = Checker::new();
         let misplaced = [(1, records[0].1.clone()), (2, records[0].1.clone())];
         let err = checker
-            .on_records(&misplaced, true, Duration::ZERO)
+            .on_records(&misplaced, true, Duration::ZERO, true)
             .expect_err("record 1 stored as record 2");
         assert!(
             err.contains("the record stored as 2 says it is record 1"),
@@ -1070,10 +1094,10 @@ mod tests {
         let records = records_of_a_run();
         let mut checker = Checker::new();
         checker
-            .on_records(&records[..2], true, Duration::ZERO)
+            .on_records(&records[..2], true, Duration::ZERO, true)
             .expect("two in order");
         let err = checker
-            .on_records(&records[3..4], true, Duration::ZERO)
+            .on_records(&records[3..4], true, Duration::ZERO, true)
             .expect_err("record 3 is missing");
         assert!(err.contains("record 3 is missing"), "{err}");
         // Record 3 of another history: in its place, but linked to another record 2.
@@ -1089,10 +1113,10 @@ mod tests {
             .expect("the histories part");
         let mut checker = Checker::new();
         checker
-            .on_records(&records[..=d], true, Duration::ZERO)
+            .on_records(&records[..=d], true, Duration::ZERO, true)
             .expect("ours, in order");
         let err = checker
-            .on_records(&other[d + 1..d + 2], true, Duration::ZERO)
+            .on_records(&other[d + 1..d + 2], true, Duration::ZERO, true)
             .expect_err("the next record links to another one before it");
         let (next, before) = (d + 2, d + 1);
         assert!(
@@ -1104,7 +1128,7 @@ mod tests {
             .on_start(&records)
             .expect("everything acknowledged is there");
         checker
-            .on_records(&records, false, Duration::ZERO)
+            .on_records(&records, false, Duration::ZERO, true)
             .expect("all of them, in order");
     }
 
