@@ -97,7 +97,7 @@ impl<K: Ord + Clone, V: Clone> SmallMap<K, V> {
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
         match &mut self.0 {
             Repr::Other(None) => {
-                self.0 = Repr::Few(Arc::from(vec![(key, value)]));
+                self.0 = Repr::Few(Arc::from([(key, value)]));
                 None
             }
             Repr::Few(few) => match few.binary_search_by(|(k, _)| k.cmp(&key)) {
@@ -105,10 +105,18 @@ impl<K: Ord + Clone, V: Clone> SmallMap<K, V> {
                     if let Some(unshared) = Arc::get_mut(few) {
                         return Some(std::mem::replace(&mut unshared[i].1, value));
                     }
+                    // Shared: a new slice, allocated once at its length (a `TrustedLen`
+                    // iterator collects into an `Arc<[_]>` in place).
                     let old = few[i].1.clone();
-                    let mut entries = few.to_vec();
-                    entries[i].1 = value;
-                    *few = Arc::from(entries);
+                    let mut value = Some(value);
+                    *few = few
+                        .iter()
+                        .enumerate()
+                        .map(|(at, (k, v))| match value.take_if(|_| at == i) {
+                            Some(value) => (k.clone(), value),
+                            None => (k.clone(), v.clone()),
+                        })
+                        .collect();
                     Some(old)
                 }
                 Err(_) if few.len() == FEW => {
@@ -118,11 +126,12 @@ impl<K: Ord + Clone, V: Clone> SmallMap<K, V> {
                     None
                 }
                 Err(i) => {
-                    let mut entries = Vec::with_capacity(few.len() + 1);
-                    entries.extend_from_slice(&few[..i]);
-                    entries.push((key, value));
-                    entries.extend_from_slice(&few[i..]);
-                    *few = Arc::from(entries);
+                    *few = few[..i]
+                        .iter()
+                        .cloned()
+                        .chain(std::iter::once((key, value)))
+                        .chain(few[i..].iter().cloned())
+                        .collect();
                     None
                 }
             },
