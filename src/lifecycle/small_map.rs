@@ -101,24 +101,9 @@ impl<K: Ord + Clone, V: Clone> SmallMap<K, V> {
                 None
             }
             Repr::Few(few) => match few.binary_search_by(|(k, _)| k.cmp(&key)) {
-                Ok(i) => {
-                    if let Some(unshared) = Arc::get_mut(few) {
-                        return Some(std::mem::replace(&mut unshared[i].1, value));
-                    }
-                    // Shared: a new slice, allocated once at its length (a `TrustedLen`
-                    // iterator collects into an `Arc<[_]>` in place).
-                    let old = few[i].1.clone();
-                    let mut value = Some(value);
-                    *few = few
-                        .iter()
-                        .enumerate()
-                        .map(|(at, (k, v))| match value.take_if(|_| at == i) {
-                            Some(value) => (k.clone(), value),
-                            None => (k.clone(), v.clone()),
-                        })
-                        .collect();
-                    Some(old)
-                }
+                // Copied first when shared (`make_mut`: one allocation at the slice's
+                // length), changed in place when not.
+                Ok(i) => Some(std::mem::replace(&mut Arc::make_mut(few)[i].1, value)),
                 Err(_) if few.len() == FEW => {
                     let mut map: OrdMap<K, V> = few.iter().cloned().collect();
                     map.insert(key, value);
