@@ -381,11 +381,14 @@ impl StateEncoder {
             from: &self.last,
             run: 0..0,
         };
+        // An entry is unchanged when its value is the very `Arc` the last encoding wrote:
+        // held by this encoder since, it can neither have changed in place nor been freed
+        // and its address reused.
         let jobs_at = copy_or_put(
             jobs,
             &self.jobs,
-            |(id, job), (was_id, was_job)| (id == was_id).then(|| Arc::ptr_eq(job, was_job)),
-            |(id, _), (was_id, _)| was_id >= id,
+            |(id, _)| *id,
+            |(_, job), (_, was_job)| Arc::ptr_eq(job, was_job),
             |(id, job), out| {
                 put(out, *id)?;
                 put(out, &***job)
@@ -406,10 +409,8 @@ impl StateEncoder {
         let by_key_at = copy_or_put(
             by_key,
             &self.requests,
-            |(key, kept), (was_key, was_kept)| {
-                Arc::ptr_eq(key, was_key).then(|| Arc::ptr_eq(kept, was_kept))
-            },
-            |(key, _), (was_key, _)| ***was_key >= ***key,
+            |(key, _)| *key,
+            |(_, kept), (_, was_kept)| Arc::ptr_eq(kept, was_kept),
             |(key, kept), out| {
                 put(out, &***key)?;
                 put(out, &***kept)
@@ -421,8 +422,8 @@ impl StateEncoder {
         let by_time_at = copy_or_put(
             by_time,
             &self.requests_by_time,
-            |entry, was| (entry.0 == was.0 && Arc::ptr_eq(&entry.1, &was.1)).then_some(true),
-            |entry, was| was >= entry,
+            |entry| *entry,
+            |_, _| true,
             |entry, out| put(out, *entry),
             &mut copier,
             &mut out,
@@ -435,16 +436,14 @@ impl StateEncoder {
     }
 }
 
-/// Writes `items` in order, copying from the last encoding the bytes of each item that
-/// `same` finds unchanged in `last` (the collection the last encoding wrote, in the same
-/// order); answers the collection with where each item starts. `same` answers `None` for
-/// another item, `Some(false)` for the same one changed; `past` tells whether an item of
-/// `last` comes at or after the one written.
-fn copy_or_put<'a, T: Clone + 'a>(
+/// Writes `items` in order, copying from the last encoding the bytes of each item whose
+/// key `last` (the collection the last encoding wrote, in the same order) also holds and
+/// that `unchanged` finds the same; answers the collection with where each item starts.
+fn copy_or_put<'a, T: Clone + 'a, K: Ord>(
     items: &'a T,
     last: &'a Written<T>,
-    same: impl Fn(&<&'a T as IntoIterator>::Item, &<&'a T as IntoIterator>::Item) -> Option<bool>,
-    past: impl Fn(&<&'a T as IntoIterator>::Item, &<&'a T as IntoIterator>::Item) -> bool,
+    key: impl Fn(&<&'a T as IntoIterator>::Item) -> K,
+    unchanged: impl Fn(&<&'a T as IntoIterator>::Item, &<&'a T as IntoIterator>::Item) -> bool,
     mut put: impl FnMut(
         &<&'a T as IntoIterator>::Item,
         &mut Vec<u8>,
@@ -463,20 +462,13 @@ where
         .peekable();
     for item in items {
         starts.push(out.len() + copier.run.len());
-        let mut unchanged = None;
-        while let Some((was, at)) = before.peek() {
-            if let Some(kept) = same(&item, was) {
-                unchanged = kept.then(|| at[0]..at[1]);
-                before.next();
-                break;
-            }
-            if past(&item, was) {
-                break;
-            }
-            before.next();
-        }
-        match unchanged {
-            Some(bytes) => copier.copy(bytes, out),
+        // The last encoding's items before this one's key are gone from the collection.
+        while before.next_if(|(was, _)| key(was) < key(&item)).is_some() {}
+        let copied = before
+            .next_if(|(was, _)| key(was) == key(&item))
+            .filter(|(was, _)| unchanged(&item, was));
+        match copied {
+            Some((_, at)) => copier.copy(at[0]..at[1], out),
             None => {
                 copier.flush(out);
                 put(&item, out)?;
@@ -1045,8 +1037,7 @@ mod encoder_tests {
 
     /// A kept request the state changes after an encoding (as the fold does: the encoder
     /// holds it, so the change copies it first) is written anew, not copied from the
-    /// last encoding; one it leaves alone is copied. Each encoding is byte for byte a
-    /// fresh one.
+    /// last encoding: each encoding is byte for byte a fresh one (`encode_state`'s).
     #[test]
     fn a_kept_request_changed_since_the_last_encoding_is_written_anew() {
         let identity = Arc::new(Identity {
