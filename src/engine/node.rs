@@ -433,6 +433,10 @@ impl Node {
             return None;
         }
         let before = self.state.last_seq;
+        // The commands are decided one after another in the state itself (each folds its
+        // events into the nodes the one before copied). This copy of the state before the
+        // batch (a few pointers) puts back a command refused after its events were folded.
+        let before_batch = self.state.clone();
         let mut events: Vec<Event> = Vec::new();
         let mut outputs: Vec<Output> = Vec::new();
         let mut fired: Option<(Timestamp, Timer)> = None;
@@ -463,7 +467,7 @@ impl Node {
             let ack = acknowledgement(&command);
             // The state becomes the one `decide` folded the events into as it made them;
             // a fold refuses an illegal event there (a panic: a defect of the core).
-            let decision = lifecycle::decide_and_apply(
+            let decision = lifecycle::decide_in_place(
                 &mut self.state,
                 &self.settings,
                 command,
@@ -476,10 +480,19 @@ impl Node {
                 reply,
             } = match decision {
                 Ok(decision) => decision,
-                Err(rejection) => Decision {
-                    reply: Some(Err(rejection)),
-                    ..Decision::default()
-                },
+                Err(refused) => {
+                    if refused.folded {
+                        // The state after the batch's decisions so far.
+                        self.state = before_batch.clone();
+                        for event in &events {
+                            self.state.apply(event);
+                        }
+                    }
+                    Decision {
+                        reply: Some(Err(refused.rejection)),
+                        ..Decision::default()
+                    }
+                }
             };
             if let Some(token) = token {
                 let answer = reply.ok_or_else(|| NodeError::Stopped {
@@ -728,5 +741,98 @@ fn local_report(report: SiteReport) -> Vec<Command> {
             tracing::debug!("the local participant has no schedule role; report ignored");
             Vec::new()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::clock::SIM_EPOCH;
+    use crate::engine::ids::SeededIds;
+    use crate::lifecycle::decide::test_event_limit;
+    use crate::lifecycle::event::encoded_len;
+
+    /// A site's connect; the more resources it reports, the larger its event.
+    fn connect(resources: usize) -> SiteReport {
+        SiteReport::Connected {
+            resources: (0..resources).map(|r| (format!("gpu-{r}"), 1.0)).collect(),
+            running: vec![],
+        }
+    }
+
+    /// Appends the batch the node hands out (if any) to `stored` and reports it done.
+    fn append(node: &mut Node, stored: &mut Vec<Event>) -> Vec<Event> {
+        let Some(append) = node.poll_append() else {
+            return Vec::new();
+        };
+        stored.extend(append.events.iter().cloned());
+        node.append_done(append.id, Ok(()));
+        append.events
+    }
+
+    fn kinds(events: &[Event]) -> Vec<&'static str> {
+        events.iter().map(|e| e.kind.name()).collect()
+    }
+
+    #[test]
+    fn a_command_refused_after_its_events_were_folded_leaves_the_state_of_the_batch_without_it() {
+        let settings = Settings::default();
+        let ids = Ids::Seeded(SeededIds::new(7));
+        let mut node = Node::start(
+            State::new(),
+            None,
+            settings,
+            ids,
+            Default::default(),
+            SIM_EPOCH,
+        );
+        let mut stored = Vec::new();
+        append(&mut node, &mut stored);
+        // The limit: the largest event of a bare connect, decided on a copy.
+        let command = Command::Site {
+            site: "site-1".into(),
+            report: connect(0),
+        };
+        let bare = lifecycle::decide(
+            node.state(),
+            node.settings(),
+            command,
+            SIM_EPOCH,
+            &mut Ids::Seeded(SeededIds::new(8)),
+        )
+        .expect("a connect is decided");
+        let limit = bare.events.iter().map(encoded_len).max().expect("events");
+        // One batch: the bare connect (fits), then a connect reporting resources (does
+        // not): it is decided after the first, in the same state, and refused once folded.
+        for (site, resources) in [("site-1", 0), ("site-2", 8)] {
+            let from = Participant::Site(site.into());
+            let report = connect(resources);
+            node.handle(SIM_EPOCH, Input::Report { from, report });
+        }
+        let batch = test_event_limit::with(limit, || append(&mut node, &mut stored));
+        assert_eq!(
+            kinds(&batch),
+            kinds(&bare.events),
+            "the batch holds the first connect's events and nothing of the refused one"
+        );
+        // The node's state is the fold of what is stored, and of nothing else.
+        let mut replayed = State::new();
+        for event in &stored {
+            replayed.apply_checked(event).expect("a legal history");
+        }
+        assert_eq!(replayed.sites.len(), 1, "only site-1 is recorded");
+        assert_eq!(node.state(), &replayed);
+        // A refused report has no answer to carry; the next command continues from there.
+        let from = Participant::Site("site-2".into());
+        node.handle(
+            SIM_EPOCH,
+            Input::Report {
+                from,
+                report: connect(8),
+            },
+        );
+        let next = append(&mut node, &mut stored);
+        assert_eq!(next.first().map(|e| e.seq), Some(replayed.last_seq + 1));
+        assert_eq!(node.state().sites.len(), 2);
     }
 }

@@ -1,14 +1,17 @@
 //! `decide`: command + state + settings + `now` + injected ids -> events and effects, or a
 //! typed rejection. Pure.
 //!
-//! Every event is applied to a scratch copy of the state as soon as it is made, so later
-//! steps of the same decision see it, and an event that would be illegal stops at the
-//! fold's own check. The copy is taken at the first event, so a decision that records
-//! nothing copies nothing. After the command's own events, the jobs it touched are settled (stop
-//! a failing run, decide a final status, mark a run stopped, start an archive) and a
-//! scheduling pass runs, so the engine never polls.
+//! Every event is folded into the state as soon as it is made, so later steps of the same
+//! decision see it, and an event that would be illegal stops at the fold's own check.
+//! [`decide_in_place`] folds into the caller's state itself: the engine decides a batch of
+//! commands one after another in one state, so a node of its persistent maps that one
+//! command copied is changed in place by the next (a copy per command would copy it
+//! again, and free the last copy). [`decide`] works on a copy (the state's persistent maps
+//! make it a few pointers), so a decision that records nothing changes nothing. After the
+//! command's own events, the jobs it touched are settled (stop a failing run, decide a
+//! final status, mark a run stopped, start an archive) and a scheduling pass runs, so the
+//! engine never polls.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::job::meta::SERVER;
@@ -67,12 +70,13 @@ pub fn decide(
     now: Timestamp,
     ids: &mut impl IdSource,
 ) -> Result<Decision, Rejection> {
-    decide_keeping(state, settings, command, now, ids).map(|(decision, _)| decision)
+    let mut scratch = state.clone();
+    decide_in_place(&mut scratch, settings, command, now, ids).map_err(|r| r.rejection)
 }
 
-/// [`decide`], and `state` becomes the state after the decision's events: the scratch
-/// state the decision folded them into as it made them, so the caller folds nothing a
-/// second time. On `Err`, and for a decision that records nothing, `state` is unchanged.
+/// [`decide`], and `state` becomes the state after the decision's events, the one the
+/// decision folded them into as it made them, so the caller folds nothing a second time.
+/// On `Err`, and for a decision that records nothing, `state` is unchanged.
 pub fn decide_and_apply(
     state: &mut State,
     settings: &Settings,
@@ -80,41 +84,61 @@ pub fn decide_and_apply(
     now: Timestamp,
     ids: &mut impl IdSource,
 ) -> Result<Decision, Rejection> {
-    let (decision, after) = decide_keeping(state, settings, command, now, ids)?;
-    if let Some(after) = after {
-        *state = after;
-    }
-    Ok(decision)
+    let before = state.clone();
+    decide_in_place(state, settings, command, now, ids).map_err(|refused| {
+        if refused.folded {
+            *state = before;
+        }
+        refused.rejection
+    })
 }
 
-/// [`decide`] and the scratch state after its events, when it made any.
-fn decide_keeping(
-    state: &State,
+/// A decision refused ([`decide_in_place`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Refused {
+    /// Why.
+    pub rejection: Rejection,
+    /// Whether the state holds events of the refused decision: the caller must put back
+    /// the state it had before the decision.
+    pub folded: bool,
+}
+
+/// [`decide`], folding the decision's events into `state` itself as it makes them, with no
+/// copy of the state. A decision that records nothing leaves `state` unchanged. A refusal
+/// found before any event was made leaves it unchanged too; one found after (an event too
+/// large for the history, which the bounds on what comes in should make impossible) leaves
+/// the events folded and says so in [`Refused::folded`].
+pub fn decide_in_place(
+    state: &mut State,
     settings: &Settings,
     command: Command,
     now: Timestamp,
     ids: &mut impl IdSource,
-) -> Result<(Decision, Option<State>), Rejection> {
+) -> Result<Decision, Refused> {
+    let refused = |rejection| Refused {
+        rejection,
+        folded: false,
+    };
     let mut reused_key = false;
     if let Command::Admin { origin, request } = &command {
         let identity = &origin.identity;
         if identity.name.len() > MAX_ID_BYTES || identity.org.len() > MAX_ID_BYTES {
-            return Err(Rejection::BadIdentity {
+            return Err(refused(Rejection::BadIdentity {
                 reason: format!(
                     "an admin's name and org may have at most {MAX_ID_BYTES} bytes, these have {} and {}",
                     identity.name.len(),
                     identity.org.len()
                 ),
-            });
+            }));
         }
         if let Some(key) = &origin.request_id {
             if key.is_empty() || key.len() > MAX_ID_BYTES {
-                return Err(Rejection::BadRequestId {
+                return Err(refused(Rejection::BadRequestId {
                     reason: format!(
                         "a request id must have 1 to {MAX_ID_BYTES} bytes, this one has {}",
                         key.len()
                     ),
-                });
+                }));
             }
             let request_key = RequestKey {
                 identity: std::sync::Arc::new(identity.clone()),
@@ -122,25 +146,21 @@ fn decide_keeping(
             };
             if let Some(first) = state.requests.get(&request_key, now.max(state.last_at)) {
                 if first.fingerprint.same_request(&fingerprint(request)) {
-                    let decision = Decision {
+                    return Ok(Decision {
                         reply: Some(first.reply()),
                         ..Decision::default()
-                    };
-                    return Ok((decision, None));
+                    });
                 }
                 reused_key = true;
             }
         }
     }
-    let (decision, after) = decide_inner(state, settings, command, now, ids, reused_key)?;
+    let decision = decide_inner(state, settings, command, now, ids, reused_key);
     // Last line of defence: the bounds on what comes in (meta, names, ids, reasons) and
     // the splitting of long lists keep every event small; should one still not fit, the
     // command is refused here, before anything is written, so no event can stop the engine.
-    if let Some(event) = decision
-        .events
-        .iter()
-        .find(|e| encoded_len(e) > MAX_EVENT_BYTES)
-    {
+    let limit = max_event_bytes();
+    if let Some(event) = decision.events.iter().find(|e| encoded_len(e) > limit) {
         let bytes = encoded_len(event);
         tracing::error!(
             seq = event.seq,
@@ -148,12 +168,40 @@ fn decide_keeping(
             bytes,
             "refusing a command whose event would not fit in the history"
         );
-        return Err(Rejection::TooLarge {
-            bytes,
-            limit: MAX_EVENT_BYTES,
+        return Err(Refused {
+            rejection: Rejection::TooLarge { bytes, limit },
+            folded: true,
         });
     }
-    Ok((decision, after))
+    Ok(decision)
+}
+
+/// The largest event a decision may make: [`MAX_EVENT_BYTES`], or in tests a smaller
+/// limit ([`test_event_limit::with`]) that lets them reach the refusal of a decision whose
+/// events were already folded.
+fn max_event_bytes() -> usize {
+    #[cfg(test)]
+    if let Some(limit) = test_event_limit::LIMIT.get() {
+        return limit;
+    }
+    MAX_EVENT_BYTES
+}
+
+#[cfg(test)]
+pub(crate) mod test_event_limit {
+    use std::cell::Cell;
+
+    thread_local! {
+        pub(super) static LIMIT: Cell<Option<usize>> = const { Cell::new(None) };
+    }
+
+    /// Runs `f` with decisions on this thread refusing any event over `limit` bytes.
+    pub(crate) fn with<T>(limit: usize, f: impl FnOnce() -> T) -> T {
+        LIMIT.set(Some(limit));
+        let out = f();
+        LIMIT.set(None);
+        out
+    }
 }
 
 /// What identifies an admin request under its idempotency key.
@@ -169,15 +217,15 @@ fn fingerprint(request: &AdminRequest) -> RequestFingerprint {
 }
 
 fn decide_inner(
-    state: &State,
+    state: &mut State,
     settings: &Settings,
     command: Command,
     now: Timestamp,
     ids: &mut impl IdSource,
     reused_key: bool,
-) -> Result<(Decision, Option<State>), Rejection> {
+) -> Decision {
     let mut ctx = Ctx {
-        scratch: Cow::Borrowed(state),
+        scratch: state,
         settings,
         now,
         request_id: None,
@@ -189,9 +237,9 @@ fn decide_inner(
     let reply = match command {
         Command::StartServer { boot_id } => {
             // The envelope carries the new boot id from this event on.
-            ctx.scratch.to_mut().boot_id = boot_id;
+            ctx.scratch.boot_id = boot_id;
             ctx.emit(Actor::System, EventKind::ServerStarted { boot_id });
-            if !recovery::needs_observation(&ctx.scratch) {
+            if !recovery::needs_observation(ctx.scratch) {
                 // No run was in flight: there is nothing to wait for, so the restart
                 // decisions (pending archives, if any) are made at once.
                 ctx.finish_recovery();
@@ -271,27 +319,20 @@ fn decide_inner(
     ctx.request_id = None;
     ctx.settle_touched();
     ctx.schedule_pass();
-    let decision = Decision {
+    Decision {
         events: ctx.events,
         effects: ctx.effects,
         reply,
-    };
-    // The scratch is owned once an event was made (or a boot id set, which only comes
-    // with the event that records it).
-    let after = match ctx.scratch {
-        Cow::Owned(after) if !decision.events.is_empty() => Some(after),
-        _ => None,
-    };
-    Ok((decision, after))
+    }
 }
 
 /// The working set of one decision.
 struct Ctx<'a> {
-    /// The state so far: the caller's until the first event (or boot id) of this
-    /// decision, then a copy with this decision's events applied. A command that records
-    /// nothing (a late answer, a timer with nothing due, a repeated report) never copies
-    /// the state.
-    scratch: Cow<'a, State>,
+    /// The state so far, with this decision's events folded in as they are made. Only
+    /// [`Ctx::emit`] changes it (and the boot id of a start, with the event that records
+    /// it), so a command that records nothing (a late answer, a timer with nothing due, a
+    /// repeated report) leaves it as it was.
+    scratch: &'a mut State,
     settings: &'a Settings,
     now: Timestamp,
     request_id: Option<String>,
@@ -317,7 +358,7 @@ impl Ctx<'_> {
         if let Some(job_id) = event.kind.job_id() {
             self.touched.insert(job_id);
         }
-        self.scratch.to_mut().apply(&event);
+        self.scratch.apply(&event);
         self.events.push(event);
     }
 
@@ -443,7 +484,7 @@ impl Ctx<'_> {
 
     /// Makes the restart decisions and closes the recovery window.
     fn finish_recovery(&mut self) {
-        let (events, effects) = recovery::decide_restart(&self.scratch, self.settings);
+        let (events, effects) = recovery::decide_restart(self.scratch, self.settings);
         for (actor, kind) in events {
             self.emit(actor, kind);
         }
@@ -587,22 +628,22 @@ impl Ctx<'_> {
         // for a SUBMITTED job (which stays SUBMITTED or ends CAN_NOT_SCHEDULE), so it
         // changes neither the recovery window, nor the try in flight, nor the number of
         // active jobs; the only other step ends the pass.
-        if schedule::blocked(&self.scratch, self.settings).is_some() {
+        if schedule::blocked(self.scratch, self.settings).is_some() {
             return;
         }
         // The jobs due now, in queue order, from the due index: a pass costs what is
         // due, not what is queued. A try changes only the job tried, so the list holds
         // for the whole pass; each step is checked against a scan of the whole queue.
-        let mut due = schedule::due_jobs(&self.scratch, self.settings, self.now).into_iter();
+        let mut due = schedule::due_jobs(self.scratch, self.settings, self.now).into_iter();
         loop {
             let step = due
                 .by_ref()
                 .filter_map(|(_, _, id)| self.scratch.jobs.get(&id))
                 .find(|job| job.status == RunStatus::Submitted && !self.tried.contains(&job.id))
-                .map_or(PassStep::Idle, |job| schedule::step_for(&self.scratch, job));
+                .map_or(PassStep::Idle, |job| schedule::step_for(self.scratch, job));
             debug_assert_eq!(
                 step,
-                schedule::next_step(&self.scratch, self.settings, self.now, &self.tried),
+                schedule::next_step(self.scratch, self.settings, self.now, &self.tried),
                 "the due index must give the step a scan of the whole queue gives"
             );
             match step {
@@ -700,7 +741,7 @@ impl Ctx<'_> {
         let job_id = job.id;
         self.tried.insert(job_id);
         let mut verdict = schedule::evaluate_try(&job.meta, &schedule_try);
-        if schedule::max_jobs_reached(&self.scratch, self.settings) {
+        if schedule::max_jobs_reached(self.scratch, self.settings) {
             if let TryVerdict::Dispatch { reservations, .. } = verdict {
                 // The limit was reached while the try was in flight: a site came back with
                 // an app of an ended run, which holds its run's slot again (SPEC 8). No
@@ -2081,5 +2122,60 @@ fn timer_fired(ctx: &mut Ctx<'_>, timer: Timer) {
                 ctx.finish_recovery();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoIds;
+
+    impl IdSource for NoIds {
+        fn new_job_id(&mut self) -> JobId {
+            unreachable!("a connect makes no job")
+        }
+    }
+
+    fn connect() -> Command {
+        Command::Site {
+            site: "site-1".into(),
+            report: SiteReport::Connected {
+                resources: Default::default(),
+                running: vec![],
+            },
+        }
+    }
+
+    #[test]
+    fn a_decision_refused_after_folding_its_events_says_so_and_apply_puts_the_state_back() {
+        let settings = Settings::default();
+        let now = Timestamp::from_millis(1_000);
+        let mut state = State::new();
+        let fits = decide(&state, &settings, connect(), now, &mut NoIds).expect("decided");
+        assert!(!fits.events.is_empty());
+        let before = state.clone();
+        test_event_limit::with(1, || {
+            let refused =
+                decide_in_place(&mut state.clone(), &settings, connect(), now, &mut NoIds)
+                    .expect_err("no event fits in one byte");
+            assert!(refused.folded, "the connect's events were folded");
+            assert!(matches!(
+                refused.rejection,
+                Rejection::TooLarge { limit: 1, .. }
+            ));
+            let applied = decide_and_apply(&mut state, &settings, connect(), now, &mut NoIds);
+            assert!(matches!(applied, Err(Rejection::TooLarge { .. })));
+        });
+        assert_eq!(
+            state, before,
+            "the refused decision left nothing in the state"
+        );
+        assert_eq!(state.last_seq, 0);
+        // Without the limit the same decision goes through, in place.
+        let decided =
+            decide_in_place(&mut state, &settings, connect(), now, &mut NoIds).expect("decided");
+        assert_eq!(decided, fits);
+        assert_eq!(state.last_seq, fits.events.len() as u64);
     }
 }

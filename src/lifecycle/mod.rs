@@ -25,7 +25,7 @@ pub mod view;
 
 pub use actor::{Actor, Identity, Role};
 pub use command::{AdminRequest, Command, Origin, SubmitSignature, Timer};
-pub use decide::{decide, decide_and_apply, Decision, IdSource};
+pub use decide::{decide, decide_and_apply, decide_in_place, Decision, IdSource, Refused};
 pub use effect::Effect;
 pub use event::{BlobHash, BootId, Event, EventKind, ResourceAnswer, ScheduleOutcome, StepResult};
 pub use jobs::Jobs;
