@@ -302,12 +302,12 @@ enum Item {
     },
     /// An input from the server's own workers (its local participant, its archiver), for
     /// the server process of this boot.
-    ToNode(Input, u64),
+    ToNode(Box<Input>, u64),
     // FAULTS: items that only runs with a `[faults]` table schedule.
     /// A request on its way to a site (delayed), sent on this connection.
     Request {
         site: usize,
-        request: SiteRequest,
+        request: Box<SiteRequest>,
         job_id: JobId,
         epoch: u64,
     },
@@ -791,9 +791,9 @@ impl<'a> Sim<'a> {
             }
             Item::ToNode(input, boot) => {
                 if up && boot == self.boots {
-                    batch.push((input, Tag::None));
+                    batch.push((*input, Tag::None));
                 } else if matches!(
-                    input,
+                    *input,
                     Input::Report {
                         from: Participant::Local,
                         report: SiteReport::AppExited { .. },
@@ -801,7 +801,7 @@ impl<'a> Sim<'a> {
                 ) {
                     // The server app's exit is recorded in its workspace and found again
                     // when the server restarts.
-                    self.server_outbox.push(input);
+                    self.server_outbox.push(*input);
                 }
             }
             Item::SiteAppEnd {
@@ -826,7 +826,7 @@ impl<'a> Sim<'a> {
                         };
                         let boot = self.boots;
                         self.collect(
-                            Item::ToNode(local_exit(job_id, outcome, false), boot),
+                            Item::ToNode(Box::new(local_exit(job_id, outcome, false)), boot),
                             batch,
                         );
                     }
@@ -841,7 +841,7 @@ impl<'a> Sim<'a> {
             } => {
                 // A request sent on a connection that is gone is lost with it.
                 if self.sites[site].online && epoch == self.epochs[site] {
-                    self.handle_at_site(site, request, job_id);
+                    self.handle_at_site(site, *request, job_id);
                 }
             }
             Item::FaultTick => self.fault_tick(batch),
@@ -1334,7 +1334,7 @@ impl<'a> Sim<'a> {
                         at,
                         Item::Request {
                             site: s,
-                            request,
+                            request: Box::new(request),
                             job_id,
                             epoch,
                         },
@@ -1438,7 +1438,7 @@ impl<'a> Sim<'a> {
                     };
                     self.schedule(
                         now,
-                        Item::ToNode(Input::ArchiveFinished { job_id, result }, boot),
+                        Item::ToNode(Box::new(Input::ArchiveFinished { job_id, result }), boot),
                     );
                 }
                 Output::Reply { .. }
@@ -1456,10 +1456,10 @@ impl<'a> Sim<'a> {
         let boot = self.boots;
         let report = |report| {
             Item::ToNode(
-                Input::Report {
+                Box::new(Input::Report {
                     from: Participant::Local,
                     report,
-                },
+                }),
                 boot,
             )
         };
@@ -1506,7 +1506,7 @@ impl<'a> Sim<'a> {
                     self.schedule(
                         now,
                         Item::ToNode(
-                            local_exit(job_id, ExitOutcome::Signal(STOP_SIGNAL), true),
+                            Box::new(local_exit(job_id, ExitOutcome::Signal(STOP_SIGNAL), true)),
                             boot,
                         ),
                     );
@@ -1699,10 +1699,10 @@ impl<'a> Sim<'a> {
         self.schedule(
             now,
             Item::ToNode(
-                Input::Report {
+                Box::new(Input::Report {
                     from: Participant::Site(site),
                     report: SiteReport::Disconnected,
-                },
+                }),
                 self.boots,
             ),
         );
