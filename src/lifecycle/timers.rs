@@ -98,12 +98,12 @@ fn job_deadlines(state: &State, settings: &Settings, job: &Job, out: &mut Vec<(T
             }
         }
         // A site away is rare: whether one is comes first, whether the run still waits
-        // for it (two lookups) only then.
+        // for it only then.
         for site in run.expected_sites() {
             let Some(facts) = state.sites.get(site).filter(|facts| !facts.connected) else {
                 continue;
             };
-            if !run.site_exits.contains_key(site) && !run.lapsed.contains(site) {
+            if run.site_outstanding(site) {
                 out.push((
                     facts.since.plus(settings.site_reconnect_grace),
                     Timer::SiteReconnectGraceOver {
