@@ -419,8 +419,9 @@ impl Checking {
                 fed,
                 mark,
             } => {
-                let events = checker
-                    .on_records(&records, true, now, fed.is_some())
+                let mut events = Vec::new();
+                checker
+                    .on_records(&records, true, now, fed.as_ref().map(|_| &mut events))
                     .map_err(|what| Found { what, mark })?;
                 if let Some(fed) = fed {
                     place_facts(&mut self.behind.facts, fed, &events);
