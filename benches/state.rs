@@ -27,7 +27,9 @@
 //! running job decided and applied, a site's connect report (a reconnect) decided and
 //! applied, and the next deadline, each on a state holding `n` finished jobs, 1,000 or
 //! 100,000.
-//! `pass_cost/submit_<n>_waiting`: a submit with 1,000 or 10,000 jobs queued in a back-off.
+//! `pass_cost/submit_<n>_waiting`: a submit with 1,000 or 10,000 jobs queued in a back-off;
+//! `pass_cost/next_deadline_<n>_waiting` and `pass_cost/site_reconnect_<n>_waiting`: the
+//! next deadline of that state, and a site's connect report decided and applied in it.
 //!
 //! Run: `cargo bench --bench state`.
 
@@ -429,6 +431,17 @@ fn bench_command(
     });
 }
 
+/// A connected site's connect report (a reconnect) naming no running job.
+fn reconnect() -> Command {
+    Command::Site {
+        site: SITES[0].to_string(),
+        report: SiteReport::Connected {
+            resources: Default::default(),
+            running: Vec::new(),
+        },
+    }
+}
+
 fn command_cost(c: &mut Criterion) {
     let mut group = c.benchmark_group("command_cost");
     for finished in [1_000u64, 100_000] {
@@ -475,13 +488,7 @@ fn command_cost(c: &mut Criterion) {
             &mut w,
             &kept,
             decide_and_apply,
-            || Command::Site {
-                site: SITES[0].to_string(),
-                report: SiteReport::Connected {
-                    resources: Default::default(),
-                    running: Vec::new(),
-                },
-            },
+            reconnect,
         );
         group.bench_function(format!("next_deadline_{finished}_finished"), |b| {
             b.iter(|| fedrun::lifecycle::next_deadline(black_box(&w.state), &w.settings))
@@ -517,6 +524,19 @@ fn pass_cost(c: &mut Criterion) {
             &kept,
             decide_and_apply,
             || submit_command(waiting),
+        );
+        // Every queued job is live, but none of them has a deadline of its own, nor a
+        // site left out of a run that a site's connect must look for.
+        group.bench_function(format!("next_deadline_{waiting}_waiting"), |b| {
+            b.iter(|| fedrun::lifecycle::next_deadline(black_box(&w.state), &w.settings))
+        });
+        bench_command(
+            &mut group,
+            format!("site_reconnect_{waiting}_waiting"),
+            &mut w,
+            &kept,
+            decide_and_apply,
+            reconnect,
         );
     }
     group.finish();

@@ -481,7 +481,7 @@ fn check_event(event: &Event, before: Option<RunStatus>, jobs: &mut Vec<JobId>) 
 /// `max_jobs` count, settled, blob in use, next due pass, and each run's stop
 /// candidates against its exits. The error names the first difference.
 pub fn verify_index(state: &State, settings: &Settings) -> Result<(), String> {
-    use crate::lifecycle::state::{Archive, RunPhase};
+    use crate::lifecycle::state::{Archive, Job, RunPhase};
     let scanned = crate::lifecycle::timers::deadlines_by_scan(state, settings);
     let indexed = crate::lifecycle::deadlines(state, settings);
     if indexed != scanned {
@@ -511,32 +511,43 @@ pub fn verify_index(state: &State, settings: &Settings) -> Result<(), String> {
             state.active_job_count()
         ));
     }
-    let archiving: std::collections::BTreeSet<JobId> = state
-        .jobs
-        .values()
-        .filter(|j| {
-            matches!(
-                j.archive,
-                Archive::Pending {
-                    in_flight: true,
-                    ..
-                }
-            )
-        })
-        .map(|j| j.id)
-        .collect();
-    if state
-        .index
-        .archiving
-        .iter()
-        .copied()
-        .collect::<std::collections::BTreeSet<_>>()
-        != archiving
-    {
-        return Err(format!(
-            "jobs with an archive try in flight {:?} by the index, {archiving:?} by a scan",
-            state.index.archiving
-        ));
+    let archiving_by_scan = |j: &Job| {
+        matches!(
+            j.archive,
+            Archive::Pending {
+                in_flight: true,
+                ..
+            }
+        )
+    };
+    for (what, indexed, by_scan) in [
+        (
+            "jobs with an archive try in flight",
+            &state.index.archiving,
+            &archiving_by_scan as &dyn Fn(&Job) -> bool,
+        ),
+        (
+            "jobs that may have deadlines",
+            &state.index.timed,
+            &crate::lifecycle::state::job_may_have_timers,
+        ),
+    ] {
+        let scanned: std::collections::BTreeSet<JobId> = state
+            .jobs
+            .values()
+            .filter(|j| by_scan(j))
+            .map(|j| j.id)
+            .collect();
+        if indexed
+            .iter()
+            .copied()
+            .collect::<std::collections::BTreeSet<_>>()
+            != scanned
+        {
+            return Err(format!(
+                "{what} {indexed:?} by the index, {scanned:?} by a scan"
+            ));
+        }
     }
     let settled = state.recovery.is_none()
         && state.schedule_try.is_none()

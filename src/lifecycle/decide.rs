@@ -1572,10 +1572,11 @@ fn site_report(ctx: &mut Ctx<'_>, site: String, report: SiteReport) {
                 .filter(|id| ctx.job(id).is_some_and(|j| j.run.was_sent(&site)))
                 .collect();
             // A left-out site that does not list the job does not run its app. A job with
-            // a left-out site is live, so only live jobs are looked at, not the past.
+            // a left-out site may have deadlines (its stop wait), so only those jobs are
+            // looked at, not the queue or the past.
             let ended: Vec<JobId> = ctx
                 .scratch
-                .live_jobs()
+                .timed_jobs()
                 .filter(|j| j.run.left_out.contains(&site) && !listed.contains(&j.id))
                 .map(|j| j.id)
                 .collect();

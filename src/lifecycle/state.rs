@@ -839,6 +839,10 @@ pub struct LiveIndex {
     /// Jobs with an archive try in flight (`Archive::Pending { in_flight: true }`): the
     /// only jobs a restart changes, so its fold touches these and not every live job.
     pub archiving: OrdSet<JobId>,
+    /// Live jobs that may have a deadline of their own ([`job_may_have_timers`]): every
+    /// live job but those that only wait in the queue, so the next deadline is looked
+    /// for among the jobs in flight and not the whole queue.
+    pub timed: OrdSet<JobId>,
     /// True only for the stand-in the state holds while the fold changes its jobs
     /// ([`State::index`] refuses to hand it out).
     in_fold: bool,
@@ -852,6 +856,7 @@ pub struct IndexSets {
     active: usize,
     by_status: [usize; RunStatus::ALL.len()],
     archiving: OrdSet<JobId>,
+    timed: OrdSet<JobId>,
     blob_refs: OrdMap<BlobHash, u32>,
 }
 
@@ -876,6 +881,17 @@ pub fn job_is_live(job: &Job) -> bool {
         && matches!(job.run.phase, RunPhase::NotStarted | RunPhase::Stopped)
         && job.archive.is_settled()
         && job.run.left_out.is_empty())
+}
+
+/// Whether the job may have a deadline of its own ([`crate::lifecycle::timers`]): it is
+/// live and does more than wait in the queue. A `SUBMITTED` job whose run is not under
+/// way and has no left-out site has none: no step to time out, no exit or site to wait
+/// for, no stop wait, and no archive (it is not terminal).
+pub fn job_may_have_timers(job: &Job) -> bool {
+    job_is_live(job)
+        && !(job.status == RunStatus::Submitted
+            && matches!(job.run.phase, RunPhase::NotStarted | RunPhase::Stopped)
+            && job.run.left_out.is_empty())
 }
 
 /// Whether the job holds a `max_jobs` slot: `DISPATCHED`, `RUNNING`, with a run still
@@ -913,6 +929,8 @@ pub struct Contribution {
     due: Option<(u32, (Timestamp, QueueKey))>,
     /// In [`LiveIndex::archiving`].
     archiving: bool,
+    /// In [`LiveIndex::timed`].
+    timed: bool,
     /// Counted in [`LiveIndex::by_status`] under this status (none once deleted).
     counted: Option<RunStatus>,
 }
@@ -939,6 +957,7 @@ impl Contribution {
                     ..
                 }
             ),
+            timed: job_may_have_timers(job),
             counted: (!job.deleted).then_some(job.status),
         }
     }
@@ -981,6 +1000,9 @@ impl LiveIndex {
             if c.archiving {
                 sets.archiving.insert(c.id);
             }
+            if c.timed {
+                sets.timed.insert(c.id);
+            }
             if c.slot {
                 sets.active += 1;
             }
@@ -1017,6 +1039,7 @@ impl LiveIndex {
             due: due.0,
             by_status: sets.by_status,
             archiving: sets.archiving,
+            timed: sets.timed,
             in_fold: false,
         }
     }
@@ -1028,25 +1051,21 @@ impl LiveIndex {
         let Some(id) = before.or(after).map(|c| c.id) else {
             return;
         };
-        let live = |c: Option<&Contribution>| c.is_some_and(|c| c.live);
-        match (live(before), live(after)) {
-            (false, true) => {
-                self.live.insert(id);
+        let member = |c: Option<&Contribution>, of: fn(&Contribution) -> bool| c.is_some_and(of);
+        for (set, of) in [
+            (&mut self.live, (|c| c.live) as fn(&Contribution) -> bool),
+            (&mut self.archiving, |c| c.archiving),
+            (&mut self.timed, |c| c.timed),
+        ] {
+            match (member(before, of), member(after, of)) {
+                (false, true) => {
+                    set.insert(id);
+                }
+                (true, false) => {
+                    set.remove(&id);
+                }
+                _ => {}
             }
-            (true, false) => {
-                self.live.remove(&id);
-            }
-            _ => {}
-        }
-        let archiving = |c: Option<&Contribution>| c.is_some_and(|c| c.archiving);
-        match (archiving(before), archiving(after)) {
-            (false, true) => {
-                self.archiving.insert(id);
-            }
-            (true, false) => {
-                self.archiving.remove(&id);
-            }
-            _ => {}
         }
         let slot = |c: Option<&Contribution>| c.is_some_and(|c| c.slot);
         match (slot(before), slot(after)) {
@@ -1440,6 +1459,12 @@ impl State {
     /// other job is terminal and settled, and has no deadline.
     pub fn live_jobs(&self) -> impl Iterator<Item = &Job> {
         self.index().live.iter().filter_map(|id| self.job(id))
+    }
+
+    /// The live jobs that may have a deadline of their own ([`job_may_have_timers`]), by
+    /// id: those in flight, not those that only wait in the queue.
+    pub fn timed_jobs(&self) -> impl Iterator<Item = &Job> {
+        self.index().timed.iter().filter_map(|id| self.job(id))
     }
 
     /// True when nothing is left to happen by itself: no job queued or in flight, every

@@ -134,8 +134,9 @@ fn job_deadlines(state: &State, settings: &Settings, job: &Job, out: &mut Vec<(T
     }
 }
 
-/// Every pending deadline, unsorted. Only live jobs ([`State::live_jobs`]) can have one:
-/// every other job is terminal with its run, archive and left-out sites settled.
+/// Every pending deadline, unsorted. Only the jobs of [`State::timed_jobs`] can have one:
+/// every other job is terminal with its run, archive and left-out sites settled, or only
+/// waits in the queue (whose next due pass is [`schedule::next_due`]).
 fn pending(state: &State, settings: &Settings) -> Vec<(Timestamp, Timer)> {
     let mut out = Vec::new();
     if global_deadlines(
@@ -146,7 +147,7 @@ fn pending(state: &State, settings: &Settings) -> Vec<(Timestamp, Timer)> {
     ) {
         return out;
     }
-    for job in state.live_jobs() {
+    for job in state.timed_jobs() {
         job_deadlines(state, settings, job, &mut out);
     }
     out
@@ -160,7 +161,7 @@ pub fn deadlines(state: &State, settings: &Settings) -> Vec<(Timestamp, Timer)> 
 }
 
 /// The earliest pending deadline, if any: the first of [`deadlines`], without sorting the
-/// rest. Its cost follows the live jobs, not every job ever submitted.
+/// rest. Its cost follows the jobs in flight, not the queue or every job ever submitted.
 pub fn next_deadline(state: &State, settings: &Settings) -> Option<(Timestamp, Timer)> {
     pending(state, settings).into_iter().min()
 }

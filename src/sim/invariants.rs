@@ -607,6 +607,7 @@ impl Checker {
             || x.blob_refs.len() != y.blob_refs.len()
             || x.due.len() != y.due.len()
             || x.archiving.len() != y.archiving.len()
+            || x.timed.len() != y.timed.len()
         {
             return false;
         }
@@ -804,6 +805,7 @@ mod tests {
                 && state.queue.len() >= 2
                 && state.requests.by_key.len() >= 3
                 && state.jobs.len() >= 3
+                && !state.index().timed.is_empty()
             {
                 captured = Some(state.clone());
             }
@@ -991,6 +993,12 @@ mod tests {
         shorter.index.live.remove(&job_id);
         let mut checker = compared_on(&state);
         assert!(!checker.live_equals_replayed(&shorter));
+        // A job in flight missing from the jobs that may have deadlines: found at once.
+        let mut untimed = state.clone();
+        let job_id = *untimed.index.timed.iter().next().expect("a job in flight");
+        untimed.index.timed.remove(&job_id);
+        let mut checker = compared_on(&state);
+        assert!(!checker.live_equals_replayed(&untimed));
     }
 
     /// The stored records of a short run with a crash and a restart, oldest first.
