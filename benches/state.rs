@@ -30,6 +30,8 @@
 //! `pass_cost/submit_<n>_waiting`: a submit with 1,000 or 10,000 jobs queued in a back-off;
 //! `pass_cost/next_deadline_<n>_waiting` and `pass_cost/site_reconnect_<n>_waiting`: the
 //! next deadline of that state, and a site's connect report decided and applied in it.
+//! `restart_cost/decide_restart_<n>_finished_<s>_sites`: the restart decision with 1,000 or
+//! 10,000 finished jobs and 2 or 1,000 sites connected.
 //!
 //! Run: `cargo bench --bench state`.
 
@@ -542,6 +544,36 @@ fn pass_cost(c: &mut Criterion) {
     group.finish();
 }
 
+/// The restart decision (SPEC section 4) on a state of `n` finished jobs, with the two
+/// sites they ran on connected, or those and 998 more: a restart looks at every job, and
+/// a job's sites that said they run its app were once found by asking every site.
+fn restart_cost(c: &mut Criterion) {
+    let mut group = c.benchmark_group("restart_cost");
+    for finished in [1_000u64, 10_000] {
+        let mut w = world();
+        add_finished(&mut w, finished);
+        for sites in [SITES.len(), 1_000] {
+            for extra in w.state.sites.len()..sites {
+                w.connect(&format!("extra-{extra}"));
+                w.log.clear();
+            }
+            assert_eq!(w.state.sites.len(), sites, "the sites are connected");
+            group.bench_function(
+                format!("decide_restart_{finished}_finished_{sites}_sites"),
+                |b| {
+                    b.iter(|| {
+                        fedrun::lifecycle::recovery::decide_restart(
+                            black_box(&w.state),
+                            &w.settings,
+                        )
+                    })
+                },
+            );
+        }
+    }
+    group.finish();
+}
+
 fn main() {
     if let Ok(case) = std::env::var(MEMORY_CASE_ENV) {
         memory_case(&case);
@@ -554,5 +586,6 @@ fn main() {
     let mut criterion = Criterion::default().configure_from_args();
     command_cost(&mut criterion);
     pass_cost(&mut criterion);
+    restart_cost(&mut criterion);
     criterion.final_summary();
 }

@@ -745,6 +745,49 @@ fn restart_in_each_non_terminal_status() {
 }
 
 #[test]
+fn a_restart_stops_the_app_of_a_settled_job_at_every_site_that_says_it_runs_it() {
+    let mut w = World::default();
+    let done = w.running(&["site-1", "site-2"], 2);
+    w.server_exit(done, ExitOutcome::Code(0));
+    w.site_exit("site-1", done, "r1", ExitOutcome::Code(0));
+    w.site_exit("site-2", done, "r2", ExitOutcome::Code(0));
+    w.when(Command::ArchiveFinished {
+        job_id: done,
+        result: Ok(BlobHash([5; 32])),
+    });
+    assert_eq!(w.status(done), RunStatus::Completed);
+    assert!(w.job(done).archive.is_settled());
+    // A run in flight makes the restart wait its reattach grace for the sites.
+    let running = w.running(&["site-3"], 1);
+    w.advance_ms(1000);
+    w.restart(1);
+    for site in ["site-1", "site-2"] {
+        w.site(
+            site,
+            SiteReport::Connected {
+                resources: Default::default(),
+                running: vec![done],
+            },
+        );
+    }
+    let (timer, d) = w.run_to_next_deadline().expect("reattach grace");
+    assert_eq!(timer, Timer::ReattachGraceOver);
+    let stops: Vec<(&str, fedrun::job::JobId)> = d
+        .effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::StopSiteApp { site, job_id } => Some((site.as_str(), *job_id)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        stops,
+        [("site-1", done), ("site-2", done), ("site-3", running)],
+        "the settled job's app at both sites that listed it, the lost run's at its site"
+    );
+}
+
+#[test]
 fn restart_with_resume_runs_off_abandons_even_reattached_runs() {
     let mut w = World::new(fedrun::settings::Settings {
         resume_runs: false,

@@ -3,7 +3,7 @@
 //! run). Its decisions are events, so replaying the history gives the same result without
 //! observing anything again.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::job::JobId;
 use crate::lifecycle::actor::Actor;
@@ -39,6 +39,7 @@ pub fn decide_restart(
         .as_ref()
         .map(|w| w.reattached.clone())
         .unwrap_or_default();
+    let reported = sites_running(state);
     for job in state.jobs.values() {
         let job_id = job.id;
         let server_alive = reattached.contains(&job_id);
@@ -53,7 +54,7 @@ pub fn decide_restart(
                     if run.stopping() {
                         // The stop asked before the restart may have been lost with the
                         // connections: it is asked again.
-                        stop_everything(state, job, server_alive, &mut effects);
+                        stop_everything(&reported, job, server_alive, &mut effects);
                     }
                     events.push((Actor::Recovery, EventKind::RunRestored { job_id }));
                     continue;
@@ -66,9 +67,9 @@ pub fn decide_restart(
             RunPhase::Starting | RunPhase::Running | RunPhase::Stopping
         );
         if unsettled || !job.status.is_terminal() {
-            stop_everything(state, job, server_alive, &mut effects);
+            stop_everything(&reported, job, server_alive, &mut effects);
         } else {
-            stop_reported(state, job.id, &mut effects);
+            stop_reported(&reported, job.id, &mut effects);
         }
         if lost {
             events.push((Actor::Recovery, EventKind::ServerAppLost { job_id }));
@@ -177,7 +178,8 @@ fn archive_waits(job: &Job) -> bool {
 /// `DISPATCHED` or `RUNNING`, or a finished job whose run had not settled. Without one,
 /// the decision is made as soon as the server starts.
 pub fn needs_observation(state: &State) -> bool {
-    state.jobs.values().any(|job| {
+    // Such a job is not terminal or has a run under way: it is among the jobs in flight.
+    state.timed_jobs().any(|job| {
         matches!(job.status, RunStatus::Dispatched | RunStatus::Running)
             || matches!(
                 job.run.phase,
@@ -188,13 +190,13 @@ pub fn needs_observation(state: &State) -> bool {
 
 /// Stop effects for every process of the job that may still run: the server app if it
 /// re-attached, and every site that took part or says it runs the job.
-fn stop_everything(state: &State, job: &Job, server_alive: bool, effects: &mut Vec<Effect>) {
+fn stop_everything(reported: &Reported, job: &Job, server_alive: bool, effects: &mut Vec<Effect>) {
     let job_id = job.id;
     if server_alive {
         effects.push(Effect::StopServerApp { job_id });
     }
     let mut sites: BTreeSet<String> = job.run.outstanding_sites().cloned().collect();
-    sites.extend(sites_running(state, job_id));
+    sites.extend(reported.get(&job_id).into_iter().flatten().cloned());
     // Sites left out of the run (or whose start answer was awaited) may run it too.
     sites.extend(job.run.left_out.iter().cloned());
     sites.extend(job.run.start_awaited());
@@ -205,17 +207,30 @@ fn stop_everything(state: &State, job: &Job, server_alive: bool, effects: &mut V
 
 /// Stop effects for the sites that said, when they reconnected, that they still run an
 /// app of this (settled) job.
-fn stop_reported(state: &State, job_id: JobId, effects: &mut Vec<Effect>) {
-    for site in sites_running(state, job_id) {
-        effects.push(Effect::StopSiteApp { site, job_id });
+fn stop_reported(reported: &Reported, job_id: JobId, effects: &mut Vec<Effect>) {
+    for site in reported.get(&job_id).into_iter().flatten() {
+        effects.push(Effect::StopSiteApp {
+            site: site.clone(),
+            job_id,
+        });
     }
 }
 
-fn sites_running(state: &State, job_id: JobId) -> Vec<String> {
-    state
-        .sites
-        .iter()
-        .filter(|(_, facts)| facts.running.contains(&job_id))
-        .map(|(name, _)| name.clone())
-        .collect()
+/// The sites that said, when they last connected, that they run an app of each job, in
+/// site name order.
+type Reported = BTreeMap<JobId, Vec<String>>;
+
+/// [`Reported`], read once from every site's facts (not once per job: a restart looks
+/// at every job, and asking every site about each cost jobs times sites).
+fn sites_running(state: &State) -> Reported {
+    let mut reported = Reported::new();
+    for (name, facts) in state.sites.iter() {
+        for job_id in facts.running.iter() {
+            let sites: &mut Vec<String> = reported.entry(*job_id).or_default();
+            if sites.last() != Some(name) {
+                sites.push(name.clone());
+            }
+        }
+    }
+    reported
 }
