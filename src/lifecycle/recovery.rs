@@ -196,7 +196,7 @@ fn stop_everything(reported: &Reported, job: &Job, server_alive: bool, effects: 
         effects.push(Effect::StopServerApp { job_id });
     }
     let mut sites: BTreeSet<String> = job.run.outstanding_sites().cloned().collect();
-    sites.extend(reported.get(&job_id).into_iter().flatten().cloned());
+    sites.extend(reported_sites(reported, job_id).cloned());
     // Sites left out of the run (or whose start answer was awaited) may run it too.
     sites.extend(job.run.left_out.iter().cloned());
     sites.extend(job.run.start_awaited());
@@ -208,7 +208,7 @@ fn stop_everything(reported: &Reported, job: &Job, server_alive: bool, effects: 
 /// Stop effects for the sites that said, when they reconnected, that they still run an
 /// app of this (settled) job.
 fn stop_reported(reported: &Reported, job_id: JobId, effects: &mut Vec<Effect>) {
-    for site in reported.get(&job_id).into_iter().flatten() {
+    for site in reported_sites(reported, job_id) {
         effects.push(Effect::StopSiteApp {
             site: site.clone(),
             job_id,
@@ -219,6 +219,11 @@ fn stop_reported(reported: &Reported, job_id: JobId, effects: &mut Vec<Effect>) 
 /// The sites that said, when they last connected, that they run an app of each job, in
 /// site name order.
 type Reported = BTreeMap<JobId, Vec<String>>;
+
+/// The sites that said they run an app of the job.
+fn reported_sites(reported: &Reported, job_id: JobId) -> impl Iterator<Item = &String> {
+    reported.get(&job_id).into_iter().flatten()
+}
 
 /// [`Reported`], read once from every site's facts (not once per job: a restart looks
 /// at every job, and asking every site about each cost jobs times sites).
