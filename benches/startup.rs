@@ -1,5 +1,10 @@
-//! Start-up with a long history: 1,000,000 events (250,000 jobs, each submitted and
-//! tried three times), a snapshot at record 990,000 and a tail of 10,000 events.
+//! Start-up with a long history of 1,000,000 events, a snapshot 10,000 events before its
+//! end and that tail after it, in two shapes:
+//! - `startup_1m`: 250,000 jobs, each submitted and tried three times, all still queued
+//!   (the largest live state a million events can make);
+//! - `startup_1m_finished`: what a long-lived server's history mostly holds: jobs that
+//!   each ran on two sites, ended `FINISHED:COMPLETED` and had their workspace archived
+//!   (decided and applied through the pure core, as a server does), about 60,000 of them.
 //!
 //! Measured, each on its own:
 //! - `sled_open_after_clean_stop`: opening the history (sled's own open, the anchor
@@ -14,10 +19,14 @@
 //!   then dropped without a shutdown, so no new snapshot is taken and the tail grows
 //!   by a few events per run.
 //!
-//! The history is built once into `target/bench-startup/` and reused (building it
-//! prints how long it took). Delete that folder to rebuild it; it takes about 1 GB.
+//! Each history is built once into `target/bench-startup/` (the queued one) or
+//! `target/bench-startup-finished/` and reused (building it prints how long it took).
+//! Delete the folder to rebuild it; each takes about 1 GB.
 //!
 //! Run: `cargo bench --bench startup`.
+
+#[path = "../tests/lifecycle_support/mod.rs"]
+mod lifecycle_support;
 
 use fedrun::job::flat_map::FlatMap;
 use std::path::{Path, PathBuf};
@@ -105,13 +114,28 @@ fn event_at(seq: u64) -> Event {
     }
 }
 
-fn bench_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-startup")
+/// The two histories the bench starts from.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Shape {
+    /// 250,000 jobs, each submitted and tried three times, all queued.
+    Queued,
+    /// Jobs that ran on two sites, finished and were archived.
+    Finished,
 }
 
-/// The data folder holding the history, built once.
-fn built_history() -> PathBuf {
-    let root = bench_dir();
+impl Shape {
+    fn folder(self) -> PathBuf {
+        let name = match self {
+            Shape::Queued => "target/bench-startup",
+            Shape::Finished => "target/bench-startup-finished",
+        };
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(name)
+    }
+}
+
+/// The data folder holding the history of this shape, built once.
+fn built_history(shape: Shape) -> PathBuf {
+    let root = shape.folder();
     let data = root.join("data");
     // The marker names this build's state layout: a history built by a build whose
     // state types differ has a snapshot start-up would not use, so it is built again.
@@ -124,6 +148,32 @@ fn built_history() -> PathBuf {
     std::fs::create_dir_all(&root).expect("bench folder");
     let began = Instant::now();
     let mut history = EventHistory::open(&data).expect("open");
+    let jobs = match shape {
+        Shape::Queued => build_queued(&mut history),
+        Shape::Finished => build_finished(&mut history),
+    };
+    history.close().expect("close");
+    eprintln!(
+        "built {EVENTS} events ({jobs} jobs, {shape:?}) with a snapshot {TAIL} events before the end in {:?}",
+        began.elapsed()
+    );
+    std::fs::write(&done, b"").expect("marker");
+    data
+}
+
+/// Takes the snapshot of `state` (the state of every event appended so far).
+fn snapshot(history: &mut EventHistory, state: &State) {
+    let began = Instant::now();
+    let record = history.take_snapshot(state).expect("snapshot");
+    eprintln!(
+        "snapshot at record {}: {:?} (encode + write + install)",
+        record.seq,
+        began.elapsed()
+    );
+}
+
+/// The queued history: [`event_at`] for every sequence number. Returns the job count.
+fn build_queued(history: &mut EventHistory) -> u64 {
     let mut state = State::new();
     let mut seq = 1;
     while seq <= EVENTS {
@@ -136,25 +186,45 @@ fn built_history() -> PathBuf {
         }
         history.append_batch(&events).expect("append");
         if end == EVENTS - TAIL {
-            let snapshot = Instant::now();
-            let record = history.take_snapshot(&state).expect("snapshot");
-            eprintln!(
-                "snapshot at record {}: {:?} (encode + write + install)",
-                record.seq,
-                snapshot.elapsed()
-            );
+            snapshot(history, &state);
         }
         seq = end + 1;
     }
-    history.close().expect("close");
-    eprintln!(
-        "built {EVENTS} events ({} jobs) with a snapshot at {} in {:?}",
-        EVENTS / 4,
-        EVENTS - TAIL,
-        began.elapsed()
-    );
-    std::fs::write(&done, b"").expect("marker");
-    data
+    EVENTS / 4
+}
+
+/// The finished history: two sites connect, then job after job is submitted, scheduled,
+/// deployed and started on both, exits with code 0 at the server and both sites, and has
+/// its workspace archived, a second apart; every decision is made by `decide` and applied
+/// as a server does. Ends at the first job boundary at or past [`EVENTS`], the snapshot
+/// at the first one at or past `EVENTS - TAIL`. Returns the job count.
+fn build_finished(history: &mut EventHistory) -> u64 {
+    const SITES: [&str; 2] = ["site-1", "site-2"];
+    let mut w = lifecycle_support::World::new(fedrun::settings::Settings {
+        max_jobs: 1_000_000,
+        ..fedrun::settings::Settings::default()
+    });
+    for site in SITES {
+        w.connect(site);
+    }
+    let mut appended = 0u64;
+    let mut snapshot_taken = false;
+    let mut jobs = 0u64;
+    while appended < EVENTS {
+        w.finished_on(&SITES, jobs);
+        w.advance_ms(1_000);
+        jobs += 1;
+        if w.log.len() >= 1_000 || appended + w.log.len() as u64 >= EVENTS - TAIL {
+            let events = std::mem::take(&mut w.log);
+            history.append_batch(&events).expect("append");
+            appended += events.len() as u64;
+        }
+        if !snapshot_taken && appended >= EVENTS - TAIL {
+            snapshot(history, &w.state);
+            snapshot_taken = true;
+        }
+    }
+    jobs
 }
 
 /// The child of the kill benchmark: opens the history, appends one batch (durable),
@@ -222,9 +292,12 @@ fn open_when_released(data: &Path) -> EventHistory {
     }
 }
 
-fn startup(c: &mut Criterion) {
-    let data = built_history();
-    let mut group = c.benchmark_group("startup_1m");
+fn startup(c: &mut Criterion, shape: Shape) {
+    let data = built_history(shape);
+    let mut group = c.benchmark_group(match shape {
+        Shape::Queued => "startup_1m",
+        Shape::Finished => "startup_1m_finished",
+    });
     // Each iteration takes tens to hundreds of milliseconds, and the kill and server
     // runs spend more untimed (a child process, a runtime): few, flat samples.
     group
@@ -234,7 +307,7 @@ fn startup(c: &mut Criterion) {
         .warm_up_time(Duration::from_millis(500));
 
     // Once, where the time goes.
-    {
+    let (snapshot_seq, jobs) = {
         let began = Instant::now();
         let history = EventHistory::open(&data).expect("open");
         let opened = began.elapsed();
@@ -259,47 +332,52 @@ fn startup(c: &mut Criterion) {
         let recovered = history.recover(State::new()).expect("recover");
         let all = began.elapsed();
         eprintln!(
-            "start-up parts: sled open {opened:?}; snapshot at {} ({} bytes) read+hash {loaded:?}, \
-             decode in one piece {decoded:?}, on two threads {parallel:?}; \
+            "start-up parts ({shape:?}, {} jobs): sled open {opened:?}; snapshot at {} ({} bytes) \
+             read+hash {loaded:?}, decode in one piece {decoded:?}, on two threads {parallel:?}; \
              recover (load + decode + {} tail events) {all:?}",
+            recovered.state.jobs.len(),
             record.seq,
             bytes.len(),
             recovered.replayed
         );
-    }
+        (record.seq, recovered.state.jobs.len())
+    };
 
-    group.bench_function("sled_open_after_clean_stop", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let began = Instant::now();
-                let history = EventHistory::open(&data).expect("open");
-                total += began.elapsed();
-                history.close().expect("close");
-            }
-            total
-        })
-    });
-    group.bench_function("sled_open_after_kill", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                kill_a_writer(&data);
-                let began = Instant::now();
-                let history = EventHistory::open(&data).expect("open after a kill");
-                total += began.elapsed();
-                history.close().expect("close");
-            }
-            total
-        })
-    });
+    // Sled's own open does not depend on what the events say: timed on one shape.
+    if shape == Shape::Queued {
+        group.bench_function("sled_open_after_clean_stop", |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let began = Instant::now();
+                    let history = EventHistory::open(&data).expect("open");
+                    total += began.elapsed();
+                    history.close().expect("close");
+                }
+                total
+            })
+        });
+        group.bench_function("sled_open_after_kill", |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    kill_a_writer(&data);
+                    let began = Instant::now();
+                    let history = EventHistory::open(&data).expect("open after a kill");
+                    total += began.elapsed();
+                    history.close().expect("close");
+                }
+                total
+            })
+        });
+    }
     group.bench_function("recover", |b| {
         let history = EventHistory::open(&data).expect("open");
         // The recovered state is dropped untimed: freeing a quarter of a million jobs is
         // not part of a start-up.
         b.iter_with_large_drop(|| {
             let recovered = history.recover(State::new()).expect("recover");
-            assert_eq!(recovered.snapshot_seq, Some(EVENTS - TAIL));
+            assert_eq!(recovered.snapshot_seq, Some(snapshot_seq));
             assert!(recovered.replayed >= TAIL);
             recovered
         })
@@ -328,7 +406,7 @@ fn startup(c: &mut Criterion) {
                     Server::start_on(config, history, Arc::new(WallClock)).expect("server starts");
                 total += began.elapsed();
                 // Accepting: the rebuilt state is published.
-                assert!(server.watch().borrow().jobs.len() as u64 >= EVENTS / 4);
+                assert!(server.watch().borrow().jobs.len() >= jobs);
                 // The state's jobs are shared by every copy of it (the node's, the
                 // published ones, the metrics'), and the last copy may be dropped by a
                 // thread of this server after the folder is let go.
@@ -363,7 +441,8 @@ fn main() {
         return;
     }
     let mut criterion = Criterion::default().configure_from_args();
-    startup(&mut criterion);
+    startup(&mut criterion, Shape::Queued);
+    startup(&mut criterion, Shape::Finished);
     criterion.final_summary();
 }
 

@@ -45,9 +45,9 @@ use std::time::Instant;
 
 use criterion::{black_box, BatchSize, Criterion};
 use fedrun::job::JobId;
-use fedrun::lifecycle::{decide, AdminRequest, BlobHash, Command, Job, Origin, RunStatus, State};
+use fedrun::lifecycle::{decide, AdminRequest, Command, Job, Origin, RunStatus, State};
 use fedrun::settings::Settings;
-use fedrun::site::protocol::{ExitOutcome, SiteReport};
+use fedrun::site::protocol::SiteReport;
 use lifecycle_support::*;
 
 /// The allocator the `fedrun` binary runs with (`fedrun::Allocator`), counting the bytes
@@ -132,19 +132,7 @@ fn finish_one(w: &mut World, n: u64) {
 /// Runs one job on every one of `sites` to `FINISHED:COMPLETED` with its workspace
 /// archived, the event log emptied.
 fn finish_one_on(w: &mut World, n: u64, sites: &[&str]) {
-    let job_id = w.running(sites, sites.len() as u32);
-    w.server_exit(job_id, ExitOutcome::Code(0));
-    for site in sites {
-        w.site_exit(site, job_id, &format!("{site}-{n}"), ExitOutcome::Code(0));
-    }
-    let mut archive = [0u8; 32];
-    archive[..8].copy_from_slice(&n.to_le_bytes());
-    archive[8] = 0xA5;
-    w.when(Command::ArchiveFinished {
-        job_id,
-        result: Ok(BlobHash(archive)),
-    });
-    debug_assert_eq!(w.status(job_id), RunStatus::Completed);
+    w.finished_on(sites, n);
     w.advance_ms(1_000);
     w.log.clear();
 }

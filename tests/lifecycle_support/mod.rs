@@ -385,6 +385,26 @@ impl World {
         )
     }
 
+    /// Runs one job on every one of `sites` to `FINISHED:COMPLETED` (exit code 0 at the
+    /// server and at each site, report ids `<site>-<n>`) with its workspace archived under
+    /// an archive hash made from `n`. Returns the job's id.
+    pub fn finished_on(&mut self, sites: &[&str], n: u64) -> JobId {
+        let job_id = self.running(sites, sites.len() as u32);
+        self.server_exit(job_id, ExitOutcome::Code(0));
+        for site in sites {
+            self.site_exit(site, job_id, &format!("{site}-{n}"), ExitOutcome::Code(0));
+        }
+        let mut archive = [0u8; 32];
+        archive[..8].copy_from_slice(&n.to_le_bytes());
+        archive[8] = 0xA5;
+        self.when(Command::ArchiveFinished {
+            job_id,
+            result: Ok(BlobHash(archive)),
+        });
+        assert_eq!(self.status(job_id), RunStatus::Completed);
+        job_id
+    }
+
     pub fn server_exit(&mut self, job_id: JobId, outcome: ExitOutcome) -> Decision {
         self.when(Command::ServerAppExited { job_id, outcome })
     }
