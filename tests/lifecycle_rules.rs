@@ -135,6 +135,59 @@ fn keys_are_forgotten_after_twenty_four_hours_of_event_time() {
     assert_eq!(replayed.requests, w.state.requests);
 }
 
+/// Keys sent over two days, some of them after long silences (a server away for more than
+/// a day): after each request the kept keys are exactly those a list of (time, key) kept
+/// beside the world says were sent within the last 24 hours, and a repeat of each is
+/// answered from the first request exactly then. Replay forgets the same keys.
+#[test]
+fn the_kept_keys_are_those_sent_within_the_window_however_many_run_out_at_once() {
+    let mut w = World::default();
+    let day = 24 * 3600 * 1000;
+    // (milliseconds after the start, key): three keys, a gap of 12 h, two more, a gap
+    // that ends the first three's window only, one more, then a gap of over a day.
+    let plan: [(i64, &str); 8] = [
+        (0, "a"),
+        (1, "b"),
+        (2, "c"),
+        (day / 2, "d"),
+        (day / 2 + 1, "e"),
+        (day + 10, "f"),
+        (3 * day, "g"),
+        (3 * day + 1, "a"),
+    ];
+    let start = w.now.as_millis();
+    let mut sent: Vec<(i64, &str)> = Vec::new();
+    for (n, (at, key)) in plan.into_iter().enumerate() {
+        w.now = fedrun::lifecycle::Timestamp::from_millis(start + at);
+        let d = with_key(&mut w, boss(), key, submit_request(n as u8));
+        assert!(
+            matches!(d.reply, Some(Ok(Answer::Submitted { .. }))),
+            "{key} at {at}: {:?}",
+            d.reply
+        );
+        sent.retain(|(then, _)| at < then + day);
+        sent.push((at, key));
+        let mut want: Vec<&str> = sent.iter().map(|(_, k)| *k).collect();
+        want.sort_unstable();
+        let kept: Vec<&str> = w.state.requests.by_key.keys().map(|k| &*k.key).collect();
+        assert_eq!(kept, want, "after {key} at {at}");
+        assert_eq!(w.state.requests.by_time.len(), want.len());
+        // A repeat of every key still kept is answered from its first request.
+        for k in &want {
+            let key = fedrun::lifecycle::state::RequestKey {
+                identity: boss().into(),
+                key: (*k).into(),
+            };
+            assert!(w.state.requests.get(&key, w.now).is_some(), "{k} is kept");
+        }
+    }
+    let mut replayed = fedrun::lifecycle::State::new();
+    for event in &w.log {
+        replayed.apply_checked(event).expect("replays");
+    }
+    assert_eq!(replayed.requests, w.state.requests);
+}
+
 #[test]
 fn keys_kept_in_a_snapshot_expire_after_it_is_loaded() {
     let mut w = World::default();

@@ -2569,7 +2569,18 @@ impl State {
             .by_time
             .get_min()
             .is_some_and(|(at, _)| event.at >= at.plus(REQUEST_KEY_KEPT_FOR));
-        if expired {
+        let all_expired = expired
+            && self
+                .requests
+                .by_time
+                .get_max()
+                .is_some_and(|(at, _)| event.at >= at.plus(REQUEST_KEY_KEPT_FOR));
+        if all_expired {
+            // A server back after a day or more away (its start is the first event since):
+            // every key ran out, and forgetting them one by one would cost a removal
+            // from both maps per key at the start.
+            self.requests = KeptRequests::default();
+        } else if expired {
             let kept = &mut self.requests;
             while let Some((at, key)) = kept.by_time.get_min().cloned() {
                 if event.at < at.plus(REQUEST_KEY_KEPT_FOR) {
