@@ -38,9 +38,9 @@ use crate::job::JobId;
 use crate::lifecycle::state::{
     Contribution, KeptRequest, KeptRequests, LiveIndex, LoadedJob, RequestKey, StoredFields,
 };
+use crate::lifecycle::Jobs;
 use crate::lifecycle::{Job, State};
-use crate::lifecycle::{Jobs, Timestamp};
-use imbl::{OrdMap, OrdSet};
+use imbl::OrdMap;
 use std::sync::Arc;
 
 /// The snapshot format this build writes: 2, positional MessagePack with a header.
@@ -294,7 +294,6 @@ pub struct StateEncoder {
     spare: bytes::Bytes,
     jobs: Written<Jobs>,
     requests: Written<OrdMap<Arc<RequestKey>, Arc<KeptRequest>>>,
-    requests_by_time: Written<OrdSet<(Timestamp, Arc<RequestKey>)>>,
 }
 
 /// A collection as the last encoding holds it (a persistent map's cheap copy), with where
@@ -402,9 +401,8 @@ impl StateEncoder {
             &mut rmp_serde::Serializer::new(&mut out),
         )?;
         put(&mut out, schedule_try)?;
-        // `KeptRequests`' derived `Serialize`: an array of the map and the set by time.
-        let KeptRequests { by_key, by_time } = requests;
-        rmp::encode::write_array_len(&mut out, 2)?;
+        // `KeptRequests`' `Serialize`: the map by key alone.
+        let KeptRequests { by_key, by_time: _ } = requests;
         rmp::encode::write_map_len(&mut out, by_key.len() as u32)?;
         let by_key_at = copy_or_put(
             by_key,
@@ -418,19 +416,8 @@ impl StateEncoder {
             &mut copier,
             &mut out,
         )?;
-        rmp::encode::write_array_len(&mut out, by_time.len() as u32)?;
-        let by_time_at = copy_or_put(
-            by_time,
-            &self.requests_by_time,
-            |entry| *entry,
-            |_, _| true,
-            |entry, out| put(out, *entry),
-            &mut copier,
-            &mut out,
-        )?;
         self.jobs = jobs_at;
         self.requests = by_key_at;
-        self.requests_by_time = by_time_at;
         self.spare = std::mem::replace(&mut self.last, bytes::Bytes::from(out));
         Ok(self.last.clone())
     }

@@ -1273,18 +1273,34 @@ impl KeptRequest {
 }
 
 /// The kept requests, by key and by time (so expired keys are dropped in order). Both are
-/// persistent maps, written as the plain map and list they were before. Keys and
-/// answers sit behind `Arc`: a copy of the state that records a request copies the
-/// maps' nodes on the path to it, and copying a node then costs a reference count per
-/// entry instead of a copy of each entry's strings.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// persistent maps; only the map by key is written (as the plain map), the one by time
+/// holds the same keys with the times their requests hold and is rebuilt from it when
+/// read, sharing its keys. Keys and answers sit behind `Arc`: a copy of the state that
+/// records a request copies the maps' nodes on the path to it, and copying a node then
+/// costs a reference count per entry instead of a copy of each entry's strings.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct KeptRequests {
     /// By identity and key.
-    #[serde(deserialize_with = "cautious::map")]
     pub by_key: OrdMap<Arc<RequestKey>, Arc<KeptRequest>>,
-    /// The same keys by the time they were recorded.
-    #[serde(deserialize_with = "cautious::set")]
+    /// The same keys by the time they were recorded (each key's request's `at`).
     pub by_time: OrdSet<(Timestamp, Arc<RequestKey>)>,
+}
+
+impl Serialize for KeptRequests {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.by_key.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for KeptRequests {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let by_key: OrdMap<Arc<RequestKey>, Arc<KeptRequest>> = cautious::map(deserializer)?;
+        let by_time = by_key
+            .iter()
+            .map(|(key, kept)| (kept.at, key.clone()))
+            .collect();
+        Ok(KeptRequests { by_key, by_time })
+    }
 }
 
 impl KeptRequests {
