@@ -1139,12 +1139,31 @@ pub const REQUEST_KEY_KEPT_FOR: std::time::Duration = std::time::Duration::from_
 
 /// An idempotency key belongs to the identity that sent it: the same key from two admins
 /// is two requests.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestKey {
     /// Who sent it (shared with the jobs and keys of the same identity).
     pub identity: Arc<Identity>,
     /// The key (boxed: 8 bytes less in every kept request than a `String`).
     pub key: Box<str>,
+}
+
+/// By identity, then key. Keys of one identity usually share its `Arc`, which then
+/// compares equal without comparing its strings (the order is the same either way).
+impl Ord for RequestKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let identity = if Arc::ptr_eq(&self.identity, &other.identity) {
+            std::cmp::Ordering::Equal
+        } else {
+            self.identity.cmp(&other.identity)
+        };
+        identity.then_with(|| self.key.cmp(&other.key))
+    }
+}
+
+impl PartialOrd for RequestKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 /// What one admin request was: its operation, the job it was about, and the package it
@@ -1292,9 +1311,31 @@ impl Serialize for KeptRequests {
     }
 }
 
+/// Reads the map by key straight into its persistent map (a key listed twice keeps its
+/// last entry, as a map would), the keys of one identity sharing one copy of it, then
+/// rebuilds the list by time.
 impl<'de> Deserialize<'de> for KeptRequests {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let by_key: OrdMap<Arc<RequestKey>, Arc<KeptRequest>> = cautious::map(deserializer)?;
+        struct Entries;
+        impl<'de> serde::de::Visitor<'de> for Entries {
+            type Value = OrdMap<Arc<RequestKey>, Arc<KeptRequest>>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map of kept requests by key")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut by_key = OrdMap::new();
+                let mut identities = Identities::default();
+                while let Some((mut key, kept)) = map.next_entry::<RequestKey, KeptRequest>()? {
+                    key.identity = identities.adopt(&key.identity);
+                    by_key.insert(Arc::new(key), Arc::new(kept));
+                }
+                Ok(by_key)
+            }
+        }
+        let by_key = deserializer.deserialize_map(Entries)?;
         let by_time = by_key
             .iter()
             .map(|(key, kept)| (kept.at, key.clone()))
