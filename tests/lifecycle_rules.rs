@@ -135,8 +135,8 @@ fn keys_are_forgotten_after_twenty_four_hours_of_event_time() {
     assert_eq!(replayed.requests, w.state.requests);
 }
 
-/// Keys sent over two days, some of them after long silences (a server away for more than
-/// a day): after each request the kept keys are exactly those a list of (time, key) kept
+/// Keys sent over three days, some of them after long silences (a server away for most of
+/// a day or more): after each request the kept keys are exactly those a list of (time, key) kept
 /// beside the world says were sent within the last 24 hours, and a repeat of each is
 /// answered from the first request exactly then. Replay forgets the same keys.
 #[test]
@@ -144,14 +144,17 @@ fn the_kept_keys_are_those_sent_within_the_window_however_many_run_out_at_once()
     let mut w = World::default();
     let day = 24 * 3600 * 1000;
     // (milliseconds after the start, key): three keys, a gap of 12 h, two more, a gap
-    // that ends the first three's window only, one more, then a gap of over a day.
-    let plan: [(i64, &str); 8] = [
+    // that ends the first three's window only (most of the kept keys run out), one more,
+    // one that ends the window of one of three (the fewest run out), then a gap of over a
+    // day (all of them run out).
+    let plan: [(i64, &str); 9] = [
         (0, "a"),
         (1, "b"),
         (2, "c"),
         (day / 2, "d"),
         (day / 2 + 1, "e"),
         (day + 10, "f"),
+        (day + day / 2, "h"),
         (3 * day, "g"),
         (3 * day + 1, "a"),
     ];

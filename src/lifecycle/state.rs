@@ -1345,6 +1345,39 @@ impl<'de> Deserialize<'de> for KeptRequests {
 }
 
 impl KeptRequests {
+    /// Forgets the keys that have run out by `now`. Costs about the smaller of the keys
+    /// forgotten and the keys kept: when more run out than stay (a server back after
+    /// most of a day away, whose start is the first event since), the maps are built
+    /// again from the keys that stay instead of losing the others one by one.
+    fn forget_expired(&mut self, now: Timestamp) {
+        let ran_out = |at: &Timestamp| now >= at.plus(REQUEST_KEY_KEPT_FOR);
+        let half = self.by_time.len() / 2;
+        let forgotten = self
+            .by_time
+            .iter()
+            .take_while(|(at, _)| ran_out(at))
+            .take(half + 1)
+            .count();
+        if forgotten > half {
+            let mut stay = KeptRequests::default();
+            for (at, key) in self.by_time.iter().rev().take_while(|(at, _)| !ran_out(at)) {
+                if let Some(kept) = self.by_key.get(key).filter(|k| k.at == *at) {
+                    stay.by_key.insert(key.clone(), kept.clone());
+                    stay.by_time.insert((*at, key.clone()));
+                }
+            }
+            *self = stay;
+            return;
+        }
+        for _ in 0..forgotten {
+            if let Some((at, key)) = self.by_time.remove_min() {
+                if self.by_key.get(&key).is_some_and(|k| k.at == at) {
+                    self.by_key.remove(&key);
+                }
+            }
+        }
+    }
+
     /// The kept request under this key, unless it has expired by `at`.
     pub fn get(&self, key: &RequestKey, at: Timestamp) -> Option<&KeptRequest> {
         self.by_key
@@ -2621,34 +2654,7 @@ impl State {
     /// Keeps the first answer given under an identity's idempotency key, with what the
     /// request was, and forgets keys older than [`REQUEST_KEY_KEPT_FOR`].
     fn remember_reply(&mut self, event: &Event) {
-        let expired = self
-            .requests
-            .by_time
-            .get_min()
-            .is_some_and(|(at, _)| event.at >= at.plus(REQUEST_KEY_KEPT_FOR));
-        let all_expired = expired
-            && self
-                .requests
-                .by_time
-                .get_max()
-                .is_some_and(|(at, _)| event.at >= at.plus(REQUEST_KEY_KEPT_FOR));
-        if all_expired {
-            // A server back after a day or more away (its start is the first event since):
-            // every key ran out, and forgetting them one by one would cost a removal
-            // from both maps per key at the start.
-            self.requests = KeptRequests::default();
-        } else if expired {
-            let kept = &mut self.requests;
-            while let Some((at, key)) = kept.by_time.get_min().cloned() {
-                if event.at < at.plus(REQUEST_KEY_KEPT_FOR) {
-                    break;
-                }
-                kept.by_time.remove_min();
-                if kept.by_key.get(&key).is_some_and(|k| k.at == at) {
-                    kept.by_key.remove(&key);
-                }
-            }
-        }
+        self.requests.forget_expired(event.at);
         let (Some(key), Some(identity)) = (&event.request_id, event.actor.identity()) else {
             return;
         };
