@@ -345,10 +345,12 @@ fn startup(c: &mut Criterion, shape: Shape) {
 
     // Sled's own open does not depend on what the events say: timed on one shape.
     if shape == Shape::Queued {
-        group.bench_function("sled_open_after_clean_stop", |b| {
+        // Sled's own open, after `before` each time (untimed).
+        let opens = |b: &mut criterion::Bencher, before: &dyn Fn()| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
+                    before();
                     let began = Instant::now();
                     let history = EventHistory::open(&data).expect("open");
                     total += began.elapsed();
@@ -356,19 +358,10 @@ fn startup(c: &mut Criterion, shape: Shape) {
                 }
                 total
             })
-        });
+        };
+        group.bench_function("sled_open_after_clean_stop", |b| opens(b, &|| {}));
         group.bench_function("sled_open_after_kill", |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    kill_a_writer(&data);
-                    let began = Instant::now();
-                    let history = EventHistory::open(&data).expect("open after a kill");
-                    total += began.elapsed();
-                    history.close().expect("close");
-                }
-                total
-            })
+            opens(b, &|| kill_a_writer(&data))
         });
     }
     group.bench_function("recover", |b| {
