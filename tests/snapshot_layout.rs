@@ -350,7 +350,7 @@ fn a_large_snapshot_loads_to_the_same_state() {
     // Start-up reads a state this large on two threads.
     assert!(state.jobs.len() >= snapshot::TWO_THREADS_FROM);
     let parallel =
-        snapshot::decode_state_parallel(&bytes, snapshot::TWO_THREADS_FROM).expect("decodes");
+        snapshot::decode_state_in_parts(&bytes, snapshot::TWO_THREADS_FROM).expect("in parts");
     assert_eq!(parallel, state);
     assert_eq!(parallel.index(), state.index());
     for decoded in [&decoded, &parallel] {
@@ -378,6 +378,20 @@ fn a_large_snapshot_loads_to_the_same_state() {
         assert!(snapshot::decode_state::<State>(&bad).is_err());
         same_on_two_threads(&bad, "damaged in the jobs");
     }
+}
+
+/// Where the jobs' map starts in `state`'s snapshot blob: after the header, the state's
+/// array marker and its 4 fields before the jobs, as long as a tuple of those 4 (whose
+/// own array marker is one byte too).
+fn jobs_map_at(state: &State) -> usize {
+    let head = rmp_serde::to_vec(&(
+        state.last_seq,
+        state.last_at,
+        state.boot_id,
+        &state.recovery,
+    ))
+    .expect("encodes");
+    HEADER_LEN + head.len()
 }
 
 /// `state`'s format-2 snapshot with `entries` as its jobs, in that order (a real
@@ -408,6 +422,7 @@ fn with_jobs(state: &State, entries: &[(JobId, &fedrun::lifecycle::Job)]) -> Vec
         &state.requests,
     );
     rmp_serde::encode::write(&mut bytes, &fields).expect("encodes");
+    assert!(snapshot::append_jobs_index(&mut bytes), "a state's shape");
     bytes
 }
 
@@ -557,16 +572,7 @@ fn answers_with_an_optional_detail_keep_their_json_and_refuse_odd_shapes() {
 fn a_jobs_map_claiming_billions_of_entries_is_refused() {
     let (_, _, state) = history_of(20);
     let empty = with_jobs(&state, &[]);
-    // After the header: the state's array marker and its 4 fields before the jobs, as
-    // long as a tuple of those 4 (whose own array marker is one byte too).
-    let head = rmp_serde::to_vec(&(
-        state.last_seq,
-        state.last_at,
-        state.boot_id,
-        &state.recovery,
-    ))
-    .expect("encodes");
-    let at = HEADER_LEN + head.len();
+    let at = jobs_map_at(&state);
     assert_eq!(empty[at], 0x80, "an empty map where the jobs are");
     let mut claims = empty[..at].to_vec();
     claims.extend_from_slice(&[0xdf, 0xff, 0xff, 0xff, 0xff]);
@@ -582,13 +588,15 @@ fn a_kept_requests_map_claiming_billions_of_entries_is_refused() {
     let (_, _, mut state) = history_of(20);
     state.requests = fedrun::lifecycle::state::KeptRequests::default();
     let bytes = snapshot::encode_state(&state).expect("encodes");
+    let end = JobsIndex::of(&bytes).state_end;
     assert_eq!(
-        bytes.last(),
-        Some(&0x80),
+        bytes[end - 1],
+        0x80,
         "an empty map where the kept requests are"
     );
-    let mut claims = bytes[..bytes.len() - 1].to_vec();
+    let mut claims = bytes[..end - 1].to_vec();
     claims.extend_from_slice(&[0xdf, 0xff, 0xff, 0xff, 0xff]);
+    assert!(snapshot::append_jobs_index(&mut claims));
     same_on_two_threads(&claims, "a map of 2^32 - 1 kept requests");
     assert!(snapshot::decode_state_parallel(&claims, 0).is_err());
     assert!(snapshot::decode_state::<State>(&claims).is_err());
@@ -695,4 +703,186 @@ fn every_imbl_field_a_snapshot_reads_has_a_cautious_reader() {
         careless.is_empty(),
         "read with imbl's Deserialize (use state::cautious): {careless:?}"
     );
+}
+
+/// A state blob's jobs index as the module documentation lays it out, read here apart
+/// from the code that writes and reads it.
+#[derive(Clone, Debug)]
+struct JobsIndex {
+    /// Where the state's bytes end in the blob (and the index starts).
+    state_end: usize,
+    per_block: u32,
+    /// Offsets from the state's first byte (the end of the header).
+    offsets: Vec<u64>,
+}
+
+impl JobsIndex {
+    fn of(blob: &[u8]) -> JobsIndex {
+        let len = blob.len();
+        assert_eq!(
+            blob[len - 8..],
+            snapshot::JOBS_INDEX_TAG,
+            "the blob's last bytes"
+        );
+        let number = |at: usize| u32::from_le_bytes(blob[at..at + 4].try_into().expect("4"));
+        let per_block = number(len - 16);
+        let count = number(len - 12) as usize;
+        let state_end = len - 16 - 8 * count;
+        let offsets = blob[state_end..len - 16]
+            .chunks(8)
+            .map(|n| u64::from_le_bytes(n.try_into().expect("8")))
+            .collect();
+        JobsIndex {
+            state_end,
+            per_block,
+            offsets,
+        }
+    }
+
+    /// `blob` with this index in place of its own.
+    fn put_into(&self, blob: &[u8]) -> Vec<u8> {
+        let mut out = blob[..self.state_end].to_vec();
+        for offset in &self.offsets {
+            out.extend_from_slice(&offset.to_le_bytes());
+        }
+        out.extend_from_slice(&self.per_block.to_le_bytes());
+        out.extend_from_slice(&(self.offsets.len() as u32).to_le_bytes());
+        out.extend_from_slice(&snapshot::JOBS_INDEX_TAG);
+        out
+    }
+}
+
+/// The jobs index marks where every block of `JOBS_PER_BLOCK` jobs starts and where the
+/// jobs end, as found from each job's own encoding; both encoders write the same one;
+/// a truthful index is believed (the state is read in parts), one that lies about the
+/// blocks is not (the state is read in one piece, and is still the state), and a blob
+/// whose index is cut short does not decode.
+#[test]
+fn the_jobs_index_marks_each_block_of_jobs_and_a_lying_one_is_not_believed() {
+    let (_, history, state) = history_of(2 * 1_300 + 1);
+    let jobs: Vec<_> = state.jobs.iter().collect();
+    assert_eq!(jobs.len(), 1_301);
+    let bytes = snapshot::encode_state(&state).expect("encodes");
+    let index = JobsIndex::of(&bytes);
+    // Where each entry starts, from the entries' lengths, counted from the first.
+    let first = index.offsets[0] as usize;
+    assert_eq!(
+        rmp_serde::from_slice::<JobId>(&bytes[HEADER_LEN + first..]).expect("an id"),
+        *jobs[0].0,
+        "the first offset is where the first job's id starts"
+    );
+    let mut starts = vec![first];
+    for (id, job) in &jobs {
+        let len = rmp_serde::to_vec(id).expect("id").len()
+            + rmp_serde::to_vec(&***job).expect("job").len();
+        starts.push(starts.last().expect("a start") + len);
+    }
+    let per_block = snapshot::JOBS_PER_BLOCK;
+    assert_eq!(index.per_block as usize, per_block);
+    let expected: Vec<u64> = (0..jobs.len())
+        .step_by(per_block)
+        .chain([jobs.len()])
+        .map(|n| starts[n] as u64)
+        .collect();
+    assert_eq!(expected.len(), 1_301usize.div_ceil(per_block) + 1);
+    assert_eq!(index.offsets, expected);
+    // The encoder that copies unchanged jobs from its last encoding writes the same
+    // index, for a first state and for a later one with more jobs.
+    let mut encoder = snapshot::StateEncoder::default();
+    let earlier = history_of(2 * 700 + 1).2;
+    for state in [&earlier, &state] {
+        let copied = encoder.encode(state).expect("encodes");
+        let written = snapshot::encode_state(state).expect("encodes");
+        assert!(copied[..] == written[..], "the two encoders differ");
+    }
+    drop(history);
+
+    // Whether the blob, which holds the state whatever its index says, is read in
+    // parts (its index believed).
+    let read = |blob: &[u8], what: &str| -> bool {
+        same_on_two_threads(blob, what);
+        let whole: State = snapshot::decode_state(blob).expect("decodes");
+        assert_eq!(whole, state, "{what}");
+        let parallel = snapshot::decode_state_parallel(blob, 0).expect("decodes");
+        assert_eq!(parallel, state, "{what}");
+        assert_eq!(parallel.index(), state.index(), "{what}");
+        match snapshot::decode_state_in_parts(blob, 0) {
+            Some(in_parts) => {
+                assert_eq!(in_parts, state, "{what}");
+                true
+            }
+            None => false,
+        }
+    };
+    assert!(read(&bytes, "the index as written"));
+    let entry_len = |n: usize| (starts[n + 1] - starts[n]) as u64;
+    type Lie<'a> = Box<dyn Fn(&mut JobsIndex) + 'a>;
+    let lies: Vec<(&str, Lie)> = vec![
+        (
+            "a block starting one job late",
+            Box::new(|i| i.offsets[1] += entry_len(per_block)),
+        ),
+        (
+            "a block starting one job early",
+            Box::new(|i| i.offsets[1] -= entry_len(per_block - 1)),
+        ),
+        (
+            "the jobs ending a byte early",
+            Box::new(|i| *i.offsets.last_mut().expect("end") -= 1),
+        ),
+        ("two blocks swapped", Box::new(|i| i.offsets.swap(1, 2))),
+        ("a block fewer", Box::new(|i| i.per_block += 1)),
+        ("a block more", Box::new(|i| i.per_block -= 1)),
+        ("no block size", Box::new(|i| i.per_block = 0)),
+        ("an offset more", Box::new(|i| i.offsets.push(u64::MAX))),
+        ("every block at once", Box::new(|i| i.offsets[1..].fill(0))),
+    ];
+    for (what, lie) in lies {
+        let mut lying = index.clone();
+        lie(&mut lying);
+        assert!(!read(&lying.put_into(&bytes), what), "{what} believed");
+    }
+    // Blocks of another size, truthfully marked, read the same.
+    let halves = JobsIndex {
+        offsets: (0..jobs.len())
+            .step_by(per_block / 2)
+            .chain([jobs.len()])
+            .map(|n| starts[n] as u64)
+            .collect(),
+        per_block: (per_block / 2) as u32,
+        ..index.clone()
+    };
+    assert!(read(&halves.put_into(&bytes), "blocks half the size"));
+    // An entry hidden inside the first block, which the map's count leaves out: read
+    // in one piece, the jobs end one entry early and what follows is not the fields
+    // after them, so the bytes do not decode; the blocks the index marks would each
+    // read their count of jobs (the first leaving the hidden entry unread) and give
+    // the state, but a block that leaves bytes unread is not believed.
+    let mut hiding: Vec<_> = jobs.iter().map(|(id, job)| (**id, &***job)).collect();
+    hiding.insert(per_block, hiding[0]);
+    let mut hidden = with_jobs(&state, &hiding);
+    let map = jobs_map_at(&state);
+    assert_eq!(hidden[map..map + 3], [0xde, 0x05, 0x16], "a map of 1,302");
+    hidden[map + 2] = 0x15;
+    let mut written = JobsIndex::of(&hidden);
+    let entry = |n: usize| written.offsets[0] + (starts[n] - starts[0]) as u64;
+    let hidden_len = entry_len(0);
+    written.offsets = vec![
+        written.offsets[0],
+        entry(per_block) + hidden_len,
+        entry(2 * per_block) + hidden_len,
+        entry(jobs.len()) + hidden_len,
+    ];
+    let hidden = written.put_into(&hidden);
+    assert!(snapshot::decode_state::<State>(&hidden).is_err());
+    assert!(snapshot::decode_state_in_parts(&hidden, 0).is_none());
+    same_on_two_threads(&hidden, "an entry hidden in a block");
+    // An index cut short, or none.
+    for cut in [&bytes[..bytes.len() - 1], &bytes[..index.state_end]] {
+        assert!(matches!(
+            snapshot::decode_state::<State>(cut),
+            Err(SnapshotDecodeError::NoJobsIndex)
+        ));
+        same_on_two_threads(cut, "the index cut");
+    }
 }

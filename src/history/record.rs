@@ -19,6 +19,7 @@
 //!   The header is read without touching the event, so the chain can be checked even when
 //!   an event no longer decodes.
 
+use rmp_serde::decode::ReadRefReader;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -79,17 +80,22 @@ pub fn from_slice_exact<T: DeserializeOwned>(
     let mut deserializer = rmp_serde::Deserializer::from_read_ref(bytes);
     deserializer.set_max_depth(max_depth);
     let value = T::deserialize(&mut deserializer)?;
-    let used_up = matches!(
-        OneMarker::deserialize(&mut deserializer),
-        Err(rmp_serde::decode::Error::InvalidMarkerRead(e))
-            if e.kind() == std::io::ErrorKind::UnexpectedEof
-    );
-    if !used_up {
+    if !used_up(&mut deserializer) {
         // Only to say how many: where the value ends, found by walking its markers.
         let end = super::snapshot::msgpack::skip(bytes, 0, max_depth).unwrap_or(0);
         return Err(left_over(bytes.len() - end));
     }
     Ok(value)
+}
+
+/// Whether an in-place reader has read all its bytes: reading one more marker finds
+/// their end.
+pub(super) fn used_up(deserializer: &mut rmp_serde::Deserializer<ReadRefReader<'_, [u8]>>) -> bool {
+    matches!(
+        OneMarker::deserialize(&mut *deserializer),
+        Err(rmp_serde::decode::Error::InvalidMarkerRead(e))
+            if e.kind() == std::io::ErrorKind::UnexpectedEof
+    )
 }
 
 /// The error of `left` bytes after an event that should fill its record.
