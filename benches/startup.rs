@@ -331,10 +331,35 @@ fn startup(c: &mut Criterion, shape: Shape) {
         let began = Instant::now();
         let recovered = history.recover(State::new()).expect("recover");
         let all = began.elapsed();
+        // What writing a snapshot through `encode_state` (the server's snapshot thread)
+        // adds to the encoding: the walk over the jobs that finds its jobs index. The
+        // index's length is in its last 16 bytes (see the snapshot module's layout).
+        let offsets = u32::from_le_bytes(bytes[bytes.len() - 12..][..4].try_into().expect("4"));
+        let mut unindexed = bytes[..bytes.len() - 16 - 8 * offsets as usize].to_vec();
+        let began = Instant::now();
+        assert!(fedrun::history::snapshot::append_jobs_index(&mut unindexed));
+        let walked = began.elapsed();
+        assert!(
+            unindexed[..] == bytes[..],
+            "the walk finds the index the snapshot has"
+        );
+        let began = Instant::now();
+        let encoded = fedrun::history::snapshot::encode_state(&recovered.state).expect("encodes");
+        let by_walk = began.elapsed();
+        drop(encoded);
+        let began = Instant::now();
+        let encoded = fedrun::history::snapshot::StateEncoder::default()
+            .encode(&recovered.state)
+            .expect("encodes");
+        let by_encoder = began.elapsed();
+        drop(encoded);
         eprintln!(
             "start-up parts ({shape:?}, {} jobs): sled open {opened:?}; snapshot at {} ({} bytes) \
              read+hash {loaded:?}, decode in one piece {decoded:?}, on two threads {parallel:?}; \
-             recover (load + decode + {} tail events) {all:?}",
+             recover (load + decode + {} tail events) {all:?}; writing a snapshot, the walk \
+             that finds the jobs index {walked:?}, the state encoded with it \
+             (`encode_state`) {by_walk:?}, by a fresh `StateEncoder` (the server's) \
+             {by_encoder:?}",
             recovered.state.jobs.len(),
             record.seq,
             bytes.len(),

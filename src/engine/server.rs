@@ -37,6 +37,7 @@ use crate::engine::ids::RandomIds;
 use crate::engine::local::LocalParticipant;
 use crate::engine::node::{self, Node, NodeError, Output, Participant, ReplyToken, Request};
 use crate::engine::owner::{EngineLimits, EngineRefusal, Ids, StartError};
+use crate::history::snapshot::StateEncoder;
 use crate::history::{DataPaths, History, SnapshotTicket, WrittenSnapshot};
 use crate::job::JobId;
 use crate::lifecycle::{
@@ -973,7 +974,8 @@ fn spawn_history(
                         // The snapshot makes the next start-up quick; the anchor lets it
                         // tell a shorter history from data loss.
                         if !covered {
-                            if let Err(err) = history.take_snapshot(&*state) {
+                            let mut encoder = StateEncoder::default();
+                            if let Err(err) = history.take_snapshot_with(&mut encoder, &state) {
                                 tracing::warn!(%err, "snapshot at shutdown failed");
                             }
                         }
@@ -1002,7 +1004,9 @@ fn spawn_snapshot_writer(
         .spawn(move || {
             let seq = ticket.seq();
             let began = std::time::Instant::now();
-            match ticket.write(&*state) {
+            // A fresh encoder writes what `write` does and notes where each job starts
+            // as it goes, where `write` walks the bytes again to find the jobs index.
+            match ticket.write_with(&mut StateEncoder::default(), &state) {
                 Ok(written) => {
                     tracing::debug!(seq, bytes = written.size(), took = ?began.elapsed(), "snapshot state written");
                     // The history thread has ended (a shutdown): the blob stays unnamed
