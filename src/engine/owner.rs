@@ -394,7 +394,10 @@ impl Engine {
     pub fn shut_down(mut self) -> Result<(), history::StorageError> {
         self.settle_snapshot();
         if self.node.stopped().is_none() {
-            if let Err(err) = self.history.take_snapshot(self.node.state()) {
+            let snapshot = self
+                .history
+                .take_snapshot_with(&mut self.encoder, self.node.state());
+            if let Err(err) = snapshot {
                 tracing::warn!(%err, "snapshot at shutdown failed");
             }
         }

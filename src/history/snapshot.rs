@@ -280,13 +280,19 @@ pub enum SnapshotDecodeError {
 }
 
 /// Serializes a state for a snapshot: the format-2 header, then positional MessagePack,
-/// then, for a [`State`], its jobs index.
+/// then, for a [`State`], its jobs index. The reference encoding: the state's derived
+/// `Serialize`, and the index found by walking the bytes written. Every snapshot the
+/// engines write goes through a [`StateEncoder`] (the same bytes, the index noted as the
+/// jobs are written, unchanged jobs copied); tests compare the two, and the audit
+/// compares a stored snapshot with this encoding of the replayed state.
 pub fn encode_state<S: Serialize>(state: &S) -> Result<Vec<u8>, rmp_serde::encode::Error> {
     let mut bytes = format_2_blob::<S>(64 * 1024);
     rmp_serde::encode::write(&mut bytes, state)?;
-    if indexed::<S>() {
-        let indexed = append_jobs_index(&mut bytes);
-        debug_assert!(indexed, "a state's bytes have the state's shape");
+    if indexed::<S>() && !append_jobs_index(&mut bytes) {
+        // A state whose bytes this build cannot walk could not be read back either.
+        return Err(rmp_serde::encode::Error::Syntax(
+            "the state's jobs do not end where their index must say".into(),
+        ));
     }
     Ok(bytes)
 }
@@ -733,8 +739,11 @@ fn state_in_parts(payload: &[u8], index: &JobsIndex<'_>, threads_from: usize) ->
     let entry = inner - 1;
     // The index must mark every block of the map: the first where the first entry
     // starts, each after the one before, the last where the jobs end.
-    let blocks = count.div_ceil(index.per_block.max(1));
-    if index.per_block == 0 || index.len() != blocks + 1 || index.offset(0)? != first {
+    if index.per_block == 0 {
+        return None;
+    }
+    let blocks = count.div_ceil(index.per_block);
+    if index.len() != blocks + 1 || index.offset(0)? != first {
         return None;
     }
     let bounds: Vec<usize> = (0..=blocks)
