@@ -145,6 +145,15 @@ impl<K: Ord + Clone, V: Clone> SmallMap<K, V> {
         }
     }
 
+    /// True when both hold the very same entries in memory (so they are equal without
+    /// a look at them).
+    pub fn shares_entries_with(&self, other: &SmallMap<K, V>) -> bool {
+        match (&self.0, &other.0) {
+            (Repr::Few(mine), Repr::Few(theirs)) => Arc::ptr_eq(mine, theirs),
+            _ => false,
+        }
+    }
+
     /// The entries in key order.
     pub fn iter(&self) -> Iter<'_, K, V> {
         match &self.0 {
@@ -193,13 +202,34 @@ impl<'a, K: Ord + Clone, V: Clone> IntoIterator for &'a SmallMap<K, V> {
     }
 }
 
+impl<K: Ord + Clone, V: Clone> SmallMap<K, V> {
+    /// The map of `entries` in any order; of equal keys the last wins, as inserting them
+    /// in turn would. Entries already sorted without repeats (what a snapshot holds) are
+    /// taken as they are: one slice built, nothing sorted or copied twice.
+    fn from_entries(mut entries: Vec<(K, V)>) -> Self {
+        if !entries.windows(2).all(|pair| pair[0].0 < pair[1].0) {
+            // Stable, so equal keys stay in the order given; each run of them then
+            // keeps its last value in its first slot.
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            entries.dedup_by(|later, kept| {
+                let same = later.0 == kept.0;
+                if same {
+                    std::mem::swap(later, kept);
+                }
+                same
+            });
+        }
+        match entries.len() {
+            0 => SmallMap::new(),
+            n if n <= FEW => SmallMap(Repr::Few(Arc::from(entries))),
+            _ => SmallMap(Repr::Other(Some(Box::new(entries.into_iter().collect())))),
+        }
+    }
+}
+
 impl<K: Ord + Clone, V: Clone> FromIterator<(K, V)> for SmallMap<K, V> {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(items: I) -> Self {
-        let mut map = SmallMap::new();
-        for (k, v) in items {
-            map.insert(k, v);
-        }
-        map
+        SmallMap::from_entries(items.into_iter().collect())
     }
 }
 
@@ -209,7 +239,8 @@ macro_rules! map_read_traits {
     ($map:ident) => {
         impl<K: Ord + Clone, V: Clone + PartialEq> PartialEq for $map<K, V> {
             fn eq(&self, other: &Self) -> bool {
-                self.len() == other.len() && self.iter().eq(other.iter())
+                self.shares_entries_with(other)
+                    || (self.len() == other.len() && self.iter().eq(other.iter()))
             }
         }
 
@@ -330,29 +361,13 @@ where
             }
 
             fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
-                let mut entries: Vec<(K, V)> = Vec::new();
+                // Room for what the map says it holds, up to one past the small form (a
+                // hostile count reserves no more than that).
+                let mut entries = Vec::with_capacity(access.size_hint().unwrap_or(0).min(FEW + 1));
                 while let Some(entry) = access.next_entry()? {
                     entries.push(entry);
                 }
-                // Sorted once (the last of equal keys wins, as inserting in turn would).
-                entries.sort_by(|a, b| a.0.cmp(&b.0));
-                let mut map = SmallMap::new();
-                let mut entries = entries.into_iter().peekable();
-                let mut kept = Vec::new();
-                while let Some((k, v)) = entries.next() {
-                    if entries.peek().is_some_and(|(next, _)| *next == k) {
-                        continue;
-                    }
-                    kept.push((k, v));
-                }
-                if kept.len() <= FEW {
-                    if !kept.is_empty() {
-                        map.0 = Repr::Few(Arc::from(kept));
-                    }
-                } else {
-                    map.0 = Repr::Other(Some(Box::new(kept.into_iter().collect())));
-                }
-                Ok(map)
+                Ok(SmallMap::from_entries(entries))
             }
         }
 
@@ -425,6 +440,14 @@ impl<K: Ord + Clone, V: Clone> SparseMap<K, V> {
         Q: Ord + ?Sized,
     {
         self.0.as_ref()?.get(key)
+    }
+
+    /// True when both hold the very same map in memory.
+    pub fn shares_entries_with(&self, other: &SparseMap<K, V>) -> bool {
+        match (&self.0, &other.0) {
+            (Some(mine), Some(theirs)) => Arc::ptr_eq(mine, theirs),
+            _ => false,
+        }
     }
 
     /// The entries in key order.
@@ -550,6 +573,45 @@ mod tests {
             prop_assert_eq!(&bytes, &rmp_serde::to_vec(&imbl_map).unwrap());
             let back: SmallMap<String, u16> = rmp_serde::from_slice(&bytes).unwrap();
             prop_assert_eq!(&back, &map);
+        }
+
+        /// Collected, or read from a map's bytes, in any order and with repeated keys,
+        /// the map holds what inserting the entries in turn into a `BTreeMap` holds (the
+        /// last of equal keys wins), in the form its size calls for; a set likewise.
+        #[test]
+        fn built_at_once_as_inserted_in_turn(
+            entries in proptest::collection::vec((0u8..48, any::<u16>()), 0..80),
+            sorted in any::<bool>(),
+        ) {
+            let mut entries: Vec<(String, u16)> =
+                entries.into_iter().map(|(k, v)| (format!("site-{k:02}"), v)).collect();
+            if sorted {
+                // The snapshot's case: in key order (repeats still possible).
+                entries.sort_by(|a, b| a.0.cmp(&b.0));
+            }
+            let mut model: BTreeMap<String, u16> = BTreeMap::new();
+            for (k, v) in &entries {
+                model.insert(k.clone(), *v);
+            }
+            let mut bytes = Vec::new();
+            rmp::encode::write_map_len(&mut bytes, entries.len() as u32).unwrap();
+            for (k, v) in &entries {
+                rmp::encode::write_str(&mut bytes, k).unwrap();
+                rmp::encode::write_uint(&mut bytes, u64::from(*v)).unwrap();
+            }
+            let collected: SmallMap<String, u16> = entries.iter().cloned().collect();
+            let read: SmallMap<String, u16> = rmp_serde::from_slice(&bytes).unwrap();
+            for map in [&collected, &read] {
+                prop_assert!(map.iter().eq(model.iter()));
+                let form_fits = match &map.0 {
+                    Repr::Other(None) => model.is_empty(),
+                    Repr::Few(few) => few.len() == model.len() && model.len() <= FEW,
+                    Repr::Other(Some(many)) => many.len() == model.len() && model.len() > FEW,
+                };
+                prop_assert!(form_fits);
+            }
+            let members: SmallSet<String> = entries.iter().map(|(k, _)| k.clone()).collect();
+            prop_assert!(members.iter().eq(model.keys()));
         }
 
         /// Sharing changes nothing a reader sees, and shares only equal small maps.

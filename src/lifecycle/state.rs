@@ -5,7 +5,7 @@ use imbl::{OrdMap, OrdSet};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::job::meta::JobMeta;
 use crate::job::JobId;
@@ -25,8 +25,10 @@ use crate::lifecycle::{Rejection, ReplayError};
 pub type Reply = Result<Answer, Rejection>;
 
 /// What an accepted admin request answers.
+/// Externally tagged (the variant's name, then its fields), which a binary format reads
+/// without buffering the entry first (an internally tagged enum is buffered whole).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "answer", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Answer {
     /// A job was submitted (or cloned) under this id.
     Submitted {
@@ -146,7 +148,11 @@ pub fn describe_outcome(outcome: ExitOutcome) -> String {
 }
 
 /// A job's run: deploy and start answers, who took part, exits, failure, stop.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+///
+/// Serialized field by field in this order ([`RunOut`], [`RunIn`]); in a binary format (a
+/// snapshot) `start` is nil when it equals `deploy` and `job_clients` nil when it equals
+/// `sites`, which is what nearly every run holds.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Run {
     /// The run sub-state.
     pub phase: RunPhase,
@@ -178,10 +184,8 @@ pub struct Run {
     /// Report ids already recorded, so a resent report is not counted twice.
     pub report_ids: SmallSet<String>,
     /// Sites whose app ended because fedrun asked it to stop (their exit is not a failure).
-    #[serde(default)]
     pub stopped_exits: SparseSet<String>,
     /// After a restart, the server app did not re-attach: it has ended, outcome unknown.
-    #[serde(default)]
     pub server_lost: bool,
     /// Sites left out of the run that may still run its app: their start answer was lost
     /// (recorded as no reply), or the job ended while it was awaited. Such a site is not a
@@ -190,14 +194,119 @@ pub struct Run {
     /// exit report, a reconnect that does not list the job, or the end of the stop wait
     /// (SPEC section 8, "a stop is over"), each recorded as `LeftOutSiteEnded` or
     /// `RunStopped`.
-    #[serde(default)]
     pub left_out: SparseSet<String>,
     /// Derived, not stored: the sites of `site_exits` whose outcome stops a run
     /// ([`stops_run`]) and whose exit fedrun's own stop did not cause, so the stop rule
     /// looks at these few instead of every exit of a large run. Kept by the fold and
     /// rebuilt when a state is loaded ([`State::rebuild_index`]).
-    #[serde(skip)]
     pub stop_candidates: SparseSet<String>,
+}
+
+/// [`Run`] as written: its fields by reference, `start` and `job_clients` left out (nil)
+/// where a binary format can take them from `deploy` and `sites`.
+#[derive(Serialize)]
+#[serde(rename = "Run")]
+struct RunOut<'a> {
+    phase: RunPhase,
+    step: &'a Option<(StartStep, Timestamp)>,
+    sites: &'a Arc<[String]>,
+    reservations: &'a SparseMap<String, String>,
+    deploy: &'a SmallMap<String, StepResult>,
+    start: Option<&'a SmallMap<String, StepResult>>,
+    started_at: Option<Timestamp>,
+    job_clients: Option<&'a Arc<[String]>>,
+    server_exit: Option<(ExitOutcome, Timestamp)>,
+    site_exits: &'a SmallMap<String, ExitOutcome>,
+    lapsed: &'a SparseSet<String>,
+    failure: &'a Option<Box<Failure>>,
+    stop_requested_at: Option<Timestamp>,
+    report_ids: &'a SmallSet<String>,
+    stopped_exits: &'a SparseSet<String>,
+    server_lost: bool,
+    left_out: &'a SparseSet<String>,
+}
+
+/// [`Run`] as read: [`RunOut`]'s fields, a nil `start` or `job_clients` taken from
+/// `deploy` or `sites` (shared, not copied).
+#[derive(Deserialize)]
+#[serde(rename = "Run")]
+struct RunIn {
+    phase: RunPhase,
+    step: Option<(StartStep, Timestamp)>,
+    sites: Arc<[String]>,
+    reservations: SparseMap<String, String>,
+    deploy: SmallMap<String, StepResult>,
+    start: Option<SmallMap<String, StepResult>>,
+    started_at: Option<Timestamp>,
+    job_clients: Option<Arc<[String]>>,
+    server_exit: Option<(ExitOutcome, Timestamp)>,
+    site_exits: SmallMap<String, ExitOutcome>,
+    lapsed: SparseSet<String>,
+    failure: Option<Box<Failure>>,
+    stop_requested_at: Option<Timestamp>,
+    report_ids: SmallSet<String>,
+    #[serde(default)]
+    stopped_exits: SparseSet<String>,
+    #[serde(default)]
+    server_lost: bool,
+    #[serde(default)]
+    left_out: SparseSet<String>,
+}
+
+impl Serialize for Run {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // A human-readable format (JSON) gets every field as it is.
+        let whole = serializer.is_human_readable();
+        let same_sites =
+            Arc::ptr_eq(&self.job_clients, &self.sites) || self.job_clients == self.sites;
+        RunOut {
+            phase: self.phase,
+            step: &self.step,
+            sites: &self.sites,
+            reservations: &self.reservations,
+            deploy: &self.deploy,
+            start: (whole || self.start != self.deploy).then_some(&self.start),
+            started_at: self.started_at,
+            job_clients: (whole || !same_sites).then_some(&self.job_clients),
+            server_exit: self.server_exit,
+            site_exits: &self.site_exits,
+            lapsed: &self.lapsed,
+            failure: &self.failure,
+            stop_requested_at: self.stop_requested_at,
+            report_ids: &self.report_ids,
+            stopped_exits: &self.stopped_exits,
+            server_lost: self.server_lost,
+            left_out: &self.left_out,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Run {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let run = RunIn::deserialize(deserializer)?;
+        Ok(Run {
+            phase: run.phase,
+            step: run.step,
+            start: run.start.unwrap_or_else(|| run.deploy.clone()),
+            job_clients: run.job_clients.unwrap_or_else(|| run.sites.clone()),
+            sites: run.sites,
+            reservations: run.reservations,
+            deploy: run.deploy,
+            started_at: run.started_at,
+            server_exit: run.server_exit,
+            site_exits: run.site_exits,
+            lapsed: run.lapsed,
+            failure: run.failure,
+            stop_requested_at: run.stop_requested_at,
+            report_ids: run.report_ids,
+            stopped_exits: run.stopped_exits,
+            server_lost: run.server_lost,
+            left_out: run.left_out,
+            // Derived from the exits when a state is loaded.
+            stop_candidates: SparseSet::new(),
+        })
+    }
 }
 
 impl Run {
@@ -369,8 +478,9 @@ impl Run {
 }
 
 /// The workspace archive sub-state.
+/// Externally tagged, as [`Answer`], so a snapshot reads it without buffering.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Archive {
     /// The job never had a server workspace (it was never dispatched).
     #[default]
@@ -2776,6 +2886,66 @@ mod tests {
             size_of::<RequestKey>()
         );
         assert_eq!(size_of::<OperationName>(), 16);
+    }
+
+    /// A run's start answers equal to its deploy answers, and participants equal to its
+    /// sites, are nil in MessagePack and read back shared; unequal ones, and every field
+    /// in JSON, are written whole. Each run reads back equal to itself.
+    #[test]
+    fn a_run_writes_what_it_can_take_from_its_other_fields_as_nil() {
+        let sites: Arc<[String]> = ["site-a", "site-b"].map(String::from).into();
+        let answers = |extra: Option<&str>| -> SmallMap<String, StepResult> {
+            ["server", "site-a", "site-b"]
+                .into_iter()
+                .chain(extra)
+                .map(|who| (who.to_string(), StepResult::Ok))
+                .collect()
+        };
+        let mut run = Run {
+            phase: RunPhase::Stopped,
+            sites: sites.clone(),
+            deploy: answers(None),
+            // Equal by value, not shared: what decides is what they hold.
+            start: answers(None),
+            job_clients: ["site-a", "site-b"].map(String::from).into(),
+            ..Run::default()
+        };
+        let fields = |run: &Run| -> Vec<serde_json::Value> {
+            let bytes = rmp_serde::to_vec(run).expect("encodes");
+            rmp_serde::from_slice(&bytes).expect("an array of fields")
+        };
+        // Fields 5 and 7 are `start` and `job_clients`; 4 and 2 what they repeat.
+        let written = fields(&run);
+        assert_eq!(written.len(), 17);
+        assert!(written[5].is_null() && written[7].is_null(), "{written:?}");
+        assert!(written[4].is_object() && written[2].is_array());
+        let back: Run =
+            rmp_serde::from_slice(&rmp_serde::to_vec(&run).expect("encodes")).expect("decodes");
+        assert_eq!(back, run);
+        assert!(back.start.shares_entries_with(&back.deploy));
+        assert!(Arc::ptr_eq(&back.job_clients, &back.sites));
+
+        let json: serde_json::Value = serde_json::to_value(&run).expect("encodes");
+        assert_eq!(json["start"], json["deploy"]);
+        assert_eq!(json["job_clients"], serde_json::json!(["site-a", "site-b"]));
+        let back: Run = serde_json::from_value(json).expect("decodes");
+        assert_eq!(back, run);
+
+        // Different: written whole.
+        run.start = answers(Some("site-c"));
+        run.job_clients = ["site-a"].map(String::from).into();
+        let written = fields(&run);
+        assert_eq!(written[5].as_object().map(|m| m.len()), Some(4));
+        assert_eq!(written[7], serde_json::json!(["site-a"]));
+        let back: Run =
+            rmp_serde::from_slice(&rmp_serde::to_vec(&run).expect("encodes")).expect("decodes");
+        assert_eq!(back, run);
+        // A run before it started: no participants yet, whatever its sites.
+        let fresh = Run {
+            sites,
+            ..Run::default()
+        };
+        assert_eq!(fields(&fresh)[7], serde_json::json!([]));
     }
 
     /// An operation's name reads back as the text it was written from, one of the six or
