@@ -3,12 +3,13 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
+use serde::de::{self, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// A job's status. Its text form is the SPEC string (`SUBMITTED`, `FINISHED:COMPLETED`, ...);
-/// serde uses the same text.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(into = "&'static str", try_from = "String")]
+/// serde uses the same text (read without copying it: see the `Deserialize` below).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(into = "&'static str")]
 pub enum RunStatus {
     /// `SUBMITTED`: stored, waiting for the scheduler.
     Submitted,
@@ -134,6 +135,28 @@ impl TryFrom<String> for RunStatus {
     }
 }
 
+/// Reads the text where it lies (a snapshot holds a status per job; no `String` is made
+/// for it), and refuses any text that is not a SPEC status.
+impl<'de> Deserialize<'de> for RunStatus {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Text;
+
+        impl Visitor<'_> for Text {
+            type Value = RunStatus;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a job status (SUBMITTED, DISPATCHED, RUNNING, FINISHED:...)")
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<RunStatus, E> {
+                text.parse().map_err(E::custom)
+            }
+        }
+
+        deserializer.deserialize_str(Text)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,5 +178,24 @@ mod tests {
         assert!("APPROVED".parse::<RunStatus>().is_err());
         let json = serde_json::to_string(&RunStatus::CanNotSchedule).expect("serializes");
         assert_eq!(json, "\"FINISHED:CAN_NOT_SCHEDULE\"");
+        for status in RunStatus::ALL {
+            let json = serde_json::to_string(&status).expect("serializes");
+            assert_eq!(serde_json::from_str::<RunStatus>(&json).ok(), Some(status));
+            let packed = rmp_serde::to_vec(&status).expect("serializes");
+            assert_eq!(
+                packed,
+                rmp_serde::to_vec(status.as_str()).expect("serializes")
+            );
+            assert_eq!(
+                rmp_serde::from_slice::<RunStatus>(&packed).ok(),
+                Some(status)
+            );
+        }
+        let odd = serde_json::from_str::<RunStatus>("\"FINISHED:LATE\"")
+            .expect_err("not a status")
+            .to_string();
+        assert!(odd.contains("unknown job status `FINISHED:LATE`"), "{odd}");
+        let packed = rmp_serde::to_vec(&7u8).expect("serializes");
+        assert!(rmp_serde::from_slice::<RunStatus>(&packed).is_err());
     }
 }
