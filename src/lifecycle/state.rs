@@ -526,14 +526,17 @@ pub struct Job {
     /// The validated `meta.json`. It never changes once submitted, so it is shared: the
     /// copy of a job that an event changes (`decide`'s scratch state shares every job
     /// with the published one) copies a pointer, not the meta's strings and maps.
+    #[serde(with = "shared_value")]
     pub meta: Arc<JobMeta>,
     /// The package blob.
     #[serde(with = "crate::lifecycle::event::stored_hash")]
     pub package: BlobHash,
     /// Who submitted (or cloned) it; shared with every job and kept request of the same
     /// identity ([`Identities`]).
+    #[serde(with = "shared_value")]
     pub submitter: Arc<Identity>,
     /// Who signed it (shared the same way).
+    #[serde(with = "shared_value::optional")]
     pub signer: Option<Arc<Identity>>,
     /// When it was submitted.
     pub submit_time: Timestamp,
@@ -1588,7 +1591,9 @@ pub(crate) mod shared_sites {
     }
 }
 
-/// Serde glue: a value behind `Arc`, written as the plain value.
+/// Serde glue: a value behind `Arc`, written as the plain value. Read straight into its
+/// `Arc` (serde's own `Arc<T>` reads a `Box<T>` first, then moves it into a new
+/// allocation: two allocations and a copy for each job's meta and identities).
 mod shared_value {
     use std::sync::Arc;
 
@@ -1607,6 +1612,28 @@ mod shared_value {
         deserializer: D,
     ) -> Result<Arc<V>, D::Error> {
         V::deserialize(deserializer).map(Arc::new)
+    }
+
+    /// The same for an optional value.
+    pub mod optional {
+        use std::sync::Arc;
+
+        use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+        /// Writes the value itself, or nil.
+        pub fn serialize<V: Serialize, S: Serializer>(
+            value: &Option<Arc<V>>,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            value.as_deref().serialize(serializer)
+        }
+
+        /// Reads the value, or nil, and wraps it.
+        pub fn deserialize<'de, V: Deserialize<'de>, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Option<Arc<V>>, D::Error> {
+            Ok(Option::<V>::deserialize(deserializer)?.map(Arc::new))
+        }
     }
 }
 
@@ -2946,6 +2973,43 @@ mod tests {
             ..Run::default()
         };
         assert_eq!(fields(&fresh)[7], serde_json::json!([]));
+    }
+
+    /// A value behind an `Arc` (a job's meta, submitter, signer) is written as the plain
+    /// value, or nil, and read back equal.
+    #[test]
+    fn shared_values_are_written_as_the_values_themselves() {
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct Held {
+            #[serde(with = "shared_value")]
+            one: Arc<Identity>,
+            #[serde(with = "shared_value::optional")]
+            maybe: Option<Arc<Identity>>,
+        }
+        #[derive(Serialize)]
+        struct Plain<'a> {
+            one: &'a Identity,
+            maybe: Option<&'a Identity>,
+        }
+        let alice = Identity {
+            name: "alice@example.org".into(),
+            org: "hospital-a".into(),
+            role: crate::lifecycle::actor::Role::Lead,
+        };
+        for maybe in [None, Some(Arc::new(alice.clone()))] {
+            let held = Held {
+                one: Arc::new(alice.clone()),
+                maybe,
+            };
+            let bytes = rmp_serde::to_vec(&held).expect("encodes");
+            let plain = Plain {
+                one: &alice,
+                maybe: held.maybe.as_deref(),
+            };
+            assert_eq!(bytes, rmp_serde::to_vec(&plain).expect("encodes"));
+            let back: Held = rmp_serde::from_slice(&bytes).expect("decodes");
+            assert_eq!(back, held);
+        }
     }
 
     /// An operation's name reads back as the text it was written from, one of the six or
