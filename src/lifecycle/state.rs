@@ -255,28 +255,49 @@ struct RunIn {
 
 impl Serialize for Run {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        // A human-readable format (JSON) gets every field as it is.
+        // Every field named: a field added to `Run` is a compile error here until it is
+        // written (or said not to be), as it is in the reading below.
+        let Run {
+            phase,
+            step,
+            sites,
+            reservations,
+            deploy,
+            start,
+            started_at,
+            job_clients,
+            server_exit,
+            site_exits,
+            lapsed,
+            failure,
+            stop_requested_at,
+            report_ids,
+            stopped_exits,
+            server_lost,
+            left_out,
+            stop_candidates: _,
+        } = self;
+        // A human-readable format (JSON) gets every field as it is. (`Arc`'s equality
+        // compares the pointers first.)
         let whole = serializer.is_human_readable();
-        let same_sites =
-            Arc::ptr_eq(&self.job_clients, &self.sites) || self.job_clients == self.sites;
         RunOut {
-            phase: self.phase,
-            step: &self.step,
-            sites: &self.sites,
-            reservations: &self.reservations,
-            deploy: &self.deploy,
-            start: (whole || self.start != self.deploy).then_some(&self.start),
-            started_at: self.started_at,
-            job_clients: (whole || !same_sites).then_some(&self.job_clients),
-            server_exit: self.server_exit,
-            site_exits: &self.site_exits,
-            lapsed: &self.lapsed,
-            failure: &self.failure,
-            stop_requested_at: self.stop_requested_at,
-            report_ids: &self.report_ids,
-            stopped_exits: &self.stopped_exits,
-            server_lost: self.server_lost,
-            left_out: &self.left_out,
+            phase: *phase,
+            step,
+            sites,
+            reservations,
+            deploy,
+            start: (whole || start != deploy).then_some(start),
+            started_at: *started_at,
+            job_clients: (whole || job_clients != sites).then_some(job_clients),
+            server_exit: *server_exit,
+            site_exits,
+            lapsed,
+            failure,
+            stop_requested_at: *stop_requested_at,
+            report_ids,
+            stopped_exits,
+            server_lost: *server_lost,
+            left_out,
         }
         .serialize(serializer)
     }
