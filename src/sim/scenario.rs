@@ -14,6 +14,8 @@ use serde::Deserialize;
 
 use crate::job::meta::{JobMeta, SERVER};
 
+mod by_job;
+
 /// Why a scenario cannot be run.
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
@@ -452,8 +454,11 @@ pub fn load(path: &Path) -> Result<Checked, ScenarioError> {
 
 /// Parses and checks scenario text.
 pub fn parse(text: &str) -> Result<Checked, ScenarioError> {
-    let scenario: Scenario = toml::from_str(text)
-        .map_err(|e| ScenarioError::Syntax(crate::settings::toml_report(text, &e)))?;
+    let scenario: Scenario = match by_job::by_job(text) {
+        Some(scenario) => scenario,
+        None => toml::from_str(text)
+            .map_err(|e| ScenarioError::Syntax(crate::settings::toml_report(text, &e)))?,
+    };
     check(scenario)
 }
 
