@@ -277,8 +277,7 @@ impl Serialize for Run {
             left_out,
             stop_candidates: _,
         } = self;
-        // A human-readable format (JSON) gets every field as it is. (`Arc`'s equality
-        // compares the pointers first.)
+        // A human-readable format (JSON) gets every field as it is.
         let whole = serializer.is_human_readable();
         RunOut {
             phase: *phase,
@@ -288,6 +287,7 @@ impl Serialize for Run {
             deploy,
             start: (whole || start != deploy).then_some(start),
             started_at: *started_at,
+            // `Arc`'s equality compares the pointers first.
             job_clients: (whole || job_clients != sites).then_some(job_clients),
             server_exit: *server_exit,
             site_exits,
