@@ -5,6 +5,9 @@
 //!   reference model).
 //! - `sim_day`: a simulated day of traffic with 1,000 and 10,000 jobs through the simulator
 //!   library (criterion, 10 samples each), the whole run from parsed scenario to result.
+//! - `scenario_parse`: the day's scenario text (below) parsed and checked, 1,000 and 10,000
+//!   jobs, read a job at a time (`scenario::parse`) beside the same text read as one TOML
+//!   document (`scenario::parse_whole`).
 //! - `sim_day_cli` (printed first, not criterion): the same days with 1,000, 10,000 and
 //!   100,000 jobs, each run once by the `fedrun sim` binary in a child process, with its
 //!   wall time, peak RSS (`ru_maxrss` from `wait4`, taken before this process grows) and
@@ -113,6 +116,26 @@ fn check_day(result: &fedrun::sim::driver::SimResult, jobs: u64) {
     assert_eq!(settled as u64, jobs, "every job of the day settled");
 }
 
+fn scenario_parse(c: &mut Criterion) {
+    let mut group = c.benchmark_group("scenario_parse");
+    group.sample_size(10);
+    for jobs in sizes().into_iter().filter(|n| *n <= 10_000) {
+        let text = day_scenario(jobs);
+        assert!(
+            fedrun::sim::scenario::reads_by_job(&text),
+            "the day is read a job at a time"
+        );
+        group.throughput(Throughput::Elements(jobs));
+        group.bench_with_input(BenchmarkId::new("by_job", jobs), &text, |b, text| {
+            b.iter(|| fedrun::sim::scenario::parse(text).expect("day scenario"))
+        });
+        group.bench_with_input(BenchmarkId::new("whole", jobs), &text, |b, text| {
+            b.iter(|| fedrun::sim::scenario::parse_whole(text).expect("day scenario"))
+        });
+    }
+    group.finish();
+}
+
 fn day(c: &mut Criterion) {
     let mut group = c.benchmark_group("sim_day");
     group.sample_size(10);
@@ -210,6 +233,7 @@ fn main() {
     }
     let mut criterion = Criterion::default().configure_from_args();
     campaign(&mut criterion);
+    scenario_parse(&mut criterion);
     day(&mut criterion);
     criterion.final_summary();
 }

@@ -454,12 +454,39 @@ pub fn load(path: &Path) -> Result<Checked, ScenarioError> {
 
 /// Parses and checks scenario text.
 pub fn parse(text: &str) -> Result<Checked, ScenarioError> {
-    let scenario: Scenario = match by_job::by_job(text) {
-        Some(scenario) => scenario,
-        None => toml::from_str(text)
-            .map_err(|e| ScenarioError::Syntax(crate::settings::toml_report(text, &e)))?,
-    };
+    match by_job::by_job(text) {
+        Some(scenario) => check(scenario),
+        None => parse_whole(text),
+    }
+}
+
+/// Parses scenario text as one TOML document, without reading its jobs one at a time:
+/// what [`parse`] falls back to, and what the benchmarks compare it with.
+pub fn parse_whole(text: &str) -> Result<Checked, ScenarioError> {
+    let scenario: Scenario = toml::from_str(text)
+        .map_err(|e| ScenarioError::Syntax(crate::settings::toml_report(text, &e)))?;
     check(scenario)
+}
+
+/// The property the `scenario_split` fuzz target and its replay test check on any bytes:
+/// a text read a job at a time is the scenario the whole-document parse reads. Panics (a
+/// bug) when they differ; texts that are not UTF-8 or are read whole pass.
+pub fn check_read_by_job(bytes: &[u8]) {
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return;
+    };
+    if let Some(split) = by_job::by_job(text) {
+        let whole: Result<Scenario, _> = toml::from_str(text);
+        match whole {
+            Ok(whole) => assert_eq!(split, whole, "read by job, then whole:\n{text}"),
+            Err(e) => panic!("read by job a text the whole parse refuses ({e}):\n{text}"),
+        }
+    }
+}
+
+/// Whether [`parse`] reads `text` a job at a time (for tests: a well-shaped scenario must).
+pub fn reads_by_job(text: &str) -> bool {
+    by_job::by_job(text).is_some()
 }
 
 fn check(mut scenario: Scenario) -> Result<Checked, ScenarioError> {
