@@ -1296,12 +1296,9 @@ impl<'a> Sim<'a> {
     }
 
     fn behaviour(&self, site: usize, job_id: JobId) -> Behaviour {
-        let name = self.name_of.get(&job_id).cloned().unwrap_or_default();
-        let run_for = self
-            .job_spec(&name)
-            .map(|j| j.run_for())
-            .unwrap_or_default();
-        self.sites[site].spec().behaviour_for(&name, run_for)
+        let name = self.name_of.get(&job_id).map_or("", String::as_str);
+        let run_for = self.job_spec(name).map(|j| j.run_for()).unwrap_or_default();
+        self.sites[site].spec().behaviour_for(name, run_for)
     }
 
     fn job_spec(&self, name: &str) -> Option<&JobSpec> {

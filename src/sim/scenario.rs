@@ -188,43 +188,31 @@ impl SiteSpec {
     /// The behaviour of this site for the job named `job` (a clone `a#1` falls back to the
     /// entry of `a`), whose server app runs for `job_run_for`.
     pub fn behaviour_for(&self, job: &str, job_run_for: Duration) -> Behaviour {
-        let mut layers: Vec<&SiteBehaviour> = vec![&self.behaviour];
-        // The most specific entry wins: the clone's own name, then its ancestors.
-        let mut names = Vec::new();
-        let mut name = job;
-        loop {
-            names.push(name);
-            match name.rfind('#') {
-                Some(i) => name = &name[..i],
-                None => break,
+        // The most specific entry wins: the clone's own name, then its ancestors, then
+        // the site's own behaviour. Asked for every request a site answers, so nothing is
+        // allocated.
+        let (mut deploy, mut start, mut exit, mut run_for) = (None, None, None, None);
+        let mut layer = |l: &SiteBehaviour| {
+            deploy = deploy.or(l.deploy);
+            start = start.or(l.start);
+            exit = exit.or(l.exit_code);
+            run_for = run_for.or(l.run_for);
+        };
+        if !self.jobs.is_empty() {
+            let mut name = Some(job);
+            while let Some(n) = name {
+                if let Some(b) = self.jobs.get(n) {
+                    layer(b);
+                }
+                name = n.rfind('#').map(|i| &n[..i]);
             }
         }
-        for n in names.iter().rev() {
-            if let Some(b) = self.jobs.get(*n) {
-                layers.push(b);
-            }
-        }
+        layer(&self.behaviour);
         Behaviour {
-            deploy: layers
-                .iter()
-                .rev()
-                .find_map(|l| l.deploy)
-                .unwrap_or_default(),
-            start: layers
-                .iter()
-                .rev()
-                .find_map(|l| l.start)
-                .unwrap_or_default(),
-            exit: layers
-                .iter()
-                .rev()
-                .find_map(|l| l.exit_code)
-                .unwrap_or_default(),
-            run_for: layers
-                .iter()
-                .rev()
-                .find_map(|l| l.run_for)
-                .unwrap_or(job_run_for),
+            deploy: deploy.unwrap_or_default(),
+            start: start.unwrap_or_default(),
+            exit: exit.unwrap_or_default(),
+            run_for: run_for.unwrap_or(job_run_for),
         }
     }
 }
@@ -657,6 +645,53 @@ do = "delete j1#1"
         assert_eq!(c.actions[2], Action::Delete("j1#1".into()));
         assert!(c.metas[0].is_all_sites());
         assert_eq!(c.metas[0].min_clients, 2);
+    }
+
+    #[test]
+    fn the_nearest_named_ancestor_wins_field_by_field() {
+        let site: SiteSpec = toml::from_str(
+            r#"
+name = "s"
+exit_code = 3
+deploy = "error"
+[jobs.j1]
+exit_code = 101
+run_for = "30s"
+start = "timeout"
+[jobs."j1#1"]
+exit_code = 7
+[jobs."j1#1#1"]
+deploy = "ok"
+"#,
+        )
+        .expect("a site table");
+        let server = Duration::from_secs(60);
+        let b = |name: &str| site.behaviour_for(name, server);
+        // Each field comes from the most specific table that names it: the clone's own,
+        // then the job it was cloned from, then that job's, then the site's.
+        assert_eq!(
+            b("j1#1#1"),
+            Behaviour {
+                deploy: Answer::Ok,
+                start: Answer::Timeout,
+                exit: AppEnd::Code(7),
+                run_for: Duration::from_secs(30),
+            }
+        );
+        assert_eq!(b("j1#1#2").exit, AppEnd::Code(7));
+        assert_eq!(b("j1#1#2").deploy, Answer::Error);
+        assert_eq!(b("j1#2").exit, AppEnd::Code(101));
+        assert_eq!(
+            b("j2#1"),
+            Behaviour {
+                deploy: Answer::Error,
+                start: Answer::Ok,
+                exit: AppEnd::Code(3),
+                run_for: server,
+            }
+        );
+        // A name that merely contains an entry's name is not its clone.
+        assert_eq!(b("xj1").exit, AppEnd::Code(3));
     }
 
     fn err(text: &str) -> String {

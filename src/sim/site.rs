@@ -6,7 +6,7 @@
 //! sites, so the engine cannot tell it apart from a real one. It owns no clock: the driver
 //! passes the virtual `now` in and schedules the app ends this returns.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use crate::job::JobId;
@@ -56,14 +56,15 @@ pub struct SimSite {
     /// Reservations and resources in use, kept by the same code as a local site's, so the
     /// simulator checks the real bookkeeping rather than a copy of it.
     ledger: Ledger<Duration>,
-    deployed: BTreeSet<JobId>,
+    /// Membership only, never walked (a hash set: a day's site holds thousands).
+    deployed: HashSet<JobId>,
     apps: BTreeMap<JobId, App>,
     /// App exit reports not yet acknowledged, oldest first; a site keeps them and resends
     /// them when it reconnects, when the server comes back, and (under faults) now and then.
     unacked: Vec<SiteReport>,
     /// Every job whose app this site ever started, for the invariant that no report is
     /// accepted for a job a site never ran.
-    ever_ran: BTreeSet<JobId>,
+    ever_ran: HashSet<JobId>,
     /// Every exit report this site made (job, number, outcome), for lies that repeat an
     /// id: a day of 10,000 jobs makes a hundred thousand, so the id is kept as its number
     /// ([`SimSite::report_id_of`]).
@@ -81,10 +82,10 @@ impl SimSite {
             reservation_timeout,
             online: false,
             ledger,
-            deployed: BTreeSet::new(),
+            deployed: HashSet::new(),
             apps: BTreeMap::new(),
             unacked: Vec::new(),
-            ever_ran: BTreeSet::new(),
+            ever_ran: HashSet::new(),
             made: Vec::new(),
             next_report: 0,
             next_generation: 0,
