@@ -432,7 +432,7 @@ impl Harness {
                 let site = run
                     .sites
                     .iter()
-                    .find(|s| !run.deploy.contains_key(*s))?
+                    .find(|s| !run.deploy.contains_key(s.as_str()))?
                     .clone();
                 Some(Command::Site {
                     site,
@@ -451,7 +451,8 @@ impl Harness {
                     .sites
                     .iter()
                     .find(|s| {
-                        run.deploy.get(*s).is_some_and(|r| r.is_ok()) && !run.start.contains_key(*s)
+                        run.deploy.get(s.as_str()).is_some_and(|r| r.is_ok())
+                            && !run.start.contains_key(s.as_str())
                     })?
                     .clone();
                 Some(Command::Site {
@@ -471,7 +472,7 @@ impl Harness {
                 match run.outstanding_sites().next() {
                     Some(site) if index.is_multiple_of(2) || !run.server_outstanding() => {
                         Some(Command::Site {
-                            site: site.clone(),
+                            site: site.to_string(),
                             report: SiteReport::AppExited {
                                 job_id,
                                 report_id: format!("{site}-p{n}"),

@@ -434,7 +434,7 @@ impl Ctx<'_> {
     fn stop_run(&mut self, job_id: JobId, actor: Actor, reason: String) {
         let Some(job) = self.job(&job_id) else { return };
         let server = job.run.server_outstanding();
-        let mut sites: Vec<String> = job.run.outstanding_sites().cloned().collect();
+        let mut sites: Vec<String> = job.run.outstanding_sites().map(String::from).collect();
         sites.extend(job.run.left_out.iter().cloned());
         if server {
             self.effect(Effect::StopServerApp { job_id });
@@ -528,7 +528,7 @@ impl Ctx<'_> {
                 if !barrier_over && run.any_site_outstanding() {
                     return;
                 }
-                let outstanding: Vec<String> = run.outstanding_sites().cloned().collect();
+                let outstanding: Vec<String> = run.outstanding_sites().map(String::from).collect();
                 let left_out: Vec<String> = run.left_out.iter().cloned().collect();
                 let stopping = run.stopping();
                 let status = final_status(run.failure.as_deref());
@@ -919,14 +919,17 @@ impl Ctx<'_> {
         };
         let run = &job.run;
         if job.status != RunStatus::Dispatched
-            || !run.sites.iter().all(|s| run.deploy.contains_key(s))
+            || !run
+                .sites
+                .iter()
+                .all(|s| run.deploy.contains_key(s.as_str()))
         {
             return;
         }
         let ok: Vec<String> = run
             .sites
             .iter()
-            .filter(|s| run.deploy.get(*s).is_some_and(StepResult::is_ok))
+            .filter(|s| run.deploy.get(s.as_str()).is_some_and(StepResult::is_ok))
             .cloned()
             .collect();
         let failed: Vec<String> = run
@@ -986,15 +989,15 @@ impl Ctx<'_> {
         let deployed: Vec<String> = run
             .sites
             .iter()
-            .filter(|s| run.deploy.get(*s).is_some_and(StepResult::is_ok))
+            .filter(|s| run.deploy.get(s.as_str()).is_some_and(StepResult::is_ok))
             .cloned()
             .collect();
-        if !deployed.iter().all(|s| run.start.contains_key(s)) {
+        if !deployed.iter().all(|s| run.start.contains_key(s.as_str())) {
             return;
         }
         let started: Vec<String> = deployed
             .iter()
-            .filter(|s| run.start.get(*s).is_some_and(StepResult::is_ok))
+            .filter(|s| run.start.get(s.as_str()).is_some_and(StepResult::is_ok))
             .cloned()
             .collect();
         let not_started: Vec<String> = deployed
@@ -1005,7 +1008,7 @@ impl Ctx<'_> {
         let problem = enough_sites(&job, &started, "started");
         let lines: Vec<String> = not_started
             .iter()
-            .map(|s| match run.start.get(s) {
+            .map(|s| match run.start.get(s.as_str()) {
                 Some(StepResult::Error(e)) => format!("{s}: {e}"),
                 _ => format!("{s}: no reply (start timeout)"),
             })
@@ -1083,7 +1086,7 @@ fn stop_reason(job: &Job) -> Option<String> {
     // Only exits that stop runs and that fedrun's own stop did not cause (kept by the
     // fold): a large run reports thousands of exits that stop nothing.
     for site in run.stop_candidates.iter() {
-        let Some(outcome) = run.site_exits.get(site) else {
+        let Some(outcome) = run.site_exits.get(site.as_str()) else {
             continue;
         };
         if run.counts_site(site) && !run.all_ended() {
@@ -1504,8 +1507,12 @@ fn abort(ctx: &mut Ctx<'_>, actor: &Actor, job: &Job, reason: String) {
             // that arrives later is answered with a stop.
             if matches!(step, Some(StartStep::StartingSites)) {
                 for site in job.run.sites.iter() {
-                    if job.run.deploy.get(site).is_some_and(StepResult::is_ok)
-                        && !job.run.start.contains_key(site)
+                    if job
+                        .run
+                        .deploy
+                        .get(site.as_str())
+                        .is_some_and(StepResult::is_ok)
+                        && !job.run.start.contains_key(site.as_str())
                     {
                         ctx.effect(Effect::StopSiteApp {
                             site: site.clone(),
@@ -1674,7 +1681,7 @@ fn site_report(ctx: &mut Ctx<'_>, site: String, report: SiteReport) {
                     j.status == RunStatus::Dispatched
                         && matches!(j.run.step, Some((StartStep::DeployingSites, _)))
                         && j.run.was_sent(&site)
-                        && !j.run.deploy.contains_key(&site)
+                        && !j.run.deploy.contains_key(site.as_str())
                 });
             if awaited {
                 ctx.record_site_deploy(actor, job_id, site, step_result(result));
@@ -1694,8 +1701,11 @@ fn site_report(ctx: &mut Ctx<'_>, site: String, report: SiteReport) {
                 && ctx.job(&job_id).is_some_and(|j| {
                     j.status == RunStatus::Dispatched
                         && matches!(j.run.step, Some((StartStep::StartingSites, _)))
-                        && j.run.deploy.get(&site).is_some_and(StepResult::is_ok)
-                        && !j.run.start.contains_key(&site)
+                        && j.run
+                            .deploy
+                            .get(site.as_str())
+                            .is_some_and(StepResult::is_ok)
+                        && !j.run.start.contains_key(site.as_str())
                 });
             if awaited {
                 ctx.emit(
@@ -1742,17 +1752,20 @@ fn site_report(ctx: &mut Ctx<'_>, site: String, report: SiteReport) {
             // (a lie, a confused site, or a site left out after no reply) is not the
             // job's outcome.
             let fresh = ctx.job(&job_id).is_some_and(|j| {
-                let asked_to_start = match j.run.start.get(&site) {
+                let asked_to_start = match j.run.start.get(site.as_str()) {
                     Some(result) => result.is_ok(),
                     None => {
                         matches!(j.run.step, Some((StartStep::StartingSites, _)))
-                            && j.run.deploy.get(&site).is_some_and(StepResult::is_ok)
+                            && j.run
+                                .deploy
+                                .get(site.as_str())
+                                .is_some_and(StepResult::is_ok)
                     }
                 };
                 j.run.was_sent(&site)
                     && asked_to_start
-                    && !j.run.site_exits.contains_key(&site)
-                    && !j.run.report_ids.contains(&report_id)
+                    && !j.run.site_exits.contains_key(site.as_str())
+                    && !j.run.report_ids.contains(report_id.as_str())
             });
             if fresh {
                 ctx.emit(
@@ -1807,7 +1820,10 @@ fn repeats_recorded(
     result: &Result<(), String>,
     answers: impl Fn(
         &crate::lifecycle::state::Run,
-    ) -> &crate::lifecycle::small_map::SmallMap<String, StepResult>,
+    ) -> &crate::lifecycle::small_map::SmallMap<
+        crate::lifecycle::state::ShortStr,
+        StepResult,
+    >,
 ) -> bool {
     job.and_then(|j| answers(&j.run).get(site))
         .is_some_and(|recorded| {
@@ -1880,7 +1896,12 @@ fn server_app_started(ctx: &mut Ctx<'_>, job_id: JobId, result: Result<(), Strin
         .run
         .sites
         .iter()
-        .filter(|s| job.run.deploy.get(*s).is_some_and(StepResult::is_ok))
+        .filter(|s| {
+            job.run
+                .deploy
+                .get(s.as_str())
+                .is_some_and(StepResult::is_ok)
+        })
         .cloned()
         .collect();
     for site in deployed {
@@ -1991,7 +2012,7 @@ fn timer_fired(ctx: &mut Ctx<'_>, timer: Timer) {
                         .run
                         .sites
                         .iter()
-                        .filter(|s| !job.run.deploy.contains_key(*s))
+                        .filter(|s| !job.run.deploy.contains_key(s.as_str()))
                         .cloned()
                         .collect();
                     for site in missing {
@@ -2018,8 +2039,11 @@ fn timer_fired(ctx: &mut Ctx<'_>, timer: Timer) {
                         .sites
                         .iter()
                         .filter(|s| {
-                            job.run.deploy.get(*s).is_some_and(StepResult::is_ok)
-                                && !job.run.start.contains_key(*s)
+                            job.run
+                                .deploy
+                                .get(s.as_str())
+                                .is_some_and(StepResult::is_ok)
+                                && !job.run.start.contains_key(s.as_str())
                         })
                         .cloned()
                         .collect();

@@ -195,7 +195,7 @@ fn stop_everything(reported: &Reported, job: &Job, server_alive: bool, effects: 
     if server_alive {
         effects.push(Effect::StopServerApp { job_id });
     }
-    let mut sites: BTreeSet<String> = job.run.outstanding_sites().cloned().collect();
+    let mut sites: BTreeSet<String> = job.run.outstanding_sites().map(String::from).collect();
     sites.extend(reported_sites(reported, job_id).cloned());
     // Sites left out of the run (or whose start answer was awaited) may run it too.
     sites.extend(job.run.left_out.iter().cloned());

@@ -147,6 +147,11 @@ pub fn describe_outcome(outcome: ExitOutcome) -> String {
     }
 }
 
+/// A short text kept inline (site names, report ids): up to 24 bytes take no allocation,
+/// so copying a run's maps of answers, which grow one answer at a time, copies no heap
+/// text, and reading a snapshot allocates none for them. Written and read as a string.
+pub type ShortStr = compact_str::CompactString;
+
 /// A job's run: deploy and start answers, who took part, exits, failure, stop.
 ///
 /// Serialized field by field in this order ([`RunOut`], [`RunIn`]); in a binary format (a
@@ -163,9 +168,9 @@ pub struct Run {
     /// Reservation tokens by site, until the run starts or they are cancelled.
     pub reservations: SparseMap<String, String>,
     /// Deploy answers by participant (`"server"` and sites).
-    pub deploy: SmallMap<String, StepResult>,
+    pub deploy: SmallMap<ShortStr, StepResult>,
     /// Start answers by participant.
-    pub start: SmallMap<String, StepResult>,
+    pub start: SmallMap<ShortStr, StepResult>,
     /// When the job went `RUNNING` (`start_time`).
     pub started_at: Option<Timestamp>,
     /// The sites that took part (`job_clients`), set when the job went `RUNNING`.
@@ -173,7 +178,7 @@ pub struct Run {
     /// How and when the server app process ended.
     pub server_exit: Option<(ExitOutcome, Timestamp)>,
     /// Site reports, by site.
-    pub site_exits: SmallMap<String, ExitOutcome>,
+    pub site_exits: SmallMap<ShortStr, ExitOutcome>,
     /// Sites whose report lapsed after `site_reconnect_grace` (counted as `104`).
     pub lapsed: SparseSet<String>,
     /// The failure that decides the final status, if any (boxed: most runs have none,
@@ -182,7 +187,7 @@ pub struct Run {
     /// When fedrun asked the processes to stop; exits after it are not failures.
     pub stop_requested_at: Option<Timestamp>,
     /// Report ids already recorded, so a resent report is not counted twice.
-    pub report_ids: SmallSet<String>,
+    pub report_ids: SmallSet<ShortStr>,
     /// Sites whose app ended because fedrun asked it to stop (their exit is not a failure).
     pub stopped_exits: SparseSet<String>,
     /// After a restart, the server app did not re-attach: it has ended, outcome unknown.
@@ -211,16 +216,16 @@ struct RunOut<'a> {
     step: &'a Option<(StartStep, Timestamp)>,
     sites: &'a Arc<[String]>,
     reservations: &'a SparseMap<String, String>,
-    deploy: &'a SmallMap<String, StepResult>,
-    start: Option<&'a SmallMap<String, StepResult>>,
+    deploy: &'a SmallMap<ShortStr, StepResult>,
+    start: Option<&'a SmallMap<ShortStr, StepResult>>,
     started_at: Option<Timestamp>,
     job_clients: Option<&'a Arc<[String]>>,
     server_exit: Option<(ExitOutcome, Timestamp)>,
-    site_exits: &'a SmallMap<String, ExitOutcome>,
+    site_exits: &'a SmallMap<ShortStr, ExitOutcome>,
     lapsed: &'a SparseSet<String>,
     failure: &'a Option<Box<Failure>>,
     stop_requested_at: Option<Timestamp>,
-    report_ids: &'a SmallSet<String>,
+    report_ids: &'a SmallSet<ShortStr>,
     stopped_exits: &'a SparseSet<String>,
     server_lost: bool,
     left_out: &'a SparseSet<String>,
@@ -235,16 +240,16 @@ struct RunIn {
     step: Option<(StartStep, Timestamp)>,
     sites: Arc<[String]>,
     reservations: SparseMap<String, String>,
-    deploy: SmallMap<String, StepResult>,
-    start: Option<SmallMap<String, StepResult>>,
+    deploy: SmallMap<ShortStr, StepResult>,
+    start: Option<SmallMap<ShortStr, StepResult>>,
     started_at: Option<Timestamp>,
     job_clients: Option<Arc<[String]>>,
     server_exit: Option<(ExitOutcome, Timestamp)>,
-    site_exits: SmallMap<String, ExitOutcome>,
+    site_exits: SmallMap<ShortStr, ExitOutcome>,
     lapsed: SparseSet<String>,
     failure: Option<Box<Failure>>,
     stop_requested_at: Option<Timestamp>,
-    report_ids: SmallSet<String>,
+    report_ids: SmallSet<ShortStr>,
     #[serde(default)]
     stopped_exits: SparseSet<String>,
     #[serde(default)]
@@ -335,8 +340,10 @@ impl Run {
     pub fn stop_candidates_from_exits(&self) -> SparseSet<String> {
         self.site_exits
             .iter()
-            .filter(|(site, outcome)| stops_run(**outcome) && !self.stopped_exits.contains(*site))
-            .map(|(site, _)| site.clone())
+            .filter(|(site, outcome)| {
+                stops_run(**outcome) && !self.stopped_exits.contains(site.as_str())
+            })
+            .map(|(site, _)| site.to_string())
             .collect()
     }
 
@@ -388,7 +395,7 @@ impl Run {
     /// [`Run::outstanding_sites`] it copies nothing, so it is cheap for a run of many
     /// sites.
     pub fn any_site_outstanding(&self) -> bool {
-        let pending = |s: &String| !self.site_exits.contains_key(s) && !self.lapsed.contains(s);
+        let pending = |s: &str| !self.site_exits.contains_key(s) && !self.lapsed.contains(s);
         if self.started_at.is_some() {
             // Each expected site that is not outstanding has an exit or has lapsed, so with
             // fewer of those than expected sites one is outstanding: the answer for almost
@@ -396,7 +403,7 @@ impl Run {
             if self.site_exits.len() + self.lapsed.len() < self.job_clients.len() {
                 return true;
             }
-            return self.job_clients.iter().any(pending);
+            return self.job_clients.iter().any(|s| pending(s));
         }
         self.start
             .iter()
@@ -405,14 +412,14 @@ impl Run {
 
     /// The sites whose app process may run: `job_clients` once the job went `RUNNING`,
     /// else the sites that answered their start with OK.
-    pub fn expected_sites(&self) -> impl Iterator<Item = &String> + '_ {
+    pub fn expected_sites(&self) -> impl Iterator<Item = &str> + '_ {
         let running = self.started_at.is_some();
-        let clients = running.then(|| self.job_clients.iter());
+        let clients = running.then(|| self.job_clients.iter().map(String::as_str));
         let started = (!running).then(|| {
             self.start
                 .iter()
                 .filter(|(who, r)| who.as_str() != crate::job::meta::SERVER && r.is_ok())
-                .map(|(who, _)| who)
+                .map(|(who, _)| who.as_str())
         });
         clients
             .into_iter()
@@ -422,7 +429,7 @@ impl Run {
 
     /// Expected sites that have neither reported nor lapsed, in order (borrowed: the
     /// deadlines of every running job are asked for this at each step).
-    pub fn outstanding_sites(&self) -> impl Iterator<Item = &String> + '_ {
+    pub fn outstanding_sites(&self) -> impl Iterator<Item = &str> + '_ {
         self.expected_sites()
             .filter(|s| !self.site_exits.contains_key(*s) && !self.lapsed.contains(*s))
     }
@@ -466,8 +473,8 @@ impl Run {
         }
         self.sites
             .iter()
-            .filter(|s| self.deploy.get(*s).is_some_and(StepResult::is_ok))
-            .filter(|s| !self.start.contains_key(*s))
+            .filter(|s| self.deploy.get(s.as_str()).is_some_and(StepResult::is_ok))
+            .filter(|s| !self.start.contains_key(s.as_str()))
             .cloned()
             .collect()
     }
@@ -2093,7 +2100,7 @@ impl State {
                     _ if is_server => (&job.run.start, StartStep::StartingServer),
                     _ => (&job.run.start, StartStep::StartingSites),
                 };
-                if answers.contains_key(participant) {
+                if answers.contains_key(participant.as_str()) {
                     return Err(format!(
                         "{participant} already answered this step of job {job_id}"
                     ));
@@ -2123,7 +2130,8 @@ impl State {
                 {
                     return Err(format!("job {job_id}'s apps have not been started"));
                 }
-                let started = |s: &String| job.run.start.get(s).is_some_and(StepResult::is_ok);
+                let started =
+                    |s: &String| job.run.start.get(s.as_str()).is_some_and(StepResult::is_ok);
                 if !job_clients.iter().all(started) {
                     return Err(format!(
                         "job {job_id}'s clients include a site whose app did not start"
@@ -2151,7 +2159,7 @@ impl State {
                 ..
             } => {
                 let job = self.job_exists(job_id)?;
-                if job.run.report_ids.contains(report_id) {
+                if job.run.report_ids.contains(report_id.as_str()) {
                     return Err(format!("report {report_id} is already recorded"));
                 }
                 if report_id.is_empty() || report_id.len() > crate::lifecycle::event::MAX_ID_BYTES {
@@ -2160,7 +2168,7 @@ impl State {
                 // Records that carry the stop flag come from a decide that records one
                 // exit per site the job was sent to; version-1 records did not check.
                 if stop_requested.is_some()
-                    && (!job.run.was_sent(site) || job.run.site_exits.contains_key(site))
+                    && (!job.run.was_sent(site) || job.run.site_exits.contains_key(site.as_str()))
                 {
                     return Err(format!(
                         "site {site} was not sent job {job_id} or already reported its exit"
@@ -2173,10 +2181,13 @@ impl State {
                 let expected = if job.run.started_at.is_some() {
                     job.run.job_clients.binary_search(site).is_ok()
                 } else {
-                    job.run.start.get(site).is_some_and(StepResult::is_ok)
+                    job.run
+                        .start
+                        .get(site.as_str())
+                        .is_some_and(StepResult::is_ok)
                 };
                 if !expected
-                    || job.run.site_exits.contains_key(site)
+                    || job.run.site_exits.contains_key(site.as_str())
                     || job.run.lapsed.contains(site)
                 {
                     return Err(format!(
@@ -2612,7 +2623,7 @@ impl State {
                 result,
             } => {
                 let job = self.job_mut(job_id);
-                job.run.deploy.insert(participant.clone(), result.clone());
+                job.run.deploy.insert(participant.into(), result.clone());
                 let server = crate::job::meta::SERVER;
                 if job.status.is_terminal() {
                     job.run.step = None;
@@ -2641,7 +2652,7 @@ impl State {
                 result,
             } => {
                 let job = self.job_mut(job_id);
-                job.run.start.insert(participant.clone(), result.clone());
+                job.run.start.insert(participant.into(), result.clone());
                 // Start answers that repeat the deploy answers (every participant OK)
                 // keep one slice for both, for as long as the job is kept.
                 job.run.start.share_if_equal(&job.run.deploy);
@@ -2689,8 +2700,8 @@ impl State {
                 stop_requested,
             } => {
                 let job = self.job_mut(job_id);
-                job.run.report_ids.insert(report_id.clone());
-                job.run.site_exits.insert(site.clone(), *outcome);
+                job.run.report_ids.insert(report_id.into());
+                job.run.site_exits.insert(site.into(), *outcome);
                 // An exit that fedrun's own stop caused is not a failure (SPEC section 8).
                 // A site that says so is believed; a site that says it was not stopped
                 // reports a failure even while the run is stopping; a version-1 record
@@ -2947,11 +2958,11 @@ mod tests {
     #[test]
     fn a_run_writes_what_it_can_take_from_its_other_fields_as_nil() {
         let sites: Arc<[String]> = ["site-a", "site-b"].map(String::from).into();
-        let answers = |extra: Option<&str>| -> SmallMap<String, StepResult> {
+        let answers = |extra: Option<&str>| -> SmallMap<ShortStr, StepResult> {
             ["server", "site-a", "site-b"]
                 .into_iter()
                 .chain(extra)
-                .map(|who| (who.to_string(), StepResult::Ok))
+                .map(|who| (who.into(), StepResult::Ok))
                 .collect()
         };
         let mut run = Run {

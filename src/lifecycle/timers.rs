@@ -108,7 +108,7 @@ fn job_deadlines(state: &State, settings: &Settings, job: &Job, out: &mut Vec<(T
                     facts.since.plus(settings.site_reconnect_grace),
                     Timer::SiteReconnectGraceOver {
                         job_id,
-                        site: site.clone(),
+                        site: site.to_string(),
                     },
                 ));
             }
