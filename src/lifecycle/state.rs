@@ -204,7 +204,7 @@ pub struct Run {
     /// ([`stops_run`]) and whose exit fedrun's own stop did not cause, so the stop rule
     /// looks at these few instead of every exit of a large run. Kept by the fold and
     /// rebuilt when a state is loaded ([`State::rebuild_index`]).
-    pub stop_candidates: SparseSet<String>,
+    pub stop_candidates: SparseSet<ShortStr>,
 }
 
 /// [`Run`] as written: its fields by reference, `start` and `job_clients` left out (nil)
@@ -337,13 +337,13 @@ impl<'de> Deserialize<'de> for Run {
 
 impl Run {
     /// [`Run::stop_candidates`] computed from the exits themselves.
-    pub fn stop_candidates_from_exits(&self) -> SparseSet<String> {
+    pub fn stop_candidates_from_exits(&self) -> SparseSet<ShortStr> {
         self.site_exits
             .iter()
             .filter(|(site, outcome)| {
                 stops_run(**outcome) && !self.stopped_exits.contains(site.as_str())
             })
-            .map(|(site, _)| site.to_string())
+            .map(|(site, _)| site.clone())
             .collect()
     }
 
@@ -2714,9 +2714,9 @@ impl State {
                     job.run.stopped_exits.insert(site.clone());
                 }
                 if stops_run(*outcome) && !job.run.stopped_exits.contains(site) {
-                    job.run.stop_candidates.insert(site.clone());
+                    job.run.stop_candidates.insert(site.into());
                 } else {
-                    job.run.stop_candidates.remove(site);
+                    job.run.stop_candidates.remove(site.as_str());
                 }
                 if !job.status.is_terminal()
                     && !caused_by_stop
