@@ -68,7 +68,13 @@ fn global_deadlines(
 }
 
 /// One job's pending deadlines, unsorted.
-fn job_deadlines(state: &State, settings: &Settings, job: &Job, out: &mut Vec<(Timestamp, Timer)>) {
+fn job_deadlines(
+    state: &State,
+    settings: &Settings,
+    job: &Job,
+    any_away: &mut Option<bool>,
+    out: &mut Vec<(Timestamp, Timer)>,
+) {
     let job_id = job.id;
     let run = &job.run;
     if job.status == RunStatus::Dispatched {
@@ -97,9 +103,12 @@ fn job_deadlines(state: &State, settings: &Settings, job: &Job, out: &mut Vec<(T
                 ));
             }
         }
-        // A site away is rare: whether one is comes first, whether the run still waits
-        // for it only then.
-        for site in run.expected_sites() {
+        // A site away is rare: whether any is (asked once per walk, of the sites and not
+        // of every run's every site) comes first, whether the run still waits for it
+        // only then.
+        let away = *any_away.get_or_insert_with(|| state.sites.values().any(|f| !f.connected));
+        let expected = away.then(|| run.expected_sites());
+        for site in expected.into_iter().flatten() {
             let Some(facts) = state.sites.get(site).filter(|facts| !facts.connected) else {
                 continue;
             };
@@ -147,8 +156,9 @@ fn pending(state: &State, settings: &Settings) -> Vec<(Timestamp, Timer)> {
     ) {
         return out;
     }
+    let mut any_away = None;
     for job in state.timed_jobs() {
-        job_deadlines(state, settings, job, &mut out);
+        job_deadlines(state, settings, job, &mut any_away, &mut out);
     }
     out
 }
@@ -177,8 +187,11 @@ pub fn deadlines_by_scan(state: &State, settings: &Settings) -> Vec<(Timestamp, 
         schedule::next_due_by_scan(state, settings),
         &mut out,
     ) {
+        // Every run's every site looked up, as before the walk asked whether any is away:
+        // the reference checks that shortcut too.
+        let mut any_away = Some(true);
         for job in state.jobs.values() {
-            job_deadlines(state, settings, job, &mut out);
+            job_deadlines(state, settings, job, &mut any_away, &mut out);
         }
     }
     out.sort();
