@@ -193,8 +193,8 @@ const ACKED_RUN: u64 = 1024;
 /// [`ACKED_RUN`] records: a day of 10,000 jobs acknowledges half a million records, and
 /// a hash of each took 17 MB. A run's digest is taken over its records' own hashes
 /// ([`ChainHash::of`] their bytes), which the checker has at hand when it folds them:
-/// digesting each record's bytes once more was a twentieth of the checker's work, and a
-/// record whose bytes change has another hash all the same.
+/// digesting each record's bytes once more was nearly a tenth of the checker's work,
+/// and a record whose bytes change has another hash all the same.
 #[derive(Debug, Default)]
 struct Acked {
     len: u64,
