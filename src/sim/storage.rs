@@ -37,9 +37,10 @@ struct RecordLog {
     ends: Vec<u32>,
     /// The last record's number and hash.
     head: Head,
-    /// The packed chunk read last, unpacked, by its index: reads go forward, so each
-    /// packed chunk is unpacked once per pass.
-    unpacked: Option<(usize, Vec<u8>)>,
+    /// The packed chunk read last, unpacked, by its index, and whether its links were
+    /// computed again (false when it was read for events only): reads go forward, so
+    /// each packed chunk is unpacked once per pass.
+    unpacked: Option<(usize, Links, Vec<u8>)>,
 }
 
 /// A chunk of the record log.
@@ -50,6 +51,16 @@ enum Chunk {
     Packing(Arc<Vec<u8>>, std::thread::JoinHandle<Packed>),
     /// A full chunk, packed.
     Packed(Packed),
+}
+
+/// Whether a packed chunk is read back with the links it left out computed again (each
+/// record's bytes exactly as written) or without them (zeroes where a link was left out:
+/// enough to read the records' events, which a link is not part of, without hashing
+/// every record of the chunk).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Links {
+    Restored,
+    LeftOut,
 }
 
 /// A full chunk's records with the links that follow from the record before left out
@@ -85,11 +96,14 @@ impl Packed {
     }
 
     /// The chunk's bytes, up to the records that end at `ends` (the chunk's first ones,
-    /// or all), each with its link.
-    fn unpack(&self, ends: &[u32]) -> Vec<u8> {
+    /// or all), each with its link when `links` says so.
+    fn unpack(&self, ends: &[u32], links: Links) -> Vec<u8> {
         // Only this log packs chunks, in memory no one else writes to.
         let mut bytes = lz4_flex::decompress_size_prepended(&self.bytes)
             .expect("a packed chunk of the log unpacks");
+        if links == Links::LeftOut {
+            return bytes;
+        }
         let mut linked = self.linked.iter().peekable();
         for (index, before, record) in records_after_the_first(ends) {
             // In order: the record before has its link again when it is hashed.
@@ -163,6 +177,12 @@ impl RecordLog {
     }
 
     fn get(&mut self, seq: u64) -> Option<&[u8]> {
+        self.get_with(seq, Links::Restored)
+    }
+
+    /// Record `seq` as [`RecordLog::get`] gives it, or with zeroes for a link its packed
+    /// chunk left out (`Links::LeftOut`).
+    fn get_with(&mut self, seq: u64, links: Links) -> Option<&[u8]> {
         let index = usize::try_from(seq.checked_sub(1)?).ok()?;
         if index >= self.len() {
             return None;
@@ -172,10 +192,16 @@ impl RecordLog {
             Chunk::Open(bytes) => bytes,
             Chunk::Packing(bytes, _) => &**bytes,
             Chunk::Packed(packed) => {
-                if !matches!(&self.unpacked, Some((at, _)) if *at == chunk) {
-                    self.unpacked = Some((chunk, packed.unpack(self.ends_of(chunk))));
+                // Unpacked with its links, a chunk serves either kind of read.
+                let cached = matches!(
+                    &self.unpacked,
+                    Some((at, had, _)) if *at == chunk && (*had == Links::Restored || *had == links)
+                );
+                if !cached {
+                    let bytes = packed.unpack(self.ends_of(chunk), links);
+                    self.unpacked = Some((chunk, links, bytes));
                 }
-                &self.unpacked.as_ref().expect("unpacked just now").1
+                &self.unpacked.as_ref().expect("unpacked just now").2
             }
         };
         Some(&bytes[range])
@@ -270,8 +296,8 @@ impl RecordLog {
             Chunk::Open(bytes) => bytes,
             Chunk::Packing(bytes, _) => bytes.as_ref().clone(),
             Chunk::Packed(packed) => match unpacked {
-                Some((at, bytes)) if at == chunk => bytes,
-                _ => packed.unpack(self.ends_of(chunk)),
+                Some((at, Links::Restored, bytes)) if at == chunk => bytes,
+                _ => packed.unpack(self.ends_of(chunk), Links::Restored),
             },
         };
         bytes.truncate(last_record.end);
@@ -372,6 +398,16 @@ impl FaultyStorage {
             return None;
         }
         disk.records.get(seq).map(<[u8]>::to_vec)
+    }
+
+    /// Record `seq` (synced or not) for reading its event: its bytes as stored, except
+    /// that a link a packed chunk left out may read as zeroes. A reader of events only
+    /// (the end's text output) skips hashing every record of each chunk to restore them.
+    pub fn event_bytes(&self, seq: u64) -> Option<Vec<u8>> {
+        self.lock()
+            .records
+            .get_with(seq, Links::LeftOut)
+            .map(<[u8]>::to_vec)
     }
 
     /// How many records exist now, synced or not.
@@ -611,6 +647,7 @@ mod tests {
         let mut model: Vec<Vec<u8>> = Vec::new();
         let mut synced = 0;
         let mut packed_seen = 0;
+        let mut zeroed_seen = 0;
         let mut draw = 0x9e37_79b9_7f4a_7c15_u64;
         let mut next = move || {
             draw ^= draw << 13;
@@ -665,6 +702,26 @@ mod tests {
             }
             let stored: Vec<Vec<u8>> = s.all_records().into_iter().map(|r| r.1).collect();
             assert_eq!(stored, model, "round {round}");
+            // Read for events, a record differs at most in a link left out, as zeroes;
+            // an exact read after it has every byte again.
+            for (index, want) in model.iter().enumerate() {
+                let got = s.event_bytes(index as u64 + 1).expect("the record exists");
+                assert_eq!(got.len(), want.len(), "round {round}, record {index}");
+                let link = link_of(&(0..want.len()));
+                let differ = (0..want.len()).filter(|&at| got[at] != want[at]);
+                for at in differ {
+                    zeroed_seen += 1;
+                    assert!(
+                        link.contains(&at) && got[at] == 0,
+                        "round {round}, record {index}: byte {at} differs outside its link"
+                    );
+                }
+            }
+            let again: Vec<Vec<u8>> = s.all_records().into_iter().map(|r| r.1).collect();
+            assert_eq!(
+                again, model,
+                "round {round}, read exactly after a read for events"
+            );
             let want = match model.last() {
                 Some(bytes) => Head {
                     seq: model.len() as u64,
@@ -675,6 +732,7 @@ mod tests {
             assert_eq!(head(&s), want, "round {round}");
         }
         assert!(packed_seen > 0, "no chunk was read back packed");
+        assert!(zeroed_seen > 0, "no read for events left a link out");
     }
 
     /// Links are random to a compressor: a packed chunk of linked records takes fewer
