@@ -38,8 +38,8 @@ struct RecordLog {
     /// The last record's number and hash.
     head: Head,
     /// The packed chunk read last, unpacked, by its index, and whether its links were
-    /// computed again (false when it was read for events only): reads go forward, so
-    /// each packed chunk is unpacked once per pass.
+    /// computed again (`Links::LeftOut` when it was read for events only): reads go
+    /// forward, so each packed chunk is unpacked once per pass.
     unpacked: Option<(usize, Links, Vec<u8>)>,
 }
 
@@ -192,10 +192,11 @@ impl RecordLog {
             Chunk::Open(bytes) => bytes,
             Chunk::Packing(bytes, _) => &**bytes,
             Chunk::Packed(packed) => {
-                // Unpacked with its links, a chunk serves either kind of read.
+                // Unpacked with its links, a chunk serves either kind of read; without
+                // them, only a read for events.
                 let cached = matches!(
                     &self.unpacked,
-                    Some((at, had, _)) if *at == chunk && (*had == Links::Restored || *had == links)
+                    Some((at, had, _)) if *at == chunk && (*had == Links::Restored || links == Links::LeftOut)
                 );
                 if !cached {
                     let bytes = packed.unpack(self.ends_of(chunk), links);
