@@ -24,6 +24,7 @@
 //!   edge, gauges read from the published state at scrape time).
 //! - [`sim`]: scenario files, simulated sites and the deterministic driver of `fedrun sim`.
 
+pub mod allocator;
 pub mod blobs;
 pub mod engine;
 pub mod history;
@@ -37,27 +38,4 @@ pub mod sim;
 pub mod site;
 pub mod trust;
 
-/// The allocator every fedrun binary runs with (`fedrun`, and the benchmarks that time the
-/// server's code in their own process): mimalloc. A state of many small persistent-map
-/// nodes, strings and `Arc`s is mostly allocations of under 256 bytes; mimalloc keeps
-/// them in size-class pages without a per-allocation header, so a finished job's
-/// resident bytes sit closer to its allocated bytes than with the system allocator
-/// (README, state benchmarks). Declared per binary, since a library cannot choose it
-/// for a program that also wants a counting wrapper around it (`benches/state.rs`):
-/// `#[global_allocator] static GLOBAL: fedrun::Allocator = fedrun::Allocator;`.
-pub use mimalloc::MiMalloc as Allocator;
-
-/// Makes [`Allocator`] give pages back to the system 10 ms after they fall free, as
-/// mimalloc 2 did by default; mimalloc 3 waits a second. `fedrun sim` calls it: a long
-/// run builds a snapshot-sized buffer every few thousand events and frees the one
-/// before, and pages freed within the last second made up a tenth of a 10,000-job day's
-/// peak resident memory (README, simulator). The server keeps mimalloc's default.
-pub fn return_freed_pages_soon() {
-    // `mi_option_purge_delay` in mimalloc.h's `mi_option_e`, whose values stay fixed
-    // across versions (retired options keep their place); libmimalloc-sys names no
-    // constant for it.
-    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-    // SAFETY: sets one of mimalloc's process-wide options, which it reads at each purge;
-    // any value is valid and no memory is touched.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 10) }
-}
+pub use allocator::{return_freed_pages_soon, Allocator};
