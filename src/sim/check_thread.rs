@@ -20,6 +20,8 @@ use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use rustc_hash::{FxHashMap, FxHashSet};
+
 use crate::engine::node::ReplyToken;
 use crate::job::JobId;
 use crate::lifecycle::{BlobHash, Event, EventKind, State};
@@ -351,9 +353,9 @@ impl Drop for Checks {
 struct Checking {
     behind: Behind,
     /// Archives written to the simulated blob store.
-    archives: BTreeMap<JobId, BlobHash>,
+    archives: FxHashMap<JobId, BlobHash>,
     /// By site: the jobs it started an app of.
-    ran: BTreeMap<String, BTreeSet<JobId>>,
+    ran: FxHashMap<String, FxHashSet<JobId>>,
     /// A violation found in the middle of a step, reported with the checks after it.
     violation: Option<String>,
     /// The first violation found.
@@ -367,8 +369,8 @@ impl Checking {
                 checker,
                 facts: BTreeMap::new(),
             },
-            archives: BTreeMap::new(),
-            ran: BTreeMap::new(),
+            archives: FxHashMap::default(),
+            ran: FxHashMap::default(),
             violation: None,
             found: None,
         }
@@ -554,7 +556,7 @@ mod tests {
         for first_bad in [1, 2, 5, 40] {
             // The checker run step by step with the driver, as it was before its thread.
             let mut checker = Checker::new();
-            let archives = BTreeMap::new();
+            let archives = FxHashMap::default();
             let inline = lives(60, first_bad).find_map(|(step, live)| {
                 checker
                     .after_step(Some(&live), &world(step), LIMITS, &archives, &|_, _| false)

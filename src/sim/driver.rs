@@ -12,7 +12,8 @@
 //! one from the stored history, as a real server does.
 
 use crate::lifecycle::command::SubmitSignature;
-use std::collections::{BTreeMap, HashMap};
+use rustc_hash::FxHashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -363,11 +364,11 @@ struct Sim<'a> {
     names: Vec<(String, Option<JobId>)>,
     /// Where each name sits in `names` (jobs and clones are found by name at every submit
     /// answer, action and app start).
-    name_index: HashMap<String, usize>,
+    name_index: FxHashMap<String, usize>,
     /// The scenario's jobs by name.
-    spec_index: HashMap<&'a str, usize>,
+    spec_index: FxHashMap<&'a str, usize>,
     /// The sites by name.
-    site_of: HashMap<&'a str, usize>,
+    site_of: FxHashMap<&'a str, usize>,
     name_of: BTreeMap<JobId, String>,
     clone_counts: BTreeMap<String, u32>,
     server_apps: BTreeMap<JobId, ServerApp>,

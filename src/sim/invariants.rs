@@ -34,6 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use imbl::OrdSet;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::history::record::{ChainHash, GENESIS_HASH};
 use crate::job::JobId;
@@ -175,10 +176,11 @@ pub struct Checker {
     requests_debt: usize,
     /// Events folded since the states' live indexes were last compared in full.
     index_debt: usize,
-    statuses: BTreeMap<JobId, RunStatus>,
-    finished_at: BTreeMap<JobId, Duration>,
-    archived: BTreeMap<JobId, BlobHash>,
-    report_ids: BTreeSet<(JobId, String)>,
+    // Looked up only, never walked: hashed.
+    statuses: FxHashMap<JobId, RunStatus>,
+    finished_at: FxHashMap<JobId, Duration>,
+    archived: FxHashMap<JobId, BlobHash>,
+    report_ids: FxHashSet<(JobId, String)>,
     acked: Acked,
     lie_ids: BTreeSet<String>,
     tolerated: BTreeSet<KnownBug>,
@@ -488,7 +490,7 @@ impl Checker {
         live: Option<&State>,
         world: &World,
         limits: Limits,
-        archives: &BTreeMap<JobId, BlobHash>,
+        archives: &FxHashMap<JobId, BlobHash>,
         ran: &dyn Fn(&str, &JobId) -> bool,
     ) -> Result<(), String> {
         self.check_world(live, world, limits, archives, ran)
@@ -629,7 +631,7 @@ impl Checker {
         live: Option<&State>,
         world: &World,
         limits: Limits,
-        archives: &BTreeMap<JobId, BlobHash>,
+        archives: &FxHashMap<JobId, BlobHash>,
         ran: &dyn Fn(&str, &JobId) -> bool,
     ) -> Result<(), String> {
         match live {

@@ -4,7 +4,7 @@
 //! record, so the end does not read the history again when what the checker folded is
 //! what is stored.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 use crate::job::JobId;
 use crate::lifecycle::{Event, EventKind};
@@ -29,7 +29,7 @@ pub struct Life {
 #[derive(Debug, Default)]
 pub struct Lives {
     /// By job.
-    pub jobs: HashMap<JobId, Life>,
+    pub jobs: FxHashMap<JobId, Life>,
     /// The server starts, in history order.
     pub starts: Vec<u64>,
     /// The events [`crate::sim::output::is_notable`], in history order.

@@ -6,8 +6,10 @@
 //! sites, so the engine cannot tell it apart from a real one. It owns no clock: the driver
 //! passes the virtual `now` in and schedules the app ends this returns.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
+
+use rustc_hash::FxHashSet;
 
 use crate::job::JobId;
 use crate::sim::scenario::{Answer, AppEnd, Behaviour, SiteSpec};
@@ -57,14 +59,14 @@ pub struct SimSite {
     /// simulator checks the real bookkeeping rather than a copy of it.
     ledger: Ledger<Duration>,
     /// Membership only, never walked (a hash set: a day's site holds thousands).
-    deployed: HashSet<JobId>,
+    deployed: FxHashSet<JobId>,
     apps: BTreeMap<JobId, App>,
     /// App exit reports not yet acknowledged, oldest first; a site keeps them and resends
     /// them when it reconnects, when the server comes back, and (under faults) now and then.
     unacked: Vec<SiteReport>,
     /// Every job whose app this site ever started, for the invariant that no report is
     /// accepted for a job a site never ran.
-    ever_ran: HashSet<JobId>,
+    ever_ran: FxHashSet<JobId>,
     /// Every exit report this site made (job, number, outcome), for lies that repeat an
     /// id: a day of 10,000 jobs makes a hundred thousand, so the id is kept as its number
     /// ([`SimSite::report_id_of`]).
@@ -82,10 +84,10 @@ impl SimSite {
             reservation_timeout,
             online: false,
             ledger,
-            deployed: HashSet::new(),
+            deployed: FxHashSet::default(),
             apps: BTreeMap::new(),
             unacked: Vec::new(),
-            ever_ran: HashSet::new(),
+            ever_ran: FxHashSet::default(),
             made: Vec::new(),
             next_report: 0,
             next_generation: 0,
