@@ -42,8 +42,8 @@ fn malloc_aligns(align: usize, size: usize) -> bool {
 // SAFETY: each method hands the request to mimalloc: `mi_malloc`, `mi_zalloc` and
 // `mi_realloc` return blocks aligned to the smaller of `MALLOC_ALIGN` and the size's
 // class (or null), used only when the layout asks for no more; larger alignments go to
-// the `_aligned` calls. `mi_free` and
-// `mi_realloc` take any block any of these calls returned.
+// the `_aligned` calls. `mi_free` and `mi_realloc` take any block any of these calls
+// returned.
 unsafe impl GlobalAlloc for Allocator {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
