@@ -23,7 +23,7 @@ use std::ffi::c_void;
 
 /// The alignment `mi_malloc` gives every block of at least this size: C's `max_align_t`
 /// (`MI_MAX_ALIGN_SIZE` in mimalloc's `types.h`), to which its size classes round.
-pub const MALLOC_ALIGN: usize = 16;
+const MALLOC_ALIGN: usize = 16;
 
 /// mimalloc as fedrun's global allocator. Declared per binary, since a library cannot
 /// choose it for a program that also wants a counting wrapper around it
@@ -39,6 +39,29 @@ fn malloc_aligns(align: usize, size: usize) -> bool {
     align <= MALLOC_ALIGN && align <= size
 }
 
+/// A block of `layout` from `plain` (`mi_malloc` or `mi_zalloc`) when that aligns it
+/// enough, else from `aligned`, its `_aligned` twin.
+///
+/// # Safety
+///
+/// `layout` has a non-zero size (`GlobalAlloc`'s contract).
+#[inline]
+unsafe fn block(
+    layout: Layout,
+    plain: unsafe extern "C" fn(usize) -> *mut c_void,
+    aligned: unsafe extern "C" fn(usize, usize) -> *mut c_void,
+) -> *mut u8 {
+    // SAFETY: both are mimalloc's allocation calls, valid for any size and, for
+    // `aligned`, any power-of-two alignment (a `Layout`'s).
+    unsafe {
+        if malloc_aligns(layout.align(), layout.size()) {
+            plain(layout.size()).cast()
+        } else {
+            aligned(layout.size(), layout.align()).cast()
+        }
+    }
+}
+
 // SAFETY: each method hands the request to mimalloc: `mi_malloc`, `mi_zalloc` and
 // `mi_realloc` return blocks aligned to the smaller of `MALLOC_ALIGN` and the size's
 // class (or null), used only when the layout asks for no more; larger alignments go to
@@ -47,25 +70,25 @@ fn malloc_aligns(align: usize, size: usize) -> bool {
 unsafe impl GlobalAlloc for Allocator {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: see the impl's comment.
+        // SAFETY: the caller's contract is `block`'s.
         unsafe {
-            if malloc_aligns(layout.align(), layout.size()) {
-                libmimalloc_sys::mi_malloc(layout.size()).cast()
-            } else {
-                libmimalloc_sys::mi_malloc_aligned(layout.size(), layout.align()).cast()
-            }
+            block(
+                layout,
+                libmimalloc_sys::mi_malloc,
+                libmimalloc_sys::mi_malloc_aligned,
+            )
         }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: see the impl's comment.
+        // SAFETY: the caller's contract is `block`'s.
         unsafe {
-            if malloc_aligns(layout.align(), layout.size()) {
-                libmimalloc_sys::mi_zalloc(layout.size()).cast()
-            } else {
-                libmimalloc_sys::mi_zalloc_aligned(layout.size(), layout.align()).cast()
-            }
+            block(
+                layout,
+                libmimalloc_sys::mi_zalloc,
+                libmimalloc_sys::mi_zalloc_aligned,
+            )
         }
     }
 
