@@ -521,14 +521,16 @@ impl StateEncoder {
         // the snapshot in memory while it moves).
         let room = (self.last.len() + self.last.len() / 4).max(64 * 1024);
         let mut out = match std::mem::take(&mut self.spare).try_into_mut() {
-            Ok(mut spare) => {
+            Ok(mut spare) if spare.capacity() >= room => {
                 // Emptied before it becomes a `Vec`, which then moves no bytes.
                 spare.clear();
-                let mut out = format_2_blob_in::<State>(Vec::from(spare));
-                out.reserve(room.saturating_sub(out.len()));
-                out
+                format_2_blob_in::<State>(Vec::from(spare))
             }
-            Err(_) => format_2_blob::<State>(room),
+            // A spare too small is let go rather than grown (growing copies all its
+            // memory, used or not). The new buffer has room for the state to grow by
+            // more than a quarter again before it serves as the spare, two encodings on:
+            // with room for a quarter only, a growing state outgrew every spare.
+            _ => format_2_blob::<State>(room + room / 4),
         };
         rmp::encode::write_array_len(&mut out, 9)?;
         put(&mut out, last_seq)?;

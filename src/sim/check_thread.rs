@@ -189,7 +189,10 @@ impl Checks {
         if self.pending.is_empty() {
             return;
         }
-        let step = std::mem::take(&mut self.pending);
+        // The next handover holds about as many messages: room made once, not grown
+        // message by message (each growth copies them all).
+        let room = self.pending.len();
+        let step = std::mem::replace(&mut self.pending, Vec::with_capacity(room));
         match &mut self.to {
             To::Thread { steps, .. } => {
                 let sent = steps.as_ref().is_some_and(|s| s.send(step).is_ok());
