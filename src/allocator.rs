@@ -17,6 +17,11 @@
 //! 16 bytes and more are multiples of 16 (and the one below, 8 bytes, holds only blocks
 //! of at most 8), so those go through `mi_malloc`, `mi_zalloc` and `mi_realloc`, and only
 //! larger alignments through the aligned calls.
+//!
+//! mimalloc is built with its `no_thp` feature: it does not `madvise` its memory for
+//! transparent huge pages. A huge page is zeroed whole (2 MiB) at its first touch, and
+//! mimalloc's purges of freed memory split it again, to be faulted whole once more: a
+//! simulated day spent most of its system time there (README, "Small pages").
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::ffi::c_void;
