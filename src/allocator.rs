@@ -20,8 +20,9 @@
 //!
 //! mimalloc is built with its `no_thp` feature: it does not `madvise` its memory for
 //! transparent huge pages. A huge page is zeroed whole (2 MiB) at its first touch, and
-//! mimalloc's purges of freed memory split it again, to be faulted whole once more: a
-//! simulated day spent most of its system time there (README, "Small pages").
+//! mimalloc's purges of freed memory split it again, to be faulted whole once more: on a
+//! VM where zeroing was dear a simulated day spent most of its system time there, and
+//! everywhere the resident memory was higher (README, "Small pages").
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::ffi::c_void;
