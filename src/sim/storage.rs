@@ -51,7 +51,8 @@ struct RecordLog {
 /// Empty buffers kept for reuse (a few: the chunks are packed one after another).
 #[derive(Default)]
 struct Spare {
-    /// Buffers of at least [`CHUNK_BYTES`], for the next open chunk.
+    /// Buffers made for an ordinary chunk (of [`CHUNK_BYTES`], not one made larger for a
+    /// record that does not fit one), for the next open chunk.
     chunks: Vec<Vec<u8>>,
     /// The working buffers of a finished packing, for the next.
     packing: Vec<PackBuffers>,
@@ -90,9 +91,11 @@ enum Links {
 }
 
 /// A full chunk's records with the links that follow from the record before left out
-/// (zeroed), LZ4-packed with their length in front.
+/// (zeroed), LZ4-packed.
 struct Packed {
     bytes: Box<[u8]>,
+    /// The length of the bytes packed.
+    length: usize,
     /// The records after the chunk's first (by index in the chunk, in order) whose link
     /// is stored as it is: any that is not a version-2 record linked to the record before
     /// it (whatever bytes a store is handed, it gives back). The first keeps its link.
@@ -100,9 +103,7 @@ struct Packed {
 }
 
 impl Packed {
-    /// Packs `bytes`, the records that end at `ends`, working in `buffers` (same layout
-    /// as `lz4_flex::compress_prepend_size`: the unpacked length in front, as a
-    /// little-endian `u32`).
+    /// Packs `bytes`, the records that end at `ends`, working in `buffers`.
     fn pack(bytes: &[u8], ends: &[u32], buffers: &mut PackBuffers) -> Packed {
         let unlinked = &mut buffers.unlinked;
         unlinked.clear();
@@ -120,16 +121,12 @@ impl Packed {
             }
         }
         let out = &mut buffers.packed;
-        out.resize(
-            4 + lz4_flex::block::get_maximum_output_size(unlinked.len()),
-            0,
-        );
-        let length = u32::try_from(unlinked.len()).expect("a chunk is under 4 GiB");
-        out[..4].copy_from_slice(&length.to_le_bytes());
-        let written = lz4_flex::block::compress_into(unlinked, &mut out[4..])
+        out.resize(lz4_flex::block::get_maximum_output_size(unlinked.len()), 0);
+        let written = lz4_flex::block::compress_into(unlinked, out)
             .expect("LZ4's worst case fits the room made for it");
         Packed {
-            bytes: out[..4 + written].into(),
+            bytes: out[..written].into(),
+            length: unlinked.len(),
             linked: linked.into_boxed_slice(),
         }
     }
@@ -138,13 +135,14 @@ impl Packed {
     /// or all), each with its link when `links` says so; written into `bytes`' memory.
     fn unpack(&self, ends: &[u32], links: Links, mut bytes: Vec<u8>) -> Vec<u8> {
         // Only this log packs chunks, in memory no one else writes to.
-        let (length, packed) = lz4_flex::block::uncompressed_size(&self.bytes)
-            .expect("a packed chunk of the log has its length in front");
         bytes.clear();
-        bytes.resize(length, 0);
-        let unpacked = lz4_flex::block::decompress_into(packed, &mut bytes)
+        bytes.resize(self.length, 0);
+        let unpacked = lz4_flex::block::decompress_into(&self.bytes, &mut bytes)
             .expect("a packed chunk of the log unpacks");
-        assert_eq!(unpacked, length, "a packed chunk unpacks to its length");
+        assert_eq!(
+            unpacked, self.length,
+            "a packed chunk unpacks to its length"
+        );
         if links == Links::LeftOut {
             return bytes;
         }
@@ -273,7 +271,8 @@ impl RecordLog {
                 }
                 // The packing thread has let go of its copy: nothing else holds the bytes.
                 if let Ok(mut bytes) = Arc::try_unwrap(bytes) {
-                    if self.spare.chunks.len() < SPARE_KEPT && bytes.capacity() >= CHUNK_BYTES {
+                    let ordinary = (CHUNK_BYTES..2 * CHUNK_BYTES).contains(&bytes.capacity());
+                    if self.spare.chunks.len() < SPARE_KEPT && ordinary {
                         bytes.clear();
                         self.spare.chunks.push(bytes);
                     }
@@ -289,12 +288,12 @@ impl RecordLog {
         let Some(&first) = self.firsts.last() else {
             return;
         };
-        let ends = self.ends[first as usize..].to_vec();
-        let mut buffers = self.spare.packing.pop().unwrap_or_default();
         let Some(last) = self.chunks.last_mut() else {
             return;
         };
         if let Chunk::Open(full) = last {
+            let ends = self.ends[first as usize..].to_vec();
+            let mut buffers = self.spare.packing.pop().unwrap_or_default();
             let bytes = Arc::new(std::mem::take(full));
             let packer = Arc::clone(&bytes);
             let thread = std::thread::Builder::new()
@@ -318,10 +317,13 @@ impl RecordLog {
             );
             if !fits {
                 self.seal_last();
-                let chunk = match self.spare.chunks.pop() {
-                    Some(spare) if bytes.len() <= spare.capacity() => spare,
-                    _ => Vec::with_capacity(CHUNK_BYTES.max(bytes.len())),
+                let spare = if bytes.len() <= CHUNK_BYTES {
+                    self.spare.chunks.pop()
+                } else {
+                    None
                 };
+                let chunk =
+                    spare.unwrap_or_else(|| Vec::with_capacity(CHUNK_BYTES.max(bytes.len())));
                 self.chunks.push(Chunk::Open(chunk));
                 self.firsts.push(
                     u32::try_from(self.len())
