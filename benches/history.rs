@@ -125,7 +125,65 @@ fn durable_append(c: &mut Criterion) {
         })
     });
 
+    // Where its time goes, part by part (README "History benchmarks"): the same append
+    // without the data file's fdatasync (sled's flush, the anchor's overwrite and its
+    // fdatasync remain), and in memory (encoding, hashing and the head check only).
+    let options = SledOptions {
+        create: true,
+        sync: Box::new(NoSync),
+        ..SledOptions::default()
+    };
+    let mut history = EventHistory::open_with(&dir.path().join("h-nosync"), options).expect("open");
+    group.bench_function("history_append_batch_of_1_without_data_fdatasync", |b| {
+        b.iter(|| {
+            let seq = history.next_seq();
+            history.append_batch(&[event_at(seq)]).expect("append");
+        })
+    });
+    let mut history = EventHistory::in_memory(MemoryStorage::new()).expect("open");
+    group.bench_function("history_append_batch_of_1_in_memory", |b| {
+        b.iter(|| {
+            let seq = history.next_seq();
+            history.append_batch(&[event_at(seq)]).expect("append");
+        })
+    });
+
     let size = encoded_size();
+    // sled on its own, configured as the history's, with a value of the record's size:
+    // its insert and its flush (which writes the buffer and waits with
+    // `sync_file_range` for the write-back), then the same plus the data file's
+    // fdatasync.
+    let sled_dir = dir.path().join("sled-alone");
+    let db = sled::Config::new()
+        .path(&sled_dir)
+        .segment_size(fedrun::history::SLED_SEGMENT_SIZE)
+        .flush_every_ms(None)
+        .open()
+        .expect("sled opens");
+    let value = vec![0x5au8; size];
+    let mut key = 0u64;
+    // One record-sized value under the next key, then sled's flush.
+    let mut insert_and_flush = || {
+        key += 1;
+        db.insert(key.to_be_bytes(), value.as_slice())
+            .expect("insert");
+        db.flush().expect("flush");
+    };
+    group.bench_function("sled_insert_and_flush_same_size", |b| {
+        b.iter(&mut insert_and_flush)
+    });
+    let sled_data = OpenOptions::new()
+        .read(true)
+        .open(sled_dir.join("db"))
+        .expect("sled's data file");
+    group.bench_function("sled_insert_flush_and_fdatasync_same_size", |b| {
+        b.iter(|| {
+            insert_and_flush();
+            sled_data.sync_data().expect("fdatasync");
+        })
+    });
+    drop(db);
+
     let path = dir.path().join("raw");
     let mut file = OpenOptions::new()
         .create(true)
@@ -162,6 +220,30 @@ fn durable_append(c: &mut Criterion) {
             file.write_all_at(&payload, (slot % slots) * size as u64)
                 .expect("write");
             file.sync_data().expect("fdatasync");
+            slot += 1;
+        })
+    });
+
+    // The write-back sled's flush waits for, without the device cache flush: the same
+    // overwrite, then `sync_file_range(WAIT_BEFORE | WRITE | WAIT_AFTER)` as sled calls it.
+    group.bench_function("raw_overwrite_and_sync_file_range_same_size", |b| {
+        b.iter(|| {
+            use std::os::unix::fs::FileExt;
+            use std::os::unix::io::AsRawFd;
+            let at = (slot % slots) * size as u64;
+            file.write_all_at(&payload, at).expect("write");
+            let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                | libc::SYNC_FILE_RANGE_WRITE
+                | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+            // SAFETY: a valid open descriptor and a range inside the file.
+            let done =
+                unsafe { libc::sync_file_range(file.as_raw_fd(), at as i64, size as i64, flags) };
+            assert_eq!(
+                done,
+                0,
+                "sync_file_range: {}",
+                std::io::Error::last_os_error()
+            );
             slot += 1;
         })
     });
