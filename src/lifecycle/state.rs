@@ -1225,8 +1225,15 @@ impl LiveIndex {
                     }
                 }
             }
+            // One walk for a blob already counted, two for a new one (imbl's `entry`
+            // walks three times for a new key: looks, inserts, then finds it again).
             for hash in new.into_iter().flatten() {
-                *self.blob_refs.entry(hash).or_insert(0) += 1;
+                match self.blob_refs.get_mut(&hash) {
+                    Some(count) => *count += 1,
+                    None => {
+                        self.blob_refs.insert(hash, 1);
+                    }
+                }
             }
         }
         let counted = |c: Option<&Contribution>| c.and_then(|c| c.counted);
@@ -1251,7 +1258,14 @@ impl LiveIndex {
                 }
             }
             if let Some((count, entry)) = new {
-                self.due.entry(count).or_default().insert(entry);
+                match self.due.get_mut(&count) {
+                    Some(set) => {
+                        set.insert(entry);
+                    }
+                    None => {
+                        self.due.insert(count, OrdSet::unit(entry));
+                    }
+                }
             }
         }
     }
@@ -2488,7 +2502,8 @@ impl State {
                 cloned_from,
             } => {
                 self.queue.insert((*submit_time, event.seq, *job_id));
-                self.jobs.insert(
+                // `check` refused an id already taken.
+                self.jobs.insert_new(
                     *job_id,
                     Arc::new(Job {
                         id: *job_id,
