@@ -32,6 +32,25 @@ fn lifecycle_events_replay_into_the_state_and_snapshot_plus_tail_equals_full_rep
 }
 
 #[test]
+fn a_replay_from_nothing_builds_at_its_end_the_index_a_record_by_record_fold_keeps() {
+    // More jobs than the index's two parts are built apart from (4,096), so the build
+    // on two threads is the one checked; the model proptest checks the one-thread build.
+    let events = sample_history(5_000);
+    let mut history = EventHistory::in_memory(fedrun::history::MemoryStorage::new()).unwrap();
+    history.append_batch(&events).unwrap();
+    let replayed = history.replay(State::new()).unwrap();
+    let mut folded = State::new();
+    for event in &events {
+        folded.apply_checked(event).unwrap();
+    }
+    assert_eq!(replayed, folded);
+    assert_eq!(replayed.index(), folded.index());
+    // Job 1, never tried, was aborted; every queued job was tried once.
+    assert_eq!(replayed.index().due.len(), 1);
+    assert_eq!(replayed.index().due[&1].len(), 4_999);
+}
+
+#[test]
 fn an_illegal_lifecycle_record_stops_replay_naming_its_sequence_number() {
     let mut events = sample_history(2);
     let seq = events.len() as u64 + 1;

@@ -60,6 +60,15 @@ pub trait Fold<E> {
         self.apply_checked(&event)
     }
 
+    /// Called once before a replay folds its first record into this state, and
+    /// [`Fold::replay_ends`] once after it folded its last: a state may put off work
+    /// only its final value needs (a derived index built once instead of kept in step
+    /// with every record). A replay that fails calls neither again and drops the state.
+    fn replay_begins(&mut self) {}
+
+    /// See [`Fold::replay_begins`].
+    fn replay_ends(&mut self) {}
+
     /// Decodes a snapshot's state bytes, as [`snapshot::decode_state`] does. A state may
     /// read its snapshots its own way, with the same result for any bytes.
     fn decode_snapshot(bytes: &[u8]) -> Result<Self, snapshot::SnapshotDecodeError>
@@ -1000,6 +1009,7 @@ where
         });
         let folder = scope.spawn(move || {
             let mut state = state;
+            state.replay_begins();
             let mut count = 0u64;
             for chunk in record_rx {
                 for record in chunk {
@@ -1014,6 +1024,7 @@ where
                     count += 1;
                 }
             }
+            state.replay_ends();
             Ok((state, count))
         });
         let mut expected_seq = from;

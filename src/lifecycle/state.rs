@@ -987,6 +987,10 @@ pub struct LiveIndex {
     /// True only for the stand-in the state holds while the fold changes its jobs
     /// ([`State::index`] refuses to hand it out).
     in_fold: bool,
+    /// True while a replay from nothing folds its records ([`State::begin_replay`]):
+    /// only `archiving` is kept (a restart's fold reads it); the rest is built once, when
+    /// the replay ends ([`State::end_replay`]). [`State::index`] refuses it meanwhile.
+    deferred: bool,
 }
 
 /// One part of a [`LiveIndex`] built from contributions ([`LiveIndex::sets_of`]): its
@@ -1116,7 +1120,7 @@ impl LiveIndex {
     /// The index of these jobs, built in one go: the blob counts and due sets are sorted
     /// first and filled in order, since filling a persistent map in random order costs a
     /// cache miss at each step of each insert.
-    fn of_jobs(jobs: &Jobs) -> LiveIndex {
+    pub fn of_jobs(jobs: &Jobs) -> LiveIndex {
         let contributions: Vec<Contribution> =
             jobs.iter().map(|(_, job)| Contribution::of(job)).collect();
         LiveIndex::of_parts(
@@ -1182,6 +1186,7 @@ impl LiveIndex {
             archiving: sets.archiving,
             timed: sets.timed,
             in_fold: false,
+            deferred: false,
         }
     }
 
@@ -1193,6 +1198,21 @@ impl LiveIndex {
             return;
         };
         let member = |c: Option<&Contribution>, of: fn(&Contribution) -> bool| c.is_some_and(of);
+        if self.deferred {
+            match (
+                member(before, |c| c.archiving),
+                member(after, |c| c.archiving),
+            ) {
+                (false, true) => {
+                    self.archiving.insert(id);
+                }
+                (true, false) => {
+                    self.archiving.remove(&id);
+                }
+                _ => {}
+            }
+            return;
+        }
         for (set, of) in [
             (&mut self.live, (|c| c.live) as fn(&Contribution) -> bool),
             (&mut self.archiving, |c| c.archiving),
@@ -1759,10 +1779,40 @@ impl State {
     /// the fold, where the index is out of step with the jobs being changed.
     pub fn index(&self) -> &LiveIndex {
         debug_assert!(
+            !self.index.deferred,
+            "the live index was read during a replay that builds it at its end"
+        );
+        debug_assert!(
             !self.index.in_fold,
             "the live index was read while the fold was changing the jobs"
         );
         &self.index
+    }
+
+    /// A replay from nothing is about to fold a history into this state: the derived
+    /// index (but for the archive tries in flight, which a restart's fold reads) is then
+    /// built once, from the jobs, when it ends ([`State::end_replay`]), instead of being
+    /// kept in step with every record. Nothing happens when the state already holds a
+    /// job (a snapshot's tail keeps its index in step: it is short, the jobs many).
+    pub fn begin_replay(&mut self) {
+        if self.jobs.is_empty() {
+            self.index.deferred = true;
+        }
+    }
+
+    /// The end of the replay [`State::begin_replay`] began: builds the index it deferred.
+    /// The index is then the one a fold of every record one at a time keeps.
+    pub fn end_replay(&mut self) {
+        self.end_replay_with(LiveIndex::of_jobs);
+    }
+
+    /// [`State::end_replay`] with the index built by `index` from the jobs (which must
+    /// build the index of those jobs: the history layer builds its two parts on two
+    /// threads, as it does for a snapshot's jobs).
+    pub fn end_replay_with(&mut self, index: impl FnOnce(&Jobs) -> LiveIndex) {
+        if self.index.deferred {
+            self.index = index(&self.jobs);
+        }
     }
 
     /// Recomputes the derived facts ([`LiveIndex`], each run's
