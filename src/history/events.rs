@@ -49,23 +49,7 @@ impl Fold<Event> for State {
         State::begin_replay(self);
     }
     fn replay_ends(&mut self) {
-        // A large index is built in its two parts at once, as a snapshot's is.
-        self.end_replay_with(|jobs| {
-            use crate::lifecycle::state::{Contribution, LiveIndex};
-            if jobs.len() < super::snapshot::TWO_THREADS_FROM {
-                return LiveIndex::of_jobs(jobs);
-            }
-            let contributions: Vec<Contribution> =
-                jobs.iter().map(|(_, job)| Contribution::of(job)).collect();
-            std::thread::scope(|scope| {
-                let sets = scope.spawn(|| LiveIndex::sets_of(&contributions));
-                let due = LiveIndex::due_of(&contributions);
-                let sets = sets
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-                LiveIndex::of_parts(sets, due)
-            })
-        });
+        self.end_replay_with(super::snapshot::index_of);
     }
     fn decode_snapshot(bytes: &[u8]) -> Result<State, super::snapshot::SnapshotDecodeError> {
         // A large state's jobs are decoded on two threads.

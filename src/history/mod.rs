@@ -63,7 +63,8 @@ pub trait Fold<E> {
     /// Called once before a replay folds its first record into this state, and
     /// [`Fold::replay_ends`] once after it folded its last: a state may put off work
     /// only its final value needs (a derived index built once instead of kept in step
-    /// with every record). A replay that fails calls neither again and drops the state.
+    /// with every record). A replay that fails drops the state without calling
+    /// `replay_ends`.
     fn replay_begins(&mut self) {}
 
     /// See [`Fold::replay_begins`].

@@ -713,6 +713,22 @@ pub fn decode_state_in_parts(bytes: &[u8], threads_from: usize) -> Option<State>
     state_in_parts(payload, &index, threads_from)
 }
 
+/// The index of `jobs` built from their contributions, its two parts (the sets and the
+/// due sets) on two threads at once from [`TWO_THREADS_FROM`] jobs, as a snapshot's are:
+/// what a replay from nothing builds when it ends ([`State::end_replay_with`]).
+pub(super) fn index_of(jobs: &Jobs) -> LiveIndex {
+    if jobs.len() < TWO_THREADS_FROM {
+        return LiveIndex::of_jobs(jobs);
+    }
+    let contributions: Vec<Contribution> =
+        jobs.iter().map(|(_, job)| Contribution::of(job)).collect();
+    std::thread::scope(|scope| {
+        let sets = scope.spawn(|| LiveIndex::sets_of(&contributions));
+        let due = LiveIndex::due_of(&contributions);
+        LiveIndex::of_parts(joined(sets), due)
+    })
+}
+
 /// What a scoped thread returned; its panic goes on in the caller.
 fn joined<T>(thread: std::thread::ScopedJoinHandle<'_, T>) -> T {
     thread

@@ -45,8 +45,9 @@ impl Jobs {
     }
 
     /// The job with this id, to change (copied first if a copy of the state shares it).
-    /// The live map is tried first, with one walk: nearly every change is to a live job,
-    /// and a miss there copies at most the path of that small map.
+    /// The live map is tried first, with one walk: nearly every change is to a live job.
+    /// A miss there (a settled job changed) still copies the live map's path to where
+    /// the id would be, when a copy of the state shares it: a few nodes, on a rare path.
     pub fn get_mut(&mut self, id: &JobId) -> Option<&mut Arc<Job>> {
         match self.live.get_mut(id) {
             Some(job) => Some(job),
