@@ -80,7 +80,7 @@ impl Storage for CountingStorage {
     fn save_snapshot(&mut self, record: &SnapshotRecord, state: Bytes) -> Result<(), StorageError> {
         self.inner.save_snapshot(record, state)
     }
-    fn load_snapshot(&self) -> Result<Option<(SnapshotRecord, Vec<u8>)>, StorageError> {
+    fn load_snapshot(&self) -> Result<Option<(SnapshotRecord, bytes::Bytes)>, StorageError> {
         self.inner.load_snapshot()
     }
     fn snapshot_record(&self) -> Result<Option<SnapshotRecord>, StorageError> {

@@ -43,6 +43,37 @@ fn a_missing_blob_is_reported_as_missing() {
 }
 
 #[test]
+fn a_blob_read_in_place_is_checked_as_a_copied_one_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path()).unwrap();
+    // Large enough to be hashed on every core; its name is still the one-thread hash.
+    let bytes: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+    let hash = store.put_bytes(&bytes).unwrap();
+    assert_eq!(hash.to_hex(), blake3::hash(&bytes).to_hex().to_string());
+    assert_eq!(hash_of(&bytes), hash);
+    assert_eq!(&store.get_mapped(&hash).unwrap()[..], &bytes[..]);
+    // An empty blob has no pages to map and reads as no bytes.
+    let empty = store.put_bytes(b"").unwrap();
+    assert!(store.get_mapped(&empty).unwrap().is_empty());
+    // One byte changed far into the file, then the file cut short: each is corrupt.
+    let mut changed = bytes.clone();
+    changed[2_500_000] ^= 1;
+    for damaged in [&changed[..], &bytes[..1_000_000]] {
+        std::fs::write(store.path_of(&hash), damaged).unwrap();
+        let err = store.get_mapped(&hash).unwrap_err();
+        assert!(
+            matches!(err, BlobError::Corrupt { hash: named, actual } if named == hash && actual == hash_of(damaged)),
+            "{err}"
+        );
+    }
+    let missing = hash_of(b"never stored");
+    assert!(matches!(
+        store.get_mapped(&missing),
+        Err(BlobError::Missing { .. })
+    ));
+}
+
+#[test]
 fn sweep_removes_exactly_the_unreferenced_blobs_and_leftover_temp_files() {
     let dir = tempfile::tempdir().unwrap();
     let store = BlobStore::open(dir.path()).unwrap();

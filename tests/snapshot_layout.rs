@@ -162,7 +162,7 @@ fn start_up_replays_everything_when_the_snapshot_layout_changed() {
         ..taken.clone()
     };
     storage
-        .save_snapshot(&other, bytes.clone().into())
+        .save_snapshot(&other, bytes.clone())
         .expect("stored");
     assert!(other.usable_for::<State>().is_err());
     let recovered = history.recover(State::new()).expect("recovers");
@@ -175,7 +175,7 @@ fn start_up_replays_everything_when_the_snapshot_layout_changed() {
         layout: None,
         ..taken
     };
-    storage.save_snapshot(&none, bytes.into()).expect("stored");
+    storage.save_snapshot(&none, bytes).expect("stored");
     let recovered = history.recover(State::new()).expect("recovers");
     assert_eq!(recovered.snapshot_seq, None);
     assert_eq!(recovered.state, full);
@@ -241,7 +241,8 @@ fn the_audit_does_not_report_a_snapshot_of_another_layout() {
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     assert!(report.snapshot_matches);
     // As another build wrote it: its layout in the header and the record.
-    let (_, mut bytes) = storage.load_snapshot().expect("reads").expect("held");
+    let (_, stored) = storage.load_snapshot().expect("reads").expect("held");
+    let mut bytes = stored.to_vec();
     bytes[MAGIC.len() + 4] ^= 1;
     let other = SnapshotRecord {
         state: fedrun::blobs::hash_of(&bytes),

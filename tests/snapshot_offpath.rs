@@ -139,7 +139,7 @@ impl Storage for GatedStorage {
             })?;
         self.save_snapshot(record, Bytes::from(bytes))
     }
-    fn load_snapshot(&self) -> Result<Option<(SnapshotRecord, Vec<u8>)>, StorageError> {
+    fn load_snapshot(&self) -> Result<Option<(SnapshotRecord, bytes::Bytes)>, StorageError> {
         self.inner.load_snapshot()
     }
     fn anchor(&self) -> Result<Option<Anchor>, StorageError> {

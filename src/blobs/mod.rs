@@ -30,9 +30,19 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use crate::lifecycle::BlobHash;
 
-/// The BLAKE3 hash of `bytes`: the name they get in the store.
+/// From this many bytes on, [`hash_of`] hashes on every core: below it, handing work to
+/// other threads costs more than it saves (BLAKE3's own advice is 128 KiB at the least).
+const HASH_ON_EVERY_CORE_FROM: usize = 1 << 20;
+
+/// The BLAKE3 hash of `bytes`: the name they get in the store. A large blob is hashed on
+/// every core (BLAKE3's tree, split by `blake3` itself): the same hash, sooner.
 pub fn hash_of(bytes: &[u8]) -> BlobHash {
-    BlobHash::from(blake3::hash(bytes))
+    if bytes.len() < HASH_ON_EVERY_CORE_FROM {
+        return BlobHash::from(blake3::hash(bytes));
+    }
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_rayon(bytes);
+    BlobHash::from(hasher.finalize())
 }
 
 /// The blob named by file `name`, when the name is exactly a hash as the store writes it
@@ -305,15 +315,48 @@ impl BlobStore {
 
     /// Reads a blob and checks that it still hashes to its name.
     pub fn get(&self, hash: &BlobHash) -> Result<Vec<u8>, BlobError> {
+        self.read_checked(hash, "read", |path| fs::read(path))
+    }
+
+    /// The blob with this hash, read in place: its file mapped into memory (the kernel's
+    /// cached pages, no copy into a buffer of its size), checked against its hash as
+    /// [`BlobStore::get`] checks. For large blobs read whole and only read (a snapshot).
+    ///
+    /// A mapping is only as steady as its file: a blob file is complete before it gets
+    /// its name and never written again (the store replaces or removes a file by name,
+    /// which leaves a mapping's pages alone), so only another process writing into the
+    /// data folder could change the bytes under it, as it could any file fedrun reads.
+    pub fn get_mapped(&self, hash: &BlobHash) -> Result<bytes::Bytes, BlobError> {
+        self.read_checked(hash, "map", |path| {
+            let file = File::open(path)?;
+            // An empty file cannot be mapped; its bytes are no bytes.
+            if file.metadata()?.len() == 0 {
+                return Ok(bytes::Bytes::new());
+            }
+            // SAFETY: the mapping is read-only and the store never writes into a named
+            // blob file (see above); `populate` reads the pages in now, in one call.
+            let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }?;
+            Ok(bytes::Bytes::from_owner(map))
+        })
+    }
+
+    /// The bytes `read` gets from the blob's file, once they are checked against its
+    /// name: a missing file is [`BlobError::Missing`], other failures are `what` failing.
+    fn read_checked<B: AsRef<[u8]>>(
+        &self,
+        hash: &BlobHash,
+        what: &'static str,
+        read: impl FnOnce(&Path) -> std::io::Result<B>,
+    ) -> Result<B, BlobError> {
         let path = self.path_of(hash);
-        let bytes = match fs::read(&path) {
+        let bytes = match read(&path) {
             Ok(bytes) => bytes,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                 return Err(BlobError::Missing { hash: *hash })
             }
-            Err(source) => return Err(self.io("read", &path, source)),
+            Err(source) => return Err(self.io(what, &path, source)),
         };
-        let actual = hash_of(&bytes);
+        let actual = hash_of(bytes.as_ref());
         if actual != *hash {
             return Err(BlobError::Corrupt {
                 hash: *hash,

@@ -862,11 +862,11 @@ impl Storage for SledStorage {
         Ok(())
     }
 
-    fn load_snapshot(&self) -> Result<Option<(SnapshotRecord, Vec<u8>)>, StorageError> {
+    fn load_snapshot(&self) -> Result<Option<(SnapshotRecord, bytes::Bytes)>, StorageError> {
         let Some(record) = self.snapshot_record()? else {
             return Ok(None);
         };
-        let state = self.blobs.get(&record.state).map_err(blob_err)?;
+        let state = self.blobs.get_mapped(&record.state).map_err(blob_err)?;
         Ok(Some((record, state)))
     }
 

@@ -139,7 +139,7 @@ impl std::fmt::Debug for RecordBytes {
 /// The snapshot an in-memory store keeps (`MemoryStorage`, the simulator's
 /// `FaultyStorage`): its record and its bytes, shared with whoever encoded them (the
 /// simulator's engine keeps the same bytes as its last encoding): saving takes them
-/// without a copy; a load (a start, rare) copies them out.
+/// without a copy, and so does a load.
 #[derive(Clone, Debug, Default)]
 pub struct KeptSnapshot(Option<(SnapshotRecord, Bytes)>);
 
@@ -149,11 +149,9 @@ impl KeptSnapshot {
         self.0 = Some((record.clone(), state));
     }
 
-    /// The record and a copy of the bytes.
-    pub fn load(&self) -> Option<(SnapshotRecord, Vec<u8>)> {
-        self.0
-            .as_ref()
-            .map(|(record, state)| (record.clone(), state.to_vec()))
+    /// The record and the bytes (a count on them, not a copy).
+    pub fn load(&self) -> Option<(SnapshotRecord, Bytes)> {
+        self.0.clone()
     }
 
     /// The record alone, without copying the bytes.
@@ -256,8 +254,9 @@ pub trait Storage: Send {
         })
     }
 
-    /// The latest snapshot record and its state bytes (verified against their hash).
-    fn load_snapshot(&self) -> Result<Option<(SnapshotRecord, Vec<u8>)>, StorageError>;
+    /// The latest snapshot record and its state bytes (verified against their hash),
+    /// shared rather than copied where the store can (a mapped file, kept bytes).
+    fn load_snapshot(&self) -> Result<Option<(SnapshotRecord, Bytes)>, StorageError>;
 
     /// The latest snapshot record alone (its state is not read).
     fn snapshot_record(&self) -> Result<Option<SnapshotRecord>, StorageError> {
@@ -401,7 +400,7 @@ impl Storage for MemoryStorage {
         Ok(())
     }
 
-    fn load_snapshot(&self) -> Result<Option<(SnapshotRecord, Vec<u8>)>, StorageError> {
+    fn load_snapshot(&self) -> Result<Option<(SnapshotRecord, Bytes)>, StorageError> {
         Ok(self.lock().snapshot.load())
     }
 

@@ -607,7 +607,7 @@ impl Storage for FaultyStorage {
         Ok(())
     }
 
-    fn load_snapshot(&self) -> Result<Option<(SnapshotRecord, Vec<u8>)>, StorageError> {
+    fn load_snapshot(&self) -> Result<Option<(SnapshotRecord, bytes::Bytes)>, StorageError> {
         Ok(self.lock().snapshot.load())
     }
 

@@ -60,7 +60,7 @@ impl Storage for TestStorage {
     fn save_snapshot(&mut self, record: &SnapshotRecord, state: Bytes) -> Result<(), StorageError> {
         self.inner.save_snapshot(record, state)
     }
-    fn load_snapshot(&self) -> Result<Option<(SnapshotRecord, Vec<u8>)>, StorageError> {
+    fn load_snapshot(&self) -> Result<Option<(SnapshotRecord, bytes::Bytes)>, StorageError> {
         self.inner.load_snapshot()
     }
     fn anchor(&self) -> Result<Option<Anchor>, StorageError> {
