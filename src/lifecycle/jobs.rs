@@ -337,6 +337,65 @@ mod tests {
         ]
     }
 
+    /// The jobs whose value differs between two plain maps, or that only one holds.
+    fn model_changes(a: &BTreeMap<JobId, Arc<Job>>, b: &BTreeMap<JobId, Arc<Job>>) -> Vec<JobId> {
+        let keys: std::collections::BTreeSet<&JobId> = a.keys().chain(b.keys()).collect();
+        keys.into_iter()
+            .filter(|k| a.get(*k) != b.get(*k))
+            .copied()
+            .collect()
+    }
+
+    /// The jobs `Jobs::diff` names, each once, in id order.
+    fn diffed(a: &Jobs, b: &Jobs) -> Vec<JobId> {
+        let ids: std::collections::BTreeSet<JobId> = a
+            .diff(b)
+            .map(|item| match item {
+                DiffItem::Add(id, _) | DiffItem::Remove(id, _) => *id,
+                DiffItem::Update { new: (id, _), .. } => *id,
+            })
+            .collect();
+        ids.into_iter().collect()
+    }
+
+    /// A copy of the jobs changed in one place compares unequal and its diff names that
+    /// job, wherever it sits after a run of subtrees the copy still shares (the shape the
+    /// simulator's checks and every state comparison meet: a state against its own older
+    /// copy). imbl before 7.0.2 dropped such a change from `diff`, and so from `==`
+    /// (imbl issue #161): a changed state could compare equal to the one it came from.
+    #[test]
+    fn a_changed_copy_differs_wherever_the_change_sits() {
+        for count in [17u8, 40, 100] {
+            let ids = || (0..count).map(|n| n * 2);
+            let before: Jobs = ids().map(|n| (id(n), job(n, false))).collect();
+            let model: BTreeMap<JobId, Arc<Job>> = ids().map(|n| (id(n), job(n, false))).collect();
+            // The copy against the original, as the plain maps compare.
+            let check = |after: &Jobs, changed: &BTreeMap<JobId, Arc<Job>>, what: &str| {
+                assert_eq!(after == &before, changed == &model, "{what} of {count}: ==");
+                let expected = model_changes(&model, changed);
+                assert_eq!(diffed(&before, after), expected, "{what} of {count}: diff");
+            };
+            for n in ids() {
+                // A settled job changed in place (its reason).
+                let mut after = before.clone();
+                let mut changed = model.clone();
+                let shared = after.get_mut(&id(n)).expect("held");
+                Arc::make_mut(shared).finish_reason = Some("changed".into());
+                changed.insert(id(n), shared.clone());
+                check(&after, &changed, &format!("change job {n}"));
+                // Removed; then a new job just above it.
+                let mut after = before.clone();
+                let mut changed = model.clone();
+                after.remove(&id(n));
+                changed.remove(&id(n));
+                check(&after, &changed, &format!("remove job {n}"));
+                after.insert(id(n + 1), job(n + 1, false));
+                changed.insert(id(n + 1), job(n + 1, false));
+                check(&after, &changed, &format!("replace job {n}"));
+            }
+        }
+    }
+
     proptest! {
         /// Whatever the placement, the jobs read as a plain ordered map of the same
         /// changes would: lookups, id-ordered walks, counts, equality; and a placed job
