@@ -367,8 +367,8 @@ mod tests {
     fn a_changed_copy_differs_wherever_the_change_sits() {
         for count in [17u8, 40, 100] {
             let ids = || (0..count).map(|n| n * 2);
-            let before: Jobs = ids().map(|n| (id(n), job(n, false))).collect();
             let model: BTreeMap<JobId, Arc<Job>> = ids().map(|n| (id(n), job(n, false))).collect();
+            let before: Jobs = model.iter().map(|(k, v)| (*k, v.clone())).collect();
             // The copy against the original, as the plain maps compare.
             let check = |after: &Jobs, changed: &BTreeMap<JobId, Arc<Job>>, what: &str| {
                 assert_eq!(after == &before, changed == &model, "{what} of {count}: ==");
